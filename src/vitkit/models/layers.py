@@ -1,0 +1,164 @@
+"""Building blocks shared by the model families: patch embedding, attention, MLPs, stochastic depth."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def check_patch_grid(image_size: int, patch_size: int) -> int:
+    """Number of patches per side; a ValueError names the argument to change when it does not divide."""
+    if image_size <= 0 or patch_size <= 0:
+        raise ValueError(f"image_size ({image_size}) and patch_size ({patch_size}) must be positive")
+    if image_size % patch_size:
+        raise ValueError(
+            f"image_size={image_size} is not divisible by patch_size={patch_size}: "
+            f"change image_size to a multiple of {patch_size} or pick another patch_size"
+        )
+    return image_size // patch_size
+
+
+class PatchEmbed(nn.Module):
+    """Cut an image into non-overlapping patches and project each to `dim`.
+
+    One convolution with kernel = stride = patch size; this is the same linear map as the Keras
+    example's extract-patches + Dense, and the layout that Hugging Face and timm checkpoints use.
+    """
+
+    def __init__(self, image_size: int, patch_size: int, in_chans: int, dim: int):
+        super().__init__()
+        self.grid_size = check_patch_grid(image_size, patch_size)
+        self.num_patches = self.grid_size**2
+        self.in_chans = in_chans
+        self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_channels(x, self.in_chans)
+        return self.proj(x).flatten(2).transpose(1, 2)  # (B, N, dim)
+
+
+def check_channels(x: torch.Tensor, in_chans: int) -> None:
+    if x.ndim != 4 or x.shape[1] != in_chans:
+        raise ValueError(
+            f"expected NCHW images with {in_chans} channel(s), got shape {tuple(x.shape)}: "
+            f"convert the images or build the model with in_chans={x.shape[1] if x.ndim == 4 else '?'}"
+        )
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop the whole residual branch per sample (Huang et al., 2016)."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class Mlp(nn.Module):
+    """Linear -> GELU -> dropout -> Linear [-> GELU] -> dropout.
+
+    The two dropout rates are separate because the seeds place them differently (ViT: both; the
+    Keras Mixer: after the second layer only; the Keras FNet: after the first only).
+    `final_activation` reproduces the Keras ViT, whose MLP helper puts GELU after every Dense.
+    """
+
+    def __init__(self, dim: int, hidden: int, out: int | None = None, hidden_dropout: float = 0.0,
+                 out_dropout: float = 0.0, final_activation: bool = False):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.drop1 = nn.Dropout(hidden_dropout)
+        self.fc2 = nn.Linear(hidden, out or dim)
+        self.act2 = nn.GELU() if final_activation else nn.Identity()
+        self.drop2 = nn.Dropout(out_dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop2(self.act2(self.fc2(self.drop1(self.act(self.fc1(x))))))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with one fused q/k/v projection and PyTorch's SDPA kernel.
+
+    The inner width is num_heads * head_dim and need not equal the model width: the Keras seed uses
+    4 heads of 64 on a 64-wide model. Set `keep_attention = True` to store the attention
+    probabilities of the last forward in `attention` (used by attention rollout; slower path).
+    """
+
+    def __init__(self, dim: int, num_heads: int, head_dim: int | None = None, qkv_bias: bool = True,
+                 attn_drop: float = 0.0, proj_drop: float = 0.0):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = head_dim or dim // num_heads
+        inner = self.num_heads * self.head_dim
+        self.qkv = nn.Linear(dim, 3 * inner, bias=qkv_bias)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(inner, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self.keep_attention = False
+        self.attention: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, _ = x.shape
+        q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        if self.keep_attention:
+            attn = (q @ k.transpose(-2, -1) * self.head_dim**-0.5).softmax(dim=-1)
+            self.attention = attn.detach()
+            out = F.dropout(attn, self.attn_drop, self.training) @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, N, -1)))
+
+
+def classifier_head(in_features: int, num_classes: int, hidden: tuple[int, ...] = (),
+                    dropout: float = 0.0) -> nn.Sequential:
+    """Dropout before every Linear, GELU between hidden layers (the Keras ViT head when hidden is set)."""
+    layers: list[nn.Module] = []
+    width = in_features
+    for units in hidden:
+        layers += [nn.Dropout(dropout), nn.Linear(width, units), nn.GELU()]
+        width = units
+    layers += [nn.Dropout(dropout), nn.Linear(width, num_classes)]
+    return nn.Sequential(*layers)
+
+
+def resize_pos_embed(pos_embed: torch.Tensor, new_grid: int, num_prefix_tokens: int) -> torch.Tensor:
+    """Bicubic interpolation of a (1, prefix + g*g, D) position table to a new square grid; prefix
+    (class token) entries are kept unchanged."""
+    prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    old_grid = int(math.isqrt(grid.shape[1]))
+    if old_grid * old_grid != grid.shape[1]:
+        raise ValueError(f"position table of {grid.shape[1]} patch entries is not a square grid")
+    if old_grid == new_grid:
+        return pos_embed
+    dim = grid.shape[-1]
+    grid = grid.reshape(1, old_grid, old_grid, dim).permute(0, 3, 1, 2).float()
+    grid = F.interpolate(grid, size=(new_grid, new_grid), mode="bicubic", align_corners=False)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid * new_grid, dim).to(pos_embed.dtype)
+    return torch.cat([prefix, grid], dim=1)
+
+
+def init_linear_weights(module: nn.Module) -> None:
+    """Truncated-normal(0.02) for Linear weights, zero biases, unit LayerNorm (the ViT/timm recipe)."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Conv2d) and module.kernel_size == module.stride:
+        # patch projection: initialise like the Linear it replaces (fan-in over the whole patch)
+        nn.init.xavier_uniform_(module.weight.view(module.out_channels, -1))
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)

@@ -1,0 +1,57 @@
+"""Named presets: a model configuration plus the training hyperparameters that go with it.
+
+The `keras-*` and `d2l-*` presets reproduce the seed systems exactly; `train` keys are fields of
+`vitkit.train.TrainConfig` and can each be overridden on the command line.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    model: str  # a registered model name
+    description: str
+    model_args: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+
+
+KERAS_VIT_AUGMENT = dict(normalize="fit", hflip=True, rotation=0.02, zoom=0.2)
+KERAS_MLP_AUGMENT = dict(normalize="fit", hflip=True, zoom=0.2)
+KERAS_MLP_MODEL = dict(num_classes=100, image_size=64, patch_size=8, embed_dim=256, depth=4, dropout=0.2,
+                       head_dropout=0.2, final_norm=False)
+KERAS_MLP_TRAIN = dict(data="cifar100", val_split=0.1, image_size=64, optimizer="adamw", weight_decay=1e-4,
+                       batch_size=128, epochs=50, schedule="plateau", plateau_factor=0.5, plateau_patience=5,
+                       early_stopping=10, monitor="val_loss", **KERAS_MLP_AUGMENT)
+
+PRESETS: dict[str, Preset] = {p.name: p for p in [
+    Preset(
+        "keras-vit-cifar100", "vit_base_patch16_224",
+        "Keras example ViT on CIFAR-100: 72 px, 6x6 patches, 8 blocks of width 64, flatten + MLP head",
+        model_args=dict(num_classes=100, image_size=72, patch_size=6, embed_dim=64, depth=8, num_heads=4,
+                        head_dim=64, mlp_dim=128, mlp_final_activation=True, class_token=False, pool="flatten",
+                        head_hidden=(2048, 1024), head_dropout=0.5, drop_rate=0.1, attn_drop_rate=0.1),
+        train=dict(data="cifar100", val_split=0.1, image_size=72, optimizer="adamw", lr=1e-3, weight_decay=1e-4,
+                   batch_size=256, epochs=100, schedule="constant", **KERAS_VIT_AUGMENT),
+    ),
+    Preset("keras-mixer-cifar100", "mixer_s16_224", "Keras example MLP-Mixer on CIFAR-100: 4 blocks, 8x8 patches",
+           model_args=dict(KERAS_MLP_MODEL, token_mlp_dim=None, channel_mlp_dim=None, share_norm=True),
+           train=dict(KERAS_MLP_TRAIN, lr=0.005)),
+    Preset("keras-fnet-cifar100", "fnet_micro_patch4_32", "Keras example FNet on CIFAR-100: 4 Fourier blocks",
+           model_args=dict(KERAS_MLP_MODEL, pos_embed=True, ffn_dim=None),
+           train=dict(KERAS_MLP_TRAIN, lr=0.001)),
+    Preset("keras-gmlp-cifar100", "gmlp_micro_patch4_32", "Keras example gMLP on CIFAR-100: 4 gated blocks",
+           model_args=dict(KERAS_MLP_MODEL, ffn_dim=None),
+           train=dict(KERAS_MLP_TRAIN, lr=0.003)),
+    Preset(
+        "d2l-vit-fashion-mnist", "vit_base_patch16_224",
+        "Dive into Deep Learning ViT on Fashion-MNIST: 96 px, patch 16, 2 blocks of width 512, class token",
+        model_args=dict(num_classes=10, in_chans=1, image_size=96, patch_size=16, embed_dim=512, depth=2,
+                        num_heads=8, mlp_dim=2048, embed_dropout=0.1, drop_rate=0.1, attn_drop_rate=0.1,
+                        norm_eps=1e-5),
+        train=dict(data="fashion-mnist", image_size=96, optimizer="sgd", lr=0.1, momentum=0.0, weight_decay=0.0,
+                   batch_size=128, epochs=10, schedule="constant", normalize="none"),
+    ),
+]}

@@ -1,0 +1,140 @@
+"""Vision Transformer (Dosovitskiy et al., 2021, "An Image is Worth 16x16 Words").
+
+image -> patches -> linear embedding (+ class token) + learned position embedding
+      -> depth x pre-norm blocks [x + Attn(LN(x)); x + MLP(LN(x))] -> LN -> pool -> head
+
+One class covers the paper's ViT, the Keras example (no class token, flatten + MLP head, attention
+inner width larger than the model width) and the D2L model (class token, LN + Linear head).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from .layers import (Attention, DropPath, Mlp, PatchEmbed, check_patch_grid, classifier_head,
+                     init_linear_weights, resize_pos_embed)
+from .registry import ModelConfig, register_family, register_model
+
+POOLS = ("cls", "mean", "flatten")
+
+
+@dataclass
+class ViTConfig(ModelConfig):
+    patch_size: int = 16
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    head_dim: int | None = None  # None: embed_dim // num_heads
+    mlp_dim: int | None = None  # None: 4 * embed_dim
+    mlp_final_activation: bool = False  # GELU after the second MLP layer too (Keras examples)
+    qkv_bias: bool = True
+    class_token: bool = True
+    pool: str = "cls"  # cls | mean | flatten
+    head_hidden: tuple[int, ...] = ()  # MLP head widths before the classifier (Keras: 2048, 1024)
+    head_dropout: float = 0.0
+    embed_dropout: float = 0.0
+    drop_rate: float = 0.0  # dropout inside the MLPs
+    attn_drop_rate: float = 0.0
+    drop_path_rate: float = 0.0  # stochastic depth, linearly increasing with depth
+    norm_eps: float = 1e-6
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ViTConfig, drop_path: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
+        self.attn = Attention(cfg.embed_dim, cfg.num_heads, cfg.head_dim, cfg.qkv_bias, cfg.attn_drop_rate)
+        self.norm2 = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
+        self.mlp = Mlp(cfg.embed_dim, cfg.mlp_dim or 4 * cfg.embed_dim, hidden_dropout=cfg.drop_rate,
+                       out_dropout=cfg.drop_rate, final_activation=cfg.mlp_final_activation)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+@register_family("vit")
+class ViT(nn.Module):
+    config_class = ViTConfig
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        if cfg.pool not in POOLS:
+            raise ValueError(f"pool={cfg.pool!r} is not one of {', '.join(POOLS)}")
+        if cfg.pool == "cls" and not cfg.class_token:
+            raise ValueError("pool='cls' needs class_token=True: set class_token or use pool='mean'")
+        self.config = cfg
+        self.patch_embed = PatchEmbed(cfg.image_size, cfg.patch_size, cfg.in_chans, cfg.embed_dim)
+        self.num_prefix_tokens = int(cfg.class_token)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim)) if cfg.class_token else None
+        num_tokens = self.patch_embed.num_patches + self.num_prefix_tokens
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, cfg.embed_dim))
+        self.pos_drop = nn.Dropout(cfg.embed_dropout)
+        rates = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()
+        self.blocks = nn.ModuleList(Block(cfg, r) for r in rates)
+        self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
+        pooled = cfg.embed_dim * num_tokens if cfg.pool == "flatten" else cfg.embed_dim
+        self.head = classifier_head(pooled, cfg.num_classes, cfg.head_hidden, cfg.head_dropout)
+        self.apply(init_linear_weights)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if self.cls_token is not None:
+            nn.init.normal_(self.cls_token, std=1e-6)
+        self.register_load_state_dict_pre_hook(self._adapt_pos_embed)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised token sequence (B, prefix + num_patches, embed_dim)."""
+        x = self.patch_embed(x)
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        x = self.pos_drop(x + self.pos_embed)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.config.pool == "cls":
+            return tokens[:, 0]
+        if self.config.pool == "mean":
+            return tokens[:, self.num_prefix_tokens:].mean(dim=1)
+        return tokens.flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(self.forward_features(x)))
+
+    def set_image_size(self, image_size: int) -> None:
+        """Run at another resolution: the position table is interpolated (class token kept)."""
+        if image_size == self.config.image_size:
+            return
+        if self.config.pool == "flatten":
+            raise ValueError("pool='flatten' ties the head to the token count, so image_size cannot change; "
+                             "use pool='mean' or 'cls' to run at another resolution")
+        grid = check_patch_grid(image_size, self.config.patch_size)
+        self.pos_embed = nn.Parameter(resize_pos_embed(self.pos_embed.data, grid, self.num_prefix_tokens))
+        self.patch_embed.grid_size, self.patch_embed.num_patches = grid, grid * grid
+        self.config.image_size = image_size
+
+    def _adapt_pos_embed(self, module, state_dict, prefix, *args) -> None:
+        """Checkpoints trained at another resolution load with an interpolated position table."""
+        key = prefix + "pos_embed"
+        if key in state_dict and state_dict[key].shape != self.pos_embed.shape and self.config.pool != "flatten":
+            state_dict[key] = resize_pos_embed(state_dict[key], self.patch_embed.grid_size, self.num_prefix_tokens)
+
+
+def _vit(**kw) -> ViTConfig:
+    return ViTConfig(**kw)
+
+
+# Hugging Face / timm shapes (ViT-Ti/S/B at patch 16, 224 px).
+register_model("vit_tiny_patch16_224", "vit", _vit(embed_dim=192, depth=12, num_heads=3))
+register_model("vit_small_patch16_224", "vit", _vit(embed_dim=384, depth=12, num_heads=6))
+register_model("vit_base_patch16_224", "vit", _vit(embed_dim=768, depth=12, num_heads=12))
+# Small-image variants for 28-32 px inputs: patch 4 gives 64 tokens at 32 px.
+register_model("vit_micro_patch4_32", "vit", _vit(image_size=32, num_classes=10, patch_size=4, embed_dim=128, depth=4,
+                                                  num_heads=4, mlp_dim=256, pool="mean", class_token=False))
+register_model("vit_tiny_patch4_32", "vit", _vit(image_size=32, num_classes=10, patch_size=4, embed_dim=192, depth=9,
+                                                 num_heads=3, mlp_dim=384, drop_path_rate=0.1))
+register_model("vit_small_patch4_32", "vit", _vit(image_size=32, num_classes=10, patch_size=4, embed_dim=384, depth=7,
+                                                  num_heads=6, mlp_dim=768, drop_path_rate=0.1))

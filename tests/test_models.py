@@ -1,0 +1,152 @@
+"""Model zoo: shapes, gradients, determinism, safetensors round trip, resizing and bad input."""
+import pytest
+import torch
+
+from vitkit.models import count_parameters, create_model, list_models, load_model, save_model
+
+# One small, fast representative per family (and every preset) at 32 px.
+SMALL = {
+    "vit": dict(name="vit_micro_patch4_32"),
+    "mixer": dict(name="mixer_micro_patch4_32"),
+    "fnet": dict(name="fnet_micro_patch4_32"),
+    "gmlp": dict(name="gmlp_micro_patch4_32"),
+    "resnet": dict(name="resnet18_cifar", widths=(8, 16, 32, 64)),
+    "resnet50v2": dict(name="resnet50v2_cifar", widths=(8, 8, 8, 8)),
+}
+
+
+def small_model(family, **kw):
+    spec = dict(SMALL[family])
+    return create_model(spec.pop("name"), **{**spec, **kw})
+
+
+def test_every_family_and_preset_is_listed():
+    names = list_models()
+    for prefix in ("vit_", "mixer_", "fnet_", "gmlp_", "resnet"):
+        assert any(n.startswith(prefix) for n in names), prefix
+    for preset in ("keras-vit-cifar100", "keras-mixer-cifar100", "keras-fnet-cifar100", "keras-gmlp-cifar100",
+                   "d2l-vit-fashion-mnist"):
+        assert preset in list_models("presets")
+
+
+def test_keras_presets_have_the_keras_parameter_counts():
+    # Trainable parameter counts of the Keras 3 models (model.count_params() minus the 7 statistics of
+    # the Normalization layer). The Mixer shares one LayerNorm per block as the Keras block does.
+    assert count_parameters(create_model("keras-vit-cifar100")) == 21_759_012
+    assert count_parameters(create_model("keras-gmlp-cifar100")) == 885_348
+    assert count_parameters(create_model("keras-mixer-cifar100")) == 242_788
+    # FNet: Keras example's trainable position embedding included (64 x 256)
+    assert count_parameters(create_model("keras-fnet-cifar100")) == 621_924
+
+
+def test_hf_timm_standard_sizes():
+    assert count_parameters(create_model("vit_tiny_patch16_224")) == 5_717_416
+    assert count_parameters(create_model("vit_small_patch16_224")) == 22_050_664
+    assert count_parameters(create_model("vit_base_patch16_224")) == 86_567_656
+
+
+@pytest.mark.parametrize("family", list(SMALL))
+def test_forward_backward_reaches_every_parameter(family):
+    torch.manual_seed(0)
+    model = small_model(family, num_classes=7)
+    logits = model(torch.randn(2, 3, 32, 32))
+    assert logits.shape == (2, 7)
+    logits.logsumexp(-1).sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing, f"no gradient for {missing}"
+
+
+@pytest.mark.parametrize("name", ["keras-vit-cifar100", "keras-mixer-cifar100", "keras-fnet-cifar100",
+                                  "keras-gmlp-cifar100", "d2l-vit-fashion-mnist"])
+def test_presets_run_on_their_inputs_and_on_32px(name):
+    model = create_model(name)
+    cfg = model.config
+    x = torch.randn(2, cfg.in_chans, cfg.image_size, cfg.image_size)
+    assert model(x).shape == (2, cfg.num_classes)
+    # the must-show check: every family on a (2, 3, 32, 32) batch
+    small = create_model(name, image_size=32, in_chans=3, patch_size=4 if name.startswith("keras") else 16)
+    out = small(torch.randn(2, 3, 32, 32))
+    out.sum().backward()
+    assert out.shape == (2, cfg.num_classes)
+
+
+@pytest.mark.parametrize("pool,class_token", [("cls", True), ("mean", True), ("mean", False),
+                                              ("flatten", False), ("flatten", True)])
+@pytest.mark.parametrize("in_chans", [1, 3])
+def test_vit_pooling_and_channels(pool, class_token, in_chans):
+    model = create_model("vit_micro_patch4_32", num_classes=5, in_chans=in_chans, pool=pool,
+                         class_token=class_token, head_hidden=(32,) if pool == "flatten" else ())
+    assert model(torch.randn(3, in_chans, 32, 32)).shape == (3, 5)
+
+
+@pytest.mark.parametrize("family", ["mixer", "fnet", "gmlp", "resnet"])
+def test_single_channel_inputs(family):
+    assert small_model(family, in_chans=1, num_classes=4)(torch.randn(2, 1, 32, 32)).shape == (2, 4)
+
+
+@pytest.mark.parametrize("family", list(SMALL))
+def test_seeded_construction_is_deterministic(family):
+    x = torch.randn(2, 3, 32, 32)
+    outs = []
+    for _ in range(2):
+        torch.manual_seed(123)
+        outs.append(small_model(family).eval()(x))
+    torch.manual_seed(124)
+    other = small_model(family).eval()(x)
+    assert torch.equal(outs[0], outs[1])
+    assert not torch.equal(outs[0], other)
+
+
+@pytest.mark.parametrize("family", list(SMALL))
+def test_safetensors_round_trip_gives_identical_logits(family, tmp_path):
+    model = small_model(family, num_classes=3).eval()
+    save_model(model, tmp_path / "ckpt", class_names=["a", "b", "c"])
+    assert (tmp_path / "ckpt" / "model.safetensors").read_bytes()[:8]  # real file
+    loaded, meta = load_model(tmp_path / "ckpt")
+    x = torch.randn(4, 3, 32, 32)
+    assert torch.equal(model(x), loaded.eval()(x))
+    assert meta["class_names"] == ["a", "b", "c"]
+    assert type(loaded) is type(model)
+
+
+@pytest.mark.parametrize("class_token,pool", [(True, "cls"), (False, "mean")])
+def test_vit_position_embedding_resize(class_token, pool, tmp_path):
+    model = create_model("vit_micro_patch4_32", class_token=class_token, pool=pool).eval()
+    before = model.pos_embed.detach().clone()
+    save_model(model, tmp_path / "ckpt")
+    model.set_image_size(48)
+    assert model.pos_embed.shape[1] == 144 + int(class_token)
+    out = model(torch.randn(2, 3, 48, 48))
+    assert out.shape == (2, 10) and torch.isfinite(out).all()
+    if class_token:
+        assert torch.equal(model.pos_embed[:, :1], before[:, :1])
+    # a checkpoint trained at 32 px loads into a 64 px model by interpolation
+    big = create_model("vit_micro_patch4_32", class_token=class_token, pool=pool, image_size=64)
+    big.load_state_dict(load_model(tmp_path / "ckpt")[0].state_dict())
+    assert torch.isfinite(big(torch.randn(1, 3, 64, 64))).all()
+    # interpolating back to the original grid reproduces the original table closely
+    model.set_image_size(32)
+    assert torch.allclose(model.pos_embed, before, atol=0.02)
+
+
+def test_unknown_model_lists_available_names():
+    with pytest.raises(ValueError, match="vit_tiny_patch16_224") as err:
+        create_model("vit_tiny_patch16")
+    assert "Did you mean" in str(err.value)
+
+
+def test_bad_combinations_name_the_argument():
+    with pytest.raises(ValueError, match="image_size=30 is not divisible by patch_size=4"):
+        create_model("vit_micro_patch4_32", image_size=30)
+    with pytest.raises(ValueError, match="in_chans=1"):
+        create_model("vit_micro_patch4_32")(torch.randn(2, 1, 32, 32))
+    with pytest.raises(ValueError, match="in_chans=1"):
+        small_model("resnet")(torch.randn(2, 1, 32, 32))
+    with pytest.raises(ValueError, match="no option.*embed_dims"):
+        create_model("vit_micro_patch4_32", embed_dims=3)
+    with pytest.raises(ValueError, match="class_token"):
+        create_model("vit_micro_patch4_32", pool="cls", class_token=False)
+    with pytest.raises(ValueError, match="pool='flatten'"):
+        create_model("keras-vit-cifar100").set_image_size(96)
+    with pytest.raises(ValueError, match="image_size"):
+        small_model("mixer").set_image_size(64)
