@@ -1,8 +1,16 @@
-"""`vitkit` command line: a thin layer over the Python API."""
+"""`vitkit` command line: a thin layer over the Python API (`vitkit.train`, `vitkit.evaluate`, ...)."""
 from __future__ import annotations
 
 import argparse
+import csv
+import dataclasses
+import io
+import json
 import sys
+import typing
+from typing import Any
+
+import yaml
 
 from . import __version__
 
@@ -10,6 +18,8 @@ from . import __version__
 class UserError(Exception):
     """A mistake in the command's input: printed as one line, exit status 2."""
 
+
+# ----------------------------------------------------------------------------- models
 
 def cmd_models(args: argparse.Namespace) -> int:
     from .models import PRESETS, count_parameters, create_model, list_models
@@ -20,19 +30,154 @@ def cmd_models(args: argparse.Namespace) -> int:
         model = create_model(name)
         kind = "preset" if name in PRESETS else model.family
         desc = PRESETS[name].description if name in PRESETS else ""
-        cfg = model.config
         print(f"{name:<{width}}  {kind:<7} {count_parameters(model) / 1e6:8.2f}M  "
-              f"{cfg.image_size:>3}px  {desc}".rstrip())
+              f"{model.config.image_size:>3}px  {desc}".rstrip())
     return 0
 
 
+# ----------------------------------------------------------------------------- train
+
+def _parse_model_arg(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"--model-arg {text!r}: expected KEY=VALUE, e.g. depth=6")
+    key, value = text.split("=", 1)
+    return key.strip().replace("-", "_"), yaml.safe_load(value)
+
+
+def add_train_options(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field (help from the field's comment-free name), all defaulting to
+    'not given' so that presets and dataset defaults fill the rest."""
+    from .train.config import TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        kind = hints[f.name]
+        args = typing.get_args(kind)
+        base = next((a for a in args if a is not type(None)), kind) if args and type(None) in args else kind
+        if f.name == "model_args":
+            parser.add_argument("--model-arg", dest="model_args", action="append", type=_parse_model_arg,
+                                default=argparse.SUPPRESS, metavar="KEY=VALUE",
+                                help="architecture override, repeatable (e.g. --model-arg depth=6)")
+        elif base is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS)
+        elif typing.get_origin(base) is tuple:
+            parser.add_argument(flag, type=float, nargs="+", default=argparse.SUPPRESS, metavar="X")
+        else:
+            parser.add_argument(flag, type=base, default=argparse.SUPPRESS, metavar=f.name.split("_")[-1].upper())
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from . import api
+
+    options = {k: v for k, v in vars(args).items() if k not in ("command", "func", "nproc")}
+    if "model_args" in options:
+        options["model_args"] = dict(options["model_args"])
+    if getattr(args, "nproc", 0) and args.nproc > 1:
+        from .train.launch import launch_torchrun
+        return launch_torchrun(args.nproc, sys.argv[1:])
+    if options.get("resume"):
+        if not options.get("out"):
+            raise UserError("--resume needs --out RUN_DIR (the run folder to continue)")
+        run_dir = options.pop("out")
+        options.pop("resume")
+        keep = {k: v for k, v in options.items() if k in ("epochs", "progress", "device", "threads", "workers")}
+        result = api.train(resume=run_dir, **keep)
+    else:
+        result = api.train(**options)
+    print(json.dumps({"run_dir": result["run_dir"], "test_top1": result["test"]["top1"],
+                      "test_top5": result["test"]["top5"]}))
+    return 0
+
+
+# ----------------------------------------------------------------------------- eval / predict
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from . import api
+
+    metrics = api.evaluate(args.checkpoint, data=args.data, split=args.split, batch_size=args.batch_size,
+                           device=args.device, data_dir=args.data_dir)
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+    else:
+        print(f"{metrics['data']} [{metrics['split']}] {metrics['count']} images")
+        for key in ("top1", "top5", "loss", "precision_macro", "recall_macro", "f1_macro", "f1_weighted"):
+            print(f"  {key:<16} {metrics[key]:.4f}")
+    return 0
+
+
+def format_predictions(results: list[dict], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(results, indent=2)
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["path", "rank", "label", "score"])
+        for r in results:
+            for rank, p in enumerate(r.get("predictions", []), 1):
+                writer.writerow([r["path"], rank, p["label"], p["score"]])
+            if "error" in r:
+                writer.writerow([r["path"], "", "ERROR", r["error"]])
+        return buffer.getvalue().rstrip("\n")
+    lines = []
+    for r in results:
+        if "error" in r:
+            lines.append(f"{r['path']}: ERROR {r['error']}")
+            continue
+        preds = "  ".join(f"{p['label']} {p['score']:.3f}" for p in r["predictions"])
+        lines.append(f"{r['path']}: {preds}")
+    return "\n".join(lines)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from . import api
+    from .predict import expand_paths, predict_paths
+
+    paths = expand_paths(args.images)
+    if not paths:
+        raise UserError("no images found in the given paths")
+    clf = api.load(args.checkpoint, device=args.device)
+    results = predict_paths(clf, paths, args.topk, args.batch_size, progress=sys.stderr.isatty())
+    print(format_predictions(results, args.format))
+    return 1 if any("error" in r for r in results) else 0
+
+
+# ----------------------------------------------------------------------------- parser
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vitkit", description=__doc__)
+    parser = argparse.ArgumentParser(prog="vitkit", description="Vision Transformers and all-MLP image "
+                                     "classifiers: train, evaluate, predict.")
     parser.add_argument("--version", action="version", version=f"vitkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+
     p = sub.add_parser("models", help="list models and presets")
     p.add_argument("--presets", action="store_true", help="presets only")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("train", help="train a model; writes a run folder of metrics, plots and weights",
+                       argument_default=argparse.SUPPRESS)
+    add_train_options(p)
+    p.add_argument("--nproc", type=int, default=0, help="processes on this machine (launches torchrun)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="recompute a checkpoint's metrics on a dataset split")
+    p.add_argument("checkpoint")
+    p.add_argument("--data", help="dataset name or folder (default: what the checkpoint was trained on)")
+    p.add_argument("--data-dir")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true", help="print every metric as JSON")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="top-k labels for images, folders or globs")
+    p.add_argument("checkpoint")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--format", default="table", choices=["table", "json", "csv"])
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_predict)
     return parser
 
 

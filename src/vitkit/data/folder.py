@@ -1,0 +1,162 @@
+"""Image folders: `DIR/<class>/*` or `DIR/{train,val,test}/<class>/*`.
+
+Small and medium folders are decoded once into a uint8 tensor, cached on disk (safetensors, keyed by
+every file's path, size and modification time, so any change invalidates it). Folders too large for
+memory become `FileSplit`s that stream through DataLoader workers.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..fileio import atomic_path
+from .builtin import Dataset, Split, data_root
+from .images import BadImageError, is_image_file, load_image_array
+
+SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+                 "test": "test", "testing": "test"}
+IN_MEMORY_LIMIT_BYTES = 4 << 30
+
+
+@dataclass
+class FileSplit:
+    """A split kept as file paths, decoded on the fly (for folders that do not fit in memory)."""
+
+    paths: list[Path]
+    labels: torch.Tensor
+    size: int
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index) -> "FileSplit":
+        index = torch.as_tensor(index, dtype=torch.long)
+        return FileSplit([self.paths[i] for i in index.tolist()], self.labels[index], self.size)
+
+
+def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (keep, held_out): `fraction` of every class held out, chosen by a seeded shuffle."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"--val-split must be between 0 and 1 (exclusive), got {fraction}")
+    gen = torch.Generator().manual_seed(seed)
+    keep, held = [], []
+    for c in labels.unique().tolist():
+        idx = (labels == c).nonzero().flatten()
+        idx = idx[torch.randperm(len(idx), generator=gen)]
+        n_held = int(round(len(idx) * fraction))
+        n_held = min(max(n_held, 1), len(idx) - 1) if len(idx) > 1 else 0
+        held.append(idx[:n_held])
+        keep.append(idx[n_held:])
+    return torch.cat(keep).sort().values, torch.cat(held).sort().values
+
+
+def _class_files(folder: Path) -> dict[str, list[Path]]:
+    classes = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise ValueError(f"{folder} has no class sub-folders: expected {folder}/<class>/<image files>")
+    files = {}
+    for d in classes:
+        images = sorted(p for p in d.rglob("*") if p.is_file() and is_image_file(p))
+        if not images:
+            raise ValueError(f"class folder {d} has no images (.jpg, .png, .webp, .bmp, ...): add images or remove it")
+        files[d.name] = images
+    return files
+
+
+def scan_folder(root: str | os.PathLike) -> dict[str, dict[str, list[Path]]]:
+    """{split: {class: [files]}}; a folder without split sub-folders is all 'train'."""
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"data folder {root} does not exist")
+    if not root.is_dir():
+        raise ValueError(f"--data {root} is not a folder or a built-in dataset name")
+    subdirs = {d.name.lower(): d for d in root.iterdir() if d.is_dir()}
+    if "train" in subdirs or "training" in subdirs:
+        splits = {SPLIT_ALIASES[name]: _class_files(d) for name, d in subdirs.items() if name in SPLIT_ALIASES}
+        train_classes = sorted(splits["train"])
+        for split, files in splits.items():
+            if sorted(files) != train_classes:
+                missing = sorted(set(train_classes) - set(files))
+                extra = sorted(set(files) - set(train_classes))
+                raise ValueError(f"classes differ between {root}/train and the {split} split (missing: {missing}, "
+                                 f"extra: {extra}): every split needs the same class folders")
+        return splits
+    return {"train": _class_files(root)}
+
+
+def _fingerprint(splits: dict[str, dict[str, list[Path]]], size: int) -> str:
+    digest = hashlib.sha256(f"v1 size={size}".encode())
+    for split, classes in sorted(splits.items()):
+        for cls, files in classes.items():
+            for f in files:
+                st = f.stat()
+                digest.update(f"{split}|{cls}|{f.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:24]
+
+
+def _decode_all(paths: list[Path], size: int, skip_bad: bool, bad: list[str]) -> tuple[np.ndarray, list[int]]:
+    def decode(path):
+        try:
+            return load_image_array(path, size)
+        except BadImageError as e:
+            if not skip_bad:
+                raise BadImageError(f"{e}. Fix or remove the file, or pass --skip-bad-images") from None
+            bad.append(str(e))
+            return None
+
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
+        arrays = list(pool.map(decode, paths))
+    kept = [i for i, a in enumerate(arrays) if a is not None]
+    stacked = np.stack([arrays[i] for i in kept]) if kept else np.zeros((0, size, size, 3), np.uint8)
+    return stacked, kept
+
+
+def load_folder(root: str | os.PathLike, size: int, *, skip_bad: bool = False, cache: bool = True,
+                data_dir: str | os.PathLike | None = None,
+                memory_limit: int = IN_MEMORY_LIMIT_BYTES) -> tuple[Dataset, list[str]]:
+    """Decode an image folder at size x size. Returns the dataset (val/test may be None) and the list
+    of skipped bad images."""
+    splits = scan_folder(root)
+    class_names = sorted(splits["train"])
+    index = {c: i for i, c in enumerate(class_names)}
+    total = sum(len(f) for classes in splits.values() for f in classes.values())
+    listed = {s: [(p, index[c]) for c, files in classes.items() for p in files] for s, classes in splits.items()}
+    name = Path(root).resolve().name
+    if total * size * size * 3 > memory_limit:
+        parts = {s: FileSplit([p for p, _ in items], torch.tensor([y for _, y in items]), size)
+                 for s, items in listed.items()}
+        return Dataset(name, parts["train"], parts.get("test"), class_names, parts.get("val")), []
+
+    cache_file = data_root(data_dir) / "folders" / f"{name}-{_fingerprint(splits, size)}.safetensors"
+    if cache and cache_file.is_file():
+        try:
+            tensors = load_file(str(cache_file))
+            bad = json.loads((cache_file.with_suffix(".json")).read_text())["skipped"]
+            parts = {s: Split(tensors[f"{s}.images"], tensors[f"{s}.labels"]) for s in splits}
+            return Dataset(name, parts["train"], parts.get("test"), class_names, parts.get("val")), bad
+        except Exception:  # a damaged cache is rebuilt, never trusted
+            pass
+
+    bad: list[str] = []
+    parts = {}
+    for split, items in listed.items():
+        arrays, kept = _decode_all([p for p, _ in items], size, skip_bad, bad)
+        labels = torch.tensor([items[i][1] for i in kept], dtype=torch.long)
+        parts[split] = Split(torch.from_numpy(arrays).permute(0, 3, 1, 2).contiguous(), labels)
+    if len(parts["train"]) == 0:
+        raise ValueError(f"no readable training images in {root}")
+    if cache:
+        tensors = {f"{s}.{k}": getattr(p, k) for s, p in parts.items() for k in ("images", "labels")}
+        with atomic_path(cache_file) as tmp:
+            save_file(tensors, str(tmp))
+        with atomic_path(cache_file.with_suffix(".json")) as tmp:
+            tmp.write_text(json.dumps({"root": str(Path(root).resolve()), "skipped": bad}))
+    return Dataset(name, parts["train"], parts.get("test"), class_names, parts.get("val")), bad

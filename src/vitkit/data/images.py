@@ -1,0 +1,83 @@
+"""Decoding image files into RGB uint8 arrays safely and uniformly."""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+# Pillow's own default is about 89M pixels; photos for classification never come near this, so a
+# larger image is far more likely a decompression bomb than data.
+MAX_IMAGE_PIXELS = 64_000_000
+
+
+class BadImageError(ValueError):
+    """An image file that cannot be decoded (named in the message)."""
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode to 8-bit RGB: 16/32-bit grey is rescaled (not clipped), transparency is composited
+    on white, CMYK/YCbCr/palette are converted by Pillow."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img).astype(np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    elif img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        img = Image.fromarray(np.clip(arr * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "PA"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img.convert("RGB")
+
+
+def fit_square(img: Image.Image, size: int) -> Image.Image:
+    """Resize the shorter side to `size` and centre-crop to size x size."""
+    w, h = img.size
+    scale = size / min(w, h)
+    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
+    img = img.resize((new_w, new_h), Image.Resampling.BICUBIC, reducing_gap=3.0)
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+def open_image(source, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Open a path or file-like object as RGB with EXIF orientation applied, refusing bombs and
+    truncated files with a BadImageError that says what is wrong."""
+    name = getattr(source, "name", source)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(source) as img:
+                if img.width * img.height > max_pixels:
+                    raise BadImageError(f"{name}: {img.width}x{img.height} pixels is over the limit of "
+                                        f"{max_pixels:,} (possible decompression bomb)")
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                return to_rgb(img)
+    except BadImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise BadImageError(f"{name}: refused as a possible decompression bomb ({e})") from None
+    except UnidentifiedImageError:
+        raise BadImageError(f"{name}: not an image Pillow can read") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise BadImageError(f"{name}: truncated or corrupt image ({e})") from None
+
+
+def load_image_array(path: str | os.PathLike, size: int | None) -> np.ndarray:
+    """(H, W, 3) uint8; resized to size x size (shorter side + centre crop) when size is given."""
+    img = open_image(path)
+    if size is not None:
+        img = fit_square(img, size)
+    return np.asarray(img, dtype=np.uint8)

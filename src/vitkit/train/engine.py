@@ -1,0 +1,514 @@
+"""The training engine: one call turns a TrainConfig into a run folder.
+
+run folder/
+  args.yaml            resolved configuration (every value, presets expanded)
+  run.json             status: running | complete | failed (with the reason)
+  metrics.csv          one row per epoch
+  results.json         test metrics of the best checkpoint
+  best/ last/          checkpoints (safetensors + config.json; last/ adds trainer.pt for --resume)
+  curves.png confusion_matrix.png predictions.png patches.png
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import yaml
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm.auto import tqdm
+
+from ..data.augment import IMAGENET_MEAN, IMAGENET_STD, AugmentSpec, BatchAugment, mix_batch
+from ..data.builtin import BUILTIN, Dataset, Split, load_builtin
+from ..data.folder import FileSplit, load_folder, stratified_split
+from ..data.loader import BatchLoader, epoch_seed
+from ..eval.metrics import MetricAccumulator
+from ..fileio import atomic_path, read_json, write_json
+from ..models import count_parameters, create_model, get_preset, save_model
+from ..models.io import load_model
+from .config import TrainConfig
+from .distributed import DistContext, init_distributed, shutdown
+from .optim import Plateau, build_optimizer, lr_factor
+
+TRAINER_STATE = "trainer.pt"
+DEFAULT_MODEL = "vit_micro_patch4_32"
+
+
+# ----------------------------------------------------------------------------- runtime
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA device is available; use --device cpu")
+    return device
+
+
+def use_bf16(amp: str, device: torch.device) -> bool:
+    """bf16 autocast where the hardware has fast bf16: on CUDA when supported; on CPU only when asked
+    (measured slower than fp32 on AVX2/AVX-512 CPUs without AMX)."""
+    if amp == "bf16":
+        return True
+    return amp == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+
+def autocast(device: torch.device, enabled: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def setup_threads(threads: int) -> None:
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+
+
+# ----------------------------------------------------------------------------- data
+
+def _limit(split: Split | FileSplit, limit: int, seed: int):
+    if not limit or limit >= len(split):
+        return split
+    _, keep = stratified_split(split.labels, limit / len(split), seed)
+    return split.subset(keep)
+
+
+def prepare_data(cfg: TrainConfig, stored_size: int) -> tuple[Dataset, list[str]]:
+    """Load the dataset with a validation split (held out of train when it has none) and limits."""
+    if cfg.data in BUILTIN:
+        data, bad = load_builtin(cfg.data, cfg.data_dir, cfg.seed), []
+    else:
+        data, bad = load_folder(cfg.data, stored_size, skip_bad=cfg.skip_bad_images, data_dir=cfg.data_dir)
+    data.train = _limit(data.train, cfg.train_limit, cfg.seed)
+    if data.test is not None:
+        data.test = _limit(data.test, cfg.test_limit, cfg.seed)
+    if data.val is None:
+        keep, held = stratified_split(data.train.labels, cfg.val_split, cfg.seed)
+        data.train, data.val = data.train.subset(keep), data.train.subset(held)
+    return data, bad
+
+
+def channel_stats(split: Split | FileSplit, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean/std of the training images (the Keras Normalization layer's adapt)."""
+    if isinstance(split, FileSplit):  # streamed folders: ImageNet statistics, not a full pass
+        return (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else ((0.5,), (0.5,))
+    x = split.images[: 20000].float().div(255)
+    if x.shape[1] != channels:
+        from ..data.augment import to_channels
+        x = to_channels(x, channels)
+    return tuple(x.mean(dim=(0, 2, 3)).tolist()), tuple(x.std(dim=(0, 2, 3)).clamp(min=1e-3).tolist())
+
+
+def normalization(cfg: TrainConfig, train: Split | FileSplit, channels: int):
+    if cfg.mean is not None and cfg.std is not None:
+        return tuple(cfg.mean), tuple(cfg.std)
+    if cfg.normalize == "fit":
+        return channel_stats(train, channels)
+    if cfg.normalize == "imagenet":
+        return (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else ((0.449,), (0.226,))
+    if cfg.normalize == "half":
+        return (0.5,) * channels, (0.5,) * channels
+    return (0.0,) * channels, (1.0,) * channels
+
+
+def augment_spec(cfg: TrainConfig) -> AugmentSpec:
+    return AugmentSpec(hflip=cfg.hflip, rotation=cfg.rotation, zoom=cfg.zoom, crop_padding=cfg.crop_padding,
+                       rrc_scale=cfg.rrc_scale, auto_augment=cfg.auto_augment, ra_num_ops=cfg.ra_num_ops,
+                       ra_magnitude=cfg.ra_magnitude, random_erasing=cfg.random_erasing)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+@torch.inference_mode()
+def evaluate_loader(model: nn.Module, loader: BatchLoader, augment: BatchAugment, num_classes: int,
+                    bf16: bool = False, ctx: DistContext | None = None) -> MetricAccumulator:
+    """Loss, top-k and confusion matrix over a loader (summed across ranks when distributed)."""
+    model.eval()
+    acc = MetricAccumulator(num_classes)
+    device = loader.device
+    for images, labels in loader.batches():
+        with autocast(device, bf16):
+            logits = model(augment.eval(images)).float()
+        acc.update(logits, labels, F.cross_entropy(logits, labels, reduction="sum").item())
+    if ctx is not None and ctx.enabled:
+        acc.load_tensor(ctx.all_reduce_sum(acc.as_tensor()))
+    return acc
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def checkpoint_metadata(cfg: TrainConfig, class_names, mean, std, channels, image_size) -> dict:
+    return {"class_names": list(class_names),
+            "preprocessing": {"image_size": image_size, "channels": channels, "mean": list(mean), "std": list(std),
+                              "resize": "shorter side, centre crop", "resample": "bilinear"},
+            "train_config": cfg.to_dict()}
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Swap a fully written folder into place; at every moment either the old or the new one exists."""
+    old = final.with_name(final.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def find_last(run_dir: Path) -> Path | None:
+    for candidate in (run_dir / "last", run_dir / "last.old"):
+        if (candidate / TRAINER_STATE).is_file():
+            return candidate
+    return None
+
+
+# ----------------------------------------------------------------------------- the run
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        self.ctx = init_distributed(self.device.type)
+        if self.ctx.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.ctx.local_rank)
+        setup_threads(cfg.threads)
+        self.bf16 = use_bf16(cfg.amp, self.device)
+
+    # -- set-up ---------------------------------------------------------------------------
+    def _model_name(self) -> str:
+        return self.cfg.model or self.cfg.preset or DEFAULT_MODEL
+
+    def _run_dir(self) -> Path:
+        cfg = self.cfg
+        if cfg.out:
+            out = Path(cfg.out)
+            if not cfg.resume and out.exists() and any(out.iterdir()):
+                raise ValueError(f"run folder {out} already holds a run: pass --resume to continue it, "
+                                 "or choose another --out")
+            return out
+        base = Path("runs") / (cfg.name or f"{self._model_name()}-{Path(cfg.data).name}")
+        if cfg.resume:
+            return base
+        out, i = base, 2
+        while out.exists():
+            out, i = base.with_name(f"{base.name}-{i}"), i + 1
+        return out
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        name = self._model_name()
+        preset_model = get_preset(cfg.preset).model_args if cfg.preset and not cfg.model else {}
+        self.image_size = cfg.image_size or preset_model.get("image_size") or 32
+        self.data, self.bad_images = prepare_data(cfg, self.image_size)
+        in_chans = preset_model.get("in_chans") or cfg.model_args.get("in_chans") or (
+            1 if self.data.channels == 1 else 3)
+        self.model = self.build_model(name, in_chans)
+        self.channels = self.model.config.in_chans
+        self.mean, self.std = normalization(cfg, self.data.train, self.channels)
+        self.augment = BatchAugment(self.image_size, self.mean, self.std, self.channels, augment_spec(cfg))
+        rank, world = self.ctx.rank, self.ctx.world_size
+        if cfg.batch_size * world > len(self.data.train):
+            raise ValueError(f"--batch-size {cfg.batch_size} x {world} process(es) is larger than the "
+                             f"{len(self.data.train)} training images: lower --batch-size")
+        common = dict(device=self.device, rank=rank, world_size=world, workers=cfg.workers)
+        self.train_loader = BatchLoader(self.data.train, cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=True,
+                                        **common)
+        self.val_loader = BatchLoader(self.data.val, cfg.eval_batch_size, shuffle=False, **common)
+        test = self.data.test if self.data.test is not None else self.data.val
+        self.test_split_name = "test" if self.data.test is not None else "val"
+        self.test_loader = BatchLoader(test, cfg.eval_batch_size, shuffle=False, **common)
+
+    def build_model(self, name: str, in_chans: int) -> nn.Module:
+        torch.manual_seed(self.cfg.seed)
+        args = {k: v for k, v in self.cfg.model_args.items() if k not in ("num_classes", "image_size", "in_chans")}
+        model = create_model(name, num_classes=self.data.num_classes, image_size=self.image_size, in_chans=in_chans,
+                             **args)
+        return model.to(self.device)
+
+    def _optimizer(self):
+        cfg = self.cfg
+        return build_optimizer(self.model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
+
+    # -- checkpointing --------------------------------------------------------------------
+    def _meta(self) -> dict:
+        return checkpoint_metadata(self.cfg, self.data.class_names, self.mean, self.std, self.channels,
+                                   self.image_size)
+
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    def save_best(self) -> None:
+        if self.ctx.is_main:
+            tmp = self.run_dir / "best.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            save_model(self.eval_model(), tmp, **self._meta())
+            replace_dir(tmp, self.run_dir / "best")
+
+    def save_last(self, epoch: int, next_batch: int) -> None:
+        if not self.ctx.is_main:
+            return
+        tmp = self.run_dir / "last.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_model(self.model, tmp, **self._meta())
+        state = {
+            "epoch": epoch, "next_batch": next_batch, "step": self.step, "world_size": self.ctx.world_size,
+            "optimizer": self.optimizer.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "torch_rng": torch.get_rng_state(), "aug_rng": self.aug_gen.get_state(),
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+            "plateau": self.plateau.state_dict(), "stopper": self.stopper.state_dict(),
+            "history": self.history, "best_epoch": self.best_epoch, "elapsed": self._elapsed(),
+            "planned_steps": self.planned_steps,
+        }
+        with atomic_path(tmp / TRAINER_STATE) as path:
+            torch.save(state, path)
+        replace_dir(tmp, self.run_dir / "last")
+
+    def load_last(self) -> tuple[int, int]:
+        last = find_last(self.run_dir)
+        if last is None:
+            raise FileNotFoundError(f"nothing to resume in {self.run_dir}: no last/{TRAINER_STATE} "
+                                    "(the run never finished a checkpoint); start it again without --resume")
+        state = torch.load(last / TRAINER_STATE, map_location="cpu", weights_only=True)
+        if state["world_size"] != self.ctx.world_size:
+            raise ValueError(f"{self.run_dir} was trained with {state['world_size']} process(es) but is resumed "
+                             f"with {self.ctx.world_size}: resume with --nproc {state['world_size']} so the batches "
+                             "and results match")
+        model, _ = load_model(last)
+        self.model.load_state_dict(model.state_dict())
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema is not None and state["ema"] is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.step, self.history, self.best_epoch = state["step"], state["history"], state["best_epoch"]
+        self.plateau.load_state_dict(state["plateau"])
+        self.stopper.load_state_dict(state["stopper"])
+        self.elapsed_before = state["elapsed"]
+        self.planned_steps = state["planned_steps"]
+        torch.set_rng_state(state["torch_rng"])
+        self.aug_gen.set_state(state["aug_rng"].to(self.aug_gen.device) if self.device.type != "cuda"
+                               else state["aug_rng"])
+        if state["cuda_rng"] is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        return state["epoch"], state["next_batch"]
+
+    # -- loop -----------------------------------------------------------------------------
+    def _elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.t0
+
+    def _set_lr(self) -> float:
+        cfg = self.cfg
+        warmup = int(cfg.warmup_epochs * self.steps_per_epoch)
+        factor = lr_factor(self.step, self.planned_steps, warmup, cfg.schedule, cfg.min_lr_ratio)
+        factor *= self.plateau.scale
+        for group in self.optimizer.param_groups:
+            group["lr"] = cfg.lr * group.get("lr_scale", 1.0) * factor
+        return cfg.lr * factor
+
+    def _seed_epoch(self, epoch: int) -> None:
+        torch.manual_seed(epoch_seed(self.cfg.seed, epoch, 1))
+        self.aug_gen.manual_seed(epoch_seed(self.cfg.seed, epoch, 2 + self.ctx.rank))
+
+    def train_epoch(self, epoch: int, start_batch: int, net: nn.Module) -> dict:
+        cfg, device = self.cfg, self.device
+        net.train()
+        acc = MetricAccumulator(self.data.num_classes)
+        seen, t_start = 0, time.perf_counter()
+        bar = tqdm(total=self.steps_per_epoch, initial=start_batch, desc=f"epoch {epoch + 1}", leave=False,
+                   disable=not (cfg.progress and self.ctx.is_main), file=sys.stderr, dynamic_ncols=True)
+        lr = self._set_lr()
+        for b, (images, labels) in enumerate(self.train_loader.batches(epoch, start_batch), start=start_batch):
+            x = self.augment.train(images, self.aug_gen)
+            x, targets = mix_batch(x, labels, self.data.num_classes, cfg.mixup, cfg.cutmix, cfg.label_smoothing,
+                                   self.aug_gen)
+            boundary = (b + 1) % cfg.accum_steps == 0 or b + 1 == self.steps_per_epoch
+            sync = contextlib.nullcontext() if boundary or not self.ctx.enabled else net.no_sync()
+            with sync:
+                with autocast(device, self.bf16):
+                    logits = net(x).float()
+                loss = F.cross_entropy(logits, targets)
+                (loss / cfg.accum_steps).backward()
+            if boundary:
+                lr = self._set_lr()
+                if cfg.grad_clip > 0:
+                    nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                if self.ema is not None:
+                    self.ema.update_parameters(self.model)
+                self.step += 1
+            with torch.no_grad():
+                acc.update(logits.detach(), labels, loss.item() * labels.shape[0])
+            seen += labels.shape[0]
+            rate = seen * self.ctx.world_size / max(time.perf_counter() - t_start, 1e-9)
+            bar.set_postfix(loss=f"{acc.loss_sum / acc.count:.3f}", acc=f"{acc.confusion.diag().sum() / acc.count:.3f}",
+                            lr=f"{lr:.2e}", img_s=f"{rate:.0f}", refresh=False)
+            bar.update(1)
+            if boundary and cfg.save_every and self.step % cfg.save_every == 0 and b + 1 < self.steps_per_epoch:
+                self.save_last(epoch, b + 1)
+            if cfg.time_budget and self._elapsed() > cfg.time_budget * 60:
+                break
+        bar.close()
+        if self.ctx.enabled:
+            acc.load_tensor(self.ctx.all_reduce_sum(acc.as_tensor()))
+        train = acc.compute()
+        return {"train_loss": train["loss"], "train_top1": train["top1"], "train_top5": train["top5"], "lr": lr,
+                "images_per_s": seen * self.ctx.world_size / max(time.perf_counter() - t_start, 1e-9)}
+
+    def _plan(self, epoch_done: int) -> None:
+        """With a time budget, refit the schedule length to the time left (eval time included)."""
+        if not self.cfg.time_budget or self.step == 0:
+            return
+        per_step = self._elapsed() / self.step
+        remaining = max(0.0, self.cfg.time_budget * 60 - self._elapsed())
+        self.planned_steps = self.step + int(remaining / per_step)
+
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        self.setup()
+        if self.ctx.is_main:
+            self.run_dir = self._run_dir()
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir = Path(self.ctx.broadcast_object(str(self.run_dir) if self.ctx.is_main else None))
+        self.optimizer = self._optimizer()
+        self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+                    if cfg.ema else None)
+        self.aug_gen = torch.Generator(device=self.device)
+        self.plateau = Plateau("min" if cfg.monitor == "val_loss" else "max", cfg.plateau_factor, cfg.plateau_patience)
+        self.stopper = Plateau("min" if cfg.monitor == "val_loss" else "max", patience=cfg.early_stopping)
+        self.steps_per_epoch = len(self.train_loader)
+        epochs = 10**6 if cfg.time_budget else cfg.epochs
+        self.planned_steps = math.ceil(self.steps_per_epoch / cfg.accum_steps) * (epochs if not cfg.time_budget else 1)
+        self.step, self.history, self.best_epoch, self.elapsed_before = 0, [], -1, 0.0
+        start_epoch, start_batch = 0, 0
+        if cfg.resume:
+            start_epoch, start_batch = self.load_last()
+        self.t0 = time.perf_counter()
+        if self.ctx.is_main:
+            self._write_run_files(status="running")
+        net = self.model
+        if self.ctx.enabled:
+            net = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if cfg.compile:
+            net = torch.compile(net)
+        try:
+            for epoch in range(start_epoch, epochs):
+                if start_batch == 0 or epoch != start_epoch:
+                    self._seed_epoch(epoch)
+                row = {"epoch": epoch + 1, **self.train_epoch(epoch, start_batch if epoch == start_epoch else 0, net)}
+                val = evaluate_loader(self.eval_model(), self.val_loader, self.augment, self.data.num_classes,
+                                      self.bf16, self.ctx).compute()
+                row.update(val_loss=val["loss"], val_top1=val["top1"], val_top5=val["top5"],
+                           time_s=round(self._elapsed(), 2))
+                self.history.append(row)
+                monitored = row[cfg.monitor]
+                if self.stopper.step(monitored):
+                    self.best_epoch = epoch + 1
+                    self.save_best()
+                if cfg.schedule == "plateau":
+                    self.plateau.step(monitored)
+                    self.plateau.reduce_if_stalled()
+                self._plan(epoch + 1)
+                self.save_last(epoch + 1, 0)
+                if self.ctx.is_main:
+                    self._write_metrics()
+                    self._log(row)
+                if cfg.early_stopping and self.stopper.wait >= cfg.early_stopping:
+                    self._print(f"early stopping: no {cfg.monitor} improvement for {cfg.early_stopping} epochs")
+                    break
+                if cfg.time_budget:
+                    epoch_time = self._elapsed() / max(1, len(self.history))
+                    if self._elapsed() + 0.5 * epoch_time > cfg.time_budget * 60:
+                        break
+            results = self.finish()
+        except BaseException as e:
+            if self.ctx.is_main:
+                reason = "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
+                self._write_run_files(status="failed", error=reason)
+                print(f"run folder {self.run_dir} is incomplete ({reason}); continue it with "
+                      f"`vitkit train --out {self.run_dir} --resume`", file=sys.stderr)
+            raise
+        finally:
+            shutdown(self.ctx)
+        return results
+
+    def finish(self) -> dict[str, Any]:
+        """Evaluate the best checkpoint on the test split (validation when there is none), write
+        results.json and the plots."""
+        from ..viz.report import write_report
+
+        best_model, _ = load_model(self.run_dir / "best") if self.ctx.is_main else (None, None)
+        best_model = (best_model or self.eval_model()).to(self.device)
+        if self.ctx.enabled:  # every rank evaluates its shard of the test set with rank 0's best weights
+            best_model.load_state_dict(self.ctx.broadcast_object(
+                {k: v.cpu() for k, v in best_model.state_dict().items()} if self.ctx.is_main else None))
+        test = evaluate_loader(best_model, self.test_loader, self.augment, self.data.num_classes, self.bf16,
+                               self.ctx).compute(self.data.class_names)
+        results = {"test": test, "test_split": self.test_split_name, "best_epoch": self.best_epoch,
+                   "epochs_run": len(self.history), "monitor": self.cfg.monitor,
+                   "train_time_s": round(self._elapsed(), 1), "parameters": count_parameters(self.model),
+                   "model": self._model_name(), "preset": self.cfg.preset, "data": self.cfg.data,
+                   "skipped_images": len(self.bad_images), "world_size": self.ctx.world_size}
+        if self.ctx.is_main:
+            write_json(self.run_dir / "results.json", results)
+            write_report(self.run_dir, best_model, self.test_loader, self.augment, self.data.class_names,
+                         self.history, test, self.bf16)
+            self._write_run_files(status="complete")
+            self._print(f"test top-1 {test['top1']:.4f}  top-5 {test['top5']:.4f}  f1-macro {test['f1_macro']:.4f}"
+                        f"  ->  {self.run_dir}")
+        return {**results, "run_dir": str(self.run_dir)}
+
+    # -- files ----------------------------------------------------------------------------
+    def _write_run_files(self, status: str, error: str | None = None) -> None:
+        with atomic_path(self.run_dir / "args.yaml") as tmp:
+            tmp.write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+        info = {"status": status, "run_dir": str(self.run_dir)}
+        if error:
+            info["error"] = error
+        write_json(self.run_dir / "run.json", info)
+        if self.bad_images:
+            with atomic_path(self.run_dir / "skipped_images.txt") as tmp:
+                tmp.write_text("\n".join(self.bad_images) + "\n")
+
+    def _write_metrics(self) -> None:
+        buffer = io.StringIO()
+        fields = ["epoch", "train_loss", "train_top1", "train_top5", "val_loss", "val_top1", "val_top5", "lr",
+                  "images_per_s", "time_s"]
+        writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(self.history)
+        with atomic_path(self.run_dir / "metrics.csv") as tmp:
+            tmp.write_text(buffer.getvalue())
+
+    def _print(self, message: str) -> None:
+        if self.ctx.is_main and self.cfg.progress:
+            print(message, file=sys.stderr)
+
+    def _log(self, row: dict) -> None:
+        self._print(f"epoch {row['epoch']:>3}  loss {row['train_loss']:.4f}  val_loss {row['val_loss']:.4f}  "
+                    f"val_top1 {row['val_top1']:.4f}  val_top5 {row['val_top5']:.4f}  lr {row['lr']:.2e}  "
+                    f"{row['images_per_s']:.0f} img/s")
+
+
+def resume_config(run_dir: str | os.PathLike, **changes: Any) -> TrainConfig:
+    """The saved configuration of a run, with `resume` set and the given fields changed."""
+    path = Path(run_dir) / "args.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a vitkit run folder (no args.yaml): nothing to resume")
+    saved = yaml.safe_load(path.read_text())
+    for key in ("mean", "std"):
+        if saved.get(key) is not None:
+            saved[key] = tuple(saved[key])
+    return TrainConfig(**{**saved, **changes, "resume": True, "out": str(run_dir)}).validate()
+
+
+def run_status(run_dir: str | os.PathLike) -> dict:
+    return read_json(Path(run_dir) / "run.json")
