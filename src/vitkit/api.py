@@ -35,6 +35,7 @@ class Classifier:
         self.class_names: list[str] = meta.get("class_names") or [str(i) for i in range(model.config.num_classes)]
         pre = meta.get("preprocessing", {})
         self.image_size = pre.get("image_size", model.config.image_size)
+        self.stored_size = pre.get("stored_size", self.image_size)  # decode size before the device resize
         self.channels = pre.get("channels", model.config.in_chans)
         self.augment = BatchAugment(self.image_size, pre.get("mean", (0.0,) * self.channels),
                                     pre.get("std", (1.0,) * self.channels), self.channels)

@@ -31,7 +31,7 @@ def expand_paths(patterns: Iterable[str]) -> list[Path]:
 
 
 def image_tensor(source, size: int) -> torch.Tensor:
-    """(3, size, size) uint8 from a path or file object, resized as the checkpoint was trained."""
+    """(3, size, size) uint8 from a path or file object, decoded as the training images were."""
     return torch.from_numpy(np.asarray(fit_square(open_image(source), size)).transpose(2, 0, 1).copy())
 
 
@@ -53,7 +53,7 @@ def predict_paths(classifier, paths: list[Path], topk: int = 5, batch_size: int 
         tensors, ok = [], []
         for p in chunk:
             try:
-                tensors.append(image_tensor(p, classifier.image_size))
+                tensors.append(image_tensor(p, classifier.stored_size))
                 ok.append(p)
             except BadImageError as e:
                 results.append({"path": str(p), "error": str(e)})

@@ -144,10 +144,14 @@ def evaluate_loader(model: nn.Module, loader: BatchLoader, augment: BatchAugment
 
 # ----------------------------------------------------------------------------- checkpoints
 
-def checkpoint_metadata(cfg: TrainConfig, class_names, mean, std, channels, image_size) -> dict:
+def checkpoint_metadata(cfg: TrainConfig, class_names, mean, std, channels, image_size, stored_size) -> dict:
+    """What a checkpoint needs to be used on new images. Images are decoded to `stored_size` (shorter
+    side, centre crop, bicubic) and resized to `image_size` on the device (bilinear), exactly as in
+    training."""
     return {"class_names": list(class_names),
-            "preprocessing": {"image_size": image_size, "channels": channels, "mean": list(mean), "std": list(std),
-                              "resize": "shorter side, centre crop", "resample": "bilinear"},
+            "preprocessing": {"image_size": image_size, "stored_size": stored_size, "channels": channels,
+                              "mean": list(mean), "std": list(std), "resize": "shorter side, centre crop",
+                              "resample": "bicubic, then bilinear"},
             "train_config": cfg.to_dict()}
 
 
@@ -239,8 +243,10 @@ class Trainer:
 
     # -- checkpointing --------------------------------------------------------------------
     def _meta(self) -> dict:
+        train = self.data.train
+        stored = train.size if isinstance(train, FileSplit) else train.images.shape[-1]
         return checkpoint_metadata(self.cfg, self.data.class_names, self.mean, self.std, self.channels,
-                                   self.image_size)
+                                   self.image_size, stored)
 
     def eval_model(self) -> nn.Module:
         return self.ema.module if self.ema is not None else self.model

@@ -1,0 +1,48 @@
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path_factory, monkeypatch):
+    """Every test gets its own dataset/folder cache so nothing leaks between tests or from the user."""
+    monkeypatch.setenv("VITKIT_DATA", str(tmp_path_factory.mktemp("vitkit-data")))
+    monkeypatch.delenv("VITKIT_DATASET_MIRROR", raising=False)
+
+
+def shared_dataset(name: str) -> Path:
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"shared dataset {name} not present at {path}")
+    return path
+
+
+def write_class_folders(root: Path, classes=("cat", "dog", "fox"), per_class=12, size=20, seed=0) -> Path:
+    """Real JPEG files whose classes differ in colour, so a model can learn them."""
+    rng = np.random.default_rng(seed)
+    colours = [(220, 40, 40), (40, 200, 40), (40, 60, 220), (200, 200, 30)]
+    for c, name in enumerate(classes):
+        d = root / name
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            base = np.array(colours[c % len(colours)], dtype=np.float64)
+            img = np.clip(base + rng.normal(0, 25, (size, size + 4, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(d / f"{i:03d}.jpg", quality=90)
+    return root
+
+
+def vitkit_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "vitkit", *args]
+
+
+def subprocess_env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
