@@ -25,20 +25,29 @@ def train(resume: str | os.PathLike | None = None, **options: Any) -> dict[str, 
     return Trainer(cfg).run()
 
 
+BACKENDS = ("torch", "onnxruntime")
+
+
 class Classifier:
-    """A trained model with its preprocessing and class names, ready for images."""
+    """A trained model with its preprocessing and class names, ready for images. `model` is a PyTorch
+    module or an ONNX Runtime session wrapper; both take normalised float NCHW and return logits."""
 
     def __init__(self, model, meta: dict, device: str = "auto"):
-        self.device = resolve_device(device)
-        self.model = model.to(self.device).eval()
+        self.device = resolve_device(device) if isinstance(model, torch.nn.Module) else torch.device("cpu")
+        self.model = model.to(self.device).eval() if isinstance(model, torch.nn.Module) else model
         self.meta = meta
-        self.class_names: list[str] = meta.get("class_names") or [str(i) for i in range(model.config.num_classes)]
-        pre = meta.get("preprocessing", {})
-        self.image_size = pre.get("image_size", model.config.image_size)
+        pre = meta.get("preprocessing") or {}
+        config = getattr(model, "config", None)
+        self.image_size = pre.get("image_size") or config.image_size
+        self.channels = pre.get("channels") or config.in_chans
         self.stored_size = pre.get("stored_size", self.image_size)  # decode size before the device resize
-        self.channels = pre.get("channels", model.config.in_chans)
+        self.class_names: list[str] = meta.get("class_names") or [str(i) for i in range(config.num_classes)]
         self.augment = BatchAugment(self.image_size, pre.get("mean", (0.0,) * self.channels),
                                     pre.get("std", (1.0,) * self.channels), self.channels)
+
+    @property
+    def backend(self) -> str:
+        return "torch" if isinstance(self.model, torch.nn.Module) else "onnxruntime"
 
     @torch.inference_mode()
     def predict_tensor(self, images: torch.Tensor) -> torch.Tensor:
@@ -46,15 +55,38 @@ class Classifier:
         return self.model(self.augment.eval(images.to(self.device))).float().softmax(-1).cpu()
 
 
-def load(checkpoint: str | os.PathLike, device: str = "auto") -> Classifier:
-    """Load a checkpoint folder (a run's best/ or last/, or the run folder itself)."""
-    path = Path(checkpoint)
+def _checkpoint_dir(path: Path) -> Path:
     if (path / "best" / "config.json").is_file():
-        path = path / "best"
+        return path / "best"
+    return path
+
+
+def load(checkpoint: str | os.PathLike, device: str = "auto", backend: str = "torch") -> Classifier:
+    """Load a checkpoint folder (a run's best/ or last/, or the run folder itself) or an exported
+    .onnx file. backend="onnxruntime" runs a checkpoint folder through ONNX Runtime (exported once
+    to model.onnx beside the weights)."""
+    from .export.onnx import OnnxModel, export_onnx
+
+    if backend not in BACKENDS:
+        raise ValueError(f"--backend {backend!r}: use one of {', '.join(BACKENDS)}")
+    path = Path(checkpoint)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.suffix == ".onnx":
+        onnx_model = OnnxModel(path)
+        if not onnx_model.meta.get("preprocessing"):
+            raise ValueError(f"{path} has no vitkit metadata: export it with `vitkit export`")
+        return Classifier(onnx_model, onnx_model.meta)
+    path = _checkpoint_dir(path)
     model, meta = load_model(path)
-    return Classifier(model, meta, device)
+    classifier = Classifier(model, meta, device)
+    if backend == "onnxruntime":
+        onnx_path = path / "model.onnx"
+        weights = path / "model.safetensors"
+        if not onnx_path.is_file() or onnx_path.stat().st_mtime < weights.stat().st_mtime:
+            export_onnx(classifier, onnx_path)
+        classifier = Classifier(OnnxModel(onnx_path), meta)
+    return classifier
 
 
 def evaluate(checkpoint: str | os.PathLike, data: str | None = None, split: str = "test",

@@ -136,10 +136,39 @@ def cmd_predict(args: argparse.Namespace) -> int:
     paths = expand_paths(args.images)
     if not paths:
         raise UserError("no images found in the given paths")
-    clf = api.load(args.checkpoint, device=args.device)
+    clf = api.load(args.checkpoint, device=args.device, backend=args.backend)
     results = predict_paths(clf, paths, args.topk, args.batch_size, progress=sys.stderr.isatty())
     print(format_predictions(results, args.format))
     return 1 if any("error" in r for r in results) else 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from . import api
+    from .viz.explain import explain_image
+
+    clf = api.load(args.checkpoint, device=args.device)
+    top = explain_image(clf, args.image, args.out, topk=args.topk)
+    print(json.dumps({"path": args.image, "predictions": top, "figure": args.out}))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from . import api
+
+    if args.format == "onnx":
+        from .export.onnx import export_onnx
+
+        report = export_onnx(api.load(args.checkpoint, device="cpu"), args.out, opset=args.opset)
+        print(json.dumps({"onnx": args.out, "max_abs_logit_diff": report}))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve.app import serve
+
+    serve(args.checkpoint, host=args.host, port=args.port, backend=args.backend, max_upload_mb=args.max_upload_mb,
+          device=args.device)
+    return 0
 
 
 # ----------------------------------------------------------------------------- parser
@@ -177,7 +206,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="table", choices=["table", "json", "csv"])
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="auto")
+    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("explain", help="attention rollout (ViT) or saliency map beside the top-5")
+    p.add_argument("checkpoint")
+    p.add_argument("image")
+    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("serve", help="HTTP API and web page for a checkpoint")
+    p.add_argument("checkpoint")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
+    p.add_argument("--max-upload-mb", type=float, default=10)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("export", help="export a checkpoint (onnx)")
+    p.add_argument("checkpoint")
+    p.add_argument("out")
+    p.add_argument("--format", default="onnx", choices=["onnx"])
+    p.add_argument("--opset", type=int, default=18)
+    p.set_defaults(func=cmd_export)
     return parser
 
 

@@ -30,9 +30,10 @@ def expand_paths(patterns: Iterable[str]) -> list[Path]:
     return found
 
 
-def image_tensor(source, size: int) -> torch.Tensor:
+def image_tensor(source, size: int, name: str | None = None) -> torch.Tensor:
     """(3, size, size) uint8 from a path or file object, decoded as the training images were."""
-    return torch.from_numpy(np.asarray(fit_square(open_image(source), size)).transpose(2, 0, 1).copy())
+    img = fit_square(open_image(source, name=name), size)
+    return torch.from_numpy(np.asarray(img).transpose(2, 0, 1).copy())
 
 
 def top_k(probs: torch.Tensor, class_names: list[str], k: int) -> list[list[dict]]:

@@ -15,7 +15,12 @@ MAX_IMAGE_PIXELS = 64_000_000
 
 
 class BadImageError(ValueError):
-    """An image file that cannot be decoded (named in the message)."""
+    """An image file that cannot be decoded (named in the message). `kind` is "unidentified" (not an
+    image at all), "corrupt" (truncated or damaged) or "bomb" (too many pixels)."""
+
+    def __init__(self, message: str, kind: str = "corrupt"):
+        super().__init__(message)
+        self.kind = kind
 
 
 def is_image_file(path: str | os.PathLike) -> bool:
@@ -51,26 +56,26 @@ def fit_square(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
-def open_image(source, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+def open_image(source, max_pixels: int = MAX_IMAGE_PIXELS, name: str | None = None) -> Image.Image:
     """Open a path or file-like object as RGB with EXIF orientation applied, refusing bombs and
-    truncated files with a BadImageError that says what is wrong."""
-    name = getattr(source, "name", source)
+    truncated files with a BadImageError that names `name` (default: the path) and says what is wrong."""
+    name = name or getattr(source, "name", None) or str(source)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(source) as img:
                 if img.width * img.height > max_pixels:
                     raise BadImageError(f"{name}: {img.width}x{img.height} pixels is over the limit of "
-                                        f"{max_pixels:,} (possible decompression bomb)")
+                                        f"{max_pixels:,} (possible decompression bomb)", "bomb")
                 img.load()
                 img = ImageOps.exif_transpose(img)
                 return to_rgb(img)
     except BadImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise BadImageError(f"{name}: refused as a possible decompression bomb ({e})") from None
+        raise BadImageError(f"{name}: refused as a possible decompression bomb ({e})", "bomb") from None
     except UnidentifiedImageError:
-        raise BadImageError(f"{name}: not an image Pillow can read") from None
+        raise BadImageError(f"{name}: not an image Pillow can read", "unidentified") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise BadImageError(f"{name}: truncated or corrupt image ({e})") from None
 

@@ -322,40 +322,51 @@ class Trainer:
         torch.manual_seed(epoch_seed(self.cfg.seed, epoch, 1))
         self.aug_gen.manual_seed(epoch_seed(self.cfg.seed, epoch, 2 + self.ctx.rank))
 
+    def train_step(self, net: nn.Module, images: torch.Tensor, labels: torch.Tensor, boundary: bool = True):
+        """Augment a uint8 batch on the device, then one model step."""
+        cfg = self.cfg
+        x = self.augment.train(images, self.aug_gen)
+        x, targets = mix_batch(x, labels, self.data.num_classes, cfg.mixup, cfg.cutmix, cfg.label_smoothing,
+                               self.aug_gen)
+        return self.model_step(net, x, targets, boundary)
+
+    def model_step(self, net: nn.Module, x: torch.Tensor, targets: torch.Tensor, boundary: bool = True):
+        """Forward, backward and (at accumulation boundaries) the optimizer update."""
+        cfg = self.cfg
+        sync = contextlib.nullcontext() if boundary or not self.ctx.enabled else net.no_sync()
+        with sync:
+            with autocast(self.device, self.bf16):
+                logits = net(x).float()
+            loss = F.cross_entropy(logits, targets)
+            (loss / cfg.accum_steps).backward()
+        if boundary:
+            self._last_lr = self._set_lr()
+            if cfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
+            self.step += 1
+        return logits, loss
+
     def train_epoch(self, epoch: int, start_batch: int, net: nn.Module) -> dict:
-        cfg, device = self.cfg, self.device
+        cfg = self.cfg
         net.train()
         acc = MetricAccumulator(self.data.num_classes)
         seen, t_start = 0, time.perf_counter()
         bar = tqdm(total=self.steps_per_epoch, initial=start_batch, desc=f"epoch {epoch + 1}", leave=False,
                    disable=not (cfg.progress and self.ctx.is_main), file=sys.stderr, dynamic_ncols=True)
-        lr = self._set_lr()
+        self._last_lr = self._set_lr()
         for b, (images, labels) in enumerate(self.train_loader.batches(epoch, start_batch), start=start_batch):
-            x = self.augment.train(images, self.aug_gen)
-            x, targets = mix_batch(x, labels, self.data.num_classes, cfg.mixup, cfg.cutmix, cfg.label_smoothing,
-                                   self.aug_gen)
             boundary = (b + 1) % cfg.accum_steps == 0 or b + 1 == self.steps_per_epoch
-            sync = contextlib.nullcontext() if boundary or not self.ctx.enabled else net.no_sync()
-            with sync:
-                with autocast(device, self.bf16):
-                    logits = net(x).float()
-                loss = F.cross_entropy(logits, targets)
-                (loss / cfg.accum_steps).backward()
-            if boundary:
-                lr = self._set_lr()
-                if cfg.grad_clip > 0:
-                    nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                if self.ema is not None:
-                    self.ema.update_parameters(self.model)
-                self.step += 1
+            logits, loss = self.train_step(net, images, labels, boundary)
             with torch.no_grad():
                 acc.update(logits.detach(), labels, loss.item() * labels.shape[0])
             seen += labels.shape[0]
             rate = seen * self.ctx.world_size / max(time.perf_counter() - t_start, 1e-9)
             bar.set_postfix(loss=f"{acc.loss_sum / acc.count:.3f}", acc=f"{acc.confusion.diag().sum() / acc.count:.3f}",
-                            lr=f"{lr:.2e}", img_s=f"{rate:.0f}", refresh=False)
+                            lr=f"{self._last_lr:.2e}", img_s=f"{rate:.0f}", refresh=False)
             bar.update(1)
             if boundary and cfg.save_every and self.step % cfg.save_every == 0 and b + 1 < self.steps_per_epoch:
                 self.save_last(epoch, b + 1)
@@ -365,16 +376,44 @@ class Trainer:
         if self.ctx.enabled:
             acc.load_tensor(self.ctx.all_reduce_sum(acc.as_tensor()))
         train = acc.compute()
-        return {"train_loss": train["loss"], "train_top1": train["top1"], "train_top5": train["top5"], "lr": lr,
+        return {"train_loss": train["loss"], "train_top1": train["top1"], "train_top5": train["top5"], "lr": self._last_lr,
                 "images_per_s": seen * self.ctx.world_size / max(time.perf_counter() - t_start, 1e-9)}
 
-    def _plan(self, epoch_done: int) -> None:
+    def _plan(self) -> None:
         """With a time budget, refit the schedule length to the time left (eval time included)."""
         if not self.cfg.time_budget or self.step == 0:
             return
         per_step = self._elapsed() / self.step
         remaining = max(0.0, self.cfg.time_budget * 60 - self._elapsed())
         self.planned_steps = self.step + int(remaining / per_step)
+
+    def init_optimization(self) -> int:
+        """Optimizer, EMA, generators and schedule bookkeeping; returns the number of epochs to run."""
+        cfg = self.cfg
+        self.optimizer = self._optimizer()
+        self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+                    if cfg.ema else None)
+        self.aug_gen = torch.Generator(device=self.device)
+        mode = "min" if cfg.monitor == "val_loss" else "max"
+        self.plateau = Plateau(mode, cfg.plateau_factor, cfg.plateau_patience)
+        self.stopper = Plateau(mode, patience=cfg.early_stopping)
+        self.steps_per_epoch = len(self.train_loader)
+        epochs = 10**6 if cfg.time_budget else cfg.epochs
+        self.planned_steps = math.ceil(self.steps_per_epoch / cfg.accum_steps) * (1 if cfg.time_budget else epochs)
+        self.step, self.history, self.best_epoch, self.elapsed_before = 0, [], -1, 0.0
+        self.t0 = time.perf_counter()
+        self._last_lr = self._set_lr()
+        return epochs
+
+    def wrap_model(self) -> nn.Module:
+        """DDP across processes and torch.compile when asked; the raw model keeps the weights."""
+        net = self.model
+        if self.ctx.enabled:
+            net = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if self.cfg.compile:
+            net = torch.compile(net)
+        return net
 
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -383,28 +422,14 @@ class Trainer:
             self.run_dir = self._run_dir()
             self.run_dir.mkdir(parents=True, exist_ok=True)
         self.run_dir = Path(self.ctx.broadcast_object(str(self.run_dir) if self.ctx.is_main else None))
-        self.optimizer = self._optimizer()
-        self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
-                    if cfg.ema else None)
-        self.aug_gen = torch.Generator(device=self.device)
-        self.plateau = Plateau("min" if cfg.monitor == "val_loss" else "max", cfg.plateau_factor, cfg.plateau_patience)
-        self.stopper = Plateau("min" if cfg.monitor == "val_loss" else "max", patience=cfg.early_stopping)
-        self.steps_per_epoch = len(self.train_loader)
-        epochs = 10**6 if cfg.time_budget else cfg.epochs
-        self.planned_steps = math.ceil(self.steps_per_epoch / cfg.accum_steps) * (epochs if not cfg.time_budget else 1)
-        self.step, self.history, self.best_epoch, self.elapsed_before = 0, [], -1, 0.0
+        epochs = self.init_optimization()
         start_epoch, start_batch = 0, 0
         if cfg.resume:
             start_epoch, start_batch = self.load_last()
         self.t0 = time.perf_counter()
         if self.ctx.is_main:
             self._write_run_files(status="running")
-        net = self.model
-        if self.ctx.enabled:
-            net = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        if cfg.compile:
-            net = torch.compile(net)
+        net = self.wrap_model()
         try:
             for epoch in range(start_epoch, epochs):
                 if start_batch == 0 or epoch != start_epoch:
@@ -422,7 +447,7 @@ class Trainer:
                 if cfg.schedule == "plateau":
                     self.plateau.step(monitored)
                     self.plateau.reduce_if_stalled()
-                self._plan(epoch + 1)
+                self._plan()
                 self.save_last(epoch + 1, 0)
                 if self.ctx.is_main:
                     self._write_metrics()

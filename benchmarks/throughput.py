@@ -1,0 +1,108 @@
+"""Training and inference images/s per preset: model-only and end-to-end on real images.
+
+Model-only steps reuse one already-normalised batch; end-to-end steps take uint8 batches from the
+in-memory loader and augment them on the device exactly as `vitkit train` does. The two kinds of step
+are interleaved in rounds so that machine drift affects both alike; the gap is the data pipeline's cost.
+
+    python benchmarks/throughput.py                       # every preset, its own batch size
+    python benchmarks/throughput.py --batch-size 64 --models vit_tiny_patch4_32 resnet18_cifar
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from common import SHARED_DATA, machine, print_table, timed, write_json
+from vitkit.data.augment import one_hot_smooth
+from vitkit.models import PRESETS, count_parameters
+from vitkit.train.config import make_config
+from vitkit.train.engine import Trainer
+
+
+def build_trainer(name: str, data: str, batch_size: int | None, device: str, compile_model: bool) -> Trainer:
+    options = dict(data=data, progress=False, device=device, compile=compile_model, train_limit=2000, test_limit=100)
+    options["preset" if name in PRESETS else "model"] = name
+    if batch_size:
+        options["batch_size"] = batch_size
+    trainer = Trainer(make_config(**options))
+    trainer.setup()
+    trainer.init_optimization()
+    return trainer
+
+
+def measure(name: str, data: str, batch_size: int | None, rounds: int, steps: int, device: str,
+            compile_model: bool) -> dict:
+    trainer = build_trainer(name, data, batch_size, device, compile_model)
+    net = trainer.wrap_model()
+    batch = trainer.cfg.batch_size
+    images, labels = next(trainer.train_loader.batches(0))
+    x = trainer.augment.eval(images)
+    targets = one_hot_smooth(labels, trainer.data.num_classes, 0.0)
+    stream = iter(())
+
+    def model_only():
+        for _ in range(steps):
+            trainer.model_step(net, x, targets)
+
+    def end_to_end():
+        nonlocal stream
+        for _ in range(steps):
+            try:
+                imgs, labs = next(stream)
+            except StopIteration:
+                stream = trainer.train_loader.batches(trainer.step)
+                imgs, labs = next(stream)
+            trainer.train_step(net, imgs, labs)
+
+    def inference():
+        with torch.inference_mode():
+            for _ in range(steps):
+                trainer.model(x)
+
+    net.train()
+    compile_s = timed(lambda: trainer.model_step(net, x, targets), device)  # first step (compiles if asked)
+    model_only(), end_to_end()  # warm-up
+    t_model = t_e2e = t_infer = 0.0
+    for _ in range(rounds):
+        net.train()
+        t_model += timed(model_only, device)
+        t_e2e += timed(end_to_end, device)
+        trainer.model.eval()
+        t_infer += timed(inference, device)
+    n = rounds * steps * batch
+    model_ips, e2e_ips = n / t_model, n / t_e2e
+    return {"name": name, "params_m": count_parameters(trainer.model) / 1e6, "batch": batch,
+            "image_size": trainer.image_size, "train_model_ips": model_ips, "train_e2e_ips": e2e_ips,
+            "pipeline_overhead_pct": 100 * (model_ips / e2e_ips - 1), "infer_ips": n / t_infer,
+            "first_step_s": compile_s}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--presets", nargs="*", default=sorted(PRESETS))
+    parser.add_argument("--models", nargs="*", default=[], help="registered model names to add")
+    parser.add_argument("--data", default=str(SHARED_DATA / "cifar10-dev") if (SHARED_DATA / "cifar10-dev").is_dir()
+                        else "digits", help="real images for the end-to-end measurement")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: each preset's own")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=3, help="steps per round and kind")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--json", default="benchmarks/results/throughput.json")
+    args = parser.parse_args()
+    rows = []
+    for name in args.presets + args.models:
+        print(f"measuring {name} ...", file=sys.stderr, flush=True)
+        rows.append(measure(name, args.data, args.batch_size, args.rounds, args.steps, args.device, args.compile))
+    print_table(rows, [("name", "model", "s"), ("params_m", "params (M)", ".2f"), ("batch", "batch", "d"),
+                       ("image_size", "px", "d"), ("train_model_ips", "train img/s (model)", ".1f"),
+                       ("train_e2e_ips", "train img/s (end-to-end)", ".1f"),
+                       ("pipeline_overhead_pct", "pipeline cost %", ".1f"), ("infer_ips", "infer img/s", ".1f")])
+    write_json(args.json, {"machine": machine(), "data": args.data, "rows": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,90 @@
+"""ONNX export (dynamic batch) validated against PyTorch, and an ONNX Runtime classifier."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..fileio import atomic_path
+
+DEFAULT_OPSET = 18
+PARITY_TOLERANCE = 1e-4
+
+
+def _require(module: str, extra: str):
+    try:
+        return __import__(module)
+    except ImportError:
+        raise ValueError(f"{module} is not installed: pip install 'vitkit[{extra}]'") from None
+
+
+def export_onnx(classifier, out_path: str | os.PathLike, opset: int = DEFAULT_OPSET,
+                validate_batches: tuple[int, ...] = (1, 7)) -> dict:
+    """Write `out_path` with a dynamic batch axis and the checkpoint's labels and preprocessing in the
+    model metadata; check ONNX Runtime against PyTorch on a few batch sizes. Returns the max
+    |logit difference| per batch size."""
+    _require("onnxscript", "export")
+    onnx = _require("onnx", "export")
+    model = classifier.model.float().eval().cpu()
+    size, channels = classifier.image_size, classifier.channels
+    example = torch.randn(2, channels, size, size)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    out_path = Path(out_path)
+    with atomic_path(out_path) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        program = torch.onnx.export(model, (example,), dynamo=True, opset_version=opset, verbose=False,
+                                    input_names=["pixel_values"], output_names=["logits"],
+                                    dynamic_shapes={"x": {0: batch}})
+        program.optimize()
+        proto = program.model_proto
+        meta = {"vitkit": json.dumps({k: v for k, v in classifier.meta.items() if k != "train_config"})}
+        for key, value in meta.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.save_model(proto, str(tmp))
+        report = validate_onnx(tmp, model, channels, size, validate_batches)
+    return report
+
+
+def validate_onnx(path, model, channels: int, size: int, batches=(1, 7)) -> dict:
+    ort = _require("onnxruntime", "export")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    report = {}
+    gen = torch.Generator().manual_seed(0)
+    for b in batches:
+        x = torch.randn(b, channels, size, size, generator=gen)
+        with torch.inference_mode():
+            expected = model(x).numpy()
+        got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+        diff = float(np.abs(got - expected).max())
+        if not diff < PARITY_TOLERANCE:
+            raise ValueError(f"ONNX export of {path} differs from PyTorch by {diff:.2e} at batch {b} "
+                             f"(tolerance {PARITY_TOLERANCE}); please report this model")
+        report[f"batch_{b}"] = diff
+    return report
+
+
+class OnnxModel:
+    """Callable like the PyTorch model (float NCHW tensor in, logits out) on ONNX Runtime."""
+
+    def __init__(self, path: str | os.PathLike, threads: int = 0):
+        ort = _require("onnxruntime", "export")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types for unreadable files
+            raise ValueError(f"{path} is not a loadable ONNX model ({e})") from None
+        self.input_name = self.session.get_inputs()[0].name
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.meta = json.loads(meta.get("vitkit", "{}"))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.session.run(None, {self.input_name: x.float().cpu().numpy()})[0])
