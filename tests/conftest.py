@@ -46,3 +46,28 @@ def subprocess_env() -> dict:
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory):
+    """A short real training run on digits, shared by the tests that need a checkpoint."""
+    import vitkit
+
+    out = tmp_path_factory.mktemp("digits") / "run"
+    result = vitkit.train(out=str(out), epochs=4, progress=False)
+    return out, result
+
+
+@pytest.fixture(scope="session")
+def digit_images(tmp_path_factory):
+    """Real digit images (scikit-learn's digits) as PNG files, with their labels."""
+    from sklearn.datasets import load_digits
+
+    folder = tmp_path_factory.mktemp("digit-images")
+    digits = load_digits()
+    paths = []
+    for i in range(12):
+        path = folder / f"digit{i:02d}.png"
+        Image.fromarray((digits.images[i] / 16 * 255).astype(np.uint8)).save(path)
+        paths.append(path)
+    return paths, digits.target[:12].tolist()

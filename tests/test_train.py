@@ -27,12 +27,9 @@ def assert_real_plot(path: Path, min_size=(300, 200)):
     assert pixels.std() > 10, f"{path.name} looks blank"
 
 
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    """A short real run on digits shared by the eval/predict tests."""
-    out = tmp_path_factory.mktemp("quick") / "run"
-    result = vitkit.train(out=str(out), epochs=3, progress=False)
-    return out, result
+@pytest.fixture
+def quick_run(digits_run):
+    return digits_run
 
 
 @pytest.mark.slow

@@ -1,0 +1,125 @@
+"""ONNX export parity, the onnxruntime backend, and explanations for every family."""
+import json
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import vitkit
+from conftest import subprocess_env, vitkit_cmd
+from vitkit.api import Classifier
+from vitkit.export.onnx import OnnxModel, export_onnx
+from vitkit.models import create_model, save_model
+from vitkit.viz.explain import attention_maps, explain_tensor
+
+pytest.importorskip("onnxruntime")
+
+
+def checkpoint(tmp_path, name, **kw):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=5, **kw).eval()
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so eval-mode export is really checked
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    meta = {"class_names": list("abcde"), "preprocessing": {"image_size": model.config.image_size,
+                                                            "channels": 3, "mean": [0.5] * 3, "std": [0.25] * 3}}
+    save_model(model, tmp_path / name, **meta)
+    return model, tmp_path / name
+
+
+@pytest.mark.parametrize("name,kw", [("vit_micro_patch4_32", {}), ("vit_micro_patch4_32", {"pool": "cls",
+                                     "class_token": True}), ("mixer_micro_patch4_32", {}),
+                                     ("resnet18_cifar", {"widths": (16, 32, 32, 64)})])
+def test_onnx_parity_batch_1_and_7(tmp_path, name, kw):
+    model, ckpt = checkpoint(tmp_path, name, **kw)
+    report = export_onnx(vitkit.load(ckpt, device="cpu"), tmp_path / "m.onnx")
+    assert set(report) == {"batch_1", "batch_7"}
+    session = OnnxModel(tmp_path / "m.onnx")
+    for b in (1, 7):
+        x = torch.randn(b, 3, 32, 32)
+        diff = (session(x) - model(x).detach()).abs().max().item()
+        assert diff < 1e-4, (b, diff)
+    assert session.meta["class_names"] == list("abcde")
+
+
+def test_onnxruntime_backend_predicts_like_torch(digits_run, digit_images, tmp_path):
+    out, _ = digits_run
+    paths, _ = digit_images
+    results = {}
+    for backend in ("torch", "onnxruntime"):
+        proc = subprocess.run(vitkit_cmd("predict", str(out), *map(str, paths), "--format", "json",
+                                         "--backend", backend), capture_output=True, text=True,
+                              env=subprocess_env(), timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        results[backend] = json.loads(proc.stdout)
+    for a, b in zip(results["torch"], results["onnxruntime"]):
+        assert a["predictions"][0]["label"] == b["predictions"][0]["label"]
+        assert a["predictions"][0]["score"] == pytest.approx(b["predictions"][0]["score"], abs=1e-4)
+    # the exported file on its own carries labels and preprocessing
+    proc = subprocess.run(vitkit_cmd("export", str(out), str(tmp_path / "d.onnx")), capture_output=True, text=True,
+                          env=subprocess_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    standalone = vitkit.load(tmp_path / "d.onnx")
+    assert standalone.backend == "onnxruntime" and standalone.class_names == [str(i) for i in range(10)]
+
+
+def test_a_non_onnx_file_is_refused(tmp_path):
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(b"\x00garbage")
+    with pytest.raises(ValueError, match="not a loadable ONNX model"):
+        vitkit.load(bad)
+
+
+@pytest.mark.parametrize("pool,class_token", [("cls", True), ("mean", True), ("mean", False), ("flatten", False)])
+def test_attention_rollout_every_pooling(pool, class_token):
+    model = create_model("vit_micro_patch4_32", pool=pool, class_token=class_token).eval()
+    x = torch.randn(2, 3, 32, 32)
+    before = model(x)
+    maps = attention_maps(model, x)
+    assert maps["rollout"].shape == (2, 8, 8)
+    assert ("cls_last" in maps) == class_token
+    for m in maps.values():
+        assert torch.isfinite(m).all() and m.min() == 0 and m.max() == 1
+    assert torch.equal(model(x), before)  # capture switched off again, same outputs
+
+
+def test_rollout_follows_the_evidence():
+    """A model whose attention all goes to one patch: rollout must light up that patch."""
+    model = create_model("vit_micro_patch4_32", depth=1, class_token=True, pool="cls").eval()
+    with torch.no_grad():
+        model.blocks[0].attn.qkv.weight.zero_()
+        model.blocks[0].attn.qkv.bias.zero_()
+        model.pos_embed.zero_()
+        # keys: a large score only for the token whose position embedding carries a marker
+        model.pos_embed[0, 1 + 27, 0] = 10.0
+        dim = model.config.embed_dim
+        model.blocks[0].attn.qkv.bias[:dim] = 1.0  # queries all ones
+        model.blocks[0].attn.qkv.weight[dim, 0] = 10.0  # key 0 of head 0 reads the marker
+    maps = attention_maps(model, torch.zeros(1, 3, 32, 32))
+    assert maps["rollout"][0].flatten().argmax().item() == 27
+
+
+@pytest.mark.parametrize("name", ["mixer_micro_patch4_32", "fnet_micro_patch4_32", "gmlp_micro_patch4_32",
+                                  "resnet18_cifar"])
+def test_saliency_for_non_attention_models(name):
+    model = create_model(name, num_classes=3).eval()
+    clf = Classifier(model, {"class_names": list("abc")}, device="cpu")
+    images = torch.randint(0, 255, (2, 3, 32, 32), dtype=torch.uint8)
+    probs, maps = explain_tensor(clf, images)
+    assert probs.shape == (2, 3) and set(maps) == {"saliency"}
+    assert maps["saliency"].shape == (2, 32, 32) and torch.isfinite(maps["saliency"]).all()
+
+
+def test_explain_cli_writes_a_figure(digits_run, digit_images, tmp_path):
+    out, _ = digits_run
+    png = tmp_path / "why.png"
+    proc = subprocess.run(vitkit_cmd("explain", str(out), str(digit_images[0][0]), "--out", str(png)),
+                          capture_output=True, text=True, env=subprocess_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert len(json.loads(proc.stdout)["predictions"]) == 5
+    img = np.asarray(Image.open(png).convert("RGB"))
+    assert img.shape[1] > 2 * img.shape[0] and img.std() > 10
