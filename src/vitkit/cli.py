@@ -160,6 +160,15 @@ def cmd_export(args: argparse.Namespace) -> int:
 
         report = export_onnx(api.load(args.checkpoint, device="cpu"), args.out, opset=args.opset)
         print(json.dumps({"onnx": args.out, "max_abs_logit_diff": report}))
+    else:
+        from .models.vit import ViT
+        from .pretrained.hf import save_hf_folder
+
+        clf = api.load(args.checkpoint, device="cpu")
+        if not isinstance(clf.model, ViT):
+            raise UserError(f"--format hf exports ViTs only; {args.checkpoint} is a {clf.model.family} model")
+        save_hf_folder(clf.model, clf.class_names, clf.meta.get("preprocessing", {}), args.out)
+        print(json.dumps({"hf": args.out}))
     return 0
 
 
@@ -226,10 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("export", help="export a checkpoint (onnx)")
+    p = sub.add_parser("export", help="export a checkpoint as ONNX or as a Hugging Face folder")
     p.add_argument("checkpoint")
     p.add_argument("out")
-    p.add_argument("--format", default="onnx", choices=["onnx"])
+    p.add_argument("--format", default="onnx", choices=["onnx", "hf"])
     p.add_argument("--opset", type=int, default=18)
     p.set_defaults(func=cmd_export)
     return parser

@@ -54,4 +54,11 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
         train=dict(data="fashion-mnist", image_size=96, optimizer="sgd", lr=0.1, momentum=0.0, weight_decay=0.0,
                    batch_size=128, epochs=10, schedule="constant", normalize="none"),
     ),
+    Preset(
+        "hf-vit-finetune", "vit_base_patch16_224",
+        "Hugging Face tutorial: fine-tune google/vit-base-patch16-224-in21k on an image folder, new head",
+        train=dict(pretrained="google/vit-base-patch16-224-in21k", image_size=224, val_split=0.2, optimizer="adamw",
+                   lr=2e-4, batch_size=16, epochs=3, weight_decay=0.01, schedule="linear", warmup_epochs=0.0,
+                   normalize="half"),
+    ),
 ]}

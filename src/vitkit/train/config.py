@@ -7,7 +7,7 @@ from typing import Any
 
 from ..models import get_preset
 
-SCHEDULES = ("cosine", "constant", "plateau")
+SCHEDULES = ("cosine", "linear", "constant", "plateau")
 OPTIMIZERS = ("adamw", "sgd")
 NORMALIZE = ("fit", "imagenet", "half", "none")
 MONITORS = ("val_top1", "val_loss")
@@ -27,6 +27,10 @@ class TrainConfig:
     model: str | None = None  # registered model name; None: the preset's or vit_micro_patch4_32
     preset: str | None = None
     model_args: dict[str, Any] = field(default_factory=dict)  # architecture overrides
+    pretrained: str | None = None  # hub id, local HF/timm/DeiT checkpoint or vitkit run to start from
+    freeze_backbone: bool = False  # train the head only (linear probe)
+    layer_decay: float = 0.0  # layer-wise lr decay, e.g. 0.75 (0: off)
+    head_lr: float = 0.0  # learning rate of the classifier head (0: same as lr)
     # optimisation
     epochs: int = 30
     time_budget: float = 0.0  # minutes; when set, the schedule is fitted to wall clock instead of epochs

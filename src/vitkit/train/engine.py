@@ -38,7 +38,7 @@ from ..models import count_parameters, create_model, get_preset, save_model
 from ..models.io import load_model
 from .config import TrainConfig
 from .distributed import DistContext, init_distributed, shutdown
-from .optim import Plateau, build_optimizer, lr_factor
+from .optim import Plateau, build_optimizer, lr_factor, param_groups
 
 TRAINER_STATE = "trainer.pt"
 DEFAULT_MODEL = "vit_micro_patch4_32"
@@ -210,13 +210,25 @@ class Trainer:
         cfg = self.cfg
         name = self._model_name()
         preset_model = get_preset(cfg.preset).model_args if cfg.preset and not cfg.model else {}
-        self.image_size = cfg.image_size or preset_model.get("image_size") or 32
+        pretrained = None
+        if cfg.pretrained:
+            from ..pretrained import load_pretrained
+
+            pretrained = load_pretrained(cfg.pretrained, num_heads=cfg.model_args.get("num_heads"))
+        self.image_size = (cfg.image_size or (pretrained[1].get("image_size") if pretrained else None)
+                           or preset_model.get("image_size") or 32)
         self.data, self.bad_images = prepare_data(cfg, self.image_size)
-        in_chans = preset_model.get("in_chans") or cfg.model_args.get("in_chans") or (
-            1 if self.data.channels == 1 else 3)
-        self.model = self.build_model(name, in_chans)
+        if pretrained:
+            self.model = self.adapt_pretrained(*pretrained)
+        else:
+            in_chans = preset_model.get("in_chans") or cfg.model_args.get("in_chans") or (
+                1 if self.data.channels == 1 else 3)
+            self.model = self.build_model(name, in_chans)
         self.channels = self.model.config.in_chans
-        self.mean, self.std = normalization(cfg, self.data.train, self.channels)
+        if pretrained and cfg.mean is None and pretrained[1].get("mean"):
+            self.mean, self.std = tuple(pretrained[1]["mean"]), tuple(pretrained[1]["std"])
+        else:
+            self.mean, self.std = normalization(cfg, self.data.train, self.channels)
         self.augment = BatchAugment(self.image_size, self.mean, self.std, self.channels, augment_spec(cfg))
         rank, world = self.ctx.rank, self.ctx.world_size
         if cfg.batch_size * world > len(self.data.train):
@@ -237,9 +249,26 @@ class Trainer:
                              **args)
         return model.to(self.device)
 
+    def adapt_pretrained(self, model: nn.Module, preprocessing: dict, class_names: list | None) -> nn.Module:
+        """Fit a pretrained model to this run: resolution (position embeddings interpolated) and head
+        (kept when the classes are the same, otherwise a new one)."""
+        model.set_image_size(self.image_size)
+        same_classes = (getattr(model, "has_pretrained_head", False) and class_names is not None
+                        and list(class_names) == list(self.data.class_names))
+        if not same_classes:
+            torch.manual_seed(self.cfg.seed)
+            head = model.head[-1]
+            model.head[-1] = nn.Linear(head.in_features, self.data.num_classes)
+            nn.init.trunc_normal_(model.head[-1].weight, std=0.02)
+            nn.init.zeros_(model.head[-1].bias)
+            model.config.num_classes = self.data.num_classes
+        return model.to(self.device)
+
     def _optimizer(self):
         cfg = self.cfg
-        return build_optimizer(self.model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
+        head_scale = cfg.head_lr / cfg.lr if cfg.head_lr else 1.0
+        groups = param_groups(self.model, cfg.weight_decay, cfg.layer_decay, head_scale, cfg.freeze_backbone)
+        return build_optimizer(self.model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, groups)
 
     # -- checkpointing --------------------------------------------------------------------
     def _meta(self) -> dict:

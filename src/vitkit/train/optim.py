@@ -9,19 +9,39 @@ import torch.nn as nn
 NO_DECAY_NAMES = ("pos_embed", "cls_token")
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay for norms, biases (all 1-D tensors) and position embeddings / class tokens."""
-    decay, no_decay = [], []
+def layer_id(name: str, depth: int) -> int:
+    """0 for the embeddings, i + 1 for block i, depth + 1 for the final norm and head (BEiT/MAE)."""
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    if name.startswith(("patch_embed", "cls_token", "pos_embed", "stem")):
+        return 0
+    return depth + 1
+
+
+def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 0.0, head_scale: float = 1.0,
+                 freeze_backbone: bool = False) -> list[dict]:
+    """No weight decay for norms, biases (all 1-D tensors) and position embeddings / class tokens.
+    Each group carries `lr_scale`: layer-wise decay (layer_decay ** distance from the top) and the
+    head's own scale; a frozen backbone leaves only the head trainable."""
+    depth = len(getattr(model, "blocks", []))
+    groups: dict[tuple[bool, float], list] = {}
     for name, p in model.named_parameters():
+        is_head = name.startswith("head.")
+        if freeze_backbone and not is_head:
+            p.requires_grad_(False)
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim <= 1 or any(k in name for k in NO_DECAY_NAMES) else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        scale = head_scale if is_head else 1.0
+        if layer_decay and not is_head:
+            scale *= layer_decay ** (depth + 1 - layer_id(name, depth))
+        no_decay = p.ndim <= 1 or any(k in name for k in NO_DECAY_NAMES)
+        groups.setdefault((no_decay, scale), []).append(p)
+    return [{"params": params, "weight_decay": 0.0 if no_decay else weight_decay, "lr_scale": scale}
+            for (no_decay, scale), params in sorted(groups.items(), key=lambda kv: (kv[0][0], -kv[0][1]))]
 
 
 def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float,
-                    groups: list[dict] | None = None) -> torch.optim.Optimizer:
-    groups = groups if groups is not None else param_groups(model, weight_decay)
+                    groups: list[dict]) -> torch.optim.Optimizer:
     on_cuda = next(model.parameters()).is_cuda
     # fused kernels on GPU; the multi-tensor (foreach) path on CPU
     fast = {"fused": True} if on_cuda else {"foreach": True}
@@ -34,9 +54,11 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, min
     """Linear warmup, then cosine decay to `min_ratio` (or constant). Plateau scaling is applied apart."""
     if warmup_steps and step < warmup_steps:
         return (step + 1) / warmup_steps
-    if schedule != "cosine":
+    if schedule not in ("cosine", "linear"):
         return 1.0
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    if schedule == "linear":  # the Hugging Face Trainer's default: straight to zero
+        return 1.0 - progress
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 

@@ -1,0 +1,258 @@
+"""Pretrained ViTs: exact equivalence with transformers, timm/DeiT layouts, hub downloads through a
+loopback mirror, transfer on real photos, HF export, and refusal of bad checkpoints."""
+import json
+import pickle
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+import vitkit
+from conftest import shared_dataset, subprocess_env, vitkit_cmd, write_class_folders
+from hub_mirror import HubMirror
+from vitkit.models import create_model, save_model
+from vitkit.pretrained import load_pretrained
+from vitkit.train.optim import param_groups
+
+transformers = pytest.importorskip("transformers")
+
+
+def tiny_hf_model(num_labels=4, image_size=32, seed=0):
+    torch.manual_seed(seed)
+    cfg = transformers.ViTConfig(hidden_size=48, num_hidden_layers=2, num_attention_heads=3, intermediate_size=96,
+                                 image_size=image_size, patch_size=8, num_labels=num_labels,
+                                 id2label={i: f"class{i}" for i in range(num_labels)},
+                                 label2id={f"class{i}": i for i in range(num_labels)})
+    return transformers.ViTForImageClassification(cfg).eval()
+
+
+def test_matches_transformers_classifier_and_backbone(tmp_path):
+    hf = tiny_hf_model()
+    hf.save_pretrained(tmp_path / "hf")
+    model, pre, names = load_pretrained(tmp_path / "hf")
+    model.eval()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert (hf(pixel_values=x).logits - model(x)).abs().max() < 1e-5
+        backbone = transformers.ViTModel.from_pretrained(tmp_path / "hf", add_pooling_layer=False).eval()
+        hidden = backbone(pixel_values=x).last_hidden_state
+        assert (hidden - model.forward_features(x)).abs().max() < 1e-5
+        assert (hidden[:, 0] - model.pool(model.forward_features(x))).abs().max() < 1e-5
+        # a second resolution against transformers' own position-embedding interpolation
+        x48 = torch.randn(2, 3, 48, 48)
+        expected = hf(pixel_values=x48, interpolate_pos_encoding=True).logits
+        model.set_image_size(48)
+        assert (expected - model(x48)).abs().max() < 1e-5
+    assert names == ["class0", "class1", "class2", "class3"]
+    assert pre["mean"] == [0.5, 0.5, 0.5] and pre["image_size"] == 32
+
+
+def test_backbone_only_checkpoint_loads(tmp_path):
+    torch.manual_seed(1)
+    cfg = transformers.ViTConfig(hidden_size=48, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
+                                 image_size=32, patch_size=8)
+    backbone = transformers.ViTModel(cfg).eval()
+    backbone.save_pretrained(tmp_path / "backbone")
+    model, _, names = load_pretrained(tmp_path / "backbone")
+    assert names is None and not model.has_pretrained_head
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert (backbone(pixel_values=x).last_hidden_state - model.forward_features(x)).abs().max() < 1e-5
+
+
+def timm_state(model):
+    return {("head." + k[len("head.1."):] if k.startswith("head.1.") else k): v.clone()
+            for k, v in model.state_dict().items()}
+
+
+def test_timm_and_deit_layouts_reproduce_the_forward(tmp_path):
+    torch.manual_seed(0)
+    source = create_model("vit_tiny_patch16_224", image_size=64, depth=2, num_classes=7).eval()
+    x = torch.randn(2, 3, 64, 64)
+    expected = source(x)
+    save_file(timm_state(source), str(tmp_path / "vit_tiny_patch16_224.safetensors"))
+    torch.save({"model": timm_state(source)}, tmp_path / "deit_tiny_patch16_224.pth")  # DeiT release format
+    for name in ("vit_tiny_patch16_224.safetensors", "deit_tiny_patch16_224.pth"):
+        model, pre, _ = load_pretrained(tmp_path / name)
+        assert model.config.num_heads == 3 and model.config.num_classes == 7 and pre["image_size"] == 64
+        assert torch.equal(model.eval()(x), expected), name
+
+
+def test_wrong_keys_are_listed(tmp_path):
+    state = timm_state(create_model("vit_tiny_patch16_224", image_size=32, depth=2))
+    del state["blocks.1.attn.proj.weight"]
+    state["blocks.0.attn.extra"] = torch.zeros(1)
+    save_file(state, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(ValueError, match=r"missing keys: blocks\.1\.attn\.proj\.weight.*unexpected keys: "
+                                         r"blocks\.0\.attn\.extra"):
+        load_pretrained(tmp_path / "bad.safetensors")
+
+
+def publish(root: Path, repo: str, files: dict[str, bytes]) -> None:
+    folder = root / repo
+    folder.mkdir(parents=True)
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+
+
+@pytest.fixture
+def hub(tmp_path):
+    mirror = HubMirror(tmp_path / "hub")
+    yield mirror
+    mirror.close()
+
+
+def hf_repo_files(tmp_path, model) -> dict[str, bytes]:
+    model.save_pretrained(tmp_path / "export")
+    files = {p.name: p.read_bytes() for p in (tmp_path / "export").iterdir()}
+    files["preprocessor_config.json"] = json.dumps({"image_processor_type": "ViTImageProcessor", "size": {
+        "height": 32, "width": 32}, "image_mean": [0.5] * 3, "image_std": [0.5] * 3, "resample": 2}).encode()
+    return files
+
+
+def hub_env(hub, tmp_path, offline=False):
+    env = subprocess_env()
+    env.update(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf-home"), HF_HUB_DISABLE_TELEMETRY="1")
+    if offline:
+        env["HF_HUB_OFFLINE"] = "1"
+    return env
+
+
+def test_finetune_from_hub_id_through_the_download_path(hub, tmp_path):
+    publish(hub.root, "acme/vit-mini", hf_repo_files(tmp_path, tiny_hf_model()))
+    data = write_class_folders(tmp_path / "photos", per_class=8)
+    out = tmp_path / "run"
+    args = ("train", "--data", str(data), "--pretrained", "acme/vit-mini", "--epochs", "1", "--batch-size", "8",
+            "--out", str(out), "--no-progress")
+    proc = subprocess.run(vitkit_cmd(*args), capture_output=True, text=True, env=hub_env(hub, tmp_path), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert any("/acme/vit-mini/resolve/" in r and "model.safetensors" in r for r in hub.requests)
+    config = json.loads((out / "best" / "config.json").read_text())
+    assert config["config"]["embed_dim"] == 48 and config["config"]["num_classes"] == 3  # new head
+    assert config["preprocessing"]["mean"] == [0.5, 0.5, 0.5] and config["preprocessing"]["image_size"] == 32
+    # offline afterwards: served from the huggingface_hub cache, no request reaches the mirror
+    hub.requests.clear()
+    proc = subprocess.run(vitkit_cmd(*args[:-3], "--out", str(tmp_path / "run2"), "--no-progress"),
+                          capture_output=True, text=True, env=hub_env(hub, tmp_path, offline=True), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert hub.requests == []
+
+
+def test_hub_errors_are_clear(hub, tmp_path):
+    data = write_class_folders(tmp_path / "photos", per_class=4)
+    bert = {"config.json": json.dumps({"model_type": "bert", "hidden_size": 32}).encode(),
+            "model.safetensors": b"unused"}
+    publish(hub.root, "acme/bert-mini", bert)
+    cases = [("acme/does-not-exist", hub_env(hub, tmp_path), "no such model on the hub"),
+             ("acme/never-downloaded", hub_env(hub, tmp_path, offline=True), "not in the local Hugging Face cache"),
+             ("acme/bert-mini", hub_env(hub, tmp_path), "is a bert model, not a ViT")]
+    for source, env, message in cases:
+        proc = subprocess.run(vitkit_cmd("train", "--data", str(data), "--pretrained", source, "--out",
+                                         str(tmp_path / source.replace("/", "_")), "--no-progress"),
+                              capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode == 2, (source, proc.stderr[-2000:])
+        assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+
+
+def test_bad_checkpoint_files_never_run_code(tmp_path):
+    cnn = create_model("resnet18_cifar", widths=(8, 8, 8, 8)).state_dict()
+    torch.save(cnn, tmp_path / "resnet.pth")
+    with pytest.raises(ValueError, match="not a ViT checkpoint"):
+        load_pretrained(tmp_path / "resnet.pth")
+
+    good = tmp_path / "vit.safetensors"
+    save_file(timm_state(create_model("vit_tiny_patch16_224", image_size=32, depth=1)), str(good))
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(ValueError, match="truncated or not safetensors"):
+        load_pretrained(cut)
+
+    class Exploit:
+        def __reduce__(self):
+            import os
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    evil = tmp_path / "evil.pth"
+    evil.write_bytes(pickle.dumps({"model": Exploit()}))
+    with pytest.raises(ValueError, match="never runs"):
+        load_pretrained(evil)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_hf_export_round_trip_and_pipeline(digits_run, tmp_path):
+    """A fine-tuned vitkit ViT exported as a Hugging Face folder: same logits in transformers, and the
+    pipeline gives vitkit predict's top-1 and scores."""
+    torch.manual_seed(0)
+    model = create_model("vit_tiny_patch16_224", image_size=32, patch_size=8, depth=2, num_classes=3).eval()
+    pre = {"image_size": 32, "stored_size": 32, "channels": 3, "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3]}
+    save_model(model, tmp_path / "ckpt", class_names=["ant", "bee", "cat"], preprocessing=pre)
+    proc = subprocess.run(vitkit_cmd("export", str(tmp_path / "ckpt"), str(tmp_path / "hf"), "--format", "hf"),
+                          capture_output=True, text=True, env=subprocess_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    hf = transformers.ViTForImageClassification.from_pretrained(tmp_path / "hf").eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert (hf(pixel_values=x).logits - model(x)).abs().max() < 1e-5
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(4):
+        path = tmp_path / f"img{i}.png"
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    pipe = transformers.pipeline("image-classification", model=str(tmp_path / "hf"), device="cpu")
+    ours = json.loads(subprocess.run(vitkit_cmd("predict", str(tmp_path / "ckpt"), *map(str, paths), "--format",
+                                                "json", "--topk", "3"), capture_output=True, text=True,
+                                     env=subprocess_env(), check=True).stdout)
+    for path, mine in zip(paths, ours):
+        theirs = pipe(Image.open(path), top_k=3)
+        assert theirs[0]["label"] == mine["predictions"][0]["label"]
+        for a, b in zip(theirs, mine["predictions"]):
+            assert a["label"] == b["label"] and a["score"] == pytest.approx(b["score"], abs=1e-4)
+
+
+def test_finetune_controls():
+    model = create_model("vit_micro_patch4_32", num_classes=3)
+    groups = param_groups(model, 0.05, layer_decay=0.5, head_scale=10.0)
+    scale = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert scale[id(named["head.1.weight"])] == 10.0
+    assert scale[id(named["blocks.3.attn.qkv.weight"])] == 0.5  # top block: one step below the head
+    assert scale[id(named["blocks.0.attn.qkv.weight"])] == 0.5**4
+    assert scale[id(named["patch_embed.proj.weight"])] == 0.5**5
+    no_decay = {id(p) for g in groups if g["weight_decay"] == 0 for p in g["params"]}
+    assert id(named["pos_embed"]) in no_decay and id(named["blocks.0.norm1.weight"]) in no_decay
+    frozen = param_groups(model, 0.05, freeze_backbone=True)
+    trainable = [p for g in frozen for p in g["params"]]
+    assert {id(p) for p in trainable} == {id(named["head.1.weight"]), id(named["head.1.bias"])}
+
+
+def test_linear_probe_trains_only_the_head(tmp_path):
+    source = create_model("vit_micro_patch4_32", num_classes=3, image_size=16)
+    save_model(source, tmp_path / "src", class_names=["x", "y", "z"])
+    data = write_class_folders(tmp_path / "photos", per_class=6)
+    out = tmp_path / "probe"
+    vitkit.train(data=str(data), pretrained=str(tmp_path / "src"), image_size=16, freeze_backbone=True, epochs=2,
+                 batch_size=6, out=str(out), progress=False)
+    tuned = vitkit.load(out / "last").model.cpu().state_dict()
+    for key, value in source.state_dict().items():
+        if not key.startswith("head."):
+            assert torch.equal(value, tuned[key]), key
+
+
+@pytest.mark.slow
+def test_transfer_from_cifar_beats_scratch_on_flowers(tmp_path):
+    cifar, flowers = shared_dataset("cifar10-dev"), shared_dataset("flowers-mini")
+    common = dict(model="vit_micro_patch4_32", image_size=32, progress=False, seed=0)
+    source = vitkit.train(data=str(cifar), epochs=8, batch_size=64, lr=2e-3, warmup_epochs=1, out=str(tmp_path / "c"),
+                          hflip=True, crop_padding=4, **common)
+    budget = dict(epochs=12, batch_size=32, lr=1e-3, warmup_epochs=1, hflip=True, rrc_scale=0.5)
+    scratch = vitkit.train(data=str(flowers), out=str(tmp_path / "s"), **budget, **common)
+    tuned = vitkit.train(data=str(flowers), pretrained=source["run_dir"], out=str(tmp_path / "t"), **budget,
+                         **{k: v for k, v in common.items() if k != "model"})
+    print(f"cifar10-dev {source['test']['top1']:.3f}; flowers scratch {scratch['test']['top1']:.3f} "
+          f"fine-tuned {tuned['test']['top1']:.3f}")
+    assert tuned["test"]["top1"] > scratch["test"]["top1"]
