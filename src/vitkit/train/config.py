@@ -34,7 +34,8 @@ class TrainConfig:
     # optimisation
     epochs: int = 30
     time_budget: float = 0.0  # minutes; when set, the schedule is fitted to wall clock instead of epochs
-    batch_size: int = 128  # per process; the global batch is batch_size x processes
+    batch_size: int = 128
+    batch_scope: str = "global"  # global: batch_size is split across processes | device: per process
     eval_batch_size: int = 256
     optimizer: str = "adamw"
     lr: float = 1e-3
@@ -82,7 +83,7 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         checks = [(self.schedule, SCHEDULES, "schedule"), (self.optimizer, OPTIMIZERS, "optimizer"),
                   (self.normalize, NORMALIZE, "normalize"), (self.monitor, MONITORS, "monitor"),
-                  (self.amp, ("auto", "bf16", "off"), "amp")]
+                  (self.amp, ("auto", "bf16", "off"), "amp"), (self.batch_scope, ("global", "device"), "batch_scope")]
         for value, allowed, name in checks:
             if value not in allowed:
                 raise ValueError(f"--{name.replace('_', '-')} {value!r}: use one of {', '.join(allowed)}")

@@ -231,12 +231,17 @@ class Trainer:
             self.mean, self.std = normalization(cfg, self.data.train, self.channels)
         self.augment = BatchAugment(self.image_size, self.mean, self.std, self.channels, augment_spec(cfg))
         rank, world = self.ctx.rank, self.ctx.world_size
-        if cfg.batch_size * world > len(self.data.train):
-            raise ValueError(f"--batch-size {cfg.batch_size} x {world} process(es) is larger than the "
-                             f"{len(self.data.train)} training images: lower --batch-size")
+        if cfg.batch_scope == "global" and cfg.batch_size % world:
+            raise ValueError(f"--batch-size {cfg.batch_size} (global) does not divide across {world} processes: "
+                             f"use a multiple of {world}, or --batch-scope device for a per-process batch")
+        self.local_batch = cfg.batch_size // world if cfg.batch_scope == "global" else cfg.batch_size
+        self.global_batch = self.local_batch * world
+        if self.global_batch > len(self.data.train):
+            raise ValueError(f"the global batch of {self.global_batch} is larger than the {len(self.data.train)} "
+                             "training images: lower --batch-size")
         common = dict(device=self.device, rank=rank, world_size=world, workers=cfg.workers)
-        self.train_loader = BatchLoader(self.data.train, cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=True,
-                                        **common)
+        self.train_loader = BatchLoader(self.data.train, self.local_batch, shuffle=True, seed=cfg.seed,
+                                        drop_last=True, **common)
         self.val_loader = BatchLoader(self.data.val, cfg.eval_batch_size, shuffle=False, **common)
         test = self.data.test if self.data.test is not None else self.data.val
         self.test_split_name = "test" if self.data.test is not None else "val"
@@ -288,6 +293,10 @@ class Trainer:
             replace_dir(tmp, self.run_dir / "best")
 
     def save_last(self, epoch: int, next_batch: int) -> None:
+        """Every rank contributes its RNG states (augmentation is seeded per rank); rank 0 writes."""
+        rng = {"torch_rng": torch.get_rng_state(), "aug_rng": self.aug_gen.get_state().cpu(),
+               "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None}
+        rank_rngs = self.ctx.all_gather_object(rng)
         if not self.ctx.is_main:
             return
         tmp = self.run_dir / "last.tmp"
@@ -297,8 +306,7 @@ class Trainer:
             "epoch": epoch, "next_batch": next_batch, "step": self.step, "world_size": self.ctx.world_size,
             "optimizer": self.optimizer.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
-            "torch_rng": torch.get_rng_state(), "aug_rng": self.aug_gen.get_state(),
-            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+            "rank_rngs": rank_rngs, "global_batch": self.global_batch,
             "plateau": self.plateau.state_dict(), "stopper": self.stopper.state_dict(),
             "history": self.history, "best_epoch": self.best_epoch, "elapsed": self._elapsed(),
             "planned_steps": self.planned_steps,
@@ -327,11 +335,11 @@ class Trainer:
         self.stopper.load_state_dict(state["stopper"])
         self.elapsed_before = state["elapsed"]
         self.planned_steps = state["planned_steps"]
-        torch.set_rng_state(state["torch_rng"])
-        self.aug_gen.set_state(state["aug_rng"].to(self.aug_gen.device) if self.device.type != "cuda"
-                               else state["aug_rng"])
-        if state["cuda_rng"] is not None:
-            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        rng = state["rank_rngs"][self.ctx.rank]
+        torch.set_rng_state(rng["torch_rng"])
+        self.aug_gen.set_state(rng["aug_rng"])
+        if rng["cuda_rng"] is not None:
+            torch.cuda.set_rng_state(rng["cuda_rng"], self.device)
         return state["epoch"], state["next_batch"]
 
     # -- loop -----------------------------------------------------------------------------
@@ -399,7 +407,7 @@ class Trainer:
             bar.update(1)
             if boundary and cfg.save_every and self.step % cfg.save_every == 0 and b + 1 < self.steps_per_epoch:
                 self.save_last(epoch, b + 1)
-            if cfg.time_budget and self._elapsed() > cfg.time_budget * 60:
+            if cfg.time_budget and self.ctx.any(self._elapsed() > cfg.time_budget * 60):
                 break
         bar.close()
         if self.ctx.enabled:
@@ -486,7 +494,7 @@ class Trainer:
                     break
                 if cfg.time_budget:
                     epoch_time = self._elapsed() / max(1, len(self.history))
-                    if self._elapsed() + 0.5 * epoch_time > cfg.time_budget * 60:
+                    if self.ctx.any(self._elapsed() + 0.5 * epoch_time > cfg.time_budget * 60):
                         break
             results = self.finish()
         except BaseException as e:
@@ -505,8 +513,8 @@ class Trainer:
         results.json and the plots."""
         from ..viz.report import write_report
 
-        best_model, _ = load_model(self.run_dir / "best") if self.ctx.is_main else (None, None)
-        best_model = (best_model or self.eval_model()).to(self.device)
+        best_model = load_model(self.run_dir / "best")[0] if self.ctx.is_main else self.eval_model()
+        best_model = best_model.to(self.device)
         if self.ctx.enabled:  # every rank evaluates its shard of the test set with rank 0's best weights
             best_model.load_state_dict(self.ctx.broadcast_object(
                 {k: v.cpu() for k, v in best_model.state_dict().items()} if self.ctx.is_main else None))
@@ -516,10 +524,12 @@ class Trainer:
                    "epochs_run": len(self.history), "monitor": self.cfg.monitor,
                    "train_time_s": round(self._elapsed(), 1), "parameters": count_parameters(self.model),
                    "model": self._model_name(), "preset": self.cfg.preset, "data": self.cfg.data,
-                   "skipped_images": len(self.bad_images), "world_size": self.ctx.world_size}
+                   "skipped_images": len(self.bad_images), "world_size": self.ctx.world_size,
+                   "global_batch_size": self.global_batch, "per_device_batch_size": self.local_batch,
+                   "lr": self.cfg.lr}
         if self.ctx.is_main:
             write_json(self.run_dir / "results.json", results)
-            write_report(self.run_dir, best_model, self.test_loader, self.augment, self.data.class_names,
+            write_report(self.run_dir, best_model, self.test_loader.split, self.augment, self.data.class_names,
                          self.history, test, self.bf16)
             self._write_run_files(status="complete")
             self._print(f"test top-1 {test['top1']:.4f}  top-5 {test['top5']:.4f}  f1-macro {test['f1_macro']:.4f}"
@@ -530,7 +540,8 @@ class Trainer:
     def _write_run_files(self, status: str, error: str | None = None) -> None:
         with atomic_path(self.run_dir / "args.yaml") as tmp:
             tmp.write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
-        info = {"status": status, "run_dir": str(self.run_dir)}
+        info = {"status": status, "run_dir": str(self.run_dir), "world_size": self.ctx.world_size,
+                "global_batch_size": self.global_batch, "per_device_batch_size": self.local_batch}
         if error:
             info["error"] = error
         write_json(self.run_dir / "run.json", info)

@@ -8,18 +8,13 @@ import torch
 from . import plots
 
 
-def sample_images(loader, count: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_images(split, count: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """A seeded random sample of (uint8 images, labels) from an in-memory or streamed split."""
-    n = len(loader.split)
-    pick = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:count].sort().values
-    images, labels = [], []
-    for batch_images, batch_labels in loader.batches():
-        images.append(batch_images.cpu())
-        labels.append(batch_labels.cpu())
-        if sum(len(x) for x in labels) > pick[-1]:
-            break
-    images, labels = torch.cat(images), torch.cat(labels)
-    return images[pick], labels[pick]
+    from ..data.loader import BatchLoader
+
+    pick = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:count].sort().values
+    images, labels = next(BatchLoader(split.subset(pick), count, shuffle=False).batches())
+    return images.cpu(), labels.cpu()
 
 
 def display_images(images: torch.Tensor, augment) -> torch.Tensor:
@@ -30,10 +25,10 @@ def display_images(images: torch.Tensor, augment) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def write_report(run_dir: Path, model, test_loader, augment, class_names, history, test_metrics, bf16=False):
+def write_report(run_dir: Path, model, test_split, augment, class_names, history, test_metrics, bf16=False):
     plots.plot_curves(history, run_dir / "curves.png")
     plots.plot_confusion_matrix(test_metrics["confusion_matrix"], class_names, run_dir / "confusion_matrix.png")
-    images, labels = sample_images(test_loader, 16)
+    images, labels = sample_images(test_split, 16)
     device = next(model.parameters()).device
     model.eval()
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
