@@ -21,8 +21,10 @@ from vitkit.train.config import make_config
 from vitkit.train.engine import Trainer
 
 
-def build_trainer(name: str, data: str, batch_size: int | None, device: str, compile_model: bool) -> Trainer:
-    options = dict(data=data, progress=False, device=device, compile=compile_model, train_limit=2000, test_limit=100)
+def build_trainer(name: str, data: str, batch_size: int | None, device: str, compile_model: bool,
+                  amp: str = "off") -> Trainer:
+    options = dict(data=data, progress=False, device=device, compile=compile_model, train_limit=2000, test_limit=100,
+                   amp=amp)
     options["preset" if name in PRESETS else "model"] = name
     if batch_size:
         options["batch_size"] = batch_size
@@ -33,9 +35,10 @@ def build_trainer(name: str, data: str, batch_size: int | None, device: str, com
 
 
 def measure(name: str, data: str, batch_size: int | None, rounds: int, steps: int, device: str,
-            compile_model: bool) -> dict:
-    trainer = build_trainer(name, data, batch_size, device, compile_model)
+            compile_model: bool, amp: str = "off") -> dict:
+    trainer = build_trainer(name, data, batch_size, device, compile_model, amp)
     net = trainer.wrap_model()
+    device = trainer.device
     batch = trainer.cfg.batch_size
     images, labels = next(trainer.train_loader.batches(0))
     x = trainer.augment.eval(images)
@@ -57,7 +60,7 @@ def measure(name: str, data: str, batch_size: int | None, rounds: int, steps: in
             trainer.train_step(net, imgs, labs)
 
     def inference():
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast(trainer.device.type, torch.bfloat16, enabled=trainer.bf16):
             for _ in range(steps):
                 trainer.model(x)
 
@@ -90,17 +93,20 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=3, help="steps per round and kind")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--amp", default="off", choices=["off", "bf16", "auto"])
     parser.add_argument("--json", default="benchmarks/results/throughput.json")
     args = parser.parse_args()
     rows = []
     for name in args.presets + args.models:
         print(f"measuring {name} ...", file=sys.stderr, flush=True)
-        rows.append(measure(name, args.data, args.batch_size, args.rounds, args.steps, args.device, args.compile))
+        rows.append(measure(name, args.data, args.batch_size, args.rounds, args.steps, args.device, args.compile,
+                            args.amp))
     print_table(rows, [("name", "model", "s"), ("params_m", "params (M)", ".2f"), ("batch", "batch", "d"),
                        ("image_size", "px", "d"), ("train_model_ips", "train img/s (model)", ".1f"),
                        ("train_e2e_ips", "train img/s (end-to-end)", ".1f"),
                        ("pipeline_overhead_pct", "pipeline cost %", ".1f"), ("infer_ips", "infer img/s", ".1f")])
-    write_json(args.json, {"machine": machine(), "data": args.data, "rows": rows})
+    write_json(args.json, {"machine": machine(), "data": args.data, "amp": args.amp, "compile": args.compile,
+                           "rows": rows})
     return 0
 
 

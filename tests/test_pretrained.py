@@ -247,9 +247,9 @@ def test_linear_probe_trains_only_the_head(tmp_path):
 def test_transfer_from_cifar_beats_scratch_on_flowers(tmp_path):
     cifar, flowers = shared_dataset("cifar10-dev"), shared_dataset("flowers-mini")
     common = dict(model="vit_micro_patch4_32", image_size=32, progress=False, seed=0)
-    source = vitkit.train(data=str(cifar), epochs=8, batch_size=64, lr=2e-3, warmup_epochs=1, out=str(tmp_path / "c"),
+    source = vitkit.train(data=str(cifar), epochs=10, batch_size=64, lr=2e-3, warmup_epochs=1, out=str(tmp_path / "c"),
                           hflip=True, crop_padding=4, **common)
-    budget = dict(epochs=12, batch_size=32, lr=1e-3, warmup_epochs=1, hflip=True, rrc_scale=0.5)
+    budget = dict(epochs=4, batch_size=32, lr=1e-3, warmup_epochs=1, hflip=True, rrc_scale=0.5)
     scratch = vitkit.train(data=str(flowers), out=str(tmp_path / "s"), **budget, **common)
     tuned = vitkit.train(data=str(flowers), pretrained=source["run_dir"], out=str(tmp_path / "t"), **budget,
                          **{k: v for k, v in common.items() if k != "model"})

@@ -136,7 +136,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     paths = expand_paths(args.images)
     if not paths:
         raise UserError("no images found in the given paths")
-    clf = api.load(args.checkpoint, device=args.device, backend=args.backend)
+    clf = api.load(args.checkpoint, device=args.device, backend=args.backend, precision=args.precision)
     results = predict_paths(clf, paths, args.topk, args.batch_size, progress=sys.stderr.isatty())
     print(format_predictions(results, args.format))
     return 1 if any("error" in r for r in results) else 0
@@ -176,7 +176,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .serve.app import serve
 
     serve(args.checkpoint, host=args.host, port=args.port, backend=args.backend, max_upload_mb=args.max_upload_mb,
-          device=args.device)
+          device=args.device, precision=args.precision)
     return 0
 
 
@@ -215,7 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="table", choices=["table", "json", "csv"])
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="auto")
-    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime"],
+                   help="auto: ONNX Runtime when installed (exact), else PyTorch")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                   help="bf16: PyTorch under bf16 autocast, about 2x on CPUs with native bf16")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("explain", help="attention rollout (ViT) or saliency map beside the top-5")
@@ -230,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime"])
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     p.add_argument("--max-upload-mb", type=float, default=10)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_serve)

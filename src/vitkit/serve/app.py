@@ -196,13 +196,13 @@ def create_app(classifier, explainer=None, max_upload_bytes: int = DEFAULT_MAX_U
     return app
 
 
-def serve(checkpoint: str, host: str = "127.0.0.1", port: int = 8000, backend: str = "torch",
-          max_upload_mb: float = 10, device: str = "auto") -> None:
+def serve(checkpoint: str, host: str = "127.0.0.1", port: int = 8000, backend: str = "auto",
+          max_upload_mb: float = 10, device: str = "auto", precision: str = "fp32") -> None:
     import uvicorn
 
     from ..api import load
 
-    classifier = load(checkpoint, device=device, backend=backend)
+    classifier = load(checkpoint, device=device, backend=backend, precision=precision)
     explainer = classifier if classifier.backend == "torch" else load(checkpoint, device=device)
     app = create_app(classifier, explainer, max_upload_bytes=int(max_upload_mb * 1024 * 1024))
     uvicorn.run(app, host=host, port=port, log_level="warning")

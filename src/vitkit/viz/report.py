@@ -25,14 +25,13 @@ def display_images(images: torch.Tensor, augment) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def write_report(run_dir: Path, model, test_split, augment, class_names, history, test_metrics, bf16=False):
+def write_report(run_dir: Path, model, test_split, augment, class_names, history, test_metrics):
     plots.plot_curves(history, run_dir / "curves.png")
     plots.plot_confusion_matrix(test_metrics["confusion_matrix"], class_names, run_dir / "confusion_matrix.png")
     images, labels = sample_images(test_split, 16)
     device = next(model.parameters()).device
     model.eval()
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        probs = model(augment.eval(images.to(device))).float().softmax(-1).cpu()
+    probs = model(augment.eval(images.to(device))).float().softmax(-1).cpu()
     scores, pred = probs.max(dim=1)
     shown = display_images(images, augment).numpy()
     plots.plot_predictions(shown, labels.tolist(), pred.tolist(), scores.tolist(), class_names,

@@ -1,0 +1,80 @@
+"""Recipes side by side at equal wall clock: each trains with `--time-budget` on the same data, and
+the held-out top-1 after every epoch is recorded against elapsed time (CSV + PNG), with the final
+test top-1 of the best checkpoint.
+
+    python benchmarks/time_to_accuracy.py --data ../shared/data/cifar10-dev --minutes 10 \
+        --recipes cifar-vit cifar-resnet keras-vit-cifar100
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+import vitkit  # noqa: E402
+from common import SHARED_DATA, machine, print_table, write_json  # noqa: E402
+from vitkit.models import PRESETS  # noqa: E402
+
+
+def run(recipe: str, data: str, minutes: float, out: Path, extra: dict) -> dict:
+    options = dict(data=data, time_budget=minutes, out=str(out), progress=False, **extra)
+    options["preset" if recipe in PRESETS else "model"] = recipe
+    if recipe in PRESETS and PRESETS[recipe].train.get("data") not in (None, data):
+        options["val_split"] = 0.1
+    result = vitkit.train(**options)
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    curve = [(float(r["time_s"]), float(r["val_top1"])) for r in rows]
+    return {"recipe": recipe, "epochs": len(rows), "test_top1": result["test"]["top1"],
+            "best_val_top1": max(v for _, v in curve), "train_time_s": result["train_time_s"],
+            "params_m": result["parameters"] / 1e6, "curve": curve}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(SHARED_DATA / "cifar10-dev"))
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--recipes", nargs="+", default=["cifar-vit", "cifar-resnet"])
+    parser.add_argument("--train-limit", type=int, default=0)
+    parser.add_argument("--out", default="benchmarks/results/time_to_accuracy")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    extra = {"train_limit": args.train_limit} if args.train_limit else {}
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for recipe in args.recipes:
+            print(f"{recipe}: {args.minutes} min ...", file=sys.stderr, flush=True)
+            results.append(run(recipe, args.data, args.minutes, Path(tmp) / recipe, extra))
+    name = Path(args.data).name
+    with open(out / f"{name}.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["recipe", "time_s", "val_top1"])
+        for r in results:
+            writer.writerows([r["recipe"], t, v] for t, v in r["curve"])
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in results:
+        ax.plot([t / 60 for t, _ in r["curve"]], [v for _, v in r["curve"]], "-o", markersize=3,
+                label=f"{r['recipe']} (test {r['test_top1']:.3f})")
+    ax.set_xlabel("wall clock (minutes)")
+    ax.set_ylabel("held-out top-1")
+    ax.set_title(f"{name}: {args.minutes:g}-minute budget")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.savefig(out / f"{name}.png", dpi=110, bbox_inches="tight")
+    print_table(results, [("recipe", "recipe", "s"), ("params_m", "params (M)", ".2f"), ("epochs", "epochs", "d"),
+                          ("best_val_top1", "best val top-1", ".3f"), ("test_top1", "test top-1", ".3f")])
+    write_json(out / f"{name}.json", {"machine": machine(), "data": args.data, "minutes": args.minutes,
+                                      "results": results})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
