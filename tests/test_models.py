@@ -7,6 +7,8 @@ from vitkit.models import count_parameters, create_model, list_models, load_mode
 # One small, fast representative per family (and every preset) at 32 px.
 SMALL = {
     "vit": dict(name="vit_micro_patch4_32"),
+    "vit_cct": dict(name="vit_micro_patch4_32", stem="conv", pool="seq"),
+    "vit_spt_lsa": dict(name="vit_micro_patch4_32", stem="spt", lsa=True, class_token=True, pool="cls"),
     "mixer": dict(name="mixer_micro_patch4_32"),
     "fnet": dict(name="fnet_micro_patch4_32"),
     "gmlp": dict(name="gmlp_micro_patch4_32"),
@@ -150,3 +152,47 @@ def test_bad_combinations_name_the_argument():
         create_model("keras-vit-cifar100").set_image_size(96)
     with pytest.raises(ValueError, match="image_size"):
         small_model("mixer").set_image_size(64)
+
+
+def test_locality_self_attention_never_attends_to_itself():
+    from vitkit.viz.explain import attention_maps
+
+    model = create_model("vit_micro_patch4_32", lsa=True).eval()
+    for block in model.blocks:
+        block.attn.keep_attention = True
+    model(torch.randn(2, 3, 32, 32))
+    for block in model.blocks:
+        attn = block.attn.attention
+        assert torch.all(attn.diagonal(dim1=-2, dim2=-1) == 0)
+        assert torch.allclose(attn.sum(-1), torch.ones(()))
+    # the SDPA path computes the same as the explicit one
+    for block in model.blocks:
+        block.attn.keep_attention = False
+    x = torch.randn(2, 3, 32, 32)
+    fast = model(x)
+    attention_maps(model, x)  # runs the explicit path internally
+    for block in model.blocks:
+        block.attn.keep_attention = True
+    assert torch.allclose(model(x), fast, atol=1e-5)
+
+
+def test_shifted_patch_tokens_see_their_neighbours():
+    from vitkit.models.layers import ShiftedPatchTokenizer
+
+    tok = ShiftedPatchTokenizer(8, 4, 1, 5 * 16)
+    tok.norm = torch.nn.Identity()  # look at the raw stacked patches
+    with torch.no_grad():
+        tok.proj.weight.copy_(torch.eye(80))
+        tok.proj.bias.zero_()
+    x = torch.zeros(1, 1, 8, 8)
+    x[0, 0, 3, 3] = 1.0  # bottom-right pixel of the top-left patch
+    tokens = tok(x)[0].view(4, 5, 16)  # (patch, [image + 4 shifts], pixels)
+    assert tokens[0, 0].sum() == 1  # in its own patch, unshifted
+    assert tokens[3, 0].sum() == 0 and tokens[3, 1:].sum() == 1  # the bottom-right patch sees it through one shift
+
+
+def test_conv_stem_token_grid():
+    model = create_model("vit_micro_patch4_32", stem="conv", conv_layers=3, pool="seq")
+    assert model.patch_embed.num_patches == 16 and model.patch_embed.stride == 8
+    with pytest.raises(ValueError, match="image_size=36 is not divisible by patch_size=8"):
+        create_model("vit_micro_patch4_32", stem="conv", conv_layers=3, image_size=36)

@@ -29,6 +29,7 @@ class PatchEmbed(nn.Module):
 
     def __init__(self, image_size: int, patch_size: int, in_chans: int, dim: int):
         super().__init__()
+        self.stride = patch_size
         self.grid_size = check_patch_grid(image_size, patch_size)
         self.num_patches = self.grid_size**2
         self.in_chans = in_chans
@@ -37,6 +38,51 @@ class PatchEmbed(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_channels(x, self.in_chans)
         return self.proj(x).flatten(2).transpose(1, 2)  # (B, N, dim)
+
+
+class ConvTokenizer(nn.Module):
+    """CCT's convolutional tokenizer (Hassani et al., 2021): `layers` x [3x3 conv, ReLU, 3x3 max-pool
+    stride 2]. Overlapping receptive fields give ViTs the locality they lack on small datasets."""
+
+    def __init__(self, image_size: int, in_chans: int, dim: int, layers: int = 2, width: int = 64):
+        super().__init__()
+        self.stride = 2**layers
+        self.grid_size = check_patch_grid(image_size, self.stride)
+        self.num_patches = self.grid_size**2
+        self.in_chans = in_chans
+        chans = [in_chans] + [width] * (layers - 1) + [dim]
+        self.convs = nn.Sequential(*[m for a, b in zip(chans[:-1], chans[1:]) for m in (
+            nn.Conv2d(a, b, 3, padding=1, bias=False), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1))])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_channels(x, self.in_chans)
+        return self.convs(x).flatten(2).transpose(1, 2)
+
+
+class ShiftedPatchTokenizer(nn.Module):
+    """Shifted patch tokenization (Lee et al., 2021, "ViT for small-size datasets"): the image and its
+    four half-patch diagonal shifts are stacked on the channel axis, cut into patches, normalised and
+    projected, so each token also sees its neighbours' borders."""
+
+    def __init__(self, image_size: int, patch_size: int, in_chans: int, dim: int):
+        super().__init__()
+        self.stride = patch_size
+        self.grid_size = check_patch_grid(image_size, patch_size)
+        self.num_patches = self.grid_size**2
+        self.in_chans = in_chans
+        self.shift = patch_size // 2
+        patch_dim = 5 * in_chans * patch_size * patch_size
+        self.unfold = nn.Unfold(kernel_size=patch_size, stride=patch_size)
+        self.norm = nn.LayerNorm(patch_dim)
+        self.proj = nn.Linear(patch_dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_channels(x, self.in_chans)
+        s = self.shift
+        shifted = [F.pad(x, pad)[..., s - dy: s - dy + x.shape[-2], s - dx: s - dx + x.shape[-1]]
+                   for pad, (dy, dx) in zip([(s, s, s, s)] * 4, [(-s, -s), (-s, s), (s, -s), (s, s)])]
+        patches = self.unfold(torch.cat([x] + shifted, dim=1)).transpose(1, 2)
+        return self.proj(self.norm(patches))
 
 
 def check_channels(x: torch.Tensor, in_chans: int) -> None:
@@ -96,12 +142,15 @@ class Attention(nn.Module):
     """
 
     def __init__(self, dim: int, num_heads: int, head_dim: int | None = None, qkv_bias: bool = True,
-                 attn_drop: float = 0.0, proj_drop: float = 0.0):
+                 attn_drop: float = 0.0, proj_drop: float = 0.0, locality: bool = False):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = head_dim or dim // num_heads
         inner = self.num_heads * self.head_dim
         self.qkv = nn.Linear(dim, 3 * inner, bias=qkv_bias)
+        # Locality self-attention (Lee et al., 2021): a learned temperature and no attention to itself,
+        # which sharpens the attention distribution on small datasets.
+        self.log_scale = nn.Parameter(torch.tensor(self.head_dim**-0.5).log()) if locality else None
         self.attn_drop = attn_drop
         self.proj = nn.Linear(inner, dim)
         self.proj_drop = nn.Dropout(proj_drop)
@@ -111,12 +160,20 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, _ = x.shape
         q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        scale, mask = self.head_dim**-0.5, None
+        if self.log_scale is not None:
+            scale = self.log_scale.exp()
+            mask = ~torch.eye(N, dtype=torch.bool, device=x.device)
         if self.keep_attention:
-            attn = (q @ k.transpose(-2, -1) * self.head_dim**-0.5).softmax(dim=-1)
+            logits = q @ k.transpose(-2, -1) * scale
+            attn = (logits if mask is None else logits.masked_fill(~mask, float("-inf"))).softmax(dim=-1)
             self.attention = attn.detach()
             out = F.dropout(attn, self.attn_drop, self.training) @ v
-        else:
+        elif mask is None:
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+        else:  # a learned scale is a tensor: fold it into q, since SDPA's scale must be a float
+            out = F.scaled_dot_product_attention(q * scale, k, v, attn_mask=mask, scale=1.0,
+                                                 dropout_p=self.attn_drop if self.training else 0.0)
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, N, -1)))
 
 

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from .layers import (Attention, DropPath, Mlp, PatchEmbed, check_patch_grid, classifier_head,
-                     init_linear_weights, resize_pos_embed)
+from .layers import (Attention, ConvTokenizer, DropPath, Mlp, PatchEmbed, ShiftedPatchTokenizer, check_patch_grid,
+                     classifier_head, init_linear_weights, resize_pos_embed)
 from .registry import ModelConfig, register_family, register_model
 
-POOLS = ("cls", "mean", "flatten")
+POOLS = ("cls", "mean", "flatten", "seq")
+STEMS = ("patch", "conv", "spt")
 
 
 @dataclass
@@ -31,7 +32,7 @@ class ViTConfig(ModelConfig):
     mlp_final_activation: bool = False  # GELU after the second MLP layer too (Keras examples)
     qkv_bias: bool = True
     class_token: bool = True
-    pool: str = "cls"  # cls | mean | flatten
+    pool: str = "cls"  # cls | mean | flatten | seq (CCT's attention-weighted sequence pooling)
     head_hidden: tuple[int, ...] = ()  # MLP head widths before the classifier (Keras: 2048, 1024)
     head_dropout: float = 0.0
     embed_dropout: float = 0.0
@@ -39,13 +40,18 @@ class ViTConfig(ModelConfig):
     attn_drop_rate: float = 0.0
     drop_path_rate: float = 0.0  # stochastic depth, linearly increasing with depth
     norm_eps: float = 1e-6
+    # small-data options (all off in the paper's ViT and in the seed presets)
+    stem: str = "patch"  # patch | conv (CCT tokenizer) | spt (shifted patch tokenization)
+    conv_layers: int = 2  # conv stem depth: tokens are image_size / 2**conv_layers apart
+    lsa: bool = False  # locality self-attention
 
 
 class Block(nn.Module):
     def __init__(self, cfg: ViTConfig, drop_path: float):
         super().__init__()
         self.norm1 = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
-        self.attn = Attention(cfg.embed_dim, cfg.num_heads, cfg.head_dim, cfg.qkv_bias, cfg.attn_drop_rate)
+        self.attn = Attention(cfg.embed_dim, cfg.num_heads, cfg.head_dim, cfg.qkv_bias, cfg.attn_drop_rate,
+                              locality=cfg.lsa)
         self.norm2 = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
         self.mlp = Mlp(cfg.embed_dim, cfg.mlp_dim or 4 * cfg.embed_dim, hidden_dropout=cfg.drop_rate,
                        out_dropout=cfg.drop_rate, final_activation=cfg.mlp_final_activation)
@@ -66,8 +72,10 @@ class ViT(nn.Module):
             raise ValueError(f"pool={cfg.pool!r} is not one of {', '.join(POOLS)}")
         if cfg.pool == "cls" and not cfg.class_token:
             raise ValueError("pool='cls' needs class_token=True: set class_token or use pool='mean'")
+        if cfg.stem not in STEMS:
+            raise ValueError(f"stem={cfg.stem!r} is not one of {', '.join(STEMS)}")
         self.config = cfg
-        self.patch_embed = PatchEmbed(cfg.image_size, cfg.patch_size, cfg.in_chans, cfg.embed_dim)
+        self.patch_embed = self._tokenizer(cfg)
         self.num_prefix_tokens = int(cfg.class_token)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim)) if cfg.class_token else None
         num_tokens = self.patch_embed.num_patches + self.num_prefix_tokens
@@ -77,12 +85,22 @@ class ViT(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, r) for r in rates)
         self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
         pooled = cfg.embed_dim * num_tokens if cfg.pool == "flatten" else cfg.embed_dim
+        self.seq_pool = nn.Linear(cfg.embed_dim, 1) if cfg.pool == "seq" else None
         self.head = classifier_head(pooled, cfg.num_classes, cfg.head_hidden, cfg.head_dropout)
         self.apply(init_linear_weights)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=1e-6)
         self.register_load_state_dict_pre_hook(self._adapt_pos_embed)
+
+    @staticmethod
+    def _tokenizer(cfg: ViTConfig, image_size: int | None = None) -> nn.Module:
+        size = image_size or cfg.image_size
+        if cfg.stem == "conv":
+            return ConvTokenizer(size, cfg.in_chans, cfg.embed_dim, cfg.conv_layers)
+        if cfg.stem == "spt":
+            return ShiftedPatchTokenizer(size, cfg.patch_size, cfg.in_chans, cfg.embed_dim)
+        return PatchEmbed(size, cfg.patch_size, cfg.in_chans, cfg.embed_dim)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised token sequence (B, prefix + num_patches, embed_dim)."""
@@ -99,6 +117,9 @@ class ViT(nn.Module):
             return tokens[:, 0]
         if self.config.pool == "mean":
             return tokens[:, self.num_prefix_tokens:].mean(dim=1)
+        if self.config.pool == "seq":
+            weights = self.seq_pool(tokens).softmax(dim=1)  # (B, N, 1)
+            return (weights * tokens).sum(dim=1)
         return tokens.flatten(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -111,7 +132,7 @@ class ViT(nn.Module):
         if self.config.pool == "flatten":
             raise ValueError("pool='flatten' ties the head to the token count, so image_size cannot change; "
                              "use pool='mean' or 'cls' to run at another resolution")
-        grid = check_patch_grid(image_size, self.config.patch_size)
+        grid = check_patch_grid(image_size, self.patch_embed.stride)
         self.pos_embed = nn.Parameter(resize_pos_embed(self.pos_embed.data, grid, self.num_prefix_tokens))
         self.patch_embed.grid_size, self.patch_embed.num_patches = grid, grid * grid
         self.config.image_size = image_size

@@ -86,8 +86,10 @@ def hf_to_vitkit(state: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str, to
 
 def vitkit_to_hf(state: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str, torch.Tensor]:
     """The inverse of hf_to_vitkit, for ViTForImageClassification."""
-    if cfg.pool != "cls" or not cfg.class_token or cfg.head_hidden or cfg.mlp_final_activation:
-        raise ValueError("only class-token ViTs with a linear head (pool='cls') have a Hugging Face equivalent")
+    if (cfg.pool != "cls" or not cfg.class_token or cfg.head_hidden or cfg.mlp_final_activation
+            or cfg.stem != "patch" or cfg.lsa):
+        raise ValueError("only plain class-token ViTs with a linear head (pool='cls', stem='patch', no LSA) have a "
+                         "Hugging Face equivalent; export this model as ONNX instead")
     inner = cfg.num_heads * (cfg.head_dim or cfg.embed_dim // cfg.num_heads)
     if inner != cfg.embed_dim:
         raise ValueError("Hugging Face ViT needs num_heads x head_dim == embed_dim")

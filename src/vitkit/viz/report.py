@@ -36,5 +36,6 @@ def write_report(run_dir: Path, model, test_split, augment, class_names, history
     shown = display_images(images, augment).numpy()
     plots.plot_predictions(shown, labels.tolist(), pred.tolist(), scores.tolist(), class_names,
                            run_dir / "predictions.png")
-    patch = getattr(model.config, "patch_size", None) or max(4, augment.out_size // 8)
+    tokenizer = getattr(model, "patch_embed", None)
+    patch = tokenizer.stride if tokenizer is not None else max(4, augment.out_size // 8)
     plots.plot_patches(shown[0], patch, run_dir / "patches.png")
