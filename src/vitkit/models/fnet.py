@@ -44,9 +44,7 @@ class FNetBlock(nn.Module):
 @register_family("fnet")
 class FNet(PatchMLPClassifier):
     config_class = FNetConfig
-
-    def make_block(self, cfg, num_patches, drop_path):
-        return FNetBlock(cfg, num_patches, drop_path)
+    block = FNetBlock
 
 
 register_model("fnet_micro_patch4_32", "fnet", FNetConfig(image_size=32, num_classes=10, patch_size=4, embed_dim=128, depth=4,

@@ -55,9 +55,7 @@ class GMLPBlock(nn.Module):
 @register_family("gmlp")
 class GMLP(PatchMLPClassifier):
     config_class = GMLPConfig
-
-    def make_block(self, cfg, num_patches, drop_path):
-        return GMLPBlock(cfg, num_patches, drop_path)
+    block = GMLPBlock
 
     def init_block_weights(self) -> None:
         for block in self.blocks:

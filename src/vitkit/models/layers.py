@@ -20,7 +20,18 @@ def check_patch_grid(image_size: int, patch_size: int) -> int:
     return image_size // patch_size
 
 
-class PatchEmbed(nn.Module):
+class Tokenizer(nn.Module):
+    """Base of the image -> token sequence stems: one token per `stride` x `stride` cell."""
+
+    def __init__(self, image_size: int, stride: int, in_chans: int):
+        super().__init__()
+        self.stride = stride
+        self.grid_size = check_patch_grid(image_size, stride)
+        self.num_patches = self.grid_size**2
+        self.in_chans = in_chans
+
+
+class PatchEmbed(Tokenizer):
     """Cut an image into non-overlapping patches and project each to `dim`.
 
     One convolution with kernel = stride = patch size; this is the same linear map as the Keras
@@ -28,11 +39,7 @@ class PatchEmbed(nn.Module):
     """
 
     def __init__(self, image_size: int, patch_size: int, in_chans: int, dim: int):
-        super().__init__()
-        self.stride = patch_size
-        self.grid_size = check_patch_grid(image_size, patch_size)
-        self.num_patches = self.grid_size**2
-        self.in_chans = in_chans
+        super().__init__(image_size, patch_size, in_chans)
         self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -40,16 +47,12 @@ class PatchEmbed(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)  # (B, N, dim)
 
 
-class ConvTokenizer(nn.Module):
+class ConvTokenizer(Tokenizer):
     """CCT's convolutional tokenizer (Hassani et al., 2021): `layers` x [3x3 conv, ReLU, 3x3 max-pool
     stride 2]. Overlapping receptive fields give ViTs the locality they lack on small datasets."""
 
     def __init__(self, image_size: int, in_chans: int, dim: int, layers: int = 2, width: int = 64):
-        super().__init__()
-        self.stride = 2**layers
-        self.grid_size = check_patch_grid(image_size, self.stride)
-        self.num_patches = self.grid_size**2
-        self.in_chans = in_chans
+        super().__init__(image_size, 2**layers, in_chans)
         chans = [in_chans] + [width] * (layers - 1) + [dim]
         self.convs = nn.Sequential(*[m for a, b in zip(chans[:-1], chans[1:]) for m in (
             nn.Conv2d(a, b, 3, padding=1, bias=False), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1))])
@@ -59,17 +62,13 @@ class ConvTokenizer(nn.Module):
         return self.convs(x).flatten(2).transpose(1, 2)
 
 
-class ShiftedPatchTokenizer(nn.Module):
+class ShiftedPatchTokenizer(Tokenizer):
     """Shifted patch tokenization (Lee et al., 2021, "ViT for small-size datasets"): the image and its
     four half-patch diagonal shifts are stacked on the channel axis, cut into patches, normalised and
     projected, so each token also sees its neighbours' borders."""
 
     def __init__(self, image_size: int, patch_size: int, in_chans: int, dim: int):
-        super().__init__()
-        self.stride = patch_size
-        self.grid_size = check_patch_grid(image_size, patch_size)
-        self.num_patches = self.grid_size**2
-        self.in_chans = in_chans
+        super().__init__(image_size, patch_size, in_chans)
         self.shift = patch_size // 2
         patch_dim = 5 * in_chans * patch_size * patch_size
         self.unfold = nn.Unfold(kernel_size=patch_size, stride=patch_size)

@@ -39,9 +39,7 @@ class MixerBlock(nn.Module):
 @register_family("mixer")
 class Mixer(PatchMLPClassifier):
     config_class = MixerConfig
-
-    def make_block(self, cfg, num_patches, drop_path):
-        return MixerBlock(cfg, num_patches, drop_path)
+    block = MixerBlock
 
 
 register_model("mixer_micro_patch4_32", "mixer", MixerConfig(image_size=32, num_classes=10, patch_size=4, embed_dim=128, depth=4,

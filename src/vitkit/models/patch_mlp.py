@@ -29,7 +29,9 @@ class PatchMLPConfig:
 
 
 class PatchMLPClassifier(nn.Module):
-    """Subclasses implement `make_block(cfg, num_patches, drop_path)`."""
+    """Subclasses set `block`, a module class built as block(cfg, num_patches, drop_path)."""
+
+    block: type[nn.Module]
 
     def __init__(self, cfg):
         super().__init__()
@@ -38,16 +40,13 @@ class PatchMLPClassifier(nn.Module):
         num_patches = self.patch_embed.num_patches
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches, cfg.embed_dim)) if cfg.pos_embed else None
         rates = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()
-        self.blocks = nn.ModuleList(self.make_block(cfg, num_patches, r) for r in rates)
+        self.blocks = nn.ModuleList(self.block(cfg, num_patches, r) for r in rates)
         self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps) if cfg.final_norm else nn.Identity()
         self.head = classifier_head(cfg.embed_dim, cfg.num_classes, dropout=cfg.head_dropout)
         self.apply(init_linear_weights)
         if self.pos_embed is not None:
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
         self.init_block_weights()
-
-    def make_block(self, cfg, num_patches: int, drop_path: float) -> nn.Module:
-        raise NotImplementedError
 
     def init_block_weights(self) -> None:
         """Hook for family-specific initialisation that must run after the generic one."""
