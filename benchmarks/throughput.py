@@ -84,7 +84,8 @@ def measure(name: str, data: str, batch_size: int | None, rounds: int, steps: in
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--presets", nargs="*", default=sorted(PRESETS))
+    offline = sorted(name for name, p in PRESETS.items() if not p.train.get("pretrained"))  # no hub downloads
+    parser.add_argument("--presets", nargs="*", default=offline)
     parser.add_argument("--models", nargs="*", default=[], help="registered model names to add")
     parser.add_argument("--data", default=str(SHARED_DATA / "cifar10-dev") if (SHARED_DATA / "cifar10-dev").is_dir()
                         else "digits", help="real images for the end-to-end measurement")
