@@ -1,4 +1,5 @@
 """Shared helpers for the benchmark scripts: machine description, timing, table and JSON output."""
+
 from __future__ import annotations
 
 import datetime
@@ -23,10 +24,15 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    return {"date": datetime.date.today().isoformat(), "cpu": cpu, "cores": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    return {
+        "date": datetime.date.today().isoformat(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
 
 
 def sync(device) -> None:
@@ -44,8 +50,9 @@ def timed(fn, device) -> float:
 
 def print_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> None:
     """columns: (key, header, format spec)."""
-    cells = [[h for _, h, _ in columns]] + [[format(r[k], f) if r.get(k) is not None else "-"
-                                             for k, _, f in columns] for r in rows]
+    cells = [[h for _, h, _ in columns]] + [
+        [format(r[k], f) if r.get(k) is not None else "-" for k, _, f in columns] for r in rows
+    ]
     widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
     for j, row in enumerate(cells):
         print("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))))

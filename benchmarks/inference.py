@@ -6,6 +6,7 @@ the same logits as transformers.
 
     python benchmarks/inference.py --model vit_tiny_patch16_224 --batch-size 32
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,8 +17,8 @@ import time
 from pathlib import Path
 
 import torch
-
 from common import machine, print_table, write_json
+
 from vitkit.api import Classifier
 from vitkit.export.onnx import OnnxModel, export_onnx
 from vitkit.models import create_model
@@ -29,8 +30,9 @@ def hf_twin(model, folder: Path):
     published checkpoint layout, as a user would load them)."""
     import transformers
 
-    save_hf_folder(model, [str(i) for i in range(model.config.num_classes)],
-                   {"mean": [0.5] * 3, "std": [0.5] * 3}, folder)
+    save_hf_folder(
+        model, [str(i) for i in range(model.config.num_classes)], {"mean": [0.5] * 3, "std": [0.5] * 3}, folder
+    )
     return transformers.ViTForImageClassification.from_pretrained(folder).eval()
 
 
@@ -69,9 +71,10 @@ def main() -> int:
     model = create_model(args.model).eval()
     tmp = Path(tempfile.mkdtemp())
     hf = hf_twin(model, tmp / "hf")
-    meta = {"class_names": [str(i) for i in range(model.config.num_classes)],
-            "preprocessing": {"image_size": model.config.image_size, "channels": 3, "mean": [0.5] * 3,
-                              "std": [0.5] * 3}}
+    meta = {
+        "class_names": [str(i) for i in range(model.config.num_classes)],
+        "preprocessing": {"image_size": model.config.image_size, "channels": 3, "mean": [0.5] * 3, "std": [0.5] * 3},
+    }
     print("exporting ONNX ...", file=sys.stderr)
     export_onnx(Classifier(model, meta, device="cpu"), tmp / "model.onnx")
     ort_model = OnnxModel(tmp / "model.onnx")
@@ -109,11 +112,27 @@ def main() -> int:
         row["speedup_vs_transformers"] = row["ips"] / base
     table = list(rows.values())
     print(f"\n{args.model}, batch {args.batch_size}, {torch.get_num_threads()} threads")
-    print_table(table, [("path", "path", "s"), ("ips", f"img/s @ {args.batch_size}", ".1f"),
-                        ("speedup_vs_transformers", "x transformers", ".2f"), ("p50_ms", "p50 ms (1 img)", ".1f"),
-                        ("p95_ms", "p95 ms (1 img)", ".1f"), ("max_abs_diff_vs_transformers", "max |dlogit|", ".1e")])
-    write_json(args.json, {"machine": machine(), "model": args.model, "batch_size": args.batch_size,
-                           "compile_s": compile_s, "rows": table})
+    print_table(
+        table,
+        [
+            ("path", "path", "s"),
+            ("ips", f"img/s @ {args.batch_size}", ".1f"),
+            ("speedup_vs_transformers", "x transformers", ".2f"),
+            ("p50_ms", "p50 ms (1 img)", ".1f"),
+            ("p95_ms", "p95 ms (1 img)", ".1f"),
+            ("max_abs_diff_vs_transformers", "max |dlogit|", ".1e"),
+        ],
+    )
+    write_json(
+        args.json,
+        {
+            "machine": machine(),
+            "model": args.model,
+            "batch_size": args.batch_size,
+            "compile_s": compile_s,
+            "rows": table,
+        },
+    )
     return 0
 
 

@@ -7,24 +7,27 @@ are interleaved in rounds so that machine drift affects both alike; the gap is t
     python benchmarks/throughput.py                       # every preset, its own batch size
     python benchmarks/throughput.py --batch-size 64 --models vit_tiny_patch4_32 resnet18_cifar
 """
+
 from __future__ import annotations
 
 import argparse
 import sys
 
 import torch
-
 from common import SHARED_DATA, machine, print_table, timed, write_json
+
 from vitkit.data.augment import one_hot_smooth
 from vitkit.models import PRESETS, count_parameters
 from vitkit.train.config import make_config
 from vitkit.train.engine import Trainer
 
 
-def build_trainer(name: str, data: str, batch_size: int | None, device: str, compile_model: bool,
-                  amp: str = "off") -> Trainer:
-    options = dict(data=data, progress=False, device=device, compile=compile_model, train_limit=2000, test_limit=100,
-                   amp=amp)
+def build_trainer(
+    name: str, data: str, batch_size: int | None, device: str, compile_model: bool, amp: str = "off"
+) -> Trainer:
+    options = dict(
+        data=data, progress=False, device=device, compile=compile_model, train_limit=2000, test_limit=100, amp=amp
+    )
     options["preset" if name in PRESETS else "model"] = name
     if batch_size:
         options["batch_size"] = batch_size
@@ -34,8 +37,16 @@ def build_trainer(name: str, data: str, batch_size: int | None, device: str, com
     return trainer
 
 
-def measure(name: str, data: str, batch_size: int | None, rounds: int, steps: int, device: str,
-            compile_model: bool, amp: str = "off") -> dict:
+def measure(
+    name: str,
+    data: str,
+    batch_size: int | None,
+    rounds: int,
+    steps: int,
+    device: str,
+    compile_model: bool,
+    amp: str = "off",
+) -> dict:
     trainer = build_trainer(name, data, batch_size, device, compile_model, amp)
     net = trainer.wrap_model()
     device = trainer.device
@@ -76,10 +87,17 @@ def measure(name: str, data: str, batch_size: int | None, rounds: int, steps: in
         t_infer += timed(inference, device)
     n = rounds * steps * batch
     model_ips, e2e_ips = n / t_model, n / t_e2e
-    return {"name": name, "params_m": count_parameters(trainer.model) / 1e6, "batch": batch,
-            "image_size": trainer.image_size, "train_model_ips": model_ips, "train_e2e_ips": e2e_ips,
-            "pipeline_overhead_pct": 100 * (model_ips / e2e_ips - 1), "infer_ips": n / t_infer,
-            "first_step_s": compile_s}
+    return {
+        "name": name,
+        "params_m": count_parameters(trainer.model) / 1e6,
+        "batch": batch,
+        "image_size": trainer.image_size,
+        "train_model_ips": model_ips,
+        "train_e2e_ips": e2e_ips,
+        "pipeline_overhead_pct": 100 * (model_ips / e2e_ips - 1),
+        "infer_ips": n / t_infer,
+        "first_step_s": compile_s,
+    }
 
 
 def main() -> int:
@@ -87,8 +105,11 @@ def main() -> int:
     offline = sorted(name for name, p in PRESETS.items() if not p.train.get("pretrained"))  # no hub downloads
     parser.add_argument("--presets", nargs="*", default=offline)
     parser.add_argument("--models", nargs="*", default=[], help="registered model names to add")
-    parser.add_argument("--data", default=str(SHARED_DATA / "cifar10-dev") if (SHARED_DATA / "cifar10-dev").is_dir()
-                        else "digits", help="real images for the end-to-end measurement")
+    parser.add_argument(
+        "--data",
+        default=str(SHARED_DATA / "cifar10-dev") if (SHARED_DATA / "cifar10-dev").is_dir() else "digits",
+        help="real images for the end-to-end measurement",
+    )
     parser.add_argument("--batch-size", type=int, default=None, help="default: each preset's own")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=3, help="steps per round and kind")
@@ -100,14 +121,25 @@ def main() -> int:
     rows = []
     for name in args.presets + args.models:
         print(f"measuring {name} ...", file=sys.stderr, flush=True)
-        rows.append(measure(name, args.data, args.batch_size, args.rounds, args.steps, args.device, args.compile,
-                            args.amp))
-    print_table(rows, [("name", "model", "s"), ("params_m", "params (M)", ".2f"), ("batch", "batch", "d"),
-                       ("image_size", "px", "d"), ("train_model_ips", "train img/s (model)", ".1f"),
-                       ("train_e2e_ips", "train img/s (end-to-end)", ".1f"),
-                       ("pipeline_overhead_pct", "pipeline cost %", ".1f"), ("infer_ips", "infer img/s", ".1f")])
-    write_json(args.json, {"machine": machine(), "data": args.data, "amp": args.amp, "compile": args.compile,
-                           "rows": rows})
+        rows.append(
+            measure(name, args.data, args.batch_size, args.rounds, args.steps, args.device, args.compile, args.amp)
+        )
+    print_table(
+        rows,
+        [
+            ("name", "model", "s"),
+            ("params_m", "params (M)", ".2f"),
+            ("batch", "batch", "d"),
+            ("image_size", "px", "d"),
+            ("train_model_ips", "train img/s (model)", ".1f"),
+            ("train_e2e_ips", "train img/s (end-to-end)", ".1f"),
+            ("pipeline_overhead_pct", "pipeline cost %", ".1f"),
+            ("infer_ips", "infer img/s", ".1f"),
+        ],
+    )
+    write_json(
+        args.json, {"machine": machine(), "data": args.data, "amp": args.amp, "compile": args.compile, "rows": rows}
+    )
     return 0
 
 

@@ -5,6 +5,7 @@ test top-1 of the best checkpoint.
     python benchmarks/time_to_accuracy.py --data ../shared/data/cifar10-dev --minutes 10 \
         --recipes cifar-vit cifar-resnet keras-vit-cifar100
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,9 +18,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from common import SHARED_DATA, machine, print_table, write_json  # noqa: E402
 
 import vitkit  # noqa: E402
-from common import SHARED_DATA, machine, print_table, write_json  # noqa: E402
 from vitkit.models import PRESETS  # noqa: E402
 
 
@@ -32,9 +33,15 @@ def run(recipe: str, data: str, minutes: float, out: Path, extra: dict) -> dict:
     with open(out / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     curve = [(float(r["time_s"]), float(r["val_top1"])) for r in rows]
-    return {"recipe": recipe, "epochs": len(rows), "test_top1": result["test"]["top1"],
-            "best_val_top1": max(v for _, v in curve), "train_time_s": result["train_time_s"],
-            "params_m": result["parameters"] / 1e6, "curve": curve}
+    return {
+        "recipe": recipe,
+        "epochs": len(rows),
+        "test_top1": result["test"]["top1"],
+        "best_val_top1": max(v for _, v in curve),
+        "train_time_s": result["train_time_s"],
+        "params_m": result["parameters"] / 1e6,
+        "curve": curve,
+    }
 
 
 def main() -> int:
@@ -61,18 +68,32 @@ def main() -> int:
             writer.writerows([r["recipe"], t, v] for t, v in r["curve"])
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in results:
-        ax.plot([t / 60 for t, _ in r["curve"]], [v for _, v in r["curve"]], "-o", markersize=3,
-                label=f"{r['recipe']} (test {r['test_top1']:.3f})")
+        ax.plot(
+            [t / 60 for t, _ in r["curve"]],
+            [v for _, v in r["curve"]],
+            "-o",
+            markersize=3,
+            label=f"{r['recipe']} (test {r['test_top1']:.3f})",
+        )
     ax.set_xlabel("wall clock (minutes)")
     ax.set_ylabel("held-out top-1")
     ax.set_title(f"{name}: {args.minutes:g}-minute budget")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.savefig(out / f"{name}.png", dpi=110, bbox_inches="tight")
-    print_table(results, [("recipe", "recipe", "s"), ("params_m", "params (M)", ".2f"), ("epochs", "epochs", "d"),
-                          ("best_val_top1", "best val top-1", ".3f"), ("test_top1", "test top-1", ".3f")])
-    write_json(out / f"{name}.json", {"machine": machine(), "data": args.data, "minutes": args.minutes,
-                                      "results": results})
+    print_table(
+        results,
+        [
+            ("recipe", "recipe", "s"),
+            ("params_m", "params (M)", ".2f"),
+            ("epochs", "epochs", "d"),
+            ("best_val_top1", "best val top-1", ".3f"),
+            ("test_top1", "test top-1", ".3f"),
+        ],
+    )
+    write_json(
+        out / f"{name}.json", {"machine": machine(), "data": args.data, "minutes": args.minutes, "results": results}
+    )
     return 0
 
 

@@ -7,6 +7,7 @@ augmentation included) with its default settings.
 
     python benchmarks/vs_keras.py --keras-python PATH/TO/venv/bin/python --models vit mixer
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,21 +20,30 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import REPO, SHARED_DATA, machine, print_table, sync, write_json
+
 from vitkit.train.config import make_config
 from vitkit.train.engine import Trainer
 
 PEER = REPO.parent / "shared" / "peers" / "keras_seed_reference.py"
-PRESETS = {"vit": "keras-vit-cifar100", "mixer": "keras-mixer-cifar100", "fnet": "keras-fnet-cifar100",
-           "gmlp": "keras-gmlp-cifar100"}
+PRESETS = {
+    "vit": "keras-vit-cifar100",
+    "mixer": "keras-mixer-cifar100",
+    "fnet": "keras-fnet-cifar100",
+    "gmlp": "keras-gmlp-cifar100",
+}
 
 
 def write_npz(trainer: Trainer, path: Path) -> None:
     """The exact images vitkit trains on, in the peer's format (uint8 NHWC)."""
     train, test = trainer.data.train, trainer.test_loader.split
-    np.savez(path, x_train=train.images.permute(0, 2, 3, 1).numpy(), y_train=train.labels.numpy(),
-             x_test=test.images.permute(0, 2, 3, 1).numpy(), y_test=test.labels.numpy())
+    np.savez(
+        path,
+        x_train=train.images.permute(0, 2, 3, 1).numpy(),
+        y_train=train.labels.numpy(),
+        x_test=test.images.permute(0, 2, 3, 1).numpy(),
+        y_test=test.labels.numpy(),
+    )
 
 
 def vitkit_rate(trainer: Trainer, steps: int) -> tuple[float, float]:
@@ -58,8 +68,11 @@ def vitkit_rate(trainer: Trainer, steps: int) -> tuple[float, float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--keras-python", default=os.environ.get("KERAS_PYTHON"),
-                        help="python of the keras+jax environment (or $KERAS_PYTHON)")
+    parser.add_argument(
+        "--keras-python",
+        default=os.environ.get("KERAS_PYTHON"),
+        help="python of the keras+jax environment (or $KERAS_PYTHON)",
+    )
     parser.add_argument("--models", nargs="*", default=["vit"], choices=list(PRESETS))
     parser.add_argument("--data", default=str(SHARED_DATA / "cifar10-dev"))
     parser.add_argument("--batch-size", type=int, default=256)
@@ -73,8 +86,11 @@ def main() -> int:
     rows = []
     for family in args.models:
         preset = PRESETS[family]
-        trainer = Trainer(make_config(preset=preset, data=args.data, batch_size=args.batch_size, progress=False,
-                                      amp=args.amp, val_split=0.1))
+        trainer = Trainer(
+            make_config(
+                preset=preset, data=args.data, batch_size=args.batch_size, progress=False, amp=args.amp, val_split=0.1
+            )
+        )
         trainer.setup()
         trainer.init_optimization()
         with tempfile.TemporaryDirectory() as tmp:
@@ -82,22 +98,54 @@ def main() -> int:
             write_npz(trainer, npz)
             print(f"{preset}: keras reference ...", file=sys.stderr, flush=True)
             env = dict(os.environ, KERAS_BACKEND="jax")
-            proc = subprocess.run([args.keras_python, str(PEER), str(npz), "--budget-s", str(args.keras_budget_s),
-                                   "--model", family, "--batch", str(args.batch_size), "--eval-limit", "512"],
-                                  capture_output=True, text=True, env=env)
+            proc = subprocess.run(
+                [
+                    args.keras_python,
+                    str(PEER),
+                    str(npz),
+                    "--budget-s",
+                    str(args.keras_budget_s),
+                    "--model",
+                    family,
+                    "--batch",
+                    str(args.batch_size),
+                    "--eval-limit",
+                    "512",
+                ],
+                capture_output=True,
+                text=True,
+                env=env,
+            )
             if proc.returncode != 0:
                 print(proc.stderr[-3000:], file=sys.stderr)
                 return 1
             keras = json.loads(proc.stdout.strip().splitlines()[-1])
         print(f"{preset}: vitkit ...", file=sys.stderr, flush=True)
         ips, first = vitkit_rate(trainer, args.steps)
-        rows.append({"preset": preset, "vitkit_params": sum(p.numel() for p in trainer.model.parameters()),
-                     "keras_params": keras["params"], "keras_ips": keras["img_per_s"], "vitkit_ips": ips,
-                     "speedup": ips / keras["img_per_s"] if keras["img_per_s"] else None,
-                     "vitkit_first_step_s": first, "vitkit_bf16": trainer.bf16, "batch": args.batch_size})
-    print_table(rows, [("preset", "preset", "s"), ("keras_params", "Keras params", "d"),
-                       ("vitkit_params", "vitkit params", "d"), ("keras_ips", "Keras+JAX img/s", ".1f"),
-                       ("vitkit_ips", "vitkit img/s", ".1f"), ("speedup", "x Keras", ".1f")])
+        rows.append(
+            {
+                "preset": preset,
+                "vitkit_params": sum(p.numel() for p in trainer.model.parameters()),
+                "keras_params": keras["params"],
+                "keras_ips": keras["img_per_s"],
+                "vitkit_ips": ips,
+                "speedup": ips / keras["img_per_s"] if keras["img_per_s"] else None,
+                "vitkit_first_step_s": first,
+                "vitkit_bf16": trainer.bf16,
+                "batch": args.batch_size,
+            }
+        )
+    print_table(
+        rows,
+        [
+            ("preset", "preset", "s"),
+            ("keras_params", "Keras params", "d"),
+            ("vitkit_params", "vitkit params", "d"),
+            ("keras_ips", "Keras+JAX img/s", ".1f"),
+            ("vitkit_ips", "vitkit img/s", ".1f"),
+            ("speedup", "x Keras", ".1f"),
+        ],
+    )
     write_json(args.json, {"machine": machine(), "data": args.data, "rows": rows})
     return 0
 

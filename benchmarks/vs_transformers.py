@@ -4,6 +4,7 @@ round-robin in one run. Compile time is reported apart from the step rate.
 
     python benchmarks/vs_transformers.py --model vit_tiny_patch16_224 --image-size 224 --batch-size 32
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,9 +15,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
 from common import machine, print_table, write_json
 from inference import hf_twin
+
 from vitkit.models import create_model
 from vitkit.train.engine import use_bf16
 from vitkit.train.optim import build_optimizer, param_groups
@@ -61,8 +62,10 @@ def main() -> int:
         model.load_state_dict(base.state_dict())
         return model.train()
 
-    paths = {"transformers (fp32, its default)": (lambda m: lambda t: m(pixel_values=t).logits, hf, False),
-             "vitkit fp32": (lambda m: m, vitkit_copy(), False)}
+    paths = {
+        "transformers (fp32, its default)": (lambda m: lambda t: m(pixel_values=t).logits, hf, False),
+        "vitkit fp32": (lambda m: m, vitkit_copy(), False),
+    }
     if default_bf16:
         paths["vitkit default (bf16 autocast: native bf16 CPU)"] = (lambda m: m, vitkit_copy(), True)
     compile_s = None
@@ -84,8 +87,9 @@ def main() -> int:
         for name, (forward, optimizer, model, bf16) in steps.items():
             print(f"  {name}", file=sys.stderr, flush=True)
             model.train()
-            rows[name]["train_ips"] += rate(lambda: train_step(forward, optimizer, x, y, bf16), args.steps,
-                                            args.batch_size) / args.rounds
+            rows[name]["train_ips"] += (
+                rate(lambda: train_step(forward, optimizer, x, y, bf16), args.steps, args.batch_size) / args.rounds
+            )
             model.eval()
             with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 rows[name]["infer_ips"] += rate(lambda: forward(x), args.steps * 2, args.batch_size) / args.rounds
@@ -95,12 +99,29 @@ def main() -> int:
         row["infer_x"] = row["infer_ips"] / ref["infer_ips"]
     table = list(rows.values())
     print(f"\n{args.model} @ {args.image_size}px, batch {args.batch_size}, {torch.get_num_threads()} threads")
-    print_table(table, [("path", "path", "s"), ("train_ips", "train img/s", ".1f"), ("train_x", "x transformers", ".2f"),
-                        ("infer_ips", "infer img/s", ".1f"), ("infer_x", "x transformers", ".2f")])
+    print_table(
+        table,
+        [
+            ("path", "path", "s"),
+            ("train_ips", "train img/s", ".1f"),
+            ("train_x", "x transformers", ".2f"),
+            ("infer_ips", "infer img/s", ".1f"),
+            ("infer_x", "x transformers", ".2f"),
+        ],
+    )
     if compile_s is not None:
         print(f"compile time (first step): {compile_s:.1f} s")
-    write_json(args.json, {"machine": machine(), "model": args.model, "image_size": args.image_size,
-                           "batch_size": args.batch_size, "compile_s": compile_s, "rows": table})
+    write_json(
+        args.json,
+        {
+            "machine": machine(),
+            "model": args.model,
+            "image_size": args.image_size,
+            "batch_size": args.batch_size,
+            "compile_s": compile_s,
+            "rows": table,
+        },
+    )
     return 0
 
 

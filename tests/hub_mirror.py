@@ -1,5 +1,6 @@
 """A minimal Hugging Face hub mirror on loopback: enough of the resolve API for huggingface_hub's
 real download code (HEAD for metadata, GET for content, 404 with the hub's error codes)."""
+
 import hashlib
 import http.server
 import threading

@@ -1,4 +1,5 @@
 """Batched on-device augmentation: exact geometry, per-sample randomness, seeding, mixing."""
+
 import numpy as np
 import pytest
 import torch
@@ -7,8 +8,9 @@ from vitkit.data.augment import AugmentSpec, BatchAugment, mix_batch
 
 
 def images(n=8, size=16, channels=3, seed=0):
-    return torch.randint(0, 256, (n, channels, size, size), generator=torch.Generator().manual_seed(seed),
-                         dtype=torch.uint8)
+    return torch.randint(
+        0, 256, (n, channels, size, size), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8
+    )
 
 
 def gen(seed=0):
@@ -20,7 +22,8 @@ def test_eval_resizes_and_normalises():
     x = images()
     out = aug.eval(x)
     expected = (x.float() / 255 - torch.tensor([0.5, 0.25, 0.0]).view(1, 3, 1, 1)) / torch.tensor(
-        [0.5, 0.25, 1.0]).view(1, 3, 1, 1)
+        [0.5, 0.25, 1.0]
+    ).view(1, 3, 1, 1)
     assert torch.allclose(out, expected, atol=1e-6)
     assert BatchAugment(32, (0.0,), (1.0,), 1).eval(images(2, 16, 1)).shape == (2, 1, 32, 32)
     grey_to_rgb = BatchAugment(16, (0.0,) * 3, (1.0,) * 3, 3).eval(images(2, 16, 1))
@@ -44,14 +47,24 @@ def test_crop_padding_shifts_by_whole_pixels():
     out = aug.train(x, gen(1))
     ref = torch.nn.functional.pad(x.float() / 255, (3, 3, 3, 3))
     for i in range(16):
-        found = any(torch.allclose(out[i], ref[i, :, dy:dy + 16, dx:dx + 16], atol=1e-5)
-                    for dy in range(7) for dx in range(7))
+        found = any(
+            torch.allclose(out[i], ref[i, :, dy : dy + 16, dx : dx + 16], atol=1e-5)
+            for dy in range(7)
+            for dx in range(7)
+        )
         assert found, f"sample {i} is not a padded crop"
 
 
-@pytest.mark.parametrize("spec", [AugmentSpec(hflip=True, rotation=0.02, zoom=0.2), AugmentSpec(rrc_scale=0.3),
-                                  AugmentSpec(auto_augment="rand"), AugmentSpec(auto_augment="trivial"),
-                                  AugmentSpec(random_erasing=1.0)])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        AugmentSpec(hflip=True, rotation=0.02, zoom=0.2),
+        AugmentSpec(rrc_scale=0.3),
+        AugmentSpec(auto_augment="rand"),
+        AugmentSpec(auto_augment="trivial"),
+        AugmentSpec(random_erasing=1.0),
+    ],
+)
 def test_seeded_reproducible_and_varied(spec):
     aug = BatchAugment(24, (0.5,) * 3, (0.5,) * 3, 3, spec)
     x = images(16)
@@ -72,7 +85,7 @@ def test_random_erasing_fills_a_rectangle_with_noise():
     for mask in changed:
         rows, cols = mask.any(1).nonzero().flatten(), mask.any(0).nonzero().flatten()
         assert len(rows) > 0
-        box = mask[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        box = mask[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
         assert box.float().mean() > 0.95  # one solid rectangle
 
 

@@ -1,4 +1,5 @@
 """Built-in datasets (real download path over loopback HTTP), IDX and CIFAR readers, image folders."""
+
 import gzip
 import hashlib
 import http.server
@@ -10,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import write_class_folders
 from PIL import Image
 
-from conftest import write_class_folders
 from vitkit.data import builtin
 from vitkit.data.builtin import RemoteFile, download, load_builtin, read_idx
 from vitkit.data.folder import load_folder, scan_folder, stratified_split
@@ -79,10 +80,12 @@ def test_offline_error_names_url_and_folder(tmp_path, monkeypatch):
 def test_mnist_style_download_end_to_end(http_server, tmp_path, monkeypatch):
     www, base = http_server
     rng = np.random.default_rng(1)
-    files = {"train-images-idx3-ubyte.gz": rng.integers(0, 255, (30, 28, 28)),
-             "train-labels-idx1-ubyte.gz": np.arange(30) % 10,
-             "t10k-images-idx3-ubyte.gz": rng.integers(0, 255, (10, 28, 28)),
-             "t10k-labels-idx1-ubyte.gz": np.arange(10)}
+    files = {
+        "train-images-idx3-ubyte.gz": rng.integers(0, 255, (30, 28, 28)),
+        "train-labels-idx1-ubyte.gz": np.arange(30) % 10,
+        "t10k-images-idx3-ubyte.gz": rng.integers(0, 255, (10, 28, 28)),
+        "t10k-labels-idx1-ubyte.gz": np.arange(10),
+    }
     (www / "mnist").mkdir()
     md5 = {}
     for name, array in files.items():
@@ -93,7 +96,9 @@ def test_mnist_style_download_end_to_end(http_server, tmp_path, monkeypatch):
     monkeypatch.setenv("VITKIT_DATASET_MIRROR", base)
     data = load_builtin("mnist", tmp_path / "data")
     assert data.train.images.shape == (30, 1, 28, 28) and data.test.images.shape == (10, 1, 28, 28)
-    assert torch.equal(data.train.images[3, 0], torch.from_numpy(files["train-images-idx3-ubyte.gz"][3].astype(np.uint8)))
+    assert torch.equal(
+        data.train.images[3, 0], torch.from_numpy(files["train-images-idx3-ubyte.gz"][3].astype(np.uint8))
+    )
     assert (tmp_path / "data" / "mnist" / "t10k-labels-idx1-ubyte.gz").is_file()
 
 
@@ -122,8 +127,7 @@ def write_cifar(folder: Path, fine: bool) -> None:
     label_key = b"fine_labels" if fine else b"labels"
     train_names = ["train"] if fine else [f"data_batch_{i}" for i in range(1, 6)]
     for name in train_names + ["test"]:
-        batch = {b"data": rng.integers(0, 255, (20, 3072), dtype=np.uint8),
-                 label_key: list(range(20))}
+        batch = {b"data": rng.integers(0, 255, (20, 3072), dtype=np.uint8), label_key: list(range(20))}
         (folder / name if fine or name != "test" else folder / "test_batch").write_bytes(pickle.dumps(batch))
     if fine:
         (folder / "meta").write_bytes(pickle.dumps({b"fine_label_names": [f"c{i}".encode() for i in range(100)]}))
@@ -140,7 +144,9 @@ def test_cifar_official_python_format(tmp_path, name):
     assert data.train.images.shape == (n_train, 3, 32, 32) and data.train.images.dtype == torch.uint8
     assert len(data.class_names) == (100 if name == "cifar100" else 10)
     # channel-major rows: the first 1024 bytes are the red plane
-    batch = pickle.loads((tmp_path / name / extracted / ("train" if name == "cifar100" else "data_batch_1")).read_bytes())
+    batch = pickle.loads(
+        (tmp_path / name / extracted / ("train" if name == "cifar100" else "data_batch_1")).read_bytes()
+    )
     assert torch.equal(data.train.images[0, 0].flatten(), torch.from_numpy(batch[b"data"][0][:1024]))
 
 
@@ -151,6 +157,7 @@ def test_cifar_pickle_cannot_run_code(tmp_path):
     class Exploit:
         def __reduce__(self):
             import os
+
             return (os.system, ("touch " + str(tmp_path / "pwned"),))
 
     (folder / "data_batch_1").write_bytes(pickle.dumps({b"data": Exploit()}))

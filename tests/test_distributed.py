@@ -1,4 +1,5 @@
 """DistributedDataParallel on CPU with gloo: 2 processes = 1 process, resume, and failure handling."""
+
 import json
 import os
 import signal
@@ -8,22 +9,41 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from conftest import subprocess_env, vitkit_cmd
+from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow
 
 # No random augmentation, fp32 and SGD: the two runs then differ only in floating-point summation order
 # (one mean over 64 samples against two means over 32). Adam's division by sqrt(v) amplifies that
 # order noise on near-zero gradients, so it would measure the optimizer, not the distribution.
-COMMON = ["--epochs", "2", "--no-progress", "--crop-padding", "0", "--threads", "1", "--batch-size", "64", "--amp", "off",
-          "--optimizer", "sgd", "--lr", "0.05", "--warmup-epochs", "0", "--seed", "3"]
+COMMON = [
+    "--epochs",
+    "2",
+    "--no-progress",
+    "--crop-padding",
+    "0",
+    "--threads",
+    "1",
+    "--batch-size",
+    "64",
+    "--amp",
+    "off",
+    "--optimizer",
+    "sgd",
+    "--lr",
+    "0.05",
+    "--warmup-epochs",
+    "0",
+    "--seed",
+    "3",
+]
 
 
 def train(*args, timeout=600):
-    return subprocess.run(vitkit_cmd("train", *COMMON, *args), capture_output=True, text=True,
-                          env=subprocess_env(), timeout=timeout)
+    return subprocess.run(
+        vitkit_cmd("train", *COMMON, *args), capture_output=True, text=True, env=subprocess_env(), timeout=timeout
+    )
 
 
 def weights(run: Path) -> dict:
@@ -50,8 +70,13 @@ def test_two_processes_equal_one(runs):
 
 def test_distributed_metrics_equal_a_single_process_evaluation(runs):
     results = json.loads((runs / "double" / "results.json").read_text())
-    proc = subprocess.run(vitkit_cmd("eval", str(runs / "double" / "best"), "--json"), capture_output=True,
-                          text=True, env=subprocess_env(), timeout=300)
+    proc = subprocess.run(
+        vitkit_cmd("eval", str(runs / "double" / "best"), "--json"),
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     single = json.loads(proc.stdout)
     assert single["confusion_matrix"] == results["test"]["confusion_matrix"]
@@ -89,9 +114,13 @@ def rank_of(pid: int) -> int | None:
 
 def test_killed_mid_epoch_and_resumed_matches(runs, tmp_path):
     out = tmp_path / "killed"
-    proc = subprocess.Popen(vitkit_cmd("train", *COMMON, "--nproc", "2", "--save-every", "4", "--out", str(out)),
-                            env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        vitkit_cmd("train", *COMMON, "--nproc", "2", "--save-every", "4", "--out", str(out)),
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     state_file = out / "last" / "trainer.pt"
     deadline = time.time() + 300
     while not state_file.exists() and time.time() < deadline and proc.poll() is None:
@@ -101,31 +130,60 @@ def test_killed_mid_epoch_and_resumed_matches(runs, tmp_path):
     state = torch.load(state_file, weights_only=True)
     assert state["epoch"] == 0 and state["next_batch"] > 0 and len(state["rank_rngs"]) == 2
 
-    mismatch = subprocess.run(vitkit_cmd("train", "--out", str(out), "--resume", "--no-progress"),
-                              capture_output=True, text=True, env=subprocess_env(), timeout=300)
+    mismatch = subprocess.run(
+        vitkit_cmd("train", "--out", str(out), "--resume", "--no-progress"),
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=300,
+    )
     assert mismatch.returncode == 2 and "trained with 2 process(es) but is resumed with 1" in mismatch.stderr
 
-    resumed = subprocess.run(vitkit_cmd("train", "--out", str(out), "--resume", "--nproc", "2", "--no-progress",
-                                        "--threads", "1"), capture_output=True, text=True, env=subprocess_env(),
-                             timeout=600)
+    resumed = subprocess.run(
+        vitkit_cmd("train", "--out", str(out), "--resume", "--nproc", "2", "--no-progress", "--threads", "1"),
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=600,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a, b = weights(runs / "double"), weights(out)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_batch_not_divisible_by_world_size(tmp_path):
-    proc = subprocess.run(vitkit_cmd("train", "--nproc", "2", "--batch-size", "63", "--epochs", "1", "--out",
-                                     str(tmp_path / "r"), "--no-progress"), capture_output=True, text=True,
-                          env=subprocess_env(), timeout=300)
+    proc = subprocess.run(
+        vitkit_cmd(
+            "train",
+            "--nproc",
+            "2",
+            "--batch-size",
+            "63",
+            "--epochs",
+            "1",
+            "--out",
+            str(tmp_path / "r"),
+            "--no-progress",
+        ),
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=300,
+    )
     assert proc.returncode != 0
     assert "--batch-size 63 (global) does not divide across 2 processes" in proc.stderr
 
 
 def test_a_dead_rank_stops_the_others(tmp_path):
     out = tmp_path / "dies"
-    proc = subprocess.Popen(vitkit_cmd("train", "--nproc", "2", "--epochs", "200", "--out", str(out),
-                                       "--no-progress", "--threads", "1"), env=subprocess_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        vitkit_cmd("train", "--nproc", "2", "--epochs", "200", "--out", str(out), "--no-progress", "--threads", "1"),
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     deadline = time.time() + 180
     victim = None
     while victim is None and time.time() < deadline:

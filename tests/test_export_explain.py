@@ -1,14 +1,15 @@
 """ONNX export parity, the onnxruntime backend, and explanations for every family."""
+
 import json
 import subprocess
 
 import numpy as np
 import pytest
 import torch
+from conftest import subprocess_env, vitkit_cmd
 from PIL import Image
 
 import vitkit
-from conftest import subprocess_env, vitkit_cmd
 from vitkit.api import Classifier
 from vitkit.export.onnx import OnnxModel, export_onnx
 from vitkit.models import create_model, save_model
@@ -25,15 +26,23 @@ def checkpoint(tmp_path, name, **kw):
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.uniform_(-0.5, 0.5)
                 m.running_var.uniform_(0.5, 2.0)
-    meta = {"class_names": list("abcde"), "preprocessing": {"image_size": model.config.image_size,
-                                                            "channels": 3, "mean": [0.5] * 3, "std": [0.25] * 3}}
+    meta = {
+        "class_names": list("abcde"),
+        "preprocessing": {"image_size": model.config.image_size, "channels": 3, "mean": [0.5] * 3, "std": [0.25] * 3},
+    }
     save_model(model, tmp_path / name, **meta)
     return model, tmp_path / name
 
 
-@pytest.mark.parametrize("name,kw", [("vit_micro_patch4_32", {}), ("vit_micro_patch4_32", {"pool": "cls",
-                                     "class_token": True}), ("mixer_micro_patch4_32", {}),
-                                     ("resnet18_cifar", {"widths": (16, 32, 32, 64)})])
+@pytest.mark.parametrize(
+    "name,kw",
+    [
+        ("vit_micro_patch4_32", {}),
+        ("vit_micro_patch4_32", {"pool": "cls", "class_token": True}),
+        ("mixer_micro_patch4_32", {}),
+        ("resnet18_cifar", {"widths": (16, 32, 32, 64)}),
+    ],
+)
 def test_onnx_parity_batch_1_and_7(tmp_path, name, kw):
     model, ckpt = checkpoint(tmp_path, name, **kw)
     report = export_onnx(vitkit.load(ckpt, device="cpu"), tmp_path / "m.onnx")
@@ -51,17 +60,26 @@ def test_onnxruntime_backend_predicts_like_torch(digits_run, digit_images, tmp_p
     paths, _ = digit_images
     results = {}
     for backend in ("torch", "onnxruntime"):
-        proc = subprocess.run(vitkit_cmd("predict", str(out), *map(str, paths), "--format", "json",
-                                         "--backend", backend), capture_output=True, text=True,
-                              env=subprocess_env(), timeout=300)
+        proc = subprocess.run(
+            vitkit_cmd("predict", str(out), *map(str, paths), "--format", "json", "--backend", backend),
+            capture_output=True,
+            text=True,
+            env=subprocess_env(),
+            timeout=300,
+        )
         assert proc.returncode == 0, proc.stderr
         results[backend] = json.loads(proc.stdout)
     for a, b in zip(results["torch"], results["onnxruntime"]):
         assert a["predictions"][0]["label"] == b["predictions"][0]["label"]
         assert a["predictions"][0]["score"] == pytest.approx(b["predictions"][0]["score"], abs=1e-4)
     # the exported file on its own carries labels and preprocessing
-    proc = subprocess.run(vitkit_cmd("export", str(out), str(tmp_path / "d.onnx")), capture_output=True, text=True,
-                          env=subprocess_env(), timeout=300)
+    proc = subprocess.run(
+        vitkit_cmd("export", str(out), str(tmp_path / "d.onnx")),
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     standalone = vitkit.load(tmp_path / "d.onnx")
     assert standalone.backend == "onnxruntime" and standalone.class_names == [str(i) for i in range(10)]
@@ -103,8 +121,9 @@ def test_rollout_follows_the_evidence():
     assert maps["rollout"][0].flatten().argmax().item() == 27
 
 
-@pytest.mark.parametrize("name", ["mixer_micro_patch4_32", "fnet_micro_patch4_32", "gmlp_micro_patch4_32",
-                                  "resnet18_cifar"])
+@pytest.mark.parametrize(
+    "name", ["mixer_micro_patch4_32", "fnet_micro_patch4_32", "gmlp_micro_patch4_32", "resnet18_cifar"]
+)
 def test_saliency_for_non_attention_models(name):
     model = create_model(name, num_classes=3).eval()
     clf = Classifier(model, {"class_names": list("abc")}, device="cpu")
@@ -117,8 +136,13 @@ def test_saliency_for_non_attention_models(name):
 def test_explain_cli_writes_a_figure(digits_run, digit_images, tmp_path):
     out, _ = digits_run
     png = tmp_path / "why.png"
-    proc = subprocess.run(vitkit_cmd("explain", str(out), str(digit_images[0][0]), "--out", str(png)),
-                          capture_output=True, text=True, env=subprocess_env(), timeout=300)
+    proc = subprocess.run(
+        vitkit_cmd("explain", str(out), str(digit_images[0][0]), "--out", str(png)),
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert len(json.loads(proc.stdout)["predictions"]) == 5
     img = np.asarray(Image.open(png).convert("RGB"))

@@ -1,4 +1,5 @@
 """Decoding: every format and mode ends as correct RGB; bombs and broken files are refused by name."""
+
 import io
 
 import numpy as np

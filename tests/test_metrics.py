@@ -1,4 +1,5 @@
 """Metrics agree with scikit-learn on the same predictions."""
+
 import numpy as np
 import torch
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, top_k_accuracy_score
@@ -14,7 +15,7 @@ def test_report_matches_scikit_learn():
     logits[:, 6] -= 10  # class 6 is never predicted: precision 0 by convention
     acc = MetricAccumulator(7)
     for chunk in range(0, 500, 64):
-        acc.update(logits[chunk:chunk + 64], labels[chunk:chunk + 64], 0.0)
+        acc.update(logits[chunk : chunk + 64], labels[chunk : chunk + 64], 0.0)
     report = acc.compute([f"c{i}" for i in range(7)])
     pred = logits.argmax(1).numpy()
     y = labels.numpy()

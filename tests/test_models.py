@@ -1,4 +1,5 @@
 """Model zoo: shapes, gradients, determinism, safetensors round trip, resizing and bad input."""
+
 import pytest
 import torch
 
@@ -26,8 +27,13 @@ def test_every_family_and_preset_is_listed():
     names = list_models()
     for prefix in ("vit_", "mixer_", "fnet_", "gmlp_", "resnet"):
         assert any(n.startswith(prefix) for n in names), prefix
-    for preset in ("keras-vit-cifar100", "keras-mixer-cifar100", "keras-fnet-cifar100", "keras-gmlp-cifar100",
-                   "d2l-vit-fashion-mnist"):
+    for preset in (
+        "keras-vit-cifar100",
+        "keras-mixer-cifar100",
+        "keras-fnet-cifar100",
+        "keras-gmlp-cifar100",
+        "d2l-vit-fashion-mnist",
+    ):
         assert preset in list_models("presets")
 
 
@@ -58,8 +64,16 @@ def test_forward_backward_reaches_every_parameter(family):
     assert not missing, f"no gradient for {missing}"
 
 
-@pytest.mark.parametrize("name", ["keras-vit-cifar100", "keras-mixer-cifar100", "keras-fnet-cifar100",
-                                  "keras-gmlp-cifar100", "d2l-vit-fashion-mnist"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "keras-vit-cifar100",
+        "keras-mixer-cifar100",
+        "keras-fnet-cifar100",
+        "keras-gmlp-cifar100",
+        "d2l-vit-fashion-mnist",
+    ],
+)
 def test_presets_run_on_their_inputs_and_on_32px(name):
     model = create_model(name)
     cfg = model.config
@@ -72,12 +86,19 @@ def test_presets_run_on_their_inputs_and_on_32px(name):
     assert out.shape == (2, cfg.num_classes)
 
 
-@pytest.mark.parametrize("pool,class_token", [("cls", True), ("mean", True), ("mean", False),
-                                              ("flatten", False), ("flatten", True)])
+@pytest.mark.parametrize(
+    "pool,class_token", [("cls", True), ("mean", True), ("mean", False), ("flatten", False), ("flatten", True)]
+)
 @pytest.mark.parametrize("in_chans", [1, 3])
 def test_vit_pooling_and_channels(pool, class_token, in_chans):
-    model = create_model("vit_micro_patch4_32", num_classes=5, in_chans=in_chans, pool=pool,
-                         class_token=class_token, head_hidden=(32,) if pool == "flatten" else ())
+    model = create_model(
+        "vit_micro_patch4_32",
+        num_classes=5,
+        in_chans=in_chans,
+        pool=pool,
+        class_token=class_token,
+        head_hidden=(32,) if pool == "flatten" else (),
+    )
     assert model(torch.randn(3, in_chans, 32, 32)).shape == (3, 5)
 
 
@@ -196,3 +217,15 @@ def test_conv_stem_token_grid():
     assert model.patch_embed.num_patches == 16 and model.patch_embed.stride == 8
     with pytest.raises(ValueError, match="image_size=36 is not divisible by patch_size=8"):
         create_model("vit_micro_patch4_32", stem="conv", conv_layers=3, image_size=36)
+
+
+def test_every_preset_builds_and_runs_at_its_size():
+    from vitkit.models import PRESETS, get_preset
+    from vitkit.train.config import FIELDS
+
+    for name, preset in PRESETS.items():
+        model = create_model(name).eval()
+        cfg = model.config
+        with torch.no_grad():
+            assert model(torch.randn(1, cfg.in_chans, cfg.image_size, cfg.image_size)).shape == (1, cfg.num_classes)
+        assert set(get_preset(name).train) <= FIELDS, name  # every training value is a real option

@@ -1,5 +1,6 @@
 """Pretrained ViTs: exact equivalence with transformers, timm/DeiT layouts, hub downloads through a
 loopback mirror, transfer on real photos, HF export, and refusal of bad checkpoints."""
+
 import json
 import pickle
 import subprocess
@@ -8,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import shared_dataset, subprocess_env, vitkit_cmd, write_class_folders
+from hub_mirror import HubMirror
 from PIL import Image
 from safetensors.torch import save_file
 
 import vitkit
-from conftest import shared_dataset, subprocess_env, vitkit_cmd, write_class_folders
-from hub_mirror import HubMirror
 from vitkit.models import create_model, save_model
 from vitkit.pretrained import load_pretrained
 from vitkit.train.optim import param_groups
@@ -23,10 +24,17 @@ transformers = pytest.importorskip("transformers")
 
 def tiny_hf_model(num_labels=4, image_size=32, seed=0):
     torch.manual_seed(seed)
-    cfg = transformers.ViTConfig(hidden_size=48, num_hidden_layers=2, num_attention_heads=3, intermediate_size=96,
-                                 image_size=image_size, patch_size=8, num_labels=num_labels,
-                                 id2label={i: f"class{i}" for i in range(num_labels)},
-                                 label2id={f"class{i}": i for i in range(num_labels)})
+    cfg = transformers.ViTConfig(
+        hidden_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=3,
+        intermediate_size=96,
+        image_size=image_size,
+        patch_size=8,
+        num_labels=num_labels,
+        id2label={i: f"class{i}" for i in range(num_labels)},
+        label2id={f"class{i}": i for i in range(num_labels)},
+    )
     return transformers.ViTForImageClassification(cfg).eval()
 
 
@@ -53,8 +61,9 @@ def test_matches_transformers_classifier_and_backbone(tmp_path):
 
 def test_backbone_only_checkpoint_loads(tmp_path):
     torch.manual_seed(1)
-    cfg = transformers.ViTConfig(hidden_size=48, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
-                                 image_size=32, patch_size=8)
+    cfg = transformers.ViTConfig(
+        hidden_size=48, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64, image_size=32, patch_size=8
+    )
     backbone = transformers.ViTModel(cfg).eval()
     backbone.save_pretrained(tmp_path / "backbone")
     model, _, names = load_pretrained(tmp_path / "backbone")
@@ -65,8 +74,10 @@ def test_backbone_only_checkpoint_loads(tmp_path):
 
 
 def timm_state(model):
-    return {("head." + k[len("head.1."):] if k.startswith("head.1.") else k): v.clone()
-            for k, v in model.state_dict().items()}
+    return {
+        ("head." + k[len("head.1.") :] if k.startswith("head.1.") else k): v.clone()
+        for k, v in model.state_dict().items()
+    }
 
 
 def test_timm_and_deit_layouts_reproduce_the_forward(tmp_path):
@@ -87,8 +98,11 @@ def test_wrong_keys_are_listed(tmp_path):
     del state["blocks.1.attn.proj.weight"]
     state["blocks.0.attn.extra"] = torch.zeros(1)
     save_file(state, str(tmp_path / "bad.safetensors"))
-    with pytest.raises(ValueError, match=r"missing keys: blocks\.1\.attn\.proj\.weight.*unexpected keys: "
-                                         r"blocks\.0\.attn\.extra"):
+    with pytest.raises(
+        ValueError,
+        match=r"missing keys: blocks\.1\.attn\.proj\.weight.*unexpected keys: "
+        r"blocks\.0\.attn\.extra",
+    ):
         load_pretrained(tmp_path / "bad.safetensors")
 
 
@@ -109,8 +123,15 @@ def hub(tmp_path):
 def hf_repo_files(tmp_path, model) -> dict[str, bytes]:
     model.save_pretrained(tmp_path / "export")
     files = {p.name: p.read_bytes() for p in (tmp_path / "export").iterdir()}
-    files["preprocessor_config.json"] = json.dumps({"image_processor_type": "ViTImageProcessor", "size": {
-        "height": 32, "width": 32}, "image_mean": [0.5] * 3, "image_std": [0.5] * 3, "resample": 2}).encode()
+    files["preprocessor_config.json"] = json.dumps(
+        {
+            "image_processor_type": "ViTImageProcessor",
+            "size": {"height": 32, "width": 32},
+            "image_mean": [0.5] * 3,
+            "image_std": [0.5] * 3,
+            "resample": 2,
+        }
+    ).encode()
     return files
 
 
@@ -126,8 +147,20 @@ def test_finetune_from_hub_id_through_the_download_path(hub, tmp_path):
     publish(hub.root, "acme/vit-mini", hf_repo_files(tmp_path, tiny_hf_model()))
     data = write_class_folders(tmp_path / "photos", per_class=8)
     out = tmp_path / "run"
-    args = ("train", "--data", str(data), "--pretrained", "acme/vit-mini", "--epochs", "1", "--batch-size", "8",
-            "--out", str(out), "--no-progress")
+    args = (
+        "train",
+        "--data",
+        str(data),
+        "--pretrained",
+        "acme/vit-mini",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--out",
+        str(out),
+        "--no-progress",
+    )
     proc = subprocess.run(vitkit_cmd(*args), capture_output=True, text=True, env=hub_env(hub, tmp_path), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert any("/acme/vit-mini/resolve/" in r and "model.safetensors" in r for r in hub.requests)
@@ -136,24 +169,46 @@ def test_finetune_from_hub_id_through_the_download_path(hub, tmp_path):
     assert config["preprocessing"]["mean"] == [0.5, 0.5, 0.5] and config["preprocessing"]["image_size"] == 32
     # offline afterwards: served from the huggingface_hub cache, no request reaches the mirror
     hub.requests.clear()
-    proc = subprocess.run(vitkit_cmd(*args[:-3], "--out", str(tmp_path / "run2"), "--no-progress"),
-                          capture_output=True, text=True, env=hub_env(hub, tmp_path, offline=True), timeout=300)
+    proc = subprocess.run(
+        vitkit_cmd(*args[:-3], "--out", str(tmp_path / "run2"), "--no-progress"),
+        capture_output=True,
+        text=True,
+        env=hub_env(hub, tmp_path, offline=True),
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert hub.requests == []
 
 
 def test_hub_errors_are_clear(hub, tmp_path):
     data = write_class_folders(tmp_path / "photos", per_class=4)
-    bert = {"config.json": json.dumps({"model_type": "bert", "hidden_size": 32}).encode(),
-            "model.safetensors": b"unused"}
+    bert = {
+        "config.json": json.dumps({"model_type": "bert", "hidden_size": 32}).encode(),
+        "model.safetensors": b"unused",
+    }
     publish(hub.root, "acme/bert-mini", bert)
-    cases = [("acme/does-not-exist", hub_env(hub, tmp_path), "no such model on the hub"),
-             ("acme/never-downloaded", hub_env(hub, tmp_path, offline=True), "not in the local Hugging Face cache"),
-             ("acme/bert-mini", hub_env(hub, tmp_path), "is a bert model, not a ViT")]
+    cases = [
+        ("acme/does-not-exist", hub_env(hub, tmp_path), "no such model on the hub"),
+        ("acme/never-downloaded", hub_env(hub, tmp_path, offline=True), "not in the local Hugging Face cache"),
+        ("acme/bert-mini", hub_env(hub, tmp_path), "is a bert model, not a ViT"),
+    ]
     for source, env, message in cases:
-        proc = subprocess.run(vitkit_cmd("train", "--data", str(data), "--pretrained", source, "--out",
-                                         str(tmp_path / source.replace("/", "_")), "--no-progress"),
-                              capture_output=True, text=True, env=env, timeout=300)
+        proc = subprocess.run(
+            vitkit_cmd(
+                "train",
+                "--data",
+                str(data),
+                "--pretrained",
+                source,
+                "--out",
+                str(tmp_path / source.replace("/", "_")),
+                "--no-progress",
+            ),
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
         assert proc.returncode == 2, (source, proc.stderr[-2000:])
         assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
 
@@ -174,6 +229,7 @@ def test_bad_checkpoint_files_never_run_code(tmp_path):
     class Exploit:
         def __reduce__(self):
             import os
+
             return (os.system, (f"touch {tmp_path / 'pwned'}",))
 
     evil = tmp_path / "evil.pth"
@@ -190,8 +246,13 @@ def test_hf_export_round_trip_and_pipeline(digits_run, tmp_path):
     model = create_model("vit_tiny_patch16_224", image_size=32, patch_size=8, depth=2, num_classes=3).eval()
     pre = {"image_size": 32, "stored_size": 32, "channels": 3, "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3]}
     save_model(model, tmp_path / "ckpt", class_names=["ant", "bee", "cat"], preprocessing=pre)
-    proc = subprocess.run(vitkit_cmd("export", str(tmp_path / "ckpt"), str(tmp_path / "hf"), "--format", "hf"),
-                          capture_output=True, text=True, env=subprocess_env(), timeout=300)
+    proc = subprocess.run(
+        vitkit_cmd("export", str(tmp_path / "ckpt"), str(tmp_path / "hf"), "--format", "hf"),
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     hf = transformers.ViTForImageClassification.from_pretrained(tmp_path / "hf").eval()
     x = torch.randn(4, 3, 32, 32)
@@ -204,9 +265,15 @@ def test_hf_export_round_trip_and_pipeline(digits_run, tmp_path):
         Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(path)
         paths.append(path)
     pipe = transformers.pipeline("image-classification", model=str(tmp_path / "hf"), device="cpu")
-    ours = json.loads(subprocess.run(vitkit_cmd("predict", str(tmp_path / "ckpt"), *map(str, paths), "--format",
-                                                "json", "--topk", "3"), capture_output=True, text=True,
-                                     env=subprocess_env(), check=True).stdout)
+    ours = json.loads(
+        subprocess.run(
+            vitkit_cmd("predict", str(tmp_path / "ckpt"), *map(str, paths), "--format", "json", "--topk", "3"),
+            capture_output=True,
+            text=True,
+            env=subprocess_env(),
+            check=True,
+        ).stdout
+    )
     for path, mine in zip(paths, ours):
         theirs = pipe(Image.open(path), top_k=3)
         assert theirs[0]["label"] == mine["predictions"][0]["label"]
@@ -235,8 +302,16 @@ def test_linear_probe_trains_only_the_head(tmp_path):
     save_model(source, tmp_path / "src", class_names=["x", "y", "z"])
     data = write_class_folders(tmp_path / "photos", per_class=6)
     out = tmp_path / "probe"
-    vitkit.train(data=str(data), pretrained=str(tmp_path / "src"), image_size=16, freeze_backbone=True, epochs=2,
-                 batch_size=6, out=str(out), progress=False)
+    vitkit.train(
+        data=str(data),
+        pretrained=str(tmp_path / "src"),
+        image_size=16,
+        freeze_backbone=True,
+        epochs=2,
+        batch_size=6,
+        out=str(out),
+        progress=False,
+    )
     tuned = vitkit.load(out / "last").model.cpu().state_dict()
     for key, value in source.state_dict().items():
         if not key.startswith("head."):
@@ -247,12 +322,28 @@ def test_linear_probe_trains_only_the_head(tmp_path):
 def test_transfer_from_cifar_beats_scratch_on_flowers(tmp_path):
     cifar, flowers = shared_dataset("cifar10-dev"), shared_dataset("flowers-mini")
     common = dict(model="vit_micro_patch4_32", image_size=32, progress=False, seed=0)
-    source = vitkit.train(data=str(cifar), epochs=10, batch_size=64, lr=2e-3, warmup_epochs=1, out=str(tmp_path / "c"),
-                          hflip=True, crop_padding=4, **common)
+    source = vitkit.train(
+        data=str(cifar),
+        epochs=10,
+        batch_size=64,
+        lr=2e-3,
+        warmup_epochs=1,
+        out=str(tmp_path / "c"),
+        hflip=True,
+        crop_padding=4,
+        **common,
+    )
     budget = dict(epochs=4, batch_size=32, lr=1e-3, warmup_epochs=1, hflip=True, rrc_scale=0.5)
     scratch = vitkit.train(data=str(flowers), out=str(tmp_path / "s"), **budget, **common)
-    tuned = vitkit.train(data=str(flowers), pretrained=source["run_dir"], out=str(tmp_path / "t"), **budget,
-                         **{k: v for k, v in common.items() if k != "model"})
-    print(f"cifar10-dev {source['test']['top1']:.3f}; flowers scratch {scratch['test']['top1']:.3f} "
-          f"fine-tuned {tuned['test']['top1']:.3f}")
+    tuned = vitkit.train(
+        data=str(flowers),
+        pretrained=source["run_dir"],
+        out=str(tmp_path / "t"),
+        **budget,
+        **{k: v for k, v in common.items() if k != "model"},
+    )
+    print(
+        f"cifar10-dev {source['test']['top1']:.3f}; flowers scratch {scratch['test']['top1']:.3f} "
+        f"fine-tuned {tuned['test']['top1']:.3f}"
+    )
     assert tuned["test"]["top1"] > scratch["test"]["top1"]

@@ -1,4 +1,5 @@
 """The HTTP server as a real uvicorn process on loopback: predictions, concurrency, bad input, web page."""
+
 import asyncio
 import io
 import json
@@ -10,9 +11,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from PIL import Image
-
 from conftest import ROOT, subprocess_env, vitkit_cmd
+from PIL import Image
 
 
 def free_port() -> int:
@@ -25,8 +25,13 @@ def free_port() -> int:
 def server(digits_run):
     out, _ = digits_run
     port = free_port()
-    proc = subprocess.Popen(vitkit_cmd("serve", str(out), "--port", str(port), "--max-upload-mb", "1"),
-                            env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        vitkit_cmd("serve", str(out), "--port", str(port), "--max-upload-mb", "1"),
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -49,8 +54,13 @@ def post(base, files, **kw):
 def test_predictions_match_the_cli(server, digit_images):
     base, _, out = server
     paths, _ = digit_images
-    cli = subprocess.run(vitkit_cmd("predict", str(out), *map(str, paths[:4]), "--format", "json"),
-                         capture_output=True, text=True, env=subprocess_env(), check=True)
+    cli = subprocess.run(
+        vitkit_cmd("predict", str(out), *map(str, paths[:4]), "--format", "json"),
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        check=True,
+    )
     expected = json.loads(cli.stdout)
     files = [("file", (p.name, p.read_bytes(), "image/png")) for p in paths[:4]]
     response = post(base, files)
@@ -68,8 +78,9 @@ def test_health_and_labels(server):
     assert httpx.get(base + "/health").json()["status"] == "ok"
     assert httpx.get(base + "/labels").json()["labels"] == [str(i) for i in range(10)]
     # bound to loopback only: /proc/net/tcp lists the listening socket as 127.0.0.1
-    listening = [line.split()[1] for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
-                 if line.split()[3] == "0A"]
+    listening = [
+        line.split()[1] for line in Path("/proc/net/tcp").read_text().splitlines()[1:] if line.split()[3] == "0A"
+    ]
     assert f"0100007F:{port:04X}" in listening
     assert f"00000000:{port:04X}" not in listening
 
@@ -81,13 +92,15 @@ def test_200_concurrent_requests_are_micro_batched(server, digit_images):
 
     async def run():
         async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=200)) as client:
-            tasks = [client.post(base + "/predict", files=[("file", (f"{i}.png", payloads[i % len(payloads)],
-                                                                      "image/png"))]) for i in range(200)]
+            tasks = [
+                client.post(base + "/predict", files=[("file", (f"{i}.png", payloads[i % len(payloads)], "image/png"))])
+                for i in range(200)
+            ]
             return await asyncio.gather(*tasks)
 
     responses = asyncio.run(run())
     assert all(r.status_code == 200 for r in responses), {r.status_code for r in responses}
-    first = {r.json()[0]["path"]: r.json()[0]["predictions"][0]["label"] for r in responses[:len(payloads)]}
+    first = {r.json()[0]["path"]: r.json()[0]["predictions"][0]["label"] for r in responses[: len(payloads)]}
     for i, r in enumerate(responses):  # the same image always gets the same answer
         assert r.json()[0]["predictions"][0]["label"] == first[f"{i % len(payloads)}.png"]
     assert httpx.get(base + "/health").json()["max_batch_seen"] > 1
@@ -121,16 +134,16 @@ def test_bad_input(server, digit_images, tmp_path):
 def test_explain_endpoint(server, digit_images):
     base, _, _ = server
     path = digit_images[0][0]
-    response = httpx.post(base + "/explain", files=[("file", (path.name, path.read_bytes(), "image/png"))],
-                          timeout=60)
+    response = httpx.post(base + "/explain", files=[("file", (path.name, path.read_bytes(), "image/png"))], timeout=60)
     assert response.status_code == 200
     body = response.json()
     assert len(body["predictions"]) == 5 and body["overlay"].startswith("data:image/png;base64,")
 
 
 def test_serve_refuses_a_missing_checkpoint(tmp_path):
-    proc = subprocess.run(vitkit_cmd("serve", str(tmp_path / "none")), capture_output=True, text=True,
-                          env=subprocess_env(), timeout=120)
+    proc = subprocess.run(
+        vitkit_cmd("serve", str(tmp_path / "none")), capture_output=True, text=True, env=subprocess_env(), timeout=120
+    )
     assert proc.returncode == 2 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -144,12 +157,19 @@ def test_web_page_in_headless_chromium(server, digit_images):
     base, _, _ = server
     options = webdriver.ChromeOptions()
     options.binary_location = "/usr/bin/chromium"
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--no-first-run", "--window-size=1000,800"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1000,800",
+    ):
         options.add_argument(flag)
-    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path="/usr/bin/chromedriver"),
-                              options=options)
+    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path="/usr/bin/chromedriver"), options=options)
     try:
         driver.get(base + "/")
         assert "vitkit" in driver.title
@@ -157,8 +177,11 @@ def test_web_page_in_headless_chromium(server, digit_images):
         WebDriverWait(driver, 60).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#bars .bar-row")) == 5)
         overlay = driver.find_element(By.ID, "overlay")
         assert overlay.get_attribute("src").startswith("data:image/png;base64,")
-        WebDriverWait(driver, 30).until(lambda d: d.execute_script(
-            "const i = document.getElementById('overlay'); return i.complete && i.naturalWidth > 0"))
+        WebDriverWait(driver, 30).until(
+            lambda d: d.execute_script(
+                "const i = document.getElementById('overlay'); return i.complete && i.naturalWidth > 0"
+            )
+        )
         labels = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#bars .bar-label")]
         assert sorted(labels) == sorted(set(labels)) and all(label.isdigit() for label in labels)
         artifacts = Path(os.environ.get("VITKIT_TEST_ARTIFACTS", ROOT / "test-artifacts"))

@@ -1,23 +1,35 @@
 """End-to-end training: the run folder, real data, resume after SIGKILL, presets, eval/predict, bad input."""
+
 import json
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import shared_dataset, subprocess_env, vitkit_cmd, write_class_folders
 from PIL import Image
 from safetensors.torch import load_file
 
 import vitkit
-from conftest import shared_dataset, subprocess_env, vitkit_cmd, write_class_folders
 
-RUN_FILES = ["args.yaml", "run.json", "metrics.csv", "results.json", "curves.png", "confusion_matrix.png",
-             "predictions.png", "patches.png", "best/model.safetensors", "best/config.json",
-             "last/model.safetensors", "last/config.json", "last/trainer.pt"]
+RUN_FILES = [
+    "args.yaml",
+    "run.json",
+    "metrics.csv",
+    "results.json",
+    "curves.png",
+    "confusion_matrix.png",
+    "predictions.png",
+    "patches.png",
+    "best/model.safetensors",
+    "best/config.json",
+    "last/model.safetensors",
+    "last/config.json",
+    "last/trainer.pt",
+]
 
 
 def assert_real_plot(path: Path, min_size=(300, 200)):
@@ -35,21 +47,41 @@ def quick_run(digits_run):
 @pytest.mark.slow
 def test_default_train_command(tmp_path):
     out = tmp_path / "OUT"
-    proc = subprocess.run(vitkit_cmd("train", "--out", str(out), "--no-progress"), capture_output=True, text=True,
-                          env=subprocess_env(), timeout=600)
+    proc = subprocess.run(
+        vitkit_cmd("train", "--out", str(out), "--no-progress"),
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads((out / "results.json").read_text())
     assert results["test"]["top1"] >= 0.95
-    for key in ("top1", "top5", "precision_macro", "recall_macro", "f1_macro", "f1_weighted", "per_class",
-                "confusion_matrix"):
+    for key in (
+        "top1",
+        "top5",
+        "precision_macro",
+        "recall_macro",
+        "f1_macro",
+        "f1_weighted",
+        "per_class",
+        "confusion_matrix",
+    ):
         assert key in results["test"]
     for name in RUN_FILES:
         assert (out / name).is_file(), name
     for plot in ("curves.png", "confusion_matrix.png", "predictions.png", "patches.png"):
         assert_real_plot(out / plot)
     rows = (out / "metrics.csv").read_text().splitlines()
-    assert rows[0].split(",")[:7] == ["epoch", "train_loss", "train_top1", "train_top5", "val_loss", "val_top1",
-                                      "val_top5"]
+    assert rows[0].split(",")[:7] == [
+        "epoch",
+        "train_loss",
+        "train_top1",
+        "train_top5",
+        "val_loss",
+        "val_top1",
+        "val_top5",
+    ]
     assert len(rows) == 1 + results["epochs_run"]
     assert json.loads((out / "run.json").read_text())["status"] == "complete"
     config = json.loads((out / "best" / "config.json").read_text())
@@ -61,9 +93,18 @@ def test_default_train_command(tmp_path):
 def test_fashion_mnist_small_vit_reaches_80_percent(tmp_path):
     if not Path("/usr/share/datasets/fashion-mnist").is_dir():
         pytest.skip("dataset-fashion-mnist not installed")
-    result = vitkit.train(data="fashion-mnist", out=str(tmp_path / "fm"), train_limit=12000, test_limit=2000,
-                          epochs=8, lr=3e-3, warmup_epochs=1, crop_padding=0, model_args={"patch_size": 7},
-                          progress=False)
+    result = vitkit.train(
+        data="fashion-mnist",
+        out=str(tmp_path / "fm"),
+        train_limit=12000,
+        test_limit=2000,
+        epochs=8,
+        lr=3e-3,
+        warmup_epochs=1,
+        crop_padding=0,
+        model_args={"patch_size": 7},
+        progress=False,
+    )
     assert result["test"]["count"] == 2000
     assert result["test"]["top1"] >= 0.80
 
@@ -74,15 +115,38 @@ def _final_weights(run: Path) -> dict:
 
 @pytest.mark.slow
 def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
-    args = ["train", "--epochs", "3", "--image-size", "16", "--model", "vit_tiny_patch4_32", "--batch-size", "32",
-            "--save-every", "5", "--no-progress", "--threads", "1", "--seed", "7", "--ema", "0.99"]
+    args = [
+        "train",
+        "--epochs",
+        "3",
+        "--image-size",
+        "16",
+        "--model",
+        "vit_tiny_patch4_32",
+        "--batch-size",
+        "32",
+        "--save-every",
+        "5",
+        "--no-progress",
+        "--threads",
+        "1",
+        "--seed",
+        "7",
+        "--ema",
+        "0.99",
+    ]
     full = tmp_path / "full"
-    subprocess.run(vitkit_cmd(*args, "--out", str(full)), check=True, env=subprocess_env(), timeout=600,
-                   capture_output=True)
+    subprocess.run(
+        vitkit_cmd(*args, "--out", str(full)), check=True, env=subprocess_env(), timeout=600, capture_output=True
+    )
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(vitkit_cmd(*args, "--out", str(killed)), env=subprocess_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        vitkit_cmd(*args, "--out", str(killed)),
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     state_file = killed / "last" / "trainer.pt"
     deadline = time.time() + 300
     while not state_file.exists() and time.time() < deadline and proc.poll() is None:
@@ -93,27 +157,53 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
     assert state["epoch"] == 0 and state["next_batch"] > 0, "the kill should land mid-epoch"
     assert json.loads((killed / "run.json").read_text())["status"] == "running"  # visibly unfinished
 
-    subprocess.run(vitkit_cmd("train", "--out", str(killed), "--resume", "--no-progress", "--threads", "1"),
-                   check=True, env=subprocess_env(), timeout=600, capture_output=True)
+    subprocess.run(
+        vitkit_cmd("train", "--out", str(killed), "--resume", "--no-progress", "--threads", "1"),
+        check=True,
+        env=subprocess_env(),
+        timeout=600,
+        capture_output=True,
+    )
     a, b = _final_weights(full), _final_weights(killed)
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
-    assert json.loads((killed / "results.json").read_text())["test"] == json.loads(
-        (full / "results.json").read_text())["test"]
+    assert (
+        json.loads((killed / "results.json").read_text())["test"]
+        == json.loads((full / "results.json").read_text())["test"]
+    )
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("preset", ["keras-vit-cifar100", "keras-mixer-cifar100", "keras-fnet-cifar100",
-                                    "keras-gmlp-cifar100"])
+@pytest.mark.parametrize(
+    "preset", ["keras-vit-cifar100", "keras-mixer-cifar100", "keras-fnet-cifar100", "keras-gmlp-cifar100"]
+)
 def test_keras_presets_train_from_the_cli(preset, tmp_path):
     """The seeds' exact models and hyperparameters, a few steps on real CIFAR images."""
     data = shared_dataset("cifar10-dev")
     out = tmp_path / "run"
-    proc = subprocess.run(vitkit_cmd("train", "--preset", preset, "--data", str(data), "--epochs", "1",
-                                     "--train-limit", "600", "--test-limit", "100", "--out", str(out),
-                                     "--no-progress"), capture_output=True, text=True, env=subprocess_env(),
-                          timeout=600)
+    proc = subprocess.run(
+        vitkit_cmd(
+            "train",
+            "--preset",
+            preset,
+            "--data",
+            str(data),
+            "--epochs",
+            "1",
+            "--train-limit",
+            "600",
+            "--test-limit",
+            "100",
+            "--out",
+            str(out),
+            "--no-progress",
+        ),
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     args = (out / "args.yaml").read_text()
     assert f"preset: {preset}" in args and "weight_decay: 0.0001" in args
@@ -128,10 +218,26 @@ def test_d2l_preset_on_fashion_mnist(tmp_path):
     if not Path("/usr/share/datasets/fashion-mnist").is_dir():
         pytest.skip("dataset-fashion-mnist not installed")
     out = tmp_path / "run"
-    proc = subprocess.run(vitkit_cmd("train", "--preset", "d2l-vit-fashion-mnist", "--epochs", "1",
-                                     "--train-limit", "400", "--test-limit", "100", "--out", str(out),
-                                     "--no-progress"), capture_output=True, text=True, env=subprocess_env(),
-                          timeout=600)
+    proc = subprocess.run(
+        vitkit_cmd(
+            "train",
+            "--preset",
+            "d2l-vit-fashion-mnist",
+            "--epochs",
+            "1",
+            "--train-limit",
+            "400",
+            "--test-limit",
+            "100",
+            "--out",
+            str(out),
+            "--no-progress",
+        ),
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     config = json.loads((out / "best" / "config.json").read_text())
     assert config["config"]["in_chans"] == 1 and config["config"]["image_size"] == 96
@@ -142,9 +248,13 @@ def test_d2l_preset_on_fashion_mnist(tmp_path):
 def test_flowers_folder(tmp_path):
     data = shared_dataset("flowers-mini")
     out = tmp_path / "flowers"
-    proc = subprocess.run(vitkit_cmd("train", "--data", str(data), "--epochs", "2", "--out", str(out),
-                                     "--no-progress"), capture_output=True, text=True, env=subprocess_env(),
-                          timeout=600)
+    proc = subprocess.run(
+        vitkit_cmd("train", "--data", str(data), "--epochs", "2", "--out", str(out), "--no-progress"),
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads((out / "results.json").read_text())
     assert results["test_split"] == "val" and results["test"]["count"] == 100
@@ -155,16 +265,28 @@ def test_flowers_folder(tmp_path):
 def test_folder_run_lists_skipped_images(tmp_path):
     root = write_class_folders(tmp_path / "imgs", per_class=10)
     (root / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
-    result = vitkit.train(data=str(root), out=str(tmp_path / "run"), epochs=1, batch_size=8, image_size=16,
-                          skip_bad_images=True, progress=False)
+    result = vitkit.train(
+        data=str(root),
+        out=str(tmp_path / "run"),
+        epochs=1,
+        batch_size=8,
+        image_size=16,
+        skip_bad_images=True,
+        progress=False,
+    )
     assert result["skipped_images"] == 1
     assert "broken.png" in (tmp_path / "run" / "skipped_images.txt").read_text()
 
 
 def test_eval_recomputes_the_results(quick_run):
     out, result = quick_run
-    proc = subprocess.run(vitkit_cmd("eval", str(out / "best"), "--json"), capture_output=True, text=True,
-                          env=subprocess_env(), timeout=300)
+    proc = subprocess.run(
+        vitkit_cmd("eval", str(out / "best"), "--json"),
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads(proc.stdout)
     assert metrics["confusion_matrix"] == result["test"]["confusion_matrix"]
@@ -186,8 +308,13 @@ def test_predict_uses_the_checkpoint_preprocessing(quick_run, tmp_path):
         path = tmp_path / f"digit{i}.png"
         Image.fromarray((digits.images[i] / 16 * 255).astype(np.uint8)).save(path)
         paths.append(str(path))
-    proc = subprocess.run(vitkit_cmd("predict", str(out), *paths, "--format", "json", "--topk", "3"),
-                          capture_output=True, text=True, env=subprocess_env(), timeout=300)
+    proc = subprocess.run(
+        vitkit_cmd("predict", str(out), *paths, "--format", "json", "--topk", "3"),
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     results = json.loads(proc.stdout)
     assert [r["path"] for r in results] == paths
@@ -226,8 +353,13 @@ def test_bad_input_gives_one_line_errors(quick_run, tmp_path):
 
 def test_interrupted_run_says_so(tmp_path):
     out = tmp_path / "run"
-    proc = subprocess.Popen(vitkit_cmd("train", "--out", str(out), "--epochs", "50", "--no-progress"),
-                            env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        vitkit_cmd("train", "--out", str(out), "--epochs", "50", "--no-progress"),
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     while not (out / "metrics.csv").exists() and time.time() < deadline:
         time.sleep(0.05)

@@ -1,5 +1,6 @@
 """vitkit: train, fine-tune, evaluate, explain, export and serve Vision Transformers and all-MLP
 image classifiers."""
+
 __version__ = "0.1.0"
 
 # The training subpackage is imported first so that binding the API function below is final:

@@ -1,4 +1,5 @@
 """The Python API behind the command line: train, evaluate, load, predict."""
+
 from __future__ import annotations
 
 import os
@@ -12,7 +13,7 @@ from .data.builtin import BUILTIN
 from .data.loader import BatchLoader
 from .models.io import load_model
 from .train.config import make_config
-from .train.engine import evaluate_loader, prepare_data, resolve_device, resume_config, Trainer
+from .train.engine import Trainer, evaluate_loader, prepare_data, resolve_device, resume_config
 
 
 def train(resume: str | os.PathLike | None = None, **options: Any) -> dict[str, Any]:
@@ -51,8 +52,12 @@ class Classifier:
         self.channels = pre.get("channels") or config.in_chans
         self.stored_size = pre.get("stored_size", self.image_size)  # decode size before the device resize
         self.class_names: list[str] = meta.get("class_names") or [str(i) for i in range(config.num_classes)]
-        self.augment = BatchAugment(self.image_size, pre.get("mean", (0.0,) * self.channels),
-                                    pre.get("std", (1.0,) * self.channels), self.channels)
+        self.augment = BatchAugment(
+            self.image_size,
+            pre.get("mean", (0.0,) * self.channels),
+            pre.get("std", (1.0,) * self.channels),
+            self.channels,
+        )
 
     @property
     def backend(self) -> str:
@@ -71,8 +76,9 @@ def _checkpoint_dir(path: Path) -> Path:
     return path
 
 
-def load(checkpoint: str | os.PathLike, device: str = "auto", backend: str = "torch",
-         precision: str = "fp32") -> Classifier:
+def load(
+    checkpoint: str | os.PathLike, device: str = "auto", backend: str = "torch", precision: str = "fp32"
+) -> Classifier:
     """Load a checkpoint folder (a run's best/ or last/, or the run folder itself) or an exported
     .onnx file. backend="onnxruntime" runs a checkpoint folder through ONNX Runtime (exported once
     to model.onnx beside the weights); "auto" picks the fastest exact one. precision="bf16" runs the
@@ -105,13 +111,20 @@ def load(checkpoint: str | os.PathLike, device: str = "auto", backend: str = "to
     return classifier
 
 
-def evaluate(checkpoint: str | os.PathLike, data: str | None = None, split: str = "test",
-             batch_size: int = 256, device: str = "auto", **data_options: Any) -> dict[str, Any]:
+def evaluate(
+    checkpoint: str | os.PathLike,
+    data: str | None = None,
+    split: str = "test",
+    batch_size: int = 256,
+    device: str = "auto",
+    **data_options: Any,
+) -> dict[str, Any]:
     """Recompute the metrics of a checkpoint on a split (train, val or test) of a dataset."""
     clf = load(checkpoint, device)
     saved = clf.meta.get("train_config", {})
-    options = {k: saved[k] for k in ("data", "data_dir", "val_split", "seed", "train_limit", "test_limit")
-               if k in saved}
+    options = {
+        k: saved[k] for k in ("data", "data_dir", "val_split", "seed", "train_limit", "test_limit") if k in saved
+    }
     options.update({k: v for k, v in data_options.items() if v is not None})
     if data is not None:
         options["data"] = data
@@ -122,8 +135,10 @@ def evaluate(checkpoint: str | os.PathLike, data: str | None = None, split: str 
     cfg = make_config(**options)
     dataset, _ = prepare_data(cfg, clf.image_size)
     if dataset.num_classes != len(clf.class_names):
-        raise ValueError(f"the checkpoint has {len(clf.class_names)} classes but {cfg.data} has "
-                         f"{dataset.num_classes}: evaluate on the data it was trained for, or fine-tune it first")
+        raise ValueError(
+            f"the checkpoint has {len(clf.class_names)} classes but {cfg.data} has "
+            f"{dataset.num_classes}: evaluate on the data it was trained for, or fine-tune it first"
+        )
     part = {"train": dataset.train, "val": dataset.val, "test": dataset.test}.get(split)
     if split not in ("train", "val", "test"):
         raise ValueError(f"--split {split!r}: use train, val or test")

@@ -1,4 +1,5 @@
 """`vitkit` command line: a thin layer over the Python API (`vitkit.train`, `vitkit.evaluate`, ...)."""
+
 from __future__ import annotations
 
 import argparse
@@ -21,6 +22,7 @@ class UserError(Exception):
 
 # ----------------------------------------------------------------------------- models
 
+
 def cmd_models(args: argparse.Namespace) -> int:
     from .models import PRESETS, count_parameters, create_model, list_models
 
@@ -30,12 +32,15 @@ def cmd_models(args: argparse.Namespace) -> int:
         model = create_model(name)
         kind = "preset" if name in PRESETS else model.family
         desc = PRESETS[name].description if name in PRESETS else ""
-        print(f"{name:<{width}}  {kind:<7} {count_parameters(model) / 1e6:8.2f}M  "
-              f"{model.config.image_size:>3}px  {desc}".rstrip())
+        print(
+            f"{name:<{width}}  {kind:<7} {count_parameters(model) / 1e6:8.2f}M  "
+            f"{model.config.image_size:>3}px  {desc}".rstrip()
+        )
     return 0
 
 
 # ----------------------------------------------------------------------------- train
+
 
 def _parse_model_arg(text: str) -> tuple[str, Any]:
     if "=" not in text:
@@ -56,9 +61,15 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
         args = typing.get_args(kind)
         base = next((a for a in args if a is not type(None)), kind) if args and type(None) in args else kind
         if f.name == "model_args":
-            parser.add_argument("--model-arg", dest="model_args", action="append", type=_parse_model_arg,
-                                default=argparse.SUPPRESS, metavar="KEY=VALUE",
-                                help="architecture override, repeatable (e.g. --model-arg depth=6)")
+            parser.add_argument(
+                "--model-arg",
+                dest="model_args",
+                action="append",
+                type=_parse_model_arg,
+                default=argparse.SUPPRESS,
+                metavar="KEY=VALUE",
+                help="architecture override, repeatable (e.g. --model-arg depth=6)",
+            )
         elif base is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS)
         elif typing.get_origin(base) is tuple:
@@ -75,6 +86,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         options["model_args"] = dict(options["model_args"])
     if getattr(args, "nproc", 0) and args.nproc > 1:
         from .train.launch import launch_torchrun
+
         return launch_torchrun(args.nproc, sys.argv[1:])
     if options.get("resume"):
         if not options.get("out"):
@@ -85,18 +97,28 @@ def cmd_train(args: argparse.Namespace) -> int:
         result = api.train(resume=run_dir, **keep)
     else:
         result = api.train(**options)
-    print(json.dumps({"run_dir": result["run_dir"], "test_top1": result["test"]["top1"],
-                      "test_top5": result["test"]["top5"]}))
+    print(
+        json.dumps(
+            {"run_dir": result["run_dir"], "test_top1": result["test"]["top1"], "test_top5": result["test"]["top5"]}
+        )
+    )
     return 0
 
 
 # ----------------------------------------------------------------------------- eval / predict
 
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from . import api
 
-    metrics = api.evaluate(args.checkpoint, data=args.data, split=args.split, batch_size=args.batch_size,
-                           device=args.device, data_dir=args.data_dir)
+    metrics = api.evaluate(
+        args.checkpoint,
+        data=args.data,
+        split=args.split,
+        batch_size=args.batch_size,
+        device=args.device,
+        data_dir=args.data_dir,
+    )
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:
@@ -175,16 +197,25 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from .serve.app import serve
 
-    serve(args.checkpoint, host=args.host, port=args.port, backend=args.backend, max_upload_mb=args.max_upload_mb,
-          device=args.device, precision=args.precision)
+    serve(
+        args.checkpoint,
+        host=args.host,
+        port=args.port,
+        backend=args.backend,
+        max_upload_mb=args.max_upload_mb,
+        device=args.device,
+        precision=args.precision,
+    )
     return 0
 
 
 # ----------------------------------------------------------------------------- parser
 
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vitkit", description="Vision Transformers and all-MLP image "
-                                     "classifiers: train, evaluate, predict.")
+    parser = argparse.ArgumentParser(
+        prog="vitkit", description="Vision Transformers and all-MLP image classifiers: train, evaluate, predict."
+    )
     parser.add_argument("--version", action="version", version=f"vitkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -192,8 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--presets", action="store_true", help="presets only")
     p.set_defaults(func=cmd_models)
 
-    p = sub.add_parser("train", help="train a model; writes a run folder of metrics, plots and weights",
-                       argument_default=argparse.SUPPRESS)
+    p = sub.add_parser(
+        "train",
+        help="train a model; writes a run folder of metrics, plots and weights",
+        argument_default=argparse.SUPPRESS,
+    )
     add_train_options(p)
     p.add_argument("--nproc", type=int, default=0, help="processes on this machine (launches torchrun)")
     p.set_defaults(func=cmd_train)
@@ -215,10 +249,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="table", choices=["table", "json", "csv"])
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="auto")
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime"],
-                   help="auto: ONNX Runtime when installed (exact), else PyTorch")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
-                   help="bf16: PyTorch under bf16 autocast, about 2x on CPUs with native bf16")
+    p.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "torch", "onnxruntime"],
+        help="auto: ONNX Runtime when installed (exact), else PyTorch",
+    )
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16"],
+        help="bf16: PyTorch under bf16 autocast, about 2x on CPUs with native bf16",
+    )
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("explain", help="attention rollout (ViT) or saliency map beside the top-5")

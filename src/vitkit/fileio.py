@@ -1,4 +1,5 @@
 """Atomic file writes: a crash mid-write never leaves a half-written checkpoint or report."""
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """Batched prediction over files, folders and globs with a checkpoint's own preprocessing."""
+
 from __future__ import annotations
 
 import glob
@@ -39,18 +40,21 @@ def image_tensor(source, size: int, name: str | None = None) -> torch.Tensor:
 def top_k(probs: torch.Tensor, class_names: list[str], k: int) -> list[list[dict]]:
     k = min(k, probs.shape[1])
     scores, index = probs.topk(k, dim=1)
-    return [[{"label": class_names[i], "score": round(float(s), 6)} for s, i in zip(row_s, row_i)]
-            for row_s, row_i in zip(scores.tolist(), index.tolist())]
+    return [
+        [{"label": class_names[i], "score": round(float(s), 6)} for s, i in zip(row_s, row_i)]
+        for row_s, row_i in zip(scores.tolist(), index.tolist())
+    ]
 
 
-def predict_paths(classifier, paths: list[Path], topk: int = 5, batch_size: int = 32,
-                  progress: bool = True) -> list[dict]:
+def predict_paths(
+    classifier, paths: list[Path], topk: int = 5, batch_size: int = 32, progress: bool = True
+) -> list[dict]:
     """[{"path": ..., "predictions": [{"label", "score"}, ...]}] best first; unreadable images get
     an "error" entry instead of stopping the whole batch."""
     results: list[dict] = []
     bar = tqdm(total=len(paths), unit="img", disable=not progress or len(paths) < 2 * batch_size, leave=False)
     for start in range(0, len(paths), batch_size):
-        chunk = paths[start:start + batch_size]
+        chunk = paths[start : start + batch_size]
         tensors, ok = [], []
         for p in chunk:
             try:
@@ -60,8 +64,10 @@ def predict_paths(classifier, paths: list[Path], topk: int = 5, batch_size: int 
                 results.append({"path": str(p), "error": str(e)})
         if tensors:
             probs = classifier.predict_tensor(torch.stack(tensors))
-            results += [{"path": str(p), "predictions": preds}
-                        for p, preds in zip(ok, top_k(probs, classifier.class_names, topk))]
+            results += [
+                {"path": str(p), "predictions": preds}
+                for p, preds in zip(ok, top_k(probs, classifier.class_names, topk))
+            ]
         bar.update(len(chunk))
     bar.close()
     order = {str(p): i for i, p in enumerate(paths)}

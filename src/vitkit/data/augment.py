@@ -6,6 +6,7 @@ batch is transformed in a few tensor ops on the same device as the model: every 
 is folded into one affine matrix per sample and applied by a single `grid_sample`. Randomness comes
 only from the generator passed in, so a seeded run is reproducible and resumable.
 """
+
 from __future__ import annotations
 
 import math
@@ -79,8 +80,13 @@ class BatchAugment:
     def resize(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] == self.out_size and x.shape[-2] == self.out_size:
             return x
-        return F.interpolate(x, size=(self.out_size, self.out_size), mode="bilinear", align_corners=False,
-                             antialias=x.shape[-1] > self.out_size)
+        return F.interpolate(
+            x,
+            size=(self.out_size, self.out_size),
+            mode="bilinear",
+            align_corners=False,
+            antialias=x.shape[-1] > self.out_size,
+        )
 
     @torch.no_grad()
     def eval(self, x: torch.Tensor) -> torch.Tensor:
@@ -95,8 +101,11 @@ class BatchAugment:
         if s.auto_augment != "none":
             k = 1 if s.auto_augment == "trivial" else s.ra_num_ops
             ops = torch.randint(len(AUTO_OPS), (k, n), generator=gen, device=dev)
-            mags = (torch.rand(k, n, generator=gen, device=dev) if s.auto_augment == "trivial"
-                    else torch.full((k, n), s.ra_magnitude / 30.0, device=dev))
+            mags = (
+                torch.rand(k, n, generator=gen, device=dev)
+                if s.auto_augment == "trivial"
+                else torch.full((k, n), s.ra_magnitude / 30.0, device=dev)
+            )
             signs = torch.randint(0, 2, (k, n), generator=gen, device=dev) * 2.0 - 1.0
         theta = self._affine(n, dev, gen, ops, mags if ops is not None else None, signs if ops is not None else None)
         if theta is not None:
@@ -184,8 +193,9 @@ class BatchAugment:
             elif name == "sharpness":
                 kernel = img.new_tensor([[1, 1, 1], [1, 5, 1], [1, 1, 1]]) / 13
                 c = img.shape[1]
-                blurred = F.conv2d(F.pad(img, (1, 1, 1, 1), mode="replicate"),
-                                   kernel.expand(c, 1, 3, 3).contiguous(), groups=c)
+                blurred = F.conv2d(
+                    F.pad(img, (1, 1, 1, 1), mode="replicate"), kernel.expand(c, 1, 3, 3).contiguous(), groups=c
+                )
                 img = _blend(img, blurred, 1 + 0.9 * m * sg)
             elif name == "posterize":
                 levels = 2.0 ** (8 - (4 * m).round()).view(-1, 1, 1, 1)
@@ -212,8 +222,13 @@ class BatchAugment:
         x0 = torch.rand(n, generator=gen, device=dev) * (w - ew)
         ys = torch.arange(h, device=dev).view(1, h, 1)
         xs = torch.arange(w, device=dev).view(1, 1, w)
-        mask = ((ys >= y0.view(-1, 1, 1)) & (ys < (y0 + eh).view(-1, 1, 1)) & (xs >= x0.view(-1, 1, 1))
-                & (xs < (x0 + ew).view(-1, 1, 1)) & apply.view(-1, 1, 1))
+        mask = (
+            (ys >= y0.view(-1, 1, 1))
+            & (ys < (y0 + eh).view(-1, 1, 1))
+            & (xs >= x0.view(-1, 1, 1))
+            & (xs < (x0 + ew).view(-1, 1, 1))
+            & apply.view(-1, 1, 1)
+        )
         noise = torch.randn(x.shape, generator=gen, device=dev, dtype=x.dtype)
         return torch.where(mask.unsqueeze(1), noise, x)
 
@@ -221,11 +236,19 @@ class BatchAugment:
 def one_hot_smooth(labels: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:
     off = smoothing / num_classes
     return torch.full((labels.shape[0], num_classes), off, device=labels.device).scatter_(
-        1, labels.unsqueeze(1), 1.0 - smoothing + off)
+        1, labels.unsqueeze(1), 1.0 - smoothing + off
+    )
 
 
-def mix_batch(x: torch.Tensor, labels: torch.Tensor, num_classes: int, mixup: float, cutmix: float,
-              smoothing: float, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def mix_batch(
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    mixup: float,
+    cutmix: float,
+    smoothing: float,
+    gen: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """MixUp (Zhang et al.) or CutMix (Yun et al.) with the batch reversed as partner, as timm does;
     when both are enabled each batch picks one at random. Returns images and soft targets."""
     targets = one_hot_smooth(labels, num_classes, smoothing)

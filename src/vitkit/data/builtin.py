@@ -3,6 +3,7 @@
 The official files are downloaded once, checked against their published checksums and cached
 (`--data-dir`, else `$VITKIT_DATA`, else `~/.cache/vitkit`). Each loader returns uint8 NCHW tensors.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -65,27 +66,59 @@ class Dataset:
         return self.train.images.shape[1]
 
 
-FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                   "Ankle boot"]
+FASHION_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 MNIST_STYLE = {
-    "mnist": ("https://ossci-datasets.s3.amazonaws.com/mnist/", [str(i) for i in range(10)], {
-        "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-        "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
-        "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
-        "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c"}),
-    "fashion-mnist": ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/", FASHION_CLASSES, {
-        "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
-        "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
-        "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
-        "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310"}),
+    "mnist": (
+        "https://ossci-datasets.s3.amazonaws.com/mnist/",
+        [str(i) for i in range(10)],
+        {
+            "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+            "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+            "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+            "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+        },
+    ),
+    "fashion-mnist": (
+        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+        FASHION_CLASSES,
+        {
+            "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+            "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+            "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+            "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+        },
+    ),
 }
 CIFAR = {
-    "cifar10": (RemoteFile("cifar-10-python.tar.gz", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-                           "c58f30108f718f92721af3b95e74349a"), "cifar-10-batches-py"),
-    "cifar100": (RemoteFile("cifar-100-python.tar.gz", "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
-                            "eb9058c3a382ffc7106e4002c42a8d85"), "cifar-100-python"),
+    "cifar10": (
+        RemoteFile(
+            "cifar-10-python.tar.gz",
+            "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+            "c58f30108f718f92721af3b95e74349a",
+        ),
+        "cifar-10-batches-py",
+    ),
+    "cifar100": (
+        RemoteFile(
+            "cifar-100-python.tar.gz",
+            "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+            "eb9058c3a382ffc7106e4002c42a8d85",
+        ),
+        "cifar-100-python",
+    ),
 }
 BUILTIN = ["digits", "mnist", "fashion-mnist", "cifar10", "cifar100"]
 
@@ -120,20 +153,26 @@ def download(remote: RemoteFile, folder: Path, timeout: float = 30.0) -> Path:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response, atomic_path(target) as tmp:
             total = int(response.headers.get("Content-Length") or 0) or None
-            with open(tmp, "wb") as out, tqdm(total=total, unit="B", unit_scale=True, desc=remote.name,
-                                              leave=False) as bar:
+            with (
+                open(tmp, "wb") as out,
+                tqdm(total=total, unit="B", unit_scale=True, desc=remote.name, leave=False) as bar,
+            ):
                 for chunk in iter(lambda: response.read(1 << 20), b""):
                     out.write(chunk)
                     bar.update(len(chunk))
             got = md5sum(tmp)
             if got != remote.md5:
-                raise ValueError(f"{url} downloaded with MD5 {got}, expected {remote.md5}: the file is corrupt or "
-                                 f"was changed; delete {target} and try again")
+                raise ValueError(
+                    f"{url} downloaded with MD5 {got}, expected {remote.md5}: the file is corrupt or "
+                    f"was changed; delete {target} and try again"
+                )
     except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
         if isinstance(e, ValueError):
             raise
-        raise FileNotFoundError(f"cannot download {url} ({getattr(e, 'reason', e)}). Offline? Put {remote.name} "
-                                f"in {folder} (or set --data-dir / VITKIT_DATA to a folder that has it)") from None
+        raise FileNotFoundError(
+            f"cannot download {url} ({getattr(e, 'reason', e)}). Offline? Put {remote.name} "
+            f"in {folder} (or set --data-dir / VITKIT_DATA to a folder that has it)"
+        ) from None
     return target
 
 
@@ -145,7 +184,7 @@ def read_idx(path: Path) -> np.ndarray:
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise ValueError(f"{path} is not an IDX file of unsigned bytes")
     ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     array = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if array.size != int(np.prod(shape)):
         raise ValueError(f"{path} is truncated: header says {shape}, found {array.size} values")
@@ -179,9 +218,14 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
     """The CIFAR 'python version' is a pickle; only plain containers and numpy arrays may come out of
     it, so a tampered archive cannot run code."""
 
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-               ("numpy._core.multiarray", "scalar")}
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+    }
 
     def find_class(self, module, name):
         if (module, name) in self.ALLOWED:

@@ -4,6 +4,7 @@ Small and medium folders are decoded once into a uint8 tensor, cached on disk (s
 every file's path, size and modification time, so any change invalidates it). Folders too large for
 memory become `FileSplit`s that stream through DataLoader workers.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -21,8 +22,15 @@ from ..fileio import atomic_path
 from .builtin import Dataset, Split, data_root
 from .images import BadImageError, is_image_file, load_image_array
 
-SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
-                 "test": "test", "testing": "test"}
+SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+}
 IN_MEMORY_LIMIT_BYTES = 4 << 30
 
 
@@ -86,8 +94,10 @@ def scan_folder(root: str | os.PathLike) -> dict[str, dict[str, list[Path]]]:
             if sorted(files) != train_classes:
                 missing = sorted(set(train_classes) - set(files))
                 extra = sorted(set(files) - set(train_classes))
-                raise ValueError(f"classes differ between {root}/train and the {split} split (missing: {missing}, "
-                                 f"extra: {extra}): every split needs the same class folders")
+                raise ValueError(
+                    f"classes differ between {root}/train and the {split} split (missing: {missing}, "
+                    f"extra: {extra}): every split needs the same class folders"
+                )
         return splits
     return {"train": _class_files(root)}
 
@@ -119,9 +129,15 @@ def _decode_all(paths: list[Path], size: int, skip_bad: bool, bad: list[str]) ->
     return stacked, kept
 
 
-def load_folder(root: str | os.PathLike, size: int, *, skip_bad: bool = False, cache: bool = True,
-                data_dir: str | os.PathLike | None = None,
-                memory_limit: int = IN_MEMORY_LIMIT_BYTES) -> tuple[Dataset, list[str]]:
+def load_folder(
+    root: str | os.PathLike,
+    size: int,
+    *,
+    skip_bad: bool = False,
+    cache: bool = True,
+    data_dir: str | os.PathLike | None = None,
+    memory_limit: int = IN_MEMORY_LIMIT_BYTES,
+) -> tuple[Dataset, list[str]]:
     """Decode an image folder at size x size. Returns the dataset (val/test may be None) and the list
     of skipped bad images."""
     splits = scan_folder(root)
@@ -131,8 +147,10 @@ def load_folder(root: str | os.PathLike, size: int, *, skip_bad: bool = False, c
     listed = {s: [(p, index[c]) for c, files in classes.items() for p in files] for s, classes in splits.items()}
     name = Path(root).resolve().name
     if total * size * size * 3 > memory_limit:
-        parts = {s: FileSplit([p for p, _ in items], torch.tensor([y for _, y in items]), size)
-                 for s, items in listed.items()}
+        parts = {
+            s: FileSplit([p for p, _ in items], torch.tensor([y for _, y in items]), size)
+            for s, items in listed.items()
+        }
         return Dataset(name, parts["train"], parts.get("test"), class_names, parts.get("val")), []
 
     cache_file = data_root(data_dir) / "folders" / f"{name}-{_fingerprint(splits, size)}.safetensors"

@@ -1,4 +1,5 @@
 """Decoding image files into RGB uint8 arrays safely and uniformly."""
+
 from __future__ import annotations
 
 import os
@@ -65,8 +66,11 @@ def open_image(source, max_pixels: int = MAX_IMAGE_PIXELS, name: str | None = No
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(source) as img:
                 if img.width * img.height > max_pixels:
-                    raise BadImageError(f"{name}: {img.width}x{img.height} pixels is over the limit of "
-                                        f"{max_pixels:,} (possible decompression bomb)", "bomb")
+                    raise BadImageError(
+                        f"{name}: {img.width}x{img.height} pixels is over the limit of "
+                        f"{max_pixels:,} (possible decompression bomb)",
+                        "bomb",
+                    )
                 img.load()
                 img = ImageOps.exif_transpose(img)
                 return to_rgb(img)

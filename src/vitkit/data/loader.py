@@ -4,6 +4,7 @@ The sample order of epoch e is a permutation drawn from a generator seeded with 
 resumed run replays exactly the batches an uninterrupted one would see, and in distributed training
 each rank takes its own slice of every global batch.
 """
+
 from __future__ import annotations
 
 from typing import Iterator
@@ -41,9 +42,19 @@ class BatchLoader:
     takes the r-th slice of it (so N processes see exactly the samples 1 process would).
     """
 
-    def __init__(self, split: Split | FileSplit, batch_size: int, *, shuffle: bool, seed: int = 0,
-                 drop_last: bool = False, device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1,
-                 workers: int = 0):
+    def __init__(
+        self,
+        split: Split | FileSplit,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        seed: int = 0,
+        drop_last: bool = False,
+        device: torch.device | str = "cpu",
+        rank: int = 0,
+        world_size: int = 1,
+        workers: int = 0,
+    ):
         self.split, self.batch_size, self.shuffle, self.seed = split, batch_size, shuffle, seed
         self.device, self.rank, self.world_size, self.workers = torch.device(device), rank, world_size, workers
         global_batch = batch_size * world_size
@@ -69,12 +80,12 @@ class BatchLoader:
         order = self.order(epoch)
         slices = []
         for b in range(start_batch, self.num_batches):
-            chunk = order[b * self.global_batch:(b + 1) * self.global_batch]
+            chunk = order[b * self.global_batch : (b + 1) * self.global_batch]
             if self.world_size > 1 and not self.drop_last:
-                slices.append(chunk[self.rank::self.world_size])  # evaluation: every sample once overall
+                slices.append(chunk[self.rank :: self.world_size])  # evaluation: every sample once overall
             else:
                 per = len(chunk) // self.world_size
-                slices.append(chunk[self.rank * per:(self.rank + 1) * per])
+                slices.append(chunk[self.rank * per : (self.rank + 1) * per])
         return slices
 
     def batches(self, epoch: int = 0, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -84,8 +95,12 @@ class BatchLoader:
                 idx = idx.to(self.device)
                 yield self.images[idx], self.labels[idx]
             return
-        loader = DataLoader(_DecodeFiles(self.split), batch_sampler=[s.tolist() for s in slices],
-                            num_workers=self.workers, pin_memory=self.device.type == "cuda",
-                            persistent_workers=False)
+        loader = DataLoader(
+            _DecodeFiles(self.split),
+            batch_sampler=[s.tolist() for s in slices],
+            num_workers=self.workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+        )
         for images, labels in loader:
             yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)

@@ -1,4 +1,5 @@
 """Classification metrics from a confusion matrix and top-k counts."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -24,14 +25,19 @@ class MetricAccumulator:
         pred = logits.argmax(dim=1)
         k = min(self.topk, logits.shape[1])
         self.topk_hits += int((logits.topk(k, dim=1).indices == labels.unsqueeze(1)).any(dim=1).sum())
-        self.confusion += torch.bincount(labels.cpu() * self.num_classes + pred.cpu(),
-                                         minlength=self.num_classes**2).view(self.num_classes, self.num_classes)
+        self.confusion += torch.bincount(
+            labels.cpu() * self.num_classes + pred.cpu(), minlength=self.num_classes**2
+        ).view(self.num_classes, self.num_classes)
         self.loss_sum += float(loss_sum)
         self.count += labels.shape[0]
 
     def as_tensor(self) -> torch.Tensor:
-        return torch.cat([torch.tensor([self.loss_sum, self.count, self.topk_hits], dtype=torch.float64),
-                          self.confusion.flatten().double()])
+        return torch.cat(
+            [
+                torch.tensor([self.loss_sum, self.count, self.topk_hits], dtype=torch.float64),
+                self.confusion.flatten().double(),
+            ]
+        )
 
     def load_tensor(self, t: torch.Tensor) -> None:
         self.loss_sum, self.count, self.topk_hits = float(t[0]), int(t[1]), int(t[2])
@@ -41,8 +47,13 @@ class MetricAccumulator:
         return classification_report(self.confusion, self.topk_hits, self.loss_sum, class_names, self.topk)
 
 
-def classification_report(confusion: torch.Tensor, topk_hits: int | None = None, loss_sum: float | None = None,
-                          class_names: list[str] | None = None, topk: int = 5) -> dict:
+def classification_report(
+    confusion: torch.Tensor,
+    topk_hits: int | None = None,
+    loss_sum: float | None = None,
+    class_names: list[str] | None = None,
+    topk: int = 5,
+) -> dict:
     """top-1/top-k, precision/recall/F1 (macro and weighted), per-class scores and the matrix.
     Rows of `confusion` are true classes, columns predictions. Classes never predicted have precision 0
     (scikit-learn's zero_division=0 convention)."""
@@ -65,9 +76,10 @@ def classification_report(confusion: torch.Tensor, topk_hits: int | None = None,
         "precision_weighted": (precision * weights).sum().item(),
         "recall_weighted": (recall * weights).sum().item(),
         "f1_weighted": (f1 * weights).sum().item(),
-        "per_class": {n: {"precision": p, "recall": r, "f1": f, "support": int(s)}
-                      for n, p, r, f, s in zip(names, precision.tolist(), recall.tolist(), f1.tolist(),
-                                               support.tolist())},
+        "per_class": {
+            n: {"precision": p, "recall": r, "f1": f, "support": int(s)}
+            for n, p, r, f, s in zip(names, precision.tolist(), recall.tolist(), f1.tolist(), support.tolist())
+        },
         "confusion_matrix": confusion.long().tolist(),
         "class_names": names,
     }

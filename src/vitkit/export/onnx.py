@@ -1,4 +1,5 @@
 """ONNX export (dynamic batch) validated against PyTorch, and an ONNX Runtime classifier."""
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,9 @@ def _require(module: str, extra: str):
         raise ValueError(f"{module} is not installed: pip install 'vitkit[{extra}]'") from None
 
 
-def export_onnx(classifier, out_path: str | os.PathLike, opset: int = DEFAULT_OPSET,
-                validate_batches: tuple[int, ...] = (1, 7)) -> dict:
+def export_onnx(
+    classifier, out_path: str | os.PathLike, opset: int = DEFAULT_OPSET, validate_batches: tuple[int, ...] = (1, 7)
+) -> dict:
     """Write `out_path` with a dynamic batch axis and the checkpoint's labels and preprocessing in the
     model metadata; check ONNX Runtime against PyTorch on a few batch sizes. Returns the max
     |logit difference| per batch size."""
@@ -38,9 +40,16 @@ def export_onnx(classifier, out_path: str | os.PathLike, opset: int = DEFAULT_OP
     with atomic_path(out_path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-        program = torch.onnx.export(model, (example,), dynamo=True, opset_version=opset, verbose=False,
-                                    input_names=["pixel_values"], output_names=["logits"],
-                                    dynamic_shapes={"x": {0: batch}})
+        program = torch.onnx.export(
+            model,
+            (example,),
+            dynamo=True,
+            opset_version=opset,
+            verbose=False,
+            input_names=["pixel_values"],
+            output_names=["logits"],
+            dynamic_shapes={"x": {0: batch}},
+        )
         program.optimize()
         proto = program.model_proto
         meta = {"vitkit": json.dumps({k: v for k, v in classifier.meta.items() if k != "train_config"})}
@@ -64,8 +73,10 @@ def validate_onnx(path, model, channels: int, size: int, batches=(1, 7)) -> dict
         got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
         diff = float(np.abs(got - expected).max())
         if not diff < PARITY_TOLERANCE:
-            raise ValueError(f"ONNX export of {path} differs from PyTorch by {diff:.2e} at batch {b} "
-                             f"(tolerance {PARITY_TOLERANCE}); please report this model")
+            raise ValueError(
+                f"ONNX export of {path} differs from PyTorch by {diff:.2e} at batch {b} "
+                f"(tolerance {PARITY_TOLERANCE}); please report this model"
+            )
         report[f"batch_{b}"] = diff
     return report
 

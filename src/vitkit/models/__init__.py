@@ -3,6 +3,7 @@
 Families (one file each): ViT (`vit.py`), MLP-Mixer (`mixer.py`), FNet (`fnet.py`), gMLP (`gmlp.py`),
 ResNet (`resnet.py`); shared layers live in `layers.py` and `patch_mlp.py`.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -27,8 +28,13 @@ def get_preset(name: str) -> Preset:
     return PRESETS[name]
 
 
-def resolve_model_config(name: str, num_classes: int | None = None, image_size: int | None = None,
-                         in_chans: int | None = None, **overrides: Any):
+def resolve_model_config(
+    name: str,
+    num_classes: int | None = None,
+    image_size: int | None = None,
+    in_chans: int | None = None,
+    **overrides: Any,
+):
     """(family, config) for a model or preset name with the given changes applied."""
     if name in PRESETS:
         preset = PRESETS[name]
@@ -44,8 +50,13 @@ def resolve_model_config(name: str, num_classes: int | None = None, image_size: 
     return family, build_config(family, base, overrides)
 
 
-def create_model(name: str, num_classes: int | None = None, image_size: int | None = None,
-                 in_chans: int | None = None, **overrides: Any) -> nn.Module:
+def create_model(
+    name: str,
+    num_classes: int | None = None,
+    image_size: int | None = None,
+    in_chans: int | None = None,
+    **overrides: Any,
+) -> nn.Module:
     """Build a model by registered name or preset name. Every model takes NCHW float images and
     returns logits (B, num_classes)."""
     family, config = resolve_model_config(name, num_classes, image_size, in_chans, **overrides)
@@ -56,5 +67,14 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["create_model", "list_models", "get_preset", "resolve_model_config", "save_model", "load_model",
-           "count_parameters", "PRESETS", "FAMILIES"]
+__all__ = [
+    "create_model",
+    "list_models",
+    "get_preset",
+    "resolve_model_config",
+    "save_model",
+    "load_model",
+    "count_parameters",
+    "PRESETS",
+    "FAMILIES",
+]

@@ -4,6 +4,7 @@ block (post-norm, as in the paper and the Keras example):
     x = LN(x + Re(FFT2(x)))   over (patches, channels)
     x = LN(x + FFN(x))
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -47,7 +48,13 @@ class FNet(PatchMLPClassifier):
     block = FNetBlock
 
 
-register_model("fnet_micro_patch4_32", "fnet", FNetConfig(image_size=32, num_classes=10, patch_size=4, embed_dim=128, depth=4,
-                                                          ffn_dim=512, pos_embed=True))
-register_model("fnet_tiny_patch4_32", "fnet", FNetConfig(image_size=32, num_classes=10, patch_size=4, embed_dim=256, depth=8,
-                                                         ffn_dim=1024, pos_embed=True))
+register_model(
+    "fnet_micro_patch4_32",
+    "fnet",
+    FNetConfig(image_size=32, num_classes=10, patch_size=4, embed_dim=128, depth=4, ffn_dim=512, pos_embed=True),
+)
+register_model(
+    "fnet_tiny_patch4_32",
+    "fnet",
+    FNetConfig(image_size=32, num_classes=10, patch_size=4, embed_dim=256, depth=8, ffn_dim=1024, pos_embed=True),
+)

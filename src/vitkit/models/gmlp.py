@@ -4,6 +4,7 @@ block: x + Proj_out( u * SpatialLinear(LN(v)) ),  [u, v] = split(GELU(Proj_in(LN
 The spatial Linear mixes across patches; its bias starts at one and its weight near zero, so each
 block starts as a plain feed-forward layer (the paper's initialisation).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -63,9 +64,16 @@ class GMLP(PatchMLPClassifier):
             nn.init.ones_(block.sgu.spatial.bias)
 
 
-register_model("gmlp_micro_patch4_32", "gmlp", GMLPConfig(image_size=32, num_classes=10, patch_size=4, embed_dim=128, depth=4,
-                                                          ffn_dim=512))
-register_model("gmlp_tiny_patch4_32", "gmlp", GMLPConfig(image_size=32, num_classes=10, patch_size=4, embed_dim=192, depth=12,
-                                                         ffn_dim=1152, drop_path_rate=0.1))
-register_model("gmlp_s16_224", "gmlp", GMLPConfig(patch_size=16, embed_dim=256, depth=30, ffn_dim=1536,
-                                                  drop_path_rate=0.05))
+register_model(
+    "gmlp_micro_patch4_32",
+    "gmlp",
+    GMLPConfig(image_size=32, num_classes=10, patch_size=4, embed_dim=128, depth=4, ffn_dim=512),
+)
+register_model(
+    "gmlp_tiny_patch4_32",
+    "gmlp",
+    GMLPConfig(image_size=32, num_classes=10, patch_size=4, embed_dim=192, depth=12, ffn_dim=1152, drop_path_rate=0.1),
+)
+register_model(
+    "gmlp_s16_224", "gmlp", GMLPConfig(patch_size=16, embed_dim=256, depth=30, ffn_dim=1536, drop_path_rate=0.05)
+)

@@ -1,4 +1,5 @@
 """Save and load a model as `model.safetensors` + `config.json` (family and typed config)."""
+
 from __future__ import annotations
 
 import os
@@ -32,16 +33,20 @@ def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError) as e:
-        raise ValueError(f"cannot read weights from {path}: {e}. The file is truncated or not safetensors; "
-                         "re-export or re-download it") from None
+        raise ValueError(
+            f"cannot read weights from {path}: {e}. The file is truncated or not safetensors; "
+            "re-export or re-download it"
+        ) from None
 
 
 def load_model(directory: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
     """Build the model from config.json, load its weights; return (model, the whole config.json)."""
     directory = Path(directory)
     if not (directory / CONFIG_NAME).is_file() or not (directory / WEIGHTS_NAME).is_file():
-        raise FileNotFoundError(f"{directory} is not a vitkit checkpoint: expected {CONFIG_NAME} and {WEIGHTS_NAME} "
-                                "(a run folder's best/ or last/)")
+        raise FileNotFoundError(
+            f"{directory} is not a vitkit checkpoint: expected {CONFIG_NAME} and {WEIGHTS_NAME} "
+            "(a run folder's best/ or last/)"
+        )
     meta = read_json(directory / CONFIG_NAME)
     model = model_from_config(meta["family"], meta["config"])
     model.load_state_dict(load_weights(directory / WEIGHTS_NAME))

@@ -1,4 +1,5 @@
 """Building blocks shared by the model families: patch embedding, attention, MLPs, stochastic depth."""
+
 from __future__ import annotations
 
 import math
@@ -54,8 +55,13 @@ class ConvTokenizer(Tokenizer):
     def __init__(self, image_size: int, in_chans: int, dim: int, layers: int = 2, width: int = 64):
         super().__init__(image_size, 2**layers, in_chans)
         chans = [in_chans] + [width] * (layers - 1) + [dim]
-        self.convs = nn.Sequential(*[m for a, b in zip(chans[:-1], chans[1:]) for m in (
-            nn.Conv2d(a, b, 3, padding=1, bias=False), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1))])
+        self.convs = nn.Sequential(
+            *[
+                m
+                for a, b in zip(chans[:-1], chans[1:])
+                for m in (nn.Conv2d(a, b, 3, padding=1, bias=False), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1))
+            ]
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_channels(x, self.in_chans)
@@ -78,8 +84,10 @@ class ShiftedPatchTokenizer(Tokenizer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_channels(x, self.in_chans)
         s = self.shift
-        shifted = [F.pad(x, pad)[..., s - dy: s - dy + x.shape[-2], s - dx: s - dx + x.shape[-1]]
-                   for pad, (dy, dx) in zip([(s, s, s, s)] * 4, [(-s, -s), (-s, s), (s, -s), (s, s)])]
+        shifted = [
+            F.pad(x, pad)[..., s - dy : s - dy + x.shape[-2], s - dx : s - dx + x.shape[-1]]
+            for pad, (dy, dx) in zip([(s, s, s, s)] * 4, [(-s, -s), (-s, s), (s, -s), (s, s)])
+        ]
         patches = self.unfold(torch.cat([x] + shifted, dim=1)).transpose(1, 2)
         return self.proj(self.norm(patches))
 
@@ -118,8 +126,15 @@ class Mlp(nn.Module):
     `final_activation` reproduces the Keras ViT, whose MLP helper puts GELU after every Dense.
     """
 
-    def __init__(self, dim: int, hidden: int, out: int | None = None, hidden_dropout: float = 0.0,
-                 out_dropout: float = 0.0, final_activation: bool = False):
+    def __init__(
+        self,
+        dim: int,
+        hidden: int,
+        out: int | None = None,
+        hidden_dropout: float = 0.0,
+        out_dropout: float = 0.0,
+        final_activation: bool = False,
+    ):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.act = nn.GELU()
@@ -140,8 +155,16 @@ class Attention(nn.Module):
     probabilities of the last forward in `attention` (used by attention rollout; slower path).
     """
 
-    def __init__(self, dim: int, num_heads: int, head_dim: int | None = None, qkv_bias: bool = True,
-                 attn_drop: float = 0.0, proj_drop: float = 0.0, locality: bool = False):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        head_dim: int | None = None,
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        locality: bool = False,
+    ):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = head_dim or dim // num_heads
@@ -171,13 +194,15 @@ class Attention(nn.Module):
         elif mask is None:
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
         else:  # a learned scale is a tensor: fold it into q, since SDPA's scale must be a float
-            out = F.scaled_dot_product_attention(q * scale, k, v, attn_mask=mask, scale=1.0,
-                                                 dropout_p=self.attn_drop if self.training else 0.0)
+            out = F.scaled_dot_product_attention(
+                q * scale, k, v, attn_mask=mask, scale=1.0, dropout_p=self.attn_drop if self.training else 0.0
+            )
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, N, -1)))
 
 
-def classifier_head(in_features: int, num_classes: int, hidden: tuple[int, ...] = (),
-                    dropout: float = 0.0) -> nn.Sequential:
+def classifier_head(
+    in_features: int, num_classes: int, hidden: tuple[int, ...] = (), dropout: float = 0.0
+) -> nn.Sequential:
     """Dropout before every Linear, GELU between hidden layers (the Keras ViT head when hidden is set)."""
     layers: list[nn.Module] = []
     width = in_features

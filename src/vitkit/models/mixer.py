@@ -2,6 +2,7 @@
 
 block: x + TokenMLP(LN(x)^T)^T ; x + ChannelMLP(LN(x))
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -42,13 +43,35 @@ class Mixer(PatchMLPClassifier):
     block = MixerBlock
 
 
-register_model("mixer_micro_patch4_32", "mixer", MixerConfig(image_size=32, num_classes=10, patch_size=4, embed_dim=128, depth=4,
-                                                             token_mlp_dim=64, channel_mlp_dim=512))
-register_model("mixer_tiny_patch4_32", "mixer", MixerConfig(image_size=32, num_classes=10, patch_size=4, embed_dim=256, depth=8,
-                                                            token_mlp_dim=128, channel_mlp_dim=1024,
-                                                            drop_path_rate=0.1))
+register_model(
+    "mixer_micro_patch4_32",
+    "mixer",
+    MixerConfig(
+        image_size=32, num_classes=10, patch_size=4, embed_dim=128, depth=4, token_mlp_dim=64, channel_mlp_dim=512
+    ),
+)
+register_model(
+    "mixer_tiny_patch4_32",
+    "mixer",
+    MixerConfig(
+        image_size=32,
+        num_classes=10,
+        patch_size=4,
+        embed_dim=256,
+        depth=8,
+        token_mlp_dim=128,
+        channel_mlp_dim=1024,
+        drop_path_rate=0.1,
+    ),
+)
 # Paper sizes (Mixer-S/16, Mixer-B/16 at 224 px).
-register_model("mixer_s16_224", "mixer", MixerConfig(patch_size=16, embed_dim=512, depth=8, token_mlp_dim=256,
-                                                     channel_mlp_dim=2048))
-register_model("mixer_b16_224", "mixer", MixerConfig(patch_size=16, embed_dim=768, depth=12, token_mlp_dim=384,
-                                                     channel_mlp_dim=3072))
+register_model(
+    "mixer_s16_224",
+    "mixer",
+    MixerConfig(patch_size=16, embed_dim=512, depth=8, token_mlp_dim=256, channel_mlp_dim=2048),
+)
+register_model(
+    "mixer_b16_224",
+    "mixer",
+    MixerConfig(patch_size=16, embed_dim=768, depth=12, token_mlp_dim=384, channel_mlp_dim=3072),
+)

@@ -5,6 +5,7 @@ image -> patches -> linear embedding (+ optional learned position embedding) -> 
 
 Each family supplies only its block; this is the "shared classifier" of the Keras MLP example.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -64,5 +65,7 @@ class PatchMLPClassifier(nn.Module):
 
     def set_image_size(self, image_size: int) -> None:
         if image_size != self.config.image_size:
-            raise ValueError(f"{self.family} mixes tokens with weights sized to the patch count, so image_size "
-                             f"is fixed at {self.config.image_size}: resize the images instead")
+            raise ValueError(
+                f"{self.family} mixes tokens with weights sized to the patch count, so image_size "
+                f"is fixed at {self.config.image_size}: resize the images instead"
+            )

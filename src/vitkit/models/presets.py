@@ -3,6 +3,7 @@
 The `keras-*` and `d2l-*` presets reproduce the seed systems exactly; `train` keys are fields of
 `vitkit.train.TrainConfig` and can each be overridden on the command line.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -20,70 +21,195 @@ class Preset:
 
 KERAS_VIT_AUGMENT = dict(normalize="fit", hflip=True, rotation=0.02, zoom=0.2)
 KERAS_MLP_AUGMENT = dict(normalize="fit", hflip=True, zoom=0.2)
-KERAS_MLP_MODEL = dict(num_classes=100, image_size=64, patch_size=8, embed_dim=256, depth=4, dropout=0.2,
-                       head_dropout=0.2, final_norm=False)
-KERAS_MLP_TRAIN = dict(data="cifar100", val_split=0.1, image_size=64, optimizer="adamw", weight_decay=1e-4,
-                       batch_size=128, epochs=50, schedule="plateau", plateau_factor=0.5, plateau_patience=5,
-                       early_stopping=10, monitor="val_loss", **KERAS_MLP_AUGMENT)
+KERAS_MLP_MODEL = dict(
+    num_classes=100,
+    image_size=64,
+    patch_size=8,
+    embed_dim=256,
+    depth=4,
+    dropout=0.2,
+    head_dropout=0.2,
+    final_norm=False,
+)
+KERAS_MLP_TRAIN = dict(
+    data="cifar100",
+    val_split=0.1,
+    image_size=64,
+    optimizer="adamw",
+    weight_decay=1e-4,
+    batch_size=128,
+    epochs=50,
+    schedule="plateau",
+    plateau_factor=0.5,
+    plateau_patience=5,
+    early_stopping=10,
+    monitor="val_loss",
+    **KERAS_MLP_AUGMENT,
+)
 
 # Recipes for training from scratch on small images (28-32 px) and on folders (64 px), tuned on
 # measurements (benchmarks/time_to_accuracy.py): short warmup, cosine decay, label smoothing, light
 # augmentation, batch 64. For ViTs the convolutional tokenizer with sequence pooling (CCT) measured
 # +9 points over plain patches at a 2-minute CPU budget on cifar10-dev; shifted patches with
 # locality attention measured no gain there, so they stay options rather than defaults.
-SMALL_IMAGE_TRAIN = dict(image_size=32, batch_size=64, optimizer="adamw", lr=2e-3, weight_decay=0.05,
-                         schedule="cosine", warmup_epochs=1, label_smoothing=0.1, hflip=True, crop_padding=4,
-                         val_split=0.1, epochs=30)
+SMALL_IMAGE_TRAIN = dict(
+    image_size=32,
+    batch_size=64,
+    optimizer="adamw",
+    lr=2e-3,
+    weight_decay=0.05,
+    schedule="cosine",
+    warmup_epochs=1,
+    label_smoothing=0.1,
+    hflip=True,
+    crop_padding=4,
+    val_split=0.1,
+    epochs=30,
+)
 FOLDER_TRAIN = dict(SMALL_IMAGE_TRAIN, image_size=64, crop_padding=0, rrc_scale=0.35, val_split=0.2, lr=1e-3)
 CCT = dict(stem="conv", pool="seq", class_token=False)
 
 RECIPES = [
-    Preset("cifar-vit", "vit_micro_patch4_32", "Recipe: ViT with convolutional tokenizer and sequence pooling, "
-           "32 px", model_args=CCT, train=SMALL_IMAGE_TRAIN),
+    Preset(
+        "cifar-vit",
+        "vit_micro_patch4_32",
+        "Recipe: ViT with convolutional tokenizer and sequence pooling, 32 px",
+        model_args=CCT,
+        train=SMALL_IMAGE_TRAIN,
+    ),
     Preset("cifar-mixer", "mixer_micro_patch4_32", "Recipe: MLP-Mixer, 32 px", train=SMALL_IMAGE_TRAIN),
     Preset("cifar-fnet", "fnet_micro_patch4_32", "Recipe: FNet, 32 px", train=SMALL_IMAGE_TRAIN),
     Preset("cifar-gmlp", "gmlp_micro_patch4_32", "Recipe: gMLP, 32 px", train=SMALL_IMAGE_TRAIN),
-    Preset("cifar-resnet", "resnet18_cifar", "Recipe: ResNet-18 (half width) baseline, 32 px",
-           model_args=dict(widths=(32, 64, 128, 256)), train=SMALL_IMAGE_TRAIN),
-    Preset("folder-vit", "vit_micro_patch4_32", "Recipe: ViT with 3-layer convolutional tokenizer, folders at 64 px",
-           model_args=dict(CCT, conv_layers=3, image_size=64), train=FOLDER_TRAIN),
-    Preset("folder-resnet", "resnet18_cifar", "Recipe: ResNet-18 (half width), folders at 64 px",
-           model_args=dict(widths=(32, 64, 128, 256), image_size=64), train=FOLDER_TRAIN),
+    Preset(
+        "cifar-resnet",
+        "resnet18_cifar",
+        "Recipe: ResNet-18 (half width) baseline, 32 px",
+        model_args=dict(widths=(32, 64, 128, 256)),
+        train=SMALL_IMAGE_TRAIN,
+    ),
+    Preset(
+        "folder-vit",
+        "vit_micro_patch4_32",
+        "Recipe: ViT with 3-layer convolutional tokenizer, folders at 64 px",
+        model_args=dict(CCT, conv_layers=3, image_size=64),
+        train=FOLDER_TRAIN,
+    ),
+    Preset(
+        "folder-resnet",
+        "resnet18_cifar",
+        "Recipe: ResNet-18 (half width), folders at 64 px",
+        model_args=dict(widths=(32, 64, 128, 256), image_size=64),
+        train=FOLDER_TRAIN,
+    ),
 ]
 
-PRESETS: dict[str, Preset] = {p.name: p for p in RECIPES + [
-    Preset(
-        "keras-vit-cifar100", "vit_base_patch16_224",
-        "Keras example ViT on CIFAR-100: 72 px, 6x6 patches, 8 blocks of width 64, flatten + MLP head",
-        model_args=dict(num_classes=100, image_size=72, patch_size=6, embed_dim=64, depth=8, num_heads=4,
-                        head_dim=64, mlp_dim=128, mlp_final_activation=True, class_token=False, pool="flatten",
-                        head_hidden=(2048, 1024), head_dropout=0.5, drop_rate=0.1, attn_drop_rate=0.1),
-        train=dict(data="cifar100", val_split=0.1, image_size=72, optimizer="adamw", lr=1e-3, weight_decay=1e-4,
-                   batch_size=256, epochs=100, schedule="constant", **KERAS_VIT_AUGMENT),
-    ),
-    Preset("keras-mixer-cifar100", "mixer_s16_224", "Keras example MLP-Mixer on CIFAR-100: 4 blocks, 8x8 patches",
-           model_args=dict(KERAS_MLP_MODEL, token_mlp_dim=None, channel_mlp_dim=None, share_norm=True),
-           train=dict(KERAS_MLP_TRAIN, lr=0.005)),
-    Preset("keras-fnet-cifar100", "fnet_micro_patch4_32", "Keras example FNet on CIFAR-100: 4 Fourier blocks",
-           model_args=dict(KERAS_MLP_MODEL, pos_embed=True, ffn_dim=None),
-           train=dict(KERAS_MLP_TRAIN, lr=0.001)),
-    Preset("keras-gmlp-cifar100", "gmlp_micro_patch4_32", "Keras example gMLP on CIFAR-100: 4 gated blocks",
-           model_args=dict(KERAS_MLP_MODEL, ffn_dim=None),
-           train=dict(KERAS_MLP_TRAIN, lr=0.003)),
-    Preset(
-        "d2l-vit-fashion-mnist", "vit_base_patch16_224",
-        "Dive into Deep Learning ViT on Fashion-MNIST: 96 px, patch 16, 2 blocks of width 512, class token",
-        model_args=dict(num_classes=10, in_chans=1, image_size=96, patch_size=16, embed_dim=512, depth=2,
-                        num_heads=8, mlp_dim=2048, embed_dropout=0.1, drop_rate=0.1, attn_drop_rate=0.1,
-                        norm_eps=1e-5),
-        train=dict(data="fashion-mnist", image_size=96, optimizer="sgd", lr=0.1, momentum=0.0, weight_decay=0.0,
-                   batch_size=128, epochs=10, schedule="constant", normalize="none"),
-    ),
-    Preset(
-        "hf-vit-finetune", "vit_base_patch16_224",
-        "Hugging Face tutorial: fine-tune google/vit-base-patch16-224-in21k on an image folder, new head",
-        train=dict(pretrained="google/vit-base-patch16-224-in21k", image_size=224, val_split=0.2, optimizer="adamw",
-                   lr=2e-4, batch_size=16, epochs=3, weight_decay=0.01, schedule="linear", warmup_epochs=0.0,
-                   normalize="half"),
-    ),
-]}
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in RECIPES
+    + [
+        Preset(
+            "keras-vit-cifar100",
+            "vit_base_patch16_224",
+            "Keras example ViT on CIFAR-100: 72 px, 6x6 patches, 8 blocks of width 64, flatten + MLP head",
+            model_args=dict(
+                num_classes=100,
+                image_size=72,
+                patch_size=6,
+                embed_dim=64,
+                depth=8,
+                num_heads=4,
+                head_dim=64,
+                mlp_dim=128,
+                mlp_final_activation=True,
+                class_token=False,
+                pool="flatten",
+                head_hidden=(2048, 1024),
+                head_dropout=0.5,
+                drop_rate=0.1,
+                attn_drop_rate=0.1,
+            ),
+            train=dict(
+                data="cifar100",
+                val_split=0.1,
+                image_size=72,
+                optimizer="adamw",
+                lr=1e-3,
+                weight_decay=1e-4,
+                batch_size=256,
+                epochs=100,
+                schedule="constant",
+                **KERAS_VIT_AUGMENT,
+            ),
+        ),
+        Preset(
+            "keras-mixer-cifar100",
+            "mixer_s16_224",
+            "Keras example MLP-Mixer on CIFAR-100: 4 blocks, 8x8 patches",
+            model_args=dict(KERAS_MLP_MODEL, token_mlp_dim=None, channel_mlp_dim=None, share_norm=True),
+            train=dict(KERAS_MLP_TRAIN, lr=0.005),
+        ),
+        Preset(
+            "keras-fnet-cifar100",
+            "fnet_micro_patch4_32",
+            "Keras example FNet on CIFAR-100: 4 Fourier blocks",
+            model_args=dict(KERAS_MLP_MODEL, pos_embed=True, ffn_dim=None),
+            train=dict(KERAS_MLP_TRAIN, lr=0.001),
+        ),
+        Preset(
+            "keras-gmlp-cifar100",
+            "gmlp_micro_patch4_32",
+            "Keras example gMLP on CIFAR-100: 4 gated blocks",
+            model_args=dict(KERAS_MLP_MODEL, ffn_dim=None),
+            train=dict(KERAS_MLP_TRAIN, lr=0.003),
+        ),
+        Preset(
+            "d2l-vit-fashion-mnist",
+            "vit_base_patch16_224",
+            "Dive into Deep Learning ViT on Fashion-MNIST: 96 px, patch 16, 2 blocks of width 512, class token",
+            model_args=dict(
+                num_classes=10,
+                in_chans=1,
+                image_size=96,
+                patch_size=16,
+                embed_dim=512,
+                depth=2,
+                num_heads=8,
+                mlp_dim=2048,
+                embed_dropout=0.1,
+                drop_rate=0.1,
+                attn_drop_rate=0.1,
+                norm_eps=1e-5,
+            ),
+            train=dict(
+                data="fashion-mnist",
+                image_size=96,
+                optimizer="sgd",
+                lr=0.1,
+                momentum=0.0,
+                weight_decay=0.0,
+                batch_size=128,
+                epochs=10,
+                schedule="constant",
+                normalize="none",
+            ),
+        ),
+        Preset(
+            "hf-vit-finetune",
+            "vit_base_patch16_224",
+            "Hugging Face tutorial: fine-tune google/vit-base-patch16-224-in21k on an image folder, new head",
+            train=dict(
+                pretrained="google/vit-base-patch16-224-in21k",
+                image_size=224,
+                val_split=0.2,
+                optimizer="adamw",
+                lr=2e-4,
+                batch_size=16,
+                epochs=3,
+                weight_decay=0.01,
+                schedule="linear",
+                warmup_epochs=0.0,
+                normalize="half",
+            ),
+        ),
+    ]
+}

@@ -1,4 +1,5 @@
 """Model registry: every named architecture maps to a family class and a typed config."""
+
 from __future__ import annotations
 
 import dataclasses

@@ -1,6 +1,7 @@
 """ResNet baselines: the CIFAR-style ResNet-18 (He et al., 2016) and ResNet-50 v2, the
 pre-activation bottleneck network (He et al., "Identity Mappings in Deep Residual Networks"), which
 the Keras ViT example uses as its from-scratch comparison point."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -97,8 +98,9 @@ class ResNet(nn.Module):
                 in_ch = width * block.expansion
         self.stages = nn.Sequential(*stages)
         # v2 networks end with the BN-ReLU that the last pre-activation block leaves out
-        self.final_act = nn.Sequential(nn.BatchNorm2d(in_ch), nn.ReLU(inplace=True)) if block is PreActBottleneck \
-            else nn.Identity()
+        self.final_act = (
+            nn.Sequential(nn.BatchNorm2d(in_ch), nn.ReLU(inplace=True)) if block is PreActBottleneck else nn.Identity()
+        )
         self.head = classifier_head(in_ch, cfg.num_classes, dropout=cfg.head_dropout)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -116,7 +118,9 @@ class ResNet(nn.Module):
 
 
 register_model("resnet18_cifar", "resnet", ResNetConfig(image_size=32, num_classes=10))
-register_model("resnet50v2", "resnet", ResNetConfig(block="preact_bottleneck", layers=(3, 4, 6, 3),
-                                                    stem="imagenet"))
-register_model("resnet50v2_cifar", "resnet", ResNetConfig(image_size=32, num_classes=10, block="preact_bottleneck",
-                                                          layers=(3, 4, 6, 3), stem="cifar"))
+register_model("resnet50v2", "resnet", ResNetConfig(block="preact_bottleneck", layers=(3, 4, 6, 3), stem="imagenet"))
+register_model(
+    "resnet50v2_cifar",
+    "resnet",
+    ResNetConfig(image_size=32, num_classes=10, block="preact_bottleneck", layers=(3, 4, 6, 3), stem="cifar"),
+)

@@ -6,6 +6,7 @@ image -> patches -> linear embedding (+ class token) + learned position embeddin
 One class covers the paper's ViT, the Keras example (no class token, flatten + MLP head, attention
 inner width larger than the model width) and the D2L model (class token, LN + Linear head).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,8 +14,18 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from .layers import (Attention, ConvTokenizer, DropPath, Mlp, PatchEmbed, ShiftedPatchTokenizer, check_patch_grid,
-                     classifier_head, init_linear_weights, resize_pos_embed)
+from .layers import (
+    Attention,
+    ConvTokenizer,
+    DropPath,
+    Mlp,
+    PatchEmbed,
+    ShiftedPatchTokenizer,
+    check_patch_grid,
+    classifier_head,
+    init_linear_weights,
+    resize_pos_embed,
+)
 from .registry import ModelConfig, register_family, register_model
 
 POOLS = ("cls", "mean", "flatten", "seq")
@@ -50,11 +61,17 @@ class Block(nn.Module):
     def __init__(self, cfg: ViTConfig, drop_path: float):
         super().__init__()
         self.norm1 = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
-        self.attn = Attention(cfg.embed_dim, cfg.num_heads, cfg.head_dim, cfg.qkv_bias, cfg.attn_drop_rate,
-                              locality=cfg.lsa)
+        self.attn = Attention(
+            cfg.embed_dim, cfg.num_heads, cfg.head_dim, cfg.qkv_bias, cfg.attn_drop_rate, locality=cfg.lsa
+        )
         self.norm2 = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
-        self.mlp = Mlp(cfg.embed_dim, cfg.mlp_dim or 4 * cfg.embed_dim, hidden_dropout=cfg.drop_rate,
-                       out_dropout=cfg.drop_rate, final_activation=cfg.mlp_final_activation)
+        self.mlp = Mlp(
+            cfg.embed_dim,
+            cfg.mlp_dim or 4 * cfg.embed_dim,
+            hidden_dropout=cfg.drop_rate,
+            out_dropout=cfg.drop_rate,
+            final_activation=cfg.mlp_final_activation,
+        )
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -116,7 +133,7 @@ class ViT(nn.Module):
         if self.config.pool == "cls":
             return tokens[:, 0]
         if self.config.pool == "mean":
-            return tokens[:, self.num_prefix_tokens:].mean(dim=1)
+            return tokens[:, self.num_prefix_tokens :].mean(dim=1)
         if self.config.pool == "seq":
             weights = self.seq_pool(tokens).softmax(dim=1)  # (B, N, 1)
             return (weights * tokens).sum(dim=1)
@@ -130,8 +147,10 @@ class ViT(nn.Module):
         if image_size == self.config.image_size:
             return
         if self.config.pool == "flatten":
-            raise ValueError("pool='flatten' ties the head to the token count, so image_size cannot change; "
-                             "use pool='mean' or 'cls' to run at another resolution")
+            raise ValueError(
+                "pool='flatten' ties the head to the token count, so image_size cannot change; "
+                "use pool='mean' or 'cls' to run at another resolution"
+            )
         grid = check_patch_grid(image_size, self.patch_embed.stride)
         self.pos_embed = nn.Parameter(resize_pos_embed(self.pos_embed.data, grid, self.num_prefix_tokens))
         self.patch_embed.grid_size, self.patch_embed.num_patches = grid, grid * grid
@@ -153,9 +172,46 @@ register_model("vit_tiny_patch16_224", "vit", _vit(embed_dim=192, depth=12, num_
 register_model("vit_small_patch16_224", "vit", _vit(embed_dim=384, depth=12, num_heads=6))
 register_model("vit_base_patch16_224", "vit", _vit(embed_dim=768, depth=12, num_heads=12))
 # Small-image variants for 28-32 px inputs: patch 4 gives 64 tokens at 32 px.
-register_model("vit_micro_patch4_32", "vit", _vit(image_size=32, num_classes=10, patch_size=4, embed_dim=128, depth=4,
-                                                  num_heads=4, mlp_dim=256, pool="mean", class_token=False))
-register_model("vit_tiny_patch4_32", "vit", _vit(image_size=32, num_classes=10, patch_size=4, embed_dim=192, depth=9,
-                                                 num_heads=3, mlp_dim=384, drop_path_rate=0.1))
-register_model("vit_small_patch4_32", "vit", _vit(image_size=32, num_classes=10, patch_size=4, embed_dim=384, depth=7,
-                                                  num_heads=6, mlp_dim=768, drop_path_rate=0.1))
+register_model(
+    "vit_micro_patch4_32",
+    "vit",
+    _vit(
+        image_size=32,
+        num_classes=10,
+        patch_size=4,
+        embed_dim=128,
+        depth=4,
+        num_heads=4,
+        mlp_dim=256,
+        pool="mean",
+        class_token=False,
+    ),
+)
+register_model(
+    "vit_tiny_patch4_32",
+    "vit",
+    _vit(
+        image_size=32,
+        num_classes=10,
+        patch_size=4,
+        embed_dim=192,
+        depth=9,
+        num_heads=3,
+        mlp_dim=384,
+        drop_path_rate=0.1,
+    ),
+)
+register_model(
+    "vit_small_patch4_32",
+    "vit",
+    _vit(
+        image_size=32,
+        num_classes=10,
+        patch_size=4,
+        embed_dim=384,
+        depth=7,
+        num_heads=6,
+        mlp_dim=768,
+        drop_path_rate=0.1,
+    ),
+)

@@ -1,4 +1,5 @@
 """Reading foreign weight files safely and checking their keys."""
+
 from __future__ import annotations
 
 import pickle
@@ -21,8 +22,10 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise ValueError(f"{path} is not a plain weights file: it needs code to be unpickled, which vitkit never "
-                         f"runs ({str(e).splitlines()[0]}). Convert it to .safetensors with the tool that made it") from None
+        raise ValueError(
+            f"{path} is not a plain weights file: it needs code to be unpickled, which vitkit never "
+            f"runs ({str(e).splitlines()[0]}). Convert it to .safetensors with the tool that made it"
+        ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
         raise ValueError(f"cannot read {path}: truncated or not a PyTorch weights file ({e})") from None
     for key in ("state_dict", "model", "model_ema", "module"):  # common training-script wrappers
@@ -37,8 +40,10 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
 def check_keys(found: set[str], expected: set[str], what: str) -> None:
     missing, unexpected = sorted(expected - found), sorted(found - expected)
     if missing or unexpected:
+
         def show(keys):
             return ", ".join(keys[:12]) + (f" and {len(keys) - 12} more" if len(keys) > 12 else "")
+
         parts = []
         if missing:
             parts.append(f"missing keys: {show(missing)}")

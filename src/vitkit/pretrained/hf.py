@@ -3,6 +3,7 @@
 The mapping is exact: transformers' ViTForImageClassification / ViTModel compute the same function as
 vitkit's ViT with pool="cls", separate q/k/v fused into one projection here, and GELU (erf) in the MLP.
 """
+
 from __future__ import annotations
 
 import os
@@ -28,32 +29,56 @@ def vit_config_from_hf(hf: dict, num_classes: int | None = None) -> ViTConfig:
     """The vitkit config for a transformers ViTConfig dict; other architectures are refused."""
     model_type = hf.get("model_type")
     if model_type not in ("vit", "deit"):
-        raise ValueError(f"the checkpoint is a {model_type or 'unknown'} model, not a ViT: vitkit fine-tunes ViT "
-                         "checkpoints (model_type 'vit') from Hugging Face")
+        raise ValueError(
+            f"the checkpoint is a {model_type or 'unknown'} model, not a ViT: vitkit fine-tunes ViT "
+            "checkpoints (model_type 'vit') from Hugging Face"
+        )
     if hf.get("hidden_act", "gelu") != "gelu":
         raise ValueError(f"hidden_act={hf['hidden_act']!r} is not supported (only 'gelu')")
     labels = hf.get("id2label") or {}
     return ViTConfig(
-        num_classes=num_classes or max(len(labels), 1), image_size=hf.get("image_size", 224),
-        in_chans=hf.get("num_channels", 3), patch_size=hf.get("patch_size", 16), embed_dim=hf["hidden_size"],
-        depth=hf["num_hidden_layers"], num_heads=hf["num_attention_heads"], mlp_dim=hf["intermediate_size"],
-        qkv_bias=hf.get("qkv_bias", True), class_token=True, pool="cls", norm_eps=hf.get("layer_norm_eps", 1e-12))
+        num_classes=num_classes or max(len(labels), 1),
+        image_size=hf.get("image_size", 224),
+        in_chans=hf.get("num_channels", 3),
+        patch_size=hf.get("patch_size", 16),
+        embed_dim=hf["hidden_size"],
+        depth=hf["num_hidden_layers"],
+        num_heads=hf["num_attention_heads"],
+        mlp_dim=hf["intermediate_size"],
+        qkv_bias=hf.get("qkv_bias", True),
+        class_token=True,
+        pool="cls",
+        norm_eps=hf.get("layer_norm_eps", 1e-12),
+    )
 
 
 def hf_to_vitkit(state: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str, torch.Tensor]:
     """Rename (and fuse q/k/v of) a ViTModel or ViTForImageClassification state dict. Unknown or
     missing keys raise an error that lists them."""
     if any(k.startswith(HF_PREFIX) for k in state):
-        body = {k[len(HF_PREFIX):]: v for k, v in state.items() if k.startswith(HF_PREFIX)}
+        body = {k[len(HF_PREFIX) :]: v for k, v in state.items() if k.startswith(HF_PREFIX)}
         head = {k: v for k, v in state.items() if not k.startswith(HF_PREFIX)}
     else:
         body, head = dict(state), {}
     body = {k: v for k, v in body.items() if not k.startswith("pooler.")}  # ViTModel's tanh pooler: unused
-    expected = {"embeddings.cls_token", "embeddings.position_embeddings",
-                "embeddings.patch_embeddings.projection.weight", "embeddings.patch_embeddings.projection.bias",
-                "layernorm.weight", "layernorm.bias"}
-    per_layer = ["attention.attention.query", "attention.attention.key", "attention.attention.value",
-                 "attention.output.dense", "intermediate.dense", "output.dense", "layernorm_before", "layernorm_after"]
+    expected = {
+        "embeddings.cls_token",
+        "embeddings.position_embeddings",
+        "embeddings.patch_embeddings.projection.weight",
+        "embeddings.patch_embeddings.projection.bias",
+        "layernorm.weight",
+        "layernorm.bias",
+    }
+    per_layer = [
+        "attention.attention.query",
+        "attention.attention.key",
+        "attention.attention.value",
+        "attention.output.dense",
+        "intermediate.dense",
+        "output.dense",
+        "layernorm_before",
+        "layernorm_after",
+    ]
     for i in range(cfg.depth):
         for name in per_layer:
             expected.add(f"encoder.layer.{i}.{name}.weight")
@@ -64,18 +89,27 @@ def hf_to_vitkit(state: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str, to
     head_keys = {k for k in head}
     check_keys(head_keys, {"classifier.weight", "classifier.bias"} if head_keys else set(), "Hugging Face ViT head")
 
-    out = {"cls_token": body["embeddings.cls_token"], "pos_embed": body["embeddings.position_embeddings"],
-           "patch_embed.proj.weight": body["embeddings.patch_embeddings.projection.weight"],
-           "patch_embed.proj.bias": body["embeddings.patch_embeddings.projection.bias"],
-           "norm.weight": body["layernorm.weight"], "norm.bias": body["layernorm.bias"]}
+    out = {
+        "cls_token": body["embeddings.cls_token"],
+        "pos_embed": body["embeddings.position_embeddings"],
+        "patch_embed.proj.weight": body["embeddings.patch_embeddings.projection.weight"],
+        "patch_embed.proj.bias": body["embeddings.patch_embeddings.projection.bias"],
+        "norm.weight": body["layernorm.weight"],
+        "norm.bias": body["layernorm.bias"],
+    }
     for i in range(cfg.depth):
         src, dst = f"encoder.layer.{i}.", f"blocks.{i}."
         att = src + "attention.attention."
         out[dst + "attn.qkv.weight"] = torch.cat([body[att + n + ".weight"] for n in ("query", "key", "value")])
         if cfg.qkv_bias:
             out[dst + "attn.qkv.bias"] = torch.cat([body[att + n + ".bias"] for n in ("query", "key", "value")])
-        pairs = {"attention.output.dense": "attn.proj", "intermediate.dense": "mlp.fc1", "output.dense": "mlp.fc2",
-                 "layernorm_before": "norm1", "layernorm_after": "norm2"}
+        pairs = {
+            "attention.output.dense": "attn.proj",
+            "intermediate.dense": "mlp.fc1",
+            "output.dense": "mlp.fc2",
+            "layernorm_before": "norm1",
+            "layernorm_after": "norm2",
+        }
         for a, b in pairs.items():
             out[dst + b + ".weight"] = body[src + a + ".weight"]
             out[dst + b + ".bias"] = body[src + a + ".bias"]
@@ -86,18 +120,31 @@ def hf_to_vitkit(state: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str, to
 
 def vitkit_to_hf(state: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str, torch.Tensor]:
     """The inverse of hf_to_vitkit, for ViTForImageClassification."""
-    if (cfg.pool != "cls" or not cfg.class_token or cfg.head_hidden or cfg.mlp_final_activation
-            or cfg.stem != "patch" or cfg.lsa):
-        raise ValueError("only plain class-token ViTs with a linear head (pool='cls', stem='patch', no LSA) have a "
-                         "Hugging Face equivalent; export this model as ONNX instead")
+    if (
+        cfg.pool != "cls"
+        or not cfg.class_token
+        or cfg.head_hidden
+        or cfg.mlp_final_activation
+        or cfg.stem != "patch"
+        or cfg.lsa
+    ):
+        raise ValueError(
+            "only plain class-token ViTs with a linear head (pool='cls', stem='patch', no LSA) have a "
+            "Hugging Face equivalent; export this model as ONNX instead"
+        )
     inner = cfg.num_heads * (cfg.head_dim or cfg.embed_dim // cfg.num_heads)
     if inner != cfg.embed_dim:
         raise ValueError("Hugging Face ViT needs num_heads x head_dim == embed_dim")
-    out = {"vit.embeddings.cls_token": state["cls_token"], "vit.embeddings.position_embeddings": state["pos_embed"],
-           "vit.embeddings.patch_embeddings.projection.weight": state["patch_embed.proj.weight"],
-           "vit.embeddings.patch_embeddings.projection.bias": state["patch_embed.proj.bias"],
-           "vit.layernorm.weight": state["norm.weight"], "vit.layernorm.bias": state["norm.bias"],
-           "classifier.weight": state["head.1.weight"], "classifier.bias": state["head.1.bias"]}
+    out = {
+        "vit.embeddings.cls_token": state["cls_token"],
+        "vit.embeddings.position_embeddings": state["pos_embed"],
+        "vit.embeddings.patch_embeddings.projection.weight": state["patch_embed.proj.weight"],
+        "vit.embeddings.patch_embeddings.projection.bias": state["patch_embed.proj.bias"],
+        "vit.layernorm.weight": state["norm.weight"],
+        "vit.layernorm.bias": state["norm.bias"],
+        "classifier.weight": state["head.1.weight"],
+        "classifier.bias": state["head.1.bias"],
+    }
     for i in range(cfg.depth):
         src, dst = f"blocks.{i}.", f"vit.encoder.layer.{i}."
         for part, name in zip(state[src + "attn.qkv.weight"].chunk(3), ("query", "key", "value")):
@@ -105,8 +152,13 @@ def vitkit_to_hf(state: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str, to
         if cfg.qkv_bias:
             for part, name in zip(state[src + "attn.qkv.bias"].chunk(3), ("query", "key", "value")):
                 out[dst + f"attention.attention.{name}.bias"] = part
-        pairs = {"attn.proj": "attention.output.dense", "mlp.fc1": "intermediate.dense", "mlp.fc2": "output.dense",
-                 "norm1": "layernorm_before", "norm2": "layernorm_after"}
+        pairs = {
+            "attn.proj": "attention.output.dense",
+            "mlp.fc1": "intermediate.dense",
+            "mlp.fc2": "output.dense",
+            "norm1": "layernorm_before",
+            "norm2": "layernorm_after",
+        }
         for a, b in pairs.items():
             out[dst + b + ".weight"] = state[src + a + ".weight"]
             out[dst + b + ".bias"] = state[src + a + ".bias"]
@@ -114,28 +166,48 @@ def vitkit_to_hf(state: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str, to
 
 
 def hf_config_from_vitkit(cfg: ViTConfig, class_names: list[str]) -> dict:
-    return {"architectures": ["ViTForImageClassification"], "model_type": "vit", "hidden_size": cfg.embed_dim,
-            "num_hidden_layers": cfg.depth, "num_attention_heads": cfg.num_heads, "intermediate_size":
-            cfg.mlp_dim or 4 * cfg.embed_dim, "hidden_act": "gelu", "hidden_dropout_prob": 0.0,
-            "attention_probs_dropout_prob": 0.0, "initializer_range": 0.02, "layer_norm_eps": cfg.norm_eps,
-            "image_size": cfg.image_size, "patch_size": cfg.patch_size, "num_channels": cfg.in_chans,
-            "qkv_bias": cfg.qkv_bias, "encoder_stride": cfg.patch_size,
-            "id2label": {str(i): n for i, n in enumerate(class_names)},
-            "label2id": {n: i for i, n in enumerate(class_names)}}
+    return {
+        "architectures": ["ViTForImageClassification"],
+        "model_type": "vit",
+        "hidden_size": cfg.embed_dim,
+        "num_hidden_layers": cfg.depth,
+        "num_attention_heads": cfg.num_heads,
+        "intermediate_size": cfg.mlp_dim or 4 * cfg.embed_dim,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0,
+        "initializer_range": 0.02,
+        "layer_norm_eps": cfg.norm_eps,
+        "image_size": cfg.image_size,
+        "patch_size": cfg.patch_size,
+        "num_channels": cfg.in_chans,
+        "qkv_bias": cfg.qkv_bias,
+        "encoder_stride": cfg.patch_size,
+        "id2label": {str(i): n for i, n in enumerate(class_names)},
+        "label2id": {n: i for i, n in enumerate(class_names)},
+    }
 
 
 def preprocessing_from_hf(folder: Path, cfg: ViTConfig) -> dict:
     """image size, mean, std and resampling from preprocessor_config.json (ViTImageProcessor)."""
-    pre = {"image_size": cfg.image_size, "channels": cfg.in_chans, "mean": [0.5] * cfg.in_chans,
-           "std": [0.5] * cfg.in_chans, "resample": "bilinear"}
+    pre = {
+        "image_size": cfg.image_size,
+        "channels": cfg.in_chans,
+        "mean": [0.5] * cfg.in_chans,
+        "std": [0.5] * cfg.in_chans,
+        "resample": "bilinear",
+    }
     path = folder / "preprocessor_config.json"
     if path.is_file():
         proc = read_json(path)
         size = proc.get("size", cfg.image_size)
         size = size.get("height", size.get("shortest_edge", cfg.image_size)) if isinstance(size, dict) else size
-        pre.update(image_size=int(size), mean=list(proc.get("image_mean", pre["mean"])),
-                   std=list(proc.get("image_std", pre["std"])),
-                   resample={2: "bilinear", 3: "bicubic"}.get(proc.get("resample", 2), "bilinear"))
+        pre.update(
+            image_size=int(size),
+            mean=list(proc.get("image_mean", pre["mean"])),
+            std=list(proc.get("image_std", pre["std"])),
+            resample={2: "bilinear", 3: "bicubic"}.get(proc.get("resample", 2), "bilinear"),
+        )
     return pre
 
 
@@ -171,10 +243,18 @@ def save_hf_folder(model: ViT, class_names: list[str], preprocessing: dict, out:
     with atomic_path(out / "model.safetensors") as tmp:
         save_file(state, str(tmp), metadata={"format": "pt"})
     write_json(out / "config.json", hf_config_from_vitkit(cfg, class_names))
-    write_json(out / "preprocessor_config.json", {
-        "image_processor_type": "ViTImageProcessor", "do_resize": True,
-        "size": {"height": cfg.image_size, "width": cfg.image_size},
-        "resample": 3 if preprocessing.get("resample", "").startswith("bicubic") else 2,
-        "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
-        "image_mean": list(preprocessing["mean"]), "image_std": list(preprocessing["std"])})
+    write_json(
+        out / "preprocessor_config.json",
+        {
+            "image_processor_type": "ViTImageProcessor",
+            "do_resize": True,
+            "size": {"height": cfg.image_size, "width": cfg.image_size},
+            "resample": 3 if preprocessing.get("resample", "").startswith("bicubic") else 2,
+            "do_rescale": True,
+            "rescale_factor": 1 / 255,
+            "do_normalize": True,
+            "image_mean": list(preprocessing["mean"]),
+            "image_std": list(preprocessing["std"]),
+        },
+    )
     return out

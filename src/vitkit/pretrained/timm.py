@@ -4,6 +4,7 @@ timm's key layout is vitkit's own except the head (timm `head` is vitkit `head.1
 dropout); the architecture is read off the tensor shapes. The one thing shapes cannot tell is the head
 count: standard ViTs use 64 channels per head, so that is the default (override with num_heads).
 """
+
 from __future__ import annotations
 
 import math
@@ -29,11 +30,16 @@ def heads_from_name(name: str | None) -> int | None:
 
 
 def vit_config_from_timm(state: dict[str, torch.Tensor], num_heads: int | None = None) -> ViTConfig:
-    unsupported = sorted(k for k in state if k.startswith(("dist_token", "head_dist", "reg_token", "fc_norm"))
-                         or ".ls1." in k or ".ls2." in k)
+    unsupported = sorted(
+        k
+        for k in state
+        if k.startswith(("dist_token", "head_dist", "reg_token", "fc_norm")) or ".ls1." in k or ".ls2." in k
+    )
     if unsupported:
-        raise ValueError(f"this ViT variant is not supported (keys {', '.join(unsupported[:6])}): vitkit loads plain "
-                         "class-token ViTs and DeiT without distillation token")
+        raise ValueError(
+            f"this ViT variant is not supported (keys {', '.join(unsupported[:6])}): vitkit loads plain "
+            "class-token ViTs and DeiT without distillation token"
+        )
     proj = state["patch_embed.proj.weight"]
     embed_dim, in_chans, patch = proj.shape[0], proj.shape[1], proj.shape[2]
     depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
@@ -43,11 +49,19 @@ def vit_config_from_timm(state: dict[str, torch.Tensor], num_heads: int | None =
     if grid * grid != tokens:
         raise ValueError(f"position table of {tokens} patches is not a square grid")
     head = state.get("head.weight")
-    return ViTConfig(num_classes=head.shape[0] if head is not None else 1, image_size=grid * patch,
-                     in_chans=in_chans, patch_size=patch, embed_dim=embed_dim, depth=depth,
-                     num_heads=num_heads or max(1, embed_dim // 64),
-                     mlp_dim=state["blocks.0.mlp.fc1.weight"].shape[0], qkv_bias="blocks.0.attn.qkv.bias" in state,
-                     class_token=class_token, pool="cls" if class_token else "mean")
+    return ViTConfig(
+        num_classes=head.shape[0] if head is not None else 1,
+        image_size=grid * patch,
+        in_chans=in_chans,
+        patch_size=patch,
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=num_heads or max(1, embed_dim // 64),
+        mlp_dim=state["blocks.0.mlp.fc1.weight"].shape[0],
+        qkv_bias="blocks.0.attn.qkv.bias" in state,
+        class_token=class_token,
+        pool="cls" if class_token else "mean",
+    )
 
 
 def timm_to_vitkit(state: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str, torch.Tensor]:
@@ -59,8 +73,9 @@ def timm_to_vitkit(state: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str, 
     return renamed
 
 
-def load_timm_state(state: dict[str, torch.Tensor], num_heads: int | None = None,
-                    pretrained_cfg: dict | None = None) -> tuple[ViT, dict, None]:
+def load_timm_state(
+    state: dict[str, torch.Tensor], num_heads: int | None = None, pretrained_cfg: dict | None = None
+) -> tuple[ViT, dict, None]:
     cfg = vit_config_from_timm(state, num_heads)
     model = ViT(cfg)
     mapped = timm_to_vitkit(state, cfg)
@@ -68,7 +83,11 @@ def load_timm_state(state: dict[str, torch.Tensor], num_heads: int | None = None
     model.has_pretrained_head = "head.1.weight" in mapped
     pre_cfg = pretrained_cfg or {}
     size = pre_cfg.get("input_size", [cfg.in_chans, cfg.image_size, cfg.image_size])[-1]
-    pre = {"image_size": int(size), "channels": cfg.in_chans,
-           "mean": list(pre_cfg.get("mean", IMAGENET["mean"])), "std": list(pre_cfg.get("std", IMAGENET["std"])),
-           "resample": pre_cfg.get("interpolation", "bicubic")}
+    pre = {
+        "image_size": int(size),
+        "channels": cfg.in_chans,
+        "mean": list(pre_cfg.get("mean", IMAGENET["mean"])),
+        "std": list(pre_cfg.get("std", IMAGENET["std"])),
+        "resample": pre_cfg.get("interpolation", "bicubic"),
+    }
     return model, pre, None

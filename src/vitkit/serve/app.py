@@ -7,6 +7,7 @@ GET  /health    GET /labels    GET /  (a page to drop an image on)
 Concurrent requests are micro-batched: images wait up to `max_wait_ms` for company and then go
 through the model in one forward pass (at most `max_batch` images).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -100,7 +101,9 @@ async def read_body(request: Request, limit: int) -> bytes:
 async def read_images(request: Request, limit: int, size: int) -> list[tuple[str, torch.Tensor]]:
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
-        raise ClientError(415, f"send images as multipart/form-data in the field 'file' (got {content_type or 'no content type'})")
+        raise ClientError(
+            415, f"send images as multipart/form-data in the field 'file' (got {content_type or 'no content type'})"
+        )
     body = await read_body(request, limit)
     if not body:
         raise ClientError(400, "empty request body: attach an image in the field 'file'")
@@ -141,11 +144,18 @@ def overlay_data_url(classifier, image: torch.Tensor) -> tuple[list[dict], str]:
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(blended)).resize((256, 256), Image.Resampling.NEAREST).save(buffer, "PNG")
     return top_k(probs, classifier.class_names, 5)[0], "data:image/png;base64," + base64.b64encode(
-        buffer.getvalue()).decode()
+        buffer.getvalue()
+    ).decode()
 
 
-def create_app(classifier, explainer=None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, topk: int = 5,
-               max_batch: int = 32, max_wait_ms: float = 5.0) -> FastAPI:
+def create_app(
+    classifier,
+    explainer=None,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    topk: int = 5,
+    max_batch: int = 32,
+    max_wait_ms: float = 5.0,
+) -> FastAPI:
     """`classifier` answers /predict; `explainer` (a PyTorch-backed Classifier, default the same) /explain."""
     explainer = explainer or classifier
     batcher = MicroBatcher(classifier.predict_tensor, max_batch, max_wait_ms)
@@ -166,9 +176,14 @@ def create_app(classifier, explainer=None, max_upload_bytes: int = DEFAULT_MAX_U
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "backend": classifier.backend, "classes": len(classifier.class_names),
-                "image_size": classifier.image_size, "batches": len(batcher.batch_sizes),
-                "max_batch_seen": max(batcher.batch_sizes, default=0)}
+        return {
+            "status": "ok",
+            "backend": classifier.backend,
+            "classes": len(classifier.class_names),
+            "image_size": classifier.image_size,
+            "batches": len(batcher.batch_sizes),
+            "max_batch_seen": max(batcher.batch_sizes, default=0),
+        }
 
     @app.get("/labels")
     async def labels():
@@ -189,15 +204,21 @@ def create_app(classifier, explainer=None, max_upload_bytes: int = DEFAULT_MAX_U
     async def explain(request: Request):
         images = await read_images(request, max_upload_bytes, explainer.stored_size)
         async with explain_lock:  # gradients and attention capture are not re-entrant
-            top, url = await asyncio.get_running_loop().run_in_executor(None, overlay_data_url, explainer,
-                                                                        images[0][1])
+            top, url = await asyncio.get_running_loop().run_in_executor(None, overlay_data_url, explainer, images[0][1])
         return {"path": images[0][0], "predictions": top, "overlay": url}
 
     return app
 
 
-def serve(checkpoint: str, host: str = "127.0.0.1", port: int = 8000, backend: str = "auto",
-          max_upload_mb: float = 10, device: str = "auto", precision: str = "fp32") -> None:
+def serve(
+    checkpoint: str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    backend: str = "auto",
+    max_upload_mb: float = 10,
+    device: str = "auto",
+    precision: str = "fp32",
+) -> None:
     import uvicorn
 
     from ..api import load

@@ -1,4 +1,5 @@
 """The typed training configuration. Precedence: defaults < dataset defaults < preset < explicit values."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -81,9 +82,14 @@ class TrainConfig:
     progress: bool = True
 
     def validate(self) -> "TrainConfig":
-        checks = [(self.schedule, SCHEDULES, "schedule"), (self.optimizer, OPTIMIZERS, "optimizer"),
-                  (self.normalize, NORMALIZE, "normalize"), (self.monitor, MONITORS, "monitor"),
-                  (self.amp, ("auto", "bf16", "off"), "amp"), (self.batch_scope, ("global", "device"), "batch_scope")]
+        checks = [
+            (self.schedule, SCHEDULES, "schedule"),
+            (self.optimizer, OPTIMIZERS, "optimizer"),
+            (self.normalize, NORMALIZE, "normalize"),
+            (self.monitor, MONITORS, "monitor"),
+            (self.amp, ("auto", "bf16", "off"), "amp"),
+            (self.batch_scope, ("global", "device"), "batch_scope"),
+        ]
         for value, allowed, name in checks:
             if value not in allowed:
                 raise ValueError(f"--{name.replace('_', '-')} {value!r}: use one of {', '.join(allowed)}")
@@ -102,8 +108,16 @@ FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 # Sensible from-scratch defaults per built-in dataset (a user's values and presets override them).
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
-    "digits": dict(image_size=16, epochs=40, batch_size=64, lr=2e-3, warmup_epochs=3, crop_padding=1,
-                   label_smoothing=0.1, val_split=0.1),
+    "digits": dict(
+        image_size=16,
+        epochs=40,
+        batch_size=64,
+        lr=2e-3,
+        warmup_epochs=3,
+        crop_padding=1,
+        label_smoothing=0.1,
+        val_split=0.1,
+    ),
     "mnist": dict(image_size=28, epochs=10, crop_padding=2),
     "fashion-mnist": dict(image_size=28, epochs=10, crop_padding=2, hflip=True),
     "cifar10": dict(image_size=32, epochs=50, crop_padding=4, hflip=True),

@@ -1,4 +1,5 @@
 """torch.distributed plumbing: process group from torchrun's environment, reductions, rank-0 gating."""
+
 from __future__ import annotations
 
 import datetime

@@ -8,6 +8,7 @@ run folder/
   best/ last/          checkpoints (safetensors + config.json; last/ adds trainer.pt for --resume)
   curves.png confusion_matrix.png predictions.png patches.png
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -28,12 +29,12 @@ import yaml
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
-from ..data.augment import IMAGENET_MEAN, IMAGENET_STD, AugmentSpec, BatchAugment, mix_batch
+from ..data.augment import IMAGENET_MEAN, IMAGENET_STD, AugmentSpec, BatchAugment, mix_batch, to_channels
 from ..data.builtin import BUILTIN, Dataset, Split, load_builtin
 from ..data.folder import FileSplit, load_folder, stratified_split
 from ..data.loader import BatchLoader, epoch_seed
 from ..eval.metrics import MetricAccumulator
-from ..fileio import atomic_path, read_json, write_json
+from ..fileio import atomic_path, write_json
 from ..models import count_parameters, create_model, get_preset, save_model
 from ..models.io import load_model
 from .config import TrainConfig
@@ -45,6 +46,7 @@ DEFAULT_MODEL = "vit_micro_patch4_32"
 
 
 # ----------------------------------------------------------------------------- runtime
+
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -88,6 +90,7 @@ def setup_threads(threads: int) -> None:
 
 # ----------------------------------------------------------------------------- data
 
+
 def _limit(split: Split | FileSplit, limit: int, seed: int):
     if not limit or limit >= len(split):
         return split
@@ -114,10 +117,8 @@ def channel_stats(split: Split | FileSplit, channels: int) -> tuple[tuple[float,
     """Per-channel mean/std of the training images (the Keras Normalization layer's adapt)."""
     if isinstance(split, FileSplit):  # streamed folders: ImageNet statistics, not a full pass
         return (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else ((0.5,), (0.5,))
-    x = split.images[: 20000].float().div(255)
-    if x.shape[1] != channels:
-        from ..data.augment import to_channels
-        x = to_channels(x, channels)
+    x = split.images[:20000].float().div(255)
+    x = to_channels(x, channels)
     return tuple(x.mean(dim=(0, 2, 3)).tolist()), tuple(x.std(dim=(0, 2, 3)).clamp(min=1e-3).tolist())
 
 
@@ -134,16 +135,26 @@ def normalization(cfg: TrainConfig, train: Split | FileSplit, channels: int):
 
 
 def augment_spec(cfg: TrainConfig) -> AugmentSpec:
-    return AugmentSpec(hflip=cfg.hflip, rotation=cfg.rotation, zoom=cfg.zoom, crop_padding=cfg.crop_padding,
-                       rrc_scale=cfg.rrc_scale, auto_augment=cfg.auto_augment, ra_num_ops=cfg.ra_num_ops,
-                       ra_magnitude=cfg.ra_magnitude, random_erasing=cfg.random_erasing)
+    return AugmentSpec(
+        hflip=cfg.hflip,
+        rotation=cfg.rotation,
+        zoom=cfg.zoom,
+        crop_padding=cfg.crop_padding,
+        rrc_scale=cfg.rrc_scale,
+        auto_augment=cfg.auto_augment,
+        ra_num_ops=cfg.ra_num_ops,
+        ra_magnitude=cfg.ra_magnitude,
+        random_erasing=cfg.random_erasing,
+    )
 
 
 # ----------------------------------------------------------------------------- evaluation
 
+
 @torch.inference_mode()
-def evaluate_loader(model: nn.Module, loader: BatchLoader, augment: BatchAugment, num_classes: int,
-                    ctx: DistContext | None = None) -> MetricAccumulator:
+def evaluate_loader(
+    model: nn.Module, loader: BatchLoader, augment: BatchAugment, num_classes: int, ctx: DistContext | None = None
+) -> MetricAccumulator:
     """Loss, top-k and confusion matrix over a loader (summed across ranks when distributed).
     Always fp32, whatever the training precision, so `vitkit eval` reproduces every reported metric."""
     model.eval()
@@ -158,15 +169,24 @@ def evaluate_loader(model: nn.Module, loader: BatchLoader, augment: BatchAugment
 
 # ----------------------------------------------------------------------------- checkpoints
 
+
 def checkpoint_metadata(cfg: TrainConfig, class_names, mean, std, channels, image_size, stored_size) -> dict:
     """What a checkpoint needs to be used on new images. Images are decoded to `stored_size` (shorter
     side, centre crop, bicubic) and resized to `image_size` on the device (bilinear), exactly as in
     training."""
-    return {"class_names": list(class_names),
-            "preprocessing": {"image_size": image_size, "stored_size": stored_size, "channels": channels,
-                              "mean": list(mean), "std": list(std), "resize": "shorter side, centre crop",
-                              "resample": "bicubic, then bilinear"},
-            "train_config": cfg.to_dict()}
+    return {
+        "class_names": list(class_names),
+        "preprocessing": {
+            "image_size": image_size,
+            "stored_size": stored_size,
+            "channels": channels,
+            "mean": list(mean),
+            "std": list(std),
+            "resize": "shorter side, centre crop",
+            "resample": "bicubic, then bilinear",
+        },
+        "train_config": cfg.to_dict(),
+    }
 
 
 def replace_dir(tmp: Path, final: Path) -> None:
@@ -190,6 +210,7 @@ def find_last(run_dir: Path) -> Path | None:
 
 # ----------------------------------------------------------------------------- the run
 
+
 class Trainer:
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
@@ -209,8 +230,9 @@ class Trainer:
         if cfg.out:
             out = Path(cfg.out)
             if not cfg.resume and out.exists() and any(out.iterdir()):
-                raise ValueError(f"run folder {out} already holds a run: pass --resume to continue it, "
-                                 "or choose another --out")
+                raise ValueError(
+                    f"run folder {out} already holds a run: pass --resume to continue it, or choose another --out"
+                )
             return out
         base = Path("runs") / (cfg.name or f"{self._model_name()}-{Path(cfg.data).name}")
         if cfg.resume:
@@ -229,14 +251,19 @@ class Trainer:
             from ..pretrained import load_pretrained
 
             pretrained = load_pretrained(cfg.pretrained, num_heads=cfg.model_args.get("num_heads"))
-        self.image_size = (cfg.image_size or (pretrained[1].get("image_size") if pretrained else None)
-                           or preset_model.get("image_size") or 32)
+        self.image_size = (
+            cfg.image_size
+            or (pretrained[1].get("image_size") if pretrained else None)
+            or preset_model.get("image_size")
+            or 32
+        )
         self.data, self.bad_images = prepare_data(cfg, self.image_size)
         if pretrained:
             self.model = self.adapt_pretrained(*pretrained)
         else:
-            in_chans = preset_model.get("in_chans") or cfg.model_args.get("in_chans") or (
-                1 if self.data.channels == 1 else 3)
+            in_chans = (
+                preset_model.get("in_chans") or cfg.model_args.get("in_chans") or (1 if self.data.channels == 1 else 3)
+            )
             self.model = self.build_model(name, in_chans)
         self.channels = self.model.config.in_chans
         if pretrained and cfg.mean is None and pretrained[1].get("mean"):
@@ -246,16 +273,21 @@ class Trainer:
         self.augment = BatchAugment(self.image_size, self.mean, self.std, self.channels, augment_spec(cfg))
         rank, world = self.ctx.rank, self.ctx.world_size
         if cfg.batch_scope == "global" and cfg.batch_size % world:
-            raise ValueError(f"--batch-size {cfg.batch_size} (global) does not divide across {world} processes: "
-                             f"use a multiple of {world}, or --batch-scope device for a per-process batch")
+            raise ValueError(
+                f"--batch-size {cfg.batch_size} (global) does not divide across {world} processes: "
+                f"use a multiple of {world}, or --batch-scope device for a per-process batch"
+            )
         self.local_batch = cfg.batch_size // world if cfg.batch_scope == "global" else cfg.batch_size
         self.global_batch = self.local_batch * world
         if self.global_batch > len(self.data.train):
-            raise ValueError(f"the global batch of {self.global_batch} is larger than the {len(self.data.train)} "
-                             "training images: lower --batch-size")
+            raise ValueError(
+                f"the global batch of {self.global_batch} is larger than the {len(self.data.train)} "
+                "training images: lower --batch-size"
+            )
         common = dict(device=self.device, rank=rank, world_size=world, workers=cfg.workers)
-        self.train_loader = BatchLoader(self.data.train, self.local_batch, shuffle=True, seed=cfg.seed,
-                                        drop_last=True, **common)
+        self.train_loader = BatchLoader(
+            self.data.train, self.local_batch, shuffle=True, seed=cfg.seed, drop_last=True, **common
+        )
         self.val_loader = BatchLoader(self.data.val, cfg.eval_batch_size, shuffle=False, **common)
         test = self.data.test if self.data.test is not None else self.data.val
         self.test_split_name = "test" if self.data.test is not None else "val"
@@ -264,16 +296,20 @@ class Trainer:
     def build_model(self, name: str, in_chans: int) -> nn.Module:
         torch.manual_seed(self.cfg.seed)
         args = {k: v for k, v in self.cfg.model_args.items() if k not in ("num_classes", "image_size", "in_chans")}
-        model = create_model(name, num_classes=self.data.num_classes, image_size=self.image_size, in_chans=in_chans,
-                             **args)
+        model = create_model(
+            name, num_classes=self.data.num_classes, image_size=self.image_size, in_chans=in_chans, **args
+        )
         return model.to(self.device)
 
     def adapt_pretrained(self, model: nn.Module, preprocessing: dict, class_names: list | None) -> nn.Module:
         """Fit a pretrained model to this run: resolution (position embeddings interpolated) and head
         (kept when the classes are the same, otherwise a new one)."""
         model.set_image_size(self.image_size)
-        same_classes = (getattr(model, "has_pretrained_head", False) and class_names is not None
-                        and list(class_names) == list(self.data.class_names))
+        same_classes = (
+            getattr(model, "has_pretrained_head", False)
+            and class_names is not None
+            and list(class_names) == list(self.data.class_names)
+        )
         if not same_classes:
             torch.manual_seed(self.cfg.seed)
             head = model.head[-1]
@@ -293,8 +329,9 @@ class Trainer:
     def _meta(self) -> dict:
         train = self.data.train
         stored = train.size if isinstance(train, FileSplit) else train.images.shape[-1]
-        return checkpoint_metadata(self.cfg, self.data.class_names, self.mean, self.std, self.channels,
-                                   self.image_size, stored)
+        return checkpoint_metadata(
+            self.cfg, self.data.class_names, self.mean, self.std, self.channels, self.image_size, stored
+        )
 
     def eval_model(self) -> nn.Module:
         return self.ema.module if self.ema is not None else self.model
@@ -308,8 +345,11 @@ class Trainer:
 
     def save_last(self, epoch: int, next_batch: int) -> None:
         """Every rank contributes its RNG states (augmentation is seeded per rank); rank 0 writes."""
-        rng = {"torch_rng": torch.get_rng_state(), "aug_rng": self.aug_gen.get_state().cpu(),
-               "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None}
+        rng = {
+            "torch_rng": torch.get_rng_state(),
+            "aug_rng": self.aug_gen.get_state().cpu(),
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+        }
         rank_rngs = self.ctx.all_gather_object(rng)
         if not self.ctx.is_main:
             return
@@ -317,12 +357,19 @@ class Trainer:
         shutil.rmtree(tmp, ignore_errors=True)
         save_model(self.model, tmp, **self._meta())
         state = {
-            "epoch": epoch, "next_batch": next_batch, "step": self.step, "world_size": self.ctx.world_size,
+            "epoch": epoch,
+            "next_batch": next_batch,
+            "step": self.step,
+            "world_size": self.ctx.world_size,
             "optimizer": self.optimizer.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
-            "rank_rngs": rank_rngs, "global_batch": self.global_batch,
-            "plateau": self.plateau.state_dict(), "stopper": self.stopper.state_dict(),
-            "history": self.history, "best_epoch": self.best_epoch, "elapsed": self._elapsed(),
+            "rank_rngs": rank_rngs,
+            "global_batch": self.global_batch,
+            "plateau": self.plateau.state_dict(),
+            "stopper": self.stopper.state_dict(),
+            "history": self.history,
+            "best_epoch": self.best_epoch,
+            "elapsed": self._elapsed(),
             "planned_steps": self.planned_steps,
         }
         with atomic_path(tmp / TRAINER_STATE) as path:
@@ -332,13 +379,17 @@ class Trainer:
     def load_last(self) -> tuple[int, int]:
         last = find_last(self.run_dir)
         if last is None:
-            raise FileNotFoundError(f"nothing to resume in {self.run_dir}: no last/{TRAINER_STATE} "
-                                    "(the run never finished a checkpoint); start it again without --resume")
+            raise FileNotFoundError(
+                f"nothing to resume in {self.run_dir}: no last/{TRAINER_STATE} "
+                "(the run never finished a checkpoint); start it again without --resume"
+            )
         state = torch.load(last / TRAINER_STATE, map_location="cpu", weights_only=True)
         if state["world_size"] != self.ctx.world_size:
-            raise ValueError(f"{self.run_dir} was trained with {state['world_size']} process(es) but is resumed "
-                             f"with {self.ctx.world_size}: resume with --nproc {state['world_size']} so the batches "
-                             "and results match")
+            raise ValueError(
+                f"{self.run_dir} was trained with {state['world_size']} process(es) but is resumed "
+                f"with {self.ctx.world_size}: resume with --nproc {state['world_size']} so the batches "
+                "and results match"
+            )
         model, _ = load_model(last)
         self.model.load_state_dict(model.state_dict())
         self.optimizer.load_state_dict(state["optimizer"])
@@ -377,8 +428,9 @@ class Trainer:
         """Augment a uint8 batch on the device, then one model step."""
         cfg = self.cfg
         x = self.augment.train(images, self.aug_gen)
-        x, targets = mix_batch(x, labels, self.data.num_classes, cfg.mixup, cfg.cutmix, cfg.label_smoothing,
-                               self.aug_gen)
+        x, targets = mix_batch(
+            x, labels, self.data.num_classes, cfg.mixup, cfg.cutmix, cfg.label_smoothing, self.aug_gen
+        )
         return self.model_step(net, x, targets, boundary)
 
     def model_step(self, net: nn.Module, x: torch.Tensor, targets: torch.Tensor, boundary: bool = True):
@@ -406,8 +458,15 @@ class Trainer:
         net.train()
         acc = MetricAccumulator(self.data.num_classes)
         seen, t_start = 0, time.perf_counter()
-        bar = tqdm(total=self.steps_per_epoch, initial=start_batch, desc=f"epoch {epoch + 1}", leave=False,
-                   disable=not (cfg.progress and self.ctx.is_main), file=sys.stderr, dynamic_ncols=True)
+        bar = tqdm(
+            total=self.steps_per_epoch,
+            initial=start_batch,
+            desc=f"epoch {epoch + 1}",
+            leave=False,
+            disable=not (cfg.progress and self.ctx.is_main),
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
         self._last_lr = self._set_lr()
         for b, (images, labels) in enumerate(self.train_loader.batches(epoch, start_batch), start=start_batch):
             boundary = (b + 1) % cfg.accum_steps == 0 or b + 1 == self.steps_per_epoch
@@ -416,8 +475,13 @@ class Trainer:
                 acc.update(logits.detach(), labels, loss.item() * labels.shape[0])
             seen += labels.shape[0]
             rate = seen * self.ctx.world_size / max(time.perf_counter() - t_start, 1e-9)
-            bar.set_postfix(loss=f"{acc.loss_sum / acc.count:.3f}", acc=f"{acc.confusion.diag().sum() / acc.count:.3f}",
-                            lr=f"{self._last_lr:.2e}", img_s=f"{rate:.0f}", refresh=False)
+            bar.set_postfix(
+                loss=f"{acc.loss_sum / acc.count:.3f}",
+                acc=f"{acc.confusion.diag().sum() / acc.count:.3f}",
+                lr=f"{self._last_lr:.2e}",
+                img_s=f"{rate:.0f}",
+                refresh=False,
+            )
             bar.update(1)
             if boundary and cfg.save_every and self.step % cfg.save_every == 0 and b + 1 < self.steps_per_epoch:
                 self.save_last(epoch, b + 1)
@@ -427,8 +491,13 @@ class Trainer:
         if self.ctx.enabled:
             acc.load_tensor(self.ctx.all_reduce_sum(acc.as_tensor()))
         train = acc.compute()
-        return {"train_loss": train["loss"], "train_top1": train["top1"], "train_top5": train["top5"], "lr": self._last_lr,
-                "images_per_s": seen * self.ctx.world_size / max(time.perf_counter() - t_start, 1e-9)}
+        return {
+            "train_loss": train["loss"],
+            "train_top1": train["top1"],
+            "train_top5": train["top5"],
+            "lr": self._last_lr,
+            "images_per_s": seen * self.ctx.world_size / max(time.perf_counter() - t_start, 1e-9),
+        }
 
     def _plan(self) -> None:
         """With a time budget, refit the schedule length to the time left (eval time included)."""
@@ -442,8 +511,9 @@ class Trainer:
         """Optimizer, EMA, generators and schedule bookkeeping; returns the number of epochs to run."""
         cfg = self.cfg
         self.optimizer = self._optimizer()
-        self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
-                    if cfg.ema else None)
+        self.ema = (
+            AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True) if cfg.ema else None
+        )
         self.aug_gen = torch.Generator(device=self.device)
         mode = "min" if cfg.monitor == "val_loss" else "max"
         self.plateau = Plateau(mode, cfg.plateau_factor, cfg.plateau_patience)
@@ -461,7 +531,8 @@ class Trainer:
         net = self.model
         if self.ctx.enabled:
             net = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
         if self.cfg.compile:
             net = torch.compile(net)
         return net
@@ -486,10 +557,12 @@ class Trainer:
                 if start_batch == 0 or epoch != start_epoch:
                     self._seed_epoch(epoch)
                 row = {"epoch": epoch + 1, **self.train_epoch(epoch, start_batch if epoch == start_epoch else 0, net)}
-                val = evaluate_loader(self.eval_model(), self.val_loader, self.augment, self.data.num_classes,
-                                      self.ctx).compute()
-                row.update(val_loss=val["loss"], val_top1=val["top1"], val_top5=val["top5"],
-                           time_s=round(self._elapsed(), 2))
+                val = evaluate_loader(
+                    self.eval_model(), self.val_loader, self.augment, self.data.num_classes, self.ctx
+                ).compute()
+                row.update(
+                    val_loss=val["loss"], val_top1=val["top1"], val_top5=val["top5"], time_s=round(self._elapsed(), 2)
+                )
                 self.history.append(row)
                 monitored = row[cfg.monitor]
                 if self.stopper.step(monitored):
@@ -515,8 +588,11 @@ class Trainer:
             if self.ctx.is_main:
                 reason = "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
                 self._write_run_files(status="failed", error=reason)
-                print(f"run folder {self.run_dir} is incomplete ({reason}); continue it with "
-                      f"`vitkit train --out {self.run_dir} --resume`", file=sys.stderr)
+                print(
+                    f"run folder {self.run_dir} is incomplete ({reason}); continue it with "
+                    f"`vitkit train --out {self.run_dir} --resume`",
+                    file=sys.stderr,
+                )
             raise
         finally:
             shutdown(self.ctx)
@@ -530,32 +606,60 @@ class Trainer:
         best_model = load_model(self.run_dir / "best")[0] if self.ctx.is_main else self.eval_model()
         best_model = best_model.to(self.device)
         if self.ctx.enabled:  # every rank evaluates its shard of the test set with rank 0's best weights
-            best_model.load_state_dict(self.ctx.broadcast_object(
-                {k: v.cpu() for k, v in best_model.state_dict().items()} if self.ctx.is_main else None))
-        test = evaluate_loader(best_model, self.test_loader, self.augment, self.data.num_classes,
-                               self.ctx).compute(self.data.class_names)
-        results = {"test": test, "test_split": self.test_split_name, "best_epoch": self.best_epoch,
-                   "epochs_run": len(self.history), "monitor": self.cfg.monitor,
-                   "train_time_s": round(self._elapsed(), 1), "parameters": count_parameters(self.model),
-                   "model": self._model_name(), "preset": self.cfg.preset, "data": self.cfg.data,
-                   "skipped_images": len(self.bad_images), "world_size": self.ctx.world_size,
-                   "global_batch_size": self.global_batch, "per_device_batch_size": self.local_batch,
-                   "lr": self.cfg.lr}
+            best_model.load_state_dict(
+                self.ctx.broadcast_object(
+                    {k: v.cpu() for k, v in best_model.state_dict().items()} if self.ctx.is_main else None
+                )
+            )
+        test = evaluate_loader(best_model, self.test_loader, self.augment, self.data.num_classes, self.ctx).compute(
+            self.data.class_names
+        )
+        results = {
+            "test": test,
+            "test_split": self.test_split_name,
+            "best_epoch": self.best_epoch,
+            "epochs_run": len(self.history),
+            "monitor": self.cfg.monitor,
+            "train_time_s": round(self._elapsed(), 1),
+            "parameters": count_parameters(self.model),
+            "model": self._model_name(),
+            "preset": self.cfg.preset,
+            "data": self.cfg.data,
+            "skipped_images": len(self.bad_images),
+            "world_size": self.ctx.world_size,
+            "global_batch_size": self.global_batch,
+            "per_device_batch_size": self.local_batch,
+            "lr": self.cfg.lr,
+        }
         if self.ctx.is_main:
             write_json(self.run_dir / "results.json", results)
-            write_report(self.run_dir, best_model, self.test_loader.split, self.augment, self.data.class_names,
-                         self.history, test)
+            write_report(
+                self.run_dir,
+                best_model,
+                self.test_loader.split,
+                self.augment,
+                self.data.class_names,
+                self.history,
+                test,
+            )
             self._write_run_files(status="complete")
-            self._print(f"test top-1 {test['top1']:.4f}  top-5 {test['top5']:.4f}  f1-macro {test['f1_macro']:.4f}"
-                        f"  ->  {self.run_dir}")
+            self._print(
+                f"test top-1 {test['top1']:.4f}  top-5 {test['top5']:.4f}  f1-macro {test['f1_macro']:.4f}"
+                f"  ->  {self.run_dir}"
+            )
         return {**results, "run_dir": str(self.run_dir)}
 
     # -- files ----------------------------------------------------------------------------
     def _write_run_files(self, status: str, error: str | None = None) -> None:
         with atomic_path(self.run_dir / "args.yaml") as tmp:
             tmp.write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
-        info = {"status": status, "run_dir": str(self.run_dir), "world_size": self.ctx.world_size,
-                "global_batch_size": self.global_batch, "per_device_batch_size": self.local_batch}
+        info = {
+            "status": status,
+            "run_dir": str(self.run_dir),
+            "world_size": self.ctx.world_size,
+            "global_batch_size": self.global_batch,
+            "per_device_batch_size": self.local_batch,
+        }
         if error:
             info["error"] = error
         write_json(self.run_dir / "run.json", info)
@@ -565,8 +669,18 @@ class Trainer:
 
     def _write_metrics(self) -> None:
         buffer = io.StringIO()
-        fields = ["epoch", "train_loss", "train_top1", "train_top5", "val_loss", "val_top1", "val_top5", "lr",
-                  "images_per_s", "time_s"]
+        fields = [
+            "epoch",
+            "train_loss",
+            "train_top1",
+            "train_top5",
+            "val_loss",
+            "val_top1",
+            "val_top5",
+            "lr",
+            "images_per_s",
+            "time_s",
+        ]
         writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(self.history)
@@ -578,9 +692,11 @@ class Trainer:
             print(message, file=sys.stderr)
 
     def _log(self, row: dict) -> None:
-        self._print(f"epoch {row['epoch']:>3}  loss {row['train_loss']:.4f}  val_loss {row['val_loss']:.4f}  "
-                    f"val_top1 {row['val_top1']:.4f}  val_top5 {row['val_top5']:.4f}  lr {row['lr']:.2e}  "
-                    f"{row['images_per_s']:.0f} img/s")
+        self._print(
+            f"epoch {row['epoch']:>3}  loss {row['train_loss']:.4f}  val_loss {row['val_loss']:.4f}  "
+            f"val_top1 {row['val_top1']:.4f}  val_top5 {row['val_top5']:.4f}  lr {row['lr']:.2e}  "
+            f"{row['images_per_s']:.0f} img/s"
+        )
 
 
 def resume_config(run_dir: str | os.PathLike, **changes: Any) -> TrainConfig:
@@ -593,7 +709,3 @@ def resume_config(run_dir: str | os.PathLike, **changes: Any) -> TrainConfig:
         if saved.get(key) is not None:
             saved[key] = tuple(saved[key])
     return TrainConfig(**{**saved, **changes, "resume": True, "out": str(run_dir)}).validate()
-
-
-def run_status(run_dir: str | os.PathLike) -> dict:
-    return read_json(Path(run_dir) / "run.json")

@@ -1,4 +1,5 @@
 """Optimisers with the usual weight-decay exclusions, and the learning-rate schedule."""
+
 from __future__ import annotations
 
 import math
@@ -18,8 +19,13 @@ def layer_id(name: str, depth: int) -> int:
     return depth + 1
 
 
-def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 0.0, head_scale: float = 1.0,
-                 freeze_backbone: bool = False) -> list[dict]:
+def param_groups(
+    model: nn.Module,
+    weight_decay: float,
+    layer_decay: float = 0.0,
+    head_scale: float = 1.0,
+    freeze_backbone: bool = False,
+) -> list[dict]:
     """No weight decay for norms, biases (all 1-D tensors) and position embeddings / class tokens.
     Each group carries `lr_scale`: layer-wise decay (layer_decay ** distance from the top) and the
     head's own scale; a frozen backbone leaves only the head trainable."""
@@ -36,12 +42,15 @@ def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 0.0
             scale *= layer_decay ** (depth + 1 - layer_id(name, depth))
         no_decay = p.ndim <= 1 or any(k in name for k in NO_DECAY_NAMES)
         groups.setdefault((no_decay, scale), []).append(p)
-    return [{"params": params, "weight_decay": 0.0 if no_decay else weight_decay, "lr_scale": scale}
-            for (no_decay, scale), params in sorted(groups.items(), key=lambda kv: (kv[0][0], -kv[0][1]))]
+    return [
+        {"params": params, "weight_decay": 0.0 if no_decay else weight_decay, "lr_scale": scale}
+        for (no_decay, scale), params in sorted(groups.items(), key=lambda kv: (kv[0][0], -kv[0][1]))
+    ]
 
 
-def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float,
-                    groups: list[dict]) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float, groups: list[dict]
+) -> torch.optim.Optimizer:
     on_cuda = next(model.parameters()).is_cuda
     # fused kernels on GPU; the multi-tensor (foreach) path on CPU
     fast = {"fused": True} if on_cuda else {"foreach": True}

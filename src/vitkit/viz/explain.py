@@ -5,6 +5,7 @@ residual path, renormalise, and multiply the blocks' matrices from first to last
 row (or, without a class token, the mean over all query tokens) says how much each patch reached the
 output. For models without attention, |d logit / d pixel| (Simonyan et al., 2014) takes its place.
 """
+
 from __future__ import annotations
 
 import io
@@ -78,13 +79,18 @@ def explain_tensor(classifier, images: torch.Tensor) -> tuple[torch.Tensor, dict
     else:
         maps = {"saliency": gradient_saliency(model, x, probs.argmax(-1))}
     size = x.shape[-1]
-    maps = {k: F.interpolate(v.unsqueeze(1).float(), size=(size, size), mode="bilinear", align_corners=False)[:, 0]
-            for k, v in maps.items()}
+    maps = {
+        k: F.interpolate(v.unsqueeze(1).float(), size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+        for k, v in maps.items()
+    }
     return probs.cpu(), {k: v.cpu() for k, v in maps.items()}
 
 
-TITLES = {"rollout": "attention rollout", "cls_last": "class-token attention (last block)",
-          "saliency": "gradient saliency"}
+TITLES = {
+    "rollout": "attention rollout",
+    "cls_last": "class-token attention (last block)",
+    "saliency": "gradient saliency",
+}
 
 
 def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndarray:
@@ -103,7 +109,9 @@ def render_explanation(image: np.ndarray, maps: dict[str, np.ndarray], top: list
     import matplotlib.pyplot as plt
 
     panels = 2 + len(maps)
-    fig, axes = plt.subplots(1, panels, figsize=(3.6 * panels, 3.8), gridspec_kw={"width_ratios": [1] * (panels - 1) + [1.3]})
+    fig, axes = plt.subplots(
+        1, panels, figsize=(3.6 * panels, 3.8), gridspec_kw={"width_ratios": [1] * (panels - 1) + [1.3]}
+    )
     axes[0].imshow(image)
     axes[0].set_title("input")
     for ax, (name, heat) in zip(axes[1:], maps.items()):

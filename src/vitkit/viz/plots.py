@@ -1,4 +1,5 @@
 """The run folder's figures: curves, confusion matrix, prediction grid and patch grid."""
+
 from __future__ import annotations
 
 import math
@@ -62,13 +63,27 @@ def plot_confusion_matrix(confusion, class_names: list[str], path) -> None:
             top = data.max() if data.size else 0
             for i in range(n):
                 for j in range(n):
-                    ax.text(j, i, format(data[i, j], fmt), ha="center", va="center", fontsize=7,
-                            color="white" if data[i, j] > top / 2 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        format(data[i, j], fmt),
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if data[i, j] > top / 2 else "black",
+                    )
     _save(fig, path)
 
 
-def plot_predictions(images: np.ndarray, true: list[int], pred: list[int], scores: list[float],
-                     class_names: list[str], path, columns: int = 4) -> None:
+def plot_predictions(
+    images: np.ndarray,
+    true: list[int],
+    pred: list[int],
+    scores: list[float],
+    class_names: list[str],
+    path,
+    columns: int = 4,
+) -> None:
     """Grid of images titled 'pred (score) / true'; mistakes in red with a red frame."""
     n = len(images)
     rows = max(1, math.ceil(n / columns))
@@ -79,8 +94,9 @@ def plot_predictions(images: np.ndarray, true: list[int], pred: list[int], score
         data, cmap = _image(img)
         ax.imshow(data, cmap=cmap)
         wrong = t != p
-        ax.set_title(f"{class_names[p]} ({s:.2f})\ntrue: {class_names[t]}", fontsize=8,
-                     color="red" if wrong else "green")
+        ax.set_title(
+            f"{class_names[p]} ({s:.2f})\ntrue: {class_names[t]}", fontsize=8, color="red" if wrong else "green"
+        )
         if wrong:
             ax.axis("on")
             ax.set_xticks([])
@@ -106,8 +122,12 @@ def plot_patches(image: np.ndarray, patch_size: int, path) -> None:
     for i in range(gh):
         for j in range(gw):
             sub = fig.add_subplot(grid[i, j])
-            sub.imshow(data[i * patch_size:(i + 1) * patch_size, j * patch_size:(j + 1) * patch_size], cmap=cmap,
-                       vmin=0, vmax=255)
+            sub.imshow(
+                data[i * patch_size : (i + 1) * patch_size, j * patch_size : (j + 1) * patch_size],
+                cmap=cmap,
+                vmin=0,
+                vmax=255,
+            )
             sub.axis("off")
     fig.suptitle(f"{gh * gw} patches of {patch_size}x{patch_size}")
     _save(fig, path)

@@ -1,4 +1,5 @@
 """Render the run folder's figures from a trained model and its test split."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,6 +22,7 @@ def display_images(images: torch.Tensor, augment) -> torch.Tensor:
     """uint8 images as the model sees them (its size and channels), still uint8 for plotting."""
     x = augment.resize(images.float())
     from ..data.augment import to_channels
+
     return to_channels(x, augment.channels).round().clamp(0, 255).to(torch.uint8)
 
 
@@ -34,8 +36,9 @@ def write_report(run_dir: Path, model, test_split, augment, class_names, history
     probs = model(augment.eval(images.to(device))).float().softmax(-1).cpu()
     scores, pred = probs.max(dim=1)
     shown = display_images(images, augment).numpy()
-    plots.plot_predictions(shown, labels.tolist(), pred.tolist(), scores.tolist(), class_names,
-                           run_dir / "predictions.png")
+    plots.plot_predictions(
+        shown, labels.tolist(), pred.tolist(), scores.tolist(), class_names, run_dir / "predictions.png"
+    )
     tokenizer = getattr(model, "patch_embed", None)
     patch = tokenizer.stride if tokenizer is not None else max(4, augment.out_size // 8)
     plots.plot_patches(shown[0], patch, run_dir / "patches.png")

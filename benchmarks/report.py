@@ -1,0 +1,163 @@
+"""Regenerate the README's benchmark section from benchmarks/results/*.json.
+
+python benchmarks/report.py          # rewrites the part of README.md between the markers
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from common import REPO
+
+RESULTS = REPO / "benchmarks" / "results"
+START, END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
+
+
+def load(name: str) -> dict | None:
+    path = RESULTS / name
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def machine_line(data: dict) -> str:
+    m = data["machine"]
+    where = m["cuda"] or f"{m['cpu']}, {m['cores']} cores, {m['torch_threads']} threads ({m['cpu_capability']})"
+    return f"{m['date']}, {where}, torch {m['torch']}"
+
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def section() -> list[str]:
+    out: list[str] = []
+    if data := load("vs_keras.json"):
+        out += [
+            "",
+            f"**Seed presets against the Keras 3 + JAX reference** ({machine_line(data)}; "
+            "`python benchmarks/vs_keras.py --models vit mixer`, batch 256, real CIFAR images, training img/s "
+            "after compilation):",
+            "",
+        ]
+        out += table(
+            ["preset", "Keras img/s", "vitkit img/s", "speed-up"],
+            [
+                [r["preset"], f"{r['keras_ips']:.1f}", f"{r['vitkit_ips']:.1f}", f"{r['speedup']:.1f}x"]
+                for r in data["rows"]
+            ],
+        )
+    if data := load("vs_transformers.json"):
+        out += [
+            "",
+            f"**vitkit ViT against transformers' ViTForImageClassification**, identical config and weights "
+            f"({data['model']} @ {data['image_size']} px, batch {data['batch_size']}; {machine_line(data)}; "
+            "`python benchmarks/vs_transformers.py --compile`):",
+            "",
+        ]
+        out += table(
+            ["path", "train img/s", "x", "inference img/s", "x"],
+            [
+                [
+                    r["path"],
+                    f"{r['train_ips']:.1f}",
+                    f"{r['train_x']:.2f}",
+                    f"{r['infer_ips']:.1f}",
+                    f"{r['infer_x']:.2f}",
+                ]
+                for r in data["rows"]
+            ],
+        )
+        if data.get("compile_s"):
+            out += ["", f"torch.compile took {data['compile_s']:.0f} s before the first step (not in the rates)."]
+    if data := load("inference.json"):
+        out += [
+            "",
+            f"**Inference** ({data['model']}, batch {data['batch_size']}; {machine_line(data)}; "
+            "`python benchmarks/inference.py`):",
+            "",
+        ]
+        out += table(
+            ["path", "img/s", "x transformers", "p50 ms (1 image)", "p95 ms (1 image)", "max abs logit diff"],
+            [
+                [
+                    r["path"],
+                    f"{r['ips']:.1f}",
+                    f"{r['speedup_vs_transformers']:.2f}",
+                    f"{r['p50_ms']:.1f}",
+                    f"{r['p95_ms']:.1f}",
+                    f"{r['max_abs_diff_vs_transformers']:.1e}",
+                ]
+                for r in data["rows"]
+            ],
+        )
+    if data := load("throughput.json"):
+        out += [
+            "",
+            f"**Throughput per preset** ({machine_line(data)}; `python benchmarks/throughput.py`; "
+            f"end-to-end = in-memory loader + on-device augmentation + step, on {Path(data['data']).name}):",
+            "",
+        ]
+        out += table(
+            [
+                "preset",
+                "params",
+                "batch",
+                "px",
+                "train img/s (model)",
+                "train img/s (end-to-end)",
+                "pipeline cost",
+                "inference img/s",
+            ],
+            [
+                [
+                    r["name"],
+                    f"{r['params_m']:.2f}M",
+                    str(r["batch"]),
+                    str(r["image_size"]),
+                    f"{r['train_model_ips']:.1f}",
+                    f"{r['train_e2e_ips']:.1f}",
+                    f"{r['pipeline_overhead_pct']:.1f}%",
+                    f"{r['infer_ips']:.1f}",
+                ]
+                for r in data["rows"]
+            ],
+        )
+    for name in sorted(RESULTS.glob("time_to_accuracy/*.json")):
+        data = json.loads(name.read_text())
+        out += [
+            "",
+            f"**Equal wall clock: {data['minutes']:g} minutes on {Path(data['data']).name}** "
+            f"({machine_line(data)}; `python benchmarks/time_to_accuracy.py`; curve: "
+            f"`benchmarks/results/time_to_accuracy/{name.stem}.png`):",
+            "",
+        ]
+        out += table(
+            ["recipe", "params", "epochs", "best val top-1", "test top-1"],
+            [
+                [
+                    r["recipe"],
+                    f"{r['params_m']:.2f}M",
+                    str(r["epochs"]),
+                    f"{r['best_val_top1']:.3f}",
+                    f"{r['test_top1']:.3f}",
+                ]
+                for r in data["results"]
+            ],
+        )
+    return out
+
+
+def main() -> int:
+    readme = REPO / "README.md"
+    text = readme.read_text()
+    if START not in text or END not in text:
+        raise SystemExit(f"README.md has no {START} ... {END} markers")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(head + START + "\n" + "\n".join(section()).strip("\n") + "\n" + END + tail)
+    print("README.md benchmark section regenerated")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
