@@ -79,6 +79,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=8, help="timed vitkit steps")
     parser.add_argument("--keras-budget-s", type=float, default=300)
     parser.add_argument("--amp", default="auto", choices=["auto", "off", "bf16"])
+    parser.add_argument("--compile", action="store_true", help="torch.compile (its time is reported apart, as "
+                        "the Keras rate excludes XLA compilation)")
     parser.add_argument("--json", default="benchmarks/results/vs_keras.json")
     args = parser.parse_args()
     if not args.keras_python:
@@ -88,7 +90,13 @@ def main() -> int:
         preset = PRESETS[family]
         trainer = Trainer(
             make_config(
-                preset=preset, data=args.data, batch_size=args.batch_size, progress=False, amp=args.amp, val_split=0.1
+                preset=preset,
+                data=args.data,
+                batch_size=args.batch_size,
+                progress=False,
+                amp=args.amp,
+                val_split=0.1,
+                compile=args.compile,
             )
         )
         trainer.setup()
@@ -146,7 +154,7 @@ def main() -> int:
             ("speedup", "x Keras", ".1f"),
         ],
     )
-    write_json(args.json, {"machine": machine(), "data": args.data, "rows": rows})
+    write_json(args.json, {"machine": machine(), "data": args.data, "compile": args.compile, "rows": rows})
     return 0
 
 
