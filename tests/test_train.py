@@ -118,7 +118,7 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
     args = [
         "train",
         "--epochs",
-        "3",
+        "2",
         "--image-size",
         "16",
         "--model",

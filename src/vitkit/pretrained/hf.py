@@ -16,6 +16,23 @@ from ..models.vit import ViT, ViTConfig
 from .checks import check_keys, load_state_dict_file
 
 HF_PREFIX = "vit."
+# One name table serves both directions (Hugging Face key -> vitkit key); q/k/v are fused apart.
+EMBEDDING_KEYS = {
+    "embeddings.cls_token": "cls_token",
+    "embeddings.position_embeddings": "pos_embed",
+    "embeddings.patch_embeddings.projection.weight": "patch_embed.proj.weight",
+    "embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias",
+    "layernorm.weight": "norm.weight",
+    "layernorm.bias": "norm.bias",
+}
+LAYER_MODULES = {
+    "attention.output.dense": "attn.proj",
+    "intermediate.dense": "mlp.fc1",
+    "output.dense": "mlp.fc2",
+    "layernorm_before": "norm1",
+    "layernorm_after": "norm2",
+}
+QKV = ("query", "key", "value")
 
 
 def is_hf_vit_folder(path: Path) -> bool:
@@ -61,58 +78,27 @@ def hf_to_vitkit(state: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str, to
     else:
         body, head = dict(state), {}
     body = {k: v for k, v in body.items() if not k.startswith("pooler.")}  # ViTModel's tanh pooler: unused
-    expected = {
-        "embeddings.cls_token",
-        "embeddings.position_embeddings",
-        "embeddings.patch_embeddings.projection.weight",
-        "embeddings.patch_embeddings.projection.bias",
-        "layernorm.weight",
-        "layernorm.bias",
-    }
-    per_layer = [
-        "attention.attention.query",
-        "attention.attention.key",
-        "attention.attention.value",
-        "attention.output.dense",
-        "intermediate.dense",
-        "output.dense",
-        "layernorm_before",
-        "layernorm_after",
-    ]
+    expected = set(EMBEDDING_KEYS)
     for i in range(cfg.depth):
-        for name in per_layer:
-            expected.add(f"encoder.layer.{i}.{name}.weight")
-            if name.startswith("attention.attention.") and not cfg.qkv_bias:
-                continue
-            expected.add(f"encoder.layer.{i}.{name}.bias")
+        layer = f"encoder.layer.{i}."
+        expected |= {f"{layer}{m}.{p}" for m in LAYER_MODULES for p in ("weight", "bias")}
+        expected |= {f"{layer}attention.attention.{n}.weight" for n in QKV}
+        if cfg.qkv_bias:
+            expected |= {f"{layer}attention.attention.{n}.bias" for n in QKV}
     check_keys(set(body), expected, "Hugging Face ViT")
     head_keys = {k for k in head}
     check_keys(head_keys, {"classifier.weight", "classifier.bias"} if head_keys else set(), "Hugging Face ViT head")
 
-    out = {
-        "cls_token": body["embeddings.cls_token"],
-        "pos_embed": body["embeddings.position_embeddings"],
-        "patch_embed.proj.weight": body["embeddings.patch_embeddings.projection.weight"],
-        "patch_embed.proj.bias": body["embeddings.patch_embeddings.projection.bias"],
-        "norm.weight": body["layernorm.weight"],
-        "norm.bias": body["layernorm.bias"],
-    }
+    out = {ours: body[theirs] for theirs, ours in EMBEDDING_KEYS.items()}
     for i in range(cfg.depth):
         src, dst = f"encoder.layer.{i}.", f"blocks.{i}."
         att = src + "attention.attention."
-        out[dst + "attn.qkv.weight"] = torch.cat([body[att + n + ".weight"] for n in ("query", "key", "value")])
+        out[dst + "attn.qkv.weight"] = torch.cat([body[att + n + ".weight"] for n in QKV])
         if cfg.qkv_bias:
-            out[dst + "attn.qkv.bias"] = torch.cat([body[att + n + ".bias"] for n in ("query", "key", "value")])
-        pairs = {
-            "attention.output.dense": "attn.proj",
-            "intermediate.dense": "mlp.fc1",
-            "output.dense": "mlp.fc2",
-            "layernorm_before": "norm1",
-            "layernorm_after": "norm2",
-        }
-        for a, b in pairs.items():
-            out[dst + b + ".weight"] = body[src + a + ".weight"]
-            out[dst + b + ".bias"] = body[src + a + ".bias"]
+            out[dst + "attn.qkv.bias"] = torch.cat([body[att + n + ".bias"] for n in QKV])
+        for theirs, ours in LAYER_MODULES.items():
+            for p in ("weight", "bias"):
+                out[f"{dst}{ours}.{p}"] = body[f"{src}{theirs}.{p}"]
     if head:
         out["head.1.weight"], out["head.1.bias"] = head["classifier.weight"], head["classifier.bias"]
     return out
@@ -135,33 +121,18 @@ def vitkit_to_hf(state: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str, to
     inner = cfg.num_heads * (cfg.head_dim or cfg.embed_dim // cfg.num_heads)
     if inner != cfg.embed_dim:
         raise ValueError("Hugging Face ViT needs num_heads x head_dim == embed_dim")
-    out = {
-        "vit.embeddings.cls_token": state["cls_token"],
-        "vit.embeddings.position_embeddings": state["pos_embed"],
-        "vit.embeddings.patch_embeddings.projection.weight": state["patch_embed.proj.weight"],
-        "vit.embeddings.patch_embeddings.projection.bias": state["patch_embed.proj.bias"],
-        "vit.layernorm.weight": state["norm.weight"],
-        "vit.layernorm.bias": state["norm.bias"],
-        "classifier.weight": state["head.1.weight"],
-        "classifier.bias": state["head.1.bias"],
-    }
+    out = {HF_PREFIX + theirs: state[ours] for theirs, ours in EMBEDDING_KEYS.items()}
+    out["classifier.weight"], out["classifier.bias"] = state["head.1.weight"], state["head.1.bias"]
     for i in range(cfg.depth):
-        src, dst = f"blocks.{i}.", f"vit.encoder.layer.{i}."
-        for part, name in zip(state[src + "attn.qkv.weight"].chunk(3), ("query", "key", "value")):
+        src, dst = f"blocks.{i}.", f"{HF_PREFIX}encoder.layer.{i}."
+        for part, name in zip(state[src + "attn.qkv.weight"].chunk(3), QKV):
             out[dst + f"attention.attention.{name}.weight"] = part
         if cfg.qkv_bias:
-            for part, name in zip(state[src + "attn.qkv.bias"].chunk(3), ("query", "key", "value")):
+            for part, name in zip(state[src + "attn.qkv.bias"].chunk(3), QKV):
                 out[dst + f"attention.attention.{name}.bias"] = part
-        pairs = {
-            "attn.proj": "attention.output.dense",
-            "mlp.fc1": "intermediate.dense",
-            "mlp.fc2": "output.dense",
-            "norm1": "layernorm_before",
-            "norm2": "layernorm_after",
-        }
-        for a, b in pairs.items():
-            out[dst + b + ".weight"] = state[src + a + ".weight"]
-            out[dst + b + ".bias"] = state[src + a + ".bias"]
+        for theirs, ours in LAYER_MODULES.items():
+            for p in ("weight", "bias"):
+                out[f"{dst}{theirs}.{p}"] = state[f"{src}{ours}.{p}"]
     return {k: v.contiguous() for k, v in out.items()}
 
 
