@@ -142,7 +142,7 @@ def section() -> list[str]:
             ["recipe", "params", "epochs", "best val top-1", "test top-1"],
             [
                 [
-                    r["recipe"],
+                    r["recipe"] + (" (re-measured alone)" if r.get("remeasured") else ""),
                     f"{r['params_m']:.2f}M",
                     str(r["epochs"]),
                     f"{r['best_val_top1']:.3f}",

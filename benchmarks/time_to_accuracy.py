@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -44,23 +45,8 @@ def run(recipe: str, data: str, minutes: float, out: Path, extra: dict) -> dict:
     }
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(SHARED_DATA / "cifar10-dev"))
-    parser.add_argument("--minutes", type=float, default=10.0)
-    parser.add_argument("--recipes", nargs="+", default=["cifar-vit", "cifar-resnet"])
-    parser.add_argument("--train-limit", type=int, default=0)
-    parser.add_argument("--out", default="benchmarks/results/time_to_accuracy")
-    args = parser.parse_args()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    extra = {"train_limit": args.train_limit} if args.train_limit else {}
-    results = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for recipe in args.recipes:
-            print(f"{recipe}: {args.minutes} min ...", file=sys.stderr, flush=True)
-            results.append(run(recipe, args.data, args.minutes, Path(tmp) / recipe, extra))
-    name = Path(args.data).name
+def save(results: list[dict], out: Path, name: str, minutes: float, data: str, machine_info: dict) -> None:
+    """CSV of the curves, the PNG plot, the table and the JSON."""
     with open(out / f"{name}.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["recipe", "time_s", "val_top1"])
@@ -77,7 +63,7 @@ def main() -> int:
         )
     ax.set_xlabel("wall clock (minutes)")
     ax.set_ylabel("held-out top-1")
-    ax.set_title(f"{name}: {args.minutes:g}-minute budget")
+    ax.set_title(f"{name}: {minutes:g}-minute budget")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.savefig(out / f"{name}.png", dpi=110, bbox_inches="tight")
@@ -91,9 +77,32 @@ def main() -> int:
             ("test_top1", "test top-1", ".3f"),
         ],
     )
-    write_json(
-        out / f"{name}.json", {"machine": machine(), "data": args.data, "minutes": args.minutes, "results": results}
-    )
+    write_json(out / f"{name}.json", {"machine": machine_info, "data": data, "minutes": minutes, "results": results})
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(SHARED_DATA / "cifar10-dev"))
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--recipes", nargs="+", default=["cifar-vit", "cifar-resnet"])
+    parser.add_argument("--train-limit", type=int, default=0)
+    parser.add_argument("--out", default="benchmarks/results/time_to_accuracy")
+    parser.add_argument("--plot-only", action="store_true", help="redraw CSV/PNG/table from the saved JSON")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = Path(args.data).name
+    if args.plot_only:
+        saved = json.loads((out / f"{name}.json").read_text())
+        save(saved["results"], out, name, saved["minutes"], saved["data"], saved["machine"])
+        return 0
+    extra = {"train_limit": args.train_limit} if args.train_limit else {}
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for recipe in args.recipes:
+            print(f"{recipe}: {args.minutes} min ...", file=sys.stderr, flush=True)
+            results.append(run(recipe, args.data, args.minutes, Path(tmp) / recipe, extra))
+    save(results, out, name, args.minutes, args.data, machine())
     return 0
 
 
