@@ -117,7 +117,7 @@ def section() -> list[str]:
             ],
             [
                 [
-                    r["name"],
+                    r["name"] + (" (re-measured alone)" if r.get("remeasured") else ""),
                     f"{r['params_m']:.2f}M",
                     str(r["batch"]),
                     str(r["image_size"]),
