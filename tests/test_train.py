@@ -369,3 +369,35 @@ def test_interrupted_run_says_so(tmp_path):
     status = json.loads((out / "run.json").read_text())
     assert status["status"] == "failed" and status["error"] == "interrupted"
     assert "--resume" in err and "Traceback" not in err
+
+
+def test_micro_batches_give_the_whole_batch_update():
+    """Chunked forward/backward is an execution detail: the update equals the whole-batch one."""
+    from vitkit.train.config import make_config
+    from vitkit.train.engine import Trainer
+
+    weights, initial = [], None
+    for micro in (0, 16):
+        cfg = make_config(
+            epochs=1,
+            batch_size=64,
+            micro_batch_size=micro,
+            amp="off",
+            progress=False,
+            crop_padding=0,
+            optimizer="sgd",
+            lr=0.1,
+            warmup_epochs=0,
+        )
+        trainer = Trainer(cfg)
+        trainer.setup()
+        trainer.init_optimization()
+        initial = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+        images, labels = next(trainer.train_loader.batches(0))
+        trainer.aug_gen.manual_seed(0)
+        logits, loss = trainer.train_step(trainer.model, images, labels)
+        assert logits.shape == (64, 10) and loss.ndim == 0
+        weights.append({k: v.clone() for k, v in trainer.model.state_dict().items()})
+    for key in weights[0]:
+        assert torch.allclose(weights[0][key], weights[1][key], atol=1e-6), key
+    assert any(not torch.allclose(weights[1][k], initial[k], atol=1e-4) for k in initial)  # a real update happened

@@ -136,6 +136,7 @@ PRESETS: dict[str, Preset] = {
                 lr=1e-3,
                 weight_decay=1e-4,
                 batch_size=256,
+                micro_batch_size=64,  # execution only: the same 256-image gradient, in cache-sized chunks
                 epochs=100,
                 schedule="constant",
                 **KERAS_VIT_AUGMENT,

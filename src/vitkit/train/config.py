@@ -54,6 +54,7 @@ class TrainConfig:
     cutmix: float = 0.0
     grad_clip: float = 0.0  # max gradient norm; 0: off
     accum_steps: int = 1
+    micro_batch_size: int = 0  # run each batch as chunks of this size in one optimizer step (0: whole batch)
     ema: float = 0.0  # EMA decay per step (e.g. 0.999); 0: off
     amp: str = "auto"  # auto (bf16 on GPUs that have it) | bf16 | off
     compile: bool = False
