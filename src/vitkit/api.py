@@ -9,7 +9,6 @@ from typing import Any
 import torch
 
 from .data.augment import BatchAugment
-from .data.builtin import BUILTIN
 from .data.loader import BatchLoader
 from .models.io import load_model
 from .train.config import make_config
@@ -130,8 +129,8 @@ def evaluate(
         options["data"] = data
     if "data" not in options:
         raise ValueError("--data is required: the checkpoint does not say which data it was trained on")
-    if options["data"] not in BUILTIN and not Path(options["data"]).exists():
-        raise FileNotFoundError(f"data folder {options['data']} does not exist")
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"--split {split!r}: use train, val or test")
     cfg = make_config(**options)
     dataset, _ = prepare_data(cfg, clf.image_size)
     if dataset.num_classes != len(clf.class_names):
@@ -139,9 +138,7 @@ def evaluate(
             f"the checkpoint has {len(clf.class_names)} classes but {cfg.data} has "
             f"{dataset.num_classes}: evaluate on the data it was trained for, or fine-tune it first"
         )
-    part = {"train": dataset.train, "val": dataset.val, "test": dataset.test}.get(split)
-    if split not in ("train", "val", "test"):
-        raise ValueError(f"--split {split!r}: use train, val or test")
+    part = {"train": dataset.train, "val": dataset.val, "test": dataset.test}[split]
     if part is None:
         raise ValueError(f"{cfg.data} has no {split} split")
     loader = BatchLoader(part, batch_size, shuffle=False, device=clf.device)

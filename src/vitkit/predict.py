@@ -7,11 +7,10 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .data.images import BadImageError, fit_square, is_image_file, open_image
+from .data.images import BadImageError, is_image_file, load_image_tensor
 
 
 def expand_paths(patterns: Iterable[str]) -> list[Path]:
@@ -29,12 +28,6 @@ def expand_paths(patterns: Iterable[str]) -> list[Path]:
                 raise FileNotFoundError(f"{pattern}: no such file, folder or matching glob")
             found += matches
     return found
-
-
-def image_tensor(source, size: int, name: str | None = None) -> torch.Tensor:
-    """(3, size, size) uint8 from a path or file object, decoded as the training images were."""
-    img = fit_square(open_image(source, name=name), size)
-    return torch.from_numpy(np.asarray(img).transpose(2, 0, 1).copy())
 
 
 def top_k(probs: torch.Tensor, class_names: list[str], k: int) -> list[list[dict]]:
@@ -58,7 +51,7 @@ def predict_paths(
         tensors, ok = [], []
         for p in chunk:
             try:
-                tensors.append(image_tensor(p, classifier.stored_size))
+                tensors.append(load_image_tensor(p, classifier.stored_size))
                 ok.append(p)
             except BadImageError as e:
                 results.append({"path": str(p), "error": str(e)})

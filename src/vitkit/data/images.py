@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -84,9 +85,15 @@ def open_image(source, max_pixels: int = MAX_IMAGE_PIXELS, name: str | None = No
         raise BadImageError(f"{name}: truncated or corrupt image ({e})") from None
 
 
-def load_image_array(path: str | os.PathLike, size: int | None) -> np.ndarray:
-    """(H, W, 3) uint8; resized to size x size (shorter side + centre crop) when size is given."""
-    img = open_image(path)
+def load_image_array(source, size: int | None, name: str | None = None) -> np.ndarray:
+    """(H, W, 3) uint8 from a path or file object; resized to size x size (shorter side + centre crop)
+    when size is given."""
+    img = open_image(source, name=name)
     if size is not None:
         img = fit_square(img, size)
     return np.asarray(img, dtype=np.uint8)
+
+
+def load_image_tensor(source, size: int | None, name: str | None = None) -> torch.Tensor:
+    """(3, H, W) uint8 tensor, decoded exactly as training images are."""
+    return torch.from_numpy(np.ascontiguousarray(load_image_array(source, size, name).transpose(2, 0, 1)))

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 from typing import Iterator
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
 from .builtin import Split
 from .folder import FileSplit
-from .images import load_image_array
+from .images import load_image_tensor
 
 
 def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
@@ -31,8 +30,7 @@ class _DecodeFiles(TorchDataset):
         return len(self.split)
 
     def __getitem__(self, i: int):
-        array = load_image_array(self.split.paths[i], self.split.size)
-        return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))), self.split.labels[i]
+        return load_image_tensor(self.split.paths[i], self.split.size), self.split.labels[i]
 
 
 class BatchLoader:

@@ -22,8 +22,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image
 
-from ..data.images import BadImageError
-from ..predict import image_tensor, top_k
+from ..data.images import BadImageError, load_image_tensor
+from ..predict import top_k
 
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 PAGE = (Path(__file__).parent / "page.html").read_text()
@@ -126,7 +126,7 @@ async def read_images(request: Request, limit: int, size: int) -> list[tuple[str
         if not data:
             raise ClientError(400, f"{name}: empty file")
         try:
-            images.append((name, image_tensor(io.BytesIO(data), size, name)))
+            images.append((name, load_image_tensor(io.BytesIO(data), size, name)))
         except BadImageError as e:
             raise ClientError(415 if e.kind == "unidentified" else 400, str(e)) from None
     return images
