@@ -134,7 +134,8 @@ def section() -> list[str]:
         out += [
             "",
             f"**Equal wall clock: {data['minutes']:g} minutes on {Path(data['data']).name}** "
-            f"({machine_line(data)}; `python benchmarks/time_to_accuracy.py`; curve: "
+            f"({machine_line(data)}; `python benchmarks/time_to_accuracy.py --data {data['data']} "
+            f"--minutes {data['minutes']:g}`; curve: "
             f"`benchmarks/results/time_to_accuracy/{name.stem}.png`):",
             "",
         ]

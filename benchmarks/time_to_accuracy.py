@@ -4,6 +4,7 @@ test top-1 of the best checkpoint.
 
     python benchmarks/time_to_accuracy.py --data ../shared/data/cifar10-dev --minutes 10 \
         --recipes cifar-vit cifar-resnet keras-vit-cifar100
+    python benchmarks/time_to_accuracy.py --minutes 10 --recipes cifar-gmlp --set auto_augment=trivial --merge
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 import matplotlib
+import yaml
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -25,7 +27,7 @@ import vitkit  # noqa: E402
 from vitkit.models import PRESETS  # noqa: E402
 
 
-def run(recipe: str, data: str, minutes: float, out: Path, extra: dict) -> dict:
+def run(recipe: str, data: str, minutes: float, out: Path, extra: dict, label: str) -> dict:
     options = dict(data=data, time_budget=minutes, out=str(out), progress=False, **extra)
     options["preset" if recipe in PRESETS else "model"] = recipe
     if recipe in PRESETS and PRESETS[recipe].train.get("data") not in (None, data):
@@ -35,7 +37,8 @@ def run(recipe: str, data: str, minutes: float, out: Path, extra: dict) -> dict:
         rows = list(csv.DictReader(f))
     curve = [(float(r["time_s"]), float(r["val_top1"])) for r in rows]
     return {
-        "recipe": recipe,
+        "recipe": label,
+        "overrides": extra,
         "epochs": len(rows),
         "test_top1": result["test"]["top1"],
         "best_val_top1": max(v for _, v in curve),
@@ -43,6 +46,17 @@ def run(recipe: str, data: str, minutes: float, out: Path, extra: dict) -> dict:
         "params_m": result["parameters"] / 1e6,
         "curve": curve,
     }
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """KEY=VALUE pairs; values read as YAML scalars (numbers, booleans, strings)."""
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {pair!r}: write KEY=VALUE, e.g. mixup=0.8")
+        overrides[key] = yaml.safe_load(value)
+    return overrides
 
 
 def save(results: list[dict], out: Path, name: str, minutes: float, data: str, machine_info: dict) -> None:
@@ -63,7 +77,7 @@ def save(results: list[dict], out: Path, name: str, minutes: float, data: str, m
         )
     ax.set_xlabel("wall clock (minutes)")
     ax.set_ylabel("held-out top-1")
-    ax.set_title(f"{name}: {minutes:g}-minute budget")
+    ax.set_title(f"{Path(data).name}: {minutes:g}-minute budget")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.savefig(out / f"{name}.png", dpi=110, bbox_inches="tight")
@@ -87,21 +101,35 @@ def main() -> int:
     parser.add_argument("--recipes", nargs="+", default=["cifar-vit", "cifar-resnet"])
     parser.add_argument("--train-limit", type=int, default=0)
     parser.add_argument("--out", default="benchmarks/results/time_to_accuracy")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="training overrides, e.g. mixup=0.8")
+    parser.add_argument("--label", help="name of the result row (default: the recipe, plus the overrides)")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="add to the saved results of this data and budget; rows of the same name are replaced",
+    )
     parser.add_argument("--plot-only", action="store_true", help="redraw CSV/PNG/table from the saved JSON")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    name = Path(args.data).name
+    name = f"{Path(args.data).name}-{args.minutes:g}min"
     if args.plot_only:
         saved = json.loads((out / f"{name}.json").read_text())
         save(saved["results"], out, name, saved["minutes"], saved["data"], saved["machine"])
         return 0
     extra = {"train_limit": args.train_limit} if args.train_limit else {}
+    extra.update(parse_overrides(args.set))
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for recipe in args.recipes:
-            print(f"{recipe}: {args.minutes} min ...", file=sys.stderr, flush=True)
-            results.append(run(recipe, args.data, args.minutes, Path(tmp) / recipe, extra))
+            label = args.label or " ".join([recipe] + args.set)
+            print(f"{label}: {args.minutes} min ...", file=sys.stderr, flush=True)
+            results.append(run(recipe, args.data, args.minutes, Path(tmp) / recipe, extra, label))
+    saved_path = out / f"{name}.json"
+    if args.merge and saved_path.exists():
+        saved = json.loads(saved_path.read_text())
+        new = {r["recipe"] for r in results}
+        results = [r for r in saved["results"] if r["recipe"] not in new] + results
     save(results, out, name, args.minutes, args.data, machine())
     return 0
 

@@ -79,8 +79,11 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=8, help="timed vitkit steps")
     parser.add_argument("--keras-budget-s", type=float, default=300)
     parser.add_argument("--amp", default="auto", choices=["auto", "off", "bf16"])
-    parser.add_argument("--compile", action="store_true", help="torch.compile (its time is reported apart, as "
-                        "the Keras rate excludes XLA compilation)")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile (its time is reported apart, as the Keras rate excludes XLA compilation)",
+    )
     parser.add_argument("--json", default="benchmarks/results/vs_keras.json")
     args = parser.parse_args()
     if not args.keras_python:
