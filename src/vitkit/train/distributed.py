@@ -60,15 +60,16 @@ class DistContext:
 
 
 def init_distributed(device_type: str) -> DistContext:
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1); NCCL on GPUs, gloo on CPU."""
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1); NCCL for GPU tensors, gloo for CPU ones."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return DistContext()
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
-        backend = "nccl" if device_type == "cuda" else "gloo"
-        if backend == "nccl":
+        backend = "gloo"
+        if device_type == "cuda":
             torch.cuda.set_device(local_rank)
+            backend = "cpu:gloo,cuda:nccl"  # small CPU-side agreements (stop flags, counts) need gloo
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=DEFAULT_TIMEOUT_S))
     return DistContext(rank, world_size, local_rank)
 

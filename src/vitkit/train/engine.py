@@ -43,6 +43,7 @@ from .optim import Plateau, build_optimizer, lr_factor, param_groups
 
 TRAINER_STATE = "trainer.pt"
 DEFAULT_MODEL = "vit_micro_patch4_32"
+FIRST_PLAN_STEPS = 20  # with a time budget, optimizer steps timed before the schedule is first fitted
 
 
 # ----------------------------------------------------------------------------- runtime
@@ -495,6 +496,8 @@ class Trainer:
                 refresh=False,
             )
             bar.update(1)
+            if boundary and not self.history and self.step == FIRST_PLAN_STEPS:
+                self._plan()  # a first estimate, so the decay does not end with the first epoch
             if boundary and cfg.save_every and self.step % cfg.save_every == 0 and b + 1 < self.steps_per_epoch:
                 self.save_last(epoch, b + 1)
             if cfg.time_budget and self.ctx.any(self._elapsed() > cfg.time_budget * 60):
@@ -512,12 +515,13 @@ class Trainer:
         }
 
     def _plan(self) -> None:
-        """With a time budget, refit the schedule length to the time left (eval time included)."""
+        """With a time budget, refit the schedule length to the time left (eval time included). Every
+        rank follows rank 0's clock so that their learning rates agree."""
         if not self.cfg.time_budget or self.step == 0:
             return
         per_step = self._elapsed() / self.step
         remaining = max(0.0, self.cfg.time_budget * 60 - self._elapsed())
-        self.planned_steps = self.step + int(remaining / per_step)
+        self.planned_steps = self.ctx.broadcast_object(self.step + int(remaining / per_step))
 
     def init_optimization(self) -> int:
         """Optimizer, EMA, generators and schedule bookkeeping; returns the number of epochs to run."""
@@ -531,8 +535,10 @@ class Trainer:
         self.plateau = Plateau(mode, cfg.plateau_factor, cfg.plateau_patience)
         self.stopper = Plateau(mode, patience=cfg.early_stopping)
         self.steps_per_epoch = len(self.train_loader)
+        # With a time budget the length is unknown until steps have been timed (see _plan); until then
+        # the schedule holds its peak.
         epochs = 10**6 if cfg.time_budget else cfg.epochs
-        self.planned_steps = math.ceil(self.steps_per_epoch / cfg.accum_steps) * (1 if cfg.time_budget else epochs)
+        self.planned_steps = math.ceil(self.steps_per_epoch / cfg.accum_steps) * epochs
         self.step, self.history, self.best_epoch, self.elapsed_before = 0, [], -1, 0.0
         self.t0 = time.perf_counter()
         self._last_lr = self._set_lr()
