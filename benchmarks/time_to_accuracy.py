@@ -21,7 +21,7 @@ import yaml
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from common import SHARED_DATA, machine, print_table, write_json  # noqa: E402
+from common import SHARED_DATA, machine, merge_rows, print_table, write_json  # noqa: E402
 
 import vitkit  # noqa: E402
 from vitkit.models import PRESETS  # noqa: E402
@@ -125,11 +125,8 @@ def main() -> int:
             label = args.label or " ".join([recipe] + args.set)
             print(f"{label}: {args.minutes} min ...", file=sys.stderr, flush=True)
             results.append(run(recipe, args.data, args.minutes, Path(tmp) / recipe, extra, label))
-    saved_path = out / f"{name}.json"
-    if args.merge and saved_path.exists():
-        saved = json.loads(saved_path.read_text())
-        new = {r["recipe"] for r in results}
-        results = [r for r in saved["results"] if r["recipe"] not in new] + results
+    if args.merge:
+        results = merge_rows(out / f"{name}.json", results, "recipe", "results")
     save(results, out, name, args.minutes, args.data, machine())
     return 0
 
