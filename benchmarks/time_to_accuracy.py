@@ -66,7 +66,7 @@ def save(results: list[dict], out: Path, name: str, minutes: float, data: str, m
         writer.writerow(["recipe", "time_s", "val_top1"])
         for r in results:
             writer.writerows([r["recipe"], t, v] for t, v in r["curve"])
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
     for r in results:
         ax.plot(
             [t / 60 for t, _ in r["curve"]],
@@ -79,7 +79,7 @@ def save(results: list[dict], out: Path, name: str, minutes: float, data: str, m
     ax.set_ylabel("held-out top-1")
     ax.set_title(f"{Path(data).name}: {minutes:g}-minute budget")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # outside: the curves fill the axes
     fig.savefig(out / f"{name}.png", dpi=110, bbox_inches="tight")
     print_table(
         results,
