@@ -1,4 +1,5 @@
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -46,6 +47,13 @@ def subprocess_env() -> dict:
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+def run_vitkit(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`python -m vitkit ARGS` in a subprocess, output captured as text."""
+    return subprocess.run(
+        vitkit_cmd(*args), capture_output=True, text=True, env=env or subprocess_env(), timeout=timeout
+    )
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import subprocess_env, vitkit_cmd
+from conftest import run_vitkit, subprocess_env, vitkit_cmd
 from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow
@@ -41,9 +41,7 @@ COMMON = [
 
 
 def train(*args, timeout=600):
-    return subprocess.run(
-        vitkit_cmd("train", *COMMON, *args), capture_output=True, text=True, env=subprocess_env(), timeout=timeout
-    )
+    return run_vitkit("train", *COMMON, *args, timeout=timeout)
 
 
 def weights(run: Path) -> dict:
@@ -70,13 +68,7 @@ def test_two_processes_equal_one(runs):
 
 def test_distributed_metrics_equal_a_single_process_evaluation(runs):
     results = json.loads((runs / "double" / "results.json").read_text())
-    proc = subprocess.run(
-        vitkit_cmd("eval", str(runs / "double" / "best"), "--json"),
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        timeout=300,
-    )
+    proc = run_vitkit("eval", str(runs / "double" / "best"), "--json")
     assert proc.returncode == 0, proc.stderr
     single = json.loads(proc.stdout)
     assert single["confusion_matrix"] == results["test"]["confusion_matrix"]
@@ -130,21 +122,11 @@ def test_killed_mid_epoch_and_resumed_matches(runs, tmp_path):
     state = torch.load(state_file, weights_only=True)
     assert state["epoch"] == 0 and state["next_batch"] > 0 and len(state["rank_rngs"]) == 2
 
-    mismatch = subprocess.run(
-        vitkit_cmd("train", "--out", str(out), "--resume", "--no-progress"),
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        timeout=300,
-    )
+    mismatch = run_vitkit("train", "--out", str(out), "--resume", "--no-progress")
     assert mismatch.returncode == 2 and "trained with 2 process(es) but is resumed with 1" in mismatch.stderr
 
-    resumed = subprocess.run(
-        vitkit_cmd("train", "--out", str(out), "--resume", "--nproc", "2", "--no-progress", "--threads", "1"),
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        timeout=600,
+    resumed = run_vitkit(
+        "train", "--out", str(out), "--resume", "--nproc", "2", "--no-progress", "--threads", "1", timeout=600
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a, b = weights(runs / "double"), weights(out)
@@ -152,23 +134,8 @@ def test_killed_mid_epoch_and_resumed_matches(runs, tmp_path):
 
 
 def test_batch_not_divisible_by_world_size(tmp_path):
-    proc = subprocess.run(
-        vitkit_cmd(
-            "train",
-            "--nproc",
-            "2",
-            "--batch-size",
-            "63",
-            "--epochs",
-            "1",
-            "--out",
-            str(tmp_path / "r"),
-            "--no-progress",
-        ),
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        timeout=300,
+    proc = run_vitkit(
+        "train", "--nproc", "2", "--batch-size", "63", "--epochs", "1", "--out", str(tmp_path / "r"), "--no-progress"
     )
     assert proc.returncode != 0
     assert "--batch-size 63 (global) does not divide across 2 processes" in proc.stderr

@@ -1,12 +1,11 @@
 """ONNX export parity, the onnxruntime backend, and explanations for every family."""
 
 import json
-import subprocess
 
 import numpy as np
 import pytest
 import torch
-from conftest import subprocess_env, vitkit_cmd
+from conftest import run_vitkit
 from PIL import Image
 
 import vitkit
@@ -60,26 +59,14 @@ def test_onnxruntime_backend_predicts_like_torch(digits_run, digit_images, tmp_p
     paths, _ = digit_images
     results = {}
     for backend in ("torch", "onnxruntime"):
-        proc = subprocess.run(
-            vitkit_cmd("predict", str(out), *map(str, paths), "--format", "json", "--backend", backend),
-            capture_output=True,
-            text=True,
-            env=subprocess_env(),
-            timeout=300,
-        )
+        proc = run_vitkit("predict", str(out), *map(str, paths), "--format", "json", "--backend", backend)
         assert proc.returncode == 0, proc.stderr
         results[backend] = json.loads(proc.stdout)
     for a, b in zip(results["torch"], results["onnxruntime"]):
         assert a["predictions"][0]["label"] == b["predictions"][0]["label"]
         assert a["predictions"][0]["score"] == pytest.approx(b["predictions"][0]["score"], abs=1e-4)
     # the exported file on its own carries labels and preprocessing
-    proc = subprocess.run(
-        vitkit_cmd("export", str(out), str(tmp_path / "d.onnx")),
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        timeout=300,
-    )
+    proc = run_vitkit("export", str(out), str(tmp_path / "d.onnx"))
     assert proc.returncode == 0, proc.stderr
     standalone = vitkit.load(tmp_path / "d.onnx")
     assert standalone.backend == "onnxruntime" and standalone.class_names == [str(i) for i in range(10)]
@@ -136,13 +123,7 @@ def test_saliency_for_non_attention_models(name):
 def test_explain_cli_writes_a_figure(digits_run, digit_images, tmp_path):
     out, _ = digits_run
     png = tmp_path / "why.png"
-    proc = subprocess.run(
-        vitkit_cmd("explain", str(out), str(digit_images[0][0]), "--out", str(png)),
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        timeout=300,
-    )
+    proc = run_vitkit("explain", str(out), str(digit_images[0][0]), "--out", str(png))
     assert proc.returncode == 0, proc.stderr
     assert len(json.loads(proc.stdout)["predictions"]) == 5
     img = np.asarray(Image.open(png).convert("RGB"))

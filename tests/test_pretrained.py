@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import shared_dataset, subprocess_env, vitkit_cmd, write_class_folders
+from conftest import run_vitkit, shared_dataset, subprocess_env, vitkit_cmd, write_class_folders
 from hub_mirror import HubMirror
 from PIL import Image
 from safetensors.torch import save_file
@@ -161,7 +161,7 @@ def test_finetune_from_hub_id_through_the_download_path(hub, tmp_path):
         str(out),
         "--no-progress",
     )
-    proc = subprocess.run(vitkit_cmd(*args), capture_output=True, text=True, env=hub_env(hub, tmp_path), timeout=300)
+    proc = run_vitkit(*args, env=hub_env(hub, tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert any("/acme/vit-mini/resolve/" in r and "model.safetensors" in r for r in hub.requests)
     config = json.loads((out / "best" / "config.json").read_text())
@@ -169,12 +169,8 @@ def test_finetune_from_hub_id_through_the_download_path(hub, tmp_path):
     assert config["preprocessing"]["mean"] == [0.5, 0.5, 0.5] and config["preprocessing"]["image_size"] == 32
     # offline afterwards: served from the huggingface_hub cache, no request reaches the mirror
     hub.requests.clear()
-    proc = subprocess.run(
-        vitkit_cmd(*args[:-3], "--out", str(tmp_path / "run2"), "--no-progress"),
-        capture_output=True,
-        text=True,
-        env=hub_env(hub, tmp_path, offline=True),
-        timeout=300,
+    proc = run_vitkit(
+        *args[:-3], "--out", str(tmp_path / "run2"), "--no-progress", env=hub_env(hub, tmp_path, offline=True)
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert hub.requests == []
@@ -193,21 +189,16 @@ def test_hub_errors_are_clear(hub, tmp_path):
         ("acme/bert-mini", hub_env(hub, tmp_path), "is a bert model, not a ViT"),
     ]
     for source, env, message in cases:
-        proc = subprocess.run(
-            vitkit_cmd(
-                "train",
-                "--data",
-                str(data),
-                "--pretrained",
-                source,
-                "--out",
-                str(tmp_path / source.replace("/", "_")),
-                "--no-progress",
-            ),
-            capture_output=True,
-            text=True,
+        proc = run_vitkit(
+            "train",
+            "--data",
+            str(data),
+            "--pretrained",
+            source,
+            "--out",
+            str(tmp_path / source.replace("/", "_")),
+            "--no-progress",
             env=env,
-            timeout=300,
         )
         assert proc.returncode == 2, (source, proc.stderr[-2000:])
         assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
@@ -246,13 +237,7 @@ def test_hf_export_round_trip_and_pipeline(digits_run, tmp_path):
     model = create_model("vit_tiny_patch16_224", image_size=32, patch_size=8, depth=2, num_classes=3).eval()
     pre = {"image_size": 32, "stored_size": 32, "channels": 3, "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3]}
     save_model(model, tmp_path / "ckpt", class_names=["ant", "bee", "cat"], preprocessing=pre)
-    proc = subprocess.run(
-        vitkit_cmd("export", str(tmp_path / "ckpt"), str(tmp_path / "hf"), "--format", "hf"),
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        timeout=300,
-    )
+    proc = run_vitkit("export", str(tmp_path / "ckpt"), str(tmp_path / "hf"), "--format", "hf")
     assert proc.returncode == 0, proc.stderr
     hf = transformers.ViTForImageClassification.from_pretrained(tmp_path / "hf").eval()
     x = torch.randn(4, 3, 32, 32)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ROOT, subprocess_env, vitkit_cmd
+from conftest import ROOT, run_vitkit, subprocess_env, vitkit_cmd
 from PIL import Image
 
 
@@ -141,9 +141,7 @@ def test_explain_endpoint(server, digit_images):
 
 
 def test_serve_refuses_a_missing_checkpoint(tmp_path):
-    proc = subprocess.run(
-        vitkit_cmd("serve", str(tmp_path / "none")), capture_output=True, text=True, env=subprocess_env(), timeout=120
-    )
+    proc = run_vitkit("serve", str(tmp_path / "none"), timeout=120)
     assert proc.returncode == 2 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
 
 

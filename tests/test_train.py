@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import shared_dataset, subprocess_env, vitkit_cmd, write_class_folders
+from conftest import run_vitkit, shared_dataset, subprocess_env, vitkit_cmd, write_class_folders
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -47,13 +47,7 @@ def quick_run(digits_run):
 @pytest.mark.slow
 def test_default_train_command(tmp_path):
     out = tmp_path / "OUT"
-    proc = subprocess.run(
-        vitkit_cmd("train", "--out", str(out), "--no-progress"),
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        timeout=600,
-    )
+    proc = run_vitkit("train", "--out", str(out), "--no-progress", timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads((out / "results.json").read_text())
     assert results["test"]["top1"] >= 0.95
@@ -182,26 +176,21 @@ def test_keras_presets_train_from_the_cli(preset, tmp_path):
     """The seeds' exact models and hyperparameters, a few steps on real CIFAR images."""
     data = shared_dataset("cifar10-dev")
     out = tmp_path / "run"
-    proc = subprocess.run(
-        vitkit_cmd(
-            "train",
-            "--preset",
-            preset,
-            "--data",
-            str(data),
-            "--epochs",
-            "1",
-            "--train-limit",
-            "300",  # one batch of the ViT seed after the 10% validation split: configuration, not accuracy
-            "--test-limit",
-            "100",
-            "--out",
-            str(out),
-            "--no-progress",
-        ),
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
+    proc = run_vitkit(
+        "train",
+        "--preset",
+        preset,
+        "--data",
+        str(data),
+        "--epochs",
+        "1",
+        "--train-limit",
+        "300",  # one batch of the ViT seed after the 10% validation split: configuration, not accuracy
+        "--test-limit",
+        "100",
+        "--out",
+        str(out),
+        "--no-progress",
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -218,24 +207,19 @@ def test_d2l_preset_on_fashion_mnist(tmp_path):
     if not Path("/usr/share/datasets/fashion-mnist").is_dir():
         pytest.skip("dataset-fashion-mnist not installed")
     out = tmp_path / "run"
-    proc = subprocess.run(
-        vitkit_cmd(
-            "train",
-            "--preset",
-            "d2l-vit-fashion-mnist",
-            "--epochs",
-            "1",
-            "--train-limit",
-            "400",
-            "--test-limit",
-            "100",
-            "--out",
-            str(out),
-            "--no-progress",
-        ),
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
+    proc = run_vitkit(
+        "train",
+        "--preset",
+        "d2l-vit-fashion-mnist",
+        "--epochs",
+        "1",
+        "--train-limit",
+        "400",
+        "--test-limit",
+        "100",
+        "--out",
+        str(out),
+        "--no-progress",
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -248,13 +232,7 @@ def test_d2l_preset_on_fashion_mnist(tmp_path):
 def test_flowers_folder(tmp_path):
     data = shared_dataset("flowers-mini")
     out = tmp_path / "flowers"
-    proc = subprocess.run(
-        vitkit_cmd("train", "--data", str(data), "--epochs", "2", "--out", str(out), "--no-progress"),
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        timeout=600,
-    )
+    proc = run_vitkit("train", "--data", str(data), "--epochs", "2", "--out", str(out), "--no-progress", timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads((out / "results.json").read_text())
     assert results["test_split"] == "val" and results["test"]["count"] == 100
@@ -280,13 +258,7 @@ def test_folder_run_lists_skipped_images(tmp_path):
 
 def test_eval_recomputes_the_results(quick_run):
     out, result = quick_run
-    proc = subprocess.run(
-        vitkit_cmd("eval", str(out / "best"), "--json"),
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        timeout=300,
-    )
+    proc = run_vitkit("eval", str(out / "best"), "--json")
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads(proc.stdout)
     assert metrics["confusion_matrix"] == result["test"]["confusion_matrix"]
@@ -308,13 +280,7 @@ def test_predict_uses_the_checkpoint_preprocessing(quick_run, tmp_path):
         path = tmp_path / f"digit{i}.png"
         Image.fromarray((digits.images[i] / 16 * 255).astype(np.uint8)).save(path)
         paths.append(str(path))
-    proc = subprocess.run(
-        vitkit_cmd("predict", str(out), *paths, "--format", "json", "--topk", "3"),
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        timeout=300,
-    )
+    proc = run_vitkit("predict", str(out), *paths, "--format", "json", "--topk", "3")
     assert proc.returncode == 0, proc.stderr
     results = json.loads(proc.stdout)
     assert [r["path"] for r in results] == paths
@@ -325,10 +291,6 @@ def test_predict_uses_the_checkpoint_preprocessing(quick_run, tmp_path):
     clf = vitkit.load(out)
     direct = clf.predict_tensor(torch.from_numpy((digits.images[:6] / 16 * 255).astype(np.uint8)).unsqueeze(1))
     assert [r["predictions"][0]["label"] for r in results] == [clf.class_names[i] for i in direct.argmax(1)]
-
-
-def run_cli(*args):
-    return subprocess.run(vitkit_cmd(*args), capture_output=True, text=True, env=subprocess_env(), timeout=300)
 
 
 def test_bad_input_gives_one_line_errors(quick_run, tmp_path):
@@ -344,7 +306,7 @@ def test_bad_input_gives_one_line_errors(quick_run, tmp_path):
     flowers = write_class_folders(tmp_path / "three", per_class=4)
     cases.append((("eval", str(out), "--data", str(flowers)), "has 10 classes but"))
     for args, message in cases:
-        proc = run_cli(*args)
+        proc = run_vitkit(*args)
         assert proc.returncode == 2, (args, proc.stderr)
         assert message in proc.stderr, (args, proc.stderr)
         assert "Traceback" not in proc.stderr
