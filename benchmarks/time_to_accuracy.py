@@ -67,11 +67,15 @@ def save(results: list[dict], out: Path, name: str, minutes: float, data: str, m
         for r in results:
             writer.writerows([r["recipe"], t, v] for t, v in r["curve"])
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for r in results:
+    # one colour per recipe; its variants (labels with overrides after the name) share it, dashed
+    recipes = list(dict.fromkeys(r["recipe"].split()[0] for r in results))
+    for r in sorted(results, key=lambda r: -r["test_top1"]):
+        recipe, *variant = r["recipe"].split()
         ax.plot(
             [t / 60 for t, _ in r["curve"]],
             [v for _, v in r["curve"]],
-            "-o",
+            "--o" if variant else "-o",
+            color=plt.get_cmap("tab10")(recipes.index(recipe) % 10),
             markersize=3,
             label=f"{r['recipe']} (test {r['test_top1']:.3f})",
         )

@@ -333,6 +333,20 @@ def test_interrupted_run_says_so(tmp_path):
     assert "--resume" in err and "Traceback" not in err
 
 
+def test_recipes_train_at_the_data_s_own_size():
+    """Small-image recipes keep built-in 28 px data at 28 px; folders and seeds keep their sizes."""
+    from vitkit.train.config import make_config
+
+    fashion = make_config(preset="cifar-gmlp", data="fashion-mnist")
+    assert (fashion.image_size, fashion.crop_padding, fashion.lr, fashion.label_smoothing) == (28, 2, 2e-3, 0.1)
+    folder = make_config(preset="cifar-gmlp", data=str(shared_dataset("cifar10-dev")))
+    assert (folder.image_size, folder.crop_padding, folder.rrc_scale) == (32, 4, 0.0)
+    assert make_config(preset="cifar-resnet", data="fashion-mnist", image_size=32).image_size == 32
+    assert make_config(preset="folder-vit", data="fashion-mnist").image_size == 64
+    seed = make_config(preset="d2l-vit-fashion-mnist")
+    assert (seed.image_size, seed.crop_padding) == (96, 0)
+
+
 def test_micro_batches_give_the_whole_batch_update():
     """Chunked forward/backward is an execution detail: the update equals the whole-batch one."""
     from vitkit.train.config import make_config

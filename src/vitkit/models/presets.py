@@ -17,6 +17,9 @@ class Preset:
     description: str
     model_args: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
+    # Train at a built-in dataset's own size and crop padding (28 px for Fashion-MNIST) instead of
+    # `train`'s: upsampling 28 px images to 32 costs 30% more tokens and measured worse at equal time.
+    native_size: bool = False
 
 
 KERAS_VIT_AUGMENT = dict(normalize="fit", hflip=True, rotation=0.02, zoom=0.2)
@@ -52,6 +55,7 @@ KERAS_MLP_TRAIN = dict(
 # augmentation, batch 64. For ViTs the convolutional tokenizer with sequence pooling (CCT) measured
 # +9 points over plain patches at a 2-minute CPU budget on cifar10-dev; shifted patches with
 # locality attention measured no gain there, so they stay options rather than defaults.
+# On built-in 28 px data the small-image recipes train at 28 px (see `Preset.native_size`).
 SMALL_IMAGE_TRAIN = dict(
     image_size=32,
     batch_size=64,
@@ -73,19 +77,23 @@ RECIPES = [
     Preset(
         "cifar-vit",
         "vit_micro_patch4_32",
-        "Recipe: ViT with convolutional tokenizer and sequence pooling, 32 px",
+        "Recipe: ViT with convolutional tokenizer and sequence pooling, 28-32 px",
         model_args=CCT,
         train=SMALL_IMAGE_TRAIN,
+        native_size=True,
     ),
-    Preset("cifar-mixer", "mixer_micro_patch4_32", "Recipe: MLP-Mixer, 32 px", train=SMALL_IMAGE_TRAIN),
-    Preset("cifar-fnet", "fnet_micro_patch4_32", "Recipe: FNet, 32 px", train=SMALL_IMAGE_TRAIN),
-    Preset("cifar-gmlp", "gmlp_micro_patch4_32", "Recipe: gMLP, 32 px", train=SMALL_IMAGE_TRAIN),
+    Preset(
+        "cifar-mixer", "mixer_micro_patch4_32", "Recipe: MLP-Mixer, 28-32 px", train=SMALL_IMAGE_TRAIN, native_size=True
+    ),
+    Preset("cifar-fnet", "fnet_micro_patch4_32", "Recipe: FNet, 28-32 px", train=SMALL_IMAGE_TRAIN, native_size=True),
+    Preset("cifar-gmlp", "gmlp_micro_patch4_32", "Recipe: gMLP, 28-32 px", train=SMALL_IMAGE_TRAIN, native_size=True),
     Preset(
         "cifar-resnet",
         "resnet18_cifar",
-        "Recipe: ResNet-18 (half width) baseline, 32 px",
+        "Recipe: ResNet-18 (half width) baseline, 28-32 px",
         model_args=dict(widths=(32, 64, 128, 256)),
         train=SMALL_IMAGE_TRAIN,
+        native_size=True,
     ),
     Preset(
         "folder-vit",

@@ -132,12 +132,18 @@ def make_config(**values: Any) -> TrainConfig:
     unknown = sorted(set(values) - FIELDS)
     if unknown:
         raise ValueError(f"unknown training option(s) {', '.join(unknown)}; valid: {', '.join(sorted(FIELDS))}")
-    preset = get_preset(values["preset"]).train if values.get("preset") else {}
-    data = values.get("data", preset.get("data", TrainConfig.data))
+    preset = get_preset(values["preset"]) if values.get("preset") else None
+    data = values.get("data", preset.train.get("data", TrainConfig.data) if preset else TrainConfig.data)
     from ..data.builtin import BUILTIN
 
-    # a preset is complete on its own: dataset defaults must not leak into a seed reproduction
-    defaults = preset or (DATASET_DEFAULTS.get(data, {}) if data in BUILTIN else FOLDER_DEFAULTS)
+    builtin = DATASET_DEFAULTS.get(data, {}) if data in BUILTIN else {}
+    if preset is None:
+        defaults = builtin if data in BUILTIN else FOLDER_DEFAULTS
+    elif preset.native_size:
+        native = {key: builtin[key] for key in ("image_size", "crop_padding") if key in builtin}
+        defaults = {**preset.train, **native}
+    else:  # a preset is complete on its own: dataset defaults must not leak into a seed reproduction
+        defaults = preset.train
     merged = {**defaults, **values}
     for key in ("mean", "std"):
         if merged.get(key) is not None:
