@@ -149,7 +149,7 @@ def section() -> list[str]:
                     f"{r['best_val_top1']:.3f}",
                     f"{r['test_top1']:.3f}",
                 ]
-                for r in sorted(data["results"], key=lambda r: -r["test_top1"])
+                for r in data["results"]
             ],
         )
     return out

@@ -60,7 +60,8 @@ def parse_overrides(pairs: list[str]) -> dict:
 
 
 def save(results: list[dict], out: Path, name: str, minutes: float, data: str, machine_info: dict) -> None:
-    """CSV of the curves, the PNG plot, the table and the JSON."""
+    """CSV of the curves, the PNG plot, the table and the JSON, best test top-1 first."""
+    results = sorted(results, key=lambda r: -r["test_top1"])
     with open(out / f"{name}.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["recipe", "time_s", "val_top1"])
@@ -69,7 +70,7 @@ def save(results: list[dict], out: Path, name: str, minutes: float, data: str, m
     fig, ax = plt.subplots(figsize=(8, 4.5))
     # one colour per recipe; its variants (labels with overrides after the name) share it, dashed
     recipes = list(dict.fromkeys(r["recipe"].split()[0] for r in results))
-    for r in sorted(results, key=lambda r: -r["test_top1"]):
+    for r in results:
         recipe, *variant = r["recipe"].split()
         ax.plot(
             [t / 60 for t, _ in r["curve"]],

@@ -136,7 +136,7 @@ def make_config(**values: Any) -> TrainConfig:
     data = values.get("data", preset.train.get("data", TrainConfig.data) if preset else TrainConfig.data)
     from ..data.builtin import BUILTIN
 
-    builtin = DATASET_DEFAULTS.get(data, {}) if data in BUILTIN else {}
+    builtin = DATASET_DEFAULTS.get(data, {})
     if preset is None:
         defaults = builtin if data in BUILTIN else FOLDER_DEFAULTS
     elif preset.native_size:
