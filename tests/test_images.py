@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vitkit.data.images import BadImageError, fit_square, load_image_array, open_image
+from vitkit.data.images import BadImageError, open_image
+from vitkit.data.preprocess import Preprocessing
 
 
 def save(img: Image.Image, path, **kw):
@@ -60,11 +61,11 @@ def test_truncated_and_non_images_are_named(tmp_path):
     cut = tmp_path / "cut.jpg"
     cut.write_bytes(good.read_bytes()[:200])
     with pytest.raises(BadImageError, match="cut.jpg"):
-        load_image_array(cut, 32)
+        Preprocessing(32).load_array(cut)
     text = tmp_path / "notes.png"
     text.write_text("not an image")
     with pytest.raises(BadImageError, match="notes.png: not an image"):
-        load_image_array(text, 32)
+        Preprocessing(32).load_array(text)
 
 
 def test_decompression_bomb_is_refused(tmp_path):
@@ -80,5 +81,5 @@ def test_decompression_bomb_is_refused(tmp_path):
 def test_fit_square_crops_the_centre():
     img = Image.new("RGB", (40, 20), (0, 0, 0))
     img.paste((255, 255, 255), (10, 0, 30, 20))
-    out = np.asarray(fit_square(img, 10))
+    out = np.asarray(Preprocessing(10).fit(img))
     assert out.shape == (10, 10, 3) and out.mean() > 250

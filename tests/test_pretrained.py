@@ -41,8 +41,8 @@ def tiny_hf_model(num_labels=4, image_size=32, seed=0):
 def test_matches_transformers_classifier_and_backbone(tmp_path):
     hf = tiny_hf_model()
     hf.save_pretrained(tmp_path / "hf")
-    model, pre, names = load_pretrained(tmp_path / "hf")
-    model.eval()
+    loaded = load_pretrained(tmp_path / "hf")
+    model, pre, names = loaded.model.eval(), loaded.preprocessing, loaded.class_names
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         assert (hf(pixel_values=x).logits - model(x)).abs().max() < 1e-5
@@ -56,7 +56,7 @@ def test_matches_transformers_classifier_and_backbone(tmp_path):
         model.set_image_size(48)
         assert (expected - model(x48)).abs().max() < 1e-5
     assert names == ["class0", "class1", "class2", "class3"]
-    assert pre["mean"] == [0.5, 0.5, 0.5] and pre["image_size"] == 32
+    assert pre.mean == (0.5, 0.5, 0.5) and pre.image_size == 32 and pre.mode == "stretch"
 
 
 def test_backbone_only_checkpoint_loads(tmp_path):
@@ -66,8 +66,9 @@ def test_backbone_only_checkpoint_loads(tmp_path):
     )
     backbone = transformers.ViTModel(cfg).eval()
     backbone.save_pretrained(tmp_path / "backbone")
-    model, _, names = load_pretrained(tmp_path / "backbone")
-    assert names is None and not model.has_pretrained_head
+    loaded = load_pretrained(tmp_path / "backbone")
+    model = loaded.model
+    assert loaded.class_names is None and not loaded.has_head
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert (backbone(pixel_values=x).last_hidden_state - model.forward_features(x)).abs().max() < 1e-5
@@ -88,8 +89,9 @@ def test_timm_and_deit_layouts_reproduce_the_forward(tmp_path):
     save_file(timm_state(source), str(tmp_path / "vit_tiny_patch16_224.safetensors"))
     torch.save({"model": timm_state(source)}, tmp_path / "deit_tiny_patch16_224.pth")  # DeiT release format
     for name in ("vit_tiny_patch16_224.safetensors", "deit_tiny_patch16_224.pth"):
-        model, pre, _ = load_pretrained(tmp_path / name)
-        assert model.config.num_heads == 3 and model.config.num_classes == 7 and pre["image_size"] == 64
+        loaded = load_pretrained(tmp_path / name)
+        model = loaded.model
+        assert model.config.num_heads == 3 and model.config.num_classes == 7 and loaded.preprocessing.image_size == 64
         assert torch.equal(model.eval()(x), expected), name
 
 

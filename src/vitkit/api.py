@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from .data.augment import BatchAugment
 from .data.loader import BatchLoader
+from .data.preprocess import Preprocessing
 from .models.io import load_model
 from .train.config import make_config
 from .train.engine import Trainer, evaluate_loader, prepare_data, resolve_device, resume_config
@@ -45,18 +45,13 @@ class Classifier:
         self.device = resolve_device(device) if isinstance(model, torch.nn.Module) else torch.device("cpu")
         self.model = model.to(self.device).eval() if isinstance(model, torch.nn.Module) else model
         self.meta = meta
-        pre = meta.get("preprocessing") or {}
         config = getattr(model, "config", None)
-        self.image_size = pre.get("image_size") or config.image_size
-        self.channels = pre.get("channels") or config.in_chans
-        self.stored_size = pre.get("stored_size", self.image_size)  # decode size before the device resize
-        self.class_names: list[str] = meta.get("class_names") or [str(i) for i in range(config.num_classes)]
-        self.augment = BatchAugment(
-            self.image_size,
-            pre.get("mean", (0.0,) * self.channels),
-            pre.get("std", (1.0,) * self.channels),
-            self.channels,
+        self.preprocessing = Preprocessing.from_dict(
+            meta.get("preprocessing") or {}, config and config.image_size, config and config.in_chans
         )
+        self.image_size, self.channels = self.preprocessing.image_size, self.preprocessing.channels
+        self.class_names: list[str] = meta.get("class_names") or [str(i) for i in range(config.num_classes)]
+        self.augment = self.preprocessing.batch_augment()
 
     @property
     def backend(self) -> str:
@@ -132,7 +127,7 @@ def evaluate(
     if split not in ("train", "val", "test"):
         raise ValueError(f"--split {split!r}: use train, val or test")
     cfg = make_config(**options)
-    dataset, _ = prepare_data(cfg, clf.image_size)
+    dataset, _ = prepare_data(cfg, clf.preprocessing)
     if dataset.num_classes != len(clf.class_names):
         raise ValueError(
             f"the checkpoint has {len(clf.class_names)} classes but {cfg.data} has "

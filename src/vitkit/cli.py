@@ -189,7 +189,14 @@ def cmd_export(args: argparse.Namespace) -> int:
         clf = api.load(args.checkpoint, device="cpu")
         if not isinstance(clf.model, ViT):
             raise UserError(f"--format hf exports ViTs only; {args.checkpoint} is a {clf.model.family} model")
-        save_hf_folder(clf.model, clf.class_names, clf.meta.get("preprocessing", {}), args.out)
+        save_hf_folder(clf.model, clf.class_names, clf.preprocessing, args.out)
+        if clf.preprocessing.decode_size is not None:
+            print(
+                f"vitkit export: note: {args.checkpoint} decodes images at {clf.preprocessing.decode_size} px and "
+                f"resizes them to {clf.image_size} px on the device; the exported processor resizes in one step, "
+                "so its scores differ slightly from vitkit's",
+                file=sys.stderr,
+            )
         print(json.dumps({"hf": args.out}))
     return 0
 

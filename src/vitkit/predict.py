@@ -10,7 +10,7 @@ from typing import Iterable
 import torch
 from tqdm.auto import tqdm
 
-from .data.images import BadImageError, is_image_file, load_image_tensor
+from .data.images import BadImageError, is_image_file
 
 
 def expand_paths(patterns: Iterable[str]) -> list[Path]:
@@ -51,7 +51,7 @@ def predict_paths(
         tensors, ok = [], []
         for p in chunk:
             try:
-                tensors.append(load_image_tensor(p, classifier.stored_size))
+                tensors.append(classifier.preprocessing.load_tensor(p))
                 ok.append(p)
             except BadImageError as e:
                 results.append({"path": str(p), "error": str(e)})

@@ -20,7 +20,8 @@ from safetensors.torch import load_file, save_file
 
 from ..fileio import atomic_path
 from .builtin import Dataset, Split, data_root
-from .images import BadImageError, is_image_file, load_image_array
+from .images import BadImageError, is_image_file
+from .preprocess import Preprocessing
 
 SPLIT_ALIASES = {
     "train": "train",
@@ -40,14 +41,14 @@ class FileSplit:
 
     paths: list[Path]
     labels: torch.Tensor
-    size: int
+    preprocessing: Preprocessing
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def subset(self, index) -> "FileSplit":
         index = torch.as_tensor(index, dtype=torch.long)
-        return FileSplit([self.paths[i] for i in index.tolist()], self.labels[index], self.size)
+        return FileSplit([self.paths[i] for i in index.tolist()], self.labels[index], self.preprocessing)
 
 
 def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,8 +103,8 @@ def scan_folder(root: str | os.PathLike) -> dict[str, dict[str, list[Path]]]:
     return {"train": _class_files(root)}
 
 
-def _fingerprint(splits: dict[str, dict[str, list[Path]]], size: int) -> str:
-    digest = hashlib.sha256(f"v1 size={size}".encode())
+def _fingerprint(splits: dict[str, dict[str, list[Path]]], preprocessing: Preprocessing) -> str:
+    digest = hashlib.sha256(f"v2 {preprocessing.decode_key()}".encode())
     for split, classes in sorted(splits.items()):
         for cls, files in classes.items():
             for f in files:
@@ -112,10 +113,12 @@ def _fingerprint(splits: dict[str, dict[str, list[Path]]], size: int) -> str:
     return digest.hexdigest()[:24]
 
 
-def _decode_all(paths: list[Path], size: int, skip_bad: bool, bad: list[str]) -> tuple[np.ndarray, list[int]]:
+def _decode_all(
+    paths: list[Path], preprocessing: Preprocessing, skip_bad: bool, bad: list[str]
+) -> tuple[np.ndarray, list[int]]:
     def decode(path):
         try:
-            return load_image_array(path, size)
+            return preprocessing.load_array(path)
         except BadImageError as e:
             if not skip_bad:
                 raise BadImageError(f"{e}. Fix or remove the file, or pass --skip-bad-images") from None
@@ -125,35 +128,37 @@ def _decode_all(paths: list[Path], size: int, skip_bad: bool, bad: list[str]) ->
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
         arrays = list(pool.map(decode, paths))
     kept = [i for i, a in enumerate(arrays) if a is not None]
+    size = preprocessing.square_size
     stacked = np.stack([arrays[i] for i in kept]) if kept else np.zeros((0, size, size, 3), np.uint8)
     return stacked, kept
 
 
 def load_folder(
     root: str | os.PathLike,
-    size: int,
+    preprocessing: Preprocessing,
     *,
     skip_bad: bool = False,
     cache: bool = True,
     data_dir: str | os.PathLike | None = None,
     memory_limit: int = IN_MEMORY_LIMIT_BYTES,
 ) -> tuple[Dataset, list[str]]:
-    """Decode an image folder at size x size. Returns the dataset (val/test may be None) and the list
-    of skipped bad images."""
+    """Decode an image folder with `preprocessing` (to its square size). Returns the dataset (val/test
+    may be None) and the list of skipped bad images."""
     splits = scan_folder(root)
     class_names = sorted(splits["train"])
     index = {c: i for i, c in enumerate(class_names)}
     total = sum(len(f) for classes in splits.values() for f in classes.values())
     listed = {s: [(p, index[c]) for c, files in classes.items() for p in files] for s, classes in splits.items()}
     name = Path(root).resolve().name
+    size = preprocessing.square_size
     if total * size * size * 3 > memory_limit:
         parts = {
-            s: FileSplit([p for p, _ in items], torch.tensor([y for _, y in items]), size)
+            s: FileSplit([p for p, _ in items], torch.tensor([y for _, y in items]), preprocessing)
             for s, items in listed.items()
         }
         return Dataset(name, parts["train"], parts.get("test"), class_names, parts.get("val")), []
 
-    cache_file = data_root(data_dir) / "folders" / f"{name}-{_fingerprint(splits, size)}.safetensors"
+    cache_file = data_root(data_dir) / "folders" / f"{name}-{_fingerprint(splits, preprocessing)}.safetensors"
     if cache and cache_file.is_file():
         try:
             tensors = load_file(str(cache_file))
@@ -166,7 +171,7 @@ def load_folder(
     bad: list[str] = []
     parts = {}
     for split, items in listed.items():
-        arrays, kept = _decode_all([p for p, _ in items], size, skip_bad, bad)
+        arrays, kept = _decode_all([p for p, _ in items], preprocessing, skip_bad, bad)
         labels = torch.tensor([items[i][1] for i in kept], dtype=torch.long)
         parts[split] = Split(torch.from_numpy(arrays).permute(0, 3, 1, 2).contiguous(), labels)
     if len(parts["train"]) == 0:

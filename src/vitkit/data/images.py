@@ -7,18 +7,24 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 # Pillow's own default is about 89M pixels; photos for classification never come near this, so a
 # larger image is far more likely a decompression bomb than data.
 MAX_IMAGE_PIXELS = 64_000_000
+# Longest over shortest side. Panoramas stay far below; a 1 x 1,000,000 strip would otherwise be scaled
+# up to size x size*1,000,000 pixels by a shortest-edge resize.
+MAX_ASPECT_RATIO = 50
+# JPEGs over this many pixels (48 MB decoded) are decoded at a reduced DCT scale (Pillow's draft)
+# that still covers the resize; smaller ones are decoded in full, as transformers does.
+DRAFT_ABOVE_PIXELS = 16_000_000
 
 
 class BadImageError(ValueError):
     """An image file that cannot be decoded (named in the message). `kind` is "unidentified" (not an
-    image at all), "corrupt" (truncated or damaged) or "bomb" (too many pixels)."""
+    image at all), "corrupt" (truncated or damaged), "bomb" (too many pixels) or "shape" (too thin, or
+    too large once resized)."""
 
     def __init__(self, message: str, kind: str = "corrupt"):
         super().__init__(message)
@@ -48,30 +54,33 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def fit_square(img: Image.Image, size: int) -> Image.Image:
-    """Resize the shorter side to `size` and centre-crop to size x size."""
-    w, h = img.size
-    scale = size / min(w, h)
-    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
-    img = img.resize((new_w, new_h), Image.Resampling.BICUBIC)
-    left, top = (new_w - size) // 2, (new_h - size) // 2
-    return img.crop((left, top, left + size, top + size))
-
-
-def open_image(source, max_pixels: int = MAX_IMAGE_PIXELS, name: str | None = None) -> Image.Image:
-    """Open a path or file-like object as RGB with EXIF orientation applied, refusing bombs and
-    truncated files with a BadImageError that names `name` (default: the path) and says what is wrong."""
+def open_image(
+    source, max_pixels: int = MAX_IMAGE_PIXELS, name: str | None = None, min_side: int | None = None
+) -> Image.Image:
+    """Open a path or file-like object as RGB with EXIF orientation applied, refusing bombs, extreme
+    aspect ratios and truncated files with a BadImageError that names `name` (default: the path) and
+    says what is wrong. Sizes are checked from the header, before any pixel is decoded. With `min_side`,
+    a JPEG over DRAFT_ABOVE_PIXELS is decoded at the smallest DCT scale keeping both sides >= min_side."""
     name = name or getattr(source, "name", None) or str(source)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(source) as img:
-                if img.width * img.height > max_pixels:
+                width, height = img.size
+                if width * height > max_pixels:
                     raise BadImageError(
-                        f"{name}: {img.width}x{img.height} pixels is over the limit of "
+                        f"{name}: {width}x{height} pixels is over the limit of "
                         f"{max_pixels:,} (possible decompression bomb)",
                         "bomb",
                     )
+                if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+                    raise BadImageError(
+                        f"{name}: {width}x{height} pixels is more than {MAX_ASPECT_RATIO} times longer than "
+                        "wide; crop it to the part to classify",
+                        "shape",
+                    )
+                if min_side and img.format == "JPEG" and width * height > DRAFT_ABOVE_PIXELS:
+                    img.draft(img.mode, (min_side, min_side))
                 img.load()
                 img = ImageOps.exif_transpose(img)
                 return to_rgb(img)
@@ -83,17 +92,3 @@ def open_image(source, max_pixels: int = MAX_IMAGE_PIXELS, name: str | None = No
         raise BadImageError(f"{name}: not an image Pillow can read", "unidentified") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise BadImageError(f"{name}: truncated or corrupt image ({e})") from None
-
-
-def load_image_array(source, size: int | None, name: str | None = None) -> np.ndarray:
-    """(H, W, 3) uint8 from a path or file object; resized to size x size (shorter side + centre crop)
-    when size is given."""
-    img = open_image(source, name=name)
-    if size is not None:
-        img = fit_square(img, size)
-    return np.asarray(img, dtype=np.uint8)
-
-
-def load_image_tensor(source, size: int | None, name: str | None = None) -> torch.Tensor:
-    """(3, H, W) uint8 tensor, decoded exactly as training images are."""
-    return torch.from_numpy(np.ascontiguousarray(load_image_array(source, size, name).transpose(2, 0, 1)))

@@ -15,7 +15,6 @@ from torch.utils.data import Dataset as TorchDataset
 
 from .builtin import Split
 from .folder import FileSplit
-from .images import load_image_tensor
 
 
 def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
@@ -30,7 +29,7 @@ class _DecodeFiles(TorchDataset):
         return len(self.split)
 
     def __getitem__(self, i: int):
-        return load_image_tensor(self.split.paths[i], self.split.size), self.split.labels[i]
+        return self.split.preprocessing.load_tensor(self.split.paths[i]), self.split.labels[i]
 
 
 class BatchLoader:

@@ -52,7 +52,8 @@ def export_onnx(
         )
         program.optimize()
         proto = program.model_proto
-        meta = {"vitkit": json.dumps({k: v for k, v in classifier.meta.items() if k != "train_config"})}
+        carried = {k: v for k, v in classifier.meta.items() if k != "train_config"}
+        meta = {"vitkit": json.dumps({**carried, "preprocessing": classifier.preprocessing.to_dict()})}
         for key, value in meta.items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value

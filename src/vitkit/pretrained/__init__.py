@@ -11,11 +11,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch.nn as nn
-
+from ..data.preprocess import Preprocessing
 from ..fileio import read_json
 from .checks import load_state_dict_file
 from .hf import hf_to_vitkit, is_hf_vit_folder, load_hf_folder, vit_config_from_hf
+from .result import Pretrained
 from .timm import heads_from_name, is_timm_state, load_timm_state
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -56,14 +56,14 @@ def _hub_download(repo_id: str) -> Path:
     raise FileNotFoundError(f"--pretrained {repo_id}: the repo has neither model.safetensors nor pytorch_model.bin")
 
 
-def _from_folder(folder: Path, num_heads: int | None):
+def _from_folder(folder: Path, num_heads: int | None) -> Pretrained:
     config = read_json(folder / "config.json")
     if "family" in config:  # a vitkit checkpoint
         from ..models.io import load_model
 
         model, meta = load_model(folder)
-        model.has_pretrained_head = True
-        return model, meta.get("preprocessing", {}), meta.get("class_names")
+        pre = Preprocessing.from_dict(meta.get("preprocessing") or {}, model.config.image_size, model.config.in_chans)
+        return Pretrained(model, pre, meta.get("class_names"), True)
     if "architecture" in config and "model_type" not in config:  # timm's hub layout
         weights = next((folder / n for n in WEIGHT_FILES if (folder / n).is_file()), None)
         if weights is None:
@@ -77,9 +77,8 @@ def _from_folder(folder: Path, num_heads: int | None):
     raise ValueError(f"{folder}/config.json is neither a vitkit, timm nor Hugging Face ViT config")
 
 
-def load_pretrained(source: str | os.PathLike, num_heads: int | None = None) -> tuple[nn.Module, dict, list | None]:
-    """(model, preprocessing, class names or None). `model.has_pretrained_head` tells whether the
-    classifier came with the weights."""
+def load_pretrained(source: str | os.PathLike, num_heads: int | None = None) -> Pretrained:
+    """The model with its own preprocessing, class names (or None) and whether its head came along."""
     path = Path(source)
     if path.exists():
         if path.is_dir():
@@ -105,4 +104,4 @@ def load_pretrained(source: str | os.PathLike, num_heads: int | None = None) -> 
     raise FileNotFoundError(f"--pretrained {source}: no such file or folder, and not a hub id (owner/name)")
 
 
-__all__ = ["load_pretrained", "hf_to_vitkit", "vit_config_from_hf"]
+__all__ = ["Pretrained", "load_pretrained", "hf_to_vitkit", "vit_config_from_hf"]

@@ -6,14 +6,17 @@ vitkit's ViT with pool="cls", separate q/k/v fused into one projection here, and
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
 import torch
 
+from ..data.preprocess import Preprocessing
 from ..fileio import atomic_path, read_json, write_json
 from ..models.vit import ViT, ViTConfig
 from .checks import check_keys, load_state_dict_file
+from .result import Pretrained
 
 HF_PREFIX = "vit."
 # One name table serves both directions (Hugging Face key -> vitkit key); q/k/v are fused apart.
@@ -159,31 +162,81 @@ def hf_config_from_vitkit(cfg: ViTConfig, class_names: list[str]) -> dict:
     }
 
 
-def preprocessing_from_hf(folder: Path, cfg: ViTConfig) -> dict:
-    """image size, mean, std and resampling from preprocessor_config.json (ViTImageProcessor)."""
-    pre = {
-        "image_size": cfg.image_size,
-        "channels": cfg.in_chans,
-        "mean": [0.5] * cfg.in_chans,
-        "std": [0.5] * cfg.in_chans,
-        "resample": "bilinear",
-    }
+# Pillow filter numbers as transformers stores them in preprocessor_config.json
+RESAMPLE_CODES = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
+
+
+def _side(size, default: int) -> int:
+    if isinstance(size, dict):
+        return int(size.get("shortest_edge") or size.get("height") or default)
+    return int(size or default)
+
+
+def preprocessing_from_hf(folder: Path, cfg: ViTConfig) -> Preprocessing:
+    """The checkpoint's own preprocessing from preprocessor_config.json: a `size` of height/width
+    stretches (ViTImageProcessor; DeiTImageProcessor then centre-crops `crop_size`), a shortest_edge size
+    resizes the shorter side (CLIP/BiT-style processors), with their filter and statistics. Without the
+    file, ViTImageProcessor's defaults (stretch, bilinear, mean = std = 0.5)."""
     path = folder / "preprocessor_config.json"
-    if path.is_file():
-        proc = read_json(path)
-        size = proc.get("size", cfg.image_size)
-        size = size.get("height", size.get("shortest_edge", cfg.image_size)) if isinstance(size, dict) else size
-        pre.update(
-            image_size=int(size),
-            mean=list(proc.get("image_mean", pre["mean"])),
-            std=list(proc.get("image_std", pre["std"])),
-            resample={2: "bilinear", 3: "bicubic"}.get(proc.get("resample", 2), "bilinear"),
-        )
-    return pre
+    proc = read_json(path) if path.is_file() else {}
+    size = proc.get("size", cfg.image_size)
+    mode = "crop" if isinstance(size, dict) and "shortest_edge" in size else "stretch"
+    resized = _side(size, cfg.image_size)
+    crop = proc.get("crop_size") if proc.get("do_center_crop", False) else None
+    image_size = _side(crop, resized) if crop else resized
+    crop_pct = float(proc.get("crop_pct") or image_size / resized)
+    if math.floor(image_size / crop_pct + 1e-6) != resized:  # a crop_pct that does not match the sizes
+        crop_pct = image_size / resized
+    codes = {code: name for name, code in RESAMPLE_CODES.items()}
+    normalize = proc.get("do_normalize", True)
+    return Preprocessing(
+        image_size=image_size,
+        mode=mode,
+        crop_pct=crop_pct,
+        resample=codes.get(proc.get("resample", 2), "bilinear"),
+        mean=proc.get("image_mean", [0.5] * cfg.in_chans) if normalize else [0.0] * cfg.in_chans,
+        std=proc.get("image_std", [0.5] * cfg.in_chans) if normalize else [1.0] * cfg.in_chans,
+        channels=cfg.in_chans,
+    )
 
 
-def load_hf_folder(folder: Path) -> tuple[ViT, dict, list[str] | None]:
-    """(model, preprocessing, class names or None) from a save_pretrained folder."""
+def image_processor_config(pre: Preprocessing) -> dict:
+    """A preprocessor_config.json that makes transformers compute the pixels vitkit does: shortest-edge
+    resize + centre crop (CLIPImageProcessor) for crop, a square resize (ViTImageProcessor, or
+    DeiTImageProcessor when crop_pct < 1) for stretch. Same Pillow filter, rescale 1/255, mean/std."""
+    size = {"height": pre.image_size, "width": pre.image_size}
+    common = {
+        "do_resize": True,
+        "resample": RESAMPLE_CODES[pre.resample],
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": list(pre.mean),
+        "image_std": list(pre.std),
+        "crop_pct": pre.crop_pct,
+    }
+    if pre.mode == "crop":
+        return {
+            "image_processor_type": "CLIPImageProcessor",
+            "size": {"shortest_edge": pre.resize_size},
+            "do_center_crop": True,
+            "crop_size": size,
+            "do_convert_rgb": True,
+            **common,
+        }
+    if pre.crop_pct < 1:
+        return {
+            "image_processor_type": "DeiTImageProcessor",
+            "size": {"height": pre.resize_size, "width": pre.resize_size},
+            "do_center_crop": True,
+            "crop_size": size,
+            **common,
+        }
+    return {"image_processor_type": "ViTImageProcessor", "size": size, **common}
+
+
+def load_hf_folder(folder: Path) -> Pretrained:
+    """The model, its preprocessing and (with a classifier) class names from a save_pretrained folder."""
     hf = read_json(folder / "config.json")
     cfg = vit_config_from_hf(hf)
     weights = next((folder / n for n in ("model.safetensors", "pytorch_model.bin") if (folder / n).is_file()), None)
@@ -200,12 +253,12 @@ def load_hf_folder(folder: Path) -> tuple[ViT, dict, list[str] | None]:
         raise ValueError(f"weights do not fit the architecture: missing {missing}, unexpected {unexpected}")
     labels = hf.get("id2label") or {}
     names = [labels.get(str(i), labels.get(i)) for i in range(len(labels))] if has_head and labels else None
-    model.has_pretrained_head = has_head
-    return model, preprocessing_from_hf(folder, cfg), names
+    return Pretrained(model, preprocessing_from_hf(folder, cfg), names, has_head)
 
 
-def save_hf_folder(model: ViT, class_names: list[str], preprocessing: dict, out: str | os.PathLike) -> Path:
-    """A folder that transformers' from_pretrained and pipeline() load."""
+def save_hf_folder(model: ViT, class_names: list[str], preprocessing: Preprocessing, out: str | os.PathLike) -> Path:
+    """A folder that transformers' from_pretrained and pipeline() load, preprocessing included. A model
+    with a device resize (decode_size set) gets a processor that resizes in one step instead."""
     from safetensors.torch import save_file
 
     out = Path(out)
@@ -214,18 +267,5 @@ def save_hf_folder(model: ViT, class_names: list[str], preprocessing: dict, out:
     with atomic_path(out / "model.safetensors") as tmp:
         save_file(state, str(tmp), metadata={"format": "pt"})
     write_json(out / "config.json", hf_config_from_vitkit(cfg, class_names))
-    write_json(
-        out / "preprocessor_config.json",
-        {
-            "image_processor_type": "ViTImageProcessor",
-            "do_resize": True,
-            "size": {"height": cfg.image_size, "width": cfg.image_size},
-            "resample": 3 if preprocessing.get("resample", "").startswith("bicubic") else 2,
-            "do_rescale": True,
-            "rescale_factor": 1 / 255,
-            "do_normalize": True,
-            "image_mean": list(preprocessing["mean"]),
-            "image_std": list(preprocessing["std"]),
-        },
-    )
+    write_json(out / "preprocessor_config.json", image_processor_config(preprocessing))
     return out

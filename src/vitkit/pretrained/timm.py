@@ -11,10 +11,13 @@ import math
 
 import torch
 
+from ..data.preprocess import Preprocessing
 from ..models.vit import ViT, ViTConfig
 from .checks import check_keys
+from .result import Pretrained
 
 IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+TIMM_CROP_PCT = 0.875  # timm's DEFAULT_CROP_PCT
 SIZE_HEADS = {"tiny": 3, "small": 6, "base": 12, "large": 16, "huge": 16, "giant": 16}
 
 
@@ -73,21 +76,27 @@ def timm_to_vitkit(state: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str, 
     return renamed
 
 
+def preprocessing_from_timm(cfg: ViTConfig, pretrained_cfg: dict | None) -> Preprocessing:
+    """timm's pretrained_cfg (input_size, crop_pct, crop_mode, interpolation, mean, std), with timm's
+    own defaults (crop_pct 0.875, bicubic, ImageNet statistics) for what it leaves out."""
+    pre_cfg = pretrained_cfg or {}
+    return Preprocessing(
+        image_size=int(pre_cfg.get("input_size", [cfg.in_chans, cfg.image_size, cfg.image_size])[-1]),
+        mode="stretch" if pre_cfg.get("crop_mode") == "squash" else "crop",
+        crop_pct=float(pre_cfg.get("crop_pct") or TIMM_CROP_PCT),
+        resample=pre_cfg.get("interpolation") or "bicubic",
+        mean=pre_cfg.get("mean", IMAGENET["mean"]),
+        std=pre_cfg.get("std", IMAGENET["std"]),
+        channels=cfg.in_chans,
+    )
+
+
 def load_timm_state(
     state: dict[str, torch.Tensor], num_heads: int | None = None, pretrained_cfg: dict | None = None
-) -> tuple[ViT, dict, None]:
+) -> Pretrained:
     cfg = vit_config_from_timm(state, num_heads)
     model = ViT(cfg)
     mapped = timm_to_vitkit(state, cfg)
-    model.load_state_dict(mapped, strict="head.1.weight" in mapped)
-    model.has_pretrained_head = "head.1.weight" in mapped
-    pre_cfg = pretrained_cfg or {}
-    size = pre_cfg.get("input_size", [cfg.in_chans, cfg.image_size, cfg.image_size])[-1]
-    pre = {
-        "image_size": int(size),
-        "channels": cfg.in_chans,
-        "mean": list(pre_cfg.get("mean", IMAGENET["mean"])),
-        "std": list(pre_cfg.get("std", IMAGENET["std"])),
-        "resample": pre_cfg.get("interpolation", "bicubic"),
-    }
-    return model, pre, None
+    has_head = "head.1.weight" in mapped
+    model.load_state_dict(mapped, strict=has_head)
+    return Pretrained(model, preprocessing_from_timm(cfg, pretrained_cfg), None, has_head)

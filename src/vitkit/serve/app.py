@@ -22,7 +22,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image
 
-from ..data.images import BadImageError, load_image_tensor
+from ..data.images import BadImageError
 from ..predict import top_k
 
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
@@ -98,7 +98,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-async def read_images(request: Request, limit: int, size: int) -> list[tuple[str, torch.Tensor]]:
+async def read_images(request: Request, limit: int, preprocessing) -> list[tuple[str, torch.Tensor]]:
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
         raise ClientError(
@@ -126,7 +126,7 @@ async def read_images(request: Request, limit: int, size: int) -> list[tuple[str
         if not data:
             raise ClientError(400, f"{name}: empty file")
         try:
-            images.append((name, load_image_tensor(io.BytesIO(data), size, name)))
+            images.append((name, preprocessing.load_tensor(io.BytesIO(data), name)))
         except BadImageError as e:
             raise ClientError(415 if e.kind == "unidentified" else 400, str(e)) from None
     return images
@@ -195,14 +195,14 @@ def create_app(
 
     @app.post("/predict")
     async def predict(request: Request):
-        images = await read_images(request, max_upload_bytes, classifier.stored_size)
+        images = await read_images(request, max_upload_bytes, classifier.preprocessing)
         probs = await batcher.submit([img for _, img in images])
         preds = top_k(torch.stack(probs), classifier.class_names, topk)
         return [{"path": name, "predictions": p} for (name, _), p in zip(images, preds)]
 
     @app.post("/explain")
     async def explain(request: Request):
-        images = await read_images(request, max_upload_bytes, explainer.stored_size)
+        images = await read_images(request, max_upload_bytes, explainer.preprocessing)
         async with explain_lock:  # gradients and attention capture are not re-entrant
             top, url = await asyncio.get_running_loop().run_in_executor(None, overlay_data_url, explainer, images[0][1])
         return {"path": images[0][0], "predictions": top, "overlay": url}

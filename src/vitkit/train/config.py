@@ -21,6 +21,9 @@ class TrainConfig:
     data_dir: str | None = None  # download cache (else $VITKIT_DATA, else ~/.cache/vitkit)
     val_split: float = 0.1  # held out of train when the data has no validation split
     image_size: int | None = None  # model input size; None: the dataset's default
+    resize_mode: str | None = None  # crop | stretch; None: the pretrained checkpoint's, else crop
+    crop_pct: float | None = None  # part of the resized image the centre crop keeps; None: the checkpoint's, else 1
+    resample: str | None = None  # resize filter (bicubic, bilinear, ...); None: the checkpoint's, else bicubic
     skip_bad_images: bool = False
     train_limit: int = 0  # use only this many training images (stratified); 0: all
     test_limit: int = 0

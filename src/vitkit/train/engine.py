@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import io
 import math
 import os
@@ -33,6 +34,7 @@ from ..data.augment import IMAGENET_MEAN, IMAGENET_STD, AugmentSpec, BatchAugmen
 from ..data.builtin import BUILTIN, Dataset, Split, load_builtin
 from ..data.folder import FileSplit, load_folder, stratified_split
 from ..data.loader import BatchLoader, epoch_seed
+from ..data.preprocess import Preprocessing, run_preprocessing
 from ..eval.metrics import MetricAccumulator
 from ..fileio import atomic_path, write_json
 from ..models import count_parameters, create_model, get_preset, save_model
@@ -99,12 +101,13 @@ def _limit(split: Split | FileSplit, limit: int, seed: int):
     return split.subset(keep)
 
 
-def prepare_data(cfg: TrainConfig, stored_size: int) -> tuple[Dataset, list[str]]:
-    """Load the dataset with a validation split (held out of train when it has none) and limits."""
+def prepare_data(cfg: TrainConfig, preprocessing: Preprocessing) -> tuple[Dataset, list[str]]:
+    """Load the dataset with a validation split (held out of train when it has none) and limits; image
+    folders are decoded with `preprocessing`, built-in datasets come at their native size."""
     if cfg.data in BUILTIN:
         data, bad = load_builtin(cfg.data, cfg.data_dir, cfg.seed), []
     else:
-        data, bad = load_folder(cfg.data, stored_size, skip_bad=cfg.skip_bad_images, data_dir=cfg.data_dir)
+        data, bad = load_folder(cfg.data, preprocessing, skip_bad=cfg.skip_bad_images, data_dir=cfg.data_dir)
     data.train = _limit(data.train, cfg.train_limit, cfg.seed)
     if data.test is not None:
         data.test = _limit(data.test, cfg.test_limit, cfg.seed)
@@ -171,21 +174,12 @@ def evaluate_loader(
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def checkpoint_metadata(cfg: TrainConfig, class_names, mean, std, channels, image_size, stored_size) -> dict:
-    """What a checkpoint needs to be used on new images. Images are decoded to `stored_size` (shorter
-    side, centre crop, bicubic) and resized to `image_size` on the device (bilinear), exactly as in
-    training."""
+def checkpoint_metadata(cfg: TrainConfig, class_names, preprocessing: Preprocessing) -> dict:
+    """What a checkpoint needs to be used on new images: its class names and the preprocessing that
+    training used (see data/preprocess.py), which inference repeats."""
     return {
         "class_names": list(class_names),
-        "preprocessing": {
-            "image_size": image_size,
-            "stored_size": stored_size,
-            "channels": channels,
-            "mean": list(mean),
-            "std": list(std),
-            "resize": "shorter side, centre crop",
-            "resample": "bicubic, then bilinear",
-        },
+        "preprocessing": preprocessing.to_dict(),
         "train_config": cfg.to_dict(),
     }
 
@@ -254,24 +248,34 @@ class Trainer:
             pretrained = load_pretrained(cfg.pretrained, num_heads=cfg.model_args.get("num_heads"))
         self.image_size = (
             cfg.image_size
-            or (pretrained[1].get("image_size") if pretrained else None)
+            or (pretrained.preprocessing.image_size if pretrained else None)
             or preset_model.get("image_size")
             or 32
         )
-        self.data, self.bad_images = prepare_data(cfg, self.image_size)
+        source = pretrained.preprocessing if pretrained else None
+        decode = run_preprocessing(self.image_size, source, cfg.resize_mode, cfg.crop_pct, cfg.resample)
+        self.data, self.bad_images = prepare_data(cfg, decode)
         if pretrained:
-            self.model = self.adapt_pretrained(*pretrained)
+            self.model = self.adapt_pretrained(pretrained)
         else:
             in_chans = (
                 preset_model.get("in_chans") or cfg.model_args.get("in_chans") or (1 if self.data.channels == 1 else 3)
             )
             self.model = self.build_model(name, in_chans)
         self.channels = self.model.config.in_chans
-        if pretrained and cfg.mean is None and pretrained[1].get("mean"):
-            self.mean, self.std = tuple(pretrained[1]["mean"]), tuple(pretrained[1]["std"])
+        if pretrained and cfg.mean is None:
+            self.mean, self.std = pretrained.preprocessing.mean, pretrained.preprocessing.std
         else:
             self.mean, self.std = normalization(cfg, self.data.train, self.channels)
-        self.augment = BatchAugment(self.image_size, self.mean, self.std, self.channels, augment_spec(cfg))
+        train = self.data.train
+        self.preprocessing = dataclasses.replace(
+            decode,
+            mean=self.mean,
+            std=self.std,
+            channels=self.channels,
+            decode_size=train.preprocessing.square_size if isinstance(train, FileSplit) else train.images.shape[-1],
+        )
+        self.augment = self.preprocessing.batch_augment(augment_spec(cfg))
         rank, world = self.ctx.rank, self.ctx.world_size
         if cfg.batch_scope == "global" and cfg.batch_size % world:
             raise ValueError(
@@ -302,14 +306,15 @@ class Trainer:
         )
         return model.to(self.device)
 
-    def adapt_pretrained(self, model: nn.Module, preprocessing: dict, class_names: list | None) -> nn.Module:
+    def adapt_pretrained(self, pretrained) -> nn.Module:
         """Fit a pretrained model to this run: resolution (position embeddings interpolated) and head
         (kept when the classes are the same, otherwise a new one)."""
+        model = pretrained.model
         model.set_image_size(self.image_size)
         same_classes = (
-            getattr(model, "has_pretrained_head", False)
-            and class_names is not None
-            and list(class_names) == list(self.data.class_names)
+            pretrained.has_head
+            and pretrained.class_names is not None
+            and list(pretrained.class_names) == list(self.data.class_names)
         )
         if not same_classes:
             torch.manual_seed(self.cfg.seed)
@@ -328,11 +333,7 @@ class Trainer:
 
     # -- checkpointing --------------------------------------------------------------------
     def _meta(self) -> dict:
-        train = self.data.train
-        stored = train.size if isinstance(train, FileSplit) else train.images.shape[-1]
-        return checkpoint_metadata(
-            self.cfg, self.data.class_names, self.mean, self.std, self.channels, self.image_size, stored
-        )
+        return checkpoint_metadata(self.cfg, self.data.class_names, self.preprocessing)
 
     def eval_model(self) -> nn.Module:
         return self.ema.module if self.ema is not None else self.model

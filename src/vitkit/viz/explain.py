@@ -134,11 +134,10 @@ def render_explanation(image: np.ndarray, maps: dict[str, np.ndarray], top: list
 
 def explain_image(classifier, source, out: str | os.PathLike | io.BytesIO, topk: int = 5) -> list[dict]:
     """Write the explanation figure for one image file; return its top-k predictions."""
-    from ..data.images import load_image_tensor
     from ..predict import top_k
     from .report import display_images
 
-    images = load_image_tensor(source, classifier.stored_size).unsqueeze(0)
+    images = classifier.preprocessing.load_tensor(source).unsqueeze(0)
     probs, maps = explain_tensor(classifier, images)
     shown = display_images(images, classifier.augment)[0]
     shown = shown.expand(3, -1, -1) if shown.shape[0] == 1 else shown
