@@ -6,14 +6,18 @@ pipelines, real ONNX Runtime sessions.
 
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import run_vitkit, shared_dataset
+from conftest import run_vitkit, shared_dataset, subprocess_env
 from PIL import Image
 
 import vitkit
+from vitkit.cli import main as vitkit_main
 from vitkit.data.images import BadImageError, open_image
 from vitkit.data.preprocess import Preprocessing
 from vitkit.models import create_model, save_model
@@ -23,6 +27,10 @@ transformers = pytest.importorskip("transformers")
 
 TINY_VIT = dict(model="vit_tiny_patch16_224", image_size=32, model_args={"patch_size": 8, "depth": 2})
 QUICK = dict(epochs=1, train_limit=40, batch_size=16, progress=False, threads=2)
+
+
+def export(checkpoint, out, *options) -> None:
+    assert vitkit_main(["export", str(checkpoint), str(out), *options]) == 0
 
 
 def val_photos():
@@ -153,21 +161,20 @@ def saved_preprocessing(run_dir) -> Preprocessing:
     return Preprocessing.from_dict(json.loads((run_dir / "best" / "config.json").read_text())["preprocessing"])
 
 
+@pytest.mark.slow
 def test_runs_record_the_preprocessing_of_their_source(runs):
-    from pathlib import Path
-
     crop, stretch, tuned = (saved_preprocessing(Path(runs[k])) for k in ("crop", "stretch", "hf-tuned"))
     assert (crop.mode, crop.crop_pct, crop.resample) == ("crop", 0.875, "bilinear")
     assert (stretch.mode, stretch.crop_pct, stretch.resample) == ("stretch", 1.0, "bicubic")
     assert (tuned.mode, tuned.resample, tuned.mean, tuned.std) == ("stretch", "bilinear", (0.5,) * 3, (0.5,) * 3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["crop", "stretch", "hf-tuned"])
 def test_transformers_pipeline_on_the_export_agrees_with_vitkit_predict(runs, kind, tmp_path):
     run = runs[kind]
     out = tmp_path / "hf"
-    proc = run_vitkit("export", run, str(out), "--format", "hf")
-    assert proc.returncode == 0, proc.stderr
+    export(run, out, "--format", "hf")
     photos = val_photos()
     ours = predict_paths(vitkit.load(run, device="cpu", backend="torch"), photos, topk=1, progress=False)
     pipe = transformers.pipeline("image-classification", model=str(out), device="cpu")
@@ -178,18 +185,17 @@ def test_transformers_pipeline_on_the_export_agrees_with_vitkit_predict(runs, ki
         assert theirs["score"] == pytest.approx(best["score"], abs=1e-3), path
 
 
+@pytest.mark.slow
 def test_preprocessing_survives_run_to_hf_export_to_pretrained_to_new_run(runs, tmp_path):
-    from pathlib import Path
-
     original = saved_preprocessing(Path(runs["crop"]))
-    proc = run_vitkit("export", runs["crop"], str(tmp_path / "hf"), "--format", "hf")
-    assert proc.returncode == 0, proc.stderr
+    export(runs["crop"], tmp_path / "hf", "--format", "hf")
     data = str(shared_dataset("flowers-mini"))
     vitkit.train(data=data, out=str(tmp_path / "again"), pretrained=str(tmp_path / "hf"), **QUICK)
     again = saved_preprocessing(tmp_path / "again")
     assert again.to_dict() == original.to_dict()
 
 
+@pytest.mark.slow
 def test_a_flag_overrides_the_pretrained_preprocessing(tmp_path):
     data = str(shared_dataset("flowers-mini"))
     hf = tiny_hf_folder(tmp_path / "hf")
@@ -212,6 +218,7 @@ FAMILIES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,kw,pre", FAMILIES, ids=[f[0] for f in FAMILIES])
 def test_onnx_export_predicts_what_the_checkpoint_predicts(name, kw, pre, tmp_path):
     from vitkit.export.onnx import export_onnx
@@ -232,17 +239,17 @@ def test_onnx_export_predicts_what_the_checkpoint_predicts(name, kw, pre, tmp_pa
             assert x["score"] == pytest.approx(y["score"], abs=1e-4), a["path"]
 
 
+@pytest.mark.slow
 def test_predict_cli_on_an_onnx_file_uses_its_preprocessing(runs, tmp_path):
+    """`vitkit predict model.onnx` equals `vitkit predict RUN` (PyTorch) on every photo."""
     onnx_path = tmp_path / "model.onnx"
-    proc = run_vitkit("export", runs["crop"], str(onnx_path))
+    export(runs["crop"], onnx_path)
+    photos = val_photos()
+    proc = run_vitkit("predict", str(onnx_path), *map(str, photos), "--format", "json", "--topk", "3")
     assert proc.returncode == 0, proc.stderr
-    photos = [str(p) for p in val_photos()]
-    results = {}
-    for source, backend in ((str(onnx_path), "auto"), (runs["crop"], "torch")):
-        proc = run_vitkit("predict", source, *photos, "--format", "json", "--topk", "3", "--backend", backend)
-        assert proc.returncode == 0, proc.stderr
-        results[backend] = json.loads(proc.stdout)
-    for a, b in zip(results["auto"], results["torch"]):
+    exported = json.loads(proc.stdout)
+    ours = predict_paths(vitkit.load(runs["crop"], device="cpu", backend="torch"), photos, topk=3, progress=False)
+    for a, b in zip(exported, ours):
         assert a["predictions"][0]["label"] == b["predictions"][0]["label"], a["path"]
         for x, y in zip(a["predictions"], b["predictions"]):
             assert x["score"] == pytest.approx(y["score"], abs=1e-4), a["path"]
@@ -304,21 +311,19 @@ print(json.dumps({
 
 def test_a_one_by_a_million_png_costs_bounded_memory_and_time(tmp_path):
     """The 4 KB PNG that once took a server to 6 GB: refused by predict and by the server's decode."""
-    import subprocess
-    import sys
-
-    from conftest import subprocess_env
-
     thin = tmp_path / "thin.png"
     Image.new("L", (1, 1_000_000), 128).save(thin)
     assert thin.stat().st_size < 10_000
     torch.manual_seed(0)
     pre = Preprocessing(32, mean=(0.5,) * 3, std=(0.25,) * 3)
-    save_model(create_model("vit_micro_patch4_32", num_classes=3), tmp_path / "ckpt", class_names=list("abc"),
-               preprocessing=pre.to_dict())
+    model = create_model("vit_micro_patch4_32", num_classes=3)
+    save_model(model, tmp_path / "ckpt", class_names=list("abc"), preprocessing=pre.to_dict())
     proc = subprocess.run(
         [sys.executable, "-c", BOUNDED_SCRIPT, str(tmp_path / "ckpt"), str(thin)],
-        capture_output=True, text=True, env=subprocess_env(), timeout=120,
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.splitlines()[-1])
