@@ -17,6 +17,7 @@ from PIL import Image
 from vitkit.data import builtin
 from vitkit.data.builtin import RemoteFile, download, load_builtin, read_idx
 from vitkit.data.folder import load_folder, scan_folder, stratified_split
+from vitkit.data.preprocess import Preprocessing
 
 
 @pytest.fixture
@@ -177,7 +178,7 @@ def test_stratified_split_is_seeded_and_per_class():
 
 def test_folder_layouts(tmp_path):
     flat = write_class_folders(tmp_path / "flat")
-    data, bad = load_folder(flat, 16)
+    data, bad = load_folder(flat, Preprocessing(16))
     assert data.class_names == ["cat", "dog", "fox"] and data.val is None and data.test is None
     assert data.train.images.shape == (36, 3, 16, 16) and not bad
     # the red class really is red after decoding
@@ -187,7 +188,7 @@ def test_folder_layouts(tmp_path):
     write_class_folders(split / "train", per_class=6)
     write_class_folders(split / "val", per_class=2, seed=1)
     write_class_folders(split / "test", per_class=3, seed=2)
-    data, _ = load_folder(split, 16)
+    data, _ = load_folder(split, Preprocessing(16))
     assert (len(data.train), len(data.val), len(data.test)) == (18, 6, 9)
 
 
@@ -196,16 +197,16 @@ def test_folder_cache_is_used_and_invalidated_by_changes(tmp_path, monkeypatch):
 
     monkeypatch.setenv("VITKIT_DATA", str(tmp_path / "cache"))
     root = write_class_folders(tmp_path / "imgs", per_class=4)
-    fresh, _ = load_folder(root, 16)
+    fresh, _ = load_folder(root, Preprocessing(16))
     (cache_file,) = (tmp_path / "cache" / "folders").glob("imgs-*.safetensors")
     # plant a marker in the cache: an unchanged folder must be served from it
     tensors = load_file(str(cache_file))
     tensors["train.images"] = torch.full_like(tensors["train.images"], 7)
     save_file(tensors, str(cache_file))
-    assert (load_folder(root, 16)[0].train.images == 7).all()
+    assert (load_folder(root, Preprocessing(16))[0].train.images == 7).all()
     # touching one image changes the fingerprint: decoded again, the marker is gone
     Image.new("RGB", (20, 20), (0, 0, 0)).save(root / "cat" / "000.jpg")
-    changed, _ = load_folder(root, 16)
+    changed, _ = load_folder(root, Preprocessing(16))
     assert not (changed.train.images == 7).all()
     assert not torch.equal(changed.train.images, fresh.train.images)
 
@@ -231,8 +232,8 @@ def test_bad_images_stop_or_are_skipped(tmp_path):
     root = write_class_folders(tmp_path / "imgs", per_class=5)
     (root / "dog" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
     with pytest.raises(ValueError, match=r"broken\.jpg.*--skip-bad-images"):
-        load_folder(root, 16)
-    data, bad = load_folder(root, 16, skip_bad=True)
+        load_folder(root, Preprocessing(16))
+    data, bad = load_folder(root, Preprocessing(16), skip_bad=True)
     assert len(data.train) == 15 and len(bad) == 1 and "broken.jpg" in bad[0]
 
 
@@ -241,8 +242,8 @@ def test_large_folders_stream(tmp_path):
     from vitkit.data.loader import BatchLoader
 
     root = write_class_folders(tmp_path / "imgs", per_class=5)
-    data, _ = load_folder(root, 16, memory_limit=1000)
+    data, _ = load_folder(root, Preprocessing(16), memory_limit=1000)
     assert isinstance(data.train, FileSplit)
-    in_memory, _ = load_folder(root, 16, cache=False)
+    in_memory, _ = load_folder(root, Preprocessing(16), cache=False)
     streamed = torch.cat([x for x, _ in BatchLoader(data.train, 4, shuffle=False, workers=2).batches()])
     assert torch.equal(streamed, in_memory.train.images)

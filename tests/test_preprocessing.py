@@ -105,6 +105,20 @@ def test_old_run_folders_read_as_todays_crop_pipeline(tmp_path):
     assert predict_paths(clf, [photo], progress=False)[0]["predictions"][0]["label"] in ("a", "b")
 
 
+def test_the_folder_cache_is_keyed_by_the_preprocessing(tmp_path):
+    from conftest import write_class_folders
+
+    from vitkit.data.folder import load_folder
+
+    root = write_class_folders(tmp_path / "data", per_class=3, size=20)  # 24x20 photos
+    crop, _ = load_folder(root, Preprocessing(16))
+    stretch, _ = load_folder(root, Preprocessing(16, mode="stretch"))
+    assert not torch.equal(crop.train.images, stretch.train.images)
+    first = root / "cat" / "000.jpg"
+    expected = Preprocessing(16, mode="stretch").load_tensor(first)
+    assert torch.equal(stretch.train.images[0], expected)
+
+
 def test_bad_preprocessing_values_are_named():
     with pytest.raises(ValueError, match="--resize-mode 'squash': use crop or stretch"):
         Preprocessing(32, mode="squash")
