@@ -119,6 +119,50 @@ def test_the_folder_cache_is_keyed_by_the_preprocessing(tmp_path):
     assert torch.equal(stretch.train.images[0], expected)
 
 
+def test_checkpoints_bring_their_own_preprocessing(tmp_path):
+    """Hugging Face processors and timm's pretrained_cfg are read, not replaced by vitkit's default."""
+    from safetensors.torch import save_file
+
+    from vitkit.pretrained import load_pretrained
+
+    hf = tiny_hf_folder(tmp_path / "deit")
+    deit = {
+        "image_processor_type": "DeiTImageProcessor",
+        "size": {"height": 36, "width": 36},
+        "do_center_crop": True,
+        "crop_size": {"height": 32, "width": 32},
+        "resample": 3,
+        "image_mean": [0.485, 0.456, 0.406],
+        "image_std": [0.229, 0.224, 0.225],
+    }
+    (hf / "preprocessor_config.json").write_text(json.dumps(deit))
+    pre = load_pretrained(hf).preprocessing
+    assert (pre.image_size, pre.mode, pre.resize_size, pre.resample) == (32, "stretch", 36, "bicubic")
+    assert pre.mean == (0.485, 0.456, 0.406)
+
+    timm_dir = tmp_path / "timm"
+    timm_dir.mkdir()
+    model = create_model("vit_tiny_patch16_224", image_size=32, patch_size=8, depth=1, num_classes=4)
+    state = {("head." + k[7:] if k.startswith("head.1.") else k): v for k, v in model.state_dict().items()}
+    save_file(state, str(timm_dir / "model.safetensors"))
+    pretrained_cfg = {
+        "input_size": [3, 32, 32],
+        "crop_pct": 0.9,
+        "interpolation": "bilinear",
+        "mean": [0.5, 0.5, 0.5],
+        "std": [0.5, 0.5, 0.5],
+    }
+    config = {"architecture": "vit_tiny_patch16_224", "pretrained_cfg": pretrained_cfg}
+    (timm_dir / "config.json").write_text(json.dumps(config))
+    loaded = load_pretrained(timm_dir)
+    assert loaded.has_head and loaded.class_names is None
+    pre = loaded.preprocessing
+    assert (pre.mode, pre.crop_pct, pre.resample, pre.mean) == ("crop", 0.9, "bilinear", (0.5,) * 3)
+    pretrained_cfg["crop_mode"] = "squash"
+    (timm_dir / "config.json").write_text(json.dumps(config))
+    assert load_pretrained(timm_dir).preprocessing.mode == "stretch"
+
+
 def test_bad_preprocessing_values_are_named():
     with pytest.raises(ValueError, match="--resize-mode 'squash': use crop or stretch"):
         Preprocessing(32, mode="squash")
@@ -181,6 +225,15 @@ def test_runs_record_the_preprocessing_of_their_source(runs):
     assert (crop.mode, crop.crop_pct, crop.resample) == ("crop", 0.875, "bilinear")
     assert (stretch.mode, stretch.crop_pct, stretch.resample) == ("stretch", 1.0, "bicubic")
     assert (tuned.mode, tuned.resample, tuned.mean, tuned.std) == ("stretch", "bilinear", (0.5,) * 3, (0.5,) * 3)
+
+
+@pytest.mark.slow
+def test_eval_decodes_with_the_recorded_preprocessing(runs):
+    """`vitkit eval` of the stretch run reproduces the metrics training reported on the same split."""
+    reported = json.loads((Path(runs["stretch"]) / "results.json").read_text())
+    assert reported["test_split"] == "val"
+    again = vitkit.evaluate(runs["stretch"], split="val", device="cpu")
+    assert again["loss"] == pytest.approx(reported["test"]["loss"], abs=1e-5)
 
 
 @pytest.mark.slow
