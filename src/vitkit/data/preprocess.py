@@ -149,7 +149,7 @@ class Preprocessing:
     def from_dict(cls, data: dict, image_size: int | None = None, channels: int | None = None) -> "Preprocessing":
         """From a checkpoint's "preprocessing". Run folders written before the mode was recorded hold
         image_size, stored_size, channels, mean, std and free-text resize/resample notes: they were
-        decoded with today's crop pipeline (shorter side, centre crop, bicubic) at stored_size."""
+        decoded with vitkit's original crop pipeline (shorter side, centre crop, bicubic) at stored_size."""
         size = data.get("image_size") or image_size
         if not size:
             raise ValueError("the checkpoint's preprocessing has no image_size")
