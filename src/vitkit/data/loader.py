@@ -13,9 +13,8 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
-from .builtin import Split
-from .folder import FileSplit
 from .images import load_image_tensor
+from .splits import FileSplit, Split
 
 
 def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
