@@ -70,8 +70,10 @@ def scan_folder(root: str | os.PathLike) -> dict[str, dict[str, list[Path]]]:
     return {"train": _class_files(root)}
 
 
-def _fingerprint(splits: dict[str, dict[str, list[Path]]], size: int) -> str:
-    digest = hashlib.sha256(f"v1 size={size}".encode())
+def _fingerprint(splits: dict[str, dict[str, list[Path]]], size: int, skip_bad: bool) -> str:
+    """Files, sizes, times, the decode size and the bad-file policy: a cache made while skipping bad
+    files must not serve a run that asked to fail on them."""
+    digest = hashlib.sha256(f"v1 size={size} skip_bad={skip_bad}".encode())
     for split, classes in sorted(splits.items()):
         for cls, files in classes.items():
             for f in files:
@@ -121,7 +123,7 @@ def load_folder(
         }
         return Dataset(name, parts["train"], parts.get("test"), class_names, parts.get("val")), []
 
-    cache_file = data_root(data_dir) / "folders" / f"{name}-{_fingerprint(splits, size)}.safetensors"
+    cache_file = data_root(data_dir) / "folders" / f"{name}-{_fingerprint(splits, size, skip_bad)}.safetensors"
     if cache and cache_file.is_file():
         try:
             tensors = load_file(str(cache_file))
