@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -23,8 +24,7 @@ COLOR_OPS = ("identity", "brightness", "contrast", "color", "sharpness", "poster
 AUTO_OPS = COLOR_OPS + GEOMETRIC_OPS
 
 
-def _aug(default, help, **kw):
-    return option(default, help, group="augmentation", **kw)
+_aug = partial(option, group="augmentation")
 
 
 @dataclass

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,20 +29,10 @@ GROUPS = {
 RESUMABLE = ("epochs", "progress", "device", "threads", "workers", "save_every", "eval_batch_size")
 
 
-def _data(default, help, **kw):
-    return option(default, help, group="data", **kw)
-
-
-def _model(default, help, **kw):
-    return option(default, help, group="model", **kw)
-
-
-def _optim(default, help, **kw):
-    return option(default, help, group="optimisation", **kw)
-
-
-def _run(default, help, **kw):
-    return option(default, help, group="run", **kw)
+_data = partial(option, group="data")
+_model = partial(option, group="model")
+_optim = partial(option, group="optimisation")
+_run = partial(option, group="run")
 
 
 @dataclass

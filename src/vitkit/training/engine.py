@@ -1,8 +1,7 @@
-"""The training loop (`vitkit.training.train` claims a run folder and calls `Trainer.fit`). Per step: learning rate -> augment on the device -> forward/backward (micro-batched) -> optimizer
--> metrics accumulated on the device. Per log interval: the one host synchronisation (progress, a
-non-finite loss check). Per epoch: evaluate -> best/ when the monitored metric improves -> refit the
-time budget -> last/ for resuming.
-"""
+"""The training loop (`vitkit.training.train` claims a run folder and calls `Trainer.fit`). Per step:
+lr -> augment on the device -> forward/backward (micro-batched) -> optimizer -> metrics accumulated on
+the device. Per log interval: the one host synchronisation (progress, non-finite loss check). Per
+epoch: evaluate -> best/ when the monitored metric improves -> refit the time budget -> last/."""
 
 from __future__ import annotations
 
