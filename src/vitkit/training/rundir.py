@@ -19,6 +19,7 @@ import io
 import os
 import platform
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from .config import TrainConfig
 
 TRAINER_STATE = "trainer.pt"
 LOCK_FILE = ".lock"
+LOCK_WAIT_S = 5.0
 METRIC_FIELDS = (
     "epoch",
     "train_loss",
@@ -45,6 +47,19 @@ METRIC_FIELDS = (
     "images_per_s",
     "time_s",
 )
+
+
+def _lock_within(fd: int, seconds: float) -> bool:
+    """Take an exclusive lock, waiting a moment for a process that is still exiting to drop it."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
 
 
 def _now() -> str:
@@ -76,11 +91,9 @@ class RunDir:
             path = Path(out) if out else default
             path.mkdir(parents=True, exist_ok=True)
         lock = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _lock_within(lock, LOCK_WAIT_S):
             os.close(lock)
-            raise ValueError(f"run folder {path} is in use by another vitkit process: choose another --out") from None
+            raise ValueError(f"run folder {path} is in use by another vitkit process: choose another --out")
         if not resume and any(p.name != LOCK_FILE for p in path.iterdir()):
             os.close(lock)
             raise ValueError(
