@@ -18,8 +18,8 @@ from common import SHARED_DATA, machine, merge_rows, print_table, timed, write_j
 
 from vitkit.data.augment import one_hot_smooth
 from vitkit.models import PRESETS, count_parameters
-from vitkit.train.config import make_config
-from vitkit.train.engine import Trainer
+from vitkit.training.config import make_config
+from vitkit.training.engine import Trainer
 
 
 def build_trainer(
@@ -32,8 +32,6 @@ def build_trainer(
     if batch_size:
         options["batch_size"] = batch_size
     trainer = Trainer(make_config(**options))
-    trainer.setup()
-    trainer.init_optimization()
     return trainer
 
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 from common import REPO, SHARED_DATA, machine, print_table, sync, write_json
 
-from vitkit.train.config import make_config
-from vitkit.train.engine import Trainer
+from vitkit.training.config import make_config
+from vitkit.training.engine import Trainer
 
 PEER = REPO.parent / "shared" / "peers" / "keras_seed_reference.py"
 PRESETS = {
@@ -102,8 +102,6 @@ def main() -> int:
                 compile=args.compile,
             )
         )
-        trainer.setup()
-        trainer.init_optimization()
         with tempfile.TemporaryDirectory() as tmp:
             npz = Path(tmp) / "data.npz"
             write_npz(trainer, npz)

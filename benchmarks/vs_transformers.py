@@ -19,8 +19,8 @@ from common import machine, print_table, write_json
 from inference import hf_twin
 
 from vitkit.models import create_model
-from vitkit.train.engine import use_bf16
-from vitkit.train.optim import build_optimizer, param_groups
+from vitkit.runtime import use_bf16
+from vitkit.training.optim import build_optimizer, param_groups
 
 
 def train_step(forward, optimizer, x, y, bf16: bool):

@@ -16,7 +16,8 @@ from PIL import Image
 
 from vitkit.data import builtin
 from vitkit.data.builtin import RemoteFile, download, load_builtin, read_idx
-from vitkit.data.folder import load_folder, scan_folder, stratified_split
+from vitkit.data.folder import load_folder, scan_folder
+from vitkit.data.splits import stratified_split
 from vitkit.data.preprocess import Preprocessing
 
 
@@ -238,8 +239,8 @@ def test_bad_images_stop_or_are_skipped(tmp_path):
 
 
 def test_large_folders_stream(tmp_path):
-    from vitkit.data.folder import FileSplit
     from vitkit.data.loader import BatchLoader
+    from vitkit.data.splits import FileSplit
 
     root = write_class_folders(tmp_path / "imgs", per_class=5)
     data, _ = load_folder(root, Preprocessing(16), memory_limit=1000)

@@ -221,7 +221,7 @@ def test_conv_stem_token_grid():
 
 def test_every_preset_builds_and_runs_at_its_size():
     from vitkit.models import PRESETS, get_preset
-    from vitkit.train.config import FIELDS
+    from vitkit.training.config import FIELDS
 
     for name, preset in PRESETS.items():
         model = create_model(name).eval()

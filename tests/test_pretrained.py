@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 import vitkit
 from vitkit.models import create_model, save_model
 from vitkit.pretrained import load_pretrained
-from vitkit.train.optim import param_groups
+from vitkit.training.optim import param_groups
 
 transformers = pytest.importorskip("transformers")
 
@@ -75,10 +75,7 @@ def test_backbone_only_checkpoint_loads(tmp_path):
 
 
 def timm_state(model):
-    return {
-        ("head." + k[len("head.1.") :] if k.startswith("head.1.") else k): v.clone()
-        for k, v in model.state_dict().items()
-    }
+    return {k: v.clone() for k, v in model.state_dict().items()}
 
 
 def test_timm_and_deit_layouts_reproduce_the_forward(tmp_path):
@@ -273,7 +270,7 @@ def test_finetune_controls():
     groups = param_groups(model, 0.05, layer_decay=0.5, head_scale=10.0)
     scale = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
     named = dict(model.named_parameters())
-    assert scale[id(named["head.1.weight"])] == 10.0
+    assert scale[id(named["head.weight"])] == 10.0
     assert scale[id(named["blocks.3.attn.qkv.weight"])] == 0.5  # top block: one step below the head
     assert scale[id(named["blocks.0.attn.qkv.weight"])] == 0.5**4
     assert scale[id(named["patch_embed.proj.weight"])] == 0.5**5
@@ -281,7 +278,7 @@ def test_finetune_controls():
     assert id(named["pos_embed"]) in no_decay and id(named["blocks.0.norm1.weight"]) in no_decay
     frozen = param_groups(model, 0.05, freeze_backbone=True)
     trainable = [p for g in frozen for p in g["params"]]
-    assert {id(p) for p in trainable} == {id(named["head.1.weight"]), id(named["head.1.bias"])}
+    assert {id(p) for p in trainable} == {id(named["head.weight"]), id(named["head.bias"])}
 
 
 def test_linear_probe_trains_only_the_head(tmp_path):

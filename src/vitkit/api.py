@@ -10,9 +10,11 @@ import torch
 
 from .data.loader import BatchLoader
 from .data.preprocess import Preprocessing
+from .data.prepare import dataset_defaults, prepare_data
+from .eval.loop import evaluate_loader
+from .fileio import settled_dir
 from .models.io import load_model
-from .train.config import make_config
-from .train.engine import Trainer, evaluate_loader, prepare_data, resolve_device, resume_config
+from .runtime import resolve_device
 
 
 def train(resume: str | os.PathLike | None = None, **options: Any) -> dict[str, Any]:
@@ -21,8 +23,12 @@ def train(resume: str | os.PathLike | None = None, **options: Any) -> dict[str, 
     `vitkit.train(data="cifar10", model="vit_tiny_patch4_32", epochs=20)`; any TrainConfig field is an
     option, a `preset` fills in the seed's values. `resume=RUN_DIR` continues an interrupted run.
     """
+    from .training import resume_config
+    from .training import train as run_training
+    from .training.config import make_config
+
     cfg = resume_config(resume, **options) if resume else make_config(**options)
-    return Trainer(cfg).run()
+    return run_training(cfg)
 
 
 BACKENDS = ("auto", "torch", "onnxruntime")
@@ -65,9 +71,8 @@ class Classifier:
 
 
 def _checkpoint_dir(path: Path) -> Path:
-    if (path / "best" / "config.json").is_file():
-        return path / "best"
-    return path
+    best = settled_dir(path / "best")
+    return best if (best / "config.json").is_file() else path
 
 
 def load(
@@ -126,16 +131,23 @@ def evaluate(
         raise ValueError("--data is required: the checkpoint does not say which data it was trained on")
     if split not in ("train", "val", "test"):
         raise ValueError(f"--split {split!r}: use train, val or test")
-    cfg = make_config(**options)
-    dataset, _ = prepare_data(cfg, clf.preprocessing)
+    dataset, _ = prepare_data(
+        options["data"],
+        preprocessing=clf.preprocessing,
+        seed=options.get("seed", 0),
+        val_split=options.get("val_split", dataset_defaults(options["data"]).get("val_split", 0.1)),
+        train_limit=options.get("train_limit", 0),
+        test_limit=options.get("test_limit", 0),
+        data_dir=options.get("data_dir"),
+    )
     if dataset.num_classes != len(clf.class_names):
         raise ValueError(
-            f"the checkpoint has {len(clf.class_names)} classes but {cfg.data} has "
+            f"the checkpoint has {len(clf.class_names)} classes but {options['data']} has "
             f"{dataset.num_classes}: evaluate on the data it was trained for, or fine-tune it first"
         )
     part = {"train": dataset.train, "val": dataset.val, "test": dataset.test}[split]
     if part is None:
-        raise ValueError(f"{cfg.data} has no {split} split")
+        raise ValueError(f"{options['data']} has no {split} split")
     loader = BatchLoader(part, batch_size, shuffle=False, device=clf.device)
     metrics = evaluate_loader(clf.model, loader, clf.augment, dataset.num_classes).compute(dataset.class_names)
-    return {"split": split, "data": cfg.data, **metrics}
+    return {"split": split, "data": options["data"], **metrics}

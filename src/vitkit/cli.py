@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import io
 import json
 import sys
-import typing
-from typing import Any
-
-import yaml
 
 from . import __version__
 
@@ -42,59 +37,23 @@ def cmd_models(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- train
 
 
-def _parse_model_arg(text: str) -> tuple[str, Any]:
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"--model-arg {text!r}: expected KEY=VALUE, e.g. depth=6")
-    key, value = text.split("=", 1)
-    return key.strip().replace("-", "_"), yaml.safe_load(value)
-
-
-def add_train_options(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field (help from the field's comment-free name), all defaulting to
-    'not given' so that presets and dataset defaults fill the rest."""
-    from .train.config import TrainConfig
-
-    hints = typing.get_type_hints(TrainConfig)
-    for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        kind = hints[f.name]
-        args = typing.get_args(kind)
-        base = next((a for a in args if a is not type(None)), kind) if args and type(None) in args else kind
-        if f.name == "model_args":
-            parser.add_argument(
-                "--model-arg",
-                dest="model_args",
-                action="append",
-                type=_parse_model_arg,
-                default=argparse.SUPPRESS,
-                metavar="KEY=VALUE",
-                help="architecture override, repeatable (e.g. --model-arg depth=6)",
-            )
-        elif base is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS)
-        elif typing.get_origin(base) is tuple:
-            parser.add_argument(flag, type=float, nargs="+", default=argparse.SUPPRESS, metavar="X")
-        else:
-            parser.add_argument(flag, type=base, default=argparse.SUPPRESS, metavar=f.name.split("_")[-1].upper())
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from . import api
+    from .options import read_yaml_options
+    from .training.config import TrainConfig
 
-    options = {k: v for k, v in vars(args).items() if k not in ("command", "func", "nproc")}
-    if "model_args" in options:
-        options["model_args"] = dict(options["model_args"])
-    if getattr(args, "nproc", 0) and args.nproc > 1:
-        from .train.launch import launch_torchrun
+    if getattr(args, "nproc", 0) > 1:
+        from .training.launch import launch_torchrun
 
         return launch_torchrun(args.nproc, sys.argv[1:])
-    if options.get("resume"):
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "func", "nproc", "config")}
+    if "model_args" in flags:
+        flags["model_args"] = dict(flags["model_args"])
+    options = {**(read_yaml_options(args.config, TrainConfig) if getattr(args, "config", None) else {}), **flags}
+    if options.pop("resume", False):
         if not options.get("out"):
             raise UserError("--resume needs --out RUN_DIR (the run folder to continue)")
-        run_dir = options.pop("out")
-        options.pop("resume")
-        keep = {k: v for k, v in options.items() if k in ("epochs", "progress", "device", "threads", "workers")}
-        result = api.train(resume=run_dir, **keep)
+        result = api.train(resume=options.pop("out"), **options)
     else:
         result = api.train(**options)
     print(
@@ -183,12 +142,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         report = export_onnx(api.load(args.checkpoint, device="cpu"), args.out, opset=args.opset)
         print(json.dumps({"onnx": args.out, "max_abs_logit_diff": report}))
     else:
-        from .models.vit import ViT
         from .pretrained.hf import save_hf_folder
 
         clf = api.load(args.checkpoint, device="cpu")
-        if not isinstance(clf.model, ViT):
-            raise UserError(f"--format hf exports ViTs only; {args.checkpoint} is a {clf.model.family} model")
         save_hf_folder(clf.model, clf.class_names, clf.preprocessing, args.out)
         if clf.preprocessing.decode_size is not None:
             print(
@@ -230,13 +186,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--presets", action="store_true", help="presets only")
     p.set_defaults(func=cmd_models)
 
+    from .options import add_dataclass_options
+    from .training.config import GROUPS, TrainConfig
+
     p = sub.add_parser(
         "train",
         help="train a model; writes a run folder of metrics, plots and weights",
+        description="Train a model into a run folder. Values come from the declared defaults, then the "
+        "dataset's, then --preset, then --config FILE.yaml, then the flags given here.",
         argument_default=argparse.SUPPRESS,
     )
-    add_train_options(p)
+    p.add_argument("--config", metavar="FILE.yaml", help="options from a YAML file (e.g. a run's args.yaml); flags win")
     p.add_argument("--nproc", type=int, default=0, help="processes on this machine (launches torchrun)")
+    add_dataclass_options(p, TrainConfig, GROUPS)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="recompute a checkpoint's metrics on a dataset split")
@@ -301,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (UserError, ValueError, FileNotFoundError) as e:
+    except (UserError, ValueError, FileNotFoundError, FloatingPointError) as e:
         print(f"vitkit {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,3 +41,24 @@ def read_json(path: str | os.PathLike) -> Any:
         raise FileNotFoundError(f"{path} does not exist") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON ({e}); the file is damaged, restore or delete it") from None
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Swap a fully written folder into place. A crash between the two renames leaves `final.old`,
+    which `settled_dir` puts back, so a reader always finds the old or the new folder."""
+    old = final.with_name(final.name + ".old")
+    if old.exists():
+        if final.exists():
+            shutil.rmtree(old)
+        else:
+            old.rename(final)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def settled_dir(final: Path) -> Path:
+    """`final`, or its previous copy when a swap was interrupted after moving it aside."""
+    old = final.with_name(final.name + ".old")
+    return old if not final.exists() and old.is_dir() else final

@@ -10,10 +10,13 @@ only from the generator passed in, so a seeded run is reproducible and resumable
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from functools import partial
 
 import torch
 import torch.nn.functional as F
+
+from ..options import option
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 GEOMETRIC_OPS = ("rotate", "shear_x", "shear_y", "translate_x", "translate_y")
@@ -21,19 +24,28 @@ COLOR_OPS = ("identity", "brightness", "contrast", "color", "sharpness", "poster
 AUTO_OPS = COLOR_OPS + GEOMETRIC_OPS
 
 
+_aug = partial(option, group="augmentation")
+
+
 @dataclass
 class AugmentSpec:
-    """What to do to a training batch; evaluation only resizes and normalises."""
+    """What to do to a training batch; evaluation only resizes and normalises. The training
+    configuration extends this class, so these fields (and their flags) are declared only here."""
 
-    hflip: bool = False
-    rotation: float = 0.0  # max rotation as a fraction of a full turn (Keras RandomRotation factor)
-    zoom: float = 0.0  # max zoom in/out per axis (Keras RandomZoom factor)
-    crop_padding: int = 0  # random crop after zero-padding by this many pixels (of the stored image)
-    rrc_scale: float = 0.0  # RandomResizedCrop minimum area fraction; 0 disables it
-    auto_augment: str = "none"  # none | rand | trivial
-    ra_num_ops: int = 2
-    ra_magnitude: int = 9  # out of 30, as in RandAugment
-    random_erasing: float = 0.0  # probability per sample
+    hflip: bool = _aug(False, "random horizontal flips")
+    rotation: float = _aug(0.0, "max rotation as a fraction of a full turn (Keras RandomRotation factor)")
+    zoom: float = _aug(0.0, "max zoom in/out per axis as a fraction (Keras RandomZoom factor)")
+    crop_padding: int = _aug(0, "random crop after zero-padding the stored image by this many pixels")
+    rrc_scale: float = _aug(0.0, "RandomResizedCrop minimum area fraction, e.g. 0.35 (0: off)")
+    auto_augment: str = _aug("none", "automatic augmentation policy", choices=("none", "rand", "trivial"))
+    ra_num_ops: int = _aug(2, "RandAugment: operations per image")
+    ra_magnitude: int = _aug(9, "RandAugment: magnitude out of 30")
+    random_erasing: float = _aug(0.0, "probability of erasing a random box per image")
+
+    @classmethod
+    def from_options(cls, options) -> "AugmentSpec":
+        """The spec held by any object with these fields (a training configuration)."""
+        return cls(**{f.name: getattr(options, f.name) for f in fields(cls)})
 
 
 def to_channels(x: torch.Tensor, channels: int) -> torch.Tensor:

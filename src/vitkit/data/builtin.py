@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..fileio import atomic_path
+from .splits import Dataset, Split, stratified_split
 
 # System-wide copies (Debian's dataset-fashion-mnist package) are used before downloading.
 SYSTEM_DIRS = {"fashion-mnist": [Path("/usr/share/datasets/fashion-mnist")]}
@@ -32,38 +33,6 @@ class RemoteFile:
     name: str
     url: str
     md5: str
-
-
-@dataclass
-class Split:
-    images: torch.Tensor  # (N, C, H, W) uint8
-    labels: torch.Tensor  # (N,) int64
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def subset(self, index) -> "Split":
-        index = torch.as_tensor(index, dtype=torch.long)
-        return Split(self.images[index], self.labels[index])
-
-
-@dataclass
-class Dataset:
-    """Train, optional validation and test splits with class names, all decoded in memory."""
-
-    name: str
-    train: Split
-    test: Split | None
-    class_names: list[str]
-    val: Split | None = None
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    @property
-    def channels(self) -> int:
-        return self.train.images.shape[1]
 
 
 FASHION_CLASSES = [
@@ -277,8 +246,6 @@ def load_cifar(name: str, root: Path) -> Dataset:
 def load_digits_dataset(seed: int = 0, test_fraction: float = 0.2) -> Dataset:
     """scikit-learn's 8x8 digits (1,797 real images, no download) with a stratified test split."""
     from sklearn.datasets import load_digits
-
-    from .folder import stratified_split
 
     digits = load_digits()
     images = torch.from_numpy((digits.images / 16.0 * 255.0).round().astype(np.uint8)).unsqueeze(1)

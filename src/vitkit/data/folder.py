@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +18,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..fileio import atomic_path
-from .builtin import Dataset, Split, data_root
+from .builtin import data_root
 from .images import BadImageError, is_image_file
 from .preprocess import Preprocessing
+from .splits import Dataset, FileSplit, Split
 
 SPLIT_ALIASES = {
     "train": "train",
@@ -33,38 +33,6 @@ SPLIT_ALIASES = {
     "testing": "test",
 }
 IN_MEMORY_LIMIT_BYTES = 4 << 30
-
-
-@dataclass
-class FileSplit:
-    """A split kept as file paths, decoded on the fly (for folders that do not fit in memory)."""
-
-    paths: list[Path]
-    labels: torch.Tensor
-    preprocessing: Preprocessing
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def subset(self, index) -> "FileSplit":
-        index = torch.as_tensor(index, dtype=torch.long)
-        return FileSplit([self.paths[i] for i in index.tolist()], self.labels[index], self.preprocessing)
-
-
-def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices (keep, held_out): `fraction` of every class held out, chosen by a seeded shuffle."""
-    if not 0.0 < fraction < 1.0:
-        raise ValueError(f"--val-split must be between 0 and 1 (exclusive), got {fraction}")
-    gen = torch.Generator().manual_seed(seed)
-    keep, held = [], []
-    for c in labels.unique().tolist():
-        idx = (labels == c).nonzero().flatten()
-        idx = idx[torch.randperm(len(idx), generator=gen)]
-        n_held = int(round(len(idx) * fraction))
-        n_held = min(max(n_held, 1), len(idx) - 1) if len(idx) > 1 else 0
-        held.append(idx[:n_held])
-        keep.append(idx[n_held:])
-    return torch.cat(keep).sort().values, torch.cat(held).sort().values
 
 
 def _class_files(folder: Path) -> dict[str, list[Path]]:
@@ -103,8 +71,10 @@ def scan_folder(root: str | os.PathLike) -> dict[str, dict[str, list[Path]]]:
     return {"train": _class_files(root)}
 
 
-def _fingerprint(splits: dict[str, dict[str, list[Path]]], preprocessing: Preprocessing) -> str:
-    digest = hashlib.sha256(f"v2 {preprocessing.decode_key()}".encode())
+def _fingerprint(splits: dict[str, dict[str, list[Path]]], preprocessing: Preprocessing, skip_bad: bool) -> str:
+    """Files, sizes, times, the decode (see Preprocessing.decode_key) and the bad-file policy: a cache
+    made while skipping bad files must not serve a run that asked to fail on them."""
+    digest = hashlib.sha256(f"v2 {preprocessing.decode_key()} skip_bad={skip_bad}".encode())
     for split, classes in sorted(splits.items()):
         for cls, files in classes.items():
             for f in files:
@@ -158,7 +128,7 @@ def load_folder(
         }
         return Dataset(name, parts["train"], parts.get("test"), class_names, parts.get("val")), []
 
-    cache_file = data_root(data_dir) / "folders" / f"{name}-{_fingerprint(splits, preprocessing)}.safetensors"
+    cache_file = data_root(data_dir) / "folders" / f"{name}-{_fingerprint(splits, preprocessing, skip_bad)}.safetensors"
     if cache and cache_file.is_file():
         try:
             tensors = load_file(str(cache_file))

@@ -13,8 +13,7 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
-from .builtin import Split
-from .folder import FileSplit
+from .splits import FileSplit, Split
 
 
 def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:

@@ -2,49 +2,57 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 
 
-@dataclass
 class MetricAccumulator:
-    """Sums over batches (and, in distributed runs, over ranks): loss, top-k hits, confusion matrix."""
+    """Sums over batches (and, in distributed runs, over ranks): loss, top-k hits, confusion matrix.
 
-    num_classes: int
-    topk: int = 5
-    loss_sum: float = 0.0
-    count: int = 0
-    topk_hits: int = 0
-    confusion: torch.Tensor = field(init=False)
+    The sums stay tensors on the batches' device, so updating never waits for the device; reading a
+    total (`loss_sum`, `count`, `compute()`) is the one synchronisation point."""
 
-    def __post_init__(self):
-        self.confusion = torch.zeros(self.num_classes, self.num_classes, dtype=torch.long)
+    def __init__(self, num_classes: int, topk: int = 5, device: torch.device | str = "cpu"):
+        self.num_classes, self.topk = num_classes, topk
+        self.sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, count, top-k hits
+        self.confusion = torch.zeros(num_classes * num_classes, dtype=torch.long, device=device)
 
-    def update(self, logits: torch.Tensor, labels: torch.Tensor, loss_sum: float) -> None:
-        pred = logits.argmax(dim=1)
+    def update(self, logits: torch.Tensor, labels: torch.Tensor, loss_sum: torch.Tensor | float) -> None:
         k = min(self.topk, logits.shape[1])
-        self.topk_hits += int((logits.topk(k, dim=1).indices == labels.unsqueeze(1)).any(dim=1).sum())
+        hits = (logits.topk(k, dim=1).indices == labels.unsqueeze(1)).any(dim=1).sum()
         self.confusion += torch.bincount(
-            labels.cpu() * self.num_classes + pred.cpu(), minlength=self.num_classes**2
-        ).view(self.num_classes, self.num_classes)
-        self.loss_sum += float(loss_sum)
-        self.count += labels.shape[0]
-
-    def as_tensor(self) -> torch.Tensor:
-        return torch.cat(
+            labels * self.num_classes + logits.argmax(dim=1), minlength=self.num_classes**2
+        )
+        self.sums += torch.stack(
             [
-                torch.tensor([self.loss_sum, self.count, self.topk_hits], dtype=torch.float64),
-                self.confusion.flatten().double(),
+                torch.as_tensor(loss_sum, dtype=torch.float64, device=self.sums.device).detach(),
+                torch.tensor(float(labels.shape[0]), dtype=torch.float64, device=self.sums.device),
+                hits.to(torch.float64),
             ]
         )
 
+    @property
+    def loss_sum(self) -> float:
+        return float(self.sums[0])
+
+    @property
+    def count(self) -> int:
+        return int(self.sums[1])
+
+    @property
+    def correct(self) -> int:
+        return int(self.confusion.view(self.num_classes, -1).diag().sum())
+
+    def as_tensor(self) -> torch.Tensor:
+        return torch.cat([self.sums, self.confusion.double()])
+
     def load_tensor(self, t: torch.Tensor) -> None:
-        self.loss_sum, self.count, self.topk_hits = float(t[0]), int(t[1]), int(t[2])
-        self.confusion = t[3:].round().long().view(self.num_classes, self.num_classes)
+        self.sums = t[:3].clone()
+        self.confusion = t[3:].round().long()
 
     def compute(self, class_names: list[str] | None = None) -> dict:
-        return classification_report(self.confusion, self.topk_hits, self.loss_sum, class_names, self.topk)
+        loss_sum, _, hits = self.sums.tolist()
+        confusion = self.confusion.cpu().view(self.num_classes, self.num_classes)
+        return classification_report(confusion, int(round(hits)), loss_sum, class_names, self.topk)
 
 
 def classification_report(

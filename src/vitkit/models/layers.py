@@ -200,19 +200,6 @@ class Attention(nn.Module):
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, N, -1)))
 
 
-def classifier_head(
-    in_features: int, num_classes: int, hidden: tuple[int, ...] = (), dropout: float = 0.0
-) -> nn.Sequential:
-    """Dropout before every Linear, GELU between hidden layers (the Keras ViT head when hidden is set)."""
-    layers: list[nn.Module] = []
-    width = in_features
-    for units in hidden:
-        layers += [nn.Dropout(dropout), nn.Linear(width, units), nn.GELU()]
-        width = units
-    layers += [nn.Dropout(dropout), nn.Linear(width, num_classes)]
-    return nn.Sequential(*layers)
-
-
 def resize_pos_embed(pos_embed: torch.Tensor, new_grid: int, num_prefix_tokens: int) -> torch.Tensor:
     """Bicubic interpolation of a (1, prefix + g*g, D) position table to a new square grid; prefix
     (class token) entries are kept unchanged."""

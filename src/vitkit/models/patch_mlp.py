@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from .layers import PatchEmbed, classifier_head, init_linear_weights
+from .base import ImageClassifier, block_layer_id
+from .layers import PatchEmbed, init_linear_weights
 
 
 @dataclass
@@ -29,10 +30,11 @@ class PatchMLPConfig:
     norm_eps: float = 1e-6
 
 
-class PatchMLPClassifier(nn.Module):
+class PatchMLPClassifier(ImageClassifier):
     """Subclasses set `block`, a module class built as block(cfg, num_patches, drop_path)."""
 
     block: type[nn.Module]
+    no_weight_decay_names = ("pos_embed",)
 
     def __init__(self, cfg):
         super().__init__()
@@ -43,7 +45,7 @@ class PatchMLPClassifier(nn.Module):
         rates = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()
         self.blocks = nn.ModuleList(self.block(cfg, num_patches, r) for r in rates)
         self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps) if cfg.final_norm else nn.Identity()
-        self.head = classifier_head(cfg.embed_dim, cfg.num_classes, dropout=cfg.head_dropout)
+        self.init_head(cfg.embed_dim, dropout=cfg.head_dropout)
         self.apply(init_linear_weights)
         if self.pos_embed is not None:
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
@@ -60,8 +62,15 @@ class PatchMLPClassifier(nn.Module):
             x = block(x)
         return self.norm(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.forward_features(x).mean(dim=1))
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens.mean(dim=1)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.blocks)
+
+    def layer_id(self, param_name: str) -> int:
+        return block_layer_id(param_name, ("patch_embed", "pos_embed"), self.num_layers)
 
     def set_image_size(self, image_size: int) -> None:
         if image_size != self.config.image_size:

@@ -1,7 +1,7 @@
 """Named presets: a model configuration plus the training hyperparameters that go with it.
 
 The `keras-*` and `d2l-*` presets reproduce the seed systems exactly; `train` keys are fields of
-`vitkit.train.TrainConfig` and can each be overridden on the command line.
+`vitkit.training.TrainConfig` and can each be overridden on the command line.
 """
 
 from __future__ import annotations

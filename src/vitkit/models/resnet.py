@@ -10,7 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import check_channels, classifier_head
+from .base import ImageClassifier
+from .layers import check_channels
 from .registry import ModelConfig, register_family, register_model
 
 BLOCKS = ("basic", "preact_bottleneck")
@@ -70,7 +71,7 @@ class PreActBottleneck(nn.Module):
 
 
 @register_family("resnet")
-class ResNet(nn.Module):
+class ResNet(ImageClassifier):
     config_class = ResNetConfig
 
     def __init__(self, cfg: ResNetConfig):
@@ -101,7 +102,7 @@ class ResNet(nn.Module):
         self.final_act = (
             nn.Sequential(nn.BatchNorm2d(in_ch), nn.ReLU(inplace=True)) if block is PreActBottleneck else nn.Identity()
         )
-        self.head = classifier_head(in_ch, cfg.num_classes, dropout=cfg.head_dropout)
+        self.init_head(in_ch, dropout=cfg.head_dropout)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -110,8 +111,20 @@ class ResNet(nn.Module):
         check_channels(x, self.config.in_chans)
         return self.final_act(self.stages(self.stem(x)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.forward_features(x).mean(dim=(2, 3)))
+    def pool(self, features: torch.Tensor) -> torch.Tensor:
+        return features.mean(dim=(2, 3))
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.stages)
+
+    def layer_id(self, param_name: str) -> int:
+        """0 for the stem, 1..num_layers for the residual blocks in order, then the final BN and head."""
+        if param_name.startswith("stem."):
+            return 0
+        if param_name.startswith("stages."):
+            return int(param_name.split(".")[1]) + 1
+        return self.num_layers + 1
 
     def set_image_size(self, image_size: int) -> None:
         self.config.image_size = image_size  # fully convolutional: any size works

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from .base import ImageClassifier, block_layer_id
 from .layers import (
     Attention,
     ConvTokenizer,
@@ -22,7 +23,6 @@ from .layers import (
     PatchEmbed,
     ShiftedPatchTokenizer,
     check_patch_grid,
-    classifier_head,
     init_linear_weights,
     resize_pos_embed,
 )
@@ -80,8 +80,9 @@ class Block(nn.Module):
 
 
 @register_family("vit")
-class ViT(nn.Module):
+class ViT(ImageClassifier):
     config_class = ViTConfig
+    no_weight_decay_names = ("pos_embed", "cls_token")
 
     def __init__(self, cfg: ViTConfig):
         super().__init__()
@@ -103,7 +104,7 @@ class ViT(nn.Module):
         self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
         pooled = cfg.embed_dim * num_tokens if cfg.pool == "flatten" else cfg.embed_dim
         self.seq_pool = nn.Linear(cfg.embed_dim, 1) if cfg.pool == "seq" else None
-        self.head = classifier_head(pooled, cfg.num_classes, cfg.head_hidden, cfg.head_dropout)
+        self.init_head(pooled, cfg.head_hidden, cfg.head_dropout)
         self.apply(init_linear_weights)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         if self.cls_token is not None:
@@ -139,8 +140,17 @@ class ViT(nn.Module):
             return (weights * tokens).sum(dim=1)
         return tokens.flatten(1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.pool(self.forward_features(x)))
+    @property
+    def num_layers(self) -> int:
+        return len(self.blocks)
+
+    def layer_id(self, param_name: str) -> int:
+        return block_layer_id(param_name, ("patch_embed", "cls_token", "pos_embed"), self.num_layers)
+
+    @property
+    def attention_layers(self) -> list[nn.Module]:
+        """The blocks' attention modules in order (for attention rollout)."""
+        return [block.attn for block in self.blocks]
 
     def set_image_size(self, image_size: int) -> None:
         """Run at another resolution: the position table is interpolated (class token kept)."""

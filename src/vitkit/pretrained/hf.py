@@ -103,7 +103,7 @@ def hf_to_vitkit(state: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str, to
             for p in ("weight", "bias"):
                 out[f"{dst}{ours}.{p}"] = body[f"{src}{theirs}.{p}"]
     if head:
-        out["head.1.weight"], out["head.1.bias"] = head["classifier.weight"], head["classifier.bias"]
+        out["head.weight"], out["head.bias"] = head["classifier.weight"], head["classifier.bias"]
     return out
 
 
@@ -125,7 +125,7 @@ def vitkit_to_hf(state: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str, to
     if inner != cfg.embed_dim:
         raise ValueError("Hugging Face ViT needs num_heads x head_dim == embed_dim")
     out = {HF_PREFIX + theirs: state[ours] for theirs, ours in EMBEDDING_KEYS.items()}
-    out["classifier.weight"], out["classifier.bias"] = state["head.1.weight"], state["head.1.bias"]
+    out["classifier.weight"], out["classifier.bias"] = state["head.weight"], state["head.bias"]
     for i in range(cfg.depth):
         src, dst = f"blocks.{i}.", f"{HF_PREFIX}encoder.layer.{i}."
         for part, name in zip(state[src + "attn.qkv.weight"].chunk(3), QKV):
@@ -249,7 +249,7 @@ def load_hf_folder(folder: Path) -> Pretrained:
     mapped = hf_to_vitkit(state, cfg)
     model = ViT(cfg)
     missing, unexpected = model.load_state_dict(mapped, strict=False)
-    if unexpected or (set(missing) - {"head.1.weight", "head.1.bias"}):
+    if unexpected or (set(missing) - {"head.weight", "head.bias"}):
         raise ValueError(f"weights do not fit the architecture: missing {missing}, unexpected {unexpected}")
     labels = hf.get("id2label") or {}
     names = [labels.get(str(i), labels.get(i)) for i in range(len(labels))] if has_head and labels else None
@@ -261,6 +261,8 @@ def save_hf_folder(model: ViT, class_names: list[str], preprocessing: Preprocess
     with a device resize (decode_size set) gets a processor that resizes in one step instead."""
     from safetensors.torch import save_file
 
+    if model.family != "vit":
+        raise ValueError(f"--format hf exports ViTs only; this checkpoint is a {model.family} model")
     out = Path(out)
     cfg = model.config
     state = vitkit_to_hf({k: v.detach().cpu() for k, v in model.state_dict().items()}, cfg)

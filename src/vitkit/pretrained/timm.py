@@ -1,7 +1,7 @@
 """timm and DeiT ViT checkpoints -> vitkit's ViT.
 
-timm's key layout is vitkit's own except the head (timm `head` is vitkit `head.1`, after the
-dropout); the architecture is read off the tensor shapes. The one thing shapes cannot tell is the head
+timm's key layout is vitkit's own (heads included: `pre_logits`, `head_drop`, `head`); the
+architecture is read off the tensor shapes. The one thing shapes cannot tell is the head
 count: standard ViTs use 64 channels per head, so that is the default (override with num_heads).
 """
 
@@ -69,11 +69,10 @@ def vit_config_from_timm(state: dict[str, torch.Tensor], num_heads: int | None =
 
 def timm_to_vitkit(state: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str, torch.Tensor]:
     expected = {k for k in ViT(cfg).state_dict()}
-    renamed = {("head.1." + k[5:] if k.startswith("head.") else k): v for k, v in state.items()}
-    if "head.1.weight" not in renamed:  # a backbone without a classifier (num_classes=0 in timm)
-        expected -= {"head.1.weight", "head.1.bias"}
-    check_keys(set(renamed), expected, "timm/DeiT ViT")
-    return renamed
+    if "head.weight" not in state:  # a backbone without a classifier (num_classes=0 in timm)
+        expected -= {"head.weight", "head.bias"}
+    check_keys(set(state), expected, "timm/DeiT ViT")
+    return dict(state)
 
 
 def preprocessing_from_timm(cfg: ViTConfig, pretrained_cfg: dict | None) -> Preprocessing:
@@ -97,6 +96,6 @@ def load_timm_state(
     cfg = vit_config_from_timm(state, num_heads)
     model = ViT(cfg)
     mapped = timm_to_vitkit(state, cfg)
-    has_head = "head.1.weight" in mapped
+    has_head = "head.weight" in mapped
     model.load_state_dict(mapped, strict=has_head)
     return Pretrained(model, preprocessing_from_timm(cfg, pretrained_cfg), None, has_head)

@@ -15,18 +15,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..models.layers import Attention
-from ..models.vit import ViT
-
-
-def _attention_modules(model) -> list[Attention]:
-    return [m for m in model.modules() if isinstance(m, Attention)]
-
 
 @torch.no_grad()
-def attention_maps(model: ViT, x: torch.Tensor) -> dict[str, torch.Tensor]:
+def attention_maps(model, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """{'rollout': (B, g, g)} and, with a class token, {'cls_last': (B, g, g)}; each scaled to [0, 1]."""
-    modules = _attention_modules(model)
+    modules = model.attention_layers
     for m in modules:
         m.keep_attention = True
     try:
@@ -74,7 +67,7 @@ def explain_tensor(classifier, images: torch.Tensor) -> tuple[torch.Tensor, dict
     model.eval()
     with torch.inference_mode():
         probs = model(x).float().softmax(-1)
-    if isinstance(model, ViT):
+    if model.attention_layers:
         maps = attention_maps(model, x)
     else:
         maps = {"saliency": gradient_saliency(model, x, probs.argmax(-1))}

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import datetime
 import os
+import signal
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -11,6 +14,7 @@ import torch.distributed as dist
 
 # A rank that dies must not leave the others waiting forever in a collective.
 DEFAULT_TIMEOUT_S = int(os.environ.get("VITKIT_DIST_TIMEOUT", "300"))
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclass
@@ -65,6 +69,7 @@ def init_distributed(device_type: str) -> DistContext:
     if world_size <= 1:
         return DistContext()
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    die_with_launcher()
     if not dist.is_initialized():
         backend = "gloo"
         if device_type == "cuda":
@@ -72,6 +77,16 @@ def init_distributed(device_type: str) -> DistContext:
             backend = "cpu:gloo,cuda:nccl"  # small CPU-side agreements (stop flags, counts) need gloo
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=DEFAULT_TIMEOUT_S))
     return DistContext(rank, world_size, local_rank)
+
+
+def die_with_launcher() -> None:
+    """A rank whose launcher was killed outright (SIGKILL, a crash) must not train on as an orphan,
+    holding its run folder and writing into it: Linux delivers SIGKILL to it when its parent dies."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() == 1:  # the launcher died before the call
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def shutdown(ctx: DistContext) -> None:

@@ -1,0 +1,85 @@
+"""Data policy: which images a run trains, validates and tests on, and how they are normalised."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .augment import IMAGENET_MEAN, IMAGENET_STD, to_channels
+from .builtin import BUILTIN, load_builtin
+from .folder import load_folder
+from .preprocess import Preprocessing
+from .splits import Dataset, FileSplit, Split, limit_split, stratified_split
+
+NORMALIZE = ("fit", "imagenet", "half", "none")
+
+# Sensible from-scratch defaults per built-in dataset (a user's values and presets override them).
+DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
+    "digits": dict(
+        image_size=16,
+        epochs=40,
+        batch_size=64,
+        lr=2e-3,
+        warmup_epochs=3,
+        crop_padding=1,
+        label_smoothing=0.1,
+        val_split=0.1,
+    ),
+    "mnist": dict(image_size=28, epochs=10, crop_padding=2),
+    "fashion-mnist": dict(image_size=28, epochs=10, crop_padding=2, hflip=True),
+    "cifar10": dict(image_size=32, epochs=50, crop_padding=4, hflip=True),
+    "cifar100": dict(image_size=32, epochs=100, crop_padding=4, hflip=True),
+}
+FOLDER_DEFAULTS: dict[str, Any] = dict(image_size=32, epochs=30, hflip=True, rrc_scale=0.35, val_split=0.2)
+
+
+def dataset_defaults(data: str) -> dict[str, Any]:
+    """The training values a dataset suggests when no preset is given."""
+    return DATASET_DEFAULTS.get(data, {}) if data in BUILTIN else FOLDER_DEFAULTS
+
+
+def prepare_data(
+    data: str,
+    *,
+    preprocessing: Preprocessing,
+    seed: int,
+    val_split: float,
+    train_limit: int = 0,
+    test_limit: int = 0,
+    skip_bad: bool = False,
+    data_dir: str | os.PathLike | None = None,
+) -> tuple[Dataset, list[str]]:
+    """Load a built-in dataset or a folder (folders decoded with `preprocessing`), apply the limits and
+    hold a stratified validation split out of train when the data has none. Returns the dataset and
+    the skipped bad images."""
+    if data in BUILTIN:
+        dataset, bad = load_builtin(data, data_dir, seed), []
+    else:
+        dataset, bad = load_folder(data, preprocessing, skip_bad=skip_bad, data_dir=data_dir)
+    dataset.train = limit_split(dataset.train, train_limit, seed)
+    if dataset.test is not None:
+        dataset.test = limit_split(dataset.test, test_limit, seed)
+    if dataset.val is None:
+        keep, held = stratified_split(dataset.train.labels, val_split, seed)
+        dataset.train, dataset.val = dataset.train.subset(keep), dataset.train.subset(held)
+    return dataset, bad
+
+
+def channel_stats(split: Split | FileSplit, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean/std of the training images (the Keras Normalization layer's adapt). A split
+    streamed from files gets the ImageNet statistics instead of a full pass over the files."""
+    if not split.in_memory:
+        return (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else ((0.5,), (0.5,))
+    x = to_channels(split.images[:20000].float().div(255), channels)
+    return tuple(x.mean(dim=(0, 2, 3)).tolist()), tuple(x.std(dim=(0, 2, 3)).clamp(min=1e-3).tolist())
+
+
+def normalization(mode: str, train: Split | FileSplit, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) for a `--normalize` mode: fit (train-set statistics), imagenet, half or none."""
+    if mode == "fit":
+        return channel_stats(train, channels)
+    if mode == "imagenet":
+        return (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else ((0.449,), (0.226,))
+    if mode == "half":
+        return (0.5,) * channels, (0.5,) * channels
+    return (0.0,) * channels, (1.0,) * channels

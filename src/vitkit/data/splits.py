@@ -1,0 +1,115 @@
+"""What a split is, wherever its images live.
+
+Every split (decoded in memory, or file paths decoded on the fly) offers the same protocol, so the
+training and evaluation code never asks which kind it holds:
+  len(split)          number of images
+  split.labels        (N,) int64 class indices
+  split.subset(idx)   the same kind of split over the given indices
+  split.channels      channels of the stored images (1 or 3)
+  split.stored_size   side of the stored square images (before the device resize)
+  split.in_memory     whether the images are decoded tensors (else read from files per batch)
+Reading batches is `data.loader.BatchLoader`'s job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .preprocess import Preprocessing
+
+
+@dataclass
+class Split:
+    """Images decoded in memory."""
+
+    images: torch.Tensor  # (N, C, H, W) uint8
+    labels: torch.Tensor  # (N,) int64
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index) -> "Split":
+        index = torch.as_tensor(index, dtype=torch.long)
+        return Split(self.images[index], self.labels[index])
+
+    @property
+    def channels(self) -> int:
+        return self.images.shape[1]
+
+    @property
+    def stored_size(self) -> int:
+        return self.images.shape[-1]
+
+    in_memory = True
+
+
+@dataclass
+class FileSplit:
+    """A split kept as file paths, decoded on the fly (for folders that do not fit in memory)."""
+
+    paths: list[Path]
+    labels: torch.Tensor
+    preprocessing: Preprocessing
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index) -> "FileSplit":
+        index = torch.as_tensor(index, dtype=torch.long)
+        return FileSplit([self.paths[i] for i in index.tolist()], self.labels[index], self.preprocessing)
+
+    @property
+    def channels(self) -> int:
+        return 3  # files are always decoded to RGB
+
+    @property
+    def stored_size(self) -> int:
+        return self.preprocessing.square_size
+
+    in_memory = False
+
+
+@dataclass
+class Dataset:
+    """Train, optional validation and test splits with class names."""
+
+    name: str
+    train: Split | FileSplit
+    test: Split | FileSplit | None
+    class_names: list[str]
+    val: Split | FileSplit | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def channels(self) -> int:
+        return self.train.channels
+
+
+def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (keep, held_out): `fraction` of every class held out, chosen by a seeded shuffle."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"--val-split must be between 0 and 1 (exclusive), got {fraction}")
+    gen = torch.Generator().manual_seed(seed)
+    keep, held = [], []
+    for c in labels.unique().tolist():
+        idx = (labels == c).nonzero().flatten()
+        idx = idx[torch.randperm(len(idx), generator=gen)]
+        n_held = int(round(len(idx) * fraction))
+        n_held = min(max(n_held, 1), len(idx) - 1) if len(idx) > 1 else 0
+        held.append(idx[:n_held])
+        keep.append(idx[n_held:])
+    return torch.cat(keep).sort().values, torch.cat(held).sort().values
+
+
+def limit_split(split: Split | FileSplit, limit: int, seed: int) -> Split | FileSplit:
+    """A stratified subset of `limit` images (the whole split when limit is 0 or not smaller)."""
+    if not limit or limit >= len(split):
+        return split
+    _, keep = stratified_split(split.labels, limit / len(split), seed)
+    return split.subset(keep)

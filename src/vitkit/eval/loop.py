@@ -1,0 +1,33 @@
+"""The evaluation loop shared by training (validation, test) and `vitkit eval`."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..data.augment import BatchAugment
+from ..data.loader import BatchLoader
+from .metrics import MetricAccumulator
+
+
+@torch.inference_mode()
+def evaluate_loader(
+    model: nn.Module,
+    loader: BatchLoader,
+    augment: BatchAugment,
+    num_classes: int,
+    all_reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> MetricAccumulator:
+    """Loss, top-k and confusion matrix over a loader; `all_reduce_sum` sums the counts across ranks.
+    Always fp32, whatever the training precision, so `vitkit eval` reproduces every reported metric."""
+    model.eval()
+    acc = MetricAccumulator(num_classes, device=loader.device)
+    for images, labels in loader.batches():
+        logits = model(augment.eval(images)).float()
+        acc.update(logits, labels, F.cross_entropy(logits, labels, reduction="sum"))
+    if all_reduce_sum is not None:
+        acc.load_tensor(all_reduce_sum(acc.as_tensor()))
+    return acc

@@ -1,0 +1,53 @@
+"""Where and how models run: device, threads and precision, shared by training and inference."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r}: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA device is available; use --device cpu")
+    return device
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 matrix instructions in hardware. Without them bf16 is emulated and
+    slower than fp32, so 'auto' must not pick it."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def use_bf16(amp: str, device: torch.device) -> bool:
+    """bf16 autocast where the hardware has fast bf16 (measured on an AVX512-BF16 CPU: training 1.5x,
+    inference 2.1x the fp32 images/s): CUDA GPUs that support it, CPUs with native bf16."""
+    if amp == "bf16":
+        return True
+    if amp != "auto":
+        return False
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_has_native_bf16()
+
+
+def autocast(device: torch.device, enabled: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def setup_threads(threads: int) -> None:
+    """torch CPU threads; 0 means every core."""
+    if threads < 0:
+        raise ValueError(f"--threads must be 0 (every core) or a positive count, got {threads}")
+    torch.set_num_threads(threads or os.cpu_count() or 1)

@@ -1,0 +1,59 @@
+"""Training: `train(cfg)` runs a configuration into a run folder; `resume_config` continues one."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from dataclasses import replace
+from typing import Any
+
+from .build import Runtime, default_run_dir
+from .config import TrainConfig, resume_changes
+from .distributed import shutdown
+from .engine import Trainer
+from .rundir import RunDir, saved_config
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Claim the run folder, build the run, fit it; the folder's status says how it ended. SIGTERM
+    ends a run as Ctrl-C does: recorded as interrupted, resumable."""
+    runtime = Runtime.create(cfg)
+    ctx = runtime.ctx
+    run = RunDir.claim(cfg.out, default_run_dir(cfg), cfg.resume) if ctx.is_main else None
+    path = ctx.broadcast_object(str(run.path) if run else None)
+    run = run or RunDir(path, writer=False)
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if ctx.is_main and on_main_thread else None
+    trainer = None
+    try:
+        trainer = Trainer(cfg, runtime)
+        return trainer.fit(run)
+    except BaseException as e:
+        reason = "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
+        info = trainer.run_info() if trainer else {"world_size": ctx.world_size}
+        run.write_status("failed", info, error=reason)
+        if ctx.is_main:
+            saved = run.find_last() is not None
+            advice = f"continue it with `vitkit train --out {run.path} --resume`" if saved else "nothing was saved"
+            print(f"run folder {run.path} is incomplete ({reason}); {advice}", file=sys.stderr)
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        run.release()
+        shutdown(ctx)
+
+
+def resume_config(run_dir: str | os.PathLike, **changes: Any) -> TrainConfig:
+    """The saved configuration of a run with `resume` set and the allowed changes applied."""
+    saved = saved_config(run_dir)
+    return replace(saved, **resume_changes(saved, changes), resume=True, out=str(run_dir)).validate()
+
+
+__all__ = ["train", "resume_config", "Trainer", "TrainConfig"]

@@ -1,0 +1,179 @@
+"""Everything a run is made of, built from its configuration: runtime, data, model, normalisation,
+augmentation and loaders. Nothing here trains."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from ..data.augment import AugmentSpec, BatchAugment
+from ..data.loader import BatchLoader
+from ..data.prepare import normalization, prepare_data
+from ..data.preprocess import Preprocessing, run_preprocessing
+from ..data.splits import Dataset
+from ..models import create_model
+from ..pretrained.result import Pretrained
+from ..runtime import resolve_device, setup_threads, use_bf16
+from .config import TrainConfig, model_spec
+from .distributed import DistContext, init_distributed
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    ctx: DistContext
+    bf16: bool
+
+    @classmethod
+    def create(cls, cfg: TrainConfig) -> "Runtime":
+        """Device, process group (under torchrun) and precision; one GPU per process."""
+        device = resolve_device(cfg.device)
+        ctx = init_distributed(device.type)
+        if ctx.enabled and device.type == "cuda":
+            device = torch.device("cuda", ctx.local_rank)
+        setup_threads(cfg.threads)
+        return cls(device, ctx, use_bf16(cfg.amp, device))
+
+
+@dataclass
+class Setup:
+    data: Dataset
+    bad_images: list[str]
+    model: nn.Module
+    model_name: str
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    augment: BatchAugment
+    train_loader: BatchLoader
+    val_loader: BatchLoader
+    eval_loader: BatchLoader  # the split the final metrics are reported on
+    eval_split: str  # "test", or "val" when the data has no test split
+    local_batch: int
+    global_batch: int
+    preprocessing: Preprocessing  # what the checkpoint records and inference repeats
+
+    @property
+    def channels(self) -> int:
+        return self.model.config.in_chans
+
+    def run_info(self, world_size: int, device: torch.device) -> dict:
+        """How the run executes, for run.json."""
+        return {
+            "world_size": world_size,
+            "global_batch_size": self.global_batch,
+            "per_device_batch_size": self.local_batch,
+            "device": str(device),
+        }
+
+
+def build(cfg: TrainConfig, runtime: Runtime) -> Setup:
+    name, model_args = model_spec(cfg)
+    pretrained = None
+    if cfg.pretrained:
+        from ..pretrained import load_pretrained
+
+        pretrained = load_pretrained(cfg.pretrained, num_heads=model_args.get("num_heads"))
+    image_size = (
+        cfg.image_size
+        or (pretrained.preprocessing.image_size if pretrained else None)
+        or model_args.get("image_size")
+        or 32
+    )
+    source = pretrained.preprocessing if pretrained else None
+    decode = run_preprocessing(image_size, source, cfg.resize_mode, cfg.crop_pct, cfg.resample)
+    data, bad_images = prepare_data(
+        cfg.data,
+        preprocessing=decode,
+        seed=cfg.seed,
+        val_split=cfg.val_split,
+        train_limit=cfg.train_limit,
+        test_limit=cfg.test_limit,
+        skip_bad=cfg.skip_bad_images,
+        data_dir=cfg.data_dir,
+    )
+    if data.num_classes < 2:
+        raise ValueError(
+            f"--data {cfg.data} has {data.num_classes} class ({', '.join(data.class_names)}): a classifier "
+            "needs at least two class folders"
+        )
+    torch.manual_seed(cfg.seed)
+    if pretrained:
+        model = adapt_pretrained(pretrained, image_size=image_size, class_names=data.class_names)
+    else:
+        args = {k: v for k, v in model_args.items() if k not in ("num_classes", "image_size", "in_chans")}
+        in_chans = model_args.get("in_chans") or (1 if data.channels == 1 else 3)
+        model = create_model(name, num_classes=data.num_classes, image_size=image_size, in_chans=in_chans, **args)
+    model = model.to(runtime.device)
+    channels = model.config.in_chans
+    if pretrained and cfg.mean is None:
+        mean, std = pretrained.preprocessing.mean, pretrained.preprocessing.std
+    elif cfg.mean is not None and cfg.std is not None:
+        mean, std = tuple(cfg.mean), tuple(cfg.std)
+    else:
+        mean, std = normalization(cfg.normalize, data.train, channels)
+    preprocessing = dataclasses.replace(decode, mean=mean, std=std, channels=channels, decode_size=data.train.stored_size)
+    augment = preprocessing.batch_augment(AugmentSpec.from_options(cfg))
+
+    ctx = runtime.ctx
+    if cfg.batch_scope == "global" and cfg.batch_size % ctx.world_size:
+        raise ValueError(
+            f"--batch-size {cfg.batch_size} (global) does not divide across {ctx.world_size} processes: "
+            f"use a multiple of {ctx.world_size}, or --batch-scope device for a per-process batch"
+        )
+    local_batch = cfg.batch_size // ctx.world_size if cfg.batch_scope == "global" else cfg.batch_size
+    global_batch = local_batch * ctx.world_size
+    if global_batch > len(data.train):
+        raise ValueError(
+            f"the global batch of {global_batch} is larger than the {len(data.train)} training images: "
+            "lower --batch-size"
+        )
+    common = dict(device=runtime.device, rank=ctx.rank, world_size=ctx.world_size, workers=cfg.workers)
+    train_loader = BatchLoader(data.train, local_batch, shuffle=True, seed=cfg.seed, drop_last=True, **common)
+    val_loader = BatchLoader(data.val, cfg.eval_batch_size, shuffle=False, **common)
+    eval_split = "test" if data.test is not None else "val"
+    eval_loader = (
+        BatchLoader(data.test, cfg.eval_batch_size, shuffle=False, **common) if data.test is not None else val_loader
+    )
+    label = cfg.model or cfg.preset or name
+    return Setup(
+        data,
+        bad_images,
+        model,
+        label,
+        image_size,
+        mean,
+        std,
+        augment,
+        train_loader,
+        val_loader,
+        eval_loader,
+        eval_split,
+        local_batch,
+        global_batch,
+        preprocessing,
+    )
+
+
+def adapt_pretrained(pretrained: Pretrained, *, image_size: int, class_names: list) -> nn.Module:
+    """Fit a pretrained model to this run: resolution (position embeddings interpolated) and head
+    (kept when the classes are the same, otherwise a new one)."""
+    model = pretrained.model
+    model.set_image_size(image_size)
+    same_classes = (
+        pretrained.has_head
+        and pretrained.class_names is not None
+        and list(pretrained.class_names) == list(class_names)
+    )
+    if not same_classes:
+        model.reset_classifier(len(class_names))
+    return model
+
+
+def default_run_dir(cfg: TrainConfig) -> Path:
+    name, _ = model_spec(cfg)
+    return Path("runs") / (cfg.name or f"{cfg.model or cfg.preset or name}-{Path(cfg.data).name}")

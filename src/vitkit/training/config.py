@@ -1,0 +1,237 @@
+"""The training configuration: every option declared once (type, default, group, help), and resolved
+once. Precedence: declared defaults < dataset defaults < preset < explicit values (flags, or a YAML
+config file under the flags)."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from ..data.augment import AugmentSpec
+from ..data.builtin import BUILTIN
+from ..data.prepare import DATASET_DEFAULTS, NORMALIZE, dataset_defaults
+from ..models import get_preset
+from ..options import check_choices, flag, option
+
+DEFAULT_MODEL = "vit_micro_patch4_32"
+GROUPS = {
+    "data": "what to train on",
+    "model": "architecture and starting weights",
+    "optimisation": "optimizer, schedule and precision",
+    "augmentation": "batched on the training device; normalisation",
+    "run": "run folder, resuming, devices and output",
+}
+# What `--resume` may change: how the rest of the run executes, never what it computes.
+RESUMABLE = ("epochs", "progress", "device", "threads", "workers", "save_every", "eval_batch_size")
+
+
+_data = partial(option, group="data")
+_model = partial(option, group="model")
+_optim = partial(option, group="optimisation")
+_run = partial(option, group="run")
+
+
+@dataclass
+class TrainConfig(AugmentSpec):
+    data: str = _data("digits", f"built-in dataset ({', '.join(BUILTIN)}) or an image folder")
+    data_dir: str | None = _data(None, "download cache (default: $VITKIT_DATA, else ~/.cache/vitkit)")
+    val_split: float = _data(0.1, "fraction of train held out for validation when the data has no val split")
+    image_size: int | None = _data(None, "model input size in pixels (default: the dataset's or preset's)")
+    resize_mode: str | None = _data(None, "crop | stretch: non-square to square (default: the pretrained's, else crop)")
+    crop_pct: float | None = _data(None, "part of the resized image the centre crop keeps, as in timm (default: 1)")
+    resample: str | None = _data(None, "resize filter: bicubic, bilinear, lanczos, ... (default: bicubic)")
+    skip_bad_images: bool = _data(False, "skip unreadable images (listed in skipped_images.txt) instead of failing")
+    train_limit: int = _data(0, "use only this many training images, stratified (0: all)")
+    test_limit: int = _data(0, "use only this many test images, stratified (0: all)")
+    model: str | None = _model(None, f"registered model name (default: the preset's, else {DEFAULT_MODEL})")
+    preset: str | None = _model(None, "named recipe: a model plus its training values (see `vitkit models --presets`)")
+    model_args: dict[str, Any] = _model(None, "architecture override, repeatable, e.g. depth=6", factory=dict)
+    pretrained: str | None = _model(None, "start from: hub id, HF/timm/DeiT checkpoint or a vitkit run folder")
+    freeze_backbone: bool = _model(False, "train the classifier only (linear probe)")
+    layer_decay: float = _model(0.0, "layer-wise lr decay per layer from the top, e.g. 0.75 (0: off)")
+    head_lr: float = _model(0.0, "learning rate of the classifier (0: same as --lr)")
+    epochs: int = _optim(30, "passes over the training set (with --time-budget: as many as fit)")
+    time_budget: float = _optim(0.0, "minutes of training; the schedule is fitted to the clock (0: off)")
+    batch_size: int = _optim(128, "images per optimizer step (see --batch-scope)")
+    batch_scope: str = _optim(
+        "global", "global: --batch-size is split across processes; device: per process", choices=("global", "device")
+    )
+    eval_batch_size: int = _optim(256, "images per evaluation batch")
+    optimizer: str = _optim("adamw", "optimizer", choices=("adamw", "sgd"))
+    lr: float = _optim(1e-3, "peak learning rate")
+    weight_decay: float = _optim(0.05, "decoupled weight decay (never on norms, biases, position embeddings)")
+    momentum: float = _optim(0.9, "SGD momentum")
+    schedule: str = _optim(
+        "cosine", "learning-rate schedule after warmup", choices=("cosine", "linear", "constant", "plateau")
+    )
+    warmup_epochs: float = _optim(0.0, "linear warmup length in epochs (fractions allowed)")
+    min_lr_ratio: float = _optim(0.01, "cosine floor as a fraction of --lr")
+    plateau_factor: float = _optim(0.5, "plateau schedule: multiply the lr by this when the monitor stalls")
+    plateau_patience: int = _optim(5, "plateau schedule: epochs without improvement before reducing")
+    early_stopping: int = _optim(0, "stop after this many epochs without improvement; best weights kept (0: off)")
+    monitor: str = _optim("val_top1", "what best/, plateau and early stopping follow", choices=("val_top1", "val_loss"))
+    label_smoothing: float = _optim(0.0, "label smoothing in [0, 1)")
+    mixup: float = _optim(0.0, "MixUp Beta alpha (0: off)")
+    cutmix: float = _optim(0.0, "CutMix Beta alpha (0: off)")
+    grad_clip: float = _optim(0.0, "max gradient norm (0: off)")
+    accum_steps: int = _optim(1, "batches whose gradients add up to one optimizer step")
+    micro_batch_size: int = _optim(0, "run each batch as chunks of this many images in one step (0: whole batch)")
+    ema: float = _optim(0.0, "exponential moving average of the weights, decay per step, e.g. 0.999 (0: off)")
+    amp: str = _optim(
+        "auto", "bf16 autocast: auto uses it where the hardware has native bf16", choices=("auto", "bf16", "off")
+    )
+    compile: bool = _optim(False, "torch.compile the model (compile time is reported apart)")
+    normalize: str = option(
+        "fit",
+        "input normalisation: fit (train-set mean/std), imagenet, half (0.5) or none",
+        group="augmentation",
+        choices=NORMALIZE,
+    )
+    mean: tuple[float, ...] | None = option(
+        None, "explicit per-channel mean (wins over --normalize)", group="augmentation"
+    )
+    std: tuple[float, ...] | None = option(
+        None, "explicit per-channel std (wins over --normalize)", group="augmentation"
+    )
+    seed: int = _run(0, "seed of weights, data order, splits and augmentation")
+    out: str | None = _run(None, "run folder (default: runs/<model>-<data>, numbered when taken)")
+    name: str | None = _run(None, "run name under runs/ when --out is not given")
+    resume: bool = _run(False, "continue the run in --out from its last checkpoint")
+    save_every: int = _run(0, "also write last/ every N optimizer steps (0: at epoch ends only)")
+    device: str = _run("auto", "auto, cpu, cuda or cuda:N")
+    threads: int = _run(0, "torch CPU threads (0: every core)")
+    workers: int = _run(0, "decoding processes for folders streamed from disk")
+    progress: bool = _run(True, "progress bar and per-epoch lines on stderr")
+
+    def validate(self) -> "TrainConfig":
+        check_choices(self)
+        at_least = {
+            "epochs": 1,
+            "batch_size": 1,
+            "eval_batch_size": 1,
+            "accum_steps": 1,
+            "ra_num_ops": 0,
+            "train_limit": 0,
+            "test_limit": 0,
+            "save_every": 0,
+            "threads": 0,
+            "workers": 0,
+            "micro_batch_size": 0,
+            "crop_padding": 0,
+            "plateau_patience": 0,
+            "early_stopping": 0,
+        }
+        for name, low in at_least.items():
+            if getattr(self, name) < low:
+                raise ValueError(f"{flag(name)} must be at least {low}, got {getattr(self, name)}")
+        non_negative = (
+            "time_budget",
+            "weight_decay",
+            "momentum",
+            "warmup_epochs",
+            "min_lr_ratio",
+            "mixup",
+            "cutmix",
+            "grad_clip",
+            "layer_decay",
+            "head_lr",
+            "rotation",
+            "zoom",
+            "rrc_scale",
+        )
+        for name in non_negative:
+            if getattr(self, name) < 0:
+                raise ValueError(f"{flag(name)} must not be negative, got {getattr(self, name)}")
+        for name in ("label_smoothing", "ema"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{flag(name)} must be in [0, 1), got {getattr(self, name)}")
+        for name in ("random_erasing", "rrc_scale"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{flag(name)} must be in [0, 1], got {getattr(self, name)}")
+        if not 0 < self.val_split < 1:
+            raise ValueError(f"--val-split must be between 0 and 1 (exclusive), got {self.val_split}")
+        if self.lr <= 0:
+            raise ValueError(f"--lr must be positive, got {self.lr}")
+        if not 0 < self.plateau_factor <= 1:
+            raise ValueError(f"--plateau-factor must be in (0, 1], got {self.plateau_factor}")
+        if self.image_size is not None and self.image_size < 1:
+            raise ValueError(f"--image-size must be a positive number of pixels, got {self.image_size}")
+        if not 0 <= self.ra_magnitude <= 30:
+            raise ValueError(f"--ra-magnitude must be between 0 and 30, got {self.ra_magnitude}")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if values is not None and (not values or (name == "std" and min(values) <= 0)):
+                raise ValueError(
+                    f"{flag(name)} needs one value per channel" + (", all positive" if name == "std" else "")
+                )
+        if self.data not in BUILTIN and not Path(self.data).exists():
+            close = difflib.get_close_matches(self.data, list(BUILTIN), n=1)
+            hint = f" Did you mean {close[0]}?" if close else ""
+            raise FileNotFoundError(
+                f"--data {self.data} does not exist: no such folder, and not a built-in dataset.{hint} "
+                f"Built-in: {', '.join(BUILTIN)}"
+            )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        """A configuration from saved values (args.yaml of any vitkit version), validated."""
+        unknown = sorted(set(values) - FIELDS)
+        if unknown:
+            raise ValueError(f"unknown training option(s) {', '.join(unknown)}; valid: {', '.join(sorted(FIELDS))}")
+        values = dict(values)
+        for key in ("mean", "std"):
+            if values.get(key) is not None:
+                values[key] = tuple(values[key])
+        return cls(**values).validate()
+
+
+FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def make_config(**values: Any) -> TrainConfig:
+    """TrainConfig from explicit values, filling the rest from the preset and the dataset defaults."""
+    unknown = sorted(set(values) - FIELDS)
+    if unknown:
+        raise ValueError(f"unknown training option(s) {', '.join(unknown)}; valid: {', '.join(sorted(FIELDS))}")
+    preset = get_preset(values["preset"]) if values.get("preset") else None
+    data = values.get("data", preset.train.get("data", TrainConfig.data) if preset else TrainConfig.data)
+    builtin = DATASET_DEFAULTS.get(data, {})
+    if preset is None:
+        defaults = dataset_defaults(data)
+    elif preset.native_size:
+        native = {key: builtin[key] for key in ("image_size", "crop_padding") if key in builtin}
+        defaults = {**preset.train, **native}
+    else:  # a preset is complete on its own: dataset defaults must not leak into a seed reproduction
+        defaults = preset.train
+    return TrainConfig.from_dict({**defaults, **values})
+
+
+def model_spec(cfg: TrainConfig) -> tuple[str, dict[str, Any]]:
+    """(registered model name, architecture arguments): the preset's model with its arguments under
+    the user's, or the named model, or the default one."""
+    if cfg.preset and not cfg.model:
+        preset = get_preset(cfg.preset)
+        return preset.model, {**preset.model_args, **cfg.model_args}
+    return cfg.model or DEFAULT_MODEL, dict(cfg.model_args)
+
+
+def resume_changes(saved: TrainConfig, changes: dict[str, Any]) -> dict[str, Any]:
+    """The changes a resumed run may take; any other option that differs from the saved run is an
+    error naming it (the run would no longer compute what it started computing)."""
+    refused = sorted(k for k, v in changes.items() if k not in RESUMABLE and getattr(saved, k, v) != v)
+    if refused:
+        names = ", ".join(flag(k) for k in refused)
+        raise ValueError(
+            f"{names} cannot change when resuming (the run was started with "
+            f"{', '.join(f'{k}={getattr(saved, k)!r}' for k in refused)}); only {', '.join(map(flag, RESUMABLE))} "
+            "can. Start a new run to change the others"
+        )
+    return {k: v for k, v in changes.items() if k in RESUMABLE}

@@ -1,0 +1,297 @@
+"""The training loop (`vitkit.training.train` claims a run folder and calls `Trainer.fit`). Per step:
+lr -> augment on the device -> forward/backward (micro-batched) -> optimizer -> metrics accumulated on
+the device. Per log interval: the one host synchronisation (progress, non-finite loss check). Per
+epoch: evaluate -> best/ when the monitored metric improves -> refit the time budget -> last/."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm.auto import tqdm
+
+from ..data.augment import mix_batch
+from ..data.loader import epoch_seed
+from ..eval.loop import evaluate_loader
+from ..eval.metrics import MetricAccumulator
+from ..models import count_parameters
+from ..models.io import load_model
+from ..runtime import autocast
+from .build import Runtime, build
+from .config import TrainConfig
+from .optim import build_optimizer, param_groups
+from .resume import capture_state, restore_state
+from .rundir import RunDir, checkpoint_metadata
+from .schedule import FIRST_PLAN_STEPS, Plateau, TimeBudget, lr_factor
+
+LOG_EVERY = 25  # optimizer steps between host synchronisations for progress and the loss check
+
+
+class Trainer:
+    """A run's model, optimizer and schedule state, fully built from the configuration."""
+
+    def __init__(self, cfg: TrainConfig, runtime: Runtime | None = None):
+        self.cfg = cfg
+        runtime = runtime or Runtime.create(cfg)
+        self.device, self.ctx, self.bf16 = runtime.device, runtime.ctx, runtime.bf16
+        self.setup = s = build(cfg, runtime)
+        self.model, self.data, self.augment, self.train_loader = s.model, s.data, s.augment, s.train_loader
+        self.image_size = s.image_size
+        head_scale = cfg.head_lr / cfg.lr if cfg.head_lr else 1.0
+        groups = param_groups(self.model, cfg.weight_decay, cfg.layer_decay, head_scale, cfg.freeze_backbone)
+        self.optimizer = build_optimizer(self.model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, groups)
+        ema_fn = get_ema_multi_avg_fn(cfg.ema) if cfg.ema else None
+        self.ema = AveragedModel(self.model, multi_avg_fn=ema_fn, use_buffers=True) if cfg.ema else None
+        self.aug_gen = torch.Generator(device=self.device)
+        mode = "min" if cfg.monitor == "val_loss" else "max"
+        self.plateau = Plateau(mode, cfg.plateau_factor, cfg.plateau_patience)
+        self.stopper = Plateau(mode, patience=cfg.early_stopping)  # best-so-far of the monitored metric
+        self.budget = TimeBudget(cfg.time_budget)
+        self.steps_per_epoch = len(self.train_loader)
+        self.warmup_steps = int(cfg.warmup_epochs * self.steps_per_epoch)
+        # with a time budget the length is unknown until steps have been timed: the schedule holds its peak
+        self.planned_steps = None if cfg.time_budget else -(-self.steps_per_epoch // cfg.accum_steps) * cfg.epochs
+        self.step, self.history, self.best_epoch = 0, [], -1
+
+    # -- one step ----------------------------------------------------------------------------
+    def set_lr(self) -> float:
+        factor = lr_factor(self.step, self.planned_steps, self.warmup_steps, self.cfg.schedule, self.cfg.min_lr_ratio)
+        lr = self.cfg.lr * factor * self.plateau.scale
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        return lr
+
+    def train_step(self, net: nn.Module, images: torch.Tensor, labels: torch.Tensor, boundary: bool = True):
+        """Augment a uint8 batch on the device, then one model step."""
+        cfg = self.cfg
+        x = self.augment.train(images, self.aug_gen)
+        x, targets = mix_batch(
+            x, labels, self.data.num_classes, cfg.mixup, cfg.cutmix, cfg.label_smoothing, self.aug_gen
+        )
+        return self.model_step(net, x, targets, boundary)
+
+    def model_step(self, net: nn.Module, x: torch.Tensor, targets: torch.Tensor, boundary: bool = True):
+        """Forward, backward and (at accumulation boundaries) the optimizer update. With
+        `micro_batch_size` the batch goes through in chunks whose gradients add up to the whole
+        batch's: the same update, with activations small enough to stay in cache (measured 2.6x on
+        the Keras ViT at batch 256 on a 2-core CPU)."""
+        cfg = self.cfg
+        size = cfg.micro_batch_size if 0 < cfg.micro_batch_size < x.shape[0] else x.shape[0]
+        chunks = list(zip(x.split(size), targets.split(size)))
+        all_logits, loss = [], torch.zeros((), device=x.device)
+        for i, (x_part, target_part) in enumerate(chunks):
+            final = boundary and i == len(chunks) - 1  # DDP all-reduces gradients once, on the last chunk
+            with contextlib.nullcontext() if final or not self.ctx.enabled else net.no_sync():
+                with autocast(self.device, self.bf16):
+                    logits = net(x_part).float()
+                part = F.cross_entropy(logits, target_part) * (x_part.shape[0] / x.shape[0])
+                (part / cfg.accum_steps).backward()
+            all_logits.append(logits.detach())
+            loss = loss + part.detach()
+        if boundary:
+            self.lr = self.set_lr()
+            if cfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
+            self.step += 1
+        return torch.cat(all_logits), loss
+
+    # -- one epoch ---------------------------------------------------------------------------
+    def train_epoch(self, net: nn.Module, epoch: int, start_batch: int) -> dict:
+        cfg, ctx = self.cfg, self.ctx
+        net.train()
+        acc = MetricAccumulator(self.data.num_classes, device=self.device)
+        first_bad_step = torch.full((), -1, device=self.device)  # kept on the device: no sync per step
+        bar = tqdm(
+            total=self.steps_per_epoch,
+            initial=start_batch,
+            desc=f"epoch {epoch + 1}",
+            leave=False,
+            disable=not (cfg.progress and ctx.is_main),
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
+        self.lr, seen, t_start = self.set_lr(), 0, time.perf_counter()
+        for b, (images, labels) in enumerate(self.train_loader.batches(epoch, start_batch), start=start_batch):
+            boundary = (b + 1) % cfg.accum_steps == 0 or b + 1 == self.steps_per_epoch
+            logits, loss = self.train_step(net, images, labels, boundary)
+            acc.update(logits, labels, loss * labels.shape[0])
+            first_bad_step = torch.where((first_bad_step < 0) & ~loss.isfinite(), self.step, first_bad_step)
+            seen += labels.shape[0]
+            bar.update(1)
+            if b % LOG_EVERY == 0 or b + 1 == self.steps_per_epoch:  # sync point: read the device's sums
+                self.check_finite(int(first_bad_step))
+                bar.set_postfix(
+                    loss=f"{acc.loss_sum / acc.count:.3f}",
+                    acc=f"{acc.correct / acc.count:.3f}",
+                    lr=f"{self.lr:.2e}",
+                    img_s=f"{seen * ctx.world_size / (time.perf_counter() - t_start):.0f}",
+                )
+            if boundary and not self.history and self.step == FIRST_PLAN_STEPS:
+                self.refit_budget()  # a first estimate, so the decay does not end with the first epoch
+            if boundary and cfg.save_every and self.step % cfg.save_every == 0 and b + 1 < self.steps_per_epoch:
+                self.save_last(epoch, b + 1)
+            if cfg.time_budget and ctx.any(self.budget.exhausted()):
+                break
+        bar.close()
+        self.check_finite(int(first_bad_step))
+        if ctx.enabled:
+            acc.load_tensor(ctx.all_reduce_sum(acc.as_tensor()))
+        train = acc.compute()
+        rate = seen * ctx.world_size / max(time.perf_counter() - t_start, 1e-9)
+        return {
+            "train_loss": train["loss"],
+            "train_top1": train["top1"],
+            "train_top5": train["top5"],
+            "lr": self.lr,
+            "images_per_s": rate,
+        }
+
+    def check_finite(self, first_bad_step: int) -> None:
+        if first_bad_step >= 0:
+            raise FloatingPointError(
+                f"the training loss became non-finite (NaN or inf) at step {first_bad_step}: lower --lr "
+                f"(now {self.cfg.lr}), add --grad-clip 1.0 or --warmup-epochs, or check the data and --mean/--std"
+            )
+
+    def refit_budget(self) -> None:
+        """Fit the schedule length to the time left; every rank takes rank 0's plan so that their
+        learning rates agree."""
+        if self.cfg.time_budget:
+            self.planned_steps = self.ctx.broadcast_object(self.budget.plan(self.step))
+
+    # -- the run -----------------------------------------------------------------------------
+    def fit(self, run: RunDir) -> dict[str, Any]:
+        cfg, ctx = self.cfg, self.ctx
+        self.run = run
+        start_epoch, start_batch = self.load_last() if cfg.resume else (0, 0)
+        self.budget.restart_clock()
+        run.write_config(cfg)
+        run.write_status("running", self.run_info())
+        run.write_skipped(self.setup.bad_images)
+        net = self.wrap_model()
+        epoch = start_epoch
+        while cfg.time_budget or epoch < cfg.epochs:
+            if start_batch == 0 or epoch != start_epoch:
+                torch.manual_seed(epoch_seed(cfg.seed, epoch, 1))
+                self.aug_gen.manual_seed(epoch_seed(cfg.seed, epoch, 2 + ctx.rank))
+            row = {"epoch": epoch + 1, **self.train_epoch(net, epoch, start_batch if epoch == start_epoch else 0)}
+            val = self.evaluate(self.eval_model(), self.setup.val_loader)
+            row.update(
+                val_loss=val["loss"], val_top1=val["top1"], val_top5=val["top5"], time_s=round(self.budget.elapsed(), 2)
+            )
+            self.history.append(row)
+            if self.stopper.step(row[cfg.monitor]):
+                self.best_epoch = epoch + 1
+                run.save_checkpoint("best", self.eval_model(), self.metadata())
+            if cfg.schedule == "plateau":
+                self.plateau.step(row[cfg.monitor])
+                self.plateau.reduce_if_stalled()
+            self.refit_budget()
+            epoch += 1
+            self.save_last(epoch, 0)
+            run.write_metrics(self.history)
+            self.log(row)
+            if cfg.early_stopping and self.stopper.wait >= cfg.early_stopping:
+                self.log(f"early stopping: no {cfg.monitor} improvement for {cfg.early_stopping} epochs")
+                break
+            if ctx.any(not self.budget.another_epoch_fits(len(self.history))):
+                break
+        return self.finish()
+
+    def finish(self) -> dict[str, Any]:
+        """Evaluate the best checkpoint on the reported split (test, else validation), write
+        results.json and the plots."""
+        from ..viz.report import write_report
+
+        ctx, setup = self.ctx, self.setup
+        best = load_model(self.run.checkpoint("best"))[0] if ctx.is_main else self.eval_model()
+        best = best.to(self.device)
+        if ctx.enabled:  # every rank evaluates its shard with rank 0's best weights
+            state = {k: v.cpu() for k, v in best.state_dict().items()} if ctx.is_main else None
+            best.load_state_dict(ctx.broadcast_object(state))
+        metrics = self.evaluate(best, setup.eval_loader, self.data.class_names)
+        results = {
+            "test": metrics,
+            "test_split": setup.eval_split,
+            "best_epoch": self.best_epoch,
+            "epochs_run": len(self.history),
+            "monitor": self.cfg.monitor,
+            "train_time_s": round(self.budget.elapsed(), 1),
+            "parameters": count_parameters(self.model),
+            "model": setup.model_name,
+            "preset": self.cfg.preset,
+            "data": self.cfg.data,
+            "skipped_images": len(setup.bad_images),
+            "world_size": ctx.world_size,
+            "global_batch_size": setup.global_batch,
+            "per_device_batch_size": setup.local_batch,
+            "lr": self.cfg.lr,
+        }
+        self.run.write_results(results)
+        if ctx.is_main:
+            write_report(
+                self.run.path, best, setup.eval_loader.split, self.augment, self.data.class_names, self.history, metrics
+            )
+        self.run.write_status("complete", self.run_info())
+        self.log(
+            f"{setup.eval_split} top-1 {metrics['top1']:.4f}  top-5 {metrics['top5']:.4f}  "
+            f"f1-macro {metrics['f1_macro']:.4f}  ->  {self.run.path}"
+        )
+        return {**results, "run_dir": str(self.run.path)}
+
+    # -- helpers -----------------------------------------------------------------------------
+    def evaluate(self, model: nn.Module, loader, class_names=None) -> dict:
+        reduce = self.ctx.all_reduce_sum if self.ctx.enabled else None
+        return evaluate_loader(model, loader, self.augment, self.data.num_classes, reduce).compute(class_names)
+
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    def wrap_model(self) -> nn.Module:
+        """DDP across processes and torch.compile when asked; the raw model keeps the weights."""
+        net = self.model
+        if self.ctx.enabled:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            net = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+        return torch.compile(net) if self.cfg.compile else net
+
+    def metadata(self) -> dict:
+        return checkpoint_metadata(self.cfg, self.setup)
+
+    def run_info(self) -> dict:
+        return self.setup.run_info(self.ctx.world_size, self.device)
+
+    def log(self, row: dict | str) -> None:
+        if not (self.ctx.is_main and self.cfg.progress):
+            return
+        if isinstance(row, dict):
+            row = (
+                f"epoch {row['epoch']:>3}  loss {row['train_loss']:.4f}  val_loss {row['val_loss']:.4f}  "
+                f"val_top1 {row['val_top1']:.4f}  val_top5 {row['val_top5']:.4f}  lr {row['lr']:.2e}  "
+                f"{row['images_per_s']:.0f} img/s"
+            )
+        print(row, file=sys.stderr)
+
+    # -- resuming ----------------------------------------------------------------------------
+    def save_last(self, epoch: int, next_batch: int) -> None:
+        self.run.save_checkpoint("last", self.model, self.metadata(), capture_state(self, epoch, next_batch))
+
+    def load_last(self) -> tuple[int, int]:
+        last = self.run.find_last()
+        if last is None:
+            raise FileNotFoundError(
+                f"nothing to resume in {self.run.path}: no last/ checkpoint (the run never "
+                "finished one); start it again without --resume"
+            )
+        self.model.load_state_dict(load_model(last)[0].state_dict())
+        return restore_state(self, self.run.load_trainer_state(last))

@@ -1,0 +1,48 @@
+"""Optimisers with the usual weight-decay exclusions and per-group learning-rate scales."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+
+def param_groups(
+    model: nn.Module,
+    weight_decay: float,
+    layer_decay: float = 0.0,
+    head_scale: float = 1.0,
+    freeze_backbone: bool = False,
+) -> list[dict]:
+    """No weight decay for norms, biases (all 1-D tensors) and what the model names in
+    `no_weight_decay()` (position embeddings, class tokens). Each group carries `lr_scale`: layer-wise
+    decay (layer_decay ** distance from the top, by the model's `layer_id`) and the classifier's own
+    scale; a frozen backbone leaves only the classifier trainable."""
+    skip_decay = model.no_weight_decay()
+    top = model.num_layers + 1
+    groups: dict[tuple[bool, float], list] = {}
+    for name, p in model.named_parameters():
+        is_head = model.is_classifier(name)
+        if freeze_backbone and not is_head:
+            p.requires_grad_(False)
+        if not p.requires_grad:
+            continue
+        scale = head_scale if is_head else 1.0
+        if layer_decay and not is_head:
+            scale *= layer_decay ** (top - model.layer_id(name))
+        no_decay = p.ndim <= 1 or name in skip_decay
+        groups.setdefault((no_decay, scale), []).append(p)
+    return [
+        {"params": params, "weight_decay": 0.0 if no_decay else weight_decay, "lr_scale": scale}
+        for (no_decay, scale), params in sorted(groups.items(), key=lambda kv: (kv[0][0], -kv[0][1]))
+    ]
+
+
+def build_optimizer(
+    model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float, groups: list[dict]
+) -> torch.optim.Optimizer:
+    on_cuda = next(model.parameters()).is_cuda
+    # fused kernels on GPU; the multi-tensor (foreach) path on CPU
+    fast = {"fused": True} if on_cuda else {"foreach": True}
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, **fast)
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, **fast)

@@ -1,0 +1,201 @@
+"""The run folder: claimed by one process before any work, every file written atomically, its
+status honest (running | complete | failed with the reason).
+
+run folder/
+  args.yaml            resolved configuration (every value, presets expanded)
+  run.json             status and provenance (times, versions, host, device)
+  metrics.csv          one row per epoch
+  results.json         metrics of the best checkpoint on the reported split
+  best/ last/          checkpoints (safetensors + config.json; last/ adds trainer.pt for --resume)
+  curves.png confusion_matrix.png predictions.png patches.png
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import fcntl
+import io
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import yaml
+
+from .. import __version__
+from ..fileio import atomic_path, replace_dir, settled_dir, write_json
+from ..models import save_model
+from .config import TrainConfig
+
+TRAINER_STATE = "trainer.pt"
+LOCK_FILE = ".lock"
+LOCK_WAIT_S = 5.0
+METRIC_FIELDS = (
+    "epoch",
+    "train_loss",
+    "train_top1",
+    "train_top5",
+    "val_loss",
+    "val_top1",
+    "val_top5",
+    "lr",
+    "images_per_s",
+    "time_s",
+)
+
+
+def _lock_within(fd: int, seconds: float) -> bool:
+    """Take an exclusive lock, waiting a moment for a process that is still exiting to drop it."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+class RunDir:
+    """Rank 0 writes; on other ranks (`writer=False`) every write is skipped."""
+
+    def __init__(self, path: Path, writer: bool = True, lock: int | None = None):
+        self.path, self.writer, self._lock = Path(path), writer, lock
+        self.started = _now()
+
+    @classmethod
+    def claim(cls, out: str | None, default: Path, resume: bool) -> "RunDir":
+        """Take the folder for this process, atomically and before anything is loaded: an exclusive
+        lock held until the process ends (so two runs, or a run and its resume, never share it), and
+        for a new run a folder that holds no earlier run."""
+        if out is None and not resume:  # runs/<name>, numbered when taken: mkdir is the atomic claim
+            path, i = default, 2
+            path.parent.mkdir(parents=True, exist_ok=True)
+            while True:
+                try:
+                    path.mkdir()
+                    break
+                except FileExistsError:
+                    path, i = default.with_name(f"{default.name}-{i}"), i + 1
+        else:
+            path = Path(out) if out else default
+            path.mkdir(parents=True, exist_ok=True)
+        lock = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        if not _lock_within(lock, LOCK_WAIT_S):
+            os.close(lock)
+            raise ValueError(f"run folder {path} is in use by another vitkit process: choose another --out")
+        if not resume and any(p.name != LOCK_FILE for p in path.iterdir()):
+            os.close(lock)
+            raise ValueError(
+                f"run folder {path} already holds a run: pass --resume to continue it, or choose another --out"
+            )
+        return cls(path, lock=lock)
+
+    def release(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+
+    # -- status and records ----------------------------------------------------------------
+    def write_config(self, cfg: TrainConfig) -> None:
+        if self.writer:
+            with atomic_path(self.path / "args.yaml") as tmp:
+                tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+    def write_status(self, status: str, info: dict[str, Any], error: str | None = None) -> None:
+        if not self.writer:
+            return
+        record = {
+            "status": status,
+            "run_dir": str(self.path),
+            **info,
+            "started": self.started,
+            "updated": _now(),
+            "versions": {"vitkit": __version__, "torch": torch.__version__, "python": platform.python_version()},
+            "host": platform.node(),
+        }
+        if error:
+            record["error"] = error
+        write_json(self.path / "run.json", record)
+
+    def write_skipped(self, bad_images: list[str]) -> None:
+        if self.writer and bad_images:
+            with atomic_path(self.path / "skipped_images.txt") as tmp:
+                tmp.write_text("\n".join(bad_images) + "\n")
+
+    def write_metrics(self, history: list[dict]) -> None:
+        if not self.writer:
+            return
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=METRIC_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(history)
+        with atomic_path(self.path / "metrics.csv") as tmp:
+            tmp.write_text(buffer.getvalue())
+
+    def write_results(self, results: dict) -> None:
+        if self.writer:
+            write_json(self.path / "results.json", results)
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def save_checkpoint(self, kind: str, model: nn.Module, meta: dict, trainer_state: dict | None = None) -> None:
+        """Write best/ or last/ beside the live one, then swap it in."""
+        if not self.writer:
+            return
+        tmp = self.path / f"{kind}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_model(model, tmp, **meta)
+        if trainer_state is not None:
+            with atomic_path(tmp / TRAINER_STATE) as path:
+                torch.save(trainer_state, path)
+        replace_dir(tmp, self.path / kind)
+
+    def checkpoint(self, kind: str) -> Path:
+        return settled_dir(self.path / kind)
+
+    def find_last(self) -> Path | None:
+        last = self.checkpoint("last")
+        return last if (last / TRAINER_STATE).is_file() else None
+
+    def load_trainer_state(self, last: Path) -> dict:
+        try:
+            return torch.load(last / TRAINER_STATE, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ValueError(
+                f"{last / TRAINER_STATE} cannot be read ({type(e).__name__}: {str(e).splitlines()[0]}); the "
+                "file is damaged: start the run again without --resume, or restore the file"
+            ) from None
+
+
+def checkpoint_metadata(cfg: TrainConfig, setup) -> dict:
+    """What a checkpoint needs to be used on new images: its class names and the preprocessing that
+    training used (see data/preprocess.py), which inference repeats."""
+    return {
+        "class_names": list(setup.data.class_names),
+        "preprocessing": setup.preprocessing.to_dict(),
+        "train_config": cfg.to_dict(),
+    }
+
+
+def saved_config(run_dir: str | os.PathLike) -> TrainConfig:
+    """The configuration a run folder was started with (args.yaml of any vitkit version)."""
+    path = Path(run_dir) / "args.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a vitkit run folder (no args.yaml): nothing to resume")
+    try:
+        saved = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path} is not valid YAML ({str(e).splitlines()[0]}): restore it from a backup") from None
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path} does not hold a vitkit configuration: restore it from a backup")
+    return TrainConfig.from_dict(saved)

@@ -1,0 +1,107 @@
+"""The learning-rate schedule, the best-so-far tracker and the wall-clock budget: pure bookkeeping,
+no tensors, each serialisable for resuming."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable
+
+FIRST_PLAN_STEPS = 20  # with a time budget, optimizer steps timed before the schedule is first fitted
+
+
+def lr_factor(step: int, total_steps: int | None, warmup_steps: int, schedule: str, min_ratio: float) -> float:
+    """Linear warmup, then cosine decay to `min_ratio`, linear decay to zero, or constant. An unknown
+    length (`total_steps` None: a time budget not yet fitted) holds the peak. Plateau scaling is
+    applied apart."""
+    if warmup_steps and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule not in ("cosine", "linear") or total_steps is None:
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    if schedule == "linear":  # the Hugging Face Trainer's default: straight to zero
+        return 1.0 - progress
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class Plateau:
+    """Best-so-far tracking with patience: ReduceLROnPlateau and EarlyStopping (Keras semantics)."""
+
+    def __init__(self, mode: str, factor: float = 0.5, patience: int = 5, min_delta: float = 1e-4):
+        self.mode, self.factor, self.patience, self.min_delta = mode, factor, patience, min_delta
+        self.best = math.inf if mode == "min" else -math.inf
+        self.wait = 0
+        self.scale = 1.0
+
+    def improved(self, value: float) -> bool:
+        return value < self.best - self.min_delta if self.mode == "min" else value > self.best + self.min_delta
+
+    def step(self, value: float) -> bool:
+        """Record an epoch's value; True when it improved."""
+        if self.improved(value):
+            self.best, self.wait = value, 0
+            return True
+        self.wait += 1
+        return False
+
+    def reduce_if_stalled(self) -> bool:
+        if self.wait >= self.patience:
+            self.scale *= self.factor
+            self.wait = 0
+            return True
+        return False
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "wait": self.wait, "scale": self.scale}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.wait, self.scale = float(state["best"]), int(state["wait"]), float(state["scale"])
+
+
+class TimeBudget:
+    """Training time, and with a budget (minutes > 0) how many optimizer steps fit in it.
+
+    The schedule's length is unknown until steps have been timed: `plan` returns None (hold the peak)
+    until FIRST_PLAN_STEPS steps, then fits the length to the time left at the measured pace (evaluation
+    included, since the clock runs through it); the caller refits after every epoch."""
+
+    def __init__(self, minutes: float, clock: Callable[[], float] = time.perf_counter):
+        self.seconds = minutes * 60
+        self.clock = clock
+        self.elapsed_before = 0.0  # time spent before a resume
+        self.t0 = clock()
+
+    @property
+    def enabled(self) -> bool:
+        return self.seconds > 0
+
+    def restart_clock(self) -> None:
+        self.t0 = self.clock()
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + self.clock() - self.t0
+
+    def exhausted(self) -> bool:
+        return self.enabled and self.elapsed() > self.seconds
+
+    def plan(self, steps_done: int) -> int | None:
+        """Total optimizer steps that fit in the budget at the pace so far (None: not yet known)."""
+        if not self.enabled or steps_done < 1:
+            return None
+        per_step = self.elapsed() / steps_done
+        return steps_done + int(max(0.0, self.seconds - self.elapsed()) / per_step)
+
+    def another_epoch_fits(self, epochs_done: int) -> bool:
+        """Start another epoch unless less than half an epoch's time is left: the time-out would cut it
+        short anyway, and a sliver of an epoch at the schedule's floor adds little."""
+        if not self.enabled:
+            return True
+        epoch_time = self.elapsed() / max(1, epochs_done)
+        return self.elapsed() + 0.5 * epoch_time <= self.seconds
+
+    def state_dict(self) -> dict:
+        return {"elapsed": self.elapsed()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.elapsed_before = float(state["elapsed"])
+        self.restart_clock()

@@ -1,0 +1,268 @@
+"""The pure pieces of the training core: schedules, the time budget, the best-so-far tracker,
+parameter groups for every family, the configuration (flags, help, YAML files, resume rules) and
+run folders written by earlier vitkit versions."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import run_vitkit
+
+import vitkit
+from vitkit.models import create_model
+from vitkit.models.io import load_model
+from vitkit.training import TrainConfig, Trainer, resume_config
+from vitkit.training.config import GROUPS, make_config
+from vitkit.training.optim import param_groups
+from vitkit.training.rundir import RunDir
+from vitkit.training.schedule import FIRST_PLAN_STEPS, Plateau, TimeBudget, lr_factor
+
+OLD_RUN = Path(__file__).parent / "fixtures" / "run-v0.1"  # written by vitkit before the engine redesign
+FAMILIES = [
+    "vit_micro_patch4_32",
+    "mixer_micro_patch4_32",
+    "fnet_micro_patch4_32",
+    "gmlp_micro_patch4_32",
+    "resnet18_cifar",
+]
+
+
+# ----------------------------------------------------------------------------- schedules
+
+
+def test_lr_schedule_shapes():
+    cosine = [lr_factor(s, 100, 10, "cosine", 0.01) for s in range(100)]
+    assert cosine[:10] == pytest.approx([(s + 1) / 10 for s in range(10)])  # linear warmup
+    assert cosine[10] == pytest.approx(1.0) and cosine[55] == pytest.approx(0.505)  # half way: the midpoint
+    assert lr_factor(100, 100, 10, "cosine", 0.01) == pytest.approx(0.01)  # ends at the floor
+    assert all(a >= b for a, b in zip(cosine[10:], cosine[11:]))
+    linear = [lr_factor(s, 100, 0, "linear", 0.01) for s in (0, 25, 50, 100)]
+    assert linear == pytest.approx([1.0, 0.75, 0.5, 0.0])  # straight to zero, floor ignored
+    assert {lr_factor(s, 100, 0, "constant", 0.01) for s in range(100)} == {1.0}
+    assert {lr_factor(s, 100, 0, "plateau", 0.01) for s in range(100)} == {1.0}  # scaled apart by Plateau
+    assert lr_factor(5000, None, 0, "cosine", 0.01) == 1.0  # unknown length: hold the peak
+
+
+def test_plateau_reduces_after_patience_and_tracks_the_best():
+    p = Plateau("min", factor=0.5, patience=2)
+    assert p.step(1.0) and p.best == 1.0
+    assert not p.step(1.0) and not p.reduce_if_stalled()  # one stalled epoch: within patience
+    assert not p.step(0.99995)  # below min_delta: not an improvement
+    assert p.reduce_if_stalled() and p.scale == 0.5 and p.wait == 0
+    assert p.step(0.5) and p.best == 0.5
+    restored = Plateau("min", factor=0.5, patience=2)
+    restored.load_state_dict(p.state_dict())
+    assert (restored.best, restored.wait, restored.scale) == (0.5, 0, 0.5)
+    top = Plateau("max", patience=3)
+    assert [top.step(v) for v in (0.1, 0.3, 0.2, 0.3, 0.31)] == [True, True, False, False, True]
+    assert top.best == 0.31
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_time_budget_plans_from_the_measured_pace():
+    clock = FakeClock()
+    budget = TimeBudget(1.0, clock=clock)  # 60 s
+    assert budget.plan(0) is None  # nothing timed yet: hold the peak
+    clock.now += 6.0  # 20 steps in 6 s: 0.3 s a step, 54 s left -> 180 more steps
+    assert budget.plan(20) == 200
+    assert budget.another_epoch_fits(1)  # 6 s an epoch, 54 s left
+    clock.now += 50.0  # 56 s used, an epoch takes 28 s: half of it does not fit in the 4 s left
+    assert not budget.another_epoch_fits(2) and not budget.exhausted()
+    clock.now += 5.0
+    assert budget.exhausted() and budget.plan(200) == 200
+    resumed = TimeBudget(1.0, clock=clock)
+    resumed.load_state_dict(budget.state_dict())
+    clock.now += 1.0
+    assert resumed.elapsed() == pytest.approx(62.0)  # time before the resume counts
+    assert TimeBudget(0.0, clock=clock).plan(20) is None and not TimeBudget(0.0).exhausted()
+
+
+def test_time_budget_run_fits_the_schedule_to_the_clock(tmp_path):
+    """A run under --time-budget, on a clock that advances 0.1 s per optimizer step whatever the
+    machine's speed: it ends at the budget, holds the peak lr until the first plan (after the first
+    epoch or FIRST_PLAN_STEPS steps), then decays to
+    the floor by the end."""
+    lr, budget_min = 2e-3, 0.12  # 7.2 s = 72 steps of 0.1 s, 11 steps an epoch
+    cfg = make_config(
+        time_budget=budget_min,
+        lr=lr,
+        warmup_epochs=0,
+        min_lr_ratio=0.01,
+        train_limit=400,
+        out=str(tmp_path / "run"),
+        progress=False,
+        batch_size=32,
+    )
+    trainer = Trainer(cfg)
+    trainer.budget = TimeBudget(budget_min, clock=lambda: trainer.step * 0.1)
+    seen_lrs = []
+    step = trainer.set_lr
+
+    def recording_set_lr():
+        seen_lrs.append((trainer.step, step()))
+        return seen_lrs[-1][1]
+
+    trainer.set_lr = recording_set_lr
+    run = RunDir.claim(cfg.out, tmp_path / "unused", resume=False)
+    result = trainer.fit(run)
+    run.release()
+    assert 72 - trainer.steps_per_epoch <= trainer.step <= 72 + trainer.steps_per_epoch
+    assert all(
+        value == pytest.approx(lr) for s, value in seen_lrs if s < min(FIRST_PLAN_STEPS, trainer.steps_per_epoch)
+    )
+    assert seen_lrs[-1][1] < 0.1 * lr
+    assert result["epochs_run"] == len(trainer.history) >= 3
+    lrs = [row["lr"] for row in trainer.history]
+    assert lrs[0] > 0.8 * lr and all(a >= b for a, b in zip(lrs, lrs[1:]))
+
+
+# ----------------------------------------------------------------------------- model contract
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_param_groups_and_layer_ids_for_every_family(name):
+    model = create_model(name, num_classes=3)
+    names = [n for n, _ in model.named_parameters()]
+    ids = {n: model.layer_id(n) for n in names}
+    top = model.num_layers + 1
+    assert set(ids.values()) == set(range(top + 1)), "every layer from the stem (0) to the head must be used"
+    assert all(ids[n] == top for n in names if model.is_classifier(n))
+    stem = next(n for n in names if not model.is_classifier(n))  # the first parameter is the stem's
+    assert ids[stem] == 0
+    groups = param_groups(model, 0.05, layer_decay=0.5, head_scale=10.0)
+    scale = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
+    decay = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+    params = dict(model.named_parameters())
+    assert scale[id(params["head.weight"])] == 10.0
+    assert scale[id(params[stem])] == 0.5**top  # the stem decays most, ResNet included
+    assert all(decay[id(p)] == 0.0 for n, p in params.items() if p.ndim <= 1 or n in model.no_weight_decay())
+    assert any(decay[id(p)] == 0.05 for p in params.values())
+    assert sum(len(g["params"]) for g in groups) == len(names)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_reset_classifier_keeps_the_backbone(name):
+    model = create_model(name, num_classes=3).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("head.")}
+    model.reset_classifier(7)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7) and model.config.num_classes == 7
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items() if k in before)
+
+
+def test_checkpoints_with_the_old_head_layout_load():
+    """Before the head was named, it was an nn.Sequential: `head.1` or, with hidden layers,
+    `head.1`, `head.4`, `head.7`. Such weights load into `pre_logits` / `head`."""
+    model = create_model("keras-vit-cifar100", depth=1)
+    new = model.state_dict()
+    old = {}
+    for k, v in new.items():
+        if k.startswith("pre_logits."):
+            old["head." + k[len("pre_logits.") :]] = v
+        elif k.startswith("head."):
+            old["head.7." + k[len("head.") :]] = v
+        else:
+            old[k] = v
+    fresh = create_model("keras-vit-cifar100", depth=1)
+    fresh.load_state_dict(old)
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in new.items())
+
+
+# ----------------------------------------------------------------------------- configuration
+
+
+def test_every_train_flag_has_help_in_a_group():
+    out = run_vitkit("train", "--help").stdout
+    for title in GROUPS:
+        assert f"\n{title}:\n" in out
+    parser_lines = out.split("\ndata:\n", 1)[1]
+    for field in TrainConfig.__dataclass_fields__.values():
+        flag = "--" + ("model-arg" if field.name == "model_args" else field.name.replace("_", "-"))
+        assert flag in parser_lines, flag
+        assert field.metadata["help"], f"{field.name} has no help text"
+    assert "(default: 0.001)" in out and "{cosine,linear,constant,plateau}" in out
+
+
+def test_yaml_config_file_with_flags_over_it(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"epochs": 1, "lr": 0.005, "batch-size": 32, "train_limit": 300}))
+    out = tmp_path / "run"
+    proc = run_vitkit(
+        "train", "--config", str(config), "--lr", "0.002", "--out", str(out), "--no-progress", "--threads", "1"
+    )
+    assert proc.returncode == 0, proc.stderr
+    saved = yaml.safe_load((out / "args.yaml").read_text())
+    assert (saved["epochs"], saved["lr"], saved["batch_size"], saved["train_limit"]) == (1, 0.002, 32, 300)
+    # a run's own args.yaml is a config file: the same run again, elsewhere
+    again = run_vitkit(
+        "train", "--config", str(out / "args.yaml"), "--out", str(tmp_path / "again"), "--threads", "1", "--no-progress"
+    )
+    assert again.returncode == 0, again.stderr
+    assert yaml.safe_load((tmp_path / "again" / "args.yaml").read_text())["lr"] == 0.002
+    config.write_text("epochs: 1\nlearning_rate: 0.1\n")
+    bad = run_vitkit("train", "--config", str(config), "--out", str(tmp_path / "bad"))
+    assert bad.returncode == 2 and "unknown option(s) learning_rate" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_resume_refuses_changes_that_alter_the_run(tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(OLD_RUN, run)
+    with pytest.raises(ValueError, match="--lr cannot change when resuming"):
+        resume_config(run, lr=0.5)
+    assert resume_config(run, epochs=3, lr=resume_config(run).lr).epochs == 3  # same value: not a change
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(image_size=-8), "--image-size must be a positive"),
+        (dict(mixup=-1), "--mixup must not be negative"),
+        (dict(warmup_epochs=-2), "--warmup-epochs must not be negative"),
+        (dict(threads=-1), "--threads must be at least 0"),
+        (dict(data="cifar-10"), "Did you mean cifar10"),
+        (dict(schedule="cosin"), "--schedule 'cosin': use one of cosine"),
+        (dict(label_smoothing=1.0), "--label-smoothing must be in"),
+    ],
+)
+def test_bad_options_are_refused_before_any_work(options, message):
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        make_config(**options)
+
+
+def test_a_second_run_cannot_take_a_claimed_folder(tmp_path):
+    first = RunDir.claim(str(tmp_path / "run"), tmp_path, resume=False)
+    with pytest.raises(ValueError, match="in use by another vitkit process"):
+        RunDir.claim(str(tmp_path / "run"), tmp_path, resume=True)
+    first.release()
+    (tmp_path / "run" / "args.yaml").write_text("{}")
+    with pytest.raises(ValueError, match="already holds a run"):
+        RunDir.claim(str(tmp_path / "run"), tmp_path, resume=False)
+
+
+# ----------------------------------------------------------------------------- older run folders
+
+
+def test_a_run_folder_from_before_the_redesign_loads_resumes_and_exports(tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(OLD_RUN, run)
+    clf = vitkit.load(run, backend="torch")
+    assert clf.model(torch.zeros(1, 1, 16, 16)).shape == (1, 10)
+    before, _ = load_model(run / "last")
+    result = vitkit.train(resume=str(run), epochs=3, progress=False, threads=1)
+    assert result["epochs_run"] == 3
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 4 and rows[1] == (OLD_RUN / "metrics.csv").read_text().splitlines()[1]
+    after, _ = load_model(run / "last")
+    assert any(not torch.equal(a, b) for a, b in zip(before.state_dict().values(), after.state_dict().values()))
+    proc = run_vitkit("export", str(run), str(tmp_path / "model.onnx"))
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "model.onnx").stat().st_size > 0 and "max_abs_logit_diff" in json.loads(proc.stdout)
