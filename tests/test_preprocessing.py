@@ -103,6 +103,10 @@ def test_old_run_folders_read_as_todays_crop_pipeline(tmp_path):
     clf = vitkit.load(tmp_path / "old", device="cpu", backend="torch")
     assert clf.preprocessing == pre and clf.preprocessing.load_tensor(photo).shape == (3, 16, 16)
     assert predict_paths(clf, [photo], progress=False)[0]["predictions"][0]["label"] in ("a", "b")
+    from conftest import ROOT  # a run folder written by vitkit 0.1
+
+    v01 = vitkit.load(ROOT / "tests" / "fixtures" / "run-v0.1", device="cpu", backend="torch").preprocessing
+    assert (v01.mode, v01.resample, v01.image_size, v01.decode_size, v01.channels) == ("crop", "bicubic", 16, 8, 1)
 
 
 def test_the_folder_cache_is_keyed_by_the_preprocessing(tmp_path):

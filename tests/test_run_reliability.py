@@ -13,6 +13,7 @@ from conftest import run_vitkit, subprocess_env, vitkit_cmd, write_class_folders
 import vitkit
 from vitkit.data.folder import load_folder
 from vitkit.data.images import BadImageError
+from vitkit.data.preprocess import Preprocessing
 from vitkit.fileio import replace_dir, settled_dir
 
 TINY = (
@@ -77,10 +78,10 @@ def test_a_single_class_folder_is_refused(tmp_path):
 def test_the_folder_cache_remembers_the_bad_file_policy(tmp_path):
     root = write_class_folders(tmp_path / "imgs", per_class=6)
     (root / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
-    _, bad = load_folder(root, 16, skip_bad=True)
+    _, bad = load_folder(root, Preprocessing(16), skip_bad=True)
     assert len(bad) == 1
     with pytest.raises(BadImageError, match="broken.png"):  # not served from the skipping run's cache
-        load_folder(root, 16, skip_bad=False)
+        load_folder(root, Preprocessing(16), skip_bad=False)
 
 
 def test_sigterm_marks_the_run_interrupted_and_resumable(tmp_path):
