@@ -266,3 +266,14 @@ def test_a_run_folder_from_before_the_redesign_loads_resumes_and_exports(tmp_pat
     proc = run_vitkit("export", str(run), str(tmp_path / "model.onnx"))
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "model.onnx").stat().st_size > 0 and "max_abs_logit_diff" in json.loads(proc.stdout)
+
+
+def test_presets_listing_counts_parameters_without_building_weights():
+    from vitkit.models import PRESETS, count_parameters
+
+    out = run_vitkit("presets").stdout.splitlines()
+    assert out[0].split()[:4] == ["name", "family", "params", "size"]
+    rows = {line.split()[0]: line for line in out[1:]}
+    assert set(rows) == set(PRESETS)
+    expected = count_parameters(create_model("keras-mixer-cifar100")) / 1e6
+    assert f"{expected:.2f}M" in rows["keras-mixer-cifar100"] and "64px" in rows["keras-mixer-cifar100"]
