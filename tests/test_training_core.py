@@ -277,3 +277,14 @@ def test_presets_listing_counts_parameters_without_building_weights():
     assert set(rows) == set(PRESETS)
     expected = count_parameters(create_model("keras-mixer-cifar100")) / 1e6
     assert f"{expected:.2f}M" in rows["keras-mixer-cifar100"] and "64px" in rows["keras-mixer-cifar100"]
+
+
+def test_logs_suit_files_epoch_lines_without_progress_frames(tmp_path):
+    common = ("--epochs", "2", "--train-limit", "300", "--threads", "1")
+    logged = run_vitkit("train", "--out", str(tmp_path / "a"), *common)  # stderr is a pipe, not a terminal
+    assert logged.returncode == 0, logged.stderr
+    lines = logged.stderr.splitlines()
+    assert sum(line.startswith("epoch ") and "val_top1" in line for line in lines) == 2
+    assert "\r" not in logged.stderr and "it/s" not in logged.stderr
+    quiet = run_vitkit("train", "--out", str(tmp_path / "b"), "--quiet", *common)
+    assert quiet.returncode == 0 and "epoch" not in quiet.stderr
