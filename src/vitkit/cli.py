@@ -205,7 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint")
     p.add_argument("--data", help="dataset name or folder (default: what the checkpoint was trained on)")
     p.add_argument("--data-dir")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument(
+        "--split", choices=["train", "val", "test"], help="default: the split the run reported (test, else val)"
+    )
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print every metric as JSON")
