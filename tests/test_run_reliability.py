@@ -65,6 +65,8 @@ def test_a_diverging_run_fails_naming_the_step(tmp_path):
     assert "non-finite" in proc.stderr and "at step" in proc.stderr and "lower --lr" in proc.stderr
     record = status(out)
     assert record["status"] == "failed" and "non-finite" in record["error"]
+    assert record["versions"]["vitkit"] == vitkit.__version__ and record["device"] == "cpu"
+    assert record["started"] <= record["updated"] and "git_commit" in record and record["host"]
     assert not (out / "results.json").exists()
 
 

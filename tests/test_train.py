@@ -238,6 +238,10 @@ def test_flowers_folder(tmp_path):
     assert results["test_split"] == "val" and results["test"]["count"] == 100
     assert results["test"]["class_names"] == ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
     assert_real_plot(out / "confusion_matrix.png")
+    evaluated = run_vitkit("eval", str(out), "--json")  # defaults to the split the run reported: val here
+    assert evaluated.returncode == 0, evaluated.stderr
+    metrics = json.loads(evaluated.stdout)
+    assert metrics["split"] == "val" and metrics["top1"] == pytest.approx(results["test"]["top1"], abs=1e-6)
 
 
 def test_folder_run_lists_skipped_images(tmp_path):

@@ -266,3 +266,25 @@ def test_a_run_folder_from_before_the_redesign_loads_resumes_and_exports(tmp_pat
     proc = run_vitkit("export", str(run), str(tmp_path / "model.onnx"))
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "model.onnx").stat().st_size > 0 and "max_abs_logit_diff" in json.loads(proc.stdout)
+
+
+def test_presets_listing_counts_parameters_without_building_weights():
+    from vitkit.models import PRESETS, count_parameters
+
+    out = run_vitkit("presets").stdout.splitlines()
+    assert out[0].split()[:4] == ["name", "family", "params", "size"]
+    rows = {line.split()[0]: line for line in out[1:]}
+    assert set(rows) == set(PRESETS)
+    expected = count_parameters(create_model("keras-mixer-cifar100")) / 1e6
+    assert f"{expected:.2f}M" in rows["keras-mixer-cifar100"] and "64px" in rows["keras-mixer-cifar100"]
+
+
+def test_logs_suit_files_epoch_lines_without_progress_frames(tmp_path):
+    common = ("--epochs", "2", "--train-limit", "300", "--threads", "1")
+    logged = run_vitkit("train", "--out", str(tmp_path / "a"), *common)  # stderr is a pipe, not a terminal
+    assert logged.returncode == 0, logged.stderr
+    lines = logged.stderr.splitlines()
+    assert sum(line.startswith("epoch ") and "val_top1" in line for line in lines) == 2
+    assert "\r" not in logged.stderr and "it/s" not in logged.stderr
+    quiet = run_vitkit("train", "--out", str(tmp_path / "b"), "--quiet", *common)
+    assert quiet.returncode == 0 and "epoch" not in quiet.stderr

@@ -113,12 +113,13 @@ def load(
 def evaluate(
     checkpoint: str | os.PathLike,
     data: str | None = None,
-    split: str = "test",
+    split: str | None = None,
     batch_size: int = 256,
     device: str = "auto",
     **data_options: Any,
 ) -> dict[str, Any]:
-    """Recompute the metrics of a checkpoint on a split (train, val or test) of a dataset."""
+    """Recompute the metrics of a checkpoint on a split (train, val or test) of a dataset; by default
+    the split its run reported on (test, or val when the data has no test split)."""
     clf = load(checkpoint, device)
     saved = clf.meta.get("train_config", {})
     options = {
@@ -129,7 +130,7 @@ def evaluate(
         options["data"] = data
     if "data" not in options:
         raise ValueError("--data is required: the checkpoint does not say which data it was trained on")
-    if split not in ("train", "val", "test"):
+    if split not in (None, "train", "val", "test"):
         raise ValueError(f"--split {split!r}: use train, val or test")
     dataset, _ = prepare_data(
         options["data"],
@@ -145,6 +146,7 @@ def evaluate(
             f"the checkpoint has {len(clf.class_names)} classes but {options['data']} has "
             f"{dataset.num_classes}: evaluate on the data it was trained for, or fine-tune it first"
         )
+    split = split or ("test" if dataset.test is not None else "val")
     part = {"train": dataset.train, "val": dataset.val, "test": dataset.test}[split]
     if part is None:
         raise ValueError(f"{options['data']} has no {split} split")

@@ -19,12 +19,16 @@ class UserError(Exception):
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    import torch
+
     from .models import PRESETS, count_parameters, create_model, list_models
 
     names = list_models("presets" if args.presets else "all")
     width = max(map(len, names))
+    print(f"{'name':<{width}}  {'family':<7} {'params':>9}  {'size':>5}  description")
     for name in names:
-        model = create_model(name)
+        with torch.device("meta"):  # shapes only: no memory, no initialisation
+            model = create_model(name)
         kind = "preset" if name in PRESETS else model.family
         desc = PRESETS[name].description if name in PRESETS else ""
         print(
@@ -182,9 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"vitkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("models", help="list models and presets")
+    p = sub.add_parser("models", help="list models and presets with their sizes")
     p.add_argument("--presets", action="store_true", help="presets only")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("presets", help="list the presets (recipes and seed reproductions) with their sizes")
+    p.set_defaults(func=cmd_models, presets=True)
 
     from .options import add_dataclass_options
     from .training.config import GROUPS, TrainConfig
@@ -205,7 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint")
     p.add_argument("--data", help="dataset name or folder (default: what the checkpoint was trained on)")
     p.add_argument("--data-dir")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument(
+        "--split", choices=["train", "val", "test"], help="default: the split the run reported (test, else val)"
+    )
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print every metric as JSON")

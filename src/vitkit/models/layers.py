@@ -100,6 +100,12 @@ def check_channels(x: torch.Tensor, in_chans: int) -> None:
         )
 
 
+def drop_path_rates(max_rate: float, depth: int) -> list[float]:
+    """Stochastic depth rising linearly from 0 at the first block to `max_rate` at the last
+    (plain Python, so that models can be built on the meta device)."""
+    return [max_rate * i / (depth - 1) if depth > 1 else 0.0 for i in range(depth)]
+
+
 class DropPath(nn.Module):
     """Stochastic depth: drop the whole residual branch per sample (Huang et al., 2016)."""
 

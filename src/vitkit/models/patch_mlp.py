@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from .base import ImageClassifier, block_layer_id
-from .layers import PatchEmbed, init_linear_weights
+from .layers import PatchEmbed, drop_path_rates, init_linear_weights
 
 
 @dataclass
@@ -42,7 +42,7 @@ class PatchMLPClassifier(ImageClassifier):
         self.patch_embed = PatchEmbed(cfg.image_size, cfg.patch_size, cfg.in_chans, cfg.embed_dim)
         num_patches = self.patch_embed.num_patches
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches, cfg.embed_dim)) if cfg.pos_embed else None
-        rates = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()
+        rates = drop_path_rates(cfg.drop_path_rate, cfg.depth)
         self.blocks = nn.ModuleList(self.block(cfg, num_patches, r) for r in rates)
         self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps) if cfg.final_norm else nn.Identity()
         self.init_head(cfg.embed_dim, dropout=cfg.head_dropout)

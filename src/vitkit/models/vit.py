@@ -23,6 +23,7 @@ from .layers import (
     PatchEmbed,
     ShiftedPatchTokenizer,
     check_patch_grid,
+    drop_path_rates,
     init_linear_weights,
     resize_pos_embed,
 )
@@ -99,7 +100,7 @@ class ViT(ImageClassifier):
         num_tokens = self.patch_embed.num_patches + self.num_prefix_tokens
         self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, cfg.embed_dim))
         self.pos_drop = nn.Dropout(cfg.embed_dropout)
-        rates = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()
+        rates = drop_path_rates(cfg.drop_path_rate, cfg.depth)
         self.blocks = nn.ModuleList(Block(cfg, r) for r in rates)
         self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
         pooled = cfg.embed_dim * num_tokens if cfg.pool == "flatten" else cfg.embed_dim

@@ -26,7 +26,7 @@ GROUPS = {
     "run": "run folder, resuming, devices and output",
 }
 # What `--resume` may change: how the rest of the run executes, never what it computes.
-RESUMABLE = ("epochs", "progress", "device", "threads", "workers", "save_every", "eval_batch_size")
+RESUMABLE = ("epochs", "progress", "quiet", "device", "threads", "workers", "save_every", "eval_batch_size")
 
 
 _data = partial(option, group="data")
@@ -105,7 +105,8 @@ class TrainConfig(AugmentSpec):
     device: str = _run("auto", "auto, cpu, cuda or cuda:N")
     threads: int = _run(0, "torch CPU threads (0: every core)")
     workers: int = _run(0, "decoding processes for folders streamed from disk")
-    progress: bool = _run(True, "progress bar and per-epoch lines on stderr")
+    progress: bool = _run(True, "progress bar on stderr (shown only when stderr is a terminal)")
+    quiet: bool = _run(False, "no per-epoch lines on stderr (errors still print)")
 
     def validate(self) -> "TrainConfig":
         check_choices(self)

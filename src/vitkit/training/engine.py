@@ -116,7 +116,7 @@ class Trainer:
             initial=start_batch,
             desc=f"epoch {epoch + 1}",
             leave=False,
-            disable=not (cfg.progress and ctx.is_main),
+            disable=not (cfg.progress and ctx.is_main and sys.stderr.isatty()),  # no bar frames in log files
             file=sys.stderr,
             dynamic_ncols=True,
         )
@@ -272,7 +272,7 @@ class Trainer:
         return self.setup.run_info(self.ctx.world_size, self.device)
 
     def log(self, row: dict | str) -> None:
-        if not (self.ctx.is_main and self.cfg.progress):
+        if not self.ctx.is_main or self.cfg.quiet:
             return
         if isinstance(row, dict):
             row = (

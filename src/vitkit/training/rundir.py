@@ -19,6 +19,7 @@ import io
 import os
 import platform
 import shutil
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,15 @@ def _lock_within(fd: int, seconds: float) -> bool:
             time.sleep(0.1)
 
 
+def _git_commit() -> str | None:
+    """The commit of the working directory's git checkout (the user's code), when there is one."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
@@ -72,6 +82,7 @@ class RunDir:
     def __init__(self, path: Path, writer: bool = True, lock: int | None = None):
         self.path, self.writer, self._lock = Path(path), writer, lock
         self.started = _now()
+        self.git_commit = _git_commit() if writer else None
 
     @classmethod
     def claim(cls, out: str | None, default: Path, resume: bool) -> "RunDir":
@@ -123,6 +134,7 @@ class RunDir:
             "updated": _now(),
             "versions": {"vitkit": __version__, "torch": torch.__version__, "python": platform.python_version()},
             "host": platform.node(),
+            "git_commit": self.git_commit,
         }
         if error:
             record["error"] = error
