@@ -17,8 +17,8 @@ from PIL import Image
 from vitkit.data import builtin
 from vitkit.data.builtin import RemoteFile, download, load_builtin, read_idx
 from vitkit.data.folder import load_folder, scan_folder
-from vitkit.data.splits import stratified_split
 from vitkit.data.preprocess import Preprocessing
+from vitkit.data.splits import stratified_split
 
 
 @pytest.fixture

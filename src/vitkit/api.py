@@ -9,8 +9,8 @@ from typing import Any
 import torch
 
 from .data.loader import BatchLoader
-from .data.preprocess import Preprocessing
 from .data.prepare import dataset_defaults, prepare_data
+from .data.preprocess import Preprocessing
 from .eval.loop import evaluate_loader
 from .fileio import settled_dir
 from .models.io import load_model

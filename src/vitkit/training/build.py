@@ -116,7 +116,9 @@ def build(cfg: TrainConfig, runtime: Runtime) -> Setup:
         mean, std = tuple(cfg.mean), tuple(cfg.std)
     else:
         mean, std = normalization(cfg.normalize, data.train, channels)
-    preprocessing = dataclasses.replace(decode, mean=mean, std=std, channels=channels, decode_size=data.train.stored_size)
+    preprocessing = dataclasses.replace(
+        decode, mean=mean, std=std, channels=channels, decode_size=data.train.stored_size
+    )
     augment = preprocessing.batch_augment(AugmentSpec.from_options(cfg))
 
     ctx = runtime.ctx
@@ -165,9 +167,7 @@ def adapt_pretrained(pretrained: Pretrained, *, image_size: int, class_names: li
     model = pretrained.model
     model.set_image_size(image_size)
     same_classes = (
-        pretrained.has_head
-        and pretrained.class_names is not None
-        and list(pretrained.class_names) == list(class_names)
+        pretrained.has_head and pretrained.class_names is not None and list(pretrained.class_names) == list(class_names)
     )
     if not same_classes:
         model.reset_classifier(len(class_names))
