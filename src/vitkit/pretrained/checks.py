@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 import zipfile
 from pathlib import Path
 
@@ -19,15 +20,24 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(f"weights file {path} does not exist")
     if path.suffix == ".safetensors":
         return load_weights(path)
+    not_weights = f"cannot read {path}: truncated or not a PyTorch or safetensors weights file"
+    with open(path, "rb") as f:
+        head = f.read(1)
+    # torch.save writes a zip archive, or (before PyTorch 1.6) a pickle, which opens with its protocol byte
+    if not zipfile.is_zipfile(path) and head != pickle.PROTO:
+        raise ValueError(f"{not_weights} (it is neither a zip archive nor a pickle)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        needs = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if not needs:
+            raise ValueError(f"{not_weights} (its pickle is damaged)") from None
         raise ValueError(
-            f"{path} is not a plain weights file: it needs code to be unpickled, which vitkit never "
-            f"runs ({str(e).splitlines()[0]}). Convert it to .safetensors with the tool that made it"
+            f"{path} is not a plain weights file: it needs code ({needs.group(1)}) to be unpickled, which "
+            "vitkit never runs. Convert it to .safetensors with the tool that made it"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
-        raise ValueError(f"cannot read {path}: truncated or not a PyTorch weights file ({e})") from None
+    except (RuntimeError, EOFError, KeyError, zipfile.BadZipFile, OSError) as e:
+        raise ValueError(f"{not_weights} ({e})") from None
     for key in ("state_dict", "model", "model_ema", "module"):  # common training-script wrappers
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
