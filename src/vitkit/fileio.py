@@ -29,11 +29,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; give the result the user's usual mode
     os.close(fd)
     try:
         yield Path(tmp)
         with open(tmp, "rb+") as f:
+            # mkstemp (and writers that replace the file, like safetensors) make it 0600; give the result
+            # the mode of any file the user writes, so another account (a serving container) can read it
+            os.fchmod(f.fileno(), 0o666 & ~current_umask())
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:

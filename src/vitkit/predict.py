@@ -87,6 +87,8 @@ def predict_paths(
 ) -> list[dict]:
     """[{"path": ..., "predictions": [{"label", "score"}, ...]}] best first; unreadable images get
     an "error" entry instead of stopping the whole batch."""
+    if topk < 1 or batch_size < 1:
+        raise ValueError(f"topk={topk}, batch_size={batch_size}: both must be at least 1")
     results: list[dict] = []
     bar = tqdm(total=len(paths), unit="img", disable=not progress or len(paths) < 2 * batch_size, leave=False)
     for start in range(0, len(paths), batch_size):

@@ -61,7 +61,9 @@ def fit_square(img: Image.Image, size: int) -> Image.Image:
 def open_image(source, max_pixels: int = MAX_IMAGE_PIXELS, name: str | None = None) -> Image.Image:
     """Open a path or file-like object as RGB with EXIF orientation applied, refusing bombs and
     truncated files with a BadImageError that names `name` (default: the path) and says what is wrong."""
-    name = name or getattr(source, "name", None) or str(source)
+    # a path's whole text, not Path.name: two class folders may each hold an img_001.jpg
+    path = os.fspath(source) if isinstance(source, (str, os.PathLike)) else getattr(source, "name", None)
+    name = name or path or str(source)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -218,12 +218,15 @@ async def decode_uploads(form, limits: ServeLimits, size: int, decoder: Decoder)
             raise ClientError(400, f"{name}: empty file")
         named.append((name, upload.file))
     pixels = await asyncio.gather(*(decoder.pixels(file) for _, file in named))
-    if sum(pixels) > limits.max_pixels:
-        raise ClientError(
-            413,
-            f"{sum(pixels):,} pixels in one request is over the limit of {limits.max_pixels:,}: "
-            "send fewer or smaller images per request",
-        )
+    total = 0
+    for (name, _), count in zip(named, pixels):
+        total += count
+        if total > limits.max_pixels:
+            raise ClientError(
+                413,
+                f"{name}: its {count:,} pixels bring the request to {total:,}, over the limit of "
+                f"{limits.max_pixels:,} pixels per request; send fewer or smaller images",
+            )
     decoded = await asyncio.gather(
         *(decoder.decode(file, size, name, count) for (name, file), count in zip(named, pixels)),
         return_exceptions=True,
