@@ -48,7 +48,7 @@ def test_every_corpus_kind_through_predict(digits_run, tmp_path):
     assert set(results) == {str(path) for _, path in written}
     for case, path in written:
         result = results[str(path)]
-        if case.ok:
+        if case.ok or (case.ok is None and "error" not in result):
             assert len(result.get("predictions", [])) == 5, (case.kind, result)
         else:
             assert str(path) in result["error"] and "\n" not in result["error"], (case.kind, result)
@@ -62,7 +62,7 @@ def test_every_corpus_kind_through_the_server(digits_run, tmp_path):
             response = httpx.post(
                 base + "/predict", files=[("file", (case.filename, case.data, "image/png"))], timeout=60
             )
-            if case.ok:
+            if case.ok or (case.ok is None and response.status_code == 200):
                 assert response.status_code == 200, (case.kind, response.text)
                 assert len(response.json()[0]["predictions"]) == 5
             else:

@@ -38,7 +38,7 @@ from .limits import ServeLimits
 PAGE = (Path(__file__).parent / "page.html").read_text()
 
 
-# Decoding more than this many pixels takes ~0.1 s and up to ~100 MB; such images take turns on one thread
+# Decoding more than this many pixels takes ~0.1 s and ~40 MB or more; such images take turns on one thread
 # of their own so that small requests never wait behind them and at most one is decoded at a time.
 HEAVY_PIXELS = 4_000_000
 
@@ -113,9 +113,9 @@ class Decoder:
         which case decoding names what is wrong."""
         return await asyncio.get_running_loop().run_in_executor(self.light, header_pixels, file)
 
-    async def decode(self, file, size: int, name: str, pixels: int) -> torch.Tensor:
+    async def decode(self, load, file, name: str, pixels: int) -> torch.Tensor:
         pool = self.heavy if pixels > HEAVY_PIXELS else self.light
-        return await asyncio.get_running_loop().run_in_executor(pool, load_image_tensor, file, size, name)
+        return await asyncio.get_running_loop().run_in_executor(pool, load, file, name)
 
     def shutdown(self) -> None:
         self.light.shutdown(wait=False, cancel_futures=True)
@@ -173,8 +173,9 @@ def limited_receive(receive, limit: int, timeout: float):
 
 
 async def read_images(
-    request: Request, limits: ServeLimits, size: int, decoder: Decoder, inflight: InflightBytes
+    request: Request, limits: ServeLimits, load, decoder: Decoder, inflight: InflightBytes
 ) -> list[tuple[str, torch.Tensor]]:
+    """The request's images as `load(file, name)` decodes them, after checking them against `limits`."""
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
         raise ClientError(
@@ -199,12 +200,12 @@ async def read_images(
                 ) from None
             raise ClientError(400, f"malformed multipart body ({e.detail})") from None
         try:
-            return await decode_uploads(form, limits, size, decoder)
+            return await decode_uploads(form, limits, load, decoder)
         finally:
             await form.close()
 
 
-async def decode_uploads(form, limits: ServeLimits, size: int, decoder: Decoder) -> list[tuple[str, torch.Tensor]]:
+async def decode_uploads(form, limits: ServeLimits, load, decoder: Decoder) -> list[tuple[str, torch.Tensor]]:
     uploads = [f for f in form.getlist("file") if hasattr(f, "read")]
     if not uploads:
         raise ClientError(400, "no image in the field 'file'")
@@ -228,7 +229,7 @@ async def decode_uploads(form, limits: ServeLimits, size: int, decoder: Decoder)
                 f"{limits.max_pixels:,} pixels per request; send fewer or smaller images",
             )
     decoded = await asyncio.gather(
-        *(decoder.decode(file, size, name, count) for (name, file), count in zip(named, pixels)),
+        *(decoder.decode(load, file, name, count) for (name, file), count in zip(named, pixels)),
         return_exceptions=True,
     )
     for result in decoded:
@@ -253,6 +254,11 @@ def overlay_data_url(classifier, image: torch.Tensor) -> tuple[list[dict], str]:
     return top_k(probs, classifier.class_names, 5)[0], "data:image/png;base64," + base64.b64encode(
         buffer.getvalue()
     ).decode()
+
+
+def image_loader(classifier):
+    """file object, name -> the uint8 tensor the classifier's preprocessing makes of it."""
+    return lambda file, name: load_image_tensor(file, classifier.stored_size, name)
 
 
 def create_app(
@@ -311,14 +317,14 @@ def create_app(
 
     @app.post("/predict")
     async def predict(request: Request):
-        images = await read_images(request, limits, classifier.stored_size, decoder, inflight)
+        images = await read_images(request, limits, image_loader(classifier), decoder, inflight)
         probs = await batcher.submit([img for _, img in images])
         preds = top_k(torch.stack(probs), classifier.class_names, topk)
         return [{"path": name, "predictions": p} for (name, _), p in zip(images, preds)]
 
     @app.post("/explain")
     async def explain(request: Request):
-        images = await read_images(request, limits, explainer.stored_size, decoder, inflight)
+        images = await read_images(request, limits, image_loader(explainer), decoder, inflight)
         async with explain_lock:  # gradients and attention capture are not re-entrant
             top, url = await asyncio.get_running_loop().run_in_executor(None, overlay_data_url, explainer, images[0][1])
         return {"path": images[0][0], "predictions": top, "overlay": url}

@@ -12,7 +12,9 @@ class ServeLimits:
 
     max_upload_bytes: int = 10 * 1024 * 1024  # one request's body
     max_files: int = 32  # images in one request
-    max_pixels: int = 64_000_000  # decoded pixels in one request, summed over its images
+    # Decoded pixels in one request, summed over its images: a 24 MP photo. Decoding costs up to ~9 bytes a
+    # pixel while it lasts, so this keeps one request's decode within ~200 MB.
+    max_pixels: int = 24_000_000
     max_inflight_bytes: int = 128 * 1024 * 1024  # request bodies being received or decoded at once
     client_timeout: float = 30.0  # seconds a client has to send a request's headers, then again its body
     keep_alive: int = 5  # seconds an idle keep-alive connection stays open
