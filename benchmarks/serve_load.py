@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import os
 import socket
 import statistics
 import subprocess
@@ -40,6 +41,11 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def photos(count: int) -> list[bytes]:
@@ -90,33 +96,65 @@ def start_server(checkpoint: str, backend: str) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("the server did not start within 300 s")
 
 
+def multipart_request(host: str, port: int, data: bytes) -> bytes:
+    """A whole keep-alive POST /predict with one image, built once: the load generator then only writes
+    bytes and reads responses, so it takes little of the cores it shares with the server."""
+    boundary = "vitkit-load"
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="photo.jpg"\r\n'
+        "Content-Type: image/jpeg\r\n\r\n".encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    head = (
+        f"POST /predict HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: multipart/form-data; "
+        f"boundary={boundary}\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> int:
+    writer.write(request)
+    status = int((await reader.readline()).split()[1])
+    length = 0
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode("latin-1").partition(":")
+        if name.strip().lower() == "content-length":
+            length = int(value)
+    await reader.readexactly(length)
+    return status
+
+
 async def load(base: str, payloads: list[bytes], clients: int, seconds: float) -> dict:
+    host, port = base.removeprefix("http://").split(":")
+    requests = [multipart_request(host, int(port), p) for p in payloads]
     latencies: list[float] = []
     failures = 0
     stop = time.perf_counter() + seconds
 
-    async def client_loop(client: httpx.AsyncClient, index: int) -> None:
+    async def client_loop(index: int) -> None:
         nonlocal failures
+        reader, writer = await asyncio.open_connection(host, int(port))
         i = index
         while time.perf_counter() < stop:
-            data = payloads[i % len(payloads)]
+            request = requests[i % len(requests)]
             i += clients
             start = time.perf_counter()
             try:
-                response = await client.post(base + "/predict", files=[("file", ("photo.jpg", data, "image/jpeg"))])
-                ok = response.status_code == 200
-            except httpx.HTTPError:
+                ok = await exchange(reader, writer, request) == 200
+            except (OSError, ValueError, IndexError, asyncio.IncompleteReadError):
                 ok = False
+                writer.close()
+                reader, writer = await asyncio.open_connection(host, int(port))
             if ok:
                 latencies.append(time.perf_counter() - start)
             else:
                 failures += 1
+        writer.close()
 
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
-        begun = time.perf_counter()
-        await asyncio.gather(*(client_loop(client, i) for i in range(clients)))
-        elapsed = time.perf_counter() - begun
+    begun = time.perf_counter()
+    await asyncio.gather(*(client_loop(i) for i in range(clients)))
+    elapsed = time.perf_counter() - begun
     q = statistics.quantiles(latencies, n=20) if len(latencies) > 1 else [float("nan")] * 19
     return {
         "clients": clients,
@@ -128,10 +166,10 @@ async def load(base: str, payloads: list[bytes], clients: int, seconds: float) -
     }
 
 
-def abuse(base: str, pid: int, kind: str, small: bytes, repeats: int) -> dict:
-    """RSS and a small request's latency while `repeats` requests of one abusive kind arrive back to back."""
+def abuse(base: str, pid: int, kind: str, small: bytes, repeats: int, idle: float) -> dict:
+    """RSS and a small request's latency while `repeats` requests of one abusive kind arrive back to back;
+    `idle` is the server's RSS after the load runs, before any abusive request."""
     files = ABUSE[kind]()
-    idle = rss_mib(pid)
     peak, statuses, done = [idle], [], threading.Event()
 
     def sample() -> None:
@@ -195,9 +233,16 @@ def main() -> int:
     try:
         backend = httpx.get(base + "/health").json()["backend"]
         asyncio.run(load(base, payloads, 4, 2.0))  # warm-up
-        rows = [dict(asyncio.run(load(base, payloads, c, args.seconds)), label=args.label) for c in args.clients]
+        rows = []
+        for clients in args.clients:
+            cpu = cpu_seconds(proc.pid)
+            row = asyncio.run(load(base, payloads, clients, args.seconds))
+            # the server's share of the cores; the rest went to the load generator and other work
+            row["server_cpu_per_s"] = (cpu_seconds(proc.pid) - cpu) / args.seconds
+            rows.append(dict(row, label=args.label))
+        idle = rss_mib(proc.pid)
         abuse_rows = [
-            dict(abuse(base, proc.pid, kind, payloads[0], args.repeats), label=args.label)
+            dict(abuse(base, proc.pid, kind, payloads[0], args.repeats, idle), label=args.label)
             for kind in filter(None, args.abuse.split(","))
         ]
     finally:
@@ -208,9 +253,10 @@ def main() -> int:
     for r in abuse_rows:
         r["key"] = f"{r['label']}/{r['kind']}"
 
-    print(f"\nPOST /predict, one {len(payloads[0]) // 1024} KB photo per request, backend {backend}")
+    print(f"\nPOST /predict, one photo ({len(payloads[0]):,} bytes) per request, backend {backend}")
     columns = [("label", "version", "s"), ("clients", "clients", "d"), ("req_per_s", "req/s", ".1f")]
     columns += [("p50_ms", "p50 ms", ".1f"), ("p95_ms", "p95 ms", ".1f"), ("failures", "failed", "d")]
+    columns += [("server_cpu_per_s", "server cores", ".2f")]
     print_table(rows, columns)
     if abuse_rows:
         print("\nabusive requests, back to back, while a small request is sent every 50 ms")
