@@ -118,14 +118,15 @@ def test_damaged_checkpoints_get_one_line_errors(digits_run, digit_images, tmp_p
         one_line_error(capsys, command, "3 class names", "10 outputs")
 
 
-def test_random_bytes_are_not_called_a_pickle(tmp_path):
+@pytest.mark.parametrize("start", [b"", b"\x80\x02"], ids=["noise", "noise-after-a-pickle-header"])
+def test_random_bytes_are_not_called_a_pickle(tmp_path, start):
     noise = tmp_path / "noise.pth"
-    noise.write_bytes(os.urandom(4096).replace(b"\x80", b"\x81"))  # a pickle would open with 0x80
+    noise.write_bytes(start + os.urandom(4096).replace(b"\x80", b"\x81"))  # only `start` may look like a pickle
     with pytest.raises(ValueError) as error:
         load_pretrained(noise)
     message = str(error.value)
     assert "not a PyTorch or safetensors weights file" in message
-    assert "weights_only" not in message and "code" not in message
+    assert "weights_only" not in message and "needs code" not in message
 
 
 def test_non_loopback_hosts_are_warned_about(digits_run, tmp_path, capsys):
