@@ -64,7 +64,8 @@ def main() -> int:
             list(pool.map(decode, uploads[:8], [args.size] * 8))  # start the workers
             rows.append({"pool": name, **asyncio.run(run(pool, uploads, args.size, 4 * args.workers))})
     print(f"\n{len(uploads)} real photos decoded to {args.size} px on {args.workers} workers")
-    print_table(rows, [("pool", "pool", "s"), ("images_per_s", "images/s", ".0f"), ("max_stall_ms", "loop stall ms", ".1f")])
+    columns = [("pool", "pool", "s"), ("images_per_s", "images/s", ".0f"), ("max_stall_ms", "loop stall ms", ".1f")]
+    print_table(rows, columns)
     write_json(REPO / "benchmarks" / "results" / "decode_pool.json", {"machine": machine(), "rows": rows})
     return 0
 

@@ -3,6 +3,7 @@ upload and a silent connection arrive together; meanwhile a small request must s
 memory bounded."""
 
 import io
+import os
 import socket
 import threading
 import time
@@ -51,6 +52,7 @@ def test_abusive_clients_cost_bounded_memory_and_latency(digits_run, tmp_path):
     huge = png(Image.new("1", (8000, 8000)))  # 8 KB, 64 million pixels: over the request's pixel budget
     thin = png(Image.new("L", (1_000_000, 1)))  # 4 KB; scaled up naively it would be 16 x 16 million pixels
     many = [(f"{i}.png", small) for i in range(1000)]
+    noise = os.urandom(9 * 2**20)  # uploads near the size limit, in flight together
     flags = ("--backend", "torch", "--client-timeout", str(CLIENT_TIMEOUT), "--max-files", "32")
     log = tmp_path / "server.log"
     with running_server(out, *flags, log=log) as (base, proc):
@@ -75,6 +77,14 @@ def test_abusive_clients_cost_bounded_memory_and_latency(digits_run, tmp_path):
                 peak[0] = max(peak[0], rss_bytes(proc.pid))
                 time.sleep(0.02)
 
+        quitter = socket.create_connection((host, port))  # hangs up halfway through its upload
+        half = multipart([("quitter.png", heavy)])
+        quitter.sendall(
+            f"POST /predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: multipart/form-data; "
+            f"boundary=vitkit-boundary\r\nContent-Length: {len(half)}\r\n\r\n".encode()
+            + half[: len(half) // 2]
+        )
+        quitter.close()
         silent = socket.create_connection((host, port))  # connects and never sends a byte
         slow = socket.create_connection((host, port))  # sends a valid request a few bytes at a time
         body = multipart([("slow.png", small)])
@@ -88,6 +98,7 @@ def test_abusive_clients_cost_bounded_memory_and_latency(digits_run, tmp_path):
             threading.Thread(target=abuse, args=("thin", [("thin.png", thin)], 3)),
             threading.Thread(target=abuse, args=("many", many, 3)),
             threading.Thread(target=abuse, args=("max-files", many[:32], 5)),
+            *(threading.Thread(target=abuse, args=("9-MB", [("noise.png", noise)], 1)) for _ in range(4)),
             threading.Thread(target=sample_memory),
         ]
         for thread in abusers:
@@ -121,6 +132,7 @@ def test_abusive_clients_cost_bounded_memory_and_latency(digits_run, tmp_path):
     assert statuses["heavy"] == [200, 200] and statuses["huge"] == [413, 413]
     assert set(statuses["thin"]) <= {200, 400, 413}, statuses
     assert statuses["many"] == [413] * 3 and statuses["max-files"] == [200] * 5
+    assert statuses["9-MB"] == [415] * 4
     assert slow_closed and silent_closed
     assert peak[0] < 2 * idle, report
     assert max(latencies) < 1.0, report
