@@ -15,6 +15,7 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 def isolated_cache(tmp_path_factory, monkeypatch):
     """Every test gets its own dataset/folder cache so nothing leaks between tests or from the user."""
     monkeypatch.setenv("VITKIT_DATA", str(tmp_path_factory.mktemp("vitkit-data")))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
     monkeypatch.delenv("VITKIT_DATASET_MIRROR", raising=False)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -76,25 +77,34 @@ def _checkpoint_dir(path: Path) -> Path:
 
 
 def load(
-    checkpoint: str | os.PathLike, device: str = "auto", backend: str = "torch", precision: str = "fp32"
+    checkpoint: str | os.PathLike,
+    device: str = "auto",
+    backend: str = "torch",
+    precision: str = "fp32",
+    threads: int = 0,
 ) -> Classifier:
     """Load a checkpoint folder (a run's best/ or last/, or the run folder itself) or an exported
     .onnx file. backend="onnxruntime" runs a checkpoint folder through ONNX Runtime (exported once
-    to model.onnx beside the weights); "auto" picks the fastest exact one. precision="bf16" runs the
-    PyTorch model under bf16 autocast (about 2x on CPUs with native bf16; scores change by ~1e-2)."""
+    into the user cache folder, see `onnx_cache_path`); "auto" picks the fastest exact one. precision="bf16" runs the
+    PyTorch model under bf16 autocast (about 2x on CPUs with native bf16; scores change by ~1e-2).
+    threads: CPU threads for the model (0: every core)."""
     from .export.onnx import OnnxModel, export_onnx
 
     if backend not in BACKENDS:
         raise ValueError(f"--backend {backend!r}: use one of {', '.join(BACKENDS)}")
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"--precision {precision!r}: use fp32 or bf16")
+    if threads < 0:
+        raise ValueError(f"--threads {threads}: use 0 (every core) or a positive number of threads")
+    if threads:
+        torch.set_num_threads(threads)
     if backend == "auto":
         backend = "torch" if precision == "bf16" else default_backend()
     path = Path(checkpoint)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     if path.suffix == ".onnx":
-        onnx_model = OnnxModel(path)
+        onnx_model = OnnxModel(path, threads)
         if not onnx_model.meta.get("preprocessing"):
             raise ValueError(f"{path} has no vitkit metadata: export it with `vitkit export`")
         return Classifier(onnx_model, onnx_model.meta)
@@ -102,12 +112,30 @@ def load(
     model, meta = load_model(path)
     classifier = Classifier(model, meta, device, precision)
     if backend == "onnxruntime":
-        onnx_path = path / "model.onnx"
-        weights = path / "model.safetensors"
-        if not onnx_path.is_file() or onnx_path.stat().st_mtime < weights.stat().st_mtime:
+        onnx_path = onnx_cache_path(path)
+        if not onnx_path.is_file():
             export_onnx(classifier, onnx_path)
-        classifier = Classifier(OnnxModel(onnx_path), meta)
+        classifier = Classifier(OnnxModel(onnx_path, threads), meta)
     return classifier
+
+
+def cache_dir() -> Path:
+    """Where vitkit keeps files it can rebuild: $XDG_CACHE_HOME/vitkit, else ~/.cache/vitkit."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vitkit"
+
+
+def onnx_cache_path(checkpoint_dir: Path) -> Path:
+    """The ONNX export of a checkpoint, keyed by the content of its weights and config, so a checkpoint is
+    never written into (a read-only run folder works) and a retrained one never reuses a stale export."""
+    from .export.onnx import DEFAULT_OPSET
+    from .models.io import CONFIG_NAME, WEIGHTS_NAME
+
+    digest = hashlib.sha256(f"opset={DEFAULT_OPSET} torch={torch.__version__}\n".encode())
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        with open(checkpoint_dir / name, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    return cache_dir() / "onnx" / f"{digest.hexdigest()[:32]}.onnx"
 
 
 def evaluate(

@@ -15,6 +15,32 @@ class UserError(Exception):
     """A mistake in the command's input: printed as one line, exit status 2."""
 
 
+def at_least(low: int):
+    """An argparse type for whole numbers >= low, refused in one line naming the flag."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is below the minimum of {low}")
+        return value
+
+    parse.__name__ = f"whole number >= {low}"
+    return parse
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be a positive number")
+    return value
+
+
 # ----------------------------------------------------------------------------- models
 
 
@@ -121,7 +147,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     paths = expand_paths(args.images)
     if not paths:
         raise UserError("no images found in the given paths")
-    clf = api.load(args.checkpoint, device=args.device, backend=args.backend, precision=args.precision)
+    clf = api.load(
+        args.checkpoint, device=args.device, backend=args.backend, precision=args.precision, threads=args.threads
+    )
     results = predict_paths(clf, paths, args.topk, args.batch_size, progress=sys.stderr.isatty())
     print(format_predictions(results, args.format))
     return 1 if any("error" in r for r in results) else 0
@@ -163,15 +191,33 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from .serve.app import serve
+    from .serve.limits import ServeLimits
 
+    limits = ServeLimits(
+        max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+        max_files=args.max_files,
+        max_pixels=int(args.max_megapixels * 1_000_000),
+        max_inflight_bytes=int(args.max_inflight_mb * 1024 * 1024),
+        client_timeout=args.client_timeout,
+        keep_alive=args.keep_alive,
+        max_connections=args.max_connections,
+        decode_threads=args.decode_threads,
+    )
+    if limits.max_inflight_bytes < limits.max_upload_bytes:
+        raise UserError(
+            f"--max-inflight-mb {args.max_inflight_mb:g} is below --max-upload-mb {args.max_upload_mb:g}: "
+            "a single full-size upload could never be accepted"
+        )
     serve(
         args.checkpoint,
         host=args.host,
         port=args.port,
         backend=args.backend,
-        max_upload_mb=args.max_upload_mb,
         device=args.device,
         precision=args.precision,
+        threads=args.threads,
+        topk=args.topk,
+        limits=limits,
     )
     return 0
 
@@ -215,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--split", choices=["train", "val", "test"], help="default: the split the run reported (test, else val)"
     )
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=at_least(1), default=256)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print every metric as JSON")
     p.set_defaults(func=cmd_eval)
@@ -223,10 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="top-k labels for images, folders or globs")
     p.add_argument("checkpoint")
     p.add_argument("images", nargs="+")
-    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--topk", type=at_least(1), default=5)
     p.add_argument("--format", default="table", choices=["table", "json", "csv"])
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=at_least(1), default=32)
     p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=at_least(0), default=0, help="CPU threads for the model (0: every core)")
     p.add_argument(
         "--backend",
         default="auto",
@@ -245,25 +292,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint")
     p.add_argument("image")
     p.add_argument("--out", required=True, help="PNG file to write")
-    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--topk", type=at_least(1), default=5)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_explain)
 
+    from .serve.limits import ServeLimits
+
+    d = ServeLimits()
     p = sub.add_parser("serve", help="HTTP API and web page for a checkpoint")
     p.add_argument("checkpoint")
-    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--host", default="127.0.0.1", help="interface to bind (default: loopback only; the API has no authentication)"
+    )
+    p.add_argument("--port", type=at_least(0), default=8000)
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime"])
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
-    p.add_argument("--max-upload-mb", type=float, default=10)
     p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=at_least(0), default=0, help="CPU threads for the model (0: every core)")
+    p.add_argument("--topk", type=at_least(1), default=5, help="labels returned per image")
+    limits = p.add_argument_group("limits (each protects the server from one abusive or broken client)")
+
+    def limit(flag: str, kind, default, text: str) -> None:
+        limits.add_argument(flag, type=kind, default=default, help=f"{text} (default: %(default)g)")
+
+    limit("--max-upload-mb", positive_float, d.max_upload_bytes / 2**20, "one request's body")
+    limit("--max-files", at_least(1), d.max_files, "images in one request")
+    limit("--max-megapixels", positive_float, d.max_pixels / 1e6, "decoded pixels in one request, all its images")
+    limit(
+        "--max-inflight-mb",
+        positive_float,
+        d.max_inflight_bytes / 2**20,
+        "request bodies received or decoded at once, all clients together; more get 503 and Retry-After",
+    )
+    limit("--client-timeout", positive_float, d.client_timeout, "seconds to send a request's headers, then its body")
+    limit("--keep-alive", at_least(1), d.keep_alive, "seconds an idle connection stays open")
+    limit("--max-connections", at_least(1), d.max_connections, "open connections; more get 503")
+    limit("--decode-threads", at_least(0), d.decode_threads, "image decoding threads (0: one per core)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("export", help="export a checkpoint as ONNX or as a Hugging Face folder")
     p.add_argument("checkpoint")
     p.add_argument("out")
     p.add_argument("--format", default="onnx", choices=["onnx", "hf"])
-    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--opset", type=at_least(7), default=18)
     p.set_defaults(func=cmd_export)
     return parser
 

@@ -61,7 +61,9 @@ def open_image(
     aspect ratios and truncated files with a BadImageError that names `name` (default: the path) and
     says what is wrong. Sizes are checked from the header, before any pixel is decoded. With `min_side`,
     a JPEG over DRAFT_ABOVE_PIXELS is decoded at the smallest DCT scale keeping both sides >= min_side."""
-    name = name or getattr(source, "name", None) or str(source)
+    # a path's whole text, not Path.name: two class folders may each hold an img_001.jpg
+    path = os.fspath(source) if isinstance(source, (str, os.PathLike)) else getattr(source, "name", None)
+    name = name or path or str(source)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -47,7 +47,47 @@ def load_model(directory: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]
             f"{directory} is not a vitkit checkpoint: expected {CONFIG_NAME} and {WEIGHTS_NAME} "
             "(a run folder's best/ or last/)"
         )
-    meta = read_json(directory / CONFIG_NAME)
-    model = model_from_config(meta["family"], meta["config"])
-    model.load_state_dict(load_weights(directory / WEIGHTS_NAME))
+    config_path = directory / CONFIG_NAME
+    meta = read_json(config_path)
+    if not (isinstance(meta, dict) and isinstance(meta.get("family"), str) and isinstance(meta.get("config"), dict)):
+        raise ValueError(
+            f"{config_path} is not a vitkit model config: it needs a 'family' name and a 'config' object "
+            "(as `vitkit train` writes it); restore the file from the run folder it came from"
+        )
+    try:
+        model = model_from_config(meta["family"], meta["config"])
+    except (TypeError, ValueError, KeyError) as e:
+        raise ValueError(f"{config_path}: cannot build the model it describes ({e})") from None
+    class_names = meta.get("class_names")
+    num_classes = getattr(model.config, "num_classes", None)
+    if class_names is not None and num_classes is not None and len(class_names) != num_classes:
+        raise ValueError(
+            f"{config_path} lists {len(class_names)} class names but the model has {num_classes} outputs; "
+            "the file was edited or mixed up with another run's"
+        )
+    weights_path = directory / WEIGHTS_NAME
+    check_state_dict(load_weights(weights_path), model, weights_path)
     return model, meta
+
+
+def check_state_dict(state: dict[str, torch.Tensor], model: nn.Module, source: Path) -> None:
+    """Load `state` into `model`, or say in one line which tensors are missing, extra or of the wrong shape."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    wrong = [
+        f"{k} {tuple(state[k].shape)} (model: {tuple(expected[k].shape)})"
+        for k in sorted(set(state) & set(expected))
+        if state[k].shape != expected[k].shape
+    ]
+    problems = [
+        f"{what}: {', '.join(items[:3])}{f' and {len(items) - 3} more' if len(items) > 3 else ''}"
+        for what, items in (("wrong shape", wrong), ("missing", missing), ("unexpected", extra))
+        if items
+    ]
+    if problems:
+        raise ValueError(
+            f"{source} does not fit the model in {CONFIG_NAME} ({'; '.join(problems)}); "
+            "the weights and config come from different models"
+        )
+    model.load_state_dict(state)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pickle
+import pickletools
+import re
 import zipfile
 from pathlib import Path
 
@@ -19,15 +21,24 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(f"weights file {path} does not exist")
     if path.suffix == ".safetensors":
         return load_weights(path)
+    not_weights = f"cannot read {path}: truncated or not a PyTorch or safetensors weights file"
+    with open(path, "rb") as f:
+        head = f.read(1)
+    # torch.save writes a zip archive, or (before PyTorch 1.6) a pickle, which opens with its protocol byte
+    if not zipfile.is_zipfile(path) and head != pickle.PROTO:
+        raise ValueError(f"{not_weights} (it is neither a zip archive nor a pickle)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        named = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if not (named or pickle_imports(path)):
+            raise ValueError(f"{not_weights} (its pickle is damaged or holds no tensors)") from None
         raise ValueError(
-            f"{path} is not a plain weights file: it needs code to be unpickled, which vitkit never "
-            f"runs ({str(e).splitlines()[0]}). Convert it to .safetensors with the tool that made it"
+            f"{path} is not a plain weights file: it needs code{f' ({named.group(1)})' if named else ''} to be "
+            "unpickled, which vitkit never runs. Convert it to .safetensors with the tool that made it"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
-        raise ValueError(f"cannot read {path}: truncated or not a PyTorch weights file ({e})") from None
+    except Exception as e:  # damaged bytes make torch's reader fail in many ways (IndexError, UnicodeError, ...)
+        raise ValueError(f"{not_weights} ({type(e).__name__}: {e})") from None
     for key in ("state_dict", "model", "model_ema", "module"):  # common training-script wrappers
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
@@ -35,6 +46,17 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path} does not hold a state dict of tensors")
     return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def pickle_imports(path: Path) -> bool:
+    """Whether the file's (first) pickle is well formed and imports or calls anything, read opcode by
+    opcode without running it."""
+    try:
+        with open(path, "rb") as f:
+            ops = {op.name for op, _, _ in pickletools.genops(f)}
+    except Exception:  # not a pickle at all: genops raises whatever the bytes provoke
+        return False
+    return bool(ops & {"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "NEWOBJ", "NEWOBJ_EX"})
 
 
 def check_keys(found: set[str], expected: set[str], what: str) -> None:

@@ -5,7 +5,9 @@ POST /explain   one image -> top-k and the attention/saliency overlay as a PNG d
 GET  /health    GET /labels    GET /  (a page to drop an image on)
 
 Concurrent requests are micro-batched: images wait up to `max_wait_ms` for company and then go
-through the model in one forward pass (at most `max_batch` images).
+through the model in one forward pass (at most `max_batch` images). Uploads stream to the form parser
+and are decoded on worker threads, never on the event loop; `ServeLimits` bounds what one request (size,
+images, pixels, time) and all of them together (bytes in flight, connections) may cost.
 """
 
 from __future__ import annotations
@@ -13,26 +15,38 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import ipaddress
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ..data.images import BadImageError
 from ..predict import top_k
+from .limits import ServeLimits
 
-DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 PAGE = (Path(__file__).parent / "page.html").read_text()
 
 
+# Decoding more than this many pixels takes ~0.1 s and ~40 MB or more; such images take turns on one thread
+# of their own so that small requests never wait behind them and at most one is decoded at a time.
+HEAVY_PIXELS = 4_000_000
+
+
 class ClientError(Exception):
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, headers: dict | None = None):
         super().__init__(message)
-        self.status, self.message = status, message
+        self.status, self.message, self.headers = status, message, headers
 
 
 class MicroBatcher:
@@ -85,51 +99,143 @@ class MicroBatcher:
                         future.set_exception(e)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing (413) as soon as it exceeds `limit`, declared or not."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise ClientError(413, f"upload of {int(declared):,} bytes is over the limit of {limit:,} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
+class Decoder:
+    """Image decoding off the event loop: a thread per core for ordinary images (Pillow and NumPy release
+    the GIL while they work) and one thread that takes heavy images in turn."""
+
+    def __init__(self, threads: int = 0):
+        threads = threads or os.cpu_count() or 1
+        self.light = ThreadPoolExecutor(threads, thread_name_prefix="vitkit-decode")
+        self.heavy = ThreadPoolExecutor(1, thread_name_prefix="vitkit-decode-heavy")
+
+    async def pixels(self, file) -> int:
+        """The pixel count in the image's header (nothing is decoded); 0 when Pillow cannot tell, in
+        which case decoding names what is wrong."""
+        return await asyncio.get_running_loop().run_in_executor(self.light, header_pixels, file)
+
+    async def decode(self, load, file, name: str, pixels: int) -> torch.Tensor:
+        pool = self.heavy if pixels > HEAVY_PIXELS else self.light
+        return await asyncio.get_running_loop().run_in_executor(pool, load, file, name)
+
+    def shutdown(self) -> None:
+        self.light.shutdown(wait=False, cancel_futures=True)
+        self.heavy.shutdown(wait=False, cancel_futures=True)
+
+
+def header_pixels(file) -> int:
+    try:
+        with Image.open(file) as img:
+            return img.width * img.height
+    except Exception:  # unreadable headers are reported by the decoder with the file's name
+        return 0
+    finally:
+        file.seek(0)
+
+
+class InflightBytes:
+    """A budget of request-body bytes being received or decoded at once, across all requests."""
+
+    def __init__(self, limit: int):
+        self.limit, self.used = limit, 0
+
+    @asynccontextmanager
+    async def reserve(self, size: int):
+        if self.used + size > self.limit:
+            raise ClientError(503, "the server is busy with other uploads; retry in a moment", {"Retry-After": "1"})
+        self.used += size
+        try:
+            yield
+        finally:
+            self.used -= size
+
+
+def limited_receive(receive, limit: int, timeout: float):
+    """The ASGI receive channel of one request, cut off (413) past `limit` body bytes and (408) when the
+    whole body has not arrived within `timeout` seconds, so a huge or slow upload holds nothing for long."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    received = 0
+
+    async def receive_within_limits():
+        nonlocal received
+        try:
+            message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0))
+        except asyncio.TimeoutError:
+            raise ClientError(408, f"the upload did not arrive within {timeout:g} s; send it faster") from None
+        received += len(message.get("body", b""))
+        if received > limit:
             raise ClientError(413, f"upload is over the limit of {limit:,} bytes")
-    return bytes(body)
+        return message
+
+    return receive_within_limits
 
 
-async def read_images(request: Request, limit: int, preprocessing) -> list[tuple[str, torch.Tensor]]:
+async def read_images(
+    request: Request, limits: ServeLimits, load, decoder: Decoder, inflight: InflightBytes
+) -> list[tuple[str, torch.Tensor]]:
+    """The request's images as `load(file, name)` decodes them, after checking them against `limits`."""
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
         raise ClientError(
             415, f"send images as multipart/form-data in the field 'file' (got {content_type or 'no content type'})"
         )
-    body = await read_body(request, limit)
-    if not body:
+    limit = limits.max_upload_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise ClientError(413, f"upload of {int(declared):,} bytes is over the limit of {limit:,} bytes")
+    if declared == "0":
         raise ClientError(400, "empty request body: attach an image in the field 'file'")
-    # Starlette parses the form from the cached body once it is set, so the size check above holds.
-    request._body = body
-    try:
-        form = await request.form(max_part_size=limit)
-    except Exception as e:
-        raise ClientError(400, f"malformed multipart body ({e})") from None
+    # Bodies stream into the form parser, which keeps at most 1 MB of each file in memory (the rest in a
+    # temporary file), so an upload costs the server little memory while it is received and decoded.
+    async with inflight.reserve(int(declared) if declared and declared.isdigit() else limit):
+        body = Request(request.scope, limited_receive(request.receive, limit, limits.client_timeout))
+        try:
+            form = await body.form(max_files=limits.max_files, max_fields=limits.max_files, max_part_size=64 * 1024)
+        except HTTPException as e:  # Starlette's own refusals of a multipart body
+            if "Too many files" in str(e.detail):
+                raise ClientError(
+                    413, f"too many images in one request: send at most {limits.max_files} per request"
+                ) from None
+            raise ClientError(400, f"malformed multipart body ({e.detail})") from None
+        try:
+            return await decode_uploads(form, limits, load, decoder)
+        finally:
+            await form.close()
+
+
+async def decode_uploads(form, limits: ServeLimits, load, decoder: Decoder) -> list[tuple[str, torch.Tensor]]:
     uploads = [f for f in form.getlist("file") if hasattr(f, "read")]
     if not uploads:
         raise ClientError(400, "no image in the field 'file'")
-    images = []
+    named = []
     for upload in uploads:
         name = upload.filename or "upload"
         part_type = (upload.content_type or "").split(";")[0].strip()
         if part_type and not (part_type.startswith("image/") or part_type == "application/octet-stream"):
             raise ClientError(415, f"{name}: content type {part_type} is not an image")
-        data = await upload.read()
-        if not data:
+        if not upload.size:
             raise ClientError(400, f"{name}: empty file")
-        try:
-            images.append((name, preprocessing.load_tensor(io.BytesIO(data), name)))
-        except BadImageError as e:
-            raise ClientError(415 if e.kind == "unidentified" else 400, str(e)) from None
-    return images
+        named.append((name, upload.file))
+    pixels = await asyncio.gather(*(decoder.pixels(file) for _, file in named))
+    total = 0
+    for (name, _), count in zip(named, pixels):
+        total += count
+        if total > limits.max_pixels:
+            raise ClientError(
+                413,
+                f"{name}: its {count:,} pixels bring the request to {total:,}, over the limit of "
+                f"{limits.max_pixels:,} pixels per request; send fewer or smaller images",
+            )
+    decoded = await asyncio.gather(
+        *(decoder.decode(load, file, name, count) for (name, file), count in zip(named, pixels)),
+        return_exceptions=True,
+    )
+    for result in decoded:
+        if isinstance(result, BadImageError):
+            raise ClientError(415 if result.kind == "unidentified" else 400, str(result))
+        if isinstance(result, BaseException):
+            raise result
+    return [(name, image) for (name, _), image in zip(named, decoded)]
 
 
 def overlay_data_url(classifier, image: torch.Tensor) -> tuple[list[dict], str]:
@@ -148,10 +254,15 @@ def overlay_data_url(classifier, image: torch.Tensor) -> tuple[list[dict], str]:
     ).decode()
 
 
+def image_loader(classifier):
+    """file object, name -> the uint8 tensor the classifier's preprocessing makes of it."""
+    return classifier.preprocessing.load_tensor
+
+
 def create_app(
     classifier,
     explainer=None,
-    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    limits: ServeLimits = ServeLimits(),
     topk: int = 5,
     max_batch: int = 32,
     max_wait_ms: float = 5.0,
@@ -159,6 +270,8 @@ def create_app(
     """`classifier` answers /predict; `explainer` (a PyTorch-backed Classifier, default the same) /explain."""
     explainer = explainer or classifier
     batcher = MicroBatcher(classifier.predict_tensor, max_batch, max_wait_ms)
+    decoder = Decoder(limits.decode_threads)
+    inflight = InflightBytes(limits.max_inflight_bytes)
     explain_lock = asyncio.Lock()
 
     @asynccontextmanager
@@ -166,13 +279,20 @@ def create_app(
         batcher.start()
         yield
         await batcher.stop()
+        decoder.shutdown()
 
     app = FastAPI(title="vitkit", lifespan=lifespan)
     app.state.batcher = batcher
 
     @app.exception_handler(ClientError)
     async def client_error(request, exc: ClientError):
-        return JSONResponse({"error": exc.message}, status_code=exc.status)
+        # A refused upload may not have been read to its end, so the connection cannot carry another request.
+        headers = {"Connection": "close", **(exc.headers or {})}
+        return JSONResponse({"error": exc.message}, status_code=exc.status, headers=headers)
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request, exc: ClientDisconnect):
+        return Response(status_code=499)  # never delivered: the client hung up; logged by nobody
 
     @app.get("/health")
     async def health():
@@ -195,14 +315,14 @@ def create_app(
 
     @app.post("/predict")
     async def predict(request: Request):
-        images = await read_images(request, max_upload_bytes, classifier.preprocessing)
+        images = await read_images(request, limits, image_loader(classifier), decoder, inflight)
         probs = await batcher.submit([img for _, img in images])
         preds = top_k(torch.stack(probs), classifier.class_names, topk)
         return [{"path": name, "predictions": p} for (name, _), p in zip(images, preds)]
 
     @app.post("/explain")
     async def explain(request: Request):
-        images = await read_images(request, max_upload_bytes, explainer.preprocessing)
+        images = await read_images(request, limits, image_loader(explainer), decoder, inflight)
         async with explain_lock:  # gradients and attention capture are not re-entrant
             top, url = await asyncio.get_running_loop().run_in_executor(None, overlay_data_url, explainer, images[0][1])
         return {"path": images[0][0], "predictions": top, "overlay": url}
@@ -210,20 +330,85 @@ def create_app(
     return app
 
 
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol, plus a deadline for each request's headers: uvicorn closes idle
+    keep-alive connections but would wait forever on a client that connects and then sends nothing, or
+    sends its headers a byte at a time."""
+
+    header_timeout = ServeLimits.client_timeout
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._arm_header_deadline()
+
+    def on_response_complete(self) -> None:
+        self._arm_header_deadline()  # before uvicorn reads a pipelined request, whose headers then disarm it
+        super().on_response_complete()
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if self.cycle is not self._waiting_after and self._header_deadline is not None:
+            self._header_deadline.cancel()  # the request's headers are in; the app times its body
+            self._header_deadline = None
+
+    def connection_lost(self, exc) -> None:
+        super().connection_lost(exc)
+        if self._header_deadline is not None:
+            self._header_deadline.cancel()
+
+    def _arm_header_deadline(self) -> None:
+        if getattr(self, "_header_deadline", None) is not None:
+            self._header_deadline.cancel()
+        self._waiting_after = self.cycle
+        self._header_deadline = self.loop.call_later(self.header_timeout, self._close_if_still_waiting)
+
+    def _close_if_still_waiting(self) -> None:
+        self._header_deadline = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+
+def warn_if_exposed(host: str) -> None:
+    """The API has no authentication: say so when it listens beyond this machine."""
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback:
+        print(
+            f"vitkit serve: warning: listening on {host}, reachable from other machines; the API has no "
+            "authentication, so anyone who can reach this port can use it. Put it behind an authenticating "
+            "proxy, or bind to 127.0.0.1",
+            file=sys.stderr,
+        )
+
+
 def serve(
     checkpoint: str,
     host: str = "127.0.0.1",
     port: int = 8000,
     backend: str = "auto",
-    max_upload_mb: float = 10,
     device: str = "auto",
     precision: str = "fp32",
+    threads: int = 0,
+    topk: int = 5,
+    limits: ServeLimits = ServeLimits(),
 ) -> None:
     import uvicorn
 
     from ..api import load
 
-    classifier = load(checkpoint, device=device, backend=backend, precision=precision)
-    explainer = classifier if classifier.backend == "torch" else load(checkpoint, device=device)
-    app = create_app(classifier, explainer, max_upload_bytes=int(max_upload_mb * 1024 * 1024))
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    classifier = load(checkpoint, device=device, backend=backend, precision=precision, threads=threads)
+    explainer = classifier if classifier.backend == "torch" else load(checkpoint, device=device, threads=threads)
+    app = create_app(classifier, explainer, limits=limits, topk=topk)
+    protocol = type("ServeProtocol", (GuardedH11Protocol,), {"header_timeout": limits.client_timeout})
+    warn_if_exposed(host)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        http=protocol,
+        timeout_keep_alive=limits.keep_alive,
+        limit_concurrency=limits.max_connections,
+    )

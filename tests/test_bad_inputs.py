@@ -1,0 +1,206 @@
+"""Bad inputs to the inference commands: every kind of awkward image through predict and the server, bad
+arguments and damaged checkpoints, read-only run folders, link loops. Each gets a clean result or a one-line
+error, never a traceback or a 5xx."""
+
+import json
+import os
+import shutil
+import threading
+
+import httpx
+import pytest
+import torch
+from conftest import run_vitkit, subprocess_env
+from corpus import write_corpus
+from safetensors.torch import load_file, save_file
+from serving import running_server
+
+from vitkit.api import onnx_cache_path
+from vitkit.cli import main
+from vitkit.fileio import write_json
+from vitkit.models import create_model, save_model
+from vitkit.predict import expand_paths
+from vitkit.pretrained import load_pretrained
+from vitkit.serve.app import warn_if_exposed
+
+
+def one_line_error(capsys, args: tuple[str, ...], *needles: str) -> None:
+    """`vitkit ARGS` run in-process exits 2 with one line on stderr naming each needle."""
+    try:
+        status = main(list(args))
+    except SystemExit as e:  # argparse's refusals
+        status = e.code
+    err = capsys.readouterr().err.strip()
+    assert status == 2, (args, err)
+    last = err.splitlines()[-1]
+    assert last.startswith(f"vitkit {args[0]}: error: "), (args, err)
+    for needle in needles:
+        assert needle in last, (needle, err)
+
+
+def test_every_corpus_kind_through_predict(digits_run, tmp_path):
+    out, _ = digits_run
+    written = write_corpus(tmp_path / "corpus")
+    proc = run_vitkit("predict", str(out), str(tmp_path / "corpus"), "--format", "json", "--backend", "torch")
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.returncode == 1, proc.stderr[-2000:]  # some files are refused, the rest classified
+    results = {r["path"]: r for r in json.loads(proc.stdout)}
+    assert set(results) == {str(path) for _, path in written}
+    for case, path in written:
+        result = results[str(path)]
+        if case.ok or (case.ok is None and "error" not in result):
+            assert len(result.get("predictions", [])) == 5, (case.kind, result)
+        else:
+            assert str(path) in result["error"] and "\n" not in result["error"], (case.kind, result)
+
+
+def test_every_corpus_kind_through_the_server(digits_run, tmp_path):
+    out, _ = digits_run
+    log = tmp_path / "server.log"
+    with running_server(out, "--backend", "torch", log=log) as (base, _):
+        for case, _ in write_corpus(tmp_path / "corpus"):
+            response = httpx.post(
+                base + "/predict", files=[("file", (case.filename, case.data, "image/png"))], timeout=60
+            )
+            if case.ok or (case.ok is None and response.status_code == 200):
+                assert response.status_code == 200, (case.kind, response.text)
+                assert len(response.json()[0]["predictions"]) == 5
+            else:
+                assert response.status_code in (400, 413, 415), (case.kind, response.status_code, response.text)
+                assert case.filename in response.json()["error"], (case.kind, response.text)
+        assert httpx.get(base + "/health").status_code == 200
+    assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
+
+
+def test_bad_arguments_get_one_line_errors(digits_run, tmp_path, capsys):
+    out = str(digits_run[0])
+    image = str(tmp_path / "x.png")
+    cases = [
+        (("predict", out, image, "--topk", "-1"), "--topk"),
+        (("predict", out, image, "--batch-size", "0"), "--batch-size"),
+        (("predict", out, image, "--threads", "-1"), "--threads"),
+        (("serve", out, "--threads", "-1"), "--threads"),
+        (("serve", out, "--max-files", "0"), "--max-files"),
+        (("serve", out, "--client-timeout", "nan"), "--client-timeout"),
+        (("serve", out, "--max-upload-mb", "20", "--max-inflight-mb", "10"), "--max-inflight-mb"),
+        (("eval", out, "--batch-size", "0"), "--batch-size"),
+        (("explain", out, image, "--out", "x.png", "--topk", "0"), "--topk"),
+        (("export", out, "m.onnx", "--opset", "-3"), "--opset"),
+    ]
+    for args, flag in cases:
+        one_line_error(capsys, args, flag)
+
+
+def copy_checkpoint(digits_run, tmp_path):
+    checkpoint = tmp_path / "ckpt"
+    shutil.copytree(digits_run[0] / "best", checkpoint)
+    return checkpoint
+
+
+def test_damaged_checkpoints_get_one_line_errors(digits_run, digit_images, tmp_path, capsys):
+    image = str(digit_images[0][0])
+    empty_config = copy_checkpoint(digits_run, tmp_path / "a")
+    (empty_config / "config.json").write_text("{}")
+    one_line_error(capsys, ("predict", str(empty_config), image), "config.json", "not a vitkit model config")
+
+    wrong_shape = copy_checkpoint(digits_run, tmp_path / "b")
+    state = load_file(str(wrong_shape / "model.safetensors"))
+    widest = max(state, key=lambda k: state[k].dim())
+    state[widest] = torch.zeros(state[widest].shape[0] + 1, *state[widest].shape[1:])
+    save_file(state, str(wrong_shape / "model.safetensors"))
+    one_line_error(capsys, ("predict", str(wrong_shape), image), "model.safetensors", "wrong shape", widest)
+
+    renamed = copy_checkpoint(digits_run, tmp_path / "c")
+    meta = json.loads((renamed / "config.json").read_text())
+    meta["class_names"] = meta["class_names"][:3]
+    (renamed / "config.json").write_text(json.dumps(meta))
+    for command in (("predict", str(renamed), image), ("export", str(renamed), str(tmp_path / "m.onnx"))):
+        one_line_error(capsys, command, "3 class names", "10 outputs")
+
+
+@pytest.mark.parametrize("start", [b"", b"\x80\x02"], ids=["noise", "noise-after-a-pickle-header"])
+def test_random_bytes_are_not_called_a_pickle(tmp_path, start):
+    noise = tmp_path / "noise.pth"
+    noise.write_bytes(start + os.urandom(4096).replace(b"\x80", b"\x81"))  # only `start` may look like a pickle
+    with pytest.raises(ValueError) as error:
+        load_pretrained(noise)
+    message = str(error.value)
+    assert "not a PyTorch or safetensors weights file" in message
+    assert "weights_only" not in message and "needs code" not in message
+
+
+def test_non_loopback_hosts_are_warned_about(digits_run, tmp_path, capsys):
+    for host in ("127.0.0.1", "::1", "localhost", "127.0.0.2"):
+        warn_if_exposed(host)
+        assert capsys.readouterr().err == "", host
+    for host in ("0.0.0.0", "::", "192.168.1.20", "example.org"):
+        warn_if_exposed(host)
+        assert "no authentication" in capsys.readouterr().err, host
+    # end to end: 192.0.2.1 (TEST-NET-1) is no address of this machine, so binding fails after the warning
+    proc = run_vitkit("serve", str(digits_run[0]), "--host", "192.0.2.1", "--backend", "torch", timeout=120)
+    assert "warning: listening on 192.0.2.1" in proc.stderr and "no authentication" in proc.stderr
+
+
+def test_predict_writes_nothing_into_the_run_folder(digits_run, digit_images, tmp_path):
+    pytest.importorskip("onnxruntime")
+    run = tmp_path / "run"
+    shutil.copytree(digits_run[0], run)
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
+    cache = tmp_path / "cache"
+    env = {**subprocess_env(), "XDG_CACHE_HOME": str(cache)}
+    for _ in range(2):
+        proc = run_vitkit("predict", str(run), str(digit_images[0][0]), "--backend", "onnxruntime", env=env)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
+    exported = list((cache / "vitkit" / "onnx").glob("*.onnx"))
+    assert len(exported) == 1  # exported once, reused by the second call
+
+    # the cache is keyed by content: retrained weights never reuse a stale export
+    key = onnx_cache_path(run / "best")
+    weights = run / "best" / "model.safetensors"
+    state = load_file(str(weights))
+    first = next(k for k, v in state.items() if v.is_floating_point())
+    state[first] = state[first] * 1.01
+    save_file(state, str(weights))
+    assert onnx_cache_path(run / "best") != key
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_written_files_follow_the_umask(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        write_json(tmp_path / "r.json", {"a": 1})
+        save_model(create_model("vit_tiny_patch4_32", depth=1), tmp_path / "ckpt")
+    finally:
+        os.umask(previous)
+    for path in (tmp_path / "r.json", tmp_path / "ckpt" / "model.safetensors", tmp_path / "ckpt" / "config.json"):
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, (path, oct(path.stat().st_mode))
+
+
+def test_globs_and_folders_survive_link_loops(tmp_path):
+    photos = tmp_path / "photos"
+    (photos / "cats" / "inner").mkdir(parents=True)
+    for name in ("cats/a.jpg", "cats/inner/b.jpg", "c.jpg"):
+        (photos / name).write_bytes(b"")
+    (photos / "cats" / "inner" / "up").symlink_to("../..")  # a loop
+    (photos / "cats" / "inner" / "top").symlink_to(photos)  # another, by absolute path
+    (photos / "cats" / "inner" / "dangling").symlink_to(tmp_path / "missing")
+    expected = {photos / name for name in ("c.jpg", "cats/a.jpg", "cats/inner/b.jpg")}
+    for pattern in (str(photos / "**" / "*.jpg"), str(photos)):
+        found = []
+        # on a thread, so that a walk that never ends fails the test instead of hanging it
+        walker = threading.Thread(target=lambda: found.extend(expand_paths([pattern])), daemon=True)
+        walker.start()
+        walker.join(timeout=30)
+        assert not walker.is_alive(), f"{pattern}: still walking after 30 s"
+        assert set(found) == expected and len(found) == len(expected), (pattern, found)
+
+
+def test_bad_files_are_named_by_their_path(digits_run, tmp_path):
+    for folder in ("cats", "dogs"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "img_001.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    proc = run_vitkit("predict", str(digits_run[0]), str(tmp_path), "--format", "json", "--backend", "torch")
+    errors = [r["error"] for r in json.loads(proc.stdout)]
+    assert any(str(tmp_path / "cats" / "img_001.jpg") in e for e in errors), errors
+    assert any(str(tmp_path / "dogs" / "img_001.jpg") in e for e in errors), errors
