@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from .data.augment import BatchAugment
-from .data.loader import BatchLoader
+from .data.loader import AUTO_WORKERS, BatchLoader
 from .data.prepare import dataset_defaults, prepare_data
 from .eval.loop import evaluate_loader
 from .fileio import settled_dir
@@ -127,7 +127,9 @@ def evaluate(
     clf = load(checkpoint, device)
     saved = clf.meta.get("train_config", {})
     options = {
-        k: saved[k] for k in ("data", "data_dir", "val_split", "seed", "train_limit", "test_limit") if k in saved
+        k: saved[k]
+        for k in ("data", "data_dir", "val_split", "seed", "train_limit", "test_limit", "memory_limit_gb")
+        if k in saved
     }
     options.update({k: v for k, v in data_options.items() if v is not None})
     if data is not None:
@@ -144,6 +146,7 @@ def evaluate(
         train_limit=options.get("train_limit", 0),
         test_limit=options.get("test_limit", 0),
         data_dir=options.get("data_dir"),
+        memory_limit_gb=options.get("memory_limit_gb"),
     )
     if dataset.num_classes != len(clf.class_names):
         raise ValueError(
@@ -153,6 +156,6 @@ def evaluate(
     part = {"train": dataset.train, "val": dataset.val, "test": dataset.test}[split]
     if part is None:
         raise ValueError(f"{options['data']} has no {split} split")
-    loader = BatchLoader(part, batch_size, shuffle=False, device=clf.device)
+    loader = BatchLoader(part, batch_size, shuffle=False, device=clf.device, workers=AUTO_WORKERS)
     metrics = evaluate_loader(clf.model, loader, clf.augment, dataset.num_classes).compute(dataset.class_names)
     return {"split": split, "data": options["data"], **metrics}

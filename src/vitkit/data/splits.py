@@ -7,7 +7,8 @@ training and evaluation code never asks which kind it holds:
   split.subset(idx)   the same kind of split over the given indices
   split.channels      channels of the stored images (1 or 3)
   split.stored_size   side of the stored square images (before the device resize)
-  split.in_memory     whether the images are decoded tensors (else read from files per batch)
+  split.in_memory     whether the images are decoded tensors (`split.images`), else read one by one
+  split.read(i)       (streamed splits) image i as a (C, stored_size, stored_size) uint8 tensor
 Reading batches is `data.loader.BatchLoader`'s job.
 """
 
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from .images import load_image_tensor
 
 
 @dataclass
@@ -58,6 +61,9 @@ class FileSplit:
     def subset(self, index) -> "FileSplit":
         index = torch.as_tensor(index, dtype=torch.long)
         return FileSplit([self.paths[i] for i in index.tolist()], self.labels[index], self.size)
+
+    def read(self, i: int) -> torch.Tensor:
+        return load_image_tensor(self.paths[i], self.size)
 
     @property
     def channels(self) -> int:

@@ -44,6 +44,11 @@ class TrainConfig(AugmentSpec):
     skip_bad_images: bool = _data(False, "skip unreadable images (listed in skipped_images.txt) instead of failing")
     train_limit: int = _data(0, "use only this many training images, stratified (0: all)")
     test_limit: int = _data(0, "use only this many test images, stratified (0: all)")
+    memory_limit_gb: float | None = _data(
+        None,
+        "decode a folder into memory up to this many GiB, stream larger ones from disk "
+        "(default: $VITKIT_MEMORY_LIMIT_GB, else 4; 0: always stream)",
+    )
     model: str | None = _model(None, f"registered model name (default: the preset's, else {DEFAULT_MODEL})")
     preset: str | None = _model(None, "named recipe: a model plus its training values (see `vitkit models --presets`)")
     model_args: dict[str, Any] = _model(None, "architecture override, repeatable, e.g. depth=6", factory=dict)
@@ -101,7 +106,12 @@ class TrainConfig(AugmentSpec):
     save_every: int = _run(0, "also write last/ every N optimizer steps (0: at epoch ends only)")
     device: str = _run("auto", "auto, cpu, cuda or cuda:N")
     threads: int = _run(0, "torch CPU threads (0: every core)")
-    workers: int = _run(0, "decoding processes for folders streamed from disk")
+    workers: int = _run(
+        -1,
+        "decoding processes per training process for data streamed from disk; -1: the cores of this "
+        "node shared among its training processes, less one for training (at least 1, at most 8); "
+        "0: decode in the training process",
+    )
     progress: bool = _run(True, "progress bar and per-epoch lines on stderr")
 
     def validate(self) -> "TrainConfig":
@@ -116,7 +126,7 @@ class TrainConfig(AugmentSpec):
             "test_limit": 0,
             "save_every": 0,
             "threads": 0,
-            "workers": 0,
+            "workers": -1,
             "micro_batch_size": 0,
             "crop_padding": 0,
             "plateau_patience": 0,
@@ -140,6 +150,8 @@ class TrainConfig(AugmentSpec):
             "zoom",
             "rrc_scale",
         )
+        if self.memory_limit_gb is not None and self.memory_limit_gb < 0:
+            raise ValueError(f"--memory-limit-gb must not be negative, got {self.memory_limit_gb}")
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ValueError(f"{flag(name)} must not be negative, got {getattr(self, name)}")
