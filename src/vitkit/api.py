@@ -115,6 +115,19 @@ def load(
     return classifier
 
 
+DATA_OPTIONS = (
+    "data",
+    "data_dir",
+    "val_split",
+    "seed",
+    "train_limit",
+    "test_limit",
+    "memory_limit_gb",
+    "image_column",
+    "label_column",
+)
+
+
 def evaluate(
     checkpoint: str | os.PathLike,
     data: str | None = None,
@@ -126,11 +139,7 @@ def evaluate(
     """Recompute the metrics of a checkpoint on a split (train, val or test) of a dataset."""
     clf = load(checkpoint, device)
     saved = clf.meta.get("train_config", {})
-    options = {
-        k: saved[k]
-        for k in ("data", "data_dir", "val_split", "seed", "train_limit", "test_limit", "memory_limit_gb")
-        if k in saved
-    }
+    options = {k: saved[k] for k in DATA_OPTIONS if k in saved}
     options.update({k: v for k, v in data_options.items() if v is not None})
     if data is not None:
         options["data"] = data
@@ -147,6 +156,8 @@ def evaluate(
         test_limit=options.get("test_limit", 0),
         data_dir=options.get("data_dir"),
         memory_limit_gb=options.get("memory_limit_gb"),
+        image_column=options.get("image_column"),
+        label_column=options.get("label_column"),
     )
     if dataset.num_classes != len(clf.class_names):
         raise ValueError(

@@ -10,6 +10,7 @@ import torch
 from .augment import IMAGENET_MEAN, IMAGENET_STD, to_channels
 from .builtin import BUILTIN, load_builtin
 from .folder import load_folder
+from .hf import is_hf_source, load_hf
 from .loader import BatchLoader
 from .splits import Dataset, FileSplit, Split, limit_split, stratified_split
 
@@ -52,12 +53,19 @@ def prepare_data(
     skip_bad: bool = False,
     data_dir: str | os.PathLike | None = None,
     memory_limit_gb: float | None = None,
+    image_column: str | None = None,
+    label_column: str | None = None,
 ) -> tuple[Dataset, list[str]]:
-    """Load a built-in dataset or a folder (folders decoded at `stored_size`, streamed from disk when
-    larger than `memory_limit_gb`), apply the limits and hold a stratified validation split out of
-    train when the data has none. Returns the dataset and the skipped bad images."""
+    """Load a built-in dataset, a Hugging Face dataset (`hf:NAME`, a save_to_disk or parquet folder)
+    or an image folder (decoded at `stored_size`, streamed from disk when larger than
+    `memory_limit_gb`), apply the limits and hold a stratified validation split out of train when the
+    data has none. Returns the dataset and the skipped bad images."""
     if data in BUILTIN:
         dataset, bad = load_builtin(data, data_dir, seed), []
+    elif is_hf_source(data):
+        columns = dict(image_column=image_column, label_column=label_column)
+        dataset = load_hf(data, stored_size, data_dir=data_dir, memory_limit_gb=memory_limit_gb, **columns)
+        bad = []
     else:
         dataset, bad = load_folder(
             data, stored_size, skip_bad=skip_bad, data_dir=data_dir, memory_limit_gb=memory_limit_gb

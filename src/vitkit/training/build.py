@@ -92,6 +92,8 @@ def build(cfg: TrainConfig, runtime: Runtime) -> Setup:
         skip_bad=cfg.skip_bad_images,
         data_dir=cfg.data_dir,
         memory_limit_gb=cfg.memory_limit_gb,
+        image_column=cfg.image_column,
+        label_column=cfg.label_column,
     )
     if data.num_classes < 2:
         raise ValueError(

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..data.augment import AugmentSpec
 from ..data.builtin import BUILTIN
+from ..data.hf import HUB_PREFIX
 from ..data.prepare import DATASET_DEFAULTS, NORMALIZE, dataset_defaults
 from ..models import get_preset
 from ..options import check_choices, flag, option
@@ -37,9 +38,15 @@ _run = partial(option, group="run")
 
 @dataclass
 class TrainConfig(AugmentSpec):
-    data: str = _data("digits", f"built-in dataset ({', '.join(BUILTIN)}) or an image folder")
+    data: str = _data(
+        "digits",
+        f"built-in dataset ({', '.join(BUILTIN)}), an image folder, a folder of parquet shards or of "
+        "save_to_disk, or hf:NAME[:CONFIG] (a Hugging Face hub dataset)",
+    )
     data_dir: str | None = _data(None, "download cache (default: $VITKIT_DATA, else ~/.cache/vitkit)")
     val_split: float = _data(0.1, "fraction of train held out for validation when the data has no val split")
+    image_column: str | None = _data(None, "Hugging Face data: the image column (default: the one Image feature)")
+    label_column: str | None = _data(None, "Hugging Face data: the label column (default: the ClassLabel feature)")
     image_size: int | None = _data(None, "model input size in pixels (default: the dataset's or preset's)")
     skip_bad_images: bool = _data(False, "skip unreadable images (listed in skipped_images.txt) instead of failing")
     train_limit: int = _data(0, "use only this many training images, stratified (0: all)")
@@ -177,7 +184,7 @@ class TrainConfig(AugmentSpec):
                 raise ValueError(
                     f"{flag(name)} needs one value per channel" + (", all positive" if name == "std" else "")
                 )
-        if self.data not in BUILTIN and not Path(self.data).exists():
+        if self.data not in BUILTIN and not self.data.startswith(HUB_PREFIX) and not Path(self.data).exists():
             close = difflib.get_close_matches(self.data, list(BUILTIN), n=1)
             hint = f" Did you mean {close[0]}?" if close else ""
             raise FileNotFoundError(

@@ -1,0 +1,82 @@
+"""Hugging Face datasets as a data source: a save_to_disk folder and a parquet folder in the hub
+layout, built here from the real flowers-mini photos, read and trained like the folder itself."""
+
+import json
+
+import pytest
+import torch
+from conftest import run_vitkit, shared_dataset
+
+from vitkit.data.folder import load_folder, scan_folder
+from vitkit.data.hf import load_hf
+from vitkit.data.prepare import prepare_data
+
+datasets = pytest.importorskip("datasets")
+
+
+def flowers_dataset_dict(root):
+    """The folder as a DatasetDict: JPEG bytes kept, class names as a ClassLabel, same order."""
+    splits = scan_folder(root)
+    classes = sorted(splits["train"])
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=classes)})
+    parts = {}
+    for split, name in (("train", "train"), ("val", "validation")):
+        rows = [(path, i) for i, c in enumerate(classes) for path in splits[split][c]]
+        parts[name] = datasets.Dataset.from_dict(
+            {"image": [{"bytes": p.read_bytes(), "path": p.name} for p, _ in rows], "label": [y for _, y in rows]},
+            features=features,
+        )
+    return datasets.DatasetDict(parts)
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    flowers = shared_dataset("flowers-mini")
+    root = tmp_path_factory.mktemp("hf")
+    table = flowers_dataset_dict(flowers)
+    table.save_to_disk(str(root / "saved"))
+    for split, part in table.items():
+        part.to_parquet(str(root / "parquet" / "data" / f"{split}-00000-of-00001.parquet"))
+    return {"folder": flowers, "saved": root / "saved", "parquet": root / "parquet"}
+
+
+@pytest.mark.parametrize("kind", ["saved", "parquet"])
+@pytest.mark.parametrize("limit", [None, 0])
+def test_hf_sources_hold_the_folder_images(sources, kind, limit):
+    folder, _ = load_folder(sources["folder"], 24, cache=False)
+    table = load_hf(str(sources[kind]), 24, memory_limit_gb=limit)
+    assert table.class_names == folder.class_names and table.test is None
+    assert table.train.in_memory == (limit is None)
+    for split in ("train", "val"):
+        mine, theirs = getattr(table, split), getattr(folder, split)
+        assert torch.equal(mine.labels, theirs.labels)
+        pick = torch.tensor([0, 7, len(mine) - 1])
+        images = mine.images[pick] if mine.in_memory else torch.stack([mine.read(int(i)) for i in pick])
+        assert torch.equal(images, theirs.images[pick])
+
+
+def test_columns_are_named_or_detected(sources):
+    path = str(sources["parquet"])
+    assert load_hf(path, 8, image_column="image", label_column="label").num_classes == 5
+    with pytest.raises(ValueError, match="--label-column nope: .* has columns image, label"):
+        load_hf(path, 8, label_column="nope")
+    data, _ = prepare_data(path, stored_size=8, seed=0, val_split=0.1, train_limit=50)
+    assert len(data.train) == 50 and len(data.val) == 100
+
+
+TRAIN = ["--image-size", "32", "--epochs", "3", "--threads", "1", "--no-progress", "--seed", "1"]
+
+
+@pytest.mark.slow
+def test_saved_and_parquet_datasets_train_to_the_folder_metrics(sources, tmp_path):
+    results = {}
+    for kind, extra in (("folder", []), ("saved", []), ("parquet", ["--memory-limit-gb", "0"])):
+        out = tmp_path / kind
+        proc = run_vitkit("train", "--data", str(sources[kind]), *TRAIN, *extra, "--out", str(out))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results[kind] = json.loads((out / "results.json").read_text())["test"]
+    assert json.loads((tmp_path / "parquet" / "run.json").read_text())["data_streamed"]
+    for kind in ("saved", "parquet"):
+        assert results[kind]["class_names"] == results["folder"]["class_names"]
+        assert results[kind]["count"] == results["folder"]["count"] == 100
+        assert abs(results[kind]["top1"] - results["folder"]["top1"]) <= 0.01, kind
