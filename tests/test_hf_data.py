@@ -37,10 +37,13 @@ def sources(tmp_path_factory):
     table.save_to_disk(str(root / "saved"))
     for split, part in table.items():
         part.to_parquet(str(root / "parquet" / "data" / f"{split}-00000-of-00001.parquet"))
-    return {"folder": flowers, "saved": root / "saved", "parquet": root / "parquet"}
+    packed = run_vitkit("data", "pack", str(flowers), str(root / "packed"))
+    assert packed.returncode == 0, packed.stderr[-3000:]
+    assert "400 images in 2 shards" in packed.stdout
+    return {"folder": flowers, "saved": root / "saved", "parquet": root / "parquet", "packed": root / "packed"}
 
 
-@pytest.mark.parametrize("kind", ["saved", "parquet"])
+@pytest.mark.parametrize("kind", ["saved", "parquet", "packed"])
 @pytest.mark.parametrize("limit", [None, 0])
 def test_hf_sources_hold_the_folder_images(sources, kind, limit):
     folder, _ = load_folder(sources["folder"], 24, cache=False)
@@ -64,19 +67,42 @@ def test_columns_are_named_or_detected(sources):
     assert len(data.train) == 50 and len(data.val) == 100
 
 
+def test_pack_shrinks_large_images_into_shards(sources, tmp_path):
+    out = tmp_path / "small"
+    proc = run_vitkit("data", "pack", str(sources["folder"]), str(out), "--size", "48", "--shard-mb", "0.5")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    shards = sorted(p.name for p in (out / "data").iterdir())
+    assert shards == [
+        "train-00000-of-00002.parquet",
+        "train-00001-of-00002.parquet",
+        "validation-00000-of-00001.parquet",
+    ]
+    packed = datasets.load_dataset("parquet", data_dir=str(out / "data"), cache_dir=str(tmp_path / "cache"))
+    folder, _ = load_folder(sources["folder"], 32, cache=False)
+    assert packed["train"].features["label"].names == folder.class_names
+    assert packed["train"]["label"][:] == folder.train.labels.tolist()
+    assert all(min(image.size) == 48 and image.format == "JPEG" for image in packed["validation"]["image"])
+    table = load_hf(str(out), 32)
+    assert (table.val.images.float() - folder.val.images.float()).abs().mean() < 6  # resampled twice, not equal
+
+    again = run_vitkit("data", "pack", str(sources["folder"]), str(out))
+    assert again.returncode == 2 and "is not empty: pack into a new folder" in again.stderr
+
+
 TRAIN = ["--image-size", "32", "--epochs", "3", "--threads", "1", "--no-progress", "--seed", "1"]
 
 
 @pytest.mark.slow
-def test_saved_and_parquet_datasets_train_to_the_folder_metrics(sources, tmp_path):
+def test_saved_parquet_and_packed_datasets_train_to_the_folder_metrics(sources, tmp_path):
     results = {}
-    for kind, extra in (("folder", []), ("saved", []), ("parquet", ["--memory-limit-gb", "0"])):
+    kinds = (("folder", []), ("saved", []), ("parquet", ["--memory-limit-gb", "0"]), ("packed", []))
+    for kind, extra in kinds:
         out = tmp_path / kind
         proc = run_vitkit("train", "--data", str(sources[kind]), *TRAIN, *extra, "--out", str(out))
         assert proc.returncode == 0, proc.stderr[-3000:]
         results[kind] = json.loads((out / "results.json").read_text())["test"]
     assert json.loads((tmp_path / "parquet" / "run.json").read_text())["data_streamed"]
-    for kind in ("saved", "parquet"):
+    for kind in ("saved", "parquet", "packed"):
         assert results[kind]["class_names"] == results["folder"]["class_names"]
         assert results[kind]["count"] == results["folder"]["count"] == 100
         assert abs(results[kind]["top1"] - results["folder"]["top1"]) <= 0.01, kind

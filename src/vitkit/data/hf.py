@@ -43,12 +43,12 @@ def _saved_to_disk(path: Path) -> bool:
     return (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
 
 
-def _require_datasets(data: str):
+def require_datasets(data: str):
     try:
         import datasets
-    except ImportError:
-        raise ImportError(
-            f"--data {data} is a Hugging Face dataset: install the datasets extra (pip install 'vitkit[datasets]')"
+    except ImportError:  # a ValueError: the command line reports it as one line
+        raise ValueError(
+            f"{data} is a Hugging Face dataset: install the datasets extra (pip install 'vitkit[datasets]')"
         ) from None
     return datasets
 
@@ -67,7 +67,7 @@ def _parquet_files(root: Path) -> dict[str, list[str]]:
 
 def _open(data: str, data_dir) -> dict[str, Any]:
     """{train/val/test: datasets.Dataset}."""
-    datasets = _require_datasets(data)
+    datasets = require_datasets(data)
     try:
         if data.startswith(HUB_PREFIX):
             name, _, config = data[len(HUB_PREFIX) :].partition(":")
@@ -171,7 +171,7 @@ def load_hf(
 ) -> Dataset:
     """A Hugging Face dataset as train/val/test splits with the class names of its `ClassLabel`
     (else its sorted label values), decoded at size x size."""
-    datasets = _require_datasets(data)
+    datasets = require_datasets(data)
     parts = _open(data, data_dir)
     features = parts["train"].features
     image_column = _pick(
