@@ -27,7 +27,16 @@ GROUPS = {
     "run": "run folder, resuming, devices and output",
 }
 # What `--resume` may change: how the rest of the run executes, never what it computes.
-RESUMABLE = ("epochs", "progress", "device", "threads", "workers", "save_every", "eval_batch_size")
+RESUMABLE = (
+    "epochs",
+    "progress",
+    "device",
+    "threads",
+    "workers",
+    "memory_limit_gb",
+    "save_every",
+    "eval_batch_size",
+)
 
 
 _data = partial(option, group="data")
