@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import run_vitkit, shared_dataset
+from conftest import run_vitkit, shared_dataset, subprocess_env
 
 from vitkit.data.folder import load_folder, scan_folder
 from vitkit.data.hf import load_hf
@@ -106,3 +106,11 @@ def test_saved_parquet_and_packed_datasets_train_to_the_folder_metrics(sources, 
         assert results[kind]["class_names"] == results["folder"]["class_names"]
         assert results[kind]["count"] == results["folder"]["count"] == 100
         assert abs(results[kind]["top1"] - results["folder"]["top1"]) <= 0.01, kind
+
+
+def test_hub_dataset_offline_and_missing_fails_in_one_line(tmp_path):
+    env = dict(subprocess_env(), HF_DATASETS_OFFLINE="1", HF_HOME=str(tmp_path / "hf-home"))
+    proc = run_vitkit("train", "--data", "hf:nobody/nothing", "--out", str(tmp_path / "run"), env=env)
+    assert proc.returncode == 2
+    assert "vitkit train: error: --data hf:nobody/nothing: cannot load the dataset (offline" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -187,3 +187,17 @@ def test_two_processes_read_disjoint_samples_that_cover_a_streamed_split(tmp_pat
         range(64)
     )
     assert ranks[0]["train0"] != ranks[0]["train1"]  # a new seeded order every epoch
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        (dict(workers=-2), "--workers must be at least -1"),
+        (dict(memory_limit_gb=-1.0), "--memory-limit-gb must not be negative"),
+    ],
+)
+def test_loader_settings_are_validated(values, message):
+    from vitkit.training.config import make_config
+
+    with pytest.raises(ValueError, match=message):
+        make_config(**values)
