@@ -9,6 +9,7 @@ from conftest import run_vitkit, shared_dataset, subprocess_env
 
 from vitkit.data.folder import load_folder, scan_folder
 from vitkit.data.hf import load_hf
+from vitkit.data.pack import pack_folder
 from vitkit.data.prepare import prepare_data
 
 datasets = pytest.importorskip("datasets")
@@ -37,9 +38,8 @@ def sources(tmp_path_factory):
     table.save_to_disk(str(root / "saved"))
     for split, part in table.items():
         part.to_parquet(str(root / "parquet" / "data" / f"{split}-00000-of-00001.parquet"))
-    packed = run_vitkit("data", "pack", str(flowers), str(root / "packed"))
-    assert packed.returncode == 0, packed.stderr[-3000:]
-    assert "400 images in 2 shards" in packed.stdout
+    report = pack_folder(flowers, root / "packed")
+    assert (report.images, report.shards, report.skipped) == (400, 2, [])
     return {"folder": flowers, "saved": root / "saved", "parquet": root / "parquet", "packed": root / "packed"}
 
 
@@ -54,7 +54,7 @@ def test_hf_sources_hold_the_folder_images(sources, kind, limit):
         mine, theirs = getattr(table, split), getattr(folder, split)
         assert torch.equal(mine.labels, theirs.labels)
         pick = torch.tensor([0, 7, len(mine) - 1])
-        images = mine.images[pick] if mine.in_memory else torch.stack([mine.read(int(i)) for i in pick])
+        images = mine.images[pick] if mine.in_memory else torch.stack(mine.read_many(pick.tolist()))
         assert torch.equal(images, theirs.images[pick])
 
 
@@ -69,8 +69,7 @@ def test_columns_are_named_or_detected(sources):
 
 def test_pack_shrinks_large_images_into_shards(sources, tmp_path):
     out = tmp_path / "small"
-    proc = run_vitkit("data", "pack", str(sources["folder"]), str(out), "--size", "48", "--shard-mb", "0.5")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert pack_folder(sources["folder"], out, size=48, shard_mb=0.5).shards == 3
     shards = sorted(p.name for p in (out / "data").iterdir())
     assert shards == [
         "train-00000-of-00002.parquet",
@@ -85,8 +84,8 @@ def test_pack_shrinks_large_images_into_shards(sources, tmp_path):
     table = load_hf(str(out), 32)
     assert (table.val.images.float() - folder.val.images.float()).abs().mean() < 6  # resampled twice, not equal
 
-    again = run_vitkit("data", "pack", str(sources["folder"]), str(out))
-    assert again.returncode == 2 and "is not empty: pack into a new folder" in again.stderr
+    with pytest.raises(ValueError, match="is not empty: pack into a new folder"):
+        pack_folder(sources["folder"], out)
 
 
 TRAIN = ["--image-size", "32", "--epochs", "3", "--threads", "1", "--no-progress", "--seed", "1"]
@@ -94,6 +93,10 @@ TRAIN = ["--image-size", "32", "--epochs", "3", "--threads", "1", "--no-progress
 
 @pytest.mark.slow
 def test_saved_parquet_and_packed_datasets_train_to_the_folder_metrics(sources, tmp_path):
+    packed = run_vitkit("data", "pack", str(sources["folder"]), str(tmp_path / "packed-cli"))
+    assert packed.returncode == 0, packed.stderr[-3000:]
+    assert "400 images in 2 shards" in packed.stdout
+    sources = dict(sources, packed=tmp_path / "packed-cli")
     results = {}
     kinds = (("folder", []), ("saved", []), ("parquet", ["--memory-limit-gb", "0"]), ("packed", []))
     for kind, extra in kinds:
@@ -108,6 +111,7 @@ def test_saved_parquet_and_packed_datasets_train_to_the_folder_metrics(sources, 
         assert abs(results[kind]["top1"] - results["folder"]["top1"]) <= 0.01, kind
 
 
+@pytest.mark.slow  # a subprocess importing torch and datasets
 def test_hub_dataset_offline_and_missing_fails_in_one_line(tmp_path):
     env = dict(subprocess_env(), HF_DATASETS_OFFLINE="1", HF_HOME=str(tmp_path / "hf-home"))
     proc = run_vitkit("train", "--data", "hf:nobody/nothing", "--out", str(tmp_path / "run"), env=env)

@@ -132,9 +132,10 @@ class TableSplit:
         index = torch.as_tensor(index, dtype=torch.long)
         return TableSplit(self.table.select(index.tolist()), self.image_column, self.labels[index], self.size)
 
-    def read(self, i: int) -> torch.Tensor:
-        source, name = _image_source(self.table[int(i)][self.image_column], i)
-        return load_image_tensor(source, self.size, name)
+    def read_many(self, index: list[int]) -> list[torch.Tensor]:
+        cells = self.table[list(index)][self.image_column]  # one Arrow take for the whole batch
+        sources = [_image_source(cell, i) for cell, i in zip(cells, index)]
+        return [load_image_tensor(source, self.size, name) for source, name in sources]
 
     def decode_all(self) -> Split:
         """Every image decoded into memory (threads: Pillow releases the GIL while decoding)."""

@@ -44,7 +44,11 @@ class _ReadSplit(TorchDataset):
         return len(self.split)
 
     def __getitem__(self, i: int):
-        return self.split.read(i), self.split.labels[i]
+        return self.__getitems__([i])[0]
+
+    def __getitems__(self, index: list[int]):
+        """A whole batch per call, so a split can read its rows together (one Arrow take for a table)."""
+        return list(zip(self.split.read_many(index), self.split.labels[index]))
 
 
 class _EpochBatches(Sampler):

@@ -8,7 +8,7 @@ training and evaluation code never asks which kind it holds:
   split.channels      channels of the stored images (1 or 3)
   split.stored_size   side of the stored square images (before the device resize)
   split.in_memory     whether the images are decoded tensors (`split.images`), else read one by one
-  split.read(i)       (streamed splits) image i as a (C, stored_size, stored_size) uint8 tensor
+  split.read_many(ix) (streamed splits) images ix as (C, stored_size, stored_size) uint8 tensors
 Reading batches is `data.loader.BatchLoader`'s job.
 """
 
@@ -62,8 +62,8 @@ class FileSplit:
         index = torch.as_tensor(index, dtype=torch.long)
         return FileSplit([self.paths[i] for i in index.tolist()], self.labels[index], self.size)
 
-    def read(self, i: int) -> torch.Tensor:
-        return load_image_tensor(self.paths[i], self.size)
+    def read_many(self, index: list[int]) -> list[torch.Tensor]:
+        return [load_image_tensor(self.paths[i], self.size) for i in index]
 
     @property
     def channels(self) -> int:
