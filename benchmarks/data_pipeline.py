@@ -8,12 +8,13 @@ the streamed folder and the in-memory folder (augmentation on the device as in `
 gap between the two is what the pipeline costs the step.
 
     python benchmarks/data_pipeline.py
-    python benchmarks/data_pipeline.py --images 2000 --train-steps 6
+    python benchmarks/data_pipeline.py --data cifar10-dev --images 2000 --rounds 5
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -36,7 +37,18 @@ CASES = [  # (shared dataset, stored size, models compared)
 
 def pipeline_rate(split, batch: int, workers: int, images: int) -> float:
     """Images/s over at least `images` images (epoch after epoch), after the first batch (which
-    starts the workers) and with the prefetched batches drained in the count."""
+    starts the workers) and with the prefetched batches drained in the count. With one torch thread:
+    indexing a batch in memory is too small a task for intra-op threads, and on a loaded machine their
+    hand-offs made it 35x slower (2 threads, 2 busy cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _pipeline_rate(split, batch, workers, images)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _pipeline_rate(split, batch: int, workers: int, images: int) -> float:
     loader = BatchLoader(split, batch, shuffle=True, drop_last=True, workers=workers)
     epoch, seen, start = 0, None, None
     while seen is None or seen < images:
@@ -49,43 +61,56 @@ def pipeline_rate(split, batch: int, workers: int, images: int) -> float:
     return seen / (time.perf_counter() - start)
 
 
-def training_rates(data: str, size: int, model: str, batch: int, steps: int) -> dict:
-    """Training images/s of `model`: on one fixed batch, and fed by the streamed and the in-memory folder."""
-    rates = {}
+def training_rates(data: str, size: int, model: str, batch: int, steps: int, rounds: int) -> dict:
+    """Training images/s of `model`: on one fixed batch (the model alone), and fed by the streamed and
+    by the in-memory folder. The three kinds of step alternate in rounds, so that drift in a shared
+    machine's load affects them alike."""
+    feeds, fixed = {}, None
     for source, limit in (("streamed", 0.0), ("in_memory", None)):
         options = dict(data=data, image_size=size, batch_size=batch, memory_limit_gb=limit, progress=False)
         options["preset" if model.startswith("folder-") else "model"] = model
         trainer = Trainer(make_config(**options))
-        net = trainer.model.train()
         batches = (b for epoch in range(10**6) for b in trainer.train_loader.batches(epoch))
-        images, labels = next(batches)
-        x, targets = trainer.augment.train(images, trainer.aug_gen), one_hot_smooth(labels, trainer.data.num_classes, 0)
-        trainer.model_step(net, x, targets)  # warm-up
-        if "model_only" not in rates:
+        feeds[source] = trainer, batches
+        if fixed is None:
+            images, labels = next(batches)
+            fixed = trainer.augment.train(images, trainer.aug_gen), one_hot_smooth(labels, trainer.data.num_classes, 0)
+    model_trainer = feeds["streamed"][0]
+    steps_of = {
+        "model_only": lambda: model_trainer.model_step(model_trainer.model, *fixed),
+        **{
+            source: (lambda t=trainer, b=batches: t.train_step(t.model, *next(b)))
+            for source, (trainer, batches) in feeds.items()
+        },
+    }
+    for trainer, _ in feeds.values():
+        trainer.model.train()
+    for step in steps_of.values():  # warm-up
+        step()
+    seconds = dict.fromkeys(steps_of, 0.0)
+    for _ in range(rounds):
+        for kind, step in steps_of.items():
             start = time.perf_counter()
             for _ in range(steps):
-                trainer.model_step(net, x, targets)
-            rates["model_only"] = steps * batch / (time.perf_counter() - start)
-        trainer.train_step(net, *next(batches))
-        start = time.perf_counter()
-        for _ in range(steps):
-            trainer.train_step(net, *next(batches))
-        rates[source] = steps * batch / (time.perf_counter() - start)
-    return rates
+                step()
+            seconds[kind] += time.perf_counter() - start
+    return {kind: rounds * steps * batch / s for kind, s in seconds.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=1500, help="images per pipeline measurement")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--train-steps", type=int, default=4, help="timed training steps per model and source")
+    parser.add_argument("--train-steps", type=int, default=2, help="timed training steps per round, model and source")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--data", nargs="+", default=[name for name, _, _ in CASES], help="datasets of CASES to run")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "data_pipeline.json"))
     args = parser.parse_args()
     torch.manual_seed(0)
 
     pipeline_rows, training_rows = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        for name, size, models in CASES:
+        for name, size, models in (case for case in CASES if case[0] in args.data):
             folder = SHARED_DATA / name
             memory, _ = prepare_data(str(folder), stored_size=size, seed=0, val_split=0.1)
             streamed, _ = prepare_data(str(folder), stored_size=size, seed=0, val_split=0.1, memory_limit_gb=0)
@@ -101,11 +126,20 @@ def main() -> None:
             ]
             for label, split, workers in pipelines:
                 rate = pipeline_rate(split, args.batch_size, workers, args.images)
-                pipeline_rows.append(dict(data=name, size=size, pipeline=label, images_per_s=rate))
+                pipeline_rows.append(
+                    dict(data=name, size=size, batch=args.batch_size, pipeline=label, images_per_s=rate)
+                )
                 print(f"{name} {size}px {label}: {rate:.0f} img/s", flush=True)
             for model in models:
-                rates = training_rates(str(folder), size, model, args.batch_size, args.train_steps)
-                row = dict(data=name, size=size, model=model, **rates)
+                rates = training_rates(str(folder), size, model, args.batch_size, args.train_steps, args.rounds)
+                row = dict(
+                    data=name,
+                    size=size,
+                    batch=args.batch_size,
+                    steps=args.rounds * args.train_steps,
+                    model=model,
+                    **rates,
+                )
                 row["streamed_cost"] = 1 - rates["streamed"] / rates["model_only"]
                 row["in_memory_cost"] = 1 - rates["in_memory"] / rates["model_only"]
                 folder_rate = next(
@@ -117,6 +151,11 @@ def main() -> None:
                 training_rows.append(row)
                 print(f"{name} {size}px {model}: {rates}", flush=True)
 
+    out = Path(args.out)
+    if out.is_file():  # the datasets not run this time keep their saved rows
+        saved = json.loads(out.read_text())
+        pipeline_rows = [r for r in saved["pipelines"] if r["data"] not in args.data] + pipeline_rows
+        training_rows = [r for r in saved["training"] if r["data"] not in args.data] + training_rows
     print()
     print_table(
         pipeline_rows,
@@ -141,7 +180,6 @@ def main() -> None:
         args.out,
         {
             "machine": machine(),
-            "batch_size": args.batch_size,
             "pipelines": pipeline_rows,
             "training": training_rows,
         },

@@ -1,13 +1,14 @@
 """What a split is, wherever its images live.
 
-Every split (decoded in memory, or file paths decoded on the fly) offers the same protocol, so the
-training and evaluation code never asks which kind it holds:
+Every split (decoded in memory, or streamed: image files, or rows of a Hugging Face table, see
+`data.hf.TableSplit`) offers the same protocol, so the training and evaluation code never asks which
+kind it holds:
   len(split)          number of images
   split.labels        (N,) int64 class indices
   split.subset(idx)   the same kind of split over the given indices
   split.channels      channels of the stored images (1 or 3)
   split.stored_size   side of the stored square images (before the device resize)
-  split.in_memory     whether the images are decoded tensors (`split.images`), else read one by one
+  split.in_memory     whether the images are decoded tensors (`split.images`), else read per batch
   split.read_many(ix) (streamed splits) images ix as (C, stored_size, stored_size) uint8 tensors
 Reading batches is `data.loader.BatchLoader`'s job.
 """
