@@ -243,7 +243,7 @@ def test_large_folders_stream(tmp_path):
     from vitkit.data.splits import FileSplit
 
     root = write_class_folders(tmp_path / "imgs", per_class=5)
-    data, _ = load_folder(root, Preprocessing(16), memory_limit=1000)
+    data, _ = load_folder(root, Preprocessing(16), memory_limit_gb=1e-6)
     assert isinstance(data.train, FileSplit)
     in_memory, _ = load_folder(root, Preprocessing(16), cache=False)
     streamed = torch.cat([x for x, _ in BatchLoader(data.train, 4, shuffle=False, workers=2).batches()])

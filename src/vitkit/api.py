@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from .data.loader import BatchLoader
+from .data.loader import AUTO_WORKERS, BatchLoader
 from .data.prepare import dataset_defaults, prepare_data
 from .data.preprocess import Preprocessing
 from .eval.loop import evaluate_loader
@@ -138,6 +138,19 @@ def onnx_cache_path(checkpoint_dir: Path) -> Path:
     return cache_dir() / "onnx" / f"{digest.hexdigest()[:32]}.onnx"
 
 
+DATA_OPTIONS = (
+    "data",
+    "data_dir",
+    "val_split",
+    "seed",
+    "train_limit",
+    "test_limit",
+    "memory_limit_gb",
+    "image_column",
+    "label_column",
+)
+
+
 def evaluate(
     checkpoint: str | os.PathLike,
     data: str | None = None,
@@ -150,9 +163,7 @@ def evaluate(
     the split its run reported on (test, or val when the data has no test split)."""
     clf = load(checkpoint, device)
     saved = clf.meta.get("train_config", {})
-    options = {
-        k: saved[k] for k in ("data", "data_dir", "val_split", "seed", "train_limit", "test_limit") if k in saved
-    }
+    options = {k: saved[k] for k in DATA_OPTIONS if k in saved}
     options.update({k: v for k, v in data_options.items() if v is not None})
     if data is not None:
         options["data"] = data
@@ -168,6 +179,9 @@ def evaluate(
         train_limit=options.get("train_limit", 0),
         test_limit=options.get("test_limit", 0),
         data_dir=options.get("data_dir"),
+        memory_limit_gb=options.get("memory_limit_gb"),
+        image_column=options.get("image_column"),
+        label_column=options.get("label_column"),
     )
     if dataset.num_classes != len(clf.class_names):
         raise ValueError(
@@ -178,6 +192,6 @@ def evaluate(
     part = {"train": dataset.train, "val": dataset.val, "test": dataset.test}[split]
     if part is None:
         raise ValueError(f"{options['data']} has no {split} split")
-    loader = BatchLoader(part, batch_size, shuffle=False, device=clf.device)
+    loader = BatchLoader(part, batch_size, shuffle=False, device=clf.device, workers=AUTO_WORKERS)
     metrics = evaluate_loader(clf.model, loader, clf.augment, dataset.num_classes).compute(dataset.class_names)
     return {"split": split, "data": options["data"], **metrics}

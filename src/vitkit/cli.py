@@ -225,6 +225,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- parser
 
 
+# ----------------------------------------------------------------------------- data
+
+
+def cmd_data_pack(args: argparse.Namespace) -> int:
+    from .data.pack import pack_folder
+
+    report = pack_folder(
+        args.folder,
+        args.out,
+        size=args.size,
+        quality=args.quality,
+        shard_mb=args.shard_mb,
+        skip_bad=args.skip_bad_images,
+    )
+    for line in report.skipped:
+        print(f"skipped {line}", file=sys.stderr)
+    print(f"{report.images} images in {report.shards} shards ({report.bytes / (1 << 20):.1f} MiB) -> {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vitkit", description="Vision Transformers and all-MLP image classifiers: train, evaluate, predict."
@@ -329,6 +349,22 @@ def build_parser() -> argparse.ArgumentParser:
     limit("--max-connections", at_least(1), d.max_connections, "open connections; more get 503")
     limit("--decode-threads", at_least(0), d.decode_threads, "image decoding threads (0: one per core)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("data", help="dataset tools")
+    data_sub = p.add_subparsers(dest="data_command", required=True)
+    p = data_sub.add_parser(
+        "pack",
+        help="an image folder as parquet shards (Hugging Face layout) that stream well",
+        description="Pack DIR/<class>/* or DIR/{train,val,test}/<class>/* into OUT/data/<split>-*.parquet; "
+        "train on it with --data OUT.",
+    )
+    p.add_argument("folder")
+    p.add_argument("out")
+    p.add_argument("--size", type=int, help="shrink larger images to this shorter side (default: keep every image)")
+    p.add_argument("--quality", type=int, default=95, help="JPEG quality of resized images (default: 95)")
+    p.add_argument("--shard-mb", type=float, default=256, help="image bytes per shard (default: 256)")
+    p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images instead of failing")
+    p.set_defaults(func=cmd_data_pack)
 
     p = sub.add_parser("export", help="export a checkpoint as ONNX or as a Hugging Face folder")
     p.add_argument("checkpoint")

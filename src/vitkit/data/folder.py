@@ -32,7 +32,21 @@ SPLIT_ALIASES = {
     "test": "test",
     "testing": "test",
 }
-IN_MEMORY_LIMIT_BYTES = 4 << 30
+MEMORY_LIMIT_ENV = "VITKIT_MEMORY_LIMIT_GB"
+DEFAULT_MEMORY_LIMIT_GB = 4.0
+
+
+def memory_limit_bytes(limit_gb: float | None = None) -> int:
+    """The in-memory budget for decoded folders: the given GiB, else $VITKIT_MEMORY_LIMIT_GB, else 4."""
+    if limit_gb is None:
+        text = os.environ.get(MEMORY_LIMIT_ENV)
+        try:
+            limit_gb = float(text) if text else DEFAULT_MEMORY_LIMIT_GB
+        except ValueError:
+            raise ValueError(f"{MEMORY_LIMIT_ENV}={text!r}: expected a number of GiB, e.g. 4 or 0.5") from None
+    if limit_gb < 0:
+        raise ValueError(f"the in-memory limit must not be negative, got {limit_gb} GiB")
+    return int(limit_gb * (1 << 30))
 
 
 def _class_files(folder: Path) -> dict[str, list[Path]]:
@@ -110,10 +124,12 @@ def load_folder(
     skip_bad: bool = False,
     cache: bool = True,
     data_dir: str | os.PathLike | None = None,
-    memory_limit: int = IN_MEMORY_LIMIT_BYTES,
+    memory_limit_gb: float | None = None,
 ) -> tuple[Dataset, list[str]]:
-    """Decode an image folder with `preprocessing` (to its square size). Returns the dataset (val/test
-    may be None) and the list of skipped bad images."""
+    """Decode an image folder with `preprocessing` (to its square size), or keep it as files to stream
+    when the decoded images would exceed `memory_limit_gb` (see `memory_limit_bytes`). Returns the
+    dataset (val/test may be None) and the list of skipped bad images (empty when streaming: files are
+    read per batch)."""
     splits = scan_folder(root)
     class_names = sorted(splits["train"])
     index = {c: i for i, c in enumerate(class_names)}
@@ -121,7 +137,7 @@ def load_folder(
     listed = {s: [(p, index[c]) for c, files in classes.items() for p in files] for s, classes in splits.items()}
     name = Path(root).resolve().name
     size = preprocessing.square_size
-    if total * size * size * 3 > memory_limit:
+    if total * size * size * 3 > memory_limit_bytes(memory_limit_gb):
         parts = {
             s: FileSplit([p for p, _ in items], torch.tensor([y for _, y in items]), preprocessing)
             for s, items in listed.items()

@@ -7,40 +7,77 @@ each rank takes its own slice of every global batch.
 
 from __future__ import annotations
 
+import os
 from typing import Iterator
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 from torch.utils.data import Dataset as TorchDataset
 
-from .splits import FileSplit, Split
+AUTO_WORKERS = -1
+MAX_AUTO_WORKERS = 8
+PREFETCH_BATCHES = 4  # per worker: enough to ride out a slow file without holding much memory
 
 
 def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
     return (seed * 1_000_003 + epoch * 7919 + stream * 104_729) % (2**63 - 1)
 
 
-class _DecodeFiles(TorchDataset):
-    def __init__(self, split: FileSplit):
+def auto_workers() -> int:
+    """Decoding processes per training process: the cores this process may use, shared among the
+    processes on this node (torchrun's LOCAL_WORLD_SIZE), less one core for the training step itself;
+    at least one, so decoding never runs in the training process."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, min(MAX_AUTO_WORKERS, cores // local_processes - 1))
+
+
+def resolve_workers(workers: int) -> int:
+    return auto_workers() if workers == AUTO_WORKERS else workers
+
+
+class _ReadSplit(TorchDataset):
+    def __init__(self, split):
         self.split = split
 
     def __len__(self) -> int:
         return len(self.split)
 
     def __getitem__(self, i: int):
-        return self.split.preprocessing.load_tensor(self.split.paths[i]), self.split.labels[i]
+        return self.__getitems__([i])[0]
+
+    def __getitems__(self, index: list[int]):
+        """A whole batch per call, so a split can read its rows together (one Arrow take for a table)."""
+        return list(zip(self.split.read_many(index), self.split.labels[index]))
+
+
+class _EpochBatches(Sampler):
+    """The batch sampler of a persistent DataLoader: holds this rank's batches of the pass about to
+    start, so the worker processes outlive the epoch while the seeded order changes with it."""
+
+    def __init__(self):
+        self.batches: list[list[int]] = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 class BatchLoader:
     """Yields (uint8 images, labels) on `device`.
 
     `batch_size` is per process; one global batch is `batch_size * world_size` samples, and rank r
-    takes the r-th slice of it (so N processes see exactly the samples 1 process would).
+    takes the r-th slice of it (so N processes see exactly the samples 1 process would, and each
+    reads only its own). In-memory splits are indexed on the device; streamed splits are read by
+    `workers` processes (AUTO_WORKERS: `auto_workers()`; 0: in this process) that persist across
+    epochs, prefetch, and hand over pinned memory when training on CUDA.
     """
 
     def __init__(
         self,
-        split: Split | FileSplit,
+        split,
         batch_size: int,
         *,
         shuffle: bool,
@@ -52,14 +89,16 @@ class BatchLoader:
         workers: int = 0,
     ):
         self.split, self.batch_size, self.shuffle, self.seed = split, batch_size, shuffle, seed
-        self.device, self.rank, self.world_size, self.workers = torch.device(device), rank, world_size, workers
+        self.device, self.rank, self.world_size = torch.device(device), rank, world_size
+        self.workers = 0 if split.in_memory else resolve_workers(workers)
         global_batch = batch_size * world_size
         n = len(split)
         # the last partial batch is dropped in training only when a full one exists
         self.drop_last = drop_last and n >= global_batch
         self.num_batches = n // global_batch if self.drop_last else -(-n // global_batch)
         self.global_batch = global_batch
-        if isinstance(split, Split):
+        self._stream: DataLoader | None = None
+        if split.in_memory:
             self.images = split.images.to(self.device)
             self.labels = split.labels.to(self.device)
 
@@ -84,19 +123,26 @@ class BatchLoader:
                 slices.append(chunk[self.rank * per : (self.rank + 1) * per])
         return slices
 
+    def _streaming_loader(self) -> DataLoader:
+        if self._stream is None:
+            self._stream = DataLoader(
+                _ReadSplit(self.split),
+                batch_sampler=_EpochBatches(),
+                num_workers=self.workers,
+                pin_memory=self.device.type == "cuda",
+                persistent_workers=self.workers > 0,
+                prefetch_factor=PREFETCH_BATCHES if self.workers > 0 else None,
+            )
+        return self._stream
+
     def batches(self, epoch: int = 0, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         slices = self._rank_slices(epoch, start_batch)
-        if isinstance(self.split, Split):
+        if self.split.in_memory:
             for idx in slices:
                 idx = idx.to(self.device)
                 yield self.images[idx], self.labels[idx]
             return
-        loader = DataLoader(
-            _DecodeFiles(self.split),
-            batch_sampler=[s.tolist() for s in slices],
-            num_workers=self.workers,
-            pin_memory=self.device.type == "cuda",
-            persistent_workers=False,
-        )
+        loader = self._streaming_loader()
+        loader.batch_sampler.batches = [s.tolist() for s in slices]
         for images, labels in loader:
             yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)

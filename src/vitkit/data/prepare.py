@@ -5,13 +5,18 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import torch
+
 from .augment import IMAGENET_MEAN, IMAGENET_STD, to_channels
 from .builtin import BUILTIN, load_builtin
 from .folder import load_folder
+from .hf import is_hf_source, load_hf
+from .loader import BatchLoader
 from .preprocess import Preprocessing
 from .splits import Dataset, FileSplit, Split, limit_split, stratified_split
 
 NORMALIZE = ("fit", "imagenet", "half", "none")
+STATS_IMAGES = 20000  # the normalisation statistics' sample: the first this many training images
 
 # Sensible from-scratch defaults per built-in dataset (a user's values and presets override them).
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -48,14 +53,24 @@ def prepare_data(
     test_limit: int = 0,
     skip_bad: bool = False,
     data_dir: str | os.PathLike | None = None,
+    memory_limit_gb: float | None = None,
+    image_column: str | None = None,
+    label_column: str | None = None,
 ) -> tuple[Dataset, list[str]]:
-    """Load a built-in dataset or a folder (folders decoded with `preprocessing`), apply the limits and
-    hold a stratified validation split out of train when the data has none. Returns the dataset and
-    the skipped bad images."""
+    """Load a built-in dataset, a Hugging Face dataset (`hf:NAME`, a save_to_disk or parquet folder)
+    or an image folder (decoded with `preprocessing`, streamed from disk when larger than
+    `memory_limit_gb`), apply the limits and hold a stratified validation split out of train when the
+    data has none. Returns the dataset and the skipped bad images."""
     if data in BUILTIN:
         dataset, bad = load_builtin(data, data_dir, seed), []
+    elif is_hf_source(data):
+        columns = dict(image_column=image_column, label_column=label_column)
+        dataset = load_hf(data, preprocessing, data_dir=data_dir, memory_limit_gb=memory_limit_gb, **columns)
+        bad = []
     else:
-        dataset, bad = load_folder(data, preprocessing, skip_bad=skip_bad, data_dir=data_dir)
+        dataset, bad = load_folder(
+            data, preprocessing, skip_bad=skip_bad, data_dir=data_dir, memory_limit_gb=memory_limit_gb
+        )
     dataset.train = limit_split(dataset.train, train_limit, seed)
     if dataset.test is not None:
         dataset.test = limit_split(dataset.test, test_limit, seed)
@@ -65,19 +80,36 @@ def prepare_data(
     return dataset, bad
 
 
-def channel_stats(split: Split | FileSplit, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean/std of the training images (the Keras Normalization layer's adapt). A split
-    streamed from files gets the ImageNet statistics instead of a full pass over the files."""
-    if not split.in_memory:
-        return (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else ((0.5,), (0.5,))
-    x = to_channels(split.images[:20000].float().div(255), channels)
-    return tuple(x.mean(dim=(0, 2, 3)).tolist()), tuple(x.std(dim=(0, 2, 3)).clamp(min=1e-3).tolist())
+def channel_stats(
+    split: Split | FileSplit, channels: int, workers: int = 0
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean/std of the first STATS_IMAGES training images (the Keras Normalization layer's
+    adapt), summed batch by batch in float64. A streamed split reads the same images in the same order
+    (with `workers` decoding processes), so a run normalises identically whether its data fits in
+    memory or not."""
+    count = min(len(split), STATS_IMAGES)
+    total = torch.zeros(channels, dtype=torch.float64)
+    squares = torch.zeros(channels, dtype=torch.float64)
+    seen = 0
+    for images, _ in BatchLoader(split, 256, shuffle=False, workers=workers).batches():
+        if seen >= count:
+            break
+        x = to_channels(images[: count - seen].float().div(255), channels).double()
+        seen += x.shape[0]
+        total += x.sum(dim=(0, 2, 3))
+        squares += x.square().sum(dim=(0, 2, 3))
+    n = count * split.stored_size**2
+    mean = total / n
+    std = ((squares - n * mean.square()) / (n - 1)).clamp(min=0).sqrt().clamp(min=1e-3)
+    return tuple(mean.tolist()), tuple(std.tolist())
 
 
-def normalization(mode: str, train: Split | FileSplit, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def normalization(
+    mode: str, train: Split | FileSplit, channels: int, workers: int = 0
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(mean, std) for a `--normalize` mode: fit (train-set statistics), imagenet, half or none."""
     if mode == "fit":
-        return channel_stats(train, channels)
+        return channel_stats(train, channels, workers)
     if mode == "imagenet":
         return (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else ((0.449,), (0.226,))
     if mode == "half":

@@ -1,13 +1,15 @@
 """What a split is, wherever its images live.
 
-Every split (decoded in memory, or file paths decoded on the fly) offers the same protocol, so the
-training and evaluation code never asks which kind it holds:
+Every split (decoded in memory, or streamed: image files, or rows of a Hugging Face table, see
+`data.hf.TableSplit`) offers the same protocol, so the training and evaluation code never asks which
+kind it holds:
   len(split)          number of images
   split.labels        (N,) int64 class indices
   split.subset(idx)   the same kind of split over the given indices
   split.channels      channels of the stored images (1 or 3)
   split.stored_size   side of the stored square images (before the device resize)
-  split.in_memory     whether the images are decoded tensors (else read from files per batch)
+  split.in_memory     whether the images are decoded tensors (`split.images`), else read per batch
+  split.read_many(ix) (streamed splits) images ix as (C, stored_size, stored_size) uint8 tensors
 Reading batches is `data.loader.BatchLoader`'s job.
 """
 
@@ -60,6 +62,9 @@ class FileSplit:
     def subset(self, index) -> "FileSplit":
         index = torch.as_tensor(index, dtype=torch.long)
         return FileSplit([self.paths[i] for i in index.tolist()], self.labels[index], self.preprocessing)
+
+    def read_many(self, index: list[int]) -> list[torch.Tensor]:
+        return [self.preprocessing.load_tensor(self.paths[i]) for i in index]
 
     @property
     def channels(self) -> int:

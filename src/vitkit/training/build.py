@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from ..data.augment import AugmentSpec, BatchAugment
-from ..data.loader import BatchLoader
+from ..data.loader import BatchLoader, resolve_workers
 from ..data.prepare import normalization, prepare_data
 from ..data.preprocess import Preprocessing, run_preprocessing
 from ..data.splits import Dataset
@@ -68,6 +68,8 @@ class Setup:
             "global_batch_size": self.global_batch,
             "per_device_batch_size": self.local_batch,
             "device": str(device),
+            "data_streamed": not self.data.train.in_memory,
+            "loader_workers": self.train_loader.workers,
         }
 
 
@@ -95,6 +97,9 @@ def build(cfg: TrainConfig, runtime: Runtime) -> Setup:
         test_limit=cfg.test_limit,
         skip_bad=cfg.skip_bad_images,
         data_dir=cfg.data_dir,
+        memory_limit_gb=cfg.memory_limit_gb,
+        image_column=cfg.image_column,
+        label_column=cfg.label_column,
     )
     if data.num_classes < 2:
         raise ValueError(
@@ -110,12 +115,13 @@ def build(cfg: TrainConfig, runtime: Runtime) -> Setup:
         model = create_model(name, num_classes=data.num_classes, image_size=image_size, in_chans=in_chans, **args)
     model = model.to(runtime.device)
     channels = model.config.in_chans
+    workers = resolve_workers(cfg.workers)
     if pretrained and cfg.mean is None:
         mean, std = pretrained.preprocessing.mean, pretrained.preprocessing.std
     elif cfg.mean is not None and cfg.std is not None:
         mean, std = tuple(cfg.mean), tuple(cfg.std)
     else:
-        mean, std = normalization(cfg.normalize, data.train, channels)
+        mean, std = normalization(cfg.normalize, data.train, channels, workers)
     preprocessing = dataclasses.replace(
         decode, mean=mean, std=std, channels=channels, decode_size=data.train.stored_size
     )
@@ -134,7 +140,7 @@ def build(cfg: TrainConfig, runtime: Runtime) -> Setup:
             f"the global batch of {global_batch} is larger than the {len(data.train)} training images: "
             "lower --batch-size"
         )
-    common = dict(device=runtime.device, rank=ctx.rank, world_size=ctx.world_size, workers=cfg.workers)
+    common = dict(device=runtime.device, rank=ctx.rank, world_size=ctx.world_size, workers=workers)
     train_loader = BatchLoader(data.train, local_batch, shuffle=True, seed=cfg.seed, drop_last=True, **common)
     val_loader = BatchLoader(data.val, cfg.eval_batch_size, shuffle=False, **common)
     eval_split = "test" if data.test is not None else "val"

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..data.augment import AugmentSpec
 from ..data.builtin import BUILTIN
+from ..data.hf import HUB_PREFIX
 from ..data.prepare import DATASET_DEFAULTS, NORMALIZE, dataset_defaults
 from ..models import get_preset
 from ..options import check_choices, flag, option
@@ -26,7 +27,17 @@ GROUPS = {
     "run": "run folder, resuming, devices and output",
 }
 # What `--resume` may change: how the rest of the run executes, never what it computes.
-RESUMABLE = ("epochs", "progress", "quiet", "device", "threads", "workers", "save_every", "eval_batch_size")
+RESUMABLE = (
+    "epochs",
+    "progress",
+    "quiet",
+    "device",
+    "threads",
+    "workers",
+    "memory_limit_gb",
+    "save_every",
+    "eval_batch_size",
+)
 
 
 _data = partial(option, group="data")
@@ -37,9 +48,15 @@ _run = partial(option, group="run")
 
 @dataclass
 class TrainConfig(AugmentSpec):
-    data: str = _data("digits", f"built-in dataset ({', '.join(BUILTIN)}) or an image folder")
+    data: str = _data(
+        "digits",
+        f"built-in dataset ({', '.join(BUILTIN)}), an image folder, a folder of parquet shards or of "
+        "save_to_disk, or hf:NAME[:CONFIG] (a Hugging Face hub dataset)",
+    )
     data_dir: str | None = _data(None, "download cache (default: $VITKIT_DATA, else ~/.cache/vitkit)")
     val_split: float = _data(0.1, "fraction of train held out for validation when the data has no val split")
+    image_column: str | None = _data(None, "Hugging Face data: the image column (default: the one Image feature)")
+    label_column: str | None = _data(None, "Hugging Face data: the label column (default: the ClassLabel feature)")
     image_size: int | None = _data(None, "model input size in pixels (default: the dataset's or preset's)")
     resize_mode: str | None = _data(None, "crop | stretch: non-square to square (default: the pretrained's, else crop)")
     crop_pct: float | None = _data(None, "part of the resized image the centre crop keeps, as in timm (default: 1)")
@@ -47,6 +64,11 @@ class TrainConfig(AugmentSpec):
     skip_bad_images: bool = _data(False, "skip unreadable images (listed in skipped_images.txt) instead of failing")
     train_limit: int = _data(0, "use only this many training images, stratified (0: all)")
     test_limit: int = _data(0, "use only this many test images, stratified (0: all)")
+    memory_limit_gb: float | None = _data(
+        None,
+        "decode a folder into memory up to this many GiB, stream larger ones from disk "
+        "(default: $VITKIT_MEMORY_LIMIT_GB, else 4; 0: always stream)",
+    )
     model: str | None = _model(None, f"registered model name (default: the preset's, else {DEFAULT_MODEL})")
     preset: str | None = _model(None, "named recipe: a model plus its training values (see `vitkit models --presets`)")
     model_args: dict[str, Any] = _model(None, "architecture override, repeatable, e.g. depth=6", factory=dict)
@@ -104,7 +126,12 @@ class TrainConfig(AugmentSpec):
     save_every: int = _run(0, "also write last/ every N optimizer steps (0: at epoch ends only)")
     device: str = _run("auto", "auto, cpu, cuda or cuda:N")
     threads: int = _run(0, "torch CPU threads (0: every core)")
-    workers: int = _run(0, "decoding processes for folders streamed from disk")
+    workers: int = _run(
+        -1,
+        "decoding processes per training process for data streamed from disk; -1: the cores of this "
+        "node shared among its training processes, less one for training (at least 1, at most 8); "
+        "0: decode in the training process",
+    )
     progress: bool = _run(True, "progress bar on stderr (shown only when stderr is a terminal)")
     quiet: bool = _run(False, "no per-epoch lines on stderr (errors still print)")
 
@@ -120,7 +147,7 @@ class TrainConfig(AugmentSpec):
             "test_limit": 0,
             "save_every": 0,
             "threads": 0,
-            "workers": 0,
+            "workers": -1,
             "micro_batch_size": 0,
             "crop_padding": 0,
             "plateau_patience": 0,
@@ -144,6 +171,8 @@ class TrainConfig(AugmentSpec):
             "zoom",
             "rrc_scale",
         )
+        if self.memory_limit_gb is not None and self.memory_limit_gb < 0:
+            raise ValueError(f"--memory-limit-gb must not be negative, got {self.memory_limit_gb}")
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ValueError(f"{flag(name)} must not be negative, got {getattr(self, name)}")
@@ -169,7 +198,7 @@ class TrainConfig(AugmentSpec):
                 raise ValueError(
                     f"{flag(name)} needs one value per channel" + (", all positive" if name == "std" else "")
                 )
-        if self.data not in BUILTIN and not Path(self.data).exists():
+        if self.data not in BUILTIN and not self.data.startswith(HUB_PREFIX) and not Path(self.data).exists():
             close = difflib.get_close_matches(self.data, list(BUILTIN), n=1)
             hint = f" Did you mean {close[0]}?" if close else ""
             raise FileNotFoundError(
