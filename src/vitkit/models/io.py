@@ -71,18 +71,22 @@ def load_model(directory: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]
 
 
 def check_state_dict(state: dict[str, torch.Tensor], model: nn.Module, source: Path) -> None:
-    """Load `state` into `model`, or say in one line which tensors are missing, extra or of the wrong shape."""
+    """Load `state` into `model` (through its load hooks, which adapt older layouts), or say in one
+    line which tensors are missing, extra or of the wrong shape."""
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    extra = sorted(set(state) - set(expected))
-    wrong = [
-        f"{k} {tuple(state[k].shape)} (model: {tuple(expected[k].shape)})"
-        for k in sorted(set(state) & set(expected))
-        if state[k].shape != expected[k].shape
-    ]
+    try:
+        missing, extra = model.load_state_dict(state, strict=False)
+        wrong = []
+    except RuntimeError:  # shapes that do not fit
+        missing, extra = [], []
+        wrong = [
+            f"{k} {tuple(state[k].shape)} (model: {tuple(expected[k].shape)})"
+            for k in sorted(set(state) & set(expected))
+            if state[k].shape != expected[k].shape
+        ]
     problems = [
         f"{what}: {', '.join(items[:3])}{f' and {len(items) - 3} more' if len(items) > 3 else ''}"
-        for what, items in (("wrong shape", wrong), ("missing", missing), ("unexpected", extra))
+        for what, items in (("wrong shape", wrong), ("missing", sorted(missing)), ("unexpected", sorted(extra)))
         if items
     ]
     if problems:
@@ -90,4 +94,3 @@ def check_state_dict(state: dict[str, torch.Tensor], model: nn.Module, source: P
             f"{source} does not fit the model in {CONFIG_NAME} ({'; '.join(problems)}); "
             "the weights and config come from different models"
         )
-    model.load_state_dict(state)
