@@ -32,7 +32,8 @@ def marker_images(n: int, offsets) -> torch.Tensor:
 
 def centroids(out: torch.Tensor) -> torch.Tensor:
     """(n, channels, 2): intensity-weighted (x, y) of each channel, relative to the image centre."""
-    ys, xs = torch.meshgrid(torch.arange(SIZE, dtype=torch.float64), torch.arange(SIZE, dtype=torch.float64), indexing="ij")
+    axis = torch.arange(SIZE, dtype=torch.float64)
+    ys, xs = torch.meshgrid(axis, axis, indexing="ij")
     w = out.double().clamp(min=0)
     total = w.sum(dim=(2, 3))
     cx = (w * xs).sum(dim=(2, 3)) / total - CENTRE
@@ -197,7 +198,8 @@ def test_solarize_inverts_the_pixels_above_the_threshold():
 def test_autocontrast_stretches_each_channel_to_the_full_range():
     x = smooth_image()
     out = color_op(x, "autocontrast", 0.5, 1.0)
-    assert torch.allclose(out.amin(dim=(2, 3)), torch.zeros(1, 3)) and torch.allclose(out.amax(dim=(2, 3)), torch.ones(1, 3))
+    assert torch.allclose(out.amin(dim=(2, 3)), torch.zeros(1, 3))
+    assert torch.allclose(out.amax(dim=(2, 3)), torch.ones(1, 3))
     lo, hi = x.amin(dim=(2, 3), keepdim=True), x.amax(dim=(2, 3), keepdim=True)
     assert torch.allclose(out, (x - lo) / (hi - lo), atol=1e-6)
 
