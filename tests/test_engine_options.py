@@ -3,7 +3,7 @@ learning-rate schedules and warmup, plateau, early stopping, the monitored metri
 accumulation and clipping, torch.compile and the normalisation modes.
 
 The data is a folder of 24 training and 12 validation images (three colours), so every step count is
-known: batch 6 is 4 steps per epoch, batch 24 is one."""
+known: batch 6 is 4 steps per epoch, batch 24 is one. Tests that compare several runs are marked slow."""
 
 import csv
 import math
@@ -84,6 +84,7 @@ def test_warmup_ramps_linearly_then_holds(colours, tmp_path):
     assert lrs(rows) == pytest.approx([lr / 2, lr, lr], rel=1e-9)  # step 4 of 8, step 8 of 8, then constant
 
 
+@pytest.mark.slow  # several training runs
 def test_plateau_halves_the_rate_only_when_the_metric_stalls(colours, tmp_path):
     plateau = dict(schedule="plateau", plateau_patience=1, plateau_factor=0.5, monitor="val_loss", epochs=4)
     # a rate so small that the validation loss cannot improve by the 1e-4 the monitor needs
@@ -99,6 +100,7 @@ def test_plateau_halves_the_rate_only_when_the_metric_stalls(colours, tmp_path):
 # ----------------------------------------------------------------------------- best checkpoint
 
 
+@pytest.mark.slow  # several training runs
 def test_early_stopping_stops_and_keeps_the_best_weights(colours, tmp_path):
     """val_top1 cannot move at a negligible rate: the first epoch stays best, the run stops after
     `early_stopping` more, and best/ holds the first epoch's weights."""
@@ -126,6 +128,7 @@ def test_monitor_val_loss_picks_the_lowest_loss_epoch(colours, tmp_path):
     assert reevaluated["loss"] == pytest.approx(losses[best - 1], rel=1e-5)
 
 
+@pytest.mark.slow  # several training runs
 def test_ema_checkpoint_is_the_average_of_the_weights(colours, tmp_path):
     """One step per epoch: after two steps the EMA with decay d is d * w1 + (1 - d) * w2, and best/
     holds it while last/ holds the raw weights w2."""
@@ -143,6 +146,7 @@ def test_ema_checkpoint_is_the_average_of_the_weights(colours, tmp_path):
 # ----------------------------------------------------------------------------- the update
 
 
+@pytest.mark.slow  # several training runs
 def test_accumulating_two_half_batches_is_one_whole_batch_step(colours, tmp_path):
     sgd = dict(optimizer="sgd", lr=0.1, schedule="constant", epochs=1)
     train(colours, tmp_path / "whole", batch_size=12, **sgd)
@@ -159,6 +163,7 @@ def flat(w: dict) -> torch.Tensor:
     return torch.cat([w[k].double().flatten() for k in sorted(w)])
 
 
+@pytest.mark.slow  # several training runs
 def test_gradient_clipping_caps_the_step_at_the_norm(colours, tmp_path):
     """Plain SGD, one step: the update is -lr * g scaled to norm `grad_clip` when g is longer."""
     step = dict(optimizer="sgd", momentum=0.0, weight_decay=0.0, lr=1.0, schedule="constant", epochs=1)

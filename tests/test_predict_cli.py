@@ -1,6 +1,7 @@
 """`vitkit predict` end to end (output formats, folders, globs, per-file errors, an exported .onnx file),
 `vitkit serve` on both backends, and `vitkit models`."""
 
+import contextlib
 import csv
 import io
 import json
@@ -10,15 +11,24 @@ import time
 
 import httpx
 import pytest
-from conftest import run_vitkit, subprocess_env, vitkit_cmd
+from conftest import subprocess_env, vitkit_cmd
 from test_serve import free_port
 
 from vitkit.cli import main as cli_main
 from vitkit.models import PRESETS, list_models
 
 
-def predict(*args: str) -> subprocess.CompletedProcess:
-    return run_vitkit("predict", *map(str, args))
+def vitkit_main(*args) -> tuple[int, str, str]:
+    """`vitkit ARGS` through the command's own entry point in this process (no interpreter start-up):
+    exit status, stdout, stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli_main([str(a) for a in args])
+    return code, out.getvalue(), err.getvalue()
+
+
+def predict(*args) -> tuple[int, str, str]:
+    return vitkit_main("predict", *args)
 
 
 @pytest.fixture(scope="module")
@@ -26,9 +36,9 @@ def torch_predictions(digits_run, digit_images):
     """The PyTorch backend's answers for the digit images: what every other path must reproduce."""
     out, _ = digits_run
     paths, _ = digit_images
-    proc = predict(out, *paths, "--format", "json", "--backend", "torch")
-    assert proc.returncode == 0, proc.stderr
-    return {r["path"]: r["predictions"] for r in json.loads(proc.stdout)}
+    code, stdout, stderr = predict(out, *paths, "--format", "json", "--backend", "torch")
+    assert code == 0, stderr
+    return {r["path"]: r["predictions"] for r in json.loads(stdout)}
 
 
 def assert_same_predictions(got: list[dict], expected: dict, tolerance=1e-4):
@@ -45,17 +55,17 @@ def test_every_output_format_reports_the_same_answers_and_the_bad_file(digits_ru
     broken = tmp_path / "broken.png"
     broken.write_bytes(digit_images[0][3].read_bytes()[:60])  # a cut-off PNG
     args = [out, paths[0], broken, *paths[1:], "--topk", "3", "--backend", "torch"]
-    outputs = {fmt: predict(*args, "--format", fmt) for fmt in ("json", "csv", "table")}
-    for fmt, proc in outputs.items():
-        assert proc.returncode == 1, (fmt, proc.stderr)  # some file failed, the rest were answered
-        assert "Traceback" not in proc.stderr
-    results = json.loads(outputs["json"].stdout)
+    outputs = {}
+    for fmt in ("json", "csv", "table"):
+        code, outputs[fmt], stderr = predict(*args, "--format", fmt)
+        assert code == 1, (fmt, stderr)  # some file failed, the rest were answered
+    results = json.loads(outputs["json"])
     assert [r["path"] for r in results] == [paths[0], str(broken), *paths[1:]]  # the order given
     assert "predictions" not in results[1] and "broken.png" in results[1]["error"]
     good = [r for r in results if "predictions" in r]
     assert len(good) == 3 and all(len(r["predictions"]) == 3 for r in good)
 
-    rows = list(csv.reader(io.StringIO(outputs["csv"].stdout)))
+    rows = list(csv.reader(io.StringIO(outputs["csv"])))
     assert rows[0] == ["path", "rank", "label", "score"]
     expected_rows = []
     for r in results:
@@ -66,7 +76,7 @@ def test_every_output_format_reports_the_same_answers_and_the_bad_file(digits_ru
             expected_rows += [[r["path"], str(i), p["label"], str(p["score"])] for i, p in ranked]
     assert rows[1:] == expected_rows
 
-    lines = outputs["table"].stdout.splitlines()
+    lines = outputs["table"].splitlines()
     assert len(lines) == 4
     for line, r in zip(lines, results):
         path, rest = line.split(": ", 1)
@@ -92,9 +102,9 @@ def test_folders_are_searched_recursively_and_globs_expanded(digits_run, digit_i
     for i in (2, 3, 4):
         shutil.copy(paths[i], loose / f"shot{i}.png")
     shutil.copy(paths[5], loose / "other.png")
-    proc = predict(out, folder, loose / "shot*.png", "--format", "json", "--backend", "torch")
-    assert proc.returncode == 0, proc.stderr
-    results = json.loads(proc.stdout)
+    code, stdout, stderr = predict(out, folder, loose / "shot*.png", "--format", "json", "--backend", "torch")
+    assert code == 0, stderr
+    results = json.loads(stdout)
     expected_paths = [folder / "b.png", folder / "nested" / "a.png", *(loose / f"shot{i}.png" for i in (2, 3, 4))]
     assert [r["path"] for r in results] == list(map(str, expected_paths))
     # the copies get the originals' answers
@@ -103,21 +113,21 @@ def test_folders_are_searched_recursively_and_globs_expanded(digits_run, digit_i
     assert_same_predictions(
         [{**r, "path": str(originals[r["path"]])} for r in results], torch_predictions, tolerance=1e-6
     )
-    missing = predict(out, loose / "nothing*.png")
-    assert missing.returncode == 2 and "no such file, folder or matching glob" in missing.stderr
+    code, _, stderr = predict(out, loose / "nothing*.png")
+    assert code == 2 and "no such file, folder or matching glob" in stderr
 
 
 def test_an_exported_onnx_file_predicts_like_the_checkpoint(digits_run, digit_images, torch_predictions, tmp_path):
     pytest.importorskip("onnxruntime")
     out, _ = digits_run
     onnx_path = tmp_path / "digits.onnx"
-    proc = run_vitkit("export", str(out), str(onnx_path))
-    assert proc.returncode == 0, proc.stderr
-    report = json.loads(proc.stdout)["max_abs_logit_diff"]
+    code, stdout, stderr = vitkit_main("export", out, onnx_path)
+    assert code == 0, stderr
+    report = json.loads(stdout)["max_abs_logit_diff"]
     assert set(report) == {"batch_1", "batch_7"} and max(report.values()) < 1e-4
-    proc = predict(onnx_path, *digit_images[0], "--format", "json")
-    assert proc.returncode == 0, proc.stderr
-    assert_same_predictions(json.loads(proc.stdout), torch_predictions)
+    code, stdout, stderr = predict(onnx_path, *digit_images[0], "--format", "json")
+    assert code == 0, stderr
+    assert_same_predictions(json.loads(stdout), torch_predictions)
 
 
 @pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
@@ -157,11 +167,12 @@ def test_serve_on_each_backend_answers_like_predict(digits_run, digit_images, to
 
 
 @pytest.mark.slow
-def test_models_lists_every_model_and_preset_with_published_sizes(capsys):
+def test_models_lists_every_model_and_preset_with_published_sizes():
     """Parameter counts of the architectures with published checkpoints are the published ones
     (timm's model cards: ViT-Ti/S/B 16, Mixer-S/B 16, gMLP-S 16; ResNet-18 for CIFAR)."""
-    assert cli_main(["models"]) == 0
-    rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+    code, stdout, _ = vitkit_main("models")
+    assert code == 0
+    rows = [line.split() for line in stdout.splitlines()]
     names = [row[0] for row in rows]
     assert names == list_models() and len(set(names)) == len(names)
     kinds = {row[0]: row[1] for row in rows}
@@ -178,5 +189,5 @@ def test_models_lists_every_model_and_preset_with_published_sizes(capsys):
     }
     assert {name: sizes[name] for name in published} == published
     assert all(row[3].endswith("px") for row in rows)
-    assert cli_main(["models", "--presets"]) == 0
-    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == sorted(PRESETS)
+    code, stdout, _ = vitkit_main("models", "--presets")
+    assert code == 0 and [line.split()[0] for line in stdout.splitlines()] == sorted(PRESETS)

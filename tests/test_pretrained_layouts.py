@@ -135,6 +135,8 @@ def test_timm_and_deit_checkpoints_reproduce_timm_s_forward(timm_state, tmp_path
         model, pre, names = load_pretrained(source)
         assert (model.config.num_heads, model.config.depth, model.config.num_classes) == (HEADS, DEPTH, CLASSES)
         assert pre["image_size"] == 224 and names is None and model.has_pretrained_head
+        # timm builds every ViT norm as LayerNorm(eps=1e-6); at these activations 1e-5 would hide in the noise
+        assert {m.eps for m in model.modules() if isinstance(m, torch.nn.LayerNorm)} == {1e-6}
         with torch.no_grad():
             assert (model.eval()(x) - expected).abs().max() < 1e-4, source.name
     assert pre["mean"] == [0.5] * 3 and pre["std"] == [0.5] * 3 and pre["resample"] == "bicubic"  # pretrained_cfg
