@@ -10,6 +10,51 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
+# In CI (CI=true) every skip fails the run unless its test is listed here with the reason the skip is
+# acceptable there: CI installs every extra, Chromium, Fashion-MNIST and the shared data, so a skip means
+# something is missing. Keys are test ids as pytest prints them, without [parameters].
+ALLOWED_SKIPS_IN_CI: dict[str, str] = {}
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+_skips: list[tuple[str, str]] = []
+
+
+def _skip_reason(report) -> str:
+    longrepr = report.longrepr
+    return longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped and not hasattr(report, "wasxfail"):
+        _skips.append((report.nodeid, _skip_reason(report)))
+
+
+def pytest_collectreport(report):
+    if report.skipped:  # a whole module skipped at import (importorskip at module level)
+        _skips.append((report.nodeid, _skip_reason(report)))
+
+
+def _unexpected_skips() -> list[tuple[str, str]]:
+    return [(test, reason) for test, reason in _skips if test.split("[")[0] not in ALLOWED_SKIPS_IN_CI]
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if in_ci() and exitstatus == pytest.ExitCode.OK and _unexpected_skips():
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter):
+    unexpected = _unexpected_skips()
+    if in_ci() and unexpected:
+        terminalreporter.section("skipped in CI (not in ALLOWED_SKIPS_IN_CI): the run fails", red=True)
+        for test, reason in unexpected:
+            terminalreporter.line(f"{test}: {reason}")
+        terminalreporter.line("install what the test needs, or list it in tests/conftest.py with the reason")
+
 
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path_factory, monkeypatch):

@@ -95,9 +95,7 @@ def test_mixup_and_cutmix_targets():
     for kw in (dict(mixup=0.8, cutmix=0.0), dict(mixup=0.0, cutmix=1.0)):
         mixed, targets = mix_batch(x, labels, 4, smoothing=0.1, gen=gen(3), **kw)
         assert torch.allclose(targets.sum(1), torch.ones(8))
-        assert mixed.shape == x.shape and not torch.equal(mixed, x)
-        lam = targets[0, labels[0]] + targets[0, labels[7]] if labels[0] != labels[7] else None
-        assert lam is None or lam <= 1.0 + 1e-6
+        assert mixed.shape == x.shape and not torch.equal(mixed, x)  # exact mixing: test_augment_exact.py
     plain_x, plain_t = mix_batch(x, labels, 4, 0.0, 0.0, 0.0, gen())
     assert torch.equal(plain_x, x) and torch.equal(plain_t.argmax(1), labels)
     smooth = mix_batch(x, labels, 4, 0.0, 0.0, 0.2, gen())[1]

@@ -93,6 +93,22 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
+def start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot: tells a live process from a reused PID."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def still_running(pid: int, started: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z" and start_time(pid) == started
+
+
 def rank_of(pid: int) -> int | None:
     try:
         env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
@@ -158,6 +174,10 @@ def test_a_dead_rank_stops_the_others(tmp_path):
             victim = next((p for p in descendants(proc.pid) if rank_of(p) == 1), None)
         time.sleep(0.1)
     assert victim is not None, "rank 1 never started"
+    # every process of the run, listed while the launcher still owns them: once it exits, survivors are
+    # re-parented and no longer its descendants
+    workers = {p: start_time(p) for p in descendants(proc.pid) if rank_of(p) is not None}
+    assert len(workers) >= 2 and victim in workers
     started = time.time()
     os.kill(victim, signal.SIGKILL)
     try:
@@ -167,4 +187,5 @@ def test_a_dead_rank_stops_the_others(tmp_path):
         pytest.fail("the surviving rank hung after its peer died")
     assert proc.returncode != 0 and time.time() - started < 120
     assert "a training process failed" in err and "--resume" in err
-    assert not any(rank_of(p) is not None for p in descendants(proc.pid))
+    survivors = [p for p, started in workers.items() if still_running(p, started)]
+    assert not survivors, f"training processes {survivors} outlived the failed run"

@@ -14,7 +14,12 @@ from vitkit.export.onnx import OnnxModel, export_onnx
 from vitkit.models import create_model, save_model
 from vitkit.viz.explain import attention_maps, explain_tensor
 
-pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture
+def onnxruntime():
+    """Only the export and ONNX Runtime tests need it; the explanation tests run without."""
+    return pytest.importorskip("onnxruntime")
 
 
 def checkpoint(tmp_path, name, **kw):
@@ -39,10 +44,12 @@ def checkpoint(tmp_path, name, **kw):
         ("vit_micro_patch4_32", {}),
         ("vit_micro_patch4_32", {"pool": "cls", "class_token": True}),
         ("mixer_micro_patch4_32", {}),
+        ("fnet_micro_patch4_32", {}),
+        ("gmlp_micro_patch4_32", {}),
         ("resnet18_cifar", {"widths": (16, 32, 32, 64)}),
     ],
 )
-def test_onnx_parity_batch_1_and_7(tmp_path, name, kw):
+def test_onnx_parity_batch_1_and_7(tmp_path, name, kw, onnxruntime):
     model, ckpt = checkpoint(tmp_path, name, **kw)
     report = export_onnx(vitkit.load(ckpt, device="cpu"), tmp_path / "m.onnx")
     assert set(report) == {"batch_1", "batch_7"}
@@ -54,7 +61,7 @@ def test_onnx_parity_batch_1_and_7(tmp_path, name, kw):
     assert session.meta["class_names"] == list("abcde")
 
 
-def test_onnxruntime_backend_predicts_like_torch(digits_run, digit_images, tmp_path):
+def test_onnxruntime_backend_predicts_like_torch(digits_run, digit_images, tmp_path, onnxruntime):
     out, _ = digits_run
     paths, _ = digit_images
     results = {}
@@ -72,7 +79,7 @@ def test_onnxruntime_backend_predicts_like_torch(digits_run, digit_images, tmp_p
     assert standalone.backend == "onnxruntime" and standalone.class_names == [str(i) for i in range(10)]
 
 
-def test_a_non_onnx_file_is_refused(tmp_path):
+def test_a_non_onnx_file_is_refused(tmp_path, onnxruntime):
     bad = tmp_path / "model.onnx"
     bad.write_bytes(b"\x00garbage")
     with pytest.raises(ValueError, match="not a loadable ONNX model"):

@@ -1,0 +1,193 @@
+"""`vitkit predict` end to end (output formats, folders, globs, per-file errors, an exported .onnx file),
+`vitkit serve` on both backends, and `vitkit models`."""
+
+import contextlib
+import csv
+import io
+import json
+import shutil
+import subprocess
+import time
+
+import httpx
+import pytest
+from conftest import subprocess_env, vitkit_cmd
+from test_serve import free_port
+
+from vitkit.cli import main as cli_main
+from vitkit.models import PRESETS, list_models
+
+
+def vitkit_main(*args) -> tuple[int, str, str]:
+    """`vitkit ARGS` through the command's own entry point in this process (no interpreter start-up):
+    exit status, stdout, stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli_main([str(a) for a in args])
+    return code, out.getvalue(), err.getvalue()
+
+
+def predict(*args) -> tuple[int, str, str]:
+    return vitkit_main("predict", *args)
+
+
+@pytest.fixture(scope="module")
+def torch_predictions(digits_run, digit_images):
+    """The PyTorch backend's answers for the digit images: what every other path must reproduce."""
+    out, _ = digits_run
+    paths, _ = digit_images
+    code, stdout, stderr = predict(out, *paths, "--format", "json", "--backend", "torch")
+    assert code == 0, stderr
+    return {r["path"]: r["predictions"] for r in json.loads(stdout)}
+
+
+def assert_same_predictions(got: list[dict], expected: dict, tolerance=1e-4):
+    for result in got:
+        want = expected[result["path"]]
+        assert [p["label"] for p in result["predictions"]] == [p["label"] for p in want], result["path"]
+        for a, b in zip(result["predictions"], want):
+            assert a["score"] == pytest.approx(b["score"], abs=tolerance)
+
+
+def test_every_output_format_reports_the_same_answers_and_the_bad_file(digits_run, digit_images, tmp_path):
+    out, _ = digits_run
+    paths = [str(p) for p in digit_images[0][:3]]
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(digit_images[0][3].read_bytes()[:60])  # a cut-off PNG
+    args = [out, paths[0], broken, *paths[1:], "--topk", "3", "--backend", "torch"]
+    outputs = {}
+    for fmt in ("json", "csv", "table"):
+        code, outputs[fmt], stderr = predict(*args, "--format", fmt)
+        assert code == 1, (fmt, stderr)  # some file failed, the rest were answered
+    results = json.loads(outputs["json"])
+    assert [r["path"] for r in results] == [paths[0], str(broken), *paths[1:]]  # the order given
+    assert "predictions" not in results[1] and "broken.png" in results[1]["error"]
+    good = [r for r in results if "predictions" in r]
+    assert len(good) == 3 and all(len(r["predictions"]) == 3 for r in good)
+
+    rows = list(csv.reader(io.StringIO(outputs["csv"])))
+    assert rows[0] == ["path", "rank", "label", "score"]
+    expected_rows = []
+    for r in results:
+        if "error" in r:
+            expected_rows.append([r["path"], "", "ERROR", r["error"]])
+        else:
+            ranked = enumerate(r["predictions"], 1)
+            expected_rows += [[r["path"], str(i), p["label"], str(p["score"])] for i, p in ranked]
+    assert rows[1:] == expected_rows
+
+    lines = outputs["table"].splitlines()
+    assert len(lines) == 4
+    for line, r in zip(lines, results):
+        path, rest = line.split(": ", 1)
+        assert path == r["path"]
+        if "error" in r:
+            assert rest.startswith("ERROR ") and "broken.png" in rest
+        else:
+            shown = rest.split()
+            assert shown[0::2] == [p["label"] for p in r["predictions"]]
+            assert [float(s) for s in shown[1::2]] == pytest.approx([p["score"] for p in r["predictions"]], abs=5e-4)
+
+
+def test_folders_are_searched_recursively_and_globs_expanded(digits_run, digit_images, torch_predictions, tmp_path):
+    out, _ = digits_run
+    paths = digit_images[0]
+    folder = tmp_path / "album"
+    (folder / "nested").mkdir(parents=True)
+    shutil.copy(paths[0], folder / "b.png")
+    shutil.copy(paths[1], folder / "nested" / "a.png")
+    (folder / "notes.txt").write_text("not an image")
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    for i in (2, 3, 4):
+        shutil.copy(paths[i], loose / f"shot{i}.png")
+    shutil.copy(paths[5], loose / "other.png")
+    code, stdout, stderr = predict(out, folder, loose / "shot*.png", "--format", "json", "--backend", "torch")
+    assert code == 0, stderr
+    results = json.loads(stdout)
+    expected_paths = [folder / "b.png", folder / "nested" / "a.png", *(loose / f"shot{i}.png" for i in (2, 3, 4))]
+    assert [r["path"] for r in results] == list(map(str, expected_paths))
+    # the copies get the originals' answers
+    originals = {str(folder / "b.png"): paths[0], str(folder / "nested" / "a.png"): paths[1]}
+    originals.update({str(loose / f"shot{i}.png"): paths[i] for i in (2, 3, 4)})
+    assert_same_predictions(
+        [{**r, "path": str(originals[r["path"]])} for r in results], torch_predictions, tolerance=1e-6
+    )
+    code, _, stderr = predict(out, loose / "nothing*.png")
+    assert code == 2 and "no such file, folder or matching glob" in stderr
+
+
+def test_an_exported_onnx_file_predicts_like_the_checkpoint(digits_run, digit_images, torch_predictions, tmp_path):
+    pytest.importorskip("onnxruntime")
+    out, _ = digits_run
+    onnx_path = tmp_path / "digits.onnx"
+    code, stdout, stderr = vitkit_main("export", out, onnx_path)
+    assert code == 0, stderr
+    report = json.loads(stdout)["max_abs_logit_diff"]
+    assert set(report) == {"batch_1", "batch_7"} and max(report.values()) < 1e-4
+    code, stdout, stderr = predict(onnx_path, *digit_images[0], "--format", "json")
+    assert code == 0, stderr
+    assert_same_predictions(json.loads(stdout), torch_predictions)
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_serve_on_each_backend_answers_like_predict(digits_run, digit_images, torch_predictions, backend):
+    if backend == "onnxruntime":
+        pytest.importorskip("onnxruntime")
+    out, _ = digits_run
+    port = free_port()
+    proc = subprocess.Popen(
+        vitkit_cmd("serve", str(out), "--port", str(port), "--backend", backend),
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while True:
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.time() < deadline, "the server did not start"
+            try:
+                health = httpx.get(base + "/health", timeout=1).json()
+                break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        assert health["backend"] == backend
+        paths = digit_images[0][:4]
+        files = [("file", (p.name, p.read_bytes(), "image/png")) for p in paths]
+        response = httpx.post(base + "/predict", files=files, timeout=60)
+        assert response.status_code == 200, response.text
+        assert [r["path"] for r in response.json()] == [p.name for p in paths]
+        assert_same_predictions(response.json(), {p.name: torch_predictions[str(p)] for p in paths})
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_models_lists_every_model_and_preset_with_published_sizes():
+    """Parameter counts of the architectures with published checkpoints are the published ones
+    (timm's model cards: ViT-Ti/S/B 16, Mixer-S/B 16, gMLP-S 16; ResNet-18 for CIFAR)."""
+    code, stdout, _ = vitkit_main("models")
+    assert code == 0
+    rows = [line.split() for line in stdout.splitlines()]
+    names = [row[0] for row in rows]
+    assert names == list_models() and len(set(names)) == len(names)
+    kinds = {row[0]: row[1] for row in rows}
+    assert {name for name, kind in kinds.items() if kind == "preset"} == set(PRESETS)
+    sizes = {row[0]: row[2] for row in rows}
+    published = {
+        "vit_tiny_patch16_224": "5.72M",
+        "vit_small_patch16_224": "22.05M",
+        "vit_base_patch16_224": "86.57M",
+        "mixer_s16_224": "18.53M",
+        "mixer_b16_224": "59.88M",
+        "gmlp_s16_224": "19.42M",
+        "resnet18_cifar": "11.17M",
+    }
+    assert {name: sizes[name] for name in published} == published
+    assert all(row[3].endswith("px") for row in rows)
+    code, stdout, _ = vitkit_main("models", "--presets")
+    assert code == 0 and [line.split()[0] for line in stdout.splitlines()] == sorted(PRESETS)
