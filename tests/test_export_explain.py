@@ -15,7 +15,6 @@ from vitkit.models import create_model, save_model
 from vitkit.viz.explain import attention_maps, explain_tensor
 
 
-
 @pytest.fixture
 def onnxruntime():
     """Only the export and ONNX Runtime tests need it; the explanation tests run without."""

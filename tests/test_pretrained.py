@@ -20,7 +20,6 @@ from vitkit.pretrained import load_pretrained
 from vitkit.training.optim import param_groups
 
 
-
 def need_transformers():
     """Only the tests that build Hugging Face models need transformers; the others run without it."""
     return pytest.importorskip("transformers")

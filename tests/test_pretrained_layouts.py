@@ -232,7 +232,11 @@ def test_hf_vit_finetune_preset_end_to_end(hub, tmp_path):
     args = yaml.safe_load((out / "args.yaml").read_text())
     assert args["pretrained"] == "google/vit-base-patch16-224-in21k" and args["preset"] == "hf-vit-finetune"
     assert (args["optimizer"], args["lr"], args["weight_decay"], args["batch_size"], args["epochs"]) == (
-        "adamw", 2e-4, 0.01, 16, 3
+        "adamw",
+        2e-4,
+        0.01,
+        16,
+        3,
     )
     with open(out / "metrics.csv") as f:
         lr = [float(row["lr"]) for row in csv.DictReader(f)]
