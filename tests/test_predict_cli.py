@@ -172,7 +172,9 @@ def test_models_lists_every_model_and_preset_with_published_sizes():
     (timm's model cards: ViT-Ti/S/B 16, Mixer-S/B 16, gMLP-S 16; ResNet-18 for CIFAR)."""
     code, stdout, _ = vitkit_main("models")
     assert code == 0
-    rows = [line.split() for line in stdout.splitlines()]
+    header, *lines = stdout.splitlines()
+    assert header.split()[:4] == ["name", "family", "params", "size"]
+    rows = [line.split() for line in lines]
     names = [row[0] for row in rows]
     assert names == list_models() and len(set(names)) == len(names)
     kinds = {row[0]: row[1] for row in rows}
@@ -190,4 +192,4 @@ def test_models_lists_every_model_and_preset_with_published_sizes():
     assert {name: sizes[name] for name in published} == published
     assert all(row[3].endswith("px") for row in rows)
     code, stdout, _ = vitkit_main("models", "--presets")
-    assert code == 0 and [line.split()[0] for line in stdout.splitlines()] == sorted(PRESETS)
+    assert code == 0 and [line.split()[0] for line in stdout.splitlines()[1:]] == sorted(PRESETS)

@@ -132,21 +132,23 @@ def test_timm_and_deit_checkpoints_reproduce_timm_s_forward(timm_state, tmp_path
         timm_hub_folder(tmp_path / "hub-folder", timm_state),
     ]
     for source in sources:
-        model, pre, names = load_pretrained(source)
+        loaded = load_pretrained(source)
+        model, pre = loaded.model, loaded.preprocessing
         assert (model.config.num_heads, model.config.depth, model.config.num_classes) == (HEADS, DEPTH, CLASSES)
-        assert pre["image_size"] == 224 and names is None and model.has_pretrained_head
+        assert pre.image_size == 224 and loaded.class_names is None and loaded.has_head
         # timm builds every ViT norm as LayerNorm(eps=1e-6); at these activations 1e-5 would hide in the noise
         assert {m.eps for m in model.modules() if isinstance(m, torch.nn.LayerNorm)} == {1e-6}
         with torch.no_grad():
             assert (model.eval()(x) - expected).abs().max() < 1e-4, source.name
-    assert pre["mean"] == [0.5] * 3 and pre["std"] == [0.5] * 3 and pre["resample"] == "bicubic"  # pretrained_cfg
+    assert pre.mean == (0.5,) * 3 and pre.std == (0.5,) * 3 and pre.resample == "bicubic"  # pretrained_cfg
 
 
 def test_a_timm_backbone_without_its_head_loads(timm_state, tmp_path):
     backbone = {k: v for k, v in timm_state.items() if not k.startswith("head.")}
     save_file(backbone, str(tmp_path / "vit_tiny_patch16_224.safetensors"))
-    model, _, _ = load_pretrained(tmp_path / "vit_tiny_patch16_224.safetensors")
-    assert not model.has_pretrained_head
+    loaded = load_pretrained(tmp_path / "vit_tiny_patch16_224.safetensors")
+    model = loaded.model
+    assert not loaded.has_head
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         features = model.pool(model.forward_features(x))
