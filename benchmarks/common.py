@@ -15,6 +15,12 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+def project_path(path: str) -> str:
+    """A data path as the results record it: relative to the project when it is a folder on disk,
+    so committed JSON names no machine's absolute paths (built-in names pass through)."""
+    return os.path.relpath(path, REPO) if Path(path).is_absolute() else path
+
+
 def machine() -> dict:
     cpu = platform.processor() or platform.machine()
     try:

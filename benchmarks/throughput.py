@@ -14,7 +14,7 @@ import argparse
 import sys
 
 import torch
-from common import SHARED_DATA, machine, merge_rows, print_table, timed, write_json
+from common import SHARED_DATA, machine, merge_rows, print_table, project_path, timed, write_json
 
 from vitkit.data.augment import one_hot_smooth
 from vitkit.models import PRESETS, count_parameters
@@ -139,7 +139,8 @@ def main() -> int:
         ],
     )
     write_json(
-        args.json, {"machine": machine(), "data": args.data, "amp": args.amp, "compile": args.compile, "rows": rows}
+        args.json,
+        {"machine": machine(), "data": project_path(args.data), "amp": args.amp, "compile": args.compile, "rows": rows},
     )
     return 0
 

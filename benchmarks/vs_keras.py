@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import REPO, SHARED_DATA, machine, print_table, sync, write_json
+from common import REPO, SHARED_DATA, machine, print_table, project_path, sync, write_json
 
 from vitkit.training.config import make_config
 from vitkit.training.engine import Trainer
@@ -155,7 +155,9 @@ def main() -> int:
             ("speedup", "x Keras", ".1f"),
         ],
     )
-    write_json(args.json, {"machine": machine(), "data": args.data, "compile": args.compile, "rows": rows})
+    write_json(
+        args.json, {"machine": machine(), "data": project_path(args.data), "compile": args.compile, "rows": rows}
+    )
     return 0
 
 

@@ -22,13 +22,10 @@ class MetricAccumulator:
         self.confusion += torch.bincount(
             labels * self.num_classes + logits.argmax(dim=1), minlength=self.num_classes**2
         )
-        self.sums += torch.stack(
-            [
-                torch.as_tensor(loss_sum, dtype=torch.float64, device=self.sums.device).detach(),
-                torch.tensor(float(labels.shape[0]), dtype=torch.float64, device=self.sums.device),
-                hits.to(torch.float64),
-            ]
-        )
+        # in-place adds on the device: no host round trip, no new host-made tensors per batch
+        self.sums[0] += loss_sum.detach() if isinstance(loss_sum, torch.Tensor) else loss_sum
+        self.sums[1] += labels.shape[0]
+        self.sums[2] += hits
 
     @property
     def loss_sum(self) -> float:
