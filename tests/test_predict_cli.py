@@ -1,5 +1,5 @@
 """`vitkit predict` end to end (output formats, folders, globs, per-file errors, an exported .onnx file),
-`vitkit serve` on both backends, and `vitkit models`."""
+`Classifier.predict` from Python against it, `vitkit serve` on both backends, and `vitkit models`."""
 
 import contextlib
 import csv
@@ -10,10 +10,14 @@ import subprocess
 import time
 
 import httpx
+import numpy as np
 import pytest
-from conftest import subprocess_env, vitkit_cmd
+import torch
+from conftest import shared_dataset, subprocess_env, vitkit_cmd
+from PIL import Image
 from test_serve import free_port
 
+import vitkit
 from vitkit.cli import main as cli_main
 from vitkit.models import PRESETS, list_models
 
@@ -128,6 +132,46 @@ def test_an_exported_onnx_file_predicts_like_the_checkpoint(digits_run, digit_im
     code, stdout, stderr = predict(onnx_path, *digit_images[0], "--format", "json")
     assert code == 0, stderr
     assert_same_predictions(json.loads(stdout), torch_predictions)
+
+
+def test_python_predict_gives_the_cli_answers_for_files_and_images_in_memory(digits_run, digit_images):
+    """A wide real photo and a grey digit, given as a path, a PIL image, a numpy array and a uint8 tensor: the
+    same objects as `vitkit predict --format json`, so in-memory images are resized and cropped as files are."""
+    out, _ = digits_run
+    photo = shared_dataset("flowers-mini") / "train" / "daisy" / "4694730335_2553e77aa5_z.jpg"  # 160x58
+    digit = digit_images[0][0]
+    code, stdout, stderr = predict(out, photo, digit, "--format", "json", "--topk", "3", "--backend", "torch")
+    assert code == 0, stderr
+    cli_photo, cli_digit = json.loads(stdout)
+    clf = vitkit.load(out, device="cpu")
+
+    assert clf.predict(str(photo), topk=3) == cli_photo
+    assert clf(photo, topk=3) == cli_photo
+    in_memory = {"predictions": cli_photo["predictions"]}
+    pixels = np.array(Image.open(photo))
+    assert pixels.shape == (58, 160, 3)
+    assert clf.predict(Image.open(photo), topk=3) == {"input": 0, **in_memory}
+    assert clf.predict(pixels, topk=3) == {"input": 0, **in_memory}
+    chw = torch.from_numpy(pixels).permute(2, 0, 1)
+    grey = np.asarray(Image.open(digit))
+    assert grey.ndim == 2
+    mixed = clf.predict([chw, str(digit), grey, chw.unsqueeze(0).repeat(2, 1, 1, 1)], topk=3)
+    digit_answer = {"predictions": cli_digit["predictions"]}
+    assert mixed == [
+        {"input": 0, **in_memory},
+        cli_digit,
+        {"input": 2, **digit_answer},
+        {"input": 3, **in_memory},
+        {"input": 4, **in_memory},
+    ]
+    assert clf.predict([str(digit)], topk=3) == [cli_digit]  # a list gives a list, even of one
+
+    with pytest.raises(ValueError, match=r"inputs\[1\]: pixels of dtype float32; pass uint8"):
+        clf.predict([pixels, pixels.astype(np.float32)])
+    with pytest.raises(TypeError, match="inputs is a dict"):
+        clf.predict({"image": str(photo)})
+    with pytest.raises(ValueError, match="pass photos of any size to predict"):
+        clf.predict_tensor(chw.unsqueeze(0))  # a raw photo would be squashed, not cropped
 
 
 @pytest.mark.parametrize("backend", ["torch", "onnxruntime"])

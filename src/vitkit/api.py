@@ -64,9 +64,36 @@ class Classifier:
     def backend(self) -> str:
         return "torch" if isinstance(self.model, torch.nn.Module) else "onnxruntime"
 
+    def predict(self, inputs, topk: int = 5, batch_size: int = 32) -> dict | list[dict]:
+        """Top-k labels for images, decoded, resized and cropped exactly as `vitkit predict` does it.
+
+        `inputs`: a file path, a folder (searched for images) or a glob; a PIL image; a numpy array of
+        uint8 pixels (HxWx3 RGB or HxW grey); a uint8 torch tensor (CxHxW, or NxCxHxW for several); or a
+        list mixing them. Results are what `vitkit predict --format json` prints: {"path": ...,
+        "predictions": [{"label", "score"}, ...]} best first, with "input": n (the result's position)
+        instead of "path" for an image in memory, and "error" instead of "predictions" for one that
+        cannot be decoded. One image gives one result; a list, folder, glob or NxCxHxW batch a list.
+        `classifier(inputs)` is the same call.
+        """
+        from .predict import collect_images, is_one_image, predict_images
+
+        results = predict_images(self, collect_images(inputs, self.preprocessing), topk, batch_size, progress=False)
+        single = not isinstance(inputs, (list, tuple)) and is_one_image(inputs)
+        return results[0] if single else results
+
+    __call__ = predict
+
     @torch.inference_mode()
     def predict_tensor(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 NCHW (any size, any channel count) -> class probabilities."""
+        """Class probabilities for uint8 NCHW images already decoded to the preprocessing's square
+        (`Preprocessing.load_tensor` or `image_tensor`), any channel count. Photos of any other size go
+        through `predict`, which resizes and crops them first: resizing them here would squash them."""
+        side = self.preprocessing.square_size
+        if images.ndim != 4 or images.shape[-2:] not in ((side, side), (self.image_size, self.image_size)):
+            raise ValueError(
+                f"predict_tensor takes NxCx{side}x{side} images as preprocessing decodes them, got "
+                f"{tuple(images.shape)}; pass photos of any size to predict(), which resizes and crops them"
+            )
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16 and self.backend == "torch"):
             return self.model(self.augment.eval(images.to(self.device))).float().softmax(-1).cpu()
 

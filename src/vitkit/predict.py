@@ -1,14 +1,17 @@
-"""Batched prediction over files, folders and globs with a checkpoint's own preprocessing."""
+"""Batched prediction over files, folders, globs and images in memory with a checkpoint's own preprocessing."""
 
 from __future__ import annotations
 
 import fnmatch
 import glob
 import os
+from functools import partial
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
+import numpy as np
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 from .data.images import BadImageError, is_image_file
@@ -82,31 +85,104 @@ def top_k(probs: torch.Tensor, class_names: list[str], k: int) -> list[list[dict
     ]
 
 
-def predict_paths(
-    classifier, paths: list[Path], topk: int = 5, batch_size: int = 32, progress: bool = True
+def predict_images(
+    classifier,
+    images: list[tuple[dict, Callable[[], torch.Tensor]]],
+    topk: int = 5,
+    batch_size: int = 32,
+    progress: bool = True,
 ) -> list[dict]:
-    """[{"path": ..., "predictions": [{"label", "score"}, ...]}] best first; unreadable images get
-    an "error" entry instead of stopping the whole batch."""
+    """One result per (identity, decode) pair, in order: the identity ({"path": ...} or {"input": n}) with
+    "predictions" [{"label", "score"}, ...] best first, or with "error" when decode raises BadImageError,
+    so one unreadable image never stops the batch."""
     if topk < 1 or batch_size < 1:
         raise ValueError(f"topk={topk}, batch_size={batch_size}: both must be at least 1")
     results: list[dict] = []
-    bar = tqdm(total=len(paths), unit="img", disable=not progress or len(paths) < 2 * batch_size, leave=False)
-    for start in range(0, len(paths), batch_size):
-        chunk = paths[start : start + batch_size]
-        tensors, ok = [], []
-        for p in chunk:
+    bar = tqdm(total=len(images), unit="img", disable=not progress or len(images) < 2 * batch_size, leave=False)
+    for start in range(0, len(images), batch_size):
+        chunk = images[start : start + batch_size]
+        tensors, decoded = [], []
+        for identity, decode in chunk:
             try:
-                tensors.append(classifier.preprocessing.load_tensor(p))
-                ok.append(p)
+                tensors.append(decode())
+                decoded.append(len(results))
+                results.append(dict(identity))
             except BadImageError as e:
-                results.append({"path": str(p), "error": str(e)})
+                results.append({**identity, "error": str(e)})
         if tensors:
             probs = classifier.predict_tensor(torch.stack(tensors))
-            results += [
-                {"path": str(p), "predictions": preds}
-                for p, preds in zip(ok, top_k(probs, classifier.class_names, topk))
-            ]
+            for index, preds in zip(decoded, top_k(probs, classifier.class_names, topk)):
+                results[index]["predictions"] = preds
         bar.update(len(chunk))
     bar.close()
-    order = {str(p): i for i, p in enumerate(paths)}
-    return sorted(results, key=lambda r: order[r["path"]])
+    return results
+
+
+def predict_paths(
+    classifier, paths: list[Path], topk: int = 5, batch_size: int = 32, progress: bool = True
+) -> list[dict]:
+    """[{"path": ..., "predictions": [{"label", "score"}, ...]}] best first, as `vitkit predict` prints it."""
+    load = classifier.preprocessing.load_tensor
+    return predict_images(classifier, [({"path": str(p)}, partial(load, p)) for p in paths], topk, batch_size, progress)
+
+
+def image_from_pixels(pixels: np.ndarray, name: str) -> Image.Image:
+    """HxW grey or HxWxC (C = 1, 3 or 4) uint8 pixels as a Pillow image."""
+    if pixels.dtype != np.uint8:
+        raise ValueError(f"{name}: pixels of dtype {pixels.dtype}; pass uint8 pixels (0-255), as images are stored")
+    if pixels.ndim == 3 and pixels.shape[2] == 1:
+        pixels = pixels[:, :, 0]
+    if pixels.ndim == 2:
+        return Image.fromarray(np.ascontiguousarray(pixels), "L")
+    if pixels.ndim == 3 and pixels.shape[2] in (3, 4):
+        return Image.fromarray(np.ascontiguousarray(pixels), "RGB" if pixels.shape[2] == 3 else "RGBA")
+    raise ValueError(f"{name}: an array of shape {pixels.shape}; pass HxWx3 (RGB), HxWx4 (RGBA) or HxW (grey) pixels")
+
+
+def image_from_tensor(tensor: torch.Tensor, name: str) -> Image.Image:
+    """A CxHxW (C = 1, 3 or 4) uint8 tensor as a Pillow image."""
+    if tensor.dtype != torch.uint8:
+        raise ValueError(f"{name}: a tensor of dtype {tensor.dtype}; pass uint8 pixels (0-255)")
+    if tensor.ndim != 3 or tensor.shape[0] not in (1, 3, 4):
+        raise ValueError(
+            f"{name}: a tensor of shape {tuple(tensor.shape)}; pass CxHxW or NxCxHxW pixels with C = 1, 3 or 4"
+        )
+    return image_from_pixels(tensor.detach().cpu().permute(1, 2, 0).numpy(), name)
+
+
+def is_one_image(source) -> bool:
+    """Whether `source` is a single image (a file, or one image in memory) rather than a folder, glob or batch."""
+    if isinstance(source, (str, os.PathLike)):
+        return Path(source).is_file()
+    return not (isinstance(source, torch.Tensor) and source.ndim == 4)
+
+
+def collect_images(inputs, preprocessing) -> list[tuple[dict, Callable[[], torch.Tensor]]]:
+    """(identity, decode) pairs for `predict_images` from what `Classifier.predict` accepts: paths, folders
+    and globs decode as `vitkit predict` decodes files; images in memory go through the same resize and
+    crop once made Pillow images. Inputs of the wrong type, dtype or shape are refused here, naming them."""
+    given = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+    images: list[tuple[dict, Callable[[], torch.Tensor]]] = []
+
+    def add_in_memory(img: Image.Image, name: str) -> None:
+        images.append(({"input": len(images)}, partial(preprocessing.image_tensor, img, name)))
+
+    for i, item in enumerate(given):
+        name = f"inputs[{i}]" if isinstance(inputs, (list, tuple)) else "inputs"
+        if isinstance(item, (str, os.PathLike)):
+            paths = expand_paths([os.fspath(item)])
+            images += [({"path": str(p)}, partial(preprocessing.load_tensor, p)) for p in paths]
+        elif isinstance(item, Image.Image):
+            add_in_memory(item, name)
+        elif isinstance(item, np.ndarray):
+            add_in_memory(image_from_pixels(item, name), name)
+        elif isinstance(item, torch.Tensor):
+            for j, image in enumerate(item if item.ndim == 4 else [item]):
+                image_name = f"{name}[{j}]" if item.ndim == 4 else name
+                add_in_memory(image_from_tensor(image, image_name), image_name)
+        else:
+            raise TypeError(
+                f"{name} is a {type(item).__name__}; pass file paths, folders, globs, PIL images, numpy arrays "
+                "or uint8 torch tensors (or a list of them)"
+            )
+    return images

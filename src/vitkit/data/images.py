@@ -54,6 +54,28 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def check_image_size(width: int, height: int, name: str, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
+    """Refuse sizes no photo has: over `max_pixels` (a decompression bomb) or over MAX_ASPECT_RATIO."""
+    if width * height > max_pixels:
+        raise BadImageError(
+            f"{name}: {width}x{height} pixels is over the limit of {max_pixels:,} (possible decompression bomb)",
+            "bomb",
+        )
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise BadImageError(
+            f"{name}: {width}x{height} pixels is more than {MAX_ASPECT_RATIO} times longer than "
+            "wide; crop it to the part to classify",
+            "shape",
+        )
+
+
+def decoded_image(img: Image.Image, name: str = "image") -> Image.Image:
+    """An image already in memory made what `open_image` makes of a file: size checked, EXIF orientation
+    applied, 8-bit RGB."""
+    check_image_size(*img.size, name)
+    return to_rgb(ImageOps.exif_transpose(img))
+
+
 def open_image(
     source, max_pixels: int = MAX_IMAGE_PIXELS, name: str | None = None, min_side: int | None = None
 ) -> Image.Image:
@@ -68,19 +90,8 @@ def open_image(
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(source) as img:
+                check_image_size(*img.size, name, max_pixels)
                 width, height = img.size
-                if width * height > max_pixels:
-                    raise BadImageError(
-                        f"{name}: {width}x{height} pixels is over the limit of "
-                        f"{max_pixels:,} (possible decompression bomb)",
-                        "bomb",
-                    )
-                if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
-                    raise BadImageError(
-                        f"{name}: {width}x{height} pixels is more than {MAX_ASPECT_RATIO} times longer than "
-                        "wide; crop it to the part to classify",
-                        "shape",
-                    )
                 if min_side and img.format == "JPEG" and width * height > DRAFT_ABOVE_PIXELS:
                     img.draft(img.mode, (min_side, min_side))
                 img.load()

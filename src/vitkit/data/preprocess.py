@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .images import BadImageError, open_image
+from .images import BadImageError, decoded_image, open_image
 
 MODES = ("crop", "stretch")
 RESAMPLE = {
@@ -127,7 +127,12 @@ class Preprocessing:
 
     def load_tensor(self, source, name: str | None = None) -> torch.Tensor:
         """(3, square_size, square_size) uint8 tensor, decoded exactly as training images are."""
-        return torch.from_numpy(np.ascontiguousarray(self.load_array(source, name).transpose(2, 0, 1)))
+        return _chw(self.load_array(source, name))
+
+    def image_tensor(self, img: Image.Image, name: str = "image") -> torch.Tensor:
+        """(3, square_size, square_size) uint8 tensor from an image already in memory (any Pillow mode):
+        the checks, orientation, RGB conversion and step 2 that a file gets once decoded."""
+        return _chw(np.asarray(self.fit(decoded_image(img, name), name), dtype=np.uint8))
 
     def batch_augment(self, spec=None):
         """The device half (step 3), optionally with training augmentation."""
@@ -169,6 +174,10 @@ class Preprocessing:
             resample=data.get("resample", "bicubic"),
             decode_size=data.get("decode_size"),
         )
+
+
+def _chw(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
 
 
 def run_preprocessing(
