@@ -4,14 +4,17 @@ import asyncio
 import io
 import json
 import os
+import re
 import socket
 import subprocess
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ROOT, run_vitkit, subprocess_env, vitkit_cmd
+from conftest import ROOT, run_vitkit, shared_dataset, subprocess_env, vitkit_cmd
 from PIL import Image
 
 
@@ -21,28 +24,42 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+URL_LINE = re.compile(r"^vitkit serve: (\S+) \((.*)\) at (http://127\.0\.0\.1:(\d+))/ \(Ctrl\+C to stop\)$")
+
+
+@dataclass
+class Server:
+    base: str  # the address the server printed, without the trailing slash
+    port: int
+    checkpoint: Path
+    output: list[str]  # the process's stdout and stderr lines so far, read as they come
+
+
 @pytest.fixture(scope="module")
 def server(digits_run):
+    """`vitkit serve` on a port the system picks: the tests learn the address from the line it prints."""
     out, _ = digits_run
-    port = free_port()
     proc = subprocess.Popen(
-        vitkit_cmd("serve", str(out), "--port", str(port), "--max-upload-mb", "1"),
+        vitkit_cmd("serve", str(out), "--port", "0", "--max-upload-mb", "1"),
         env=subprocess_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
-    base = f"http://127.0.0.1:{port}"
+    output: list[str] = []
+
+    def read_output():  # on a thread, so the server never blocks on a full pipe while it logs requests
+        for line in proc.stdout:
+            output.append(line.rstrip("\n"))
+
+    threading.Thread(target=read_output, daemon=True).start()
     deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if httpx.get(base + "/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.2)
-        if proc.poll() is not None:
-            raise RuntimeError(proc.stdout.read())
-    yield base, port, out
+    while not (found := [m for m in map(URL_LINE.match, list(output)) if m]):
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            raise RuntimeError("no address line from the server:\n" + "\n".join(output))
+        time.sleep(0.1)
+    yield Server(found[0][3], int(found[0][4]), out, output)
     proc.terminate()
     proc.wait(timeout=30)
 
@@ -52,7 +69,7 @@ def post(base, files, **kw):
 
 
 def test_predictions_match_the_cli(server, digit_images):
-    base, _, out = server
+    base, out = server.base, server.checkpoint
     paths, _ = digit_images
     cli = subprocess.run(
         vitkit_cmd("predict", str(out), *map(str, paths[:4]), "--format", "json"),
@@ -74,7 +91,7 @@ def test_predictions_match_the_cli(server, digit_images):
 
 
 def test_health_and_labels(server):
-    base, port, _ = server
+    base, port = server.base, server.port
     assert httpx.get(base + "/health").json()["status"] == "ok"
     assert httpx.get(base + "/labels").json()["labels"] == [str(i) for i in range(10)]
     # bound to loopback only: /proc/net/tcp lists the listening socket as 127.0.0.1
@@ -85,8 +102,29 @@ def test_health_and_labels(server):
     assert f"00000000:{port:04X}" not in listening
 
 
+def test_prints_its_address_and_logs_each_request(server, digit_images):
+    (line,) = [line for line in server.output if URL_LINE.match(line)]
+    name, summary = URL_LINE.match(line).group(1, 2)
+    assert name == server.checkpoint.name and summary == "vit, 16 px, 10 classes"
+    path = digit_images[0][0]
+    assert httpx.get(server.base + "/labels").status_code == 200
+    assert post(server.base, [("file", ("notes.txt", b"hello", "text/plain"))]).status_code == 415
+    assert post(server.base, [("file", (path.name, path.read_bytes(), "image/png"))]).status_code == 200
+    request_line = re.compile(
+        r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} 127\.0\.0\.1 (GET|POST) (\S+) (\d{3}) \d+\.\d ms$"
+    )
+    expected = [("GET", "/labels", "200"), ("POST", "/predict", "415"), ("POST", "/predict", "200")]
+    deadline = time.time() + 10  # each line is written once its response has gone out
+    while True:
+        logged = [m.groups() for m in map(request_line.match, list(server.output)) if m]
+        if logged[-3:] == expected or time.time() > deadline:
+            break
+        time.sleep(0.05)
+    assert logged[-3:] == expected, "\n".join(server.output[-10:])
+
+
 def test_200_concurrent_requests_are_micro_batched(server, digit_images):
-    base, _, _ = server
+    base = server.base
     paths, _ = digit_images
     payloads = [p.read_bytes() for p in paths]
 
@@ -112,7 +150,7 @@ def test_200_concurrent_requests_are_micro_batched(server, digit_images):
 
 
 def test_bad_input(server, digit_images, tmp_path):
-    base, _, _ = server
+    base = server.base
     png = digit_images[0][0].read_bytes()
     big = io.BytesIO()
     Image.frombytes("RGB", (800, 800), os.urandom(800 * 800 * 3)).save(big, "PNG")  # ~1.9 MB, over the 1 MB limit
@@ -137,7 +175,7 @@ def test_bad_input(server, digit_images, tmp_path):
 
 
 def test_explain_endpoint(server, digit_images):
-    base, _, _ = server
+    base = server.base
     path = digit_images[0][0]
     response = httpx.post(base + "/explain", files=[("file", (path.name, path.read_bytes(), "image/png"))], timeout=60)
     assert response.status_code == 200
@@ -150,14 +188,17 @@ def test_serve_refuses_a_missing_checkpoint(tmp_path):
     assert proc.returncode == 2 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_web_page_in_headless_chromium(server, digit_images):
+def test_web_page_in_headless_chromium(server):
+    """A wide real photo on the page at desktop and phone widths: the model's name, a loading indicator while
+    the request is in flight, the photo undistorted with the crop box, the model's view and its overlay the same
+    square size, and no horizontal scroll at 420 px. Screenshots go to test-artifacts/ to look at."""
     webdriver = pytest.importorskip("selenium.webdriver")
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     if not (Path("/usr/bin/chromium").exists() and Path("/usr/bin/chromedriver").exists()):
         pytest.skip("Debian chromium and chromium-driver are not installed")
-    base, _, _ = server
+    photo = shared_dataset("flowers-mini") / "train" / "daisy" / "4694730335_2553e77aa5_z.jpg"  # 160x58
     options = webdriver.ChromeOptions()
     options.binary_location = "/usr/bin/chromium"
     for flag in (
@@ -169,26 +210,51 @@ def test_web_page_in_headless_chromium(server, digit_images):
         "--disable-component-update",
         "--disable-sync",
         "--no-first-run",
-        "--window-size=1000,800",
+        "--hide-scrollbars",
+        "--window-size=1280,1000",
     ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path="/usr/bin/chromedriver"), options=options)
+    artifacts = Path(os.environ.get("VITKIT_TEST_ARTIFACTS", ROOT / "test-artifacts"))
+    artifacts.mkdir(parents=True, exist_ok=True)
     try:
-        driver.get(base + "/")
+        driver.get(server.base + "/")
         assert "vitkit" in driver.title
-        driver.find_element(By.ID, "file").send_keys(str(digit_images[0][0]))
-        WebDriverWait(driver, 60).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#bars .bar-row")) == 5)
-        overlay = driver.find_element(By.ID, "overlay")
-        assert overlay.get_attribute("src").startswith("data:image/png;base64,")
+        assert driver.find_element(By.ID, "model").text == f"Model {server.checkpoint.name} (vit, 16 px, 10 classes)"
+        # hold the request back for a moment, so the page is seen while it waits
+        driver.execute_script(
+            "const send = window.fetch;"
+            "window.fetch = (...a) => new Promise(r => setTimeout(r, 1000)).then(() => send(...a));"
+        )
+        driver.find_element(By.ID, "file").send_keys(str(photo))
+        assert driver.find_element(By.ID, "status").is_displayed()
+        assert driver.find_element(By.ID, "drop").get_attribute("aria-busy") == "true"
+        WebDriverWait(driver, 60).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#bars .bar-label")) == 5)
+        assert not driver.find_element(By.ID, "status").is_displayed()
         WebDriverWait(driver, 30).until(
-            lambda d: d.execute_script(
-                "const i = document.getElementById('overlay'); return i.complete && i.naturalWidth > 0"
-            )
+            lambda d: d.execute_script("return [...document.images].every(i => i.complete && i.naturalWidth > 0)")
         )
         labels = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#bars .bar-label")]
         assert sorted(labels) == sorted(set(labels)) and all(label.isdigit() for label in labels)
-        artifacts = Path(os.environ.get("VITKIT_TEST_ARTIFACTS", ROOT / "test-artifacts"))
-        artifacts.mkdir(parents=True, exist_ok=True)
-        assert driver.save_screenshot(str(artifacts / "serve-page.png"))
+        for width in (1280, 420):
+            driver.set_window_size(width, 1000)
+            assert driver.execute_script("return window.innerWidth") == width
+            boxes = driver.execute_script(
+                """const box = id => document.getElementById(id).getBoundingClientRect().toJSON();
+                return {photo: box("photo"), crop: box("crop"), input: box("input"), overlay: box("overlay"),
+                        natural: [photo.naturalWidth, photo.naturalHeight]};"""
+            )
+            photo_box, crop, shown, overlay = (boxes[k] for k in ("photo", "crop", "input", "overlay"))
+            natural_width, natural_height = boxes["natural"]
+            # the photo keeps its proportions; the box marks its centre square, as the model crops it
+            assert photo_box["width"] / photo_box["height"] == pytest.approx(natural_width / natural_height, rel=0.03)
+            assert crop["height"] == pytest.approx(photo_box["height"], abs=1)
+            assert crop["width"] == pytest.approx(crop["height"], abs=1)
+            centre = photo_box["x"] + photo_box["width"] / 2
+            assert crop["x"] + crop["width"] / 2 == pytest.approx(centre, abs=1)
+            # the model's view and the overlay on it: the same square, so they line up
+            assert shown["width"] == overlay["width"] == shown["height"] == overlay["height"] > 100
+            assert driver.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
+            assert driver.save_screenshot(str(artifacts / f"serve-page-{width}px.png"))
     finally:
         driver.quit()

@@ -47,7 +47,8 @@ class Classifier:
     """A trained model with its preprocessing and class names, ready for images. `model` is a PyTorch
     module or an ONNX Runtime session wrapper; both take normalised float NCHW and return logits."""
 
-    def __init__(self, model, meta: dict, device: str = "auto", precision: str = "fp32"):
+    def __init__(self, model, meta: dict, device: str = "auto", precision: str = "fp32", name: str = "model"):
+        self.name = name  # what the checkpoint is called on screen: its run folder, file or hub id
         self.bf16 = precision == "bf16"
         self.device = resolve_device(device) if isinstance(model, torch.nn.Module) else torch.device("cpu")
         self.model = model.to(self.device).eval() if isinstance(model, torch.nn.Module) else model
@@ -63,6 +64,14 @@ class Classifier:
     @property
     def backend(self) -> str:
         return "torch" if isinstance(self.model, torch.nn.Module) else "onnxruntime"
+
+    @property
+    def summary(self) -> str:
+        """The recipe or model it was trained as (when recorded), family, input size and classes."""
+        trained = self.meta.get("train_config") or {}
+        parts = [trained.get("preset") or trained.get("model"), self.meta.get("family")]
+        parts += [f"{self.image_size} px", f"{len(self.class_names)} classes"]
+        return ", ".join(str(part) for part in parts if part)
 
     def predict(self, inputs, topk: int = 5, batch_size: int = 32) -> dict | list[dict]:
         """Top-k labels for images, decoded, resized and cropped exactly as `vitkit predict` does it.
@@ -96,6 +105,14 @@ class Classifier:
             )
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16 and self.backend == "torch"):
             return self.model(self.augment.eval(images.to(self.device))).float().softmax(-1).cpu()
+
+
+def checkpoint_name(path: Path) -> str:
+    """A checkpoint's name for people: its run folder's (not best/ or last/), or the .onnx file's."""
+    path = path.resolve()
+    if path.suffix == ".onnx":
+        return path.stem
+    return path.parent.name if path.name in ("best", "last") else path.name
 
 
 def _checkpoint_dir(path: Path) -> Path:
@@ -134,15 +151,16 @@ def load(
         onnx_model = OnnxModel(path, threads)
         if not onnx_model.meta.get("preprocessing"):
             raise ValueError(f"{path} has no vitkit metadata: export it with `vitkit export`")
-        return Classifier(onnx_model, onnx_model.meta)
+        return Classifier(onnx_model, onnx_model.meta, name=checkpoint_name(path))
+    name = checkpoint_name(path)
     path = _checkpoint_dir(path)
     model, meta = load_model(path)
-    classifier = Classifier(model, meta, device, precision)
+    classifier = Classifier(model, meta, device, precision, name)
     if backend == "onnxruntime":
         onnx_path = onnx_cache_path(path)
         if not onnx_path.is_file():
             export_onnx(classifier, onnx_path)
-        classifier = Classifier(OnnxModel(onnx_path, threads), meta)
+        classifier = Classifier(OnnxModel(onnx_path, threads), meta, name=name)
     return classifier
 
 

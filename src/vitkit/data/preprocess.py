@@ -113,17 +113,35 @@ class Preprocessing:
             )
         if (new_w, new_h) != img.size:
             img = img.resize((new_w, new_h), RESAMPLE[self.resample])
-        left, top = (new_w - size) // 2, (new_h - size) // 2
+        left, top = self._crop_origin(new_w, new_h)
         if (left, top, new_w, new_h) != (0, 0, size, size):
             img = img.crop((left, top, left + size, top + size))
         return img
 
+    def _crop_origin(self, new_w: int, new_h: int) -> tuple[int, int]:
+        return (new_w - self.square_size) // 2, (new_h - self.square_size) // 2
+
+    def crop_box(self, width: int, height: int) -> tuple[float, float, float, float]:
+        """The part of a width x height image that `fit` keeps, as (left, top, right, bottom) fractions of
+        its sides, to show it on the undistorted image."""
+        new_w, new_h = self.resized_shape(width, height)
+        left, top = self._crop_origin(new_w, new_h)
+        size = self.square_size
+        return left / new_w, top / new_h, (left + size) / new_w, (top + size) / new_h
+
     # -- decoding -------------------------------------------------------------------------
+    def decode(self, source, name: str | None = None) -> Image.Image:
+        """Step 1 for a path or file object: RGB, EXIF orientation applied."""
+        return open_image(source, name=name, min_side=self.resize_size)
+
+    def fitted_tensor(self, img: Image.Image, name: str = "image") -> torch.Tensor:
+        """(3, square_size, square_size) uint8 tensor of a decoded RGB image (step 2)."""
+        return _chw(np.asarray(self.fit(img, name), dtype=np.uint8))
+
     def load_array(self, source, name: str | None = None) -> np.ndarray:
         """(square_size, square_size, 3) uint8 from a path or file object (steps 1-2 above)."""
-        img = open_image(source, name=name, min_side=self.resize_size)
         label = name or getattr(source, "name", None) or str(source)
-        return np.asarray(self.fit(img, label), dtype=np.uint8)
+        return np.asarray(self.fit(self.decode(source, name), label), dtype=np.uint8)
 
     def load_tensor(self, source, name: str | None = None) -> torch.Tensor:
         """(3, square_size, square_size) uint8 tensor, decoded exactly as training images are."""
@@ -132,7 +150,7 @@ class Preprocessing:
     def image_tensor(self, img: Image.Image, name: str = "image") -> torch.Tensor:
         """(3, square_size, square_size) uint8 tensor from an image already in memory (any Pillow mode):
         the checks, orientation, RGB conversion and step 2 that a file gets once decoded."""
-        return _chw(np.asarray(self.fit(decoded_image(img, name), name), dtype=np.uint8))
+        return self.fitted_tensor(decoded_image(img, name), name)
 
     def batch_augment(self, spec=None):
         """The device half (step 3), optionally with training augmentation."""

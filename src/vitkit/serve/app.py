@@ -1,8 +1,12 @@
 """HTTP API and web page for a trained classifier (FastAPI + uvicorn).
 
 POST /predict   multipart/form-data, field `file` (repeat it for several images) -> top-k per image
-POST /explain   one image -> top-k and the attention/saliency overlay as a PNG data URL
+POST /explain   one image -> top-k, the image as the model sees it and the attention/saliency overlay on it
+                (PNG data URLs), and the part of the photo they show
 GET  /health    GET /labels    GET /  (a page to drop an image on)
+
+`vitkit serve` prints its address once it accepts connections and logs every request (client, method,
+path, status, milliseconds) at info level on the `vitkit.serve` logger.
 
 Concurrent requests are micro-batched: images wait up to `max_wait_ms` for company and then go
 through the model in one forward pass (at most `max_batch` images). Uploads stream to the form parser
@@ -14,16 +18,21 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import html
 import io
 import ipaddress
+import logging
 import os
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
@@ -36,6 +45,7 @@ from ..predict import top_k
 from .limits import ServeLimits
 
 PAGE = (Path(__file__).parent / "page.html").read_text()
+request_log = logging.getLogger("vitkit.serve")
 
 
 # Decoding more than this many pixels takes ~0.1 s and ~40 MB or more; such images take turns on one thread
@@ -113,7 +123,7 @@ class Decoder:
         which case decoding names what is wrong."""
         return await asyncio.get_running_loop().run_in_executor(self.light, header_pixels, file)
 
-    async def decode(self, load, file, name: str, pixels: int) -> torch.Tensor:
+    async def decode(self, load, file, name: str, pixels: int):
         pool = self.heavy if pixels > HEAVY_PIXELS else self.light
         return await asyncio.get_running_loop().run_in_executor(pool, load, file, name)
 
@@ -172,7 +182,7 @@ def limited_receive(receive, limit: int, timeout: float):
 
 async def read_images(
     request: Request, limits: ServeLimits, load, decoder: Decoder, inflight: InflightBytes
-) -> list[tuple[str, torch.Tensor]]:
+) -> list[tuple[str, Any]]:
     """The request's images as `load(file, name)` decodes them, after checking them against `limits`."""
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
@@ -203,7 +213,7 @@ async def read_images(
             await form.close()
 
 
-async def decode_uploads(form, limits: ServeLimits, load, decoder: Decoder) -> list[tuple[str, torch.Tensor]]:
+async def decode_uploads(form, limits: ServeLimits, load, decoder: Decoder) -> list[tuple[str, Any]]:
     uploads = [f for f in form.getlist("file") if hasattr(f, "read")]
     if not uploads:
         raise ClientError(400, "no image in the field 'file'")
@@ -238,25 +248,71 @@ async def decode_uploads(form, limits: ServeLimits, load, decoder: Decoder) -> l
     return [(name, image) for (name, _), image in zip(named, decoded)]
 
 
-def overlay_data_url(classifier, image: torch.Tensor) -> tuple[list[dict], str]:
+def png_data_url(pixels: np.ndarray, side: int = 256) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels)).resize((side, side), Image.Resampling.NEAREST).save(buffer, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def explanation(classifier, image: torch.Tensor) -> dict:
+    """Top-5, the image as the model sees it (the centre crop at its input size) and the attention or
+    saliency overlay on those same pixels, both as PNG data URLs of one size so that they line up."""
     from ..viz.explain import explain_tensor, overlay
     from ..viz.report import display_images
 
     probs, maps = explain_tensor(classifier, image.unsqueeze(0))
     shown = display_images(image.unsqueeze(0), classifier.augment)[0]
-    shown = shown.expand(3, -1, -1) if shown.shape[0] == 1 else shown
+    shown = (shown.expand(3, -1, -1) if shown.shape[0] == 1 else shown).permute(1, 2, 0).numpy()
     heat = next(iter(maps.values()))[0].numpy()
-    blended = overlay(shown.permute(1, 2, 0).numpy(), heat)
-    buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(blended)).resize((256, 256), Image.Resampling.NEAREST).save(buffer, "PNG")
-    return top_k(probs, classifier.class_names, 5)[0], "data:image/png;base64," + base64.b64encode(
-        buffer.getvalue()
-    ).decode()
+    return {
+        "predictions": top_k(probs, classifier.class_names, 5)[0],
+        "input": png_data_url(shown),
+        "overlay": png_data_url(overlay(shown, heat)),
+    }
+
+
+class RequestLog:
+    """ASGI middleware: one info line per request, once its response has gone out (or failed)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), 0
+
+        async def send_and_note_status(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note_status)
+        except BaseException:
+            status = status or 500
+            raise
+        finally:
+            client = (scope.get("client") or ("-",))[0]
+            elapsed = (time.perf_counter() - start) * 1000
+            request_log.info("%s %s %s %d %.1f ms", client, scope["method"], scope["path"], status, elapsed)
 
 
 def image_loader(classifier):
     """file object, name -> the uint8 tensor the classifier's preprocessing makes of it."""
     return classifier.preprocessing.load_tensor
+
+
+def explain_loader(classifier):
+    """file object, name -> (the uint8 tensor image_loader makes of it, the part of the photo it shows)."""
+    preprocessing = classifier.preprocessing
+
+    def load(file, name: str) -> tuple[torch.Tensor, tuple[float, ...]]:
+        photo = preprocessing.decode(file, name)
+        return preprocessing.fitted_tensor(photo, name), preprocessing.crop_box(*photo.size)
+
+    return load
 
 
 def create_app(
@@ -283,6 +339,10 @@ def create_app(
 
     app = FastAPI(title="vitkit", lifespan=lifespan)
     app.state.batcher = batcher
+    app.add_middleware(RequestLog)
+    page_html = PAGE.replace("{{model}}", html.escape(classifier.name)).replace(
+        "{{summary}}", html.escape(classifier.summary)
+    )
 
     @app.exception_handler(ClientError)
     async def client_error(request, exc: ClientError):
@@ -292,12 +352,13 @@ def create_app(
 
     @app.exception_handler(ClientDisconnect)
     async def client_gone(request, exc: ClientDisconnect):
-        return Response(status_code=499)  # never delivered: the client hung up; logged by nobody
+        return Response(status_code=499)  # never delivered: the client hung up; the request log shows it
 
     @app.get("/health")
     async def health():
         return {
             "status": "ok",
+            "model": classifier.name,
             "backend": classifier.backend,
             "classes": len(classifier.class_names),
             "image_size": classifier.image_size,
@@ -311,7 +372,7 @@ def create_app(
 
     @app.get("/", response_class=HTMLResponse)
     async def page():
-        return PAGE
+        return page_html
 
     @app.post("/predict")
     async def predict(request: Request):
@@ -322,10 +383,11 @@ def create_app(
 
     @app.post("/explain")
     async def explain(request: Request):
-        images = await read_images(request, limits, image_loader(explainer), decoder, inflight)
+        images = await read_images(request, limits, explain_loader(explainer), decoder, inflight)
+        name, (image, crop) = images[0]
         async with explain_lock:  # gradients and attention capture are not re-entrant
-            top, url = await asyncio.get_running_loop().run_in_executor(None, overlay_data_url, explainer, images[0][1])
-        return {"path": images[0][0], "predictions": top, "overlay": url}
+            shown = await asyncio.get_running_loop().run_in_executor(None, explanation, explainer, image)
+        return {"path": name, **shown, "crop": dict(zip(("left", "top", "right", "bottom"), crop))}
 
     return app
 
@@ -383,6 +445,35 @@ def warn_if_exposed(host: str) -> None:
         )
 
 
+class AnnouncingServer(uvicorn.Server):
+    """uvicorn's server, printing where it listens (the real port, also for --port 0) once it accepts
+    connections."""
+
+    def __init__(self, config: uvicorn.Config, classifier):
+        super().__init__(config)
+        self.classifier = classifier
+
+    async def startup(self, sockets=None) -> None:
+        await super().startup(sockets)
+        if self.started and self.servers:
+            port = self.servers[0].sockets[0].getsockname()[1]
+            host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
+            print(
+                f"vitkit serve: {self.classifier.name} ({self.classifier.summary}) at http://{host}:{port}/ "
+                "(Ctrl+C to stop)",
+                flush=True,
+            )
+
+
+def log_requests_to_stderr() -> None:
+    if not request_log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        request_log.addHandler(handler)
+    request_log.setLevel(logging.INFO)
+    request_log.propagate = False
+
+
 def serve(
     checkpoint: str,
     host: str = "127.0.0.1",
@@ -394,8 +485,6 @@ def serve(
     topk: int = 5,
     limits: ServeLimits = ServeLimits(),
 ) -> None:
-    import uvicorn
-
     from ..api import load
 
     classifier = load(checkpoint, device=device, backend=backend, precision=precision, threads=threads)
@@ -403,7 +492,8 @@ def serve(
     app = create_app(classifier, explainer, limits=limits, topk=topk)
     protocol = type("ServeProtocol", (GuardedH11Protocol,), {"header_timeout": limits.client_timeout})
     warn_if_exposed(host)
-    uvicorn.run(
+    log_requests_to_stderr()
+    config = uvicorn.Config(
         app,
         host=host,
         port=port,
@@ -412,3 +502,10 @@ def serve(
         timeout_keep_alive=limits.keep_alive,
         limit_concurrency=limits.max_connections,
     )
+    server = AnnouncingServer(config, classifier)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    if not server.started:
+        sys.exit(3)  # uvicorn's startup failure status (e.g. the port is taken); it has logged why
