@@ -1,6 +1,8 @@
 """Pretrained ViTs: exact equivalence with transformers, hub downloads through a loopback mirror, transfer
 on real photos, HF export, and refusal of bad checkpoints (timm/DeiT layouts: test_pretrained_layouts.py)."""
 
+import contextlib
+import io
 import json
 import pickle
 import subprocess
@@ -15,6 +17,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import vitkit
+from vitkit.cli import main as cli_main
 from vitkit.models import create_model, save_model
 from vitkit.pretrained import load_pretrained
 from vitkit.training.optim import param_groups
@@ -256,6 +259,23 @@ def test_hf_export_round_trip_and_pipeline(digits_run, tmp_path):
         assert theirs[0]["label"] == mine["predictions"][0]["label"]
         for a, b in zip(theirs, mine["predictions"]):
             assert a["label"] == b["label"] and a["score"] == pytest.approx(b["score"], abs=1e-4)
+
+
+def test_hf_export_names_what_transformers_lacks(tmp_path):
+    """The folder-vit recipe's ViT (convolutional tokenizer, sequence pooling, no class token) has no
+    transformers equivalent: the refusal names each option and the flags that avoid it."""
+    model = create_model("vit_micro_patch4_32", num_classes=3, image_size=64, stem="conv", conv_layers=3, pool="seq")
+    save_model(model, tmp_path / "cct", class_names=["a", "b", "c"], preprocessing={"image_size": 64})
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = cli_main(["export", str(tmp_path / "cct"), str(tmp_path / "hf"), "--format", "hf"])
+    message = err.getvalue()
+    assert code == 2 and len(message.splitlines()) == 1, message
+    for option in ("stem='conv'", "pool='seq'", "class_token=False"):
+        assert option in message
+    assert "--model-arg stem=patch --model-arg class_token=true --model-arg pool=cls" in message
+    assert "vitkit export RUN model.onnx" in message
+    assert not (tmp_path / "hf").exists()
 
 
 def test_finetune_controls():

@@ -107,23 +107,47 @@ def hf_to_vitkit(state: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str, to
     return out
 
 
+def hf_incompatibilities(cfg: ViTConfig) -> list[tuple[str, str]]:
+    """(what this ViT has that transformers' ViTForImageClassification lacks, the training flag that avoids
+    it) for each such option; empty when the model exports exactly."""
+    found = []
+    if cfg.stem != "patch":
+        kind = "a convolutional tokenizer" if cfg.stem == "conv" else "shifted patch tokenization"
+        found.append(
+            (f"stem={cfg.stem!r} ({kind}; transformers embeds patches with one strided convolution)", "stem=patch")
+        )
+    if not cfg.class_token:
+        found.append(("class_token=False (transformers' ViT always has a class token)", "class_token=true"))
+    if cfg.pool != "cls":
+        found.append((f"pool={cfg.pool!r} (transformers classifies from the class token alone)", "pool=cls"))
+    if cfg.lsa:
+        found.append(("lsa=True (locality self-attention)", "lsa=false"))
+    if cfg.head_hidden:
+        found.append(
+            (f"head_hidden={list(cfg.head_hidden)} (transformers' head is one linear layer)", "head_hidden=[]")
+        )
+    if cfg.mlp_final_activation:
+        found.append(("mlp_final_activation=True (a GELU after each MLP)", "mlp_final_activation=false"))
+    if cfg.num_heads * (cfg.head_dim or cfg.embed_dim // cfg.num_heads) != cfg.embed_dim:
+        found.append(
+            (f"head_dim={cfg.head_dim} (transformers needs num_heads x head_dim == embed_dim)", "head_dim=null")
+        )
+    return found
+
+
+def hf_export_error(cfg: ViTConfig) -> ValueError:
+    found = hf_incompatibilities(cfg)
+    return ValueError(
+        f"--format hf: transformers' ViTForImageClassification cannot hold this model's "
+        f"{'; '.join(what for what, _ in found)}. Export it as ONNX instead (vitkit export RUN model.onnx), or "
+        f"train a ViT that transformers can load by adding {' '.join(f'--model-arg {fix}' for _, fix in found)}"
+    )
+
+
 def vitkit_to_hf(state: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str, torch.Tensor]:
     """The inverse of hf_to_vitkit, for ViTForImageClassification."""
-    if (
-        cfg.pool != "cls"
-        or not cfg.class_token
-        or cfg.head_hidden
-        or cfg.mlp_final_activation
-        or cfg.stem != "patch"
-        or cfg.lsa
-    ):
-        raise ValueError(
-            "only plain class-token ViTs with a linear head (pool='cls', stem='patch', no LSA) have a "
-            "Hugging Face equivalent; export this model as ONNX instead"
-        )
-    inner = cfg.num_heads * (cfg.head_dim or cfg.embed_dim // cfg.num_heads)
-    if inner != cfg.embed_dim:
-        raise ValueError("Hugging Face ViT needs num_heads x head_dim == embed_dim")
+    if hf_incompatibilities(cfg):
+        raise hf_export_error(cfg)
     out = {HF_PREFIX + theirs: state[ours] for theirs, ours in EMBEDDING_KEYS.items()}
     out["classifier.weight"], out["classifier.bias"] = state["head.weight"], state["head.bias"]
     for i in range(cfg.depth):
@@ -262,7 +286,10 @@ def save_hf_folder(model: ViT, class_names: list[str], preprocessing: Preprocess
     from safetensors.torch import save_file
 
     if model.family != "vit":
-        raise ValueError(f"--format hf exports ViTs only; this checkpoint is a {model.family} model")
+        raise ValueError(
+            f"--format hf exports ViTs only and this checkpoint is a {model.family} model, which transformers "
+            "has no class for; export it as ONNX instead (vitkit export RUN model.onnx)"
+        )
     out = Path(out)
     cfg = model.config
     state = vitkit_to_hf({k: v.detach().cpu() for k, v in model.state_dict().items()}, cfg)
