@@ -1,11 +1,13 @@
-"""Pretrained ViTs: exact equivalence with transformers, hub downloads through a loopback mirror, transfer
-on real photos, HF export, and refusal of bad checkpoints (timm/DeiT layouts: test_pretrained_layouts.py)."""
+"""Pretrained ViTs: exact equivalence with transformers, hub downloads and `vitkit push` through a loopback
+mirror, transfer on real photos, HF export with its model card, and refusal of bad checkpoints (timm/DeiT
+layouts: test_pretrained_layouts.py)."""
 
 import contextlib
 import io
 import json
 import pickle
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -198,6 +200,72 @@ def test_hub_errors_are_clear(hub, tmp_path):
         assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
 
 
+# Loads a pushed repo back in a fresh process, so that HF_ENDPOINT and HF_HOME take effect: once as
+# vitkit.load does (predict), once as --pretrained does; prints what each found.
+LOAD_BACK = """
+import json, sys, torch, vitkit
+from vitkit.pretrained import load_pretrained
+repo, paths = sys.argv[1], sys.argv[2:]
+classifier, pretrained = vitkit.load(repo, device="cpu"), load_pretrained(repo)
+weights, again = classifier.model.state_dict(), pretrained.model.state_dict()
+print(json.dumps({
+    "name": classifier.name,
+    "predictions": classifier.predict(paths, topk=3),
+    "pretrained_weights_equal": weights.keys() == again.keys()
+    and all(torch.equal(weights[k], again[k]) for k in weights),
+    "pretrained_classes": pretrained.class_names,
+    "pretrained_preprocessing": pretrained.preprocessing.to_dict(),
+}))
+"""
+
+
+@pytest.mark.slow
+def test_push_to_the_hub_and_load_back(digits_run, digit_images, tmp_path):
+    """`vitkit push` a real run to the mirror (token from HF_TOKEN), then load it back from the hub as
+    `vitkit.load` and `--pretrained` do: the same predictions as the local run, and a model card."""
+    out, results = digits_run
+    hub = HubMirror(tmp_path / "hub", token="hf_write_token")
+    try:
+        env = hub_env(hub, tmp_path)
+        env["HF_HUB_DISABLE_XET"] = "1"  # the mirror speaks git LFS, not Xet
+        env.pop("HF_TOKEN", None)
+        refused = run_vitkit("push", str(out), "acme/digits", env=env)
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-2000:]
+        assert "refused to write to acme/digits (401)" in refused.stderr and "HF_TOKEN" in refused.stderr
+
+        env["HF_TOKEN"] = "hf_write_token"
+        pushed = run_vitkit("push", str(out), "acme/digits", env=env)
+        assert pushed.returncode == 0, pushed.stderr[-3000:]
+        assert json.loads(pushed.stdout.splitlines()[-1])["layout"] == "vitkit"  # a mean-pooled ViT: no HF class
+        assert any(r.startswith("PUT /lfs-upload/") for r in hub.requests)  # the weights went through LFS
+
+        stored = hub.root / "acme" / "digits"
+        assert sorted(p.name for p in stored.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+        card = (stored / "README.md").read_text()
+        assert f"| top-1 accuracy | {results['test']['top1']:.4f} |" in card
+        assert "10: `0`, `1`, `2`" in card and 'vitkit.load("acme/digits")' in card
+        assert "transformers cannot load this model" in card and "pool='mean'" in card
+        trained = json.loads((stored / "config.json").read_text())["train_config"]
+        assert trained["data"] == "digits" and "out" not in trained  # no local paths go public
+        assert not any(isinstance(v, str) and Path(v).is_absolute() for v in trained.values())
+        assert str(out) not in card
+
+        paths = [str(p) for p in digit_images[0][:4]]
+        loaded = subprocess.run(
+            [sys.executable, "-c", LOAD_BACK, "acme/digits", *paths], capture_output=True, text=True, env=env
+        )
+        assert loaded.returncode == 0, loaded.stderr[-3000:]
+        found = json.loads(loaded.stdout)
+        local = vitkit.load(out, device="cpu")
+        assert found["name"] == "acme/digits"
+        assert found["predictions"] == local.predict(paths, topk=3)
+        assert found["pretrained_weights_equal"]
+        assert found["pretrained_classes"] == local.class_names
+        assert found["pretrained_preprocessing"] == local.preprocessing.to_dict()
+    finally:
+        hub.close()
+
+
 def test_bad_checkpoint_files_never_run_code(tmp_path):
     cnn = create_model("resnet18_cifar", widths=(8, 8, 8, 8)).state_dict()
     torch.save(cnn, tmp_path / "resnet.pth")
@@ -244,6 +312,15 @@ def test_hf_export_round_trip_and_pipeline(digits_run, tmp_path):
         path = tmp_path / f"img{i}.png"
         Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(path)
         paths.append(path)
+    card = (tmp_path / "hf" / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: transformers\npipeline_tag: image-classification\n")
+    assert "3: `ant`, `bee`, `cat`." in card and "No evaluation was recorded" in card
+    assert f'pipeline("image-classification", model="{tmp_path / "hf"}")' in card
+    # vitkit loads the exported folder back as it loads the checkpoint
+    as_exported = vitkit.load(tmp_path / "hf", device="cpu").predict(list(map(str, paths)))
+    for got, want in zip(as_exported, vitkit.load(tmp_path / "ckpt", device="cpu").predict(list(map(str, paths)))):
+        assert [p["label"] for p in got["predictions"]] == [p["label"] for p in want["predictions"]]
+        assert [p["score"] for p in got["predictions"]] == pytest.approx([p["score"] for p in want["predictions"]])
     pipe = transformers.pipeline("image-classification", model=str(tmp_path / "hf"), device="cpu")
     ours = json.loads(
         subprocess.run(

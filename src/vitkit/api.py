@@ -14,7 +14,6 @@ from .data.prepare import dataset_defaults, prepare_data
 from .data.preprocess import Preprocessing
 from .eval.loop import evaluate_loader
 from .fileio import settled_dir
-from .models.io import load_model
 from .runtime import resolve_device
 
 
@@ -115,7 +114,8 @@ def checkpoint_name(path: Path) -> str:
     return path.parent.name if path.name in ("best", "last") else path.name
 
 
-def _checkpoint_dir(path: Path) -> Path:
+def checkpoint_folder(path: Path) -> Path:
+    """The folder holding the weights: a run's best/ when given the run, else `path`."""
     best = settled_dir(path / "best")
     return best if (best / "config.json").is_file() else path
 
@@ -127,12 +127,15 @@ def load(
     precision: str = "fp32",
     threads: int = 0,
 ) -> Classifier:
-    """Load a checkpoint folder (a run's best/ or last/, or the run folder itself) or an exported
-    .onnx file. backend="onnxruntime" runs a checkpoint folder through ONNX Runtime (exported once
+    """Load a checkpoint folder (a run's best/ or last/, the run folder itself, or a Hugging Face folder
+    `vitkit export --format hf` wrote), an exported .onnx file, or a hub id (owner/name: a model pushed with
+    `vitkit push`, or a Hugging Face or timm ViT classifier; through huggingface_hub and its cache).
+    backend="onnxruntime" runs a checkpoint folder through ONNX Runtime (exported once
     into the user cache folder, see `onnx_cache_path`); "auto" picks the fastest exact one. precision="bf16" runs the
     PyTorch model under bf16 autocast (about 2x on CPUs with native bf16; scores change by ~1e-2).
     threads: CPU threads for the model (0: every core)."""
     from .export.onnx import OnnxModel, export_onnx
+    from .pretrained import download_checkpoint, is_hub_id, load_classifier_folder
 
     if backend not in BACKENDS:
         raise ValueError(f"--backend {backend!r}: use one of {', '.join(BACKENDS)}")
@@ -145,16 +148,18 @@ def load(
     if backend == "auto":
         backend = "torch" if precision == "bf16" else default_backend()
     path = Path(checkpoint)
-    if not path.exists():
+    if not path.exists() and is_hub_id(checkpoint):
+        name, path = str(checkpoint), download_checkpoint(str(checkpoint))
+    elif not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    if path.suffix == ".onnx":
+    elif path.suffix == ".onnx":
         onnx_model = OnnxModel(path, threads)
         if not onnx_model.meta.get("preprocessing"):
             raise ValueError(f"{path} has no vitkit metadata: export it with `vitkit export`")
         return Classifier(onnx_model, onnx_model.meta, name=checkpoint_name(path))
-    name = checkpoint_name(path)
-    path = _checkpoint_dir(path)
-    model, meta = load_model(path)
+    else:
+        name, path = checkpoint_name(path), checkpoint_folder(path)
+    model, meta = load_classifier_folder(path)
     classifier = Classifier(model, meta, device, precision, name)
     if backend == "onnxruntime":
         onnx_path = onnx_cache_path(path)
@@ -171,12 +176,15 @@ def cache_dir() -> Path:
 
 def onnx_cache_path(checkpoint_dir: Path) -> Path:
     """The ONNX export of a checkpoint, keyed by the content of its weights and config, so a checkpoint is
-    never written into (a read-only run folder works) and a retrained one never reuses a stale export."""
+    never written into (a read-only run folder works) and a retrained one never reuses a stale export. A
+    folder downloaded from the hub may hold the weights under another name, and its preprocessing apart."""
     from .export.onnx import DEFAULT_OPSET
-    from .models.io import CONFIG_NAME, WEIGHTS_NAME
 
     digest = hashlib.sha256(f"opset={DEFAULT_OPSET} torch={torch.__version__}\n".encode())
-    for name in (CONFIG_NAME, WEIGHTS_NAME):
+    for name in ("config.json", "model.safetensors", "pytorch_model.bin", "preprocessor_config.json"):
+        if not (checkpoint_dir / name).is_file():
+            continue
+        digest.update(name.encode())
         with open(checkpoint_dir / name, "rb") as f:
             while chunk := f.read(1 << 20):
                 digest.update(chunk)

@@ -174,10 +174,12 @@ def cmd_export(args: argparse.Namespace) -> int:
         report = export_onnx(api.load(args.checkpoint, device="cpu"), args.out, opset=args.opset)
         print(json.dumps({"onnx": args.out, "max_abs_logit_diff": report}))
     else:
-        from .pretrained.hf import save_hf_folder
+        from pathlib import Path
+
+        from .export.hub import write_hf_folder
 
         clf = api.load(args.checkpoint, device="cpu")
-        save_hf_folder(clf.model, clf.class_names, clf.preprocessing, args.out)
+        write_hf_folder(clf, Path(args.checkpoint), args.out, title=clf.name, load_as=args.out)
         if clf.preprocessing.decode_size is not None:
             print(
                 f"vitkit export: note: {args.checkpoint} decodes images at {clf.preprocessing.decode_size} px and "
@@ -186,6 +188,13 @@ def cmd_export(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         print(json.dumps({"hf": args.out}))
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from .export.hub import push
+
+    print(json.dumps(push(args.checkpoint, args.repo_id, private=args.private, message=args.message)))
     return 0
 
 
@@ -366,12 +375,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images instead of failing")
     p.set_defaults(func=cmd_data_pack)
 
-    p = sub.add_parser("export", help="export a checkpoint as ONNX or as a Hugging Face folder")
+    p = sub.add_parser(
+        "export", help="export a checkpoint as ONNX or as a Hugging Face folder (with a model card README.md)"
+    )
     p.add_argument("checkpoint")
     p.add_argument("out")
     p.add_argument("--format", default="onnx", choices=["onnx", "hf"])
     p.add_argument("--opset", type=at_least(7), default=18)
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "push",
+        help="upload a checkpoint with a model card to the Hugging Face hub",
+        description="Upload a run's best checkpoint with a model card (README.md) to the Hugging Face hub, creating "
+        "the repo when new: in transformers' layout when transformers can hold the model, else as a vitkit "
+        "checkpoint. Load it back with vitkit.load(REPO_ID), vitkit predict REPO_ID or --pretrained REPO_ID. "
+        "Uses HF_ENDPOINT, and the token of HF_TOKEN or `hf auth login`.",
+    )
+    p.add_argument("checkpoint", help="a run folder or a checkpoint folder (best/, last/)")
+    p.add_argument("repo_id", help="owner/name")
+    p.add_argument("--private", action="store_true", help="create the repo private (an existing repo keeps its own)")
+    p.add_argument("--message", help="commit message (default: Upload RUN with vitkit)")
+    p.set_defaults(func=cmd_push)
     return parser
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import torch.nn as nn
+
 from ..data.preprocess import Preprocessing
 from ..fileio import read_json
 from .checks import load_state_dict_file
@@ -21,27 +23,37 @@ from .timm import heads_from_name, is_timm_state, load_timm_state
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
-def _hub_download(repo_id: str) -> Path:
-    """Fetch config, preprocessing and weights of a hub repo into the huggingface_hub cache."""
+def is_hub_id(source: str | os.PathLike) -> bool:
+    """Whether a name that is not a local file or folder reads as a hub repo id (owner/name). A missing
+    file in a folder that exists here (runs/typo) is a local path, not worth a trip to the hub."""
+    text = str(source)
+    return (
+        text.count("/") == 1
+        and not text.startswith((".", "/"))
+        and not text.endswith("/")
+        and not Path(text).parent.is_dir()
+    )
+
+
+def _hub_download(repo_id: str, label: str | None = None) -> Path:
+    """Fetch config, preprocessing and weights of a hub repo into the huggingface_hub cache. `label` starts
+    the error messages (default: the --pretrained flag)."""
+    label = label or f"--pretrained {repo_id}"
     try:
         from huggingface_hub import hf_hub_download
         from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
     except ImportError:
-        raise ValueError(
-            f"--pretrained {repo_id}: downloading needs huggingface_hub (pip install 'vitkit[hf]')"
-        ) from None
+        raise ValueError(f"{label}: downloading needs huggingface_hub (pip install 'vitkit[hf]')") from None
     try:
         config = Path(hf_hub_download(repo_id, "config.json"))
     except LocalEntryNotFoundError:
         raise FileNotFoundError(
-            f"--pretrained {repo_id}: not in the local Hugging Face cache and the hub cannot be "
+            f"{label}: not in the local Hugging Face cache and the hub cannot be "
             "reached (offline?). Download it once online, or pass a local folder"
         ) from None
     except (HfHubHTTPError, EntryNotFoundError, OSError, ValueError) as e:
         reason = str(e).splitlines()[0]
-        raise FileNotFoundError(
-            f"--pretrained {repo_id}: no such model on the hub or it has no config.json ({reason})"
-        ) from None
+        raise FileNotFoundError(f"{label}: no such model on the hub or it has no config.json ({reason})") from None
     for name in ("preprocessor_config.json",):
         try:
             hf_hub_download(repo_id, name)
@@ -53,7 +65,7 @@ def _hub_download(repo_id: str) -> Path:
             return config.parent
         except Exception:
             continue
-    raise FileNotFoundError(f"--pretrained {repo_id}: the repo has neither model.safetensors nor pytorch_model.bin")
+    raise FileNotFoundError(f"{label}: the repo has neither model.safetensors nor pytorch_model.bin")
 
 
 def _from_folder(folder: Path, num_heads: int | None) -> Pretrained:
@@ -99,9 +111,47 @@ def load_pretrained(source: str | os.PathLike, num_heads: int | None = None) -> 
             f"{path} is not a ViT checkpoint vitkit knows (no patch_embed / blocks keys; first keys: "
             f"{', '.join(list(state)[:5])})"
         )
-    if str(source).count("/") == 1 and not str(source).startswith((".", "/")):
+    if is_hub_id(source):
         return _from_folder(_hub_download(str(source)), num_heads)
     raise FileNotFoundError(f"--pretrained {source}: no such file or folder, and not a hub id (owner/name)")
 
 
-__all__ = ["Pretrained", "load_pretrained", "hf_to_vitkit", "vit_config_from_hf"]
+def load_classifier_folder(folder: Path) -> tuple[nn.Module, dict]:
+    """A classifier saved in a layout vitkit reads, for `vitkit.load`: a vitkit checkpoint, or a Hugging
+    Face or timm ViT with its head (as `vitkit export --format hf` and `vitkit push` write them). Returns
+    the model and its metadata as a vitkit config.json holds it."""
+    from ..models.io import CONFIG_NAME, load_model
+
+    config = read_json(folder / CONFIG_NAME) if (folder / CONFIG_NAME).is_file() else {}
+    if "family" in config or not ("model_type" in config or "architecture" in config):
+        return load_model(folder)  # a vitkit checkpoint, or what load_model's errors explain
+    loaded = _from_folder(folder, None)
+    if not loaded.has_head:
+        raise ValueError(
+            f"{folder} holds a backbone without a classification head: fine-tune it first, e.g. "
+            f"vitkit train --data photos/ --pretrained {folder}"
+        )
+    model_config = loaded.model.config
+    meta = {
+        "family": loaded.model.family,
+        "config": model_config.to_dict(),
+        "class_names": loaded.class_names or [str(i) for i in range(model_config.num_classes)],
+        "preprocessing": loaded.preprocessing.to_dict(),
+    }
+    return loaded.model, meta
+
+
+def download_checkpoint(repo_id: str) -> Path:
+    """The hub repo's config, preprocessing and weights in the huggingface_hub cache, for `vitkit.load`."""
+    return _hub_download(repo_id, f"checkpoint {repo_id} (not a local file or folder, so looked up on the hub)")
+
+
+__all__ = [
+    "Pretrained",
+    "download_checkpoint",
+    "is_hub_id",
+    "load_classifier_folder",
+    "load_pretrained",
+    "hf_to_vitkit",
+    "vit_config_from_hf",
+]
