@@ -33,6 +33,8 @@ def transformers_blockers(model) -> list[str]:
 def write_hf_folder(classifier, checkpoint: Path, out: str | os.PathLike, title: str, load_as: str) -> Path:
     """transformers' layout (config, weights, image processor) and the model card; a model transformers
     cannot hold is refused with the options at fault."""
+    if classifier.backend != "torch":
+        raise ValueError("--format hf needs a checkpoint folder (a run, best/ or last/), not an .onnx file")
     if classifier.model.family == "vit" and hf_incompatibilities(classifier.model.config):
         raise hf_export_error(classifier.model.config)
     out = save_hf_folder(classifier.model, classifier.class_names, classifier.preprocessing, out)

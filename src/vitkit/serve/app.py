@@ -295,8 +295,9 @@ class RequestLog:
             raise
         finally:
             client = (scope.get("client") or ("-",))[0]
+            path = scope.get("raw_path", b"").decode("latin-1") or scope["path"]  # as sent: no decoded newlines
             elapsed = (time.perf_counter() - start) * 1000
-            request_log.info("%s %s %s %d %.1f ms", client, scope["method"], scope["path"], status, elapsed)
+            request_log.info("%s %s %s %d %.1f ms", client, scope["method"], path, status, elapsed)
 
 
 def image_loader(classifier):
