@@ -64,6 +64,12 @@ class TrainConfig(AugmentSpec):
     skip_bad_images: bool = _data(False, "skip unreadable images (listed in skipped_images.txt) instead of failing")
     train_limit: int = _data(0, "use only this many training images, stratified (0: all)")
     test_limit: int = _data(0, "use only this many test images, stratified (0: all)")
+    sampler: str = _data(
+        "shuffle",
+        "training order per epoch: shuffle (every image once) or balanced (as many images drawn with "
+        "replacement, every class equally likely; seeded and resumable like the shuffle)",
+        choices=("shuffle", "balanced"),
+    )
     memory_limit_gb: float | None = _data(
         None,
         "decode a folder into memory up to this many GiB, stream larger ones from disk "
@@ -97,6 +103,12 @@ class TrainConfig(AugmentSpec):
     early_stopping: int = _optim(0, "stop after this many epochs without improvement; best weights kept (0: off)")
     monitor: str = _optim("val_top1", "what best/, plateau and early stopping follow", choices=("val_top1", "val_loss"))
     label_smoothing: float = _optim(0.0, "label smoothing in [0, 1)")
+    class_weights: str = _optim(
+        "none",
+        "training loss weight per class: balanced weighs class c by n/(k*count_c) (n training images, "
+        "k classes); the validation loss stays unweighted",
+        choices=("none", "balanced"),
+    )
     mixup: float = _optim(0.0, "MixUp Beta alpha (0: off)")
     cutmix: float = _optim(0.0, "CutMix Beta alpha (0: off)")
     grad_clip: float = _optim(0.0, "max gradient norm (0: off)")

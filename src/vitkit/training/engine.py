@@ -90,7 +90,10 @@ class Trainer:
             with contextlib.nullcontext() if final or not self.ctx.enabled else net.no_sync():
                 with autocast(self.device, self.bf16):
                     logits = net(x_part).float()
-                part = F.cross_entropy(logits, target_part) * (x_part.shape[0] / x.shape[0])
+                # with soft targets torch divides the (class-weighted) sum by the chunk's size, not by
+                # its weights' sum, so the chunks still add up to the whole batch's loss
+                part = F.cross_entropy(logits, target_part, weight=self.setup.class_weights)
+                part = part * (x_part.shape[0] / x.shape[0])
                 (part / cfg.accum_steps).backward()
             all_logits.append(logits.detach())
             loss = loss + part.detach()
