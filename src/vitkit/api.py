@@ -18,18 +18,20 @@ from .models.io import load_model
 from .runtime import resolve_device
 
 
-def train(resume: str | os.PathLike | None = None, **options: Any) -> dict[str, Any]:
+def train(resume: str | os.PathLike | None = None, callbacks=(), **options: Any) -> dict[str, Any]:
     """Train a model and write a run folder; returns results.json's content plus `run_dir`.
 
     `vitkit.train(data="cifar10", model="vit_tiny_patch4_32", epochs=20)`; any TrainConfig field is an
     option, a `preset` fills in the seed's values. `resume=RUN_DIR` continues an interrupted run.
+    `callbacks`: objects with any of on_train_begin(run_dir, config, history), on_epoch_end(epoch,
+    metrics), on_train_end(results), on_train_failed(error) (see vitkit.training.callbacks).
     """
     from .training import resume_config
     from .training import train as run_training
     from .training.config import make_config
 
     cfg = resume_config(resume, **options) if resume else make_config(**options)
-    return run_training(cfg)
+    return run_training(cfg, callbacks)
 
 
 BACKENDS = ("auto", "torch", "onnxruntime")

@@ -17,6 +17,7 @@ from ..data.hf import HUB_PREFIX
 from ..data.prepare import DATASET_DEFAULTS, NORMALIZE, dataset_defaults
 from ..models import get_preset
 from ..options import check_choices, flag, option
+from .callbacks import tracker_names
 
 DEFAULT_MODEL = "vit_micro_patch4_32"
 GROUPS = {
@@ -37,6 +38,7 @@ RESUMABLE = (
     "memory_limit_gb",
     "save_every",
     "eval_batch_size",
+    "log",
 )
 
 
@@ -146,6 +148,12 @@ class TrainConfig(AugmentSpec):
     )
     progress: bool = _run(True, "progress bar on stderr (shown only when stderr is a terminal)")
     quiet: bool = _run(False, "no per-epoch lines on stderr (errors still print)")
+    log: str | None = _run(
+        None,
+        "experiment trackers, comma-separated: tensorboard (event files in RUN/tensorboard/), mlflow "
+        "($MLFLOW_TRACKING_URI, else a file store in RUN/mlruns); each logs the configuration and every "
+        "epoch's metrics",
+    )
 
     def validate(self) -> "TrainConfig":
         check_choices(self)
@@ -210,6 +218,7 @@ class TrainConfig(AugmentSpec):
                 raise ValueError(
                     f"{flag(name)} needs one value per channel" + (", all positive" if name == "std" else "")
                 )
+        tracker_names(self.log)
         if self.data not in BUILTIN and not self.data.startswith(HUB_PREFIX) and not Path(self.data).exists():
             close = difflib.get_close_matches(self.data, list(BUILTIN), n=1)
             hint = f" Did you mean {close[0]}?" if close else ""

@@ -24,6 +24,7 @@ from ..models import count_parameters
 from ..models.io import load_model
 from ..runtime import autocast
 from .build import Runtime, build
+from .callbacks import Callbacks, make_trackers
 from .config import TrainConfig
 from .optim import build_optimizer, param_groups
 from .resume import capture_state, restore_state
@@ -58,6 +59,7 @@ class Trainer:
         # with a time budget the length is unknown until steps have been timed: the schedule holds its peak
         self.planned_steps = None if cfg.time_budget else -(-self.steps_per_epoch // cfg.accum_steps) * cfg.epochs
         self.step, self.history, self.best_epoch = 0, [], -1
+        self.callbacks = Callbacks()
 
     # -- one step ----------------------------------------------------------------------------
     def set_lr(self) -> float:
@@ -173,7 +175,9 @@ class Trainer:
             self.planned_steps = self.ctx.broadcast_object(self.budget.plan(self.step))
 
     # -- the run -----------------------------------------------------------------------------
-    def fit(self, run: RunDir) -> dict[str, Any]:
+    def fit(self, run: RunDir, callbacks=()) -> dict[str, Any]:
+        """Train into `run`; `callbacks` (see callbacks.py) and the --log trackers are called on the
+        process that writes the run folder."""
         cfg, ctx = self.cfg, self.ctx
         self.run = run
         start_epoch, start_batch = self.load_last() if cfg.resume else (0, 0)
@@ -181,6 +185,8 @@ class Trainer:
         run.write_config(cfg)
         run.write_status("running", self.run_info())
         run.write_skipped(self.setup.bad_images)
+        self.callbacks = Callbacks([*make_trackers(cfg.log), *callbacks] if ctx.is_main else [])
+        self.callbacks.call("on_train_begin", run.path, cfg.to_dict(), [dict(row) for row in self.history])
         net = self.wrap_model()
         epoch = start_epoch
         while cfg.time_budget or epoch < cfg.epochs:
@@ -203,6 +209,7 @@ class Trainer:
             epoch += 1
             self.save_last(epoch, 0)
             run.write_metrics(self.history)
+            self.callbacks.call("on_epoch_end", row["epoch"], dict(row))
             self.log(row)
             if cfg.early_stopping and self.stopper.wait >= cfg.early_stopping:
                 self.log(f"early stopping: no {cfg.monitor} improvement for {cfg.early_stopping} epochs")
@@ -241,6 +248,7 @@ class Trainer:
             "lr": self.cfg.lr,
         }
         self.run.write_results(results)
+        self.callbacks.call("on_train_end", {**results, "run_dir": str(self.run.path)})
         if ctx.is_main:
             write_report(
                 self.run.path, best, setup.eval_loader.split, self.augment, self.data.class_names, self.history, metrics
