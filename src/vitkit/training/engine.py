@@ -32,6 +32,7 @@ from .rundir import RunDir, checkpoint_metadata
 from .schedule import FIRST_PLAN_STEPS, Plateau, TimeBudget, lr_factor
 
 LOG_EVERY = 25  # optimizer steps between host synchronisations for progress and the loss check
+TRAIN_BATCH_PLOT = "train_batch.png"
 
 
 class Trainer:
@@ -60,6 +61,7 @@ class Trainer:
         self.planned_steps = None if cfg.time_budget else -(-self.steps_per_epoch // cfg.accum_steps) * cfg.epochs
         self.step, self.history, self.best_epoch = 0, [], -1
         self.callbacks = Callbacks()
+        self.stopped_by = "epochs"  # or time_budget, early_stopping: what ended the run, for its records
 
     # -- one step ----------------------------------------------------------------------------
     def set_lr(self) -> float:
@@ -71,12 +73,14 @@ class Trainer:
 
     def train_step(self, net: nn.Module, images: torch.Tensor, labels: torch.Tensor, boundary: bool = True):
         """Augment a uint8 batch on the device, then one model step."""
-        cfg = self.cfg
-        x = self.augment.train(images, self.aug_gen)
-        x, targets = mix_batch(
-            x, labels, self.data.num_classes, cfg.mixup, cfg.cutmix, cfg.label_smoothing, self.aug_gen
-        )
+        x, targets = self.augmented_batch(images, labels, self.aug_gen)
         return self.model_step(net, x, targets, boundary)
+
+    def augmented_batch(self, images: torch.Tensor, labels: torch.Tensor, gen: torch.Generator):
+        """(model input, soft targets) of a uint8 batch: augmentation, then MixUp/CutMix and smoothing."""
+        cfg = self.cfg
+        x = self.augment.train(images, gen)
+        return mix_batch(x, labels, self.data.num_classes, cfg.mixup, cfg.cutmix, cfg.label_smoothing, gen)
 
     def model_step(self, net: nn.Module, x: torch.Tensor, targets: torch.Tensor, boundary: bool = True):
         """Forward, backward and (at accumulation boundaries) the optimizer update. With
@@ -187,8 +191,21 @@ class Trainer:
         run.write_skipped(self.setup.bad_images)
         self.callbacks = Callbacks([*make_trackers(cfg.log), *callbacks] if ctx.is_main else [])
         self.callbacks.call("on_train_begin", run.path, cfg.to_dict(), [dict(row) for row in self.history])
+        if ctx.is_main and not (run.path / TRAIN_BATCH_PLOT).exists():
+            from ..viz.report import write_train_batch
+
+            write_train_batch(
+                run.path / TRAIN_BATCH_PLOT,
+                self.data.train,
+                self.augment,
+                self.augmented_batch,
+                self.data.class_names,
+                cfg.seed,
+                self.device,
+            )
         net = self.wrap_model()
         epoch = start_epoch
+        self.stopped_by = "time_budget" if cfg.time_budget else "epochs"
         while cfg.time_budget or epoch < cfg.epochs:
             if start_batch == 0 or epoch != start_epoch:
                 torch.manual_seed(epoch_seed(cfg.seed, epoch, 1))
@@ -213,6 +230,7 @@ class Trainer:
             self.log(row)
             if cfg.early_stopping and self.stopper.wait >= cfg.early_stopping:
                 self.log(f"early stopping: no {cfg.monitor} improvement for {cfg.early_stopping} epochs")
+                self.stopped_by = "early_stopping"
                 break
             if ctx.any(not self.budget.another_epoch_fits(len(self.history))):
                 break
@@ -235,6 +253,7 @@ class Trainer:
             "test_split": setup.eval_split,
             "best_epoch": self.best_epoch,
             "epochs_run": len(self.history),
+            "stopped_by": self.stopped_by,
             "monitor": self.cfg.monitor,
             "train_time_s": round(self.budget.elapsed(), 1),
             "parameters": count_parameters(self.model),
@@ -253,7 +272,10 @@ class Trainer:
             write_report(
                 self.run.path, best, setup.eval_loader.split, self.augment, self.data.class_names, self.history, metrics
             )
-        self.run.write_status("complete", self.run_info())
+        self.run.write_config(self.cfg, ran=(len(self.history), self.stopped_by))
+        self.run.write_status(
+            "complete", {**self.run_info(), "epochs_run": len(self.history), "stopped_by": self.stopped_by}
+        )
         self.log(
             f"{setup.eval_split} top-1 {metrics['top1']:.4f}  top-5 {metrics['top5']:.4f}  "
             f"f1-macro {metrics['f1_macro']:.4f}  ->  {self.run.path}"
