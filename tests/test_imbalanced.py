@@ -21,6 +21,7 @@ TINY = dict(
     batch_size=4,
     amp="off",
     progress=False,
+    threads=1,
 )
 
 

@@ -75,6 +75,7 @@ def colour_run(tmp_path_factory):
         batch_size=6,
         progress=False,
         quiet=True,
+        threads=1,
     )
     return out, result
 

@@ -21,6 +21,7 @@ TINY = dict(
     amp="off",
     progress=False,
     quiet=True,
+    threads=1,  # one thread per test process: the suite shares two cores
 )
 COLUMNS = ("train_loss", "train_top1", "train_top5", "val_loss", "val_top1", "val_top5", "lr", "images_per_s", "time_s")
 
@@ -69,7 +70,6 @@ def tensorboard_hparams(run: Path) -> dict:
     return dict(plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams)
 
 
-@pytest.mark.slow  # imports MLflow and TensorBoard, and trains: about 7 s alone
 def test_callbacks_and_trackers_log_what_metrics_csv_holds(colours, tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     run, recorder = tmp_path / "run", Recorder()
@@ -109,7 +109,6 @@ def test_callbacks_and_trackers_log_what_metrics_csv_holds(colours, tmp_path, mo
     assert mlrun.data.metrics["test_top1"] == pytest.approx(result["test"]["top1"])
 
 
-@pytest.mark.slow  # two training runs
 def test_a_resumed_run_continues_its_trackers_without_gaps_or_repeats(colours, tmp_path, monkeypatch):
     """A finished one-epoch run resumed for a second epoch: TensorBoard's reader shows every epoch once
     (the resumed session logs the history again and purges the first session's events), and MLflow
@@ -118,7 +117,7 @@ def test_a_resumed_run_continues_its_trackers_without_gaps_or_repeats(colours, t
     run = tmp_path / "run"
     vitkit.train(data=str(colours), out=str(run), epochs=1, log="tensorboard,mlflow", **TINY)
     recorder = Recorder()
-    vitkit.train(resume=str(run), epochs=2, callbacks=[recorder])
+    vitkit.train(resume=str(run), epochs=2, threads=1, callbacks=[recorder])
     rows = metrics_csv(run)
     assert [row["epoch"] for row in rows] == [1, 2] and recorder.calls[0][3] == 1  # began with one epoch done
 

@@ -34,6 +34,28 @@ def train(resume: str | os.PathLike | None = None, callbacks=(), **options: Any)
     return run_training(cfg, callbacks)
 
 
+def lr_find(
+    steps: int = 100,
+    start_lr: float = 1e-7,
+    end_lr: float = 10.0,
+    plot: str | os.PathLike | None = "lr_find.png",
+    **options: Any,
+) -> dict[str, Any]:
+    """Learning-rate range test on a fresh model built from training options (as `train` takes them):
+    the rate grows exponentially from start_lr to end_lr over at most `steps` steps, stopping when the
+    loss diverges. Returns the rates, losses and `suggested_lr` (steepest descent of the smoothed
+    loss); `plot` is the loss-against-rate figure to write (None: none)."""
+    from .training.config import make_config
+    from .training.lr_find import lr_find as sweep
+
+    result = sweep(make_config(**options), steps, start_lr, end_lr)
+    if plot is not None:
+        from .viz.plots import plot_lr_find
+
+        plot_lr_find(result.lrs, result.losses, result.smoothed, result.suggested_lr, plot)
+    return {**result.to_dict(), "plot": None if plot is None else str(plot)}
+
+
 BACKENDS = ("auto", "torch", "onnxruntime")
 
 

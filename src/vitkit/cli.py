@@ -69,17 +69,12 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from . import api
-    from .options import read_yaml_options
-    from .training.config import TrainConfig
 
     if getattr(args, "nproc", 0) > 1:
         from .training.launch import launch_torchrun
 
         return launch_torchrun(args.nproc, sys.argv[1:])
-    flags = {k: v for k, v in vars(args).items() if k not in ("command", "func", "nproc", "config")}
-    if "model_args" in flags:
-        flags["model_args"] = dict(flags["model_args"])
-    options = {**(read_yaml_options(args.config, TrainConfig) if getattr(args, "config", None) else {}), **flags}
+    options = training_options(args, ("nproc",))
     if options.pop("resume", False):
         if not options.get("out"):
             raise UserError("--resume needs --out RUN_DIR (the run folder to continue)")
@@ -91,6 +86,52 @@ def cmd_train(args: argparse.Namespace) -> int:
             {"run_dir": result["run_dir"], "test_top1": result["test"]["top1"], "test_top5": result["test"]["top5"]}
         )
     )
+    return 0
+
+
+def training_options(args: argparse.Namespace, own: tuple[str, ...]) -> dict:
+    """The training options of a command that takes train's flags: --config FILE.yaml under the flags."""
+    from .options import read_yaml_options
+    from .training.config import TrainConfig
+
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "func", "config", *own)}
+    if "model_args" in flags:
+        flags["model_args"] = dict(flags["model_args"])
+    return {**(read_yaml_options(args.config, TrainConfig) if getattr(args, "config", None) else {}), **flags}
+
+
+# Options that mean nothing to a learning-rate sweep: the run folder, the run's length and its schedule.
+LR_FIND_IGNORES = (
+    "out",
+    "name",
+    "resume",
+    "save_every",
+    "progress",
+    "quiet",
+    "log",
+    "epochs",
+    "time_budget",
+    "early_stopping",
+    "monitor",
+    "eval_batch_size",
+    "lr",
+    "schedule",
+    "warmup_epochs",
+    "min_lr_ratio",
+    "plateau_factor",
+    "plateau_patience",
+    "ema",
+)
+
+
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    from . import api
+
+    options = training_options(args, ("steps", "start_lr", "end_lr", "plot"))
+    options = {k: v for k, v in options.items() if k not in LR_FIND_IGNORES}  # from a --config file
+    result = api.lr_find(steps=args.steps, start_lr=args.start_lr, end_lr=args.end_lr, plot=args.plot, **options)
+    summary = {k: result[k] for k in ("suggested_lr", "method", "min_loss_lr", "diverged", "plot")}
+    print(json.dumps({**summary, "steps": len(result["lrs"])}))
     return 0
 
 
@@ -273,6 +314,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nproc", type=int, default=0, help="processes on this machine (launches torchrun)")
     add_dataclass_options(p, TrainConfig, GROUPS)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "lr-find",
+        help="learning-rate range test: loss against an exponentially growing rate, and a suggestion",
+        description="Train a fresh model (same data, model and augmentation flags as train) for at most "
+        "--steps steps while the learning rate grows exponentially from --start-lr to --end-lr, stopping "
+        "when the loss diverges. Writes the loss against the rate (log axis) to --plot and prints JSON: "
+        "suggested_lr is where the smoothed loss falls fastest (steepest descent against log lr); "
+        "min_loss_lr is where it is lowest (a tenth of it is the other common rule). Nothing is saved "
+        "but the plot.",
+        argument_default=argparse.SUPPRESS,
+    )
+    p.add_argument("--config", metavar="FILE.yaml", help="options from a YAML file (e.g. a run's args.yaml); flags win")
+    p.add_argument("--steps", type=at_least(2), default=100, help="optimizer steps at most (default: 100)")
+    p.add_argument("--start-lr", type=positive_float, default=1e-7, help="first learning rate (default: 1e-7)")
+    p.add_argument("--end-lr", type=positive_float, default=10.0, help="last learning rate (default: 10)")
+    p.add_argument("--plot", default="lr_find.png", help="PNG file to write (default: lr_find.png)")
+    add_dataclass_options(p, TrainConfig, GROUPS, exclude=LR_FIND_IGNORES)
+    p.set_defaults(func=cmd_lr_find)
 
     p = sub.add_parser("eval", help="recompute a checkpoint's metrics on a dataset split")
     p.add_argument("checkpoint")

@@ -64,9 +64,13 @@ class Trainer:
         self.stopped_by = "epochs"  # or time_budget, early_stopping: what ended the run, for its records
 
     # -- one step ----------------------------------------------------------------------------
-    def set_lr(self) -> float:
+    def scheduled_lr(self) -> float:
+        """The learning rate of the current step: warmup, schedule and plateau reductions."""
         factor = lr_factor(self.step, self.planned_steps, self.warmup_steps, self.cfg.schedule, self.cfg.min_lr_ratio)
-        lr = self.cfg.lr * factor * self.plateau.scale
+        return self.cfg.lr * factor * self.plateau.scale
+
+    def set_lr(self) -> float:
+        lr = self.scheduled_lr()
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         return lr

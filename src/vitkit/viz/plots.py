@@ -158,9 +158,10 @@ def plot_lr_find(lrs: list[float], losses: list[float], smoothed: list[float], s
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
     ax.set_ylabel("training loss")
-    top = min(max(losses), 2 * max(smoothed[0], min(smoothed)))  # a diverging tail would flatten the rest
-    ax.set_ylim(min(losses) - 0.05 * abs(min(losses)), top)
+    # framed on the smoothed descent: a diverging tail would flatten everything before it
+    pad = max(smoothed[0] - min(smoothed), 0.05 * abs(smoothed[0]), 1e-3)
+    ax.set_ylim(min(smoothed) - pad, max(smoothed[0], min(smoothed)) + 2 * pad)
     ax.set_title("learning-rate sweep")
-    ax.grid(alpha=0.3, which="both")
+    ax.grid(alpha=0.3)
     ax.legend()
     _save(fig, path)
