@@ -158,6 +158,34 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_top_losses(args: argparse.Namespace) -> int:
+    from . import api
+
+    report = api.top_losses(
+        args.run,
+        count=args.count,
+        out=args.out,
+        data=args.data,
+        split=args.split,
+        batch_size=args.batch_size,
+        device=args.device,
+        data_dir=args.data_dir,
+    )
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"{report['data']} [{report['split']}]: {report['mistakes']} mistakes in {report['images']} images")
+    for rank, item in enumerate(report["items"], 1):
+        where = item.get("path", f"#{item['index']}")
+        print(
+            f"{rank:>3}  loss {item['loss']:.3f}  predicted {item['predicted']} ({item['probability']:.3f})  "
+            f"true {item['true']} ({item['true_probability']:.3f})  {where}"
+        )
+    if report["figure"]:
+        print(f"-> {report['figure']}")
+    return 0
+
+
 def format_predictions(results: list[dict], fmt: str) -> str:
     if fmt == "json":
         return json.dumps(results, indent=2)
@@ -345,6 +373,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print every metric as JSON")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "top-losses",
+        help="the most confident mistakes of a run: a grid of images and the list, highest loss first",
+        description="The misclassified images of a split (by default the one the run reported on) with the "
+        "highest loss, i.e. the lowest probability given to the true class: printed, and drawn as a grid "
+        "titled predicted (probability) / true / loss.",
+    )
+    p.add_argument("run", help="run folder or checkpoint folder")
+    p.add_argument("--count", type=at_least(1), default=16, help="mistakes to show (default: 16)")
+    p.add_argument("--out", default="top_losses.png", help="PNG file to write (default: top_losses.png)")
+    p.add_argument("--data", help="dataset name or folder (default: what the checkpoint was trained on)")
+    p.add_argument("--data-dir")
+    p.add_argument(
+        "--split", choices=["train", "val", "test"], help="default: the split the run reported (test, else val)"
+    )
+    p.add_argument("--batch-size", type=at_least(1), default=256)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_top_losses)
 
     p = sub.add_parser("predict", help="top-k labels for images, folders or globs")
     p.add_argument("checkpoint")
