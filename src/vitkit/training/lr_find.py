@@ -51,13 +51,14 @@ class _Sweep(Trainer):
 
 
 def suggest(lrs: list[float], smoothed: list[float]) -> float:
-    """The rate of steepest descent of the smoothed loss before its minimum (a tenth of the rate at the
-    minimum when the loss never fell), within the swept range."""
+    """The rate of steepest descent of the smoothed loss strictly before its minimum (a tenth of the
+    rate at the minimum when the loss never fell), within the swept range. The slope is taken on the
+    whole curve, so that the points next to the minimum get central differences, not one-sided ones."""
     lowest = int(np.argmin(smoothed))
     if lowest < 2:
         return max(lrs[lowest] / 10, lrs[0])
-    slope = np.gradient(np.asarray(smoothed[: lowest + 1]), np.log10(lrs[: lowest + 1]))
-    return float(lrs[int(np.argmin(slope))])
+    slope = np.gradient(np.asarray(smoothed), np.log10(lrs))
+    return float(lrs[int(np.argmin(slope[:lowest]))])
 
 
 def check_sweep(steps: int, start_lr: float, end_lr: float) -> None:
