@@ -72,13 +72,15 @@ def shared_dataset(name: str) -> Path:
 
 
 def write_class_folders(root: Path, classes=("cat", "dog", "fox"), per_class=12, size=20, seed=0) -> Path:
-    """Real JPEG files whose classes differ in colour, so a model can learn them."""
+    """Real JPEG files whose classes differ in colour, so a model can learn them. `per_class`: one count
+    for every class, or one per class."""
     rng = np.random.default_rng(seed)
     colours = [(220, 40, 40), (40, 200, 40), (40, 60, 220), (200, 200, 30)]
-    for c, name in enumerate(classes):
+    counts = [per_class] * len(classes) if isinstance(per_class, int) else list(per_class)
+    for c, (name, count) in enumerate(zip(classes, counts)):
         d = root / name
         d.mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
+        for i in range(count):
             base = np.array(colours[c % len(colours)], dtype=np.float64)
             img = np.clip(base + rng.normal(0, 25, (size, size + 4, 3)), 0, 255).astype(np.uint8)
             Image.fromarray(img).save(d / f"{i:03d}.jpg", quality=90)
@@ -108,7 +110,8 @@ def digits_run(tmp_path_factory):
     import vitkit
 
     out = tmp_path_factory.mktemp("digits") / "run"
-    result = vitkit.train(out=str(out), epochs=4, progress=False)
+    # one torch thread: the suite shares two cores, and oversubscribed threads make a step 10-20x slower
+    result = vitkit.train(out=str(out), epochs=4, progress=False, threads=1)
     return out, result
 
 

@@ -107,6 +107,7 @@ def test_early_stopping_stops_and_keeps_the_best_weights(colours, tmp_path):
     options = dict(schedule="constant", lr=1e-7)
     result, rows = train(colours, tmp_path / "stopped", epochs=20, early_stopping=2, **options)
     assert len(rows) == 3 and result["epochs_run"] == 3 and result["best_epoch"] == 1
+    assert result["stopped_by"] == "early_stopping"
     train(colours, tmp_path / "one", epochs=1, **options)
     best, first_epoch = weights(tmp_path / "stopped" / "best"), weights(tmp_path / "one" / "last")
     assert all(torch.equal(best[k], first_epoch[k]) for k in best)

@@ -24,6 +24,7 @@ RUN_FILES = [
     "confusion_matrix.png",
     "predictions.png",
     "patches.png",
+    "train_batch.png",
     "best/model.safetensors",
     "best/config.json",
     "last/model.safetensors",
@@ -64,7 +65,7 @@ def test_default_train_command(tmp_path):
         assert key in results["test"]
     for name in RUN_FILES:
         assert (out / name).is_file(), name
-    for plot in ("curves.png", "confusion_matrix.png", "predictions.png", "patches.png"):
+    for plot in ("curves.png", "confusion_matrix.png", "predictions.png", "patches.png", "train_batch.png"):
         assert_real_plot(out / plot)
     rows = (out / "metrics.csv").read_text().splitlines()
     assert rows[0].split(",")[:7] == [

@@ -122,6 +122,15 @@ def test_time_budget_run_fits_the_schedule_to_the_clock(tmp_path):
     )
     assert seen_lrs[-1][1] < 0.1 * lr
     assert result["epochs_run"] == len(trainer.history) >= 3
+    # the budget, not --epochs, ended the run, and the run folder says so beside the request
+    assert result["stopped_by"] == "time_budget" and result["epochs_run"] != cfg.epochs
+    status = json.loads((run.path / "run.json").read_text())
+    assert status["epochs_run"] == result["epochs_run"] and status["stopped_by"] == "time_budget"
+    args = (run.path / "args.yaml").read_text()
+    assert args.startswith(
+        f"# As requested. The run trained {result['epochs_run']} epoch(s), stopped by the --time-budget"
+    )
+    assert yaml.safe_load(args)["epochs"] == cfg.epochs
     lrs = [row["lr"] for row in trainer.history]
     assert lrs[0] > 0.8 * lr and all(a >= b for a, b in zip(lrs, lrs[1:]))
 

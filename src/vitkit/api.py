@@ -17,18 +17,42 @@ from .fileio import settled_dir
 from .runtime import resolve_device
 
 
-def train(resume: str | os.PathLike | None = None, **options: Any) -> dict[str, Any]:
+def train(resume: str | os.PathLike | None = None, callbacks=(), **options: Any) -> dict[str, Any]:
     """Train a model and write a run folder; returns results.json's content plus `run_dir`.
 
     `vitkit.train(data="cifar10", model="vit_tiny_patch4_32", epochs=20)`; any TrainConfig field is an
     option, a `preset` fills in the seed's values. `resume=RUN_DIR` continues an interrupted run.
+    `callbacks`: objects with any of on_train_begin(run_dir, config, history), on_epoch_end(epoch,
+    metrics), on_train_end(results), on_train_failed(error) (see vitkit.training.callbacks).
     """
     from .training import resume_config
     from .training import train as run_training
     from .training.config import make_config
 
     cfg = resume_config(resume, **options) if resume else make_config(**options)
-    return run_training(cfg)
+    return run_training(cfg, callbacks)
+
+
+def lr_find(
+    steps: int = 100,
+    start_lr: float = 1e-7,
+    end_lr: float = 10.0,
+    plot: str | os.PathLike | None = "lr_find.png",
+    **options: Any,
+) -> dict[str, Any]:
+    """Learning-rate range test on a fresh model built from training options (as `train` takes them):
+    the rate grows exponentially from start_lr to end_lr over at most `steps` steps, stopping when the
+    loss diverges. Returns the rates, losses and `suggested_lr` (steepest descent of the smoothed
+    loss); `plot` is the loss-against-rate figure to write (None: none)."""
+    from .training.config import make_config
+    from .training.lr_find import lr_find as sweep
+
+    result = sweep(make_config(**options), steps, start_lr, end_lr)
+    if plot is not None:
+        from .viz.plots import plot_lr_find
+
+        plot_lr_find(result.lrs, result.losses, result.smoothed, result.suggested_lr, plot)
+    return {**result.to_dict(), "plot": None if plot is None else str(plot)}
 
 
 BACKENDS = ("auto", "torch", "onnxruntime")
@@ -204,17 +228,9 @@ DATA_OPTIONS = (
 )
 
 
-def evaluate(
-    checkpoint: str | os.PathLike,
-    data: str | None = None,
-    split: str | None = None,
-    batch_size: int = 256,
-    device: str = "auto",
-    **data_options: Any,
-) -> dict[str, Any]:
-    """Recompute the metrics of a checkpoint on a split (train, val or test) of a dataset; by default
-    the split its run reported on (test, or val when the data has no test split)."""
-    clf = load(checkpoint, device)
+def _checkpoint_split(clf: Classifier, data: str | None, split: str | None, data_options: dict):
+    """(dataset, split name, split) a checkpoint is judged on: its training data and options unless
+    given, and by default the split its run reported on (test, or val when the data has no test)."""
     saved = clf.meta.get("train_config", {})
     options = {k: saved[k] for k in DATA_OPTIONS if k in saved}
     options.update({k: v for k, v in data_options.items() if v is not None})
@@ -245,6 +261,79 @@ def evaluate(
     part = {"train": dataset.train, "val": dataset.val, "test": dataset.test}[split]
     if part is None:
         raise ValueError(f"{options['data']} has no {split} split")
+    return options["data"], dataset, split, part
+
+
+def evaluate(
+    checkpoint: str | os.PathLike,
+    data: str | None = None,
+    split: str | None = None,
+    batch_size: int = 256,
+    device: str = "auto",
+    **data_options: Any,
+) -> dict[str, Any]:
+    """Recompute the metrics of a checkpoint on a split (train, val or test) of a dataset; by default
+    the split its run reported on (test, or val when the data has no test split)."""
+    clf = load(checkpoint, device)
+    data, dataset, split, part = _checkpoint_split(clf, data, split, data_options)
     loader = BatchLoader(part, batch_size, shuffle=False, device=clf.device, workers=AUTO_WORKERS)
     metrics = evaluate_loader(clf.model, loader, clf.augment, dataset.num_classes).compute(dataset.class_names)
-    return {"split": split, "data": options["data"], **metrics}
+    return {"split": split, "data": data, **metrics}
+
+
+def top_losses(
+    checkpoint: str | os.PathLike,
+    count: int = 16,
+    out: str | os.PathLike | None = "top_losses.png",
+    data: str | None = None,
+    split: str | None = None,
+    batch_size: int = 256,
+    device: str = "auto",
+    **data_options: Any,
+) -> dict[str, Any]:
+    """The checkpoint's most confident mistakes on a split (by default the one its run reported on):
+    the `count` misclassified images with the highest loss, highest first. Each item has the image's
+    `index` in the split (and `path` when the split is read from files), the true and predicted class,
+    the predicted class's probability, the true class's probability and the loss; `out` is the image
+    grid to write (None: none)."""
+    from .eval.loop import per_sample_predictions
+
+    if count < 1:
+        raise ValueError(f"--count must be at least 1, got {count}")
+    clf = load(checkpoint, device)
+    data, dataset, split, part = _checkpoint_split(clf, data, split, data_options)
+    loader = BatchLoader(part, batch_size, shuffle=False, device=clf.device, workers=AUTO_WORKERS)
+    losses, probs = per_sample_predictions(clf.model, loader, clf.augment)
+    labels = part.labels
+    predicted = probs.argmax(dim=1)
+    wrong = (predicted != labels).nonzero().flatten()
+    worst = wrong[losses[wrong].argsort(descending=True, stable=True)][:count]
+    names, paths = dataset.class_names, getattr(part, "paths", None)
+    items = [
+        {
+            "index": i,
+            **({"path": str(paths[i])} if paths is not None else {}),
+            "true": names[int(labels[i])],
+            "predicted": names[int(predicted[i])],
+            "probability": float(probs[i, predicted[i]]),
+            "true_probability": float(probs[i, labels[i]]),
+            "loss": float(losses[i]),
+        }
+        for i in worst.tolist()
+    ]
+    if out is not None and items:
+        from .viz.plots import plot_image_grid
+        from .viz.report import display_images
+
+        images, _ = next(BatchLoader(part.subset(worst), len(worst), shuffle=False).batches())
+        titles = [f"{x['predicted']} ({x['probability']:.2f})\ntrue: {x['true']}  loss {x['loss']:.2f}" for x in items]
+        heading = f"most confident mistakes on {data} [{split}]: {len(items)} of {len(wrong)} in {len(part)} images"
+        plot_image_grid(display_images(images, clf.augment).numpy(), titles, out, heading, [True] * len(items))
+    return {
+        "data": data,
+        "split": split,
+        "images": len(part),
+        "mistakes": len(wrong),
+        "items": items,
+        "figure": None if out is None or not items else str(out),
+    }

@@ -69,17 +69,12 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from . import api
-    from .options import read_yaml_options
-    from .training.config import TrainConfig
 
     if getattr(args, "nproc", 0) > 1:
         from .training.launch import launch_torchrun
 
         return launch_torchrun(args.nproc, sys.argv[1:])
-    flags = {k: v for k, v in vars(args).items() if k not in ("command", "func", "nproc", "config")}
-    if "model_args" in flags:
-        flags["model_args"] = dict(flags["model_args"])
-    options = {**(read_yaml_options(args.config, TrainConfig) if getattr(args, "config", None) else {}), **flags}
+    options = training_options(args, ("nproc",))
     if options.pop("resume", False):
         if not options.get("out"):
             raise UserError("--resume needs --out RUN_DIR (the run folder to continue)")
@@ -91,6 +86,52 @@ def cmd_train(args: argparse.Namespace) -> int:
             {"run_dir": result["run_dir"], "test_top1": result["test"]["top1"], "test_top5": result["test"]["top5"]}
         )
     )
+    return 0
+
+
+def training_options(args: argparse.Namespace, own: tuple[str, ...]) -> dict:
+    """The training options of a command that takes train's flags: --config FILE.yaml under the flags."""
+    from .options import read_yaml_options
+    from .training.config import TrainConfig
+
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "func", "config", *own)}
+    if "model_args" in flags:
+        flags["model_args"] = dict(flags["model_args"])
+    return {**(read_yaml_options(args.config, TrainConfig) if getattr(args, "config", None) else {}), **flags}
+
+
+# Options that mean nothing to a learning-rate sweep: the run folder, the run's length and its schedule.
+LR_FIND_IGNORES = (
+    "out",
+    "name",
+    "resume",
+    "save_every",
+    "progress",
+    "quiet",
+    "log",
+    "epochs",
+    "time_budget",
+    "early_stopping",
+    "monitor",
+    "eval_batch_size",
+    "lr",
+    "schedule",
+    "warmup_epochs",
+    "min_lr_ratio",
+    "plateau_factor",
+    "plateau_patience",
+    "ema",
+)
+
+
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    from . import api
+
+    options = training_options(args, ("steps", "start_lr", "end_lr", "plot"))
+    options = {k: v for k, v in options.items() if k not in LR_FIND_IGNORES}  # from a --config file
+    result = api.lr_find(steps=args.steps, start_lr=args.start_lr, end_lr=args.end_lr, plot=args.plot, **options)
+    summary = {k: result[k] for k in ("suggested_lr", "method", "min_loss_lr", "diverged", "plot")}
+    print(json.dumps({**summary, "steps": len(result["lrs"])}))
     return 0
 
 
@@ -114,6 +155,34 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"{metrics['data']} [{metrics['split']}] {metrics['count']} images")
         for key in ("top1", "top5", "loss", "precision_macro", "recall_macro", "f1_macro", "f1_weighted"):
             print(f"  {key:<16} {metrics[key]:.4f}")
+    return 0
+
+
+def cmd_top_losses(args: argparse.Namespace) -> int:
+    from . import api
+
+    report = api.top_losses(
+        args.run,
+        count=args.count,
+        out=args.out,
+        data=args.data,
+        split=args.split,
+        batch_size=args.batch_size,
+        device=args.device,
+        data_dir=args.data_dir,
+    )
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"{report['data']} [{report['split']}]: {report['mistakes']} mistakes in {report['images']} images")
+    for rank, item in enumerate(report["items"], 1):
+        where = item.get("path", f"#{item['index']}")
+        print(
+            f"{rank:>3}  loss {item['loss']:.3f}  predicted {item['predicted']} ({item['probability']:.3f})  "
+            f"true {item['true']} ({item['true_probability']:.3f})  {where}"
+        )
+    if report["figure"]:
+        print(f"-> {report['figure']}")
     return 0
 
 
@@ -283,6 +352,25 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_options(p, TrainConfig, GROUPS)
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser(
+        "lr-find",
+        help="learning-rate range test: loss against an exponentially growing rate, and a suggestion",
+        description="Train a fresh model (same data, model and augmentation flags as train) for at most "
+        "--steps steps while the learning rate grows exponentially from --start-lr to --end-lr, stopping "
+        "when the loss diverges. Writes the loss against the rate (log axis) to --plot and prints JSON: "
+        "suggested_lr is where the smoothed loss falls fastest (steepest descent against log lr); "
+        "min_loss_lr is where it is lowest (a tenth of it is the other common rule). Nothing is saved "
+        "but the plot.",
+        argument_default=argparse.SUPPRESS,
+    )
+    p.add_argument("--config", metavar="FILE.yaml", help="options from a YAML file (e.g. a run's args.yaml); flags win")
+    p.add_argument("--steps", type=at_least(2), default=100, help="optimizer steps at most (default: 100)")
+    p.add_argument("--start-lr", type=positive_float, default=1e-7, help="first learning rate (default: 1e-7)")
+    p.add_argument("--end-lr", type=positive_float, default=10.0, help="last learning rate (default: 10)")
+    p.add_argument("--plot", default="lr_find.png", help="PNG file to write (default: lr_find.png)")
+    add_dataclass_options(p, TrainConfig, GROUPS, exclude=LR_FIND_IGNORES)
+    p.set_defaults(func=cmd_lr_find)
+
     p = sub.add_parser("eval", help="recompute a checkpoint's metrics on a dataset split")
     p.add_argument("checkpoint")
     p.add_argument("--data", help="dataset name or folder (default: what the checkpoint was trained on)")
@@ -294,6 +382,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print every metric as JSON")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "top-losses",
+        help="the most confident mistakes of a run: a grid of images and the list, highest loss first",
+        description="The misclassified images of a split (by default the one the run reported on) with the "
+        "highest loss, i.e. the lowest probability given to the true class: printed, and drawn as a grid "
+        "titled predicted (probability) / true / loss.",
+    )
+    p.add_argument("run", help="run folder or checkpoint folder")
+    p.add_argument("--count", type=at_least(1), default=16, help="mistakes to show (default: 16)")
+    p.add_argument("--out", default="top_losses.png", help="PNG file to write (default: top_losses.png)")
+    p.add_argument("--data", help="dataset name or folder (default: what the checkpoint was trained on)")
+    p.add_argument("--data-dir")
+    p.add_argument(
+        "--split", choices=["train", "val", "test"], help="default: the split the run reported (test, else val)"
+    )
+    p.add_argument("--batch-size", type=at_least(1), default=256)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_top_losses)
 
     p = sub.add_parser("predict", help="top-k labels for images, folders or globs")
     p.add_argument("checkpoint")

@@ -46,13 +46,17 @@ def _parse_key_value(text: str) -> tuple[str, Any]:
     return key.strip().replace("-", "_"), yaml.safe_load(value)
 
 
-def add_dataclass_options(parser: argparse.ArgumentParser, cls, group_titles: dict[str, str]) -> None:
-    """One flag per field, in argument groups, each defaulting to 'not given' (argparse.SUPPRESS) so
-    that the caller's own precedence rules fill the rest. The help shows the declared default."""
+def add_dataclass_options(
+    parser: argparse.ArgumentParser, cls, group_titles: dict[str, str], exclude: tuple[str, ...] = ()
+) -> None:
+    """One flag per field (but those in `exclude`), in argument groups, each defaulting to 'not given'
+    (argparse.SUPPRESS) so that the caller's own precedence rules fill the rest. The help shows the
+    declared default."""
     hints = typing.get_type_hints(cls)
     groups = {name: parser.add_argument_group(name, title) for name, title in group_titles.items()}
     order = list(group_titles)
-    for f in sorted(dataclasses.fields(cls), key=lambda f: order.index(f.metadata["group"])):
+    fields = [f for f in dataclasses.fields(cls) if f.name not in exclude]
+    for f in sorted(fields, key=lambda f: order.index(f.metadata["group"])):
         group = groups[f.metadata["group"]]
         kind = _base_type(hints[f.name])
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default

@@ -100,6 +100,11 @@ class BatchAugment:
             antialias=x.shape[-1] > self.out_size,
         )
 
+    def to_uint8(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised float images back to uint8 pixels, to show what the model receives."""
+        pixels = x * self.std.to(x.device) + self.mean.to(x.device)
+        return pixels.mul(255.0).round().clamp(0, 255).to(torch.uint8)
+
     @torch.no_grad()
     def eval(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 NCHW -> normalised float at the model's size, no randomness."""

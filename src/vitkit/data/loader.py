@@ -1,8 +1,8 @@
 """Seeded, resumable, shardable batch iteration over in-memory or streamed splits.
 
-The sample order of epoch e is a permutation drawn from a generator seeded with (seed, e), so a
-resumed run replays exactly the batches an uninterrupted one would see, and in distributed training
-each rank takes its own slice of every global batch.
+The sample order of epoch e is a permutation (or, with sample weights, a draw with replacement)
+from a generator seeded with (seed, e), so a resumed run replays exactly the batches an uninterrupted
+one would see, and in distributed training each rank takes its own slice of every global batch.
 """
 
 from __future__ import annotations
@@ -72,7 +72,8 @@ class BatchLoader:
     takes the r-th slice of it (so N processes see exactly the samples 1 process would, and each
     reads only its own). In-memory splits are indexed on the device; streamed splits are read by
     `workers` processes (AUTO_WORKERS: `auto_workers()`; 0: in this process) that persist across
-    epochs, prefetch, and hand over pinned memory when training on CUDA.
+    epochs, prefetch, and hand over pinned memory when training on CUDA. With `sample_weights` (one
+    per image) an epoch is len(split) images drawn with replacement in proportion to them.
     """
 
     def __init__(
@@ -87,8 +88,12 @@ class BatchLoader:
         rank: int = 0,
         world_size: int = 1,
         workers: int = 0,
+        sample_weights: torch.Tensor | None = None,
     ):
+        if sample_weights is not None and (not shuffle or len(sample_weights) != len(split)):
+            raise ValueError("sample weights need a shuffled loader and one weight per image")
         self.split, self.batch_size, self.shuffle, self.seed = split, batch_size, shuffle, seed
+        self.sample_weights = sample_weights
         self.device, self.rank, self.world_size = torch.device(device), rank, world_size
         self.workers = 0 if split.in_memory else resolve_workers(workers)
         global_batch = batch_size * world_size
@@ -109,7 +114,10 @@ class BatchLoader:
         n = len(self.split)
         if not self.shuffle:
             return torch.arange(n)
-        return torch.randperm(n, generator=torch.Generator().manual_seed(epoch_seed(self.seed, epoch)))
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
+        if self.sample_weights is not None:
+            return torch.multinomial(self.sample_weights, n, replacement=True, generator=generator)
+        return torch.randperm(n, generator=generator)
 
     def _rank_slices(self, epoch: int, start_batch: int) -> list[torch.Tensor]:
         order = self.order(epoch)

@@ -31,3 +31,18 @@ def evaluate_loader(
     if all_reduce_sum is not None:
         acc.load_tensor(all_reduce_sum(acc.as_tensor()))
     return acc
+
+
+@torch.inference_mode()
+def per_sample_predictions(
+    model: nn.Module, loader: BatchLoader, augment: BatchAugment
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, class probabilities) of every image of a loader, in its order, on the CPU; fp32 as in
+    `evaluate_loader`."""
+    model.eval()
+    losses, probs = [], []
+    for images, labels in loader.batches():
+        logits = model(augment.eval(images)).float()
+        losses.append(F.cross_entropy(logits, labels, reduction="none").cpu())
+        probs.append(logits.softmax(dim=1).cpu())
+    return torch.cat(losses), torch.cat(probs)

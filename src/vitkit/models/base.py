@@ -60,6 +60,12 @@ class ImageClassifier(nn.Module):
         return self.forward_head(self.pool(self.forward_features(x)))
 
     @property
+    def patch_size(self) -> int | None:
+        """Side of the square patches the model cuts its input into, one token each; None for models
+        that do not (convolutional ones)."""
+        return None
+
+    @property
     def attention_layers(self) -> list[nn.Module]:
         """Self-attention modules in depth order, for attention maps; empty for families without."""
         return []

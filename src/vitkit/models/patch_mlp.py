@@ -66,6 +66,10 @@ class PatchMLPClassifier(ImageClassifier):
         return tokens.mean(dim=1)
 
     @property
+    def patch_size(self) -> int:
+        return self.patch_embed.stride
+
+    @property
     def num_layers(self) -> int:
         return len(self.blocks)
 

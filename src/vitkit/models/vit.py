@@ -142,6 +142,10 @@ class ViT(ImageClassifier):
         return tokens.flatten(1)
 
     @property
+    def patch_size(self) -> int:
+        return self.patch_embed.stride
+
+    @property
     def num_layers(self) -> int:
         return len(self.blocks)
 

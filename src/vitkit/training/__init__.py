@@ -20,9 +20,9 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def train(cfg: TrainConfig) -> dict[str, Any]:
+def train(cfg: TrainConfig, callbacks=()) -> dict[str, Any]:
     """Claim the run folder, build the run, fit it; the folder's status says how it ended. SIGTERM
-    ends a run as Ctrl-C does: recorded as interrupted, resumable."""
+    ends a run as Ctrl-C does: recorded as interrupted, resumable. `callbacks`: see callbacks.py."""
     runtime = Runtime.create(cfg)
     ctx = runtime.ctx
     run = RunDir.claim(cfg.out, default_run_dir(cfg), cfg.resume) if ctx.is_main else None
@@ -33,11 +33,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     trainer = None
     try:
         trainer = Trainer(cfg, runtime)
-        return trainer.fit(run)
+        return trainer.fit(run, callbacks)
     except BaseException as e:
         reason = "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
         info = trainer.run_info() if trainer else {"world_size": ctx.world_size}
         run.write_status("failed", info, error=reason)
+        if trainer:
+            trainer.callbacks.failed(e)
         if ctx.is_main:
             saved = run.find_last() is not None
             advice = f"continue it with `vitkit train --out {run.path} --resume`" if saved else "nothing was saved"

@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 
 from ..data.augment import AugmentSpec, BatchAugment
+from ..data.balance import balanced_class_weights, balanced_sample_weights
 from ..data.loader import BatchLoader, resolve_workers
 from ..data.prepare import normalization, prepare_data
 from ..data.preprocess import Preprocessing, run_preprocessing
@@ -56,6 +57,7 @@ class Setup:
     local_batch: int
     global_batch: int
     preprocessing: Preprocessing  # what the checkpoint records and inference repeats
+    class_weights: torch.Tensor | None = None  # of the training loss, on the device
 
     @property
     def channels(self) -> int:
@@ -141,7 +143,14 @@ def build(cfg: TrainConfig, runtime: Runtime) -> Setup:
             "lower --batch-size"
         )
     common = dict(device=runtime.device, rank=ctx.rank, world_size=ctx.world_size, workers=workers)
-    train_loader = BatchLoader(data.train, local_batch, shuffle=True, seed=cfg.seed, drop_last=True, **common)
+    labels = data.train.labels
+    sample_weights = balanced_sample_weights(labels, data.num_classes) if cfg.sampler == "balanced" else None
+    train_loader = BatchLoader(
+        data.train, local_batch, shuffle=True, seed=cfg.seed, drop_last=True, sample_weights=sample_weights, **common
+    )
+    class_weights = None
+    if cfg.class_weights == "balanced":
+        class_weights = balanced_class_weights(labels, data.num_classes).to(runtime.device)
     val_loader = BatchLoader(data.val, cfg.eval_batch_size, shuffle=False, **common)
     eval_split = "test" if data.test is not None else "val"
     eval_loader = (
@@ -164,6 +173,7 @@ def build(cfg: TrainConfig, runtime: Runtime) -> Setup:
         local_batch,
         global_batch,
         preprocessing,
+        class_weights,
     )
 
 

@@ -17,6 +17,7 @@ from ..data.hf import HUB_PREFIX
 from ..data.prepare import DATASET_DEFAULTS, NORMALIZE, dataset_defaults
 from ..models import get_preset
 from ..options import check_choices, flag, option
+from .callbacks import tracker_names
 
 DEFAULT_MODEL = "vit_micro_patch4_32"
 GROUPS = {
@@ -37,6 +38,7 @@ RESUMABLE = (
     "memory_limit_gb",
     "save_every",
     "eval_batch_size",
+    "log",
 )
 
 
@@ -64,6 +66,12 @@ class TrainConfig(AugmentSpec):
     skip_bad_images: bool = _data(False, "skip unreadable images (listed in skipped_images.txt) instead of failing")
     train_limit: int = _data(0, "use only this many training images, stratified (0: all)")
     test_limit: int = _data(0, "use only this many test images, stratified (0: all)")
+    sampler: str = _data(
+        "shuffle",
+        "training order per epoch: shuffle (every image once) or balanced (as many images drawn with "
+        "replacement, every class equally likely; seeded and resumable like the shuffle)",
+        choices=("shuffle", "balanced"),
+    )
     memory_limit_gb: float | None = _data(
         None,
         "decode a folder into memory up to this many GiB, stream larger ones from disk "
@@ -97,6 +105,12 @@ class TrainConfig(AugmentSpec):
     early_stopping: int = _optim(0, "stop after this many epochs without improvement; best weights kept (0: off)")
     monitor: str = _optim("val_top1", "what best/, plateau and early stopping follow", choices=("val_top1", "val_loss"))
     label_smoothing: float = _optim(0.0, "label smoothing in [0, 1)")
+    class_weights: str = _optim(
+        "none",
+        "training loss weight per class: balanced weighs class c by n/(k*count_c) (n training images, "
+        "k classes); the validation loss stays unweighted",
+        choices=("none", "balanced"),
+    )
     mixup: float = _optim(0.0, "MixUp Beta alpha (0: off)")
     cutmix: float = _optim(0.0, "CutMix Beta alpha (0: off)")
     grad_clip: float = _optim(0.0, "max gradient norm (0: off)")
@@ -134,6 +148,12 @@ class TrainConfig(AugmentSpec):
     )
     progress: bool = _run(True, "progress bar on stderr (shown only when stderr is a terminal)")
     quiet: bool = _run(False, "no per-epoch lines on stderr (errors still print)")
+    log: str | None = _run(
+        None,
+        "experiment trackers, comma-separated: tensorboard (event files in RUN/tensorboard/), mlflow "
+        "($MLFLOW_TRACKING_URI, else a file store in RUN/mlruns); each logs the configuration and every "
+        "epoch's metrics",
+    )
 
     def validate(self) -> "TrainConfig":
         check_choices(self)
@@ -198,6 +218,7 @@ class TrainConfig(AugmentSpec):
                 raise ValueError(
                     f"{flag(name)} needs one value per channel" + (", all positive" if name == "std" else "")
                 )
+        tracker_names(self.log)
         if self.data not in BUILTIN and not self.data.startswith(HUB_PREFIX) and not Path(self.data).exists():
             close = difflib.get_close_matches(self.data, list(BUILTIN), n=1)
             hint = f" Did you mean {close[0]}?" if close else ""

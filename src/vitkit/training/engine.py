@@ -24,6 +24,7 @@ from ..models import count_parameters
 from ..models.io import load_model
 from ..runtime import autocast
 from .build import Runtime, build
+from .callbacks import Callbacks, make_trackers
 from .config import TrainConfig
 from .optim import build_optimizer, param_groups
 from .resume import capture_state, restore_state
@@ -31,6 +32,7 @@ from .rundir import RunDir, checkpoint_metadata
 from .schedule import FIRST_PLAN_STEPS, Plateau, TimeBudget, lr_factor
 
 LOG_EVERY = 25  # optimizer steps between host synchronisations for progress and the loss check
+TRAIN_BATCH_PLOT = "train_batch.png"
 
 
 class Trainer:
@@ -58,23 +60,31 @@ class Trainer:
         # with a time budget the length is unknown until steps have been timed: the schedule holds its peak
         self.planned_steps = None if cfg.time_budget else -(-self.steps_per_epoch // cfg.accum_steps) * cfg.epochs
         self.step, self.history, self.best_epoch = 0, [], -1
+        self.callbacks = Callbacks()
+        self.stopped_by = "epochs"  # or time_budget, early_stopping: what ended the run, for its records
 
     # -- one step ----------------------------------------------------------------------------
-    def set_lr(self) -> float:
+    def scheduled_lr(self) -> float:
+        """The learning rate of the current step: warmup, schedule and plateau reductions."""
         factor = lr_factor(self.step, self.planned_steps, self.warmup_steps, self.cfg.schedule, self.cfg.min_lr_ratio)
-        lr = self.cfg.lr * factor * self.plateau.scale
+        return self.cfg.lr * factor * self.plateau.scale
+
+    def set_lr(self) -> float:
+        lr = self.scheduled_lr()
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         return lr
 
     def train_step(self, net: nn.Module, images: torch.Tensor, labels: torch.Tensor, boundary: bool = True):
         """Augment a uint8 batch on the device, then one model step."""
-        cfg = self.cfg
-        x = self.augment.train(images, self.aug_gen)
-        x, targets = mix_batch(
-            x, labels, self.data.num_classes, cfg.mixup, cfg.cutmix, cfg.label_smoothing, self.aug_gen
-        )
+        x, targets = self.augmented_batch(images, labels, self.aug_gen)
         return self.model_step(net, x, targets, boundary)
+
+    def augmented_batch(self, images: torch.Tensor, labels: torch.Tensor, gen: torch.Generator):
+        """(model input, soft targets) of a uint8 batch: augmentation, then MixUp/CutMix and smoothing."""
+        cfg = self.cfg
+        x = self.augment.train(images, gen)
+        return mix_batch(x, labels, self.data.num_classes, cfg.mixup, cfg.cutmix, cfg.label_smoothing, gen)
 
     def model_step(self, net: nn.Module, x: torch.Tensor, targets: torch.Tensor, boundary: bool = True):
         """Forward, backward and (at accumulation boundaries) the optimizer update. With
@@ -90,7 +100,10 @@ class Trainer:
             with contextlib.nullcontext() if final or not self.ctx.enabled else net.no_sync():
                 with autocast(self.device, self.bf16):
                     logits = net(x_part).float()
-                part = F.cross_entropy(logits, target_part) * (x_part.shape[0] / x.shape[0])
+                # with soft targets torch divides the (class-weighted) sum by the chunk's size, not by
+                # its weights' sum, so the chunks still add up to the whole batch's loss
+                part = F.cross_entropy(logits, target_part, weight=self.setup.class_weights)
+                part = part * (x_part.shape[0] / x.shape[0])
                 (part / cfg.accum_steps).backward()
             all_logits.append(logits.detach())
             loss = loss + part.detach()
@@ -170,7 +183,9 @@ class Trainer:
             self.planned_steps = self.ctx.broadcast_object(self.budget.plan(self.step))
 
     # -- the run -----------------------------------------------------------------------------
-    def fit(self, run: RunDir) -> dict[str, Any]:
+    def fit(self, run: RunDir, callbacks=()) -> dict[str, Any]:
+        """Train into `run`; `callbacks` (see callbacks.py) and the --log trackers are called on the
+        process that writes the run folder."""
         cfg, ctx = self.cfg, self.ctx
         self.run = run
         start_epoch, start_batch = self.load_last() if cfg.resume else (0, 0)
@@ -178,8 +193,23 @@ class Trainer:
         run.write_config(cfg)
         run.write_status("running", self.run_info())
         run.write_skipped(self.setup.bad_images)
+        self.callbacks = Callbacks([*make_trackers(cfg.log), *callbacks] if ctx.is_main else [])
+        self.callbacks.call("on_train_begin", run.path, cfg.to_dict(), [dict(row) for row in self.history])
+        if ctx.is_main and not (run.path / TRAIN_BATCH_PLOT).exists():
+            from ..viz.report import write_train_batch
+
+            write_train_batch(
+                run.path / TRAIN_BATCH_PLOT,
+                self.data.train,
+                self.augment,
+                self.augmented_batch,
+                self.data.class_names,
+                cfg.seed,
+                self.device,
+            )
         net = self.wrap_model()
         epoch = start_epoch
+        self.stopped_by = "time_budget" if cfg.time_budget else "epochs"
         while cfg.time_budget or epoch < cfg.epochs:
             if start_batch == 0 or epoch != start_epoch:
                 torch.manual_seed(epoch_seed(cfg.seed, epoch, 1))
@@ -200,9 +230,11 @@ class Trainer:
             epoch += 1
             self.save_last(epoch, 0)
             run.write_metrics(self.history)
+            self.callbacks.call("on_epoch_end", row["epoch"], dict(row))
             self.log(row)
             if cfg.early_stopping and self.stopper.wait >= cfg.early_stopping:
                 self.log(f"early stopping: no {cfg.monitor} improvement for {cfg.early_stopping} epochs")
+                self.stopped_by = "early_stopping"
                 break
             if ctx.any(not self.budget.another_epoch_fits(len(self.history))):
                 break
@@ -225,6 +257,7 @@ class Trainer:
             "test_split": setup.eval_split,
             "best_epoch": self.best_epoch,
             "epochs_run": len(self.history),
+            "stopped_by": self.stopped_by,
             "monitor": self.cfg.monitor,
             "train_time_s": round(self.budget.elapsed(), 1),
             "parameters": count_parameters(self.model),
@@ -238,11 +271,15 @@ class Trainer:
             "lr": self.cfg.lr,
         }
         self.run.write_results(results)
+        self.callbacks.call("on_train_end", {**results, "run_dir": str(self.run.path)})
         if ctx.is_main:
             write_report(
                 self.run.path, best, setup.eval_loader.split, self.augment, self.data.class_names, self.history, metrics
             )
-        self.run.write_status("complete", self.run_info())
+        self.run.write_config(self.cfg, ran=(len(self.history), self.stopped_by))
+        self.run.write_status(
+            "complete", {**self.run_info(), "epochs_run": len(self.history), "stopped_by": self.stopped_by}
+        )
         self.log(
             f"{setup.eval_split} top-1 {metrics['top1']:.4f}  top-5 {metrics['top5']:.4f}  "
             f"f1-macro {metrics['f1_macro']:.4f}  ->  {self.run.path}"

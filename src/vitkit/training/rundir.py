@@ -2,12 +2,13 @@
 status honest (running | complete | failed with the reason).
 
 run folder/
-  args.yaml            resolved configuration (every value, presets expanded)
-  run.json             status and provenance (times, versions, host, device)
+  args.yaml            resolved configuration as requested (every value, presets expanded)
+  run.json             status and provenance (times, versions, host, device; epochs run, stop reason)
   metrics.csv          one row per epoch
-  results.json         metrics of the best checkpoint on the reported split
+  results.json         metrics of the best checkpoint on the reported split, epochs run, stop reason
   best/ last/          checkpoints (safetensors + config.json; last/ adds trainer.pt for --resume)
-  curves.png confusion_matrix.png predictions.png patches.png
+  curves.png confusion_matrix.png predictions.png train_batch.png patches.png (patch models only)
+  tensorboard/ mlruns/ with --log
 """
 
 from __future__ import annotations
@@ -48,6 +49,13 @@ METRIC_FIELDS = (
     "images_per_s",
     "time_s",
 )
+
+
+STOP_REASONS = {
+    "epochs": "reaching --epochs",
+    "time_budget": "the --time-budget clock",
+    "early_stopping": "--early-stopping",
+}
 
 
 def _lock_within(fd: int, seconds: float) -> bool:
@@ -118,10 +126,21 @@ class RunDir:
             self._lock = None
 
     # -- status and records ----------------------------------------------------------------
-    def write_config(self, cfg: TrainConfig) -> None:
-        if self.writer:
-            with atomic_path(self.path / "args.yaml") as tmp:
-                tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    def write_config(self, cfg: TrainConfig, ran: tuple[int, str] | None = None) -> None:
+        """args.yaml: the configuration as requested, so that `--config args.yaml` repeats the run. A
+        finished run adds a comment saying how many epochs it trained and why it stopped
+        (`ran`: epochs, stop reason), as run.json and results.json record."""
+        if not self.writer:
+            return
+        header = ""
+        if ran is not None:
+            epochs, stopped_by = ran
+            header = (
+                f"# As requested. The run trained {epochs} epoch(s), stopped by {STOP_REASONS[stopped_by]}; "
+                "see epochs_run in run.json and results.json.\n"
+            )
+        with atomic_path(self.path / "args.yaml") as tmp:
+            tmp.write_text(header + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
     def write_status(self, status: str, info: dict[str, Any], error: str | None = None) -> None:
         if not self.writer:

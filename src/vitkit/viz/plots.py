@@ -1,4 +1,5 @@
-"""The run folder's figures: curves, confusion matrix, prediction grid and patch grid."""
+"""The run folder's figures: curves, confusion matrix, image grids (predictions, a training batch, top
+losses), patch grid and the learning-rate sweep. Only plotting imports this module (and matplotlib)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from ..fileio import atomic_path  # noqa: E402
+
+TOP5_MIN_CLASSES = 6  # with 5 classes or fewer top-5 accuracy is 1 by definition
 
 
 def _save(fig, path: str | os.PathLike) -> None:
@@ -27,76 +31,78 @@ def _image(img: np.ndarray):
     return (img[..., 0], "gray") if img.shape[-1] == 1 else (img, None)
 
 
-def plot_curves(history: list[dict], path) -> None:
-    """Loss, top-1 and top-5 per epoch, train against validation."""
+def _finite(values) -> bool:
+    return any(v is not None and not (isinstance(v, float) and math.isnan(v)) for v in values)
+
+
+def plot_curves(history: list[dict], num_classes: int, path) -> None:
+    """Loss, top-1 (and top-5 when there are more than 5 classes) per epoch, train against validation,
+    and the learning rate each epoch ended with."""
     epochs = [h["epoch"] for h in history]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for ax, key, title in zip(axes, ("loss", "top1", "top5"), ("loss", "top-1 accuracy", "top-5 accuracy")):
+    panels = [("loss", "loss"), ("top1", "top-1 accuracy")]
+    if num_classes >= TOP5_MIN_CLASSES:
+        panels.append(("top5", "top-5 accuracy"))
+    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(4.6 * (len(panels) + 1), 3.8), layout="constrained")
+    for ax, (key, title) in zip(axes, panels):
         for split, style in (("train", "-o"), ("val", "-s")):
             values = [h.get(f"{split}_{key}") for h in history]
-            if any(v is not None and not (isinstance(v, float) and math.isnan(v)) for v in values):
+            if _finite(values):
                 ax.plot(epochs, [np.nan if v is None else v for v in values], style, label=split, markersize=3)
         ax.set_title(title)
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
         ax.legend()
+    lr_axis = axes[-1]
+    lr_axis.plot(epochs, [h.get("lr", np.nan) for h in history], "-o", color="tab:green", markersize=3)
+    lr_axis.set_title("learning rate (end of epoch)")
+    lr_axis.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
     _save(fig, path)
 
 
 def plot_confusion_matrix(confusion, class_names: list[str], path) -> None:
-    """Counts and row-normalised rates side by side, labelled with class names."""
+    """Counts and row-normalised rates side by side, labelled with class names; empty cells are 0."""
     cm = np.asarray(confusion, dtype=np.int64)
     norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
     n = len(class_names)
     size = max(5.0, min(0.45 * n + 2, 30))
-    fig, axes = plt.subplots(1, 2, figsize=(2 * size + 1, size))
+    # constrained layout keeps the colour bars clear of the next matrix's class names
+    fig, axes = plt.subplots(1, 2, figsize=(2 * size + 2, size), layout="constrained")
     annotate = n <= 30
+    long_names = max(map(len, class_names)) * n > 40
     for ax, data, title, fmt in ((axes[0], cm, "counts", "d"), (axes[1], norm, "normalised (recall)", ".2f")):
         im = ax.imshow(data, cmap="Blues")
         ax.set_title(title)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
-        ax.set_xticks(range(n), class_names, rotation=90 if n > 5 else 0, fontsize=8)
+        ax.set_xticks(
+            range(n), class_names, fontsize=8, rotation=45 if long_names else 0, ha="right" if long_names else "center"
+        )
         ax.set_yticks(range(n), class_names, fontsize=8)
-        fig.colorbar(im, ax=ax, fraction=0.046)
+        fig.colorbar(im, ax=ax, shrink=0.8)
         if annotate:
             top = data.max() if data.size else 0
-            for i in range(n):
-                for j in range(n):
-                    ax.text(
-                        j,
-                        i,
-                        format(data[i, j], fmt),
-                        ha="center",
-                        va="center",
-                        fontsize=7,
-                        color="white" if data[i, j] > top / 2 else "black",
-                    )
+            for i, j in zip(*np.nonzero(cm)):
+                colour = "white" if data[i, j] > top / 2 else "black"
+                ax.text(j, i, format(data[i, j], fmt), ha="center", va="center", fontsize=7, color=colour)
     _save(fig, path)
 
 
-def plot_predictions(
-    images: np.ndarray,
-    true: list[int],
-    pred: list[int],
-    scores: list[float],
-    class_names: list[str],
-    path,
-    columns: int = 4,
+def plot_image_grid(
+    images: np.ndarray, titles: list[str], path, suptitle: str, mistakes: list[bool] | None = None, columns: int = 4
 ) -> None:
-    """Grid of images titled 'pred (score) / true'; mistakes in red with a red frame."""
+    """Images (uint8, CHW or HWC) in a grid with a title each; mistakes get a red title and frame."""
     n = len(images)
+    mistakes = mistakes or [False] * n
     rows = max(1, math.ceil(n / columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 2.6, rows * 2.9))
-    for ax in np.atleast_1d(axes).flatten():
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 2.4, rows * 2.6), squeeze=False, layout="constrained")
+    for ax in axes.flatten():
         ax.axis("off")
-    for ax, img, t, p, s in zip(np.atleast_1d(axes).flatten(), images, true, pred, scores):
+    for ax, img, title, wrong in zip(axes.flatten(), images, titles, mistakes):
         data, cmap = _image(img)
-        ax.imshow(data, cmap=cmap)
-        wrong = t != p
-        ax.set_title(
-            f"{class_names[p]} ({s:.2f})\ntrue: {class_names[t]}", fontsize=8, color="red" if wrong else "green"
-        )
+        ax.imshow(data, cmap=cmap, vmin=0, vmax=255)
+        ax.set_title(title, fontsize=8, color="red" if wrong else ("green" if any(mistakes) else "black"))
         if wrong:
             ax.axis("on")
             ax.set_xticks([])
@@ -104,8 +110,17 @@ def plot_predictions(
             for spine in ax.spines.values():
                 spine.set_edgecolor("red")
                 spine.set_linewidth(3)
-    fig.suptitle("test predictions (red: mistakes)")
+    fig.suptitle(suptitle)
     _save(fig, path)
+
+
+def plot_predictions(
+    images: np.ndarray, true: list[int], pred: list[int], scores: list[float], class_names: list[str], path
+) -> None:
+    """Grid of images titled 'pred (score) / true'; mistakes in red with a red frame."""
+    titles = [f"{class_names[p]} ({s:.2f})\ntrue: {class_names[t]}" for t, p, s in zip(true, pred, scores)]
+    mistakes = [t != p for t, p in zip(true, pred)]
+    plot_image_grid(images, titles, path, "test predictions (red: mistakes)", mistakes)
 
 
 def plot_patches(image: np.ndarray, patch_size: int, path) -> None:
@@ -115,7 +130,7 @@ def plot_patches(image: np.ndarray, patch_size: int, path) -> None:
     gh, gw = h // patch_size, w // patch_size
     fig = plt.figure(figsize=(10, 5))
     ax = fig.add_subplot(1, 2, 1)
-    ax.imshow(data, cmap=cmap)
+    ax.imshow(data, cmap=cmap, vmin=0, vmax=255)
     ax.set_title(f"{h}x{w} image")
     ax.axis("off")
     grid = fig.add_gridspec(gh, gw, left=0.52, right=0.98, wspace=0.08, hspace=0.08)
@@ -130,4 +145,23 @@ def plot_patches(image: np.ndarray, patch_size: int, path) -> None:
             )
             sub.axis("off")
     fig.suptitle(f"{gh * gw} patches of {patch_size}x{patch_size}")
+    _save(fig, path)
+
+
+def plot_lr_find(lrs: list[float], losses: list[float], smoothed: list[float], suggestion: float, path) -> None:
+    """Training loss against the learning rate of an exponential sweep (log axis), raw and smoothed,
+    with the suggested rate marked."""
+    fig, ax = plt.subplots(figsize=(7, 4.2), layout="constrained")
+    ax.plot(lrs, losses, color="tab:blue", alpha=0.3, label="loss")
+    ax.plot(lrs, smoothed, color="tab:blue", label="smoothed loss")
+    ax.axvline(suggestion, color="tab:red", linestyle="--", label=f"suggested lr {suggestion:.2e}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss")
+    # framed on the smoothed descent: a diverging tail would flatten everything before it
+    pad = max(smoothed[0] - min(smoothed), 0.05 * abs(smoothed[0]), 1e-3)
+    ax.set_ylim(min(smoothed) - pad, max(smoothed[0], min(smoothed)) + 2 * pad)
+    ax.set_title("learning-rate sweep")
+    ax.grid(alpha=0.3)
+    ax.legend()
     _save(fig, path)

@@ -1,12 +1,12 @@
-"""Render the run folder's figures from a trained model and its test split."""
+"""Render the run folder's figures from a trained model and its test split. The plots (and
+matplotlib) are imported only when a figure is drawn."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import torch
-
-from . import plots
 
 
 def sample_images(split, count: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -28,7 +28,9 @@ def display_images(images: torch.Tensor, augment) -> torch.Tensor:
 
 @torch.inference_mode()
 def write_report(run_dir: Path, model, test_split, augment, class_names, history, test_metrics):
-    plots.plot_curves(history, run_dir / "curves.png")
+    from . import plots
+
+    plots.plot_curves(history, len(class_names), run_dir / "curves.png")
     plots.plot_confusion_matrix(test_metrics["confusion_matrix"], class_names, run_dir / "confusion_matrix.png")
     images, labels = sample_images(test_split, 16)
     device = next(model.parameters()).device
@@ -39,6 +41,34 @@ def write_report(run_dir: Path, model, test_split, augment, class_names, history
     plots.plot_predictions(
         shown, labels.tolist(), pred.tolist(), scores.tolist(), class_names, run_dir / "predictions.png"
     )
-    tokenizer = getattr(model, "patch_embed", None)
-    patch = tokenizer.stride if tokenizer is not None else max(4, augment.out_size // 8)
-    plots.plot_patches(shown[0], patch, run_dir / "patches.png")
+    if model.patch_size is not None:
+        plots.plot_patches(shown[0], model.patch_size, run_dir / "patches.png")
+
+
+def target_title(target: torch.Tensor, class_names: list[str]) -> str:
+    """The classes a (possibly mixed or smoothed) target is made of: 'cat', or 'cat 0.70 + dog 0.30'."""
+    weights, classes = target.sort(descending=True)
+    parts = [(class_names[c], w) for c, w in zip(classes.tolist(), weights.tolist()) if w >= 0.2]
+    return parts[0][0] if len(parts) == 1 else " + ".join(f"{name} {w:.2f}" for name, w in parts)
+
+
+@torch.no_grad()
+def write_train_batch(
+    path: Path,
+    train_split,
+    augment,
+    make_batch: Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]],
+    class_names: list[str],
+    seed: int,
+    device: torch.device,
+    count: int = 16,
+) -> None:
+    """A mosaic of training images as the model receives them: augmented (and mixed) by `make_batch`
+    with its own generator, so training's random streams are untouched, then de-normalised."""
+    from . import plots
+
+    images, labels = sample_images(train_split, count, seed)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    x, targets = make_batch(images.to(device), labels.to(device), generator)
+    titles = [target_title(t, class_names) for t in targets.cpu()]
+    plots.plot_image_grid(augment.to_uint8(x).cpu().numpy(), titles, path, "a training batch as the model sees it")

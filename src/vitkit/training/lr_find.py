@@ -1,0 +1,103 @@
+"""The learning-rate range test (Smith, "Cyclical Learning Rates", 2017; fastai's lr_find): train a
+fresh model for a few hundred steps at most while the learning rate grows exponentially, and watch
+the loss. The suggestion is the rate where the smoothed loss falls fastest (steepest descent against
+log lr), which sits safely below the rate where it is lowest.
+
+The sweep builds its own model, optimizer and loaders from the configuration, writes no run folder
+and leaves the caller's random state as it found it: nothing of it reaches a later training run."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from ..data.loader import epoch_seed
+from ..runtime import resolve_device
+from .config import TrainConfig
+from .engine import Trainer
+
+SMOOTHING = 0.98  # exponential moving average of the loss, bias-corrected (as fastai)
+DIVERGED = 4.0  # the sweep stops once the smoothed loss exceeds this many times its minimum
+METHOD = "steepest descent of the smoothed loss"
+
+
+@dataclass
+class LRFindResult:
+    lrs: list[float]
+    losses: list[float]
+    smoothed: list[float]
+    suggested_lr: float
+    min_loss_lr: float  # where the smoothed loss was lowest; a tenth of it is the other common rule
+    diverged: bool
+    method: str = METHOD
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class _Sweep(Trainer):
+    """A Trainer whose learning rate grows exponentially with the step instead of following the
+    schedule."""
+
+    def __init__(self, cfg: TrainConfig, start_lr: float, end_lr: float, steps: int):
+        super().__init__(cfg)
+        self.start_lr, self.end_lr, self.steps = start_lr, end_lr, steps
+
+    def scheduled_lr(self) -> float:
+        return self.start_lr * (self.end_lr / self.start_lr) ** (self.step / max(self.steps - 1, 1))
+
+
+def suggest(lrs: list[float], smoothed: list[float]) -> float:
+    """The rate of steepest descent of the smoothed loss strictly before its minimum (a tenth of the
+    rate at the minimum when the loss never fell), within the swept range. The slope is taken on the
+    whole curve, so that the points next to the minimum get central differences, not one-sided ones."""
+    lowest = int(np.argmin(smoothed))
+    if lowest < 2:
+        return max(lrs[lowest] / 10, lrs[0])
+    slope = np.gradient(np.asarray(smoothed), np.log10(lrs))
+    return float(lrs[int(np.argmin(slope[:lowest]))])
+
+
+def check_sweep(steps: int, start_lr: float, end_lr: float) -> None:
+    if steps < 2:
+        raise ValueError(f"--steps must be at least 2, got {steps}")
+    if not 0 < start_lr < end_lr:
+        raise ValueError(f"--start-lr ({start_lr}) must be positive and below --end-lr ({end_lr})")
+
+
+def lr_find(cfg: TrainConfig, steps: int = 100, start_lr: float = 1e-7, end_lr: float = 10.0) -> LRFindResult:
+    """Sweep the learning rate from start_lr to end_lr over `steps` optimizer steps (one batch each),
+    stopping early when the loss diverges."""
+    check_sweep(steps, start_lr, end_lr)
+    device = resolve_device(cfg.device)
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        sweep = _Sweep(cfg, start_lr, end_lr, steps)
+        sweep.aug_gen.manual_seed(cfg.seed)
+        sweep.model.train()
+        lrs, losses, smoothed, average, diverged, epoch = [], [], [], 0.0, False, 0
+        while len(lrs) < steps and not diverged:
+            torch.manual_seed(epoch_seed(cfg.seed, epoch, 1))
+            for images, labels in sweep.train_loader.batches(epoch):
+                lr = sweep.scheduled_lr()
+                _, loss = sweep.train_step(sweep.model, images, labels, boundary=True)
+                loss = float(loss)
+                if not math.isfinite(loss):
+                    diverged = True
+                    break
+                average = SMOOTHING * average + (1 - SMOOTHING) * loss
+                lrs.append(lr)
+                losses.append(loss)
+                smoothed.append(average / (1 - SMOOTHING ** len(lrs)))
+                if len(lrs) >= steps or smoothed[-1] > DIVERGED * min(smoothed):
+                    diverged = len(lrs) < steps
+                    break
+            epoch += 1
+    if len(lrs) < 2:
+        raise FloatingPointError(
+            f"the loss was not finite from the first steps of the sweep: raise --steps or lower --start-lr ({start_lr})"
+        )
+    lowest = int(np.argmin(smoothed))
+    return LRFindResult(lrs, losses, smoothed, suggest(lrs, smoothed), lrs[lowest], diverged)

@@ -1,0 +1,63 @@
+"""`vitkit lr-find`: an exponential learning-rate sweep on a fresh model that stops when the loss
+diverges, plots loss against rate, suggests a rate inside the swept range, and leaves nothing behind
+(no run folder, the caller's random state untouched)."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import vitkit
+from vitkit.cli import main
+from vitkit.training.lr_find import DIVERGED, suggest
+
+TINY = dict(
+    train_limit=320, batch_size=32, model_args={"depth": 1, "embed_dim": 32, "mlp_dim": 64}, amp="off", threads=1
+)
+
+
+def assert_real_plot(path) -> None:
+    image = Image.open(path)
+    assert image.format == "PNG" and np.asarray(image.convert("L"), dtype=float).std() > 10
+
+
+def test_lr_find_sweeps_until_the_loss_diverges_and_leaves_no_trace(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rng_before = torch.get_rng_state()
+    result = vitkit.lr_find(steps=60, start_lr=1e-4, end_lr=1000, plot="sweep.png", **TINY)
+    lrs, losses, smoothed = result["lrs"], result["losses"], result["smoothed"]
+
+    ratio = (1000 / 1e-4) ** (1 / 59)  # exponential: a constant factor per step from start_lr
+    assert lrs == pytest.approx([1e-4 * ratio**i for i in range(len(lrs))], rel=1e-9)
+    # stopped by the divergence rule, long before the end of the sweep, with every loss finite
+    assert result["diverged"] and len(lrs) < 60 and all(math.isfinite(x) for x in losses)
+    assert smoothed[-1] > DIVERGED * min(smoothed) and all(s <= DIVERGED * min(smoothed[:-1]) for s in smoothed[:-1])
+    assert result["suggested_lr"] in lrs and lrs[0] <= result["suggested_lr"] <= result["min_loss_lr"]
+    assert result["min_loss_lr"] == lrs[int(np.argmin(smoothed))]
+
+    assert_real_plot(tmp_path / "sweep.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.png"]  # no run folder, no checkpoint
+    assert torch.equal(torch.get_rng_state(), rng_before)
+
+
+def test_the_command_takes_train_s_data_and_model_flags_and_prints_the_suggestion(tmp_path, capsys):
+    plot = tmp_path / "lr.png"
+    args = ["lr-find", "--steps", "4", "--train-limit", "320", "--batch-size", "32", "--model-arg", "depth=1"]
+    assert main([*args, "--amp", "off", "--threads", "1", "--plot", str(plot)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["method"] == "steepest descent of the smoothed loss" and printed["plot"] == str(plot)
+    assert printed["steps"] == 4 and 1e-7 <= printed["suggested_lr"] <= 10
+    assert_real_plot(plot)
+    with pytest.raises(SystemExit):  # run-folder and schedule flags mean nothing to a sweep
+        main(["lr-find", "--epochs", "3"])
+    assert "unrecognized arguments: --epochs" in capsys.readouterr().err
+
+
+def test_the_suggestion_is_the_steepest_fall_of_the_loss():
+    lrs = [10.0**e for e in range(-6, 1)]
+    smoothed = [2.3, 2.29, 2.28, 1.6, 1.55, 1.5, 3.0]  # falls fastest around 1e-3
+    assert suggest(lrs, smoothed) == 1e-3
+    assert suggest(lrs, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]) == 1e-6  # never fell: a tenth of the lowest point
