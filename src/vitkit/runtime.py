@@ -46,8 +46,17 @@ def autocast(device: torch.device, enabled: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
+def available_cores() -> int:
+    """The cores this process may use: OMP_NUM_THREADS when set (the usual way to share a machine among
+    processes), else the CPU affinity mask (a container's or taskset's share), else every core."""
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    if omp.isdigit() and int(omp) > 0:
+        return int(omp)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def setup_threads(threads: int) -> None:
-    """torch CPU threads; 0 means every core."""
+    """torch CPU threads; 0 means every available core."""
     if threads < 0:
         raise ValueError(f"--threads must be 0 (every core) or a positive count, got {threads}")
-    torch.set_num_threads(threads or os.cpu_count() or 1)
+    torch.set_num_threads(threads or available_cores())

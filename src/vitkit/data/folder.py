@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..fileio import atomic_path
+from ..runtime import available_cores
 from .builtin import data_root
 from .images import BadImageError, is_image_file
 from .preprocess import Preprocessing
@@ -109,7 +110,7 @@ def _decode_all(
             bad.append(str(e))
             return None
 
-    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
+    with ThreadPoolExecutor(max_workers=min(8, available_cores() * 2)) as pool:
         arrays = list(pool.map(decode, paths))
     kept = [i for i, a in enumerate(arrays) if a is not None]
     size = preprocessing.square_size

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..runtime import available_cores
 from .builtin import data_root
 from .folder import SPLIT_ALIASES, memory_limit_bytes
 from .preprocess import Preprocessing
@@ -145,7 +146,7 @@ class TableSplit:
             source, name = _image_source(cells[i], i)
             return self.preprocessing.load_array(source, name)
 
-        with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
+        with ThreadPoolExecutor(max_workers=min(8, available_cores() * 2)) as pool:
             arrays = list(pool.map(decode, range(len(self))))
         stacked = np.stack(arrays) if arrays else np.zeros((0, self.stored_size, self.stored_size, 3), np.uint8)
         return Split(torch.from_numpy(stacked).permute(0, 3, 1, 2).contiguous(), self.labels)

@@ -14,6 +14,8 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from torch.utils.data import Dataset as TorchDataset
 
+from ..runtime import available_cores
+
 AUTO_WORKERS = -1
 MAX_AUTO_WORKERS = 8
 PREFETCH_BATCHES = 4  # per worker: enough to ride out a slow file without holding much memory
@@ -27,7 +29,7 @@ def auto_workers() -> int:
     """Decoding processes per training process: the cores this process may use, shared among the
     processes on this node (torchrun's LOCAL_WORLD_SIZE), less one core for the training step itself;
     at least one, so decoding never runs in the training process."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = available_cores()
     local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     return max(1, min(MAX_AUTO_WORKERS, cores // local_processes - 1))
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from ..runtime import available_cores
 from .folder import scan_folder
 from .hf import require_datasets
 from .images import BadImageError, open_image
@@ -82,7 +83,7 @@ def pack_folder(
 
     total_images = total_bytes = shard_count = 0
     (out / "data").mkdir(parents=True, exist_ok=True)
-    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
+    with ThreadPoolExecutor(max_workers=min(8, available_cores() * 2)) as pool:
         for split, files in splits.items():
             items = [(p, i) for i, c in enumerate(classes) for p in files[c]]
             shards, rows, row_bytes = [], [], 0

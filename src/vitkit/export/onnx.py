@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ..fileio import atomic_path
+from ..runtime import available_cores
 
 DEFAULT_OPSET = 18
 PARITY_TOLERANCE = 1e-4
@@ -88,7 +89,7 @@ class OnnxModel:
     def __init__(self, path: str | os.PathLike, threads: int = 0):
         ort = _require("onnxruntime", "export")
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        options.intra_op_num_threads = threads or available_cores()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

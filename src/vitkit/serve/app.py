@@ -22,7 +22,6 @@ import html
 import io
 import ipaddress
 import logging
-import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -42,6 +41,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ..data.images import BadImageError
 from ..predict import top_k
+from ..runtime import available_cores
 from .limits import ServeLimits
 
 PAGE = (Path(__file__).parent / "page.html").read_text()
@@ -114,7 +114,7 @@ class Decoder:
     the GIL while they work) and one thread that takes heavy images in turn."""
 
     def __init__(self, threads: int = 0):
-        threads = threads or os.cpu_count() or 1
+        threads = threads or available_cores()
         self.light = ThreadPoolExecutor(threads, thread_name_prefix="vitkit-decode")
         self.heavy = ThreadPoolExecutor(1, thread_name_prefix="vitkit-decode-heavy")
 
