@@ -10,7 +10,7 @@ import threading
 import httpx
 import pytest
 import torch
-from conftest import run_vitkit, subprocess_env
+from conftest import run_vitkit
 from corpus import write_corpus
 from safetensors.torch import load_file, save_file
 from serving import running_server
@@ -141,15 +141,15 @@ def test_non_loopback_hosts_are_warned_about(digits_run, tmp_path, capsys):
     assert "warning: listening on 192.0.2.1" in proc.stderr and "no authentication" in proc.stderr
 
 
-def test_predict_writes_nothing_into_the_run_folder(digits_run, digit_images, tmp_path):
+def test_predict_writes_nothing_into_the_run_folder(digits_run, digit_images, tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime")
     run = tmp_path / "run"
     shutil.copytree(digits_run[0], run)
     before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
     cache = tmp_path / "cache"
-    env = {**subprocess_env(), "XDG_CACHE_HOME": str(cache)}
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
     for _ in range(2):
-        proc = run_vitkit("predict", str(run), str(digit_images[0][0]), "--backend", "onnxruntime", env=env)
+        proc = run_vitkit("predict", str(run), str(digit_images[0][0]), "--backend", "onnxruntime")
         assert proc.returncode == 0, proc.stderr[-2000:]
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
     exported = list((cache / "vitkit" / "onnx").glob("*.onnx"))

@@ -138,17 +138,15 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- eval / predict
 
 
+def evaluation_options(args: argparse.Namespace) -> dict:
+    """The data a checkpoint is evaluated on, as `eval` and `top-losses` both take it."""
+    return {k: getattr(args, k) for k in ("data", "split", "batch_size", "device", "data_dir")}
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from . import api
 
-    metrics = api.evaluate(
-        args.checkpoint,
-        data=args.data,
-        split=args.split,
-        batch_size=args.batch_size,
-        device=args.device,
-        data_dir=args.data_dir,
-    )
+    metrics = api.evaluate(args.checkpoint, **evaluation_options(args))
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:
@@ -161,16 +159,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_top_losses(args: argparse.Namespace) -> int:
     from . import api
 
-    report = api.top_losses(
-        args.run,
-        count=args.count,
-        out=args.out,
-        data=args.data,
-        split=args.split,
-        batch_size=args.batch_size,
-        device=args.device,
-        data_dir=args.data_dir,
-    )
+    report = api.top_losses(args.run, count=args.count, out=args.out, **evaluation_options(args))
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
