@@ -13,9 +13,12 @@ import numpy as np
 import pytest
 import torch
 from conftest import run_vitkit, shared_dataset, subprocess_env, vitkit_cmd, write_class_folders
+from corpus import build_corpus
 from PIL import Image
 from safetensors.torch import load_file
 
+import vitkit
+from vitkit.data import prepare
 from vitkit.data.folder import load_folder
 from vitkit.data.loader import BatchLoader
 from vitkit.data.prepare import channel_stats
@@ -58,6 +61,91 @@ def test_streamed_normalisation_equals_in_memory():
     streamed = load_folder(root / "train", Preprocessing(24), memory_limit_gb=0)[0].train
     assert channel_stats(streamed, 3, workers=1) == channel_stats(memory, 3)
     assert channel_stats(streamed, 1) == channel_stats(memory, 1)
+
+
+def test_normalisation_samples_the_whole_split(tmp_path, monkeypatch):
+    """Class folders are listed one after another: a sample of the first images would see only the dark
+    class. An evenly spaced one sees both, streamed or in memory."""
+    for name, value in (("a_dark", 20), ("b_bright", 220)):
+        (tmp_path / "imgs" / name).mkdir(parents=True)
+        for i in range(10):
+            Image.new("RGB", (8, 8), (value,) * 3).save(tmp_path / "imgs" / name / f"{i}.png")
+    monkeypatch.setattr(prepare, "STATS_IMAGES", 4)
+    memory = load_folder(tmp_path / "imgs", Preprocessing(8), cache=False)[0].train
+    streamed = load_folder(tmp_path / "imgs", Preprocessing(8), memory_limit_gb=0)[0].train
+    mean, _ = channel_stats(memory, 3)
+    assert mean == pytest.approx((120 / 255,) * 3, abs=1e-6)
+    assert channel_stats(streamed, 3) == channel_stats(memory, 3)
+
+
+def _folder_with_bad_images(root):
+    """A small folder with a truncated JPEG and a text file named .jpg among good images."""
+    write_class_folders(root, per_class=6, size=16)
+    truncated = next(case for case in build_corpus(heavy=False) if case.kind == "truncated-jpeg")
+    bad = [root / "dog" / "cut.jpg", root / "fox" / "notes.jpg"]
+    bad[0].write_bytes(truncated.data)
+    bad[1].write_text("a note, not pixels\n")
+    return root, bad
+
+
+def test_streamed_bad_image_stops_the_run_in_one_line(tmp_path):
+    """Met in a loader worker process (the first read of a streamed run is the normalisation statistics,
+    by the --workers processes), the error reaches the user as one line naming the file, not as the
+    worker's traceback."""
+    root, bad = _folder_with_bad_images(tmp_path / "imgs")
+    args = ["--data", str(root), "--memory-limit-gb", "0", "--out", str(tmp_path / "run")]
+    args += "--image-size 16 --model vit_micro_patch4_32 --model-arg depth=1 --epochs 1 --batch-size 8".split()
+    proc = run_vitkit("train", *args, "--threads", "1", "--workers", "1", "--no-progress")
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("vitkit train: error: ") and last.endswith("or pass --skip-bad-images")
+    assert any(f"{path}: " in last for path in bad), last
+
+
+def test_streamed_folder_skips_bad_images_like_in_memory(tmp_path):
+    root, bad = _folder_with_bad_images(tmp_path / "imgs")
+    result = vitkit.train(
+        data=str(root),
+        out=str(tmp_path / "run"),
+        memory_limit_gb=0,
+        skip_bad_images=True,
+        workers=1,
+        image_size=16,
+        model="vit_micro_patch4_32",
+        model_args={"depth": 1},
+        epochs=1,
+        batch_size=8,
+        threads=1,
+        progress=False,
+    )
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["data_streamed"]
+    assert result["skipped_images"] == 2
+    listed = (tmp_path / "run" / "skipped_images.txt").read_text().splitlines()
+    assert [line.split(": ")[0] for line in listed] == [str(path) for path in bad]
+
+    memory, memory_bad = load_folder(root, Preprocessing(16), skip_bad=True, cache=False)
+    assert memory.train.in_memory and memory_bad == listed
+    streamed, _ = load_folder(root, Preprocessing(16), skip_bad=True, memory_limit_gb=0)
+    assert len(streamed.train) == len(memory.train) == 18 and set(bad).isdisjoint(streamed.train.paths)
+    assert torch.equal(streamed.train.labels, memory.train.labels)
+
+
+def test_streamed_bad_image_check_is_kept_for_the_next_run(tmp_path, monkeypatch):
+    root, bad = _folder_with_bad_images(tmp_path / "imgs")
+    first = load_folder(root, Preprocessing(16), skip_bad=True, memory_limit_gb=0)
+    decoded = []
+    original = Preprocessing.load_array
+    monkeypatch.setattr(
+        Preprocessing,
+        "load_array",
+        lambda self, source, name=None: decoded.append(source) or original(self, source, name),
+    )
+    again = load_folder(root, Preprocessing(16), skip_bad=True, memory_limit_gb=0)
+    assert decoded == [] and again[1] == first[1] and again[0].train.paths == first[0].train.paths
+    bad[1].unlink()  # a changed folder is checked again
+    changed = load_folder(root, Preprocessing(16), skip_bad=True, memory_limit_gb=0)
+    assert len(decoded) == 19 and len(changed[1]) == 1 and str(bad[0]) in changed[1][0]
 
 
 TRAIN = ["--image-size", "32", "--epochs", "3", "--threads", "1", "--no-progress", "--seed", "1"]

@@ -2,7 +2,8 @@
 
 Small and medium folders are decoded once into a uint8 tensor, cached on disk (safetensors, keyed by
 every file's path, size and modification time, so any change invalidates it). Folders too large for
-memory become `FileSplit`s that stream through DataLoader workers.
+memory become `FileSplit`s that stream through DataLoader workers; with --skip-bad-images their files
+are decoded once first, to leave the bad ones out, and which were bad is cached under the same key.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from ..fileio import atomic_path
 from ..runtime import available_cores
 from .builtin import data_root
-from .images import BadImageError, is_image_file
+from .images import SKIP_BAD_HINT, BadImageError, is_image_file
 from .preprocess import Preprocessing
 from .splits import Dataset, FileSplit, Split
 
@@ -98,24 +99,63 @@ def _fingerprint(splits: dict[str, dict[str, list[Path]]], preprocessing: Prepro
     return digest.hexdigest()[:24]
 
 
+def _read_all(paths: list[Path], read, skip_bad: bool, bad: list[str]) -> list:
+    """`read(path)` for every file, on threads (Pillow releases the GIL while decoding). A bad file stops
+    the run, or with `skip_bad` reads as None and its error joins `bad`, in the order the files are listed."""
+
+    def attempt(path):
+        try:
+            return read(path)
+        except BadImageError as e:
+            if not skip_bad:
+                raise BadImageError(f"{e}. {SKIP_BAD_HINT}", e.kind) from None
+            return e
+
+    with ThreadPoolExecutor(max_workers=min(8, available_cores() * 2)) as pool:
+        results = list(pool.map(attempt, paths))
+    bad.extend(str(r) for r in results if isinstance(r, BadImageError))
+    return [None if isinstance(r, BadImageError) else r for r in results]
+
+
 def _decode_all(
     paths: list[Path], preprocessing: Preprocessing, skip_bad: bool, bad: list[str]
 ) -> tuple[np.ndarray, list[int]]:
-    def decode(path):
-        try:
-            return preprocessing.load_array(path)
-        except BadImageError as e:
-            if not skip_bad:
-                raise BadImageError(f"{e}. Fix or remove the file, or pass --skip-bad-images") from None
-            bad.append(str(e))
-            return None
-
-    with ThreadPoolExecutor(max_workers=min(8, available_cores() * 2)) as pool:
-        arrays = list(pool.map(decode, paths))
+    arrays = _read_all(paths, preprocessing.load_array, skip_bad, bad)
     kept = [i for i, a in enumerate(arrays) if a is not None]
     size = preprocessing.square_size
     stacked = np.stack([arrays[i] for i in kept]) if kept else np.zeros((0, size, size, 3), np.uint8)
     return stacked, kept
+
+
+def _find_unreadable(
+    listed: dict[str, list[tuple[Path, int]]], preprocessing: Preprocessing, record: Path | None
+) -> tuple[dict[str, list[int]], list[str]]:
+    """For a folder that streams with --skip-bad-images: every file decoded once, as the loader workers
+    will decode it, so bad ones are left out before the split is built rather than met mid-epoch. Returns
+    each split's unreadable indices and their errors; `record` (keyed by the folder's fingerprint) keeps
+    the answer for the next run over the same files."""
+    if record is not None and record.is_file():
+        try:
+            saved = json.loads(record.read_text())
+            unreadable = {s: [int(i) for i in saved["unreadable"][s]] for s in listed}
+            if all(0 <= i < len(listed[s]) for s, ix in unreadable.items() for i in ix):
+                return unreadable, [str(e) for e in saved["skipped"]]
+        except Exception:  # a damaged record is rebuilt, never trusted
+            pass
+
+    def decodes(path: Path) -> bool:
+        preprocessing.load_array(path)
+        return True
+
+    bad: list[str] = []
+    unreadable = {}
+    for split, items in listed.items():
+        readable = _read_all([p for p, _ in items], decodes, True, bad)
+        unreadable[split] = [i for i, ok in enumerate(readable) if not ok]
+    if record is not None:
+        with atomic_path(record) as tmp:
+            tmp.write_text(json.dumps({"unreadable": unreadable, "skipped": bad}))
+    return unreadable, bad
 
 
 def load_folder(
@@ -128,9 +168,9 @@ def load_folder(
     memory_limit_gb: float | None = None,
 ) -> tuple[Dataset, list[str]]:
     """Decode an image folder with `preprocessing` (to its square size), or keep it as files to stream
-    when the decoded images would exceed `memory_limit_gb` (see `memory_limit_bytes`). Returns the
-    dataset (val/test may be None) and the list of skipped bad images (empty when streaming: files are
-    read per batch)."""
+    when the decoded images would exceed `memory_limit_gb` (see `memory_limit_bytes`). Bad files stop
+    with their name, or with `skip_bad` are left out (a streamed folder's are found by a decoding pass
+    first). Returns the dataset (val/test may be None) and the skipped bad images' errors."""
     splits = scan_folder(root)
     class_names = sorted(splits["train"])
     index = {c: i for i, c in enumerate(class_names)}
@@ -138,14 +178,24 @@ def load_folder(
     listed = {s: [(p, index[c]) for c, files in classes.items() for p in files] for s, classes in splits.items()}
     name = Path(root).resolve().name
     size = preprocessing.square_size
+
+    def cache_path(suffix: str) -> Path:
+        return data_root(data_dir) / "folders" / f"{name}-{_fingerprint(splits, preprocessing, skip_bad)}{suffix}"
+
     if total * size * size * 3 > memory_limit_bytes(memory_limit_gb):
+        bad = []
+        if skip_bad:
+            unreadable, bad = _find_unreadable(listed, preprocessing, cache_path(".readable.json") if cache else None)
+            listed = {s: [x for i, x in enumerate(items) if i not in unreadable[s]] for s, items in listed.items()}
         parts = {
-            s: FileSplit([p for p, _ in items], torch.tensor([y for _, y in items]), preprocessing)
+            s: FileSplit([p for p, _ in items], torch.tensor([y for _, y in items], dtype=torch.long), preprocessing)
             for s, items in listed.items()
         }
-        return Dataset(name, parts["train"], parts.get("test"), class_names, parts.get("val")), []
+        if len(parts["train"]) == 0:
+            raise ValueError(f"no readable training images in {root}")
+        return Dataset(name, parts["train"], parts.get("test"), class_names, parts.get("val")), bad
 
-    cache_file = data_root(data_dir) / "folders" / f"{name}-{_fingerprint(splits, preprocessing, skip_bad)}.safetensors"
+    cache_file = cache_path(".safetensors")
     if cache and cache_file.is_file():
         try:
             tensors = load_file(str(cache_file))

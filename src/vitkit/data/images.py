@@ -19,6 +19,8 @@ MAX_ASPECT_RATIO = 50
 # JPEGs over this many pixels (48 MB decoded) are decoded at a reduced DCT scale (Pillow's draft)
 # that still covers the resize; smaller ones are decoded in full, as transformers does.
 DRAFT_ABOVE_PIXELS = 16_000_000
+# What a command that met a bad file (training, packing) tells the user to do.
+SKIP_BAD_HINT = "Fix or remove the file, or pass --skip-bad-images"
 
 
 class BadImageError(ValueError):

@@ -8,13 +8,15 @@ one would see, and in distributed training each rank takes its own slice of ever
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Iterator
 
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Sampler, default_collate
 from torch.utils.data import Dataset as TorchDataset
 
 from ..runtime import available_cores
+from .images import BadImageError
 
 AUTO_WORKERS = -1
 MAX_AUTO_WORKERS = 8
@@ -38,6 +40,19 @@ def resolve_workers(workers: int) -> int:
     return auto_workers() if workers == AUTO_WORKERS else workers
 
 
+@dataclass
+class _UnreadableBatch:
+    """A batch that met a bad image, carried back from a worker as data: an exception raised there
+    would reach the user re-raised with the worker's whole traceback as its message."""
+
+    message: str
+    kind: str
+
+
+def _collate(batch):
+    return batch if isinstance(batch, _UnreadableBatch) else default_collate(batch)
+
+
 class _ReadSplit(TorchDataset):
     def __init__(self, split):
         self.split = split
@@ -46,11 +61,15 @@ class _ReadSplit(TorchDataset):
         return len(self.split)
 
     def __getitem__(self, i: int):
-        return self.__getitems__([i])[0]
+        return self.split.read_many([i])[0], self.split.labels[i]
 
     def __getitems__(self, index: list[int]):
         """A whole batch per call, so a split can read its rows together (one Arrow take for a table)."""
-        return list(zip(self.split.read_many(index), self.split.labels[index]))
+        try:
+            images = self.split.read_many(index)
+        except BadImageError as e:
+            return _UnreadableBatch(str(e), e.kind)
+        return list(zip(images, self.split.labels[index]))
 
 
 class _EpochBatches(Sampler):
@@ -138,6 +157,7 @@ class BatchLoader:
             self._stream = DataLoader(
                 _ReadSplit(self.split),
                 batch_sampler=_EpochBatches(),
+                collate_fn=_collate,
                 num_workers=self.workers,
                 pin_memory=self.device.type == "cuda",
                 persistent_workers=self.workers > 0,
@@ -154,5 +174,8 @@ class BatchLoader:
             return
         loader = self._streaming_loader()
         loader.batch_sampler.batches = [s.tolist() for s in slices]
-        for images, labels in loader:
+        for batch in loader:
+            if isinstance(batch, _UnreadableBatch):
+                raise BadImageError(batch.message, batch.kind)
+            images, labels = batch
             yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)

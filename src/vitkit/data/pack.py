@@ -20,7 +20,7 @@ from PIL import Image
 from ..runtime import available_cores
 from .folder import scan_folder
 from .hf import require_datasets
-from .images import BadImageError, open_image
+from .images import SKIP_BAD_HINT, BadImageError, open_image
 
 KEPT_FORMATS = {"JPEG", "PNG"}
 SPLIT_NAMES = {"train": "train", "val": "validation", "test": "test"}  # the hub's split names
@@ -77,7 +77,7 @@ def pack_folder(
             return {"bytes": encode(path, size, quality), "path": path.name}, label
         except (BadImageError, OSError) as e:
             if not skip_bad:
-                raise ValueError(f"{e}. Fix or remove the file, or pass --skip-bad-images") from None
+                raise ValueError(f"{e}. {SKIP_BAD_HINT}") from None
             skipped.append(str(e))
             return None
 

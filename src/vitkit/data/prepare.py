@@ -16,7 +16,7 @@ from .preprocess import Preprocessing
 from .splits import Dataset, FileSplit, Split, limit_split, stratified_split
 
 NORMALIZE = ("fit", "imagenet", "half", "none")
-STATS_IMAGES = 20000  # the normalisation statistics' sample: the first this many training images
+STATS_IMAGES = 20000  # the normalisation statistics' sample: this many training images, evenly spaced
 
 # Sensible from-scratch defaults per built-in dataset (a user's values and presets override them).
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -80,22 +80,31 @@ def prepare_data(
     return dataset, bad
 
 
+def _sample_batches(split: Split | FileSplit, sample: torch.Tensor, workers: int):
+    """The sampled images in order, 256 at a time; an in-memory split is indexed in place (a copy of a
+    20,000-image sample could take gigabytes)."""
+    if split.in_memory:
+        for chunk in sample.split(256):
+            yield split.images[chunk]
+        return
+    for images, _ in BatchLoader(split.subset(sample), 256, shuffle=False, workers=workers).batches():
+        yield images
+
+
 def channel_stats(
     split: Split | FileSplit, channels: int, workers: int = 0
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean/std of the first STATS_IMAGES training images (the Keras Normalization layer's
-    adapt), summed batch by batch in float64. A streamed split reads the same images in the same order
-    (with `workers` decoding processes), so a run normalises identically whether its data fits in
-    memory or not."""
+    """Per-channel mean/std of the training images (the Keras Normalization layer's adapt), summed batch
+    by batch in float64 over STATS_IMAGES of them evenly spaced through the split (all when fewer), so a
+    folder listed class by class is sampled across all its classes. A streamed split reads the same
+    images in the same order (with `workers` decoding processes), so a run normalises identically
+    whether its data fits in memory or not."""
     count = min(len(split), STATS_IMAGES)
+    sample = torch.arange(count) * len(split) // count
     total = torch.zeros(channels, dtype=torch.float64)
     squares = torch.zeros(channels, dtype=torch.float64)
-    seen = 0
-    for images, _ in BatchLoader(split, 256, shuffle=False, workers=workers).batches():
-        if seen >= count:
-            break
-        x = to_channels(images[: count - seen].float().div(255), channels).double()
-        seen += x.shape[0]
+    for images in _sample_batches(split, sample, workers):
+        x = to_channels(images.float().div(255), channels).double()
         total += x.sum(dim=(0, 2, 3))
         squares += x.square().sum(dim=(0, 2, 3))
     n = count * split.stored_size**2

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from .images import SKIP_BAD_HINT, BadImageError
 from .preprocess import Preprocessing
 
 
@@ -64,7 +65,10 @@ class FileSplit:
         return FileSplit([self.paths[i] for i in index.tolist()], self.labels[index], self.preprocessing)
 
     def read_many(self, index: list[int]) -> list[torch.Tensor]:
-        return [self.preprocessing.load_tensor(self.paths[i]) for i in index]
+        try:
+            return [self.preprocessing.load_tensor(self.paths[i]) for i in index]
+        except BadImageError as e:
+            raise BadImageError(f"{e}. {SKIP_BAD_HINT}", e.kind) from None
 
     @property
     def channels(self) -> int:
