@@ -110,9 +110,9 @@ def run_vitkit(
 ) -> subprocess.CompletedProcess:
     """`vitkit ARGS` with its output captured as text. In this process by default: the command line's own
     `main`, minus the 4-5 s a fresh interpreter spends importing torch and TorchDynamo. In a real
-    `python -m vitkit` subprocess when asked (`process=True`) or when the command needs its own
-    environment (`env`)."""
-    if process or env is not None:
+    `python -m vitkit` subprocess when asked (`process=True`), when the command needs its own
+    environment (`env`), or for `--nproc` (the ranks torchrun starts write to the launcher's own stderr)."""
+    if process or env is not None or "--nproc" in args:
         return subprocess.run(
             vitkit_cmd(*args), capture_output=True, text=True, env=env or subprocess_env(), timeout=timeout
         )

@@ -259,6 +259,9 @@ def test_folder_run_lists_skipped_images(tmp_path):
     )
     assert result["skipped_images"] == 1
     assert "broken.png" in (tmp_path / "run" / "skipped_images.txt").read_text()
+    # evaluating the run reads its data as it was trained: the bad file is skipped again
+    metrics = vitkit.evaluate(tmp_path / "run")
+    assert metrics["top1"] == pytest.approx(result["test"]["top1"], abs=1e-6)
 
 
 def test_eval_recomputes_the_results(quick_run):

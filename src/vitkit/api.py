@@ -225,6 +225,7 @@ DATA_OPTIONS = (
     "memory_limit_gb",
     "image_column",
     "label_column",
+    "skip_bad_images",
 )
 
 
@@ -251,6 +252,7 @@ def _checkpoint_split(clf: Classifier, data: str | None, split: str | None, data
         memory_limit_gb=options.get("memory_limit_gb"),
         image_column=options.get("image_column"),
         label_column=options.get("label_column"),
+        skip_bad=options.get("skip_bad_images", False),
     )
     if dataset.num_classes != len(clf.class_names):
         raise ValueError(

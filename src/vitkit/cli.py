@@ -73,7 +73,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if getattr(args, "nproc", 0) > 1:
         from .training.launch import launch_torchrun
 
-        return launch_torchrun(args.nproc, sys.argv[1:])
+        return launch_torchrun(args.nproc, args.argv)
     options = training_options(args, ("nproc",))
     if options.pop("resume", False):
         if not options.get("out"):
@@ -498,7 +498,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # what `train --nproc` hands on to its processes
     try:
         return args.func(args)
     except (UserError, ValueError, FileNotFoundError, FloatingPointError) as e:
