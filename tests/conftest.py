@@ -24,6 +24,12 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 ALLOWED_SKIPS_IN_CI: dict[str, str] = {}
 
 
+def pytest_collection_modifyitems(items):
+    """The end-to-end (slow) tests first: pytest-xdist hands tests out in this order, so the longest
+    start at once and the short ones fill the gaps, instead of one long test starting last."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 

@@ -94,7 +94,7 @@ def training_options(args: argparse.Namespace, own: tuple[str, ...]) -> dict:
     from .options import read_yaml_options
     from .training.config import TrainConfig
 
-    flags = {k: v for k, v in vars(args).items() if k not in ("command", "func", "config", *own)}
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "func", "argv", "config", *own)}
     if "model_args" in flags:
         flags["model_args"] = dict(flags["model_args"])
     return {**(read_yaml_options(args.config, TrainConfig) if getattr(args, "config", None) else {}), **flags}
