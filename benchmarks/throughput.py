@@ -11,7 +11,9 @@ are interleaved in rounds so that machine drift affects both alike; the gap is t
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 import torch
 from common import SHARED_DATA, machine, merge_rows, print_table, project_path, timed, write_json
@@ -23,7 +25,13 @@ from vitkit.training.engine import Trainer
 
 
 def build_trainer(
-    name: str, data: str, batch_size: int | None, device: str, compile_model: bool, amp: str = "off"
+    name: str,
+    data: str,
+    batch_size: int | None,
+    device: str,
+    compile_model: bool,
+    amp: str = "off",
+    image_size: int | None = None,
 ) -> Trainer:
     options = dict(
         data=data, progress=False, device=device, compile=compile_model, train_limit=2000, test_limit=100, amp=amp
@@ -31,6 +39,8 @@ def build_trainer(
     options["preset" if name in PRESETS else "model"] = name
     if batch_size:
         options["batch_size"] = batch_size
+    if image_size:
+        options["image_size"] = image_size
     trainer = Trainer(make_config(**options))
     return trainer
 
@@ -44,8 +54,9 @@ def measure(
     device: str,
     compile_model: bool,
     amp: str = "off",
+    image_size: int | None = None,
 ) -> dict:
-    trainer = build_trainer(name, data, batch_size, device, compile_model, amp)
+    trainer = build_trainer(name, data, batch_size, device, compile_model, amp, image_size)
     net = trainer.wrap_model()
     device = trainer.device
     batch = trainer.cfg.batch_size
@@ -111,18 +122,48 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=None, help="default: each preset's own")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=3, help="steps per round and kind")
+    parser.add_argument("--image-size", type=int, default=None, help="default: each preset's or the data's own")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--amp", default="off", choices=["off", "bf16", "auto"])
     parser.add_argument("--json", default="benchmarks/results/throughput.json")
     parser.add_argument("--merge", action="store_true", help="replace only the measured rows in --json")
+    parser.add_argument(
+        "--save-each",
+        action="store_true",
+        help="rewrite --json after every model, so that a run cut short keeps the models it finished",
+    )
     args = parser.parse_args()
+
+    def payload(rows: list[dict]) -> dict:
+        return {
+            "machine": machine(),
+            "data": project_path(args.data),
+            "amp": args.amp,
+            "compile": args.compile,
+            "device": args.device,
+            "rows": rows,
+        }
+
     rows = []
     for name in args.presets + args.models:
         print(f"measuring {name} ...", file=sys.stderr, flush=True)
         rows.append(
-            measure(name, args.data, args.batch_size, args.rounds, args.steps, args.device, args.compile, args.amp)
+            measure(
+                name,
+                args.data,
+                args.batch_size,
+                args.rounds,
+                args.steps,
+                args.device,
+                args.compile,
+                args.amp,
+                args.image_size,
+            )
         )
+        if args.save_each and not args.merge:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(payload(rows), indent=2) + "\n")
     if args.merge:
         rows = merge_rows(args.json, rows, "name", "rows", mark=True)
     print_table(
@@ -138,10 +179,7 @@ def main() -> int:
             ("infer_ips", "infer img/s", ".1f"),
         ],
     )
-    write_json(
-        args.json,
-        {"machine": machine(), "data": project_path(args.data), "amp": args.amp, "compile": args.compile, "rows": rows},
-    )
+    write_json(args.json, payload(rows))
     return 0
 
 
