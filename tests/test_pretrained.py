@@ -139,6 +139,7 @@ def hub_env(hub, tmp_path, offline=False):
     return env
 
 
+@pytest.mark.slow  # training processes started, signalled or raced
 def test_finetune_from_hub_id_through_the_download_path(hub, tmp_path):
     publish(hub.root, "acme/vit-mini", hf_repo_files(tmp_path, tiny_hf_model()))
     data = write_class_folders(tmp_path / "photos", per_class=8)

@@ -36,6 +36,7 @@ def status(run: Path) -> dict:
     return json.loads((run / "run.json").read_text())
 
 
+@pytest.mark.slow  # training processes started, signalled or raced
 def test_two_runs_on_one_folder_cannot_both_succeed(tmp_path):
     out = tmp_path / "run"
     procs = [
@@ -86,6 +87,7 @@ def test_the_folder_cache_remembers_the_bad_file_policy(tmp_path):
         load_folder(root, Preprocessing(16), skip_bad=False)
 
 
+@pytest.mark.slow  # training processes started, signalled or raced
 def test_sigterm_marks_the_run_interrupted_and_resumable(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen(

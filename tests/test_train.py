@@ -325,6 +325,7 @@ def test_bad_input_gives_one_line_errors(quick_run, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow  # training processes started, signalled or raced
 def test_interrupted_run_says_so(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen(
