@@ -30,6 +30,16 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
+# the smallest model of each family, for tests that must cover them all
+MODEL_FAMILIES = [
+    "vit_micro_patch4_32",
+    "mixer_micro_patch4_32",
+    "fnet_micro_patch4_32",
+    "gmlp_micro_patch4_32",
+    "resnet18_cifar",
+]
+
+
 def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 

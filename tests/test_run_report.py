@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import write_class_folders
+from conftest import MODEL_FAMILIES, write_class_folders
 from PIL import Image
 
 import vitkit
@@ -21,13 +21,6 @@ from vitkit.training.rundir import saved_config
 from vitkit.viz import plots
 from vitkit.viz.report import write_report
 
-FAMILIES = [
-    "vit_micro_patch4_32",
-    "mixer_micro_patch4_32",
-    "fnet_micro_patch4_32",
-    "gmlp_micro_patch4_32",
-    "resnet18_cifar",
-]
 HISTORY = [
     {
         "epoch": e,
@@ -131,8 +124,8 @@ def test_confusion_matrix_class_names_clear_the_colour_bars(figures):
 
 
 def test_models_say_whether_they_cut_patches():
-    sizes = {name: create_model(name, num_classes=3, image_size=16).patch_size for name in FAMILIES}
-    assert sizes == {name: None if name.startswith("resnet") else 4 for name in FAMILIES}
+    sizes = {name: create_model(name, num_classes=3, image_size=16).patch_size for name in MODEL_FAMILIES}
+    assert sizes == {name: None if name.startswith("resnet") else 4 for name in MODEL_FAMILIES}
 
 
 @pytest.mark.parametrize("name", ["vit_micro_patch4_32", "resnet18_cifar"])

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import run_vitkit
+from conftest import MODEL_FAMILIES, run_vitkit
 
 import vitkit
 from vitkit.models import create_model
@@ -21,13 +21,6 @@ from vitkit.training.rundir import RunDir
 from vitkit.training.schedule import FIRST_PLAN_STEPS, Plateau, TimeBudget, lr_factor
 
 OLD_RUN = Path(__file__).parent / "fixtures" / "run-v0.1"  # written by vitkit before the engine redesign
-FAMILIES = [
-    "vit_micro_patch4_32",
-    "mixer_micro_patch4_32",
-    "fnet_micro_patch4_32",
-    "gmlp_micro_patch4_32",
-    "resnet18_cifar",
-]
 
 
 # ----------------------------------------------------------------------------- schedules
@@ -138,7 +131,7 @@ def test_time_budget_run_fits_the_schedule_to_the_clock(tmp_path):
 # ----------------------------------------------------------------------------- model contract
 
 
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name", MODEL_FAMILIES)
 def test_param_groups_and_layer_ids_for_every_family(name):
     model = create_model(name, num_classes=3)
     names = [n for n, _ in model.named_parameters()]
@@ -159,7 +152,7 @@ def test_param_groups_and_layer_ids_for_every_family(name):
     assert sum(len(g["params"]) for g in groups) == len(names)
 
 
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name", MODEL_FAMILIES)
 def test_reset_classifier_keeps_the_backbone(name):
     model = create_model(name, num_classes=3).eval()
     before = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("head.")}

@@ -138,6 +138,17 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- eval / predict
 
 
+def add_evaluation_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags `evaluation_options` reads."""
+    p.add_argument("--data", help="dataset name or folder (default: what the checkpoint was trained on)")
+    p.add_argument("--data-dir")
+    p.add_argument(
+        "--split", choices=["train", "val", "test"], help="default: the split the run reported (test, else val)"
+    )
+    p.add_argument("--batch-size", type=at_least(1), default=256)
+    p.add_argument("--device", default="auto")
+
+
 def evaluation_options(args: argparse.Namespace) -> dict:
     """The data a checkpoint is evaluated on, as `eval` and `top-losses` both take it."""
     return {k: getattr(args, k) for k in ("data", "split", "batch_size", "device", "data_dir")}
@@ -362,13 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="recompute a checkpoint's metrics on a dataset split")
     p.add_argument("checkpoint")
-    p.add_argument("--data", help="dataset name or folder (default: what the checkpoint was trained on)")
-    p.add_argument("--data-dir")
-    p.add_argument(
-        "--split", choices=["train", "val", "test"], help="default: the split the run reported (test, else val)"
-    )
-    p.add_argument("--batch-size", type=at_least(1), default=256)
-    p.add_argument("--device", default="auto")
+    add_evaluation_arguments(p)
     p.add_argument("--json", action="store_true", help="print every metric as JSON")
     p.set_defaults(func=cmd_eval)
 
@@ -382,13 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run folder or checkpoint folder")
     p.add_argument("--count", type=at_least(1), default=16, help="mistakes to show (default: 16)")
     p.add_argument("--out", default="top_losses.png", help="PNG file to write (default: top_losses.png)")
-    p.add_argument("--data", help="dataset name or folder (default: what the checkpoint was trained on)")
-    p.add_argument("--data-dir")
-    p.add_argument(
-        "--split", choices=["train", "val", "test"], help="default: the split the run reported (test, else val)"
-    )
-    p.add_argument("--batch-size", type=at_least(1), default=256)
-    p.add_argument("--device", default="auto")
+    add_evaluation_arguments(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_top_losses)
 
