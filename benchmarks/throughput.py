@@ -1,11 +1,17 @@
 """Training and inference images/s per preset: model-only and end-to-end on real images.
 
-Model-only steps reuse one already-normalised batch; end-to-end steps take uint8 batches from the
+Model-only steps reuse one already-normalised batch (fed channels-last as `vitkit train` does, and
+once more in NCHW for the channels-last gain); end-to-end steps take uint8 batches from the
 in-memory loader and augment them on the device exactly as `vitkit train` does. The two kinds of step
 are interleaved in rounds so that machine drift affects both alike; the gap is the data pipeline's cost.
 
+The share of peak is the model-only training rate times the model's training FLOPs per image (matmuls
+and convolutions of one forward and backward, counted by torch's FlopCounterMode) over the rate of a
+large matrix product in the same precision on the same threads: what this machine can do at best.
+
     python benchmarks/throughput.py                       # every preset, its own batch size
     python benchmarks/throughput.py --batch-size 64 --models vit_tiny_patch4_32 resnet18_cifar
+    python benchmarks/throughput.py --presets cifar-vit --profile   # where a step's time goes
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from pathlib import Path
 
 import torch
 from common import SHARED_DATA, machine, merge_rows, print_table, project_path, timed, write_json
+from torch.utils.flop_counter import FlopCounterMode
 
 from vitkit.data.augment import one_hot_smooth
 from vitkit.models import PRESETS, count_parameters
@@ -45,6 +52,22 @@ def build_trainer(
     return trainer
 
 
+def matmul_peak_gflops(device: torch.device, bf16: bool, size: int = 2048, repeats: int = 10) -> float:
+    """GFLOP/s of a large square matrix product: the practical peak of this device and precision."""
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
+    a @ b  # warm-up
+    seconds = timed(lambda: [a @ b for _ in range(repeats)], device)
+    return 2 * size**3 * repeats / seconds / 1e9
+
+
+def train_gflop_per_image(trainer: Trainer, net, x: torch.Tensor, targets: torch.Tensor) -> float:
+    """Matmul and convolution GFLOPs of one training step (forward and backward), per image."""
+    with FlopCounterMode(display=False) as counter:
+        trainer.model_step(net, x, targets)
+    return counter.get_total_flops() / x.shape[0] / 1e9
+
+
 def measure(
     name: str,
     data: str,
@@ -69,6 +92,11 @@ def measure(
         for _ in range(steps):
             trainer.model_step(net, x, targets)
 
+    def model_only_nchw():
+        trainer.cfg.channels_last = False
+        model_only()
+        trainer.cfg.channels_last = True
+
     def end_to_end():
         nonlocal stream
         for _ in range(steps):
@@ -87,15 +115,18 @@ def measure(
     net.train()
     compile_s = timed(lambda: trainer.model_step(net, x, targets), device)  # first step (compiles if asked)
     model_only(), end_to_end()  # warm-up
-    t_model = t_e2e = t_infer = 0.0
+    t_model = t_nchw = t_e2e = t_infer = 0.0
     for _ in range(rounds):
         net.train()
         t_model += timed(model_only, device)
+        t_nchw += timed(model_only_nchw, device)
         t_e2e += timed(end_to_end, device)
         trainer.model.eval()
         t_infer += timed(inference, device)
     n = rounds * steps * batch
     model_ips, e2e_ips = n / t_model, n / t_e2e
+    gflop = train_gflop_per_image(trainer, net, x, targets)
+    peak = matmul_peak_gflops(device, trainer.bf16)
     return {
         "name": name,
         "params_m": count_parameters(trainer.model) / 1e6,
@@ -104,9 +135,34 @@ def measure(
         "train_model_ips": model_ips,
         "train_e2e_ips": e2e_ips,
         "pipeline_overhead_pct": 100 * (model_ips / e2e_ips - 1),
+        "train_model_nchw_ips": n / t_nchw,
+        "channels_last_gain": t_nchw / t_model,
         "infer_ips": n / t_infer,
         "first_step_s": compile_s,
+        "train_gflop_per_image": gflop,
+        "achieved_gflops": model_ips * gflop,
+        "peak_gflops": peak,
+        "peak_share_pct": 100 * model_ips * gflop / peak,
     }
+
+
+def profile(name: str, data: str, batch_size: int | None, device: str, amp: str, steps: int, top: int = 12) -> None:
+    """Where one training step's time goes: the operators with the most self time over `steps` steps."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    trainer = build_trainer(name, data, batch_size, device, False, amp)
+    net = trainer.wrap_model()
+    images, labels = next(trainer.train_loader.batches(0))
+    x, targets = trainer.augmented_batch(images, labels, trainer.aug_gen)
+    for _ in range(2):  # warm-up
+        trainer.model_step(net, x, targets)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if trainer.device.type == "cuda" else [])
+    with torch_profile(activities=activities) as prof:
+        for _ in range(steps):
+            trainer.model_step(net, x, targets)
+    sort = "self_cuda_time_total" if trainer.device.type == "cuda" else "self_cpu_time_total"
+    print(f"{name}: {steps} training steps of batch {x.shape[0]}, operators by self time")
+    print(prof.key_averages().table(sort_by=sort, row_limit=top))
 
 
 def main() -> int:
@@ -133,7 +189,14 @@ def main() -> int:
         action="store_true",
         help="rewrite --json after every model, so that a run cut short keeps the models it finished",
     )
+    parser.add_argument(
+        "--profile", action="store_true", help="print each model's operators by self time instead of measuring"
+    )
     args = parser.parse_args()
+    if args.profile:
+        for name in args.presets + args.models:
+            profile(name, args.data, args.batch_size, args.device, args.amp, args.steps)
+        return 0
 
     def payload(rows: list[dict]) -> dict:
         return {
@@ -176,7 +239,11 @@ def main() -> int:
             ("train_model_ips", "train img/s (model)", ".1f"),
             ("train_e2e_ips", "train img/s (end-to-end)", ".1f"),
             ("pipeline_overhead_pct", "pipeline cost %", ".1f"),
+            ("channels_last_gain", "x channels-last", ".2f"),
             ("infer_ips", "infer img/s", ".1f"),
+            ("train_gflop_per_image", "train GFLOP/img", ".3f"),
+            ("achieved_gflops", "GFLOP/s", ".0f"),
+            ("peak_share_pct", "% of peak", ".1f"),
         ],
     )
     write_json(args.json, payload(rows))

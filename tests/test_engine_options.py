@@ -203,6 +203,31 @@ def test_compile_trains_the_same_model(colours, tmp_path):
         assert torch.allclose(eager[key], compiled[key], atol=1e-4), key
 
 
+def test_channels_last_feeds_nhwc_batches_and_trains_the_same_weights(colours, tmp_path):
+    """--channels-last (the default) hands the model NHWC batches; the weights after an epoch are the
+    NCHW run's up to float rounding, and the checkpoint's tensors are ordinary contiguous ones."""
+    from vitkit.training import Trainer
+    from vitkit.training.config import make_config
+
+    conv_stem = dict(TINY["model_args"], stem="conv", conv_layers=1, stem_width=8)
+    layouts = []
+    for flag in (True, False):
+        trainer = Trainer(make_config(data=str(colours), **{**TINY, "model_args": conv_stem, "channels_last": flag}))
+        hook = trainer.model.patch_embed.register_forward_pre_hook(
+            lambda _, inputs: layouts.append(inputs[0].is_contiguous(memory_format=torch.channels_last))
+        )
+        images, labels = next(trainer.train_loader.batches(0))
+        trainer.train_step(trainer.model, images, labels)
+        hook.remove()
+    assert layouts == [True, False]
+    sgd = dict(optimizer="sgd", lr=0.1, schedule="constant", epochs=1, model_args=conv_stem)
+    train(colours, tmp_path / "nhwc", channels_last=True, **sgd)
+    train(colours, tmp_path / "nchw", channels_last=False, **sgd)
+    nhwc, nchw = weights(tmp_path / "nhwc" / "last"), weights(tmp_path / "nchw" / "last")
+    for key in nchw:
+        assert nhwc[key].is_contiguous() and torch.allclose(nhwc[key], nchw[key], atol=1e-5), key
+
+
 # ----------------------------------------------------------------------------- normalisation
 
 

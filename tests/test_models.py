@@ -4,11 +4,13 @@ import pytest
 import torch
 
 from vitkit.models import count_parameters, create_model, list_models, load_model, save_model
+from vitkit.models.resnet import BasicBlock
 
 # One small, fast representative per family (and every preset) at 32 px.
 SMALL = {
     "vit": dict(name="vit_micro_patch4_32"),
     "vit_cct": dict(name="vit_micro_patch4_32", stem="conv", pool="seq"),
+    "vit_hybrid": dict(name="vit_micro_patch4_32", stem="resnet", stem_width=8, stem_blocks=2, pool="seq"),
     "vit_spt_lsa": dict(name="vit_micro_patch4_32", stem="spt", lsa=True, class_token=True, pool="cls"),
     "mixer": dict(name="mixer_micro_patch4_32"),
     "fnet": dict(name="fnet_micro_patch4_32"),
@@ -217,6 +219,23 @@ def test_conv_stem_token_grid():
     assert model.patch_embed.num_patches == 16 and model.patch_embed.stride == 8
     with pytest.raises(ValueError, match="image_size=36 is not divisible by patch_size=8"):
         create_model("vit_micro_patch4_32", stem="conv", conv_layers=3, image_size=36)
+
+
+def test_resnet_stem_tokens_are_its_feature_map_cells():
+    """The hybrid stem halves the resolution once per stage: 8x8 tokens at 32 px after 2 stages, 4x4
+    after 3, each the 1x1-projected feature vector of its cell."""
+    model = create_model("vit_micro_patch4_32", stem="resnet", stem_width=8, conv_layers=3, pool="seq")
+    stem = model.patch_embed
+    assert stem.num_patches == 16 and stem.stride == 8
+    x = torch.randn(2, 3, 32, 32)
+    tokens = stem(x)
+    feature_map = stem.convs(x)
+    assert tokens.shape == (2, 16, 128) and feature_map.shape == (2, 128, 4, 4)
+    assert torch.equal(tokens[:, 5], feature_map[:, :, 1, 1])  # token 5 = row 1, column 1
+    # the full-resolution stage and three halving ones, one block each (two with stem_blocks=2)
+    assert sum(isinstance(m, BasicBlock) for m in stem.convs) == 4
+    deeper = create_model("vit_micro_patch4_32", stem="resnet", stem_blocks=2).patch_embed
+    assert sum(isinstance(m, BasicBlock) for m in deeper.convs) == 6
 
 
 def test_every_preset_builds_and_runs_at_its_size():

@@ -218,7 +218,11 @@ def test_models_lists_every_model_and_preset_with_published_sizes():
     assert code == 0
     header, *lines = stdout.splitlines()
     assert header.split()[:4] == ["name", "family", "params", "size"]
-    rows = [line.split() for line in lines]
+    rows = [line.split() for line in lines if not line.startswith(" ")]
+    # a preset with sizes for --time-budget lists them indented under it, one per budget range
+    sized = lines[lines.index(next(line for line in lines if line.startswith("cifar-vit "))) + 1 :][:2]
+    assert sized[0].split()[:6] == ["3.41M", "--time-budget", "90", "min", "or", "more:"]
+    assert "stem_width=32" in sized[0] and not sized[1].startswith(" ")  # one size beside the preset's own
     names = [row[0] for row in rows]
     assert names == list_models() and len(set(names)) == len(names)
     kinds = {row[0]: row[1] for row in rows}
@@ -236,4 +240,5 @@ def test_models_lists_every_model_and_preset_with_published_sizes():
     assert {name: sizes[name] for name in published} == published
     assert all(row[3].endswith("px") for row in rows)
     code, stdout, _ = vitkit_main("models", "--presets")
-    assert code == 0 and [line.split()[0] for line in stdout.splitlines()[1:]] == sorted(PRESETS)
+    assert code == 0
+    assert [line.split()[0] for line in stdout.splitlines()[1:] if not line.startswith(" ")] == sorted(PRESETS)

@@ -14,8 +14,9 @@ from conftest import MODEL_FAMILIES, run_vitkit
 import vitkit
 from vitkit.models import create_model
 from vitkit.models.io import load_model
+from vitkit.models.presets import Preset
 from vitkit.training import TrainConfig, Trainer, resume_config
-from vitkit.training.config import GROUPS, make_config
+from vitkit.training.config import GROUPS, make_config, model_spec
 from vitkit.training.optim import param_groups
 from vitkit.training.rundir import RunDir
 from vitkit.training.schedule import FIRST_PLAN_STEPS, Plateau, TimeBudget, lr_factor
@@ -80,16 +81,14 @@ def test_time_budget_plans_from_the_measured_pace():
     assert TimeBudget(0.0, clock=clock).plan(20) is None and not TimeBudget(0.0).exhausted()
 
 
-def test_time_budget_run_fits_the_schedule_to_the_clock(tmp_path):
-    """A run under --time-budget, on a clock that advances 0.1 s per optimizer step whatever the
-    machine's speed: it ends at the budget, holds the peak lr until the first plan (after the first
-    epoch or FIRST_PLAN_STEPS steps), then decays to
-    the floor by the end."""
-    lr, budget_min = 2e-3, 0.12  # 7.2 s = 72 steps of 0.1 s, 11 steps an epoch
+def budget_run(tmp_path, warmup_epochs: float):
+    """A 0.12-minute --time-budget run on a clock that advances 0.1 s per optimizer step whatever the
+    machine's speed (72 steps, 11 an epoch); returns the trainer, (step, lr) of every step, the result
+    and the run folder."""
     cfg = make_config(
-        time_budget=budget_min,
-        lr=lr,
-        warmup_epochs=0,
+        time_budget=0.12,
+        lr=2e-3,
+        warmup_epochs=warmup_epochs,
         min_lr_ratio=0.01,
         train_limit=400,
         out=str(tmp_path / "run"),
@@ -97,7 +96,7 @@ def test_time_budget_run_fits_the_schedule_to_the_clock(tmp_path):
         batch_size=32,
     )
     trainer = Trainer(cfg)
-    trainer.budget = TimeBudget(budget_min, clock=lambda: trainer.step * 0.1)
+    trainer.budget = TimeBudget(cfg.time_budget, clock=lambda: trainer.step * 0.1)
     seen_lrs = []
     step = trainer.set_lr
 
@@ -109,6 +108,15 @@ def test_time_budget_run_fits_the_schedule_to_the_clock(tmp_path):
     run = RunDir.claim(cfg.out, tmp_path / "unused", resume=False)
     result = trainer.fit(run)
     run.release()
+    return trainer, seen_lrs, result, run
+
+
+def test_time_budget_run_fits_the_schedule_to_the_clock(tmp_path):
+    """It ends at the budget, holds the peak lr until the first plan (after the first epoch or
+    FIRST_PLAN_STEPS steps), then decays to the floor by the end."""
+    lr = 2e-3
+    trainer, seen_lrs, result, run = budget_run(tmp_path, warmup_epochs=0)
+    cfg = trainer.cfg
     assert 72 - trainer.steps_per_epoch <= trainer.step <= 72 + trainer.steps_per_epoch
     assert all(
         value == pytest.approx(lr) for s, value in seen_lrs if s < min(FIRST_PLAN_STEPS, trainer.steps_per_epoch)
@@ -126,6 +134,41 @@ def test_time_budget_run_fits_the_schedule_to_the_clock(tmp_path):
     assert yaml.safe_load(args)["epochs"] == cfg.epochs
     lrs = [row["lr"] for row in trainer.history]
     assert lrs[0] > 0.8 * lr and all(a >= b for a, b in zip(lrs, lrs[1:]))
+
+
+def test_time_budget_caps_warmup_at_a_tenth_of_the_schedule(tmp_path):
+    """--warmup-epochs 5 would be 55 of the 72 steps the budget holds: once the schedule is fitted,
+    warmup ends at FIRST_PLAN_STEPS (a tenth of 72 is less) and the peak is reached there."""
+    trainer, seen_lrs, _, _ = budget_run(tmp_path, warmup_epochs=5)
+    lrs = dict(seen_lrs)
+    assert trainer.warmup_steps == 55  # the request, kept for the records
+    assert lrs[10] == pytest.approx(2e-3 * 11 / 55)  # ramping towards 55 before the plan exists
+    assert lrs[FIRST_PLAN_STEPS] == pytest.approx(2e-3, rel=1e-3)  # the peak once capped
+    assert lrs[40] < lrs[FIRST_PLAN_STEPS] and max(lrs.values()) == pytest.approx(2e-3, rel=1e-3)
+
+
+def test_time_budget_picks_the_preset_size():
+    """A preset's budget_sizes: below the first threshold the preset's own model, from each threshold
+    on that size's changes; --model-arg still wins, and a run without a budget keeps the default."""
+    preset = Preset(
+        "sized",
+        "vit_micro_patch4_32",
+        "test",
+        model_args=dict(depth=4, embed_dim=128),
+        budget_sizes=((0, dict(depth=2)), (20, dict(depth=6, embed_dim=192))),
+    )
+    assert preset.model_args_for(0) == dict(depth=4, embed_dim=128)  # no budget
+    assert preset.model_args_for(5) == dict(depth=2, embed_dim=128)
+    assert preset.model_args_for(20) == preset.model_args_for(90) == dict(depth=6, embed_dim=192)
+    # the shipped recipe, through the configuration: each size has its own architecture
+    sizes = dict(make_config(preset="cifar-vit").to_dict(), preset="cifar-vit")
+    chosen = {
+        minutes: model_spec(TrainConfig.from_dict(dict(sizes, time_budget=minutes)))[1] for minutes in (0, 3, 30, 90)
+    }
+    assert chosen[3] == chosen[30] == chosen[0] == model_spec(TrainConfig.from_dict(sizes))[1]
+    assert (chosen[30]["embed_dim"], chosen[90]["embed_dim"]) == (128, 256)
+    mine = TrainConfig.from_dict(dict(sizes, time_budget=3, model_args={"depth": 7}))
+    assert model_spec(mine)[1]["depth"] == 7
 
 
 # ----------------------------------------------------------------------------- model contract

@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import ImageClassifier
-from .layers import check_channels
+from .layers import Tokenizer, check_channels
 from .registry import ModelConfig, register_family, register_model
 
 BLOCKS = ("basic", "preact_bottleneck")
@@ -25,6 +25,13 @@ class ResNetConfig(ModelConfig):
     widths: tuple[int, ...] = (64, 128, 256, 512)
     stem: str = "cifar"  # cifar: 3x3 stride 1; imagenet: 7x7 stride 2 + max-pool
     head_dropout: float = 0.0
+
+
+def init_convs(module: nn.Module) -> None:
+    """He initialisation (fan-out, ReLU) of every convolution, as in the ResNet paper."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
 
 class BasicBlock(nn.Module):
@@ -70,6 +77,39 @@ class PreActBottleneck(nn.Module):
         return out + shortcut
 
 
+class ResNetTokenizer(Tokenizer):
+    """The ViT paper's hybrid input (Dosovitskiy et al., 2021, section 3.1): ResNet stages turn the
+    image into a feature map whose cells are the tokens. A 3x3 stem and a stage of `blocks` basic blocks
+    at full resolution, then `stages` stages that each halve the resolution and double the width, and
+    a 1x1 projection to the model width (as the paper's R50 hybrid: ResNet stages, then tokens). On small
+    images this gives the transformer the convolutional inductive bias of the ResNet's early layers,
+    where the (cheaper) CCT tokenizer leaves a gap to the ResNet at short budgets."""
+
+    def __init__(self, image_size: int, in_chans: int, dim: int, stages: int = 2, width: int = 32, blocks: int = 1):
+        super().__init__(image_size, 2**stages, in_chans)
+        layers = [nn.Conv2d(in_chans, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+        widths = [width * 2**i for i in range(stages + 1)]
+        for i, stage_width in enumerate(widths):
+            for j in range(blocks):
+                in_width = widths[max(0, i - 1)] if j == 0 else stage_width
+                layers.append(BasicBlock(in_width, stage_width, 2 if (j == 0 and i > 0) else 1))
+        self.convs = nn.Sequential(*layers)
+        init_convs(self.convs)
+        self.convs.append(nn.Conv2d(widths[-1], dim, 1))  # the token projection keeps the ViT's patch init
+
+    def grid_for(self, image_size: int) -> int:
+        """Each strided 3x3 convolution (padding 1) maps n pixels to ceil(n / 2): 28 px gives 4x4 tokens."""
+        if image_size <= 0:
+            raise ValueError(f"image_size ({image_size}) must be positive")
+        for _ in range(self.stride.bit_length() - 1):
+            image_size = -(-image_size // 2)
+        return image_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_channels(x, self.in_chans)
+        return self.convs(x).flatten(2).transpose(1, 2)
+
+
 @register_family("resnet")
 class ResNet(ImageClassifier):
     config_class = ResNetConfig
@@ -103,9 +143,7 @@ class ResNet(ImageClassifier):
             nn.Sequential(nn.BatchNorm2d(in_ch), nn.ReLU(inplace=True)) if block is PreActBottleneck else nn.Identity()
         )
         self.init_head(in_ch, dropout=cfg.head_dropout)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        init_convs(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         check_channels(x, self.config.in_chans)

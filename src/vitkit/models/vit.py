@@ -22,15 +22,15 @@ from .layers import (
     Mlp,
     PatchEmbed,
     ShiftedPatchTokenizer,
-    check_patch_grid,
     drop_path_rates,
     init_linear_weights,
     resize_pos_embed,
 )
 from .registry import ModelConfig, register_family, register_model
+from .resnet import ResNetTokenizer
 
 POOLS = ("cls", "mean", "flatten", "seq")
-STEMS = ("patch", "conv", "spt")
+STEMS = ("patch", "conv", "spt", "resnet")
 
 
 @dataclass
@@ -53,8 +53,10 @@ class ViTConfig(ModelConfig):
     drop_path_rate: float = 0.0  # stochastic depth, linearly increasing with depth
     norm_eps: float = 1e-6
     # small-data options (all off in the paper's ViT and in the seed presets)
-    stem: str = "patch"  # patch | conv (CCT tokenizer) | spt (shifted patch tokenization)
-    conv_layers: int = 2  # conv stem depth: tokens are image_size / 2**conv_layers apart
+    stem: str = "patch"  # patch | conv (CCT tokenizer) | spt (shifted patch tokenization) | resnet (hybrid)
+    conv_layers: int = 2  # conv/resnet stem depth: tokens are image_size / 2**conv_layers apart
+    stem_width: int = 64  # conv stem: hidden channels; resnet stem: width of its first stage
+    stem_blocks: int = 1  # resnet stem: basic blocks per stage
     lsa: bool = False  # locality self-attention
 
 
@@ -116,7 +118,9 @@ class ViT(ImageClassifier):
     def _tokenizer(cfg: ViTConfig, image_size: int | None = None) -> nn.Module:
         size = image_size or cfg.image_size
         if cfg.stem == "conv":
-            return ConvTokenizer(size, cfg.in_chans, cfg.embed_dim, cfg.conv_layers)
+            return ConvTokenizer(size, cfg.in_chans, cfg.embed_dim, cfg.conv_layers, cfg.stem_width)
+        if cfg.stem == "resnet":
+            return ResNetTokenizer(size, cfg.in_chans, cfg.embed_dim, cfg.conv_layers, cfg.stem_width, cfg.stem_blocks)
         if cfg.stem == "spt":
             return ShiftedPatchTokenizer(size, cfg.patch_size, cfg.in_chans, cfg.embed_dim)
         return PatchEmbed(size, cfg.patch_size, cfg.in_chans, cfg.embed_dim)
@@ -166,7 +170,7 @@ class ViT(ImageClassifier):
                 "pool='flatten' ties the head to the token count, so image_size cannot change; "
                 "use pool='mean' or 'cls' to run at another resolution"
             )
-        grid = check_patch_grid(image_size, self.patch_embed.stride)
+        grid = self.patch_embed.grid_for(image_size)
         self.pos_embed = nn.Parameter(resize_pos_embed(self.pos_embed.data, grid, self.num_prefix_tokens))
         self.patch_embed.grid_size, self.patch_embed.num_patches = grid, grid * grid
         self.config.image_size = image_size

@@ -112,7 +112,8 @@ def hf_incompatibilities(cfg: ViTConfig) -> list[tuple[str, str]]:
     it) for each such option; empty when the model exports exactly."""
     found = []
     if cfg.stem != "patch":
-        kind = "a convolutional tokenizer" if cfg.stem == "conv" else "shifted patch tokenization"
+        kinds = {"conv": "a convolutional tokenizer", "resnet": "ResNet stages", "spt": "shifted patch tokenization"}
+        kind = kinds[cfg.stem]
         found.append(
             (f"stem={cfg.stem!r} ({kind}; transformers embeds patches with one strided convolution)", "stem=patch")
         )

@@ -121,6 +121,11 @@ class TrainConfig(AugmentSpec):
         "auto", "bf16 autocast: auto uses it where the hardware has native bf16", choices=("auto", "bf16", "off")
     )
     compile: bool = _optim(False, "torch.compile the model (compile time is reported apart)")
+    channels_last: bool = _optim(
+        True,
+        "feed training batches channels-last (NHWC): CPU training of conv stems and ResNets measured "
+        "1.1-1.3x as fast; weights and checkpoints are unchanged",
+    )
     normalize: str = option(
         "fit",
         "input normalisation: fit (train-set mean/std), imagenet, half (0.5) or none",
@@ -266,11 +271,11 @@ def make_config(**values: Any) -> TrainConfig:
 
 
 def model_spec(cfg: TrainConfig) -> tuple[str, dict[str, Any]]:
-    """(registered model name, architecture arguments): the preset's model with its arguments under
-    the user's, or the named model, or the default one."""
+    """(registered model name, architecture arguments): the preset's model with its arguments (sized
+    for --time-budget) under the user's, or the named model, or the default one."""
     if cfg.preset and not cfg.model:
         preset = get_preset(cfg.preset)
-        return preset.model, {**preset.model_args, **cfg.model_args}
+        return preset.model, {**preset.model_args_for(cfg.time_budget), **cfg.model_args}
     return cfg.model or DEFAULT_MODEL, dict(cfg.model_args)
 
 

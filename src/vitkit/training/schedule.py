@@ -8,6 +8,9 @@ import time
 from typing import Callable
 
 FIRST_PLAN_STEPS = 20  # with a time budget, optimizer steps timed before the schedule is first fitted
+# With a time budget, warmup takes at most this share of the fitted schedule: --warmup-epochs tuned for
+# a 30-minute run would otherwise be the whole of a 3-minute one.
+BUDGET_WARMUP_SHARE = 0.1
 
 
 def lr_factor(step: int, total_steps: int | None, warmup_steps: int, schedule: str, min_ratio: float) -> float:
