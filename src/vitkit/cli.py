@@ -64,7 +64,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         sizes = PRESETS[name].budget_sizes if name in PRESETS else ()
         for i, (minutes, changes) in enumerate(sizes):
             with torch.device("meta"):
-                sized = create_model(PRESETS[name].model, **PRESETS[name].model_args_for(max(minutes, 1e-9)))
+                sized = create_model(PRESETS[name].model, **{**PRESETS[name].model_args, **changes})
             until = f"to {sizes[i + 1][0]:g} min" if i + 1 < len(sizes) else "min or more"
             what = ", ".join(f"{key}={value}" for key, value in changes.items()) or "the preset's own size"
             print(

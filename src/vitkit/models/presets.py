@@ -86,13 +86,13 @@ FOLDER_TRAIN = dict(SMALL_IMAGE_TRAIN, image_size=64, crop_padding=0, rrc_scale=
 CCT = dict(stem="conv", pool="seq", class_token=False)
 # The ViT paper's hybrid at 32 px: ResNet stages (one basic block each, 16-32-64-128 wide) to a 4x4
 # grid, then 4 transformer blocks of width 128 over those 16 tokens, sequence pooling. On the full
-# CIFAR-10 it measured level with the ResNet recipe at 30 CPU minutes at the double width below, and 5
-# points ahead of that at this width (the README's (budget, size) table).
+# CIFAR-10 it measured level with the ResNet recipe at 30 CPU minutes at the double width below, and 3
+# points ahead of both at this width (the README's (budget, size) table).
 HYBRID = dict(
     stem="resnet", stem_width=16, conv_layers=3, embed_dim=128, num_heads=4, mlp_dim=256, pool="seq", class_token=False
 )
 # Double width (3.41M parameters, 4x the FLOPs) for long budgets: at 3, 10 and 30 minutes it trailed the
-# half width by 10, 12 and 5 points, the gap closing; 90 minutes is where the trend puts the crossing,
+# half width by 10, 12 and 3 points, the gap closing; 90 minutes is where the trend puts the crossing,
 # not a measurement.
 HYBRID_LONG_BUDGET = dict(stem_width=32, embed_dim=256, num_heads=8, mlp_dim=512)
 
