@@ -12,7 +12,8 @@ import torch
 from conftest import run_vitkit, subprocess_env, vitkit_cmd
 from safetensors.torch import load_file
 
-pytestmark = pytest.mark.slow
+# one worker builds the module's runs: under pytest-xdist each worker would otherwise train them again
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ddp")]
 
 # No random augmentation, fp32 and SGD: the two runs then differ only in floating-point summation order
 # (one mean over 64 samples against two means over 32). Adam's division by sqrt(v) amplifies that
