@@ -30,20 +30,32 @@ def cell(row: dict, key: str, fmt: str, suffix: str = "") -> str:
     return "-" if row.get(key) is None else f"{row[key]:{fmt}}{suffix}"
 
 
+def result_files(stem: str) -> list[tuple[dict, str]]:
+    """Each saved result of a benchmark with the flag that names its file: the current file first, then
+    those kept from other machines (renamed by date and CPU)."""
+    paths = sorted(RESULTS.glob(f"{stem}*.json"), key=lambda p: p.name != f"{stem}.json")
+    return [
+        (json.loads(path.read_text()), "" if path.name == f"{stem}.json" else f" --json benchmarks/results/{path.name}")
+        for path in paths
+    ]
+
+
 def table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
 def section() -> list[str]:
     out: list[str] = []
-    if data := load("vs_keras.json"):
+    for data, where in result_files("vs_keras"):
+        bf16 = any(r.get("vitkit_bf16") for r in data["rows"])
+        default = "bf16 autocast on this CPU" if bf16 else "fp32 on this CPU, which has no native bf16"
         out += [
             "",
             f"**Seed presets against the Keras 3 + JAX reference** ({machine_line(data)}; "
-            f"`python benchmarks/vs_keras.py --models vit mixer{' --compile' if data.get('compile') else ''}`, "
+            f"`python benchmarks/vs_keras.py --models vit mixer{' --compile' if data.get('compile') else ''}{where}`, "
             "batch 256, real CIFAR images, training img/s after compilation; the first step includes compilation "
-            "and is not in the rate). Keras trains in fp32; vitkit is measured with its defaults (bf16 "
-            "autocast on this CPU) and in fp32, so the second ratio is the implementation's alone:",
+            f"and is not in the rate). Keras trains in fp32; vitkit is measured with its defaults ({default}) "
+            "and in fp32, so the second ratio is the implementation's alone:",
             "",
         ]
         out += table(
@@ -113,9 +125,7 @@ def section() -> list[str]:
                 for r in data["rows"]
             ],
         )
-    for path in sorted(RESULTS.glob("throughput*.json"), key=lambda p: p.name != "throughput.json"):
-        data = json.loads(path.read_text())
-        where = "" if path.name == "throughput.json" else f" --json benchmarks/results/{path.name}"
+    for data, where in result_files("throughput"):
         out += [
             "",
             f"**Throughput per preset** ({machine_line(data)}; `python benchmarks/throughput.py "
