@@ -272,15 +272,17 @@ def evaluate(
     split: str | None = None,
     batch_size: int = 256,
     device: str = "auto",
+    flip_tta: bool = False,
     **data_options: Any,
 ) -> dict[str, Any]:
     """Recompute the metrics of a checkpoint on a split (train, val or test) of a dataset; by default
-    the split its run reported on (test, or val when the data has no test split)."""
+    the split its run reported on (test, or val when the data has no test split). `flip_tta` averages
+    each image's logits with its mirror image's (for data whose classes survive a horizontal flip)."""
     clf = load(checkpoint, device)
     data, dataset, split, part = _checkpoint_split(clf, data, split, data_options)
     loader = BatchLoader(part, batch_size, shuffle=False, device=clf.device, workers=AUTO_WORKERS)
-    metrics = evaluate_loader(clf.model, loader, clf.augment, dataset.num_classes).compute(dataset.class_names)
-    return {"split": split, "data": data, **metrics}
+    metrics = evaluate_loader(clf.model, loader, clf.augment, dataset.num_classes, flip_tta=flip_tta)
+    return {"split": split, "data": data, "flip_tta": flip_tta, **metrics.compute(dataset.class_names)}
 
 
 def top_losses(
@@ -291,13 +293,14 @@ def top_losses(
     split: str | None = None,
     batch_size: int = 256,
     device: str = "auto",
+    flip_tta: bool = False,
     **data_options: Any,
 ) -> dict[str, Any]:
     """The checkpoint's most confident mistakes on a split (by default the one its run reported on):
     the `count` misclassified images with the highest loss, highest first. Each item has the image's
     `index` in the split (and `path` when the split is read from files), the true and predicted class,
     the predicted class's probability, the true class's probability and the loss; `out` is the image
-    grid to write (None: none)."""
+    grid to write (None: none); `flip_tta` as in `evaluate`."""
     from .eval.loop import per_sample_predictions
 
     if count < 1:
@@ -305,7 +308,7 @@ def top_losses(
     clf = load(checkpoint, device)
     data, dataset, split, part = _checkpoint_split(clf, data, split, data_options)
     loader = BatchLoader(part, batch_size, shuffle=False, device=clf.device, workers=AUTO_WORKERS)
-    losses, probs = per_sample_predictions(clf.model, loader, clf.augment)
+    losses, probs = per_sample_predictions(clf.model, loader, clf.augment, flip_tta)
     labels = part.labels
     predicted = probs.argmax(dim=1)
     wrong = (predicted != labels).nonzero().flatten()

@@ -157,11 +157,16 @@ def add_evaluation_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--batch-size", type=at_least(1), default=256)
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--flip-tta",
+        action="store_true",
+        help="average each image's logits with its mirror image's (test-time flip augmentation; twice the compute)",
+    )
 
 
 def evaluation_options(args: argparse.Namespace) -> dict:
     """The data a checkpoint is evaluated on, as `eval` and `top-losses` both take it."""
-    return {k: getattr(args, k) for k in ("data", "split", "batch_size", "device", "data_dir")}
+    return {k: getattr(args, k) for k in ("data", "split", "batch_size", "device", "data_dir", "flip_tta")}
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -171,7 +176,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:
-        print(f"{metrics['data']} [{metrics['split']}] {metrics['count']} images")
+        split = f"{metrics['split']}, flip TTA" if metrics["flip_tta"] else metrics["split"]
+        print(f"{metrics['data']} [{split}] {metrics['count']} images")
         for key in ("top1", "top5", "loss", "precision_macro", "recall_macro", "f1_macro", "f1_weighted"):
             print(f"  {key:<16} {metrics[key]:.4f}")
     return 0

@@ -13,6 +13,15 @@ from ..data.loader import BatchLoader
 from .metrics import MetricAccumulator
 
 
+def eval_logits(model: nn.Module, images: torch.Tensor, flip_tta: bool = False) -> torch.Tensor:
+    """fp32 logits of prepared images; with `flip_tta`, the mean of the logits of each image and its
+    mirror image (test-time flip augmentation: one more forward pass for a steadier prediction)."""
+    logits = model(images).float()
+    if flip_tta:
+        logits = (logits + model(images.flip(-1)).float()) / 2
+    return logits
+
+
 @torch.inference_mode()
 def evaluate_loader(
     model: nn.Module,
@@ -20,13 +29,14 @@ def evaluate_loader(
     augment: BatchAugment,
     num_classes: int,
     all_reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    flip_tta: bool = False,
 ) -> MetricAccumulator:
     """Loss, top-k and confusion matrix over a loader; `all_reduce_sum` sums the counts across ranks.
     Always fp32, whatever the training precision, so `vitkit eval` reproduces every reported metric."""
     model.eval()
     acc = MetricAccumulator(num_classes, device=loader.device)
     for images, labels in loader.batches():
-        logits = model(augment.eval(images)).float()
+        logits = eval_logits(model, augment.eval(images), flip_tta)
         acc.update(logits, labels, F.cross_entropy(logits, labels, reduction="sum"))
     if all_reduce_sum is not None:
         acc.load_tensor(all_reduce_sum(acc.as_tensor()))
@@ -35,14 +45,14 @@ def evaluate_loader(
 
 @torch.inference_mode()
 def per_sample_predictions(
-    model: nn.Module, loader: BatchLoader, augment: BatchAugment
+    model: nn.Module, loader: BatchLoader, augment: BatchAugment, flip_tta: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, class probabilities) of every image of a loader, in its order, on the CPU; fp32 as in
     `evaluate_loader`."""
     model.eval()
     losses, probs = [], []
     for images, labels in loader.batches():
-        logits = model(augment.eval(images)).float()
+        logits = eval_logits(model, augment.eval(images), flip_tta)
         losses.append(F.cross_entropy(logits, labels, reduction="none").cpu())
         probs.append(logits.softmax(dim=1).cpu())
     return torch.cat(losses), torch.cat(probs)
