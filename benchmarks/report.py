@@ -169,17 +169,18 @@ def section() -> list[str]:
     for name in sorted(RESULTS.glob("time_to_accuracy/*.json")):
         data = json.loads(name.read_text())
         recipes = " ".join(dict.fromkeys(r["recipe"].split()[0] for r in data["results"]))
+        flip_tta = any(r.get("test_top1_flip_tta") is not None for r in data["results"])
         out += [
             "",
             f"**Equal wall clock: {data['minutes']:g} minutes on {Path(data['data']).name}** "
             f"({machine_line(data)}; `python benchmarks/time_to_accuracy.py --data {data['data']} "
-            f"--minutes {data['minutes']:g} --recipes {recipes}`; "
+            f"--minutes {data['minutes']:g} --recipes {recipes}{' --flip-tta' * flip_tta}`; "
             "curve: "
             f"`benchmarks/results/time_to_accuracy/{name.stem}.png`):",
             "",
         ]
         out += table(
-            ["recipe", "params", "epochs", "best val top-1", "test top-1"],
+            ["recipe", "params", "epochs", "best val top-1", "test top-1"] + ["test top-1, flip TTA"] * flip_tta,
             [
                 [
                     r["recipe"],
@@ -188,6 +189,7 @@ def section() -> list[str]:
                     f"{r['best_val_top1']:.3f}",
                     f"{r['test_top1']:.3f}",
                 ]
+                + [cell(r, "test_top1_flip_tta", ".3f")] * flip_tta
                 for r in data["results"]
             ],
         )

@@ -148,7 +148,8 @@ def measure(
 
 def profile(name: str, data: str, batch_size: int | None, device: str, amp: str, steps: int, top: int = 12) -> None:
     """Where one training step's time goes: the operators with the most self time over `steps` steps."""
-    from torch.profiler import ProfilerActivity, profile as torch_profile
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
 
     trainer = build_trainer(name, data, batch_size, device, False, amp)
     net = trainer.wrap_model()

@@ -5,6 +5,7 @@ test top-1 of the best checkpoint.
     python benchmarks/time_to_accuracy.py --data ../shared/data/cifar10-dev --minutes 10 \
         --recipes cifar-vit cifar-resnet keras-vit-cifar100
     python benchmarks/time_to_accuracy.py --minutes 10 --recipes cifar-gmlp --set auto_augment=trivial --merge
+    python benchmarks/time_to_accuracy.py --data ../shared/data/cifar10-train --minutes 30 --flip-tta
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import vitkit  # noqa: E402
 from vitkit.models import PRESETS  # noqa: E402
 
 
-def run(recipe: str, data: str, minutes: float, out: Path, extra: dict, label: str) -> dict:
+def run(recipe: str, data: str, minutes: float, out: Path, extra: dict, label: str, flip_tta: bool) -> dict:
     options = dict(data=data, time_budget=minutes, out=str(out), progress=False, **extra)
     options["preset" if recipe in PRESETS else "model"] = recipe
     if recipe in PRESETS and PRESETS[recipe].train.get("data") not in (None, data):
@@ -41,6 +42,8 @@ def run(recipe: str, data: str, minutes: float, out: Path, extra: dict, label: s
         "overrides": extra,
         "epochs": len(rows),
         "test_top1": result["test"]["top1"],
+        # the same checkpoint and split, each image's logits averaged with its mirror image's
+        "test_top1_flip_tta": vitkit.evaluate(out, flip_tta=True)["top1"] if flip_tta else None,
         "best_val_top1": max(v for _, v in curve),
         "train_time_s": result["train_time_s"],
         "params_m": result["parameters"] / 1e6,
@@ -94,6 +97,7 @@ def save(results: list[dict], out: Path, name: str, minutes: float, data: str, m
             ("epochs", "epochs", "d"),
             ("best_val_top1", "best val top-1", ".3f"),
             ("test_top1", "test top-1", ".3f"),
+            ("test_top1_flip_tta", "flip TTA", ".3f"),
         ],
     )
     write_json(out / f"{name}.json", {"machine": machine_info, "data": data, "minutes": minutes, "results": results})
@@ -113,6 +117,9 @@ def main() -> int:
         action="store_true",
         help="add to the saved results of this data and budget; rows of the same name are replaced",
     )
+    parser.add_argument(
+        "--flip-tta", action="store_true", help="also report test top-1 with test-time flip augmentation"
+    )
     parser.add_argument("--plot-only", action="store_true", help="redraw CSV/PNG/table from the saved JSON")
     args = parser.parse_args()
     out = Path(args.out)
@@ -129,7 +136,7 @@ def main() -> int:
         for recipe in args.recipes:
             label = args.label or " ".join([recipe] + args.set)
             print(f"{label}: {args.minutes} min ...", file=sys.stderr, flush=True)
-            results.append(run(recipe, args.data, args.minutes, Path(tmp) / recipe, extra, label))
+            results.append(run(recipe, args.data, args.minutes, Path(tmp) / recipe, extra, label, args.flip_tta))
     if args.merge:
         results = merge_rows(out / f"{name}.json", results, "recipe", "results")
     save(results, out, name, args.minutes, args.data, machine())
