@@ -66,6 +66,18 @@ def test_forward_backward_reaches_every_parameter(family):
     assert not missing, f"no gradient for {missing}"
 
 
+def test_checkpoint_with_a_sequence_pool_bias_loads_and_predicts_the_same():
+    # Earlier vitkit checkpoints of the CCT/hybrid recipes carry seq_pool.bias, which the softmax over
+    # tokens cancels; they must still load strictly and give the same logits.
+    torch.manual_seed(0)
+    model = small_model("vit_hybrid").eval()
+    state = {**model.state_dict(), "seq_pool.bias": torch.tensor([3.0])}
+    reloaded = small_model("vit_hybrid").eval()
+    reloaded.load_state_dict(state)
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(reloaded(x), model(x))
+
+
 @pytest.mark.parametrize(
     "name",
     [

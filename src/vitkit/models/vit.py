@@ -106,13 +106,15 @@ class ViT(ImageClassifier):
         self.blocks = nn.ModuleList(Block(cfg, r) for r in rates)
         self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
         pooled = cfg.embed_dim * num_tokens if cfg.pool == "flatten" else cfg.embed_dim
-        self.seq_pool = nn.Linear(cfg.embed_dim, 1) if cfg.pool == "seq" else None
+        # no bias: it would shift every token's score alike, which the softmax over tokens cancels
+        self.seq_pool = nn.Linear(cfg.embed_dim, 1, bias=False) if cfg.pool == "seq" else None
         self.init_head(pooled, cfg.head_hidden, cfg.head_dropout)
         self.apply(init_linear_weights)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=1e-6)
         self.register_load_state_dict_pre_hook(self._adapt_pos_embed)
+        self.register_load_state_dict_pre_hook(_drop_seq_pool_bias)
 
     @staticmethod
     def _tokenizer(cfg: ViTConfig, image_size: int | None = None) -> nn.Module:
@@ -180,6 +182,12 @@ class ViT(ImageClassifier):
         key = prefix + "pos_embed"
         if key in state_dict and state_dict[key].shape != self.pos_embed.shape and self.config.pool != "flatten":
             state_dict[key] = resize_pos_embed(state_dict[key], self.patch_embed.grid_size, self.num_prefix_tokens)
+
+
+def _drop_seq_pool_bias(module, state_dict, prefix, *args) -> None:
+    """Checkpoints from before the sequence pool lost its bias load unchanged: the bias never affected
+    the output (see `ViT.__init__`)."""
+    state_dict.pop(prefix + "seq_pool.bias", None)
 
 
 def _vit(**kw) -> ViTConfig:
