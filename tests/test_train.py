@@ -91,7 +91,7 @@ def test_fashion_mnist_small_vit_reaches_80_percent(tmp_path):
     result = vitkit.train(
         data="fashion-mnist",
         out=str(tmp_path / "fm"),
-        train_limit=8000,
+        train_limit=10000,  # 8,000 measured 0.7995 on an AMX CPU in bf16: too near the line to hold across CPUs
         test_limit=2000,
         epochs=8,
         lr=3e-3,

@@ -33,7 +33,11 @@ def train(cfg: TrainConfig, callbacks=()) -> dict[str, Any]:
     trainer = None
     try:
         trainer = Trainer(cfg, runtime)
-        return trainer.fit(run, callbacks)
+        result = trainer.fit(run, callbacks)
+        # Rank 0 still writes results and plots after the last collective; a rank that tore down its gloo
+        # connections meanwhile could abort ("terminate called without an active exception") and fail the run.
+        ctx.barrier()
+        return result
     except BaseException as e:
         reason = "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
         info = trainer.run_info() if trainer else {"world_size": ctx.world_size}
@@ -49,6 +53,7 @@ def train(cfg: TrainConfig, callbacks=()) -> dict[str, Any]:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
         run.release()
+        trainer = None  # the DDP wrapper's reducer holds gloo work: shutdown frees it before the process exits
         shutdown(ctx)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import gc
 import datetime
 import os
 import signal
@@ -90,5 +91,10 @@ def die_with_launcher() -> None:
 
 
 def shutdown(ctx: DistContext) -> None:
+    """Leave the process group. DDP's reducer sits in reference cycles with the model's gradient hooks
+    and holds the last gloo work; left to the interpreter's final collection, freeing it takes the GIL
+    during finalization and aborts the rank ("terminate called without an active exception"), which
+    fails a finished run. Collect it here, while the interpreter is whole."""
     if ctx.enabled and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
