@@ -21,7 +21,8 @@ def load(name: str) -> dict | None:
 
 def machine_line(data: dict) -> str:
     m = data["machine"]
-    where = m["cuda"] or f"{m['cpu']}, {m['cores']} cores, {m['torch_threads']} threads ({m['cpu_capability']})"
+    bf16 = f", bf16 on {m['cpu_bf16'].upper()}" if m.get("cpu_bf16") else ""
+    where = m["cuda"] or f"{m['cpu']}, {m['cores']} cores, {m['torch_threads']} threads ({m['cpu_capability']}{bf16})"
     return f"{m['date']}, {where}, torch {m['torch']}"
 
 
@@ -170,6 +171,7 @@ def section() -> list[str]:
         data = json.loads(name.read_text())
         recipes = " ".join(dict.fromkeys(r["recipe"].split()[0] for r in data["results"]))
         flip_tta = any(r.get("test_top1_flip_tta") is not None for r in data["results"])
+        final = any(r.get("final_top1") is not None for r in data["results"])
         out += [
             "",
             f"**Equal wall clock: {data['minutes']:g} minutes on {Path(data['data']).name}** "
@@ -180,7 +182,9 @@ def section() -> list[str]:
             "",
         ]
         out += table(
-            ["recipe", "params", "epochs", "best val top-1", "test top-1"] + ["test top-1, flip TTA"] * flip_tta,
+            ["recipe", "params", "epochs", "best val top-1", "test top-1"]
+            + ["test top-1, flip TTA"] * flip_tta
+            + ["final model top-1", "final, flip TTA"][: final + (final and flip_tta)],
             [
                 [
                     r["recipe"],
@@ -190,6 +194,7 @@ def section() -> list[str]:
                     f"{r['test_top1']:.3f}",
                 ]
                 + [cell(r, "test_top1_flip_tta", ".3f")] * flip_tta
+                + [cell(r, "final_top1", ".3f"), cell(r, "final_top1_flip_tta", ".3f")][: final + (final and flip_tta)]
                 for r in data["results"]
             ],
         )

@@ -126,6 +126,9 @@ def test_confusion_matrix_class_names_clear_the_colour_bars(figures):
 def test_models_say_whether_they_cut_patches():
     sizes = {name: create_model(name, num_classes=3, image_size=16).patch_size for name in MODEL_FAMILIES}
     assert sizes == {name: None if name.startswith("resnet") else 4 for name in MODEL_FAMILIES}
+    # token models whose stem is convolutional cut no patches: their tokens are feature-map cells
+    stems = {s: create_model("vit_micro_patch4_32", stem=s).patch_size for s in ("patch", "spt", "conv", "resnet")}
+    assert stems == {"patch": 4, "spt": 4, "conv": None, "resnet": None}
 
 
 @pytest.mark.parametrize("name", ["vit_micro_patch4_32", "resnet18_cifar"])

@@ -12,7 +12,7 @@ import yaml
 from conftest import MODEL_FAMILIES, run_vitkit
 
 import vitkit
-from vitkit.models import create_model
+from vitkit.models import count_parameters, create_model
 from vitkit.models.io import load_model
 from vitkit.models.presets import Preset
 from vitkit.training import TrainConfig, Trainer, resume_config
@@ -149,28 +149,52 @@ def test_time_budget_caps_warmup_at_a_tenth_of_the_schedule(tmp_path):
     assert lrs[40] < lrs[FIRST_PLAN_STEPS] and max(lrs.values()) == pytest.approx(2e-3, rel=1e-3)
 
 
-def test_time_budget_picks_the_preset_size():
-    """A preset's budget_sizes: below the first threshold the preset's own model, from each threshold
-    on that size's changes; --model-arg still wins, and a run without a budget keeps the default."""
+def test_a_budget_size_sits_between_the_preset_and_the_users_arguments():
+    sizes = dict(make_config(preset="cifar-vit").to_dict(), preset="cifar-vit")
+    own = model_spec(TrainConfig.from_dict(sizes))[1]
+    assert own["embed_dim"] == 128 and own["stem"] == "resnet"
+    wide = model_spec(TrainConfig.from_dict(sizes), {"embed_dim": 256, "depth": 6})[1]
+    assert wide == {**own, "embed_dim": 256, "depth": 6}
+    mine = TrainConfig.from_dict(dict(sizes, model_args={"depth": 7}))
+    assert model_spec(mine, {"embed_dim": 256, "depth": 6})[1]["depth"] == 7  # --model-arg wins
+
+
+@pytest.mark.slow
+def test_time_budget_takes_the_largest_size_it_can_train_long_enough(tmp_path, monkeypatch):
+    """The size is chosen by the training rate measured on this machine: the largest size whose
+    budget affords its epochs; run.json records the estimates, and --resume rebuilds that size."""
+    from vitkit.models import PRESETS
+    from vitkit.training.build import Runtime, build
+
+    affordable, unreachable = dict(depth=2, embed_dim=48, num_heads=2), dict(depth=3, embed_dim=64, num_heads=2)
     preset = Preset(
         "sized",
         "vit_micro_patch4_32",
         "test",
-        model_args=dict(depth=4, embed_dim=128),
-        budget_sizes=((0, dict(depth=2)), (20, dict(depth=6, embed_dim=192))),
+        model_args=dict(depth=1, embed_dim=32, num_heads=2, image_size=8, patch_size=4),
+        train=dict(data="digits", image_size=8, batch_size=64, crop_padding=0, warmup_epochs=0),
+        budget_sizes=((1, affordable), (1e9, unreachable)),
     )
-    assert preset.model_args_for(0) == dict(depth=4, embed_dim=128)  # no budget
-    assert preset.model_args_for(5) == dict(depth=2, embed_dim=128)
-    assert preset.model_args_for(20) == preset.model_args_for(90) == dict(depth=6, embed_dim=192)
-    # the shipped recipe, through the configuration: each size has its own architecture
-    sizes = dict(make_config(preset="cifar-vit").to_dict(), preset="cifar-vit")
-    chosen = {
-        minutes: model_spec(TrainConfig.from_dict(dict(sizes, time_budget=minutes)))[1] for minutes in (0, 3, 30, 90)
-    }
-    assert chosen[3] == chosen[30] == chosen[0] == model_spec(TrainConfig.from_dict(sizes))[1]
-    assert (chosen[30]["embed_dim"], chosen[90]["embed_dim"]) == (128, 256)
-    mine = TrainConfig.from_dict(dict(sizes, time_budget=3, model_args={"depth": 7}))
-    assert model_spec(mine)[1]["depth"] == 7
+    monkeypatch.setitem(PRESETS, "sized", preset)
+    out = tmp_path / "run"
+    vitkit.train(preset="sized", time_budget=0.1, out=str(out), progress=False, threads=1)
+
+    record = json.loads((out / "run.json").read_text())["budget_size"]
+    assert record["model_args"] == affordable
+    first, second = record["candidates"]
+    assert (first["min_epochs"], second["min_epochs"]) == (1, 1e9) and first["affordable_epochs"] >= 1
+    # measured, not assumed: the larger model trains fewer images per second, so fewer epochs fit
+    assert 0 < second["affordable_epochs"] < first["affordable_epochs"]
+    saved = load_model(out / "best")[0]
+    assert (len(saved.blocks), saved.config.embed_dim) == (2, 48)
+
+    resumed = resume_config(out)
+    assert count_parameters(build(resumed, Runtime.create(resumed)).model) == count_parameters(saved)
+    status = json.loads((out / "run.json").read_text())
+    del status["budget_size"]
+    (out / "run.json").write_text(json.dumps(status))
+    with pytest.raises(ValueError, match="does not record the model size"):
+        build(resumed, Runtime.create(resumed))
 
 
 # ----------------------------------------------------------------------------- model contract

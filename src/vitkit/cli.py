@@ -62,14 +62,13 @@ def cmd_models(args: argparse.Namespace) -> int:
             f"{model.config.image_size:>3}px  {desc}".rstrip()
         )
         sizes = PRESETS[name].budget_sizes if name in PRESETS else ()
-        for i, (minutes, changes) in enumerate(sizes):
+        for epochs, changes in sizes:
             with torch.device("meta"):
                 sized = create_model(PRESETS[name].model, **{**PRESETS[name].model_args, **changes})
-            until = f"to {sizes[i + 1][0]:g} min" if i + 1 < len(sizes) else "min or more"
-            what = ", ".join(f"{key}={value}" for key, value in changes.items()) or "the preset's own size"
+            what = ", ".join(f"{key}={value}" for key, value in changes.items())
             print(
                 f"{'':<{width}}  {'':<7} {count_parameters(sized) / 1e6:8.2f}M         "
-                f"--time-budget {minutes:g} {until}: {what}"
+                f"with a --time-budget that trains it {epochs:g}+ epochs here: {what}"
             )
     return 0
 

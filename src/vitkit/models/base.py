@@ -62,8 +62,10 @@ class ImageClassifier(nn.Module):
     @property
     def patch_size(self) -> int | None:
         """Side of the square patches the model cuts its input into, one token each; None for models
-        that do not (convolutional ones)."""
-        return None
+        that do not: convolutional ones, and token models with a convolutional stem, whose tokens are
+        cells of a feature map rather than patches of the image."""
+        tokenizer = getattr(self, "patch_embed", None)
+        return tokenizer.stride if getattr(tokenizer, "cuts_patches", False) else None
 
     @property
     def attention_layers(self) -> list[nn.Module]:
@@ -93,8 +95,9 @@ class ImageClassifier(nn.Module):
 
     @property
     def num_layers(self) -> int:
-        """Layers between the embedding (layer 0) and the classifier (layer num_layers + 1)."""
-        raise NotImplementedError
+        """Layers between the embedding (layer 0) and the classifier (layer num_layers + 1): the token
+        families' blocks; families without `blocks` say what theirs are."""
+        return len(self.blocks)
 
     def layer_id(self, param_name: str) -> int:
         """0 for the stem/embeddings, 1..num_layers for the trunk, num_layers + 1 for what follows

@@ -24,6 +24,8 @@ def check_patch_grid(image_size: int, patch_size: int) -> int:
 class Tokenizer(nn.Module):
     """Base of the image -> token sequence stems: one token per `stride` x `stride` cell."""
 
+    cuts_patches = False  # True where each token is one patch of the image (drawn as patches.png)
+
     def __init__(self, image_size: int, stride: int, in_chans: int):
         super().__init__()
         self.stride = stride
@@ -42,6 +44,8 @@ class PatchEmbed(Tokenizer):
     One convolution with kernel = stride = patch size; this is the same linear map as the Keras
     example's extract-patches + Dense, and the layout that Hugging Face and timm checkpoints use.
     """
+
+    cuts_patches = True
 
     def __init__(self, image_size: int, patch_size: int, in_chans: int, dim: int):
         super().__init__(image_size, patch_size, in_chans)
@@ -76,6 +80,8 @@ class ShiftedPatchTokenizer(Tokenizer):
     """Shifted patch tokenization (Lee et al., 2021, "ViT for small-size datasets"): the image and its
     four half-patch diagonal shifts are stacked on the channel axis, cut into patches, normalised and
     projected, so each token also sees its neighbours' borders."""
+
+    cuts_patches = True
 
     def __init__(self, image_size: int, patch_size: int, in_chans: int, dim: int):
         super().__init__(image_size, patch_size, in_chans)

@@ -65,14 +65,6 @@ class PatchMLPClassifier(ImageClassifier):
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         return tokens.mean(dim=1)
 
-    @property
-    def patch_size(self) -> int:
-        return self.patch_embed.stride
-
-    @property
-    def num_layers(self) -> int:
-        return len(self.blocks)
-
     def layer_id(self, param_name: str) -> int:
         return block_layer_id(param_name, ("patch_embed", "pos_embed"), self.num_layers)
 

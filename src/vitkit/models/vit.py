@@ -147,14 +147,6 @@ class ViT(ImageClassifier):
             return (weights * tokens).sum(dim=1)
         return tokens.flatten(1)
 
-    @property
-    def patch_size(self) -> int:
-        return self.patch_embed.stride
-
-    @property
-    def num_layers(self) -> int:
-        return len(self.blocks)
-
     def layer_id(self, param_name: str) -> int:
         return block_layer_id(param_name, ("patch_embed", "cls_token", "pos_embed"), self.num_layers)
 

@@ -19,8 +19,9 @@ from ..data.splits import Dataset
 from ..models import create_model
 from ..pretrained.result import Pretrained
 from ..runtime import resolve_device, setup_threads, use_bf16
-from .config import TrainConfig, model_spec
+from .config import TrainConfig, budget_sizes, model_spec
 from .distributed import DistContext, init_distributed
+from .sizing import choose_size, recorded_size, training_rate
 
 
 @dataclass
@@ -58,6 +59,7 @@ class Setup:
     global_batch: int
     preprocessing: Preprocessing  # what the checkpoint records and inference repeats
     class_weights: torch.Tensor | None = None  # of the training loss, on the device
+    budget_size: dict | None = None  # the --time-budget size choice (training/sizing.py), for run.json
 
     @property
     def channels(self) -> int:
@@ -72,6 +74,7 @@ class Setup:
             "device": str(device),
             "data_streamed": not self.data.train.in_memory,
             "loader_workers": self.train_loader.workers,
+            **({"budget_size": self.budget_size} if self.budget_size else {}),
         }
 
 
@@ -108,27 +111,6 @@ def build(cfg: TrainConfig, runtime: Runtime) -> Setup:
             f"--data {cfg.data} has {data.num_classes} class ({', '.join(data.class_names)}): a classifier "
             "needs at least two class folders"
         )
-    torch.manual_seed(cfg.seed)
-    if pretrained:
-        model = adapt_pretrained(pretrained, image_size=image_size, class_names=data.class_names)
-    else:
-        args = {k: v for k, v in model_args.items() if k not in ("num_classes", "image_size", "in_chans")}
-        in_chans = model_args.get("in_chans") or (1 if data.channels == 1 else 3)
-        model = create_model(name, num_classes=data.num_classes, image_size=image_size, in_chans=in_chans, **args)
-    model = model.to(runtime.device)
-    channels = model.config.in_chans
-    workers = resolve_workers(cfg.workers)
-    if pretrained and cfg.mean is None:
-        mean, std = pretrained.preprocessing.mean, pretrained.preprocessing.std
-    elif cfg.mean is not None and cfg.std is not None:
-        mean, std = tuple(cfg.mean), tuple(cfg.std)
-    else:
-        mean, std = normalization(cfg.normalize, data.train, channels, workers)
-    preprocessing = dataclasses.replace(
-        decode, mean=mean, std=std, channels=channels, decode_size=data.train.stored_size
-    )
-    augment = preprocessing.batch_augment(AugmentSpec.from_options(cfg))
-
     ctx = runtime.ctx
     if cfg.batch_scope == "global" and cfg.batch_size % ctx.world_size:
         raise ValueError(
@@ -142,6 +124,34 @@ def build(cfg: TrainConfig, runtime: Runtime) -> Setup:
             f"the global batch of {global_batch} is larger than the {len(data.train)} training images: "
             "lower --batch-size"
         )
+
+    def new_model(size: dict | None = None) -> nn.Module:
+        torch.manual_seed(cfg.seed)
+        if pretrained:
+            return adapt_pretrained(pretrained, image_size=image_size, class_names=data.class_names)
+        _, model_args = model_spec(cfg, size)
+        args = {k: v for k, v in model_args.items() if k not in ("num_classes", "image_size", "in_chans")}
+        in_chans = model_args.get("in_chans") or (1 if data.channels == 1 else 3)
+        model = create_model(name, num_classes=data.num_classes, image_size=image_size, in_chans=in_chans, **args)
+        return model.to(runtime.device)
+
+    budget_size = None
+    if budget_sizes(cfg) and not pretrained:
+        budget_size = choose_budget_size(cfg, runtime, new_model, local_batch, image_size, data)
+    model = new_model(budget_size and budget_size["model_args"])
+    channels = model.config.in_chans
+    workers = resolve_workers(cfg.workers)
+    if pretrained and cfg.mean is None:
+        mean, std = pretrained.preprocessing.mean, pretrained.preprocessing.std
+    elif cfg.mean is not None and cfg.std is not None:
+        mean, std = tuple(cfg.mean), tuple(cfg.std)
+    else:
+        mean, std = normalization(cfg.normalize, data.train, channels, workers)
+    preprocessing = dataclasses.replace(
+        decode, mean=mean, std=std, channels=channels, decode_size=data.train.stored_size
+    )
+    augment = preprocessing.batch_augment(AugmentSpec.from_options(cfg))
+
     common = dict(device=runtime.device, rank=ctx.rank, world_size=ctx.world_size, workers=workers)
     labels = data.train.labels
     sample_weights = balanced_sample_weights(labels, data.num_classes) if cfg.sampler == "balanced" else None
@@ -174,7 +184,26 @@ def build(cfg: TrainConfig, runtime: Runtime) -> Setup:
         global_batch,
         preprocessing,
         class_weights,
+        budget_size,
     )
+
+
+def choose_budget_size(cfg: TrainConfig, runtime: Runtime, new_model, batch: int, image_size: int, data) -> dict:
+    """The preset size for this --time-budget on this machine (training/sizing.py): measured by rank 0
+    and shared, so every process builds the same model; a resumed run reuses the recorded choice."""
+    if cfg.resume:
+        return recorded_size(cfg.out or default_run_dir(cfg))
+    record = None
+    if runtime.ctx.is_main:
+
+        def rate_of(size: dict) -> float:
+            model = new_model(size)
+            return training_rate(
+                model, batch, image_size, data.num_classes, runtime.device, runtime.bf16, cfg.channels_last
+            )
+
+        record = choose_size(budget_sizes(cfg), rate_of, cfg.time_budget, len(data.train))
+    return runtime.ctx.broadcast_object(record)
 
 
 def adapt_pretrained(pretrained: Pretrained, *, image_size: int, class_names: list) -> nn.Module:

@@ -270,13 +270,20 @@ def make_config(**values: Any) -> TrainConfig:
     return TrainConfig.from_dict({**defaults, **values})
 
 
-def model_spec(cfg: TrainConfig) -> tuple[str, dict[str, Any]]:
-    """(registered model name, architecture arguments): the preset's model with its arguments (sized
-    for --time-budget) under the user's, or the named model, or the default one."""
+def model_spec(cfg: TrainConfig, size: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+    """(registered model name, architecture arguments): the preset's model with its arguments, changed
+    by `size` (one of its budget sizes), under the user's; or the named model, or the default one."""
     if cfg.preset and not cfg.model:
         preset = get_preset(cfg.preset)
-        return preset.model, {**preset.model_args_for(cfg.time_budget), **cfg.model_args}
+        return preset.model, {**preset.model_args, **(size or {}), **cfg.model_args}
     return cfg.model or DEFAULT_MODEL, dict(cfg.model_args)
+
+
+def budget_sizes(cfg: TrainConfig) -> tuple[tuple[float, dict[str, Any]], ...]:
+    """The preset's larger sizes that --time-budget chooses among (none without a budget or a preset)."""
+    if cfg.time_budget and cfg.preset and not cfg.model:
+        return get_preset(cfg.preset).budget_sizes
+    return ()
 
 
 def resume_changes(saved: TrainConfig, changes: dict[str, Any]) -> dict[str, Any]:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import ctypes
-import gc
 import datetime
+import gc
 import os
 import signal
 import sys
