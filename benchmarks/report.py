@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import yaml
 from common import REPO
 
 RESULTS = REPO / "benchmarks" / "results"
@@ -169,16 +170,17 @@ def section() -> list[str]:
         )
     for name in sorted(RESULTS.glob("time_to_accuracy/*.json")):
         data = json.loads(name.read_text())
-        recipes = " ".join(dict.fromkeys(r["recipe"].split()[0] for r in data["results"]))
         flip_tta = any(r.get("test_top1_flip_tta") is not None for r in data["results"])
         final = any(r.get("final_top1") is not None for r in data["results"])
+        base = (
+            f"python benchmarks/time_to_accuracy.py --data {data['data']} --minutes {data['minutes']:g}"
+            + " --flip-tta" * flip_tta
+        )
         out += [
             "",
             f"**Equal wall clock: {data['minutes']:g} minutes on {Path(data['data']).name}** "
-            f"({machine_line(data)}; `python benchmarks/time_to_accuracy.py --data {data['data']} "
-            f"--minutes {data['minutes']:g} --recipes {recipes}{' --flip-tta' * flip_tta}`; "
-            "curve: "
-            f"`benchmarks/results/time_to_accuracy/{name.stem}.png`):",
+            f"({machine_line(data)}; {commands(data['results'], base)}; "
+            f"curve: `benchmarks/results/time_to_accuracy/{name.stem}.png`):",
             "",
         ]
         out += table(
@@ -199,6 +201,40 @@ def section() -> list[str]:
             ],
         )
     return out
+
+
+def preset_of(row: dict) -> str:
+    """The preset a time_to_accuracy row trained (rows saved before it was recorded: its label's first word)."""
+    return row.get("preset") or row["recipe"].split()[0]
+
+
+def yaml_value(value) -> str:
+    """A --set value as time_to_accuracy reads it back (YAML flow style, one line)."""
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def row_flags(row: dict) -> str:
+    """The flags beyond --recipes that reproduce a time_to_accuracy row ("" for a preset as it is)."""
+    overrides = dict(row.get("overrides") or {})
+    limit = overrides.pop("train_limit", None)
+    sets = [f"{k}={yaml_value(v)}" for k, v in overrides.items()]
+    flags = f" --train-limit {limit}" * bool(limit) + (" --set " + " ".join(f"'{s}'" for s in sets)) * bool(sets)
+    if row["recipe"] != " ".join([preset_of(row)] + sets):
+        flags += f' --label "{row["recipe"]}"'
+    return flags
+
+
+def commands(results: list[dict], base: str) -> str:
+    """Markdown: the command of the rows trained as their presets are, then one `--merge` command per
+    group of rows trained with the same changes."""
+    groups: dict[str, list[str]] = {}
+    for row in results:
+        groups.setdefault(row_flags(row), []).append(preset_of(row))
+    first = groups.pop("", None)
+    parts = [f"`{base} --recipes {' '.join(dict.fromkeys(first))}`"] if first else []
+    for flags, presets in groups.items():
+        parts.append(f"`{base} --recipes {' '.join(dict.fromkeys(presets))}{flags}{' --merge' * bool(parts)}`")
+    return ", then ".join(parts)
 
 
 def main() -> int:

@@ -39,6 +39,7 @@ def run(recipe: str, data: str, minutes: float, out: Path, extra: dict, label: s
     curve = [(float(r["time_s"]), float(r["val_top1"])) for r in rows]
     return {
         "recipe": label,
+        "preset": recipe,
         "overrides": extra,
         "epochs": len(rows),
         "test_top1": result["test"]["top1"],

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from vitkit.models import count_parameters, create_model, list_models, load_model, save_model
 from vitkit.models.resnet import BasicBlock
@@ -248,6 +249,29 @@ def test_resnet_stem_tokens_are_its_feature_map_cells():
     assert sum(isinstance(m, BasicBlock) for m in stem.convs) == 4
     deeper = create_model("vit_micro_patch4_32", stem="resnet", stem_blocks=2).patch_embed
     assert sum(isinstance(m, BasicBlock) for m in deeper.convs) == 6
+
+
+def test_resnet_stem_token_stride_projects_in_place_of_the_last_stage():
+    """With stem_token_stride=2 the strided 3x3 token projection does the last halving: one stage of
+    blocks fewer, the same token grid (4x4 at 32 px and at 28 px), each token a 3x3 window of the
+    last stage's map."""
+    kw = dict(stem="resnet", stem_width=8, stem_blocks=2, conv_layers=3, pool="seq")
+    stem = create_model("vit_micro_patch4_32", stem_token_stride=2, **kw).patch_embed
+    assert sum(isinstance(m, BasicBlock) for m in stem.convs) == 6  # stages at 8, 16, 32 channels
+    assert [m.conv2.out_channels for m in stem.convs if isinstance(m, BasicBlock)][-1] == 32
+    projection = stem.convs[-1]
+    assert projection.kernel_size == (3, 3) and projection.stride == (2, 2)
+    for size in (32, 28):
+        x = torch.randn(2, 3, size, size)
+        assert stem(x).shape == (2, 16, 128) and stem.grid_for(size) == 4
+        hidden = stem.convs[:-1](x)
+        # token 5 (row 1, column 1) is the projection of the 3x3 window around the map's cell (2, 2)
+        window = F.conv2d(hidden[:, :, 1:4, 1:4], projection.weight, projection.bias)
+        assert torch.allclose(stem(x)[:, 5], window.flatten(1), atol=1e-5)
+    full = create_model("vit_micro_patch4_32", **kw).patch_embed
+    assert sum(isinstance(m, BasicBlock) for m in full.convs) == 8 and full.convs[-1].kernel_size == (1, 1)
+    with pytest.raises(ValueError, match="stem_token_stride=3 must be 1, or 2"):
+        create_model("vit_micro_patch4_32", stem_token_stride=3, **kw)
 
 
 def test_every_preset_builds_and_runs_at_its_size():

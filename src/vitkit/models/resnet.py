@@ -83,19 +83,36 @@ class ResNetTokenizer(Tokenizer):
     at full resolution, then `stages` stages that each halve the resolution and double the width, and
     a 1x1 projection to the model width (as the paper's R50 hybrid: ResNet stages, then tokens). On small
     images this gives the transformer the convolutional inductive bias of the ResNet's early layers,
-    where the (cheaper) CCT tokenizer leaves a gap to the ResNet at short budgets."""
+    where the (cheaper) CCT tokenizer leaves a gap to the ResNet at short budgets.
 
-    def __init__(self, image_size: int, in_chans: int, dim: int, stages: int = 2, width: int = 32, blocks: int = 1):
+    With `token_stride=2` the projection is a strided 3x3 convolution that does the last halving, in
+    place of the last stage of blocks: the transformer takes over the ResNet's last stage (as the
+    paper's hybrid drops R50's) and still sees the same grid of tokens."""
+
+    def __init__(
+        self,
+        image_size: int,
+        in_chans: int,
+        dim: int,
+        stages: int = 2,
+        width: int = 32,
+        blocks: int = 1,
+        token_stride: int = 1,
+    ):
+        if token_stride not in (1, 2) or stages < token_stride - 1:
+            raise ValueError(f"stem_token_stride={token_stride} must be 1, or 2 with conv_layers >= 1")
         super().__init__(image_size, 2**stages, in_chans)
         layers = [nn.Conv2d(in_chans, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
-        widths = [width * 2**i for i in range(stages + 1)]
+        widths = [width * 2**i for i in range(stages + 2 - token_stride)]
         for i, stage_width in enumerate(widths):
             for j in range(blocks):
                 in_width = widths[max(0, i - 1)] if j == 0 else stage_width
                 layers.append(BasicBlock(in_width, stage_width, 2 if (j == 0 and i > 0) else 1))
         self.convs = nn.Sequential(*layers)
         init_convs(self.convs)
-        self.convs.append(nn.Conv2d(widths[-1], dim, 1))  # the token projection keeps the ViT's patch init
+        # the token projection keeps the ViT's patch init
+        kernel = 2 * token_stride - 1
+        self.convs.append(nn.Conv2d(widths[-1], dim, kernel, token_stride, kernel // 2))
 
     def grid_for(self, image_size: int) -> int:
         """Each strided 3x3 convolution (padding 1) maps n pixels to ceil(n / 2): 28 px gives 4x4 tokens."""

@@ -57,6 +57,7 @@ class ViTConfig(ModelConfig):
     conv_layers: int = 2  # conv/resnet stem depth: tokens are image_size / 2**conv_layers apart
     stem_width: int = 64  # conv stem: hidden channels; resnet stem: width of its first stage
     stem_blocks: int = 1  # resnet stem: basic blocks per stage
+    stem_token_stride: int = 1  # resnet stem: 2 makes the token projection do the last halving (3x3, stride 2)
     lsa: bool = False  # locality self-attention
 
 
@@ -122,7 +123,15 @@ class ViT(ImageClassifier):
         if cfg.stem == "conv":
             return ConvTokenizer(size, cfg.in_chans, cfg.embed_dim, cfg.conv_layers, cfg.stem_width)
         if cfg.stem == "resnet":
-            return ResNetTokenizer(size, cfg.in_chans, cfg.embed_dim, cfg.conv_layers, cfg.stem_width, cfg.stem_blocks)
+            return ResNetTokenizer(
+                size,
+                cfg.in_chans,
+                cfg.embed_dim,
+                cfg.conv_layers,
+                cfg.stem_width,
+                cfg.stem_blocks,
+                cfg.stem_token_stride,
+            )
         if cfg.stem == "spt":
             return ShiftedPatchTokenizer(size, cfg.patch_size, cfg.in_chans, cfg.embed_dim)
         return PatchEmbed(size, cfg.patch_size, cfg.in_chans, cfg.embed_dim)

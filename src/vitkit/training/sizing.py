@@ -11,6 +11,7 @@ back by `--resume`, so a resumed run rebuilds the architecture it started with.
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -21,7 +22,9 @@ import torch.nn.functional as F
 
 from ..runtime import autocast
 
-PROBE_STEPS = 3  # timed forward+backward steps per candidate, after one untimed (allocation, kernel choice)
+# Timed forward+backward steps per candidate, after untimed ones (allocation, kernel choice); the
+# median step counts, so that one step slowed by the rest of the machine does not move the choice.
+WARMUP_STEPS, PROBE_STEPS = 2, 5
 
 
 def training_rate(
@@ -48,15 +51,16 @@ def training_rate(
         loss.backward()
         model.zero_grad(set_to_none=True)
 
-    step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    for _ in range(PROBE_STEPS):
+    def timed_step() -> float:
+        start = time.perf_counter()
         step()
-    if device.type == "cuda":  # sync point: the GPU must finish the timed steps
-        torch.cuda.synchronize(device)
-    return batch * PROBE_STEPS / (time.perf_counter() - start)
+        if device.type == "cuda":  # sync point: the GPU must finish the step
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    for _ in range(WARMUP_STEPS):
+        timed_step()
+    return batch / statistics.median(timed_step() for _ in range(PROBE_STEPS))
 
 
 def choose_size(
