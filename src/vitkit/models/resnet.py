@@ -99,11 +99,12 @@ class ResNetTokenizer(Tokenizer):
         blocks: int = 1,
         token_stride: int = 1,
     ):
-        if token_stride not in (1, 2) or stages < token_stride - 1:
+        if token_stride not in (1, 2) or (token_stride == 2 and stages < 1):
             raise ValueError(f"stem_token_stride={token_stride} must be 1, or 2 with conv_layers >= 1")
         super().__init__(image_size, 2**stages, in_chans)
         layers = [nn.Conv2d(in_chans, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
-        widths = [width * 2**i for i in range(stages + 2 - token_stride)]
+        halving_stages = stages - (token_stride - 1)  # the projection does the last halving with stride 2
+        widths = [width * 2**i for i in range(halving_stages + 1)]
         for i, stage_width in enumerate(widths):
             for j in range(blocks):
                 in_width = widths[max(0, i - 1)] if j == 0 else stage_width

@@ -1,7 +1,7 @@
 """`--time-budget` picks a preset's size by this machine's measured speed.
 
 How many epochs a budget buys depends on the hardware: in the same 30 minutes the hybrid `cifar-vit`
-at double width trained 5 epochs on a 2-core AVX2 CPU and 19 on a 2-core AMX one. A size is worth
+at double width trained 5 epochs on a 2-core AVX2 CPU and 20 on a 2-core AMX one. A size is worth
 taking only when the budget lets it train long enough, so a preset's sizes are keyed by epochs, not
 minutes: a few timed steps of each candidate measure its training rate here, and the run takes the
 largest size whose budget affords at least its epochs. The choice is recorded in run.json and read
@@ -45,15 +45,12 @@ def training_rate(
     y = torch.randint(num_classes, (batch,), device=device)
     model.train()
 
-    def step() -> None:
+    def timed_step() -> float:
+        start = time.perf_counter()
         with autocast(device, bf16):
             loss = F.cross_entropy(model(x), y)
         loss.backward()
         model.zero_grad(set_to_none=True)
-
-    def timed_step() -> float:
-        start = time.perf_counter()
-        step()
         if device.type == "cuda":  # sync point: the GPU must finish the step
             torch.cuda.synchronize(device)
         return time.perf_counter() - start
