@@ -1,10 +1,14 @@
-"""Inference speed on identical ViT weights: vitkit eager, vitkit compiled, vitkit on ONNX Runtime, and
-Hugging Face transformers' ViTForImageClassification, all in one run on the same inputs.
+"""Inference speed and agreement, one run: Hugging Face transformers' ViTForImageClassification in fp32
+against every vitkit path (PyTorch fp32 and bf16, ONNX Runtime fp32 and INT8, OpenVINO when installed,
+and the path `vitkit predict` / `vitkit.load` take by default), on identical ViT weights.
 
-Reports images/s at batch 32 and single-image latency (p50/p95), and checks that every path gives
-the same logits as transformers.
+Speed: images/s at --batch-size and single-image latency (p50/p95) on --model (weights identical to
+transformers' copy, which is loaded from vitkit's Hugging Face export as a user would load it).
+Agreement: each path's top-1 agreement with fp32 and its accuracy change on real held-out images, from
+a trained checkpoint (--checkpoint RUN, judged on the split its run reported), as random weights on
+random inputs make every argmax a coin toss.
 
-    python benchmarks/inference.py --model vit_tiny_patch16_224 --batch-size 32
+    python benchmarks/inference.py --checkpoint runs/vit-cifar
 """
 
 from __future__ import annotations
@@ -17,10 +21,15 @@ import time
 from pathlib import Path
 
 import torch
-from common import machine, print_table, write_json
+from common import machine, print_table, project_path, write_json
 
-from vitkit.api import Classifier
+import vitkit
+from vitkit.api import Classifier, _checkpoint_split
+from vitkit.data.loader import BatchLoader
+from vitkit.data.preprocess import Preprocessing
+from vitkit.eval.agreement import agreement_report, predicted_classes
 from vitkit.export.onnx import OnnxModel, export_onnx
+from vitkit.export.quantize import quantize_int8
 from vitkit.models import create_model
 from vitkit.pretrained.hf import save_hf_folder
 
@@ -30,10 +39,36 @@ def hf_twin(model, folder: Path):
     published checkpoint layout, as a user would load them)."""
     import transformers
 
-    save_hf_folder(
-        model, [str(i) for i in range(model.config.num_classes)], {"mean": [0.5] * 3, "std": [0.5] * 3}, folder
+    preprocessing = Preprocessing.from_dict(
+        {"image_size": model.config.image_size, "mean": [0.5] * 3, "std": [0.5] * 3}, model.config.image_size, 3
     )
+    save_hf_folder(model, [str(i) for i in range(model.config.num_classes)], preprocessing, folder)
     return transformers.ViTForImageClassification.from_pretrained(folder).eval()
+
+
+def openvino_runner(onnx_path: Path):
+    """OpenVINO's CPU plugin on the fp32 ONNX export (its own choice of precision), or None when not installed."""
+    try:
+        import openvino
+    except ImportError:
+        return None
+    compiled = openvino.Core().compile_model(str(onnx_path), "CPU")
+    return lambda x: torch.from_numpy(compiled(x.numpy())[0])
+
+
+def vitkit_paths(clf: Classifier, workdir: Path, calibration: list) -> dict:
+    """name -> a callable from normalised images to logits, for every way vitkit can run `clf`."""
+    export_onnx(clf, workdir / "fp32.onnx")
+    paths = {
+        "vitkit PyTorch fp32": clf.model,
+        "vitkit PyTorch bf16": Classifier(clf.model, clf.meta, "cpu", "bf16").runner,
+        "vitkit ONNX Runtime fp32": OnnxModel(workdir / "fp32.onnx"),
+        "vitkit ONNX Runtime int8": OnnxModel(quantize_int8(clf, calibration, workdir)),
+    }
+    openvino = openvino_runner(workdir / "fp32.onnx")
+    if openvino is not None:
+        paths["OpenVINO fp32 export"] = openvino
+    return paths
 
 
 def throughput(fn, x, seconds: float) -> float:
@@ -56,80 +91,96 @@ def latency(fn, x, repeats: int) -> tuple[float, float]:
     return statistics.median(times), q[18]
 
 
+def measure_agreement(checkpoint: str, calibration_images: int) -> tuple[dict, dict]:
+    """{path name: agreement report} of every vitkit path of a trained checkpoint on its reported split,
+    and what the default path (`vitkit.load` with no options) chose there."""
+    reference = vitkit.load(checkpoint, device="cpu", backend="torch", precision="fp32")
+    data, dataset, split, part = _checkpoint_split(reference, None, None, {})
+    chosen = torch.randperm(len(dataset.train), generator=torch.Generator().manual_seed(0))[:calibration_images]
+    calibration_loader = BatchLoader(dataset.train.subset(chosen.sort().values), 32, shuffle=False)
+    calibration = [reference.augment.eval(images).numpy() for images, _ in calibration_loader.batches()]
+    loader = BatchLoader(part, 256, shuffle=False)
+    default = vitkit.load(checkpoint, device="cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = vitkit_paths(reference, Path(tmp), calibration)
+        fp32, labels = predicted_classes(reference.model, loader, reference.augment.eval)
+        reports = {}
+        for name, run in paths.items():
+            candidate, _ = predicted_classes(run, loader, reference.augment.eval)
+            reports[name] = {**agreement_report(fp32, candidate, labels, name, split), "data": data}
+        candidate, _ = predicted_classes(default.runner, loader, reference.augment.eval)
+        reports["vitkit default (vitkit.load)"] = agreement_report(fp32, candidate, labels, "default", split)
+    return reports, default.runtime
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="vit_tiny_patch16_224")
+    parser.add_argument("--model", default="vit_tiny_patch16_224", help="the ViT whose speed is measured")
+    parser.add_argument("--checkpoint", help="a trained run whose agreement with fp32 is measured (default: none)")
+    parser.add_argument("--calibration-images", type=int, default=256, help="INT8 calibration images")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=8.0, help="per path and measurement round")
     parser.add_argument("--rounds", type=int, default=2, help="paths are measured round-robin this many times")
     parser.add_argument("--latency-repeats", type=int, default=40)
-    parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--json", default="benchmarks/results/inference.json")
     args = parser.parse_args()
 
     torch.manual_seed(0)
     model = create_model(args.model).eval()
+    size = model.config.image_size
     tmp = Path(tempfile.mkdtemp())
     hf = hf_twin(model, tmp / "hf")
-    meta = {
-        "class_names": [str(i) for i in range(model.config.num_classes)],
-        "preprocessing": {"image_size": model.config.image_size, "channels": 3, "mean": [0.5] * 3, "std": [0.5] * 3},
-    }
-    print("exporting ONNX ...", file=sys.stderr)
-    export_onnx(Classifier(model, meta, device="cpu"), tmp / "model.onnx")
-    ort_model = OnnxModel(tmp / "model.onnx")
-
-    x = torch.randn(args.batch_size, 3, model.config.image_size, model.config.image_size)
-    with torch.inference_mode():
-        reference = hf(pixel_values=x).logits
-    paths = {
-        "transformers eager": lambda t: hf(pixel_values=t).logits,
-        "vitkit eager": model,
-        "vitkit onnxruntime": ort_model,
-    }
-    compile_s = None
-    if not args.no_compile:
-        print("compiling ...", file=sys.stderr)
-        compiled = torch.compile(model)
-        start = time.perf_counter()
-        with torch.inference_mode():
-            compiled(x)
-            compiled(x[:1])
-        compile_s = time.perf_counter() - start
-        paths["vitkit compiled"] = compiled
+    default = vitkit.load(tmp / "hf", device="cpu")  # what `vitkit predict` runs on this folder by default
+    print(f"default path: {default.runtime}", file=sys.stderr)
+    x = torch.randn(args.batch_size, 3, size, size)
+    # speed does not depend on the calibration data, so random images calibrate the speed model's INT8
+    calibration = [torch.randn(8, 3, size, size).numpy() for _ in range(2)]
+    paths = {"transformers fp32": lambda t: hf(pixel_values=t).logits}
+    paths.update(vitkit_paths(Classifier(model, default.meta, "cpu", "fp32"), tmp, calibration))
+    paths["vitkit default (vitkit.load)"] = default.runner
 
     rows = {name: {"path": name, "ips": 0.0} for name in paths}
     with torch.inference_mode():
+        reference = paths["transformers fp32"](x)
         for name, fn in paths.items():
-            rows[name]["max_abs_diff_vs_transformers"] = (fn(x) - reference).abs().max().item()
+            rows[name]["max_abs_logit_diff"] = (fn(x) - reference).abs().max().item()
         for _ in range(args.rounds):  # round-robin so drift hits every path alike
             for name, fn in paths.items():
                 rows[name]["ips"] += throughput(fn, x, args.seconds) / args.rounds
         for name, fn in paths.items():
             rows[name]["p50_ms"], rows[name]["p95_ms"] = latency(fn, x[:1], args.latency_repeats)
-    base = rows["transformers eager"]["ips"]
+    base = rows["transformers fp32"]["ips"]
     for row in rows.values():
-        row["speedup_vs_transformers"] = row["ips"] / base
+        row["speedup_vs_transformers_fp32"] = row["ips"] / base
+
+    agreement, default_on_checkpoint = {}, None
+    if args.checkpoint:
+        agreement, default_on_checkpoint = measure_agreement(args.checkpoint, args.calibration_images)
+        for name, report in agreement.items():
+            rows[name].update(top1_agreement=report["top1_agreement"], top1_delta=report["top1_delta"])
     table = list(rows.values())
     print(f"\n{args.model}, batch {args.batch_size}, {torch.get_num_threads()} threads")
-    print_table(
-        table,
-        [
-            ("path", "path", "s"),
-            ("ips", f"img/s @ {args.batch_size}", ".1f"),
-            ("speedup_vs_transformers", "x transformers", ".2f"),
-            ("p50_ms", "p50 ms (1 img)", ".1f"),
-            ("p95_ms", "p95 ms (1 img)", ".1f"),
-            ("max_abs_diff_vs_transformers", "max |dlogit|", ".1e"),
-        ],
-    )
+    columns = [
+        ("path", "path", "s"),
+        ("ips", f"img/s @ {args.batch_size}", ".1f"),
+        ("speedup_vs_transformers_fp32", "x transformers fp32", ".2f"),
+        ("p50_ms", "p50 ms (1 img)", ".1f"),
+        ("p95_ms", "p95 ms (1 img)", ".1f"),
+        ("max_abs_logit_diff", "max |dlogit|", ".1e"),
+    ]
+    if agreement:
+        columns += [("top1_agreement", "top-1 agreement", ".4f"), ("top1_delta", "top-1 delta", "+.4f")]
+    print_table(table, columns)
     write_json(
         args.json,
         {
             "machine": machine(),
             "model": args.model,
             "batch_size": args.batch_size,
-            "compile_s": compile_s,
+            "default_path": default.runtime,
+            "agreement_checkpoint": project_path(args.checkpoint) if args.checkpoint else None,
+            "agreement_default_path": default_on_checkpoint,
+            "agreement": agreement,
             "rows": table,
         },
     )

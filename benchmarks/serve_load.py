@@ -75,10 +75,10 @@ ABUSE = {  # name -> list of (filename, bytes) in one request
 }
 
 
-def start_server(checkpoint: str, backend: str) -> tuple[subprocess.Popen, str]:
+def start_server(checkpoint: str, backend: str, precision: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "vitkit", "serve", checkpoint, "--port", str(port), "--backend", backend],
+        [sys.executable, "-m", "vitkit", "serve", checkpoint, "--port", str(port), "--backend", backend, "--precision", precision],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -215,6 +215,7 @@ def main() -> int:
     parser.add_argument("--checkpoint", help="run folder or checkpoint to serve (default: a 1-epoch digits run)")
     parser.add_argument("--label", required=True, help="name of this version's rows, e.g. before / after")
     parser.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime"])
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 64])
     parser.add_argument("--seconds", type=float, default=10.0, help="per concurrency level")
     parser.add_argument("--abuse", default="", help="comma-separated kinds of " + ", ".join(ABUSE))
@@ -229,9 +230,10 @@ def main() -> int:
         checkpoint = str(Path(tempfile.mkdtemp()) / "digits")
         vitkit.train(data="digits", out=checkpoint, epochs=1, progress=False)
     payloads = photos(32)
-    proc, base = start_server(checkpoint, args.backend)
+    proc, base = start_server(checkpoint, args.backend, args.precision)
     try:
-        backend = httpx.get(base + "/health").json()["backend"]
+        health = httpx.get(base + "/health").json()
+        backend, precision = health["backend"], health["precision"]
         asyncio.run(load(base, payloads, 4, 2.0))  # warm-up
         rows = []
         for clients in args.clients:
@@ -239,7 +241,7 @@ def main() -> int:
             row = asyncio.run(load(base, payloads, clients, args.seconds))
             # the server's share of the cores; the rest went to the load generator and other work
             row["server_cpu_per_s"] = (cpu_seconds(proc.pid) - cpu) / args.seconds
-            rows.append(dict(row, label=args.label))
+            rows.append(dict(row, label=args.label, backend=backend, precision=precision))
         idle = rss_mib(proc.pid)
         abuse_rows = [
             dict(abuse(base, proc.pid, kind, payloads[0], args.repeats, idle), label=args.label)
@@ -253,8 +255,9 @@ def main() -> int:
     for r in abuse_rows:
         r["key"] = f"{r['label']}/{r['kind']}"
 
-    print(f"\nPOST /predict, one photo ({len(payloads[0]):,} bytes) per request, backend {backend}")
-    columns = [("label", "version", "s"), ("clients", "clients", "d"), ("req_per_s", "req/s", ".1f")]
+    print(f"\nPOST /predict, one photo ({len(payloads[0]):,} bytes) per request, backend {backend}, {precision}")
+    columns = [("label", "version", "s"), ("backend", "backend", "s"), ("precision", "precision", "s")]
+    columns += [("clients", "clients", "d"), ("req_per_s", "req/s", ".1f")]
     columns += [("p50_ms", "p50 ms", ".1f"), ("p95_ms", "p95 ms", ".1f"), ("failures", "failed", "d")]
     columns += [("server_cpu_per_s", "server cores", ".2f")]
     print_table(rows, columns)

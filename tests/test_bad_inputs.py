@@ -44,7 +44,7 @@ def test_every_corpus_kind_through_predict(digits_run, tmp_path):
     proc = run_vitkit("predict", str(out), str(tmp_path / "corpus"), "--format", "json", "--backend", "torch")
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert proc.returncode == 1, proc.stderr[-2000:]  # some files are refused, the rest classified
-    results = {r["path"]: r for r in json.loads(proc.stdout)}
+    results = {r["path"]: r for r in json.loads(proc.stdout)["results"]}
     assert set(results) == {str(path) for _, path in written}
     for case, path in written:
         result = results[str(path)]
@@ -201,6 +201,6 @@ def test_bad_files_are_named_by_their_path(digits_run, tmp_path):
         (tmp_path / folder).mkdir()
         (tmp_path / folder / "img_001.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     proc = run_vitkit("predict", str(digits_run[0]), str(tmp_path), "--format", "json", "--backend", "torch")
-    errors = [r["error"] for r in json.loads(proc.stdout)]
+    errors = [r["error"] for r in json.loads(proc.stdout)["results"]]
     assert any(str(tmp_path / "cats" / "img_001.jpg") in e for e in errors), errors
     assert any(str(tmp_path / "dogs" / "img_001.jpg") in e for e in errors), errors

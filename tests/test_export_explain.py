@@ -67,9 +67,11 @@ def test_onnxruntime_backend_predicts_like_torch(digits_run, digit_images, tmp_p
     paths, _ = digit_images
     results = {}
     for backend in ("torch", "onnxruntime"):
-        proc = run_vitkit("predict", str(out), *map(str, paths), "--format", "json", "--backend", backend)
+        proc = run_vitkit(
+            "predict", str(out), *map(str, paths), "--format", "json", "--backend", backend, "--precision", "fp32"
+        )
         assert proc.returncode == 0, proc.stderr
-        results[backend] = json.loads(proc.stdout)
+        results[backend] = json.loads(proc.stdout)["results"]
     for a, b in zip(results["torch"], results["onnxruntime"]):
         assert a["predictions"][0]["label"] == b["predictions"][0]["label"]
         assert a["predictions"][0]["score"] == pytest.approx(b["predictions"][0]["score"], abs=1e-4)

@@ -12,7 +12,7 @@ from vitkit.data.builtin import load_digits_dataset
 
 def test_flip_tta_averages_the_logits_of_each_image_and_its_mirror(digits_run, capsys):
     run, result = digits_run
-    clf = vitkit.load(run)
+    clf = vitkit.load(run, precision="fp32")  # evaluate() computes in fp32
     test = load_digits_dataset(seed=0).test
     # softmax of the mean log-probabilities is softmax of the mean logits: the log-sum-exp cancels
     log_probs = clf.predict_tensor(test.images).double().log()

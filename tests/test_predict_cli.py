@@ -32,7 +32,12 @@ def vitkit_main(*args) -> tuple[int, str, str]:
 
 
 def predict(*args) -> tuple[int, str, str]:
-    return vitkit_main("predict", *args)
+    """`vitkit predict` in fp32, whatever the CPU: the answers are compared with fp32 references."""
+    return vitkit_main("predict", *args, "--precision", "fp32")
+
+
+def predict_results(stdout: str) -> list[dict]:
+    return json.loads(stdout)["results"]
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +47,7 @@ def torch_predictions(digits_run, digit_images):
     paths, _ = digit_images
     code, stdout, stderr = predict(out, *paths, "--format", "json", "--backend", "torch")
     assert code == 0, stderr
-    return {r["path"]: r["predictions"] for r in json.loads(stdout)}
+    return {r["path"]: r["predictions"] for r in predict_results(stdout)}
 
 
 def assert_same_predictions(got: list[dict], expected: dict, tolerance=1e-4):
@@ -63,7 +68,7 @@ def test_every_output_format_reports_the_same_answers_and_the_bad_file(digits_ru
     for fmt in ("json", "csv", "table"):
         code, outputs[fmt], stderr = predict(*args, "--format", fmt)
         assert code == 1, (fmt, stderr)  # some file failed, the rest were answered
-    results = json.loads(outputs["json"])
+    results = predict_results(outputs["json"])
     assert [r["path"] for r in results] == [paths[0], str(broken), *paths[1:]]  # the order given
     assert "predictions" not in results[1] and "broken.png" in results[1]["error"]
     good = [r for r in results if "predictions" in r]
@@ -108,7 +113,7 @@ def test_folders_are_searched_recursively_and_globs_expanded(digits_run, digit_i
     shutil.copy(paths[5], loose / "other.png")
     code, stdout, stderr = predict(out, folder, loose / "shot*.png", "--format", "json", "--backend", "torch")
     assert code == 0, stderr
-    results = json.loads(stdout)
+    results = predict_results(stdout)
     expected_paths = [folder / "b.png", folder / "nested" / "a.png", *(loose / f"shot{i}.png" for i in (2, 3, 4))]
     assert [r["path"] for r in results] == list(map(str, expected_paths))
     # the copies get the originals' answers
@@ -133,7 +138,7 @@ def test_an_exported_onnx_file_predicts_like_the_checkpoint(digits_run, digit_im
     assert set(report) == {"batch_1", "batch_7"} and max(report.values()) < 1e-4
     code, stdout, stderr = predict(onnx_path, *digit_images[0], "--format", "json")
     assert code == 0, stderr
-    assert_same_predictions(json.loads(stdout), torch_predictions)
+    assert_same_predictions(predict_results(stdout), torch_predictions)
 
 
 def test_python_predict_gives_the_cli_answers_for_files_and_images_in_memory(digits_run, digit_images):
@@ -144,8 +149,8 @@ def test_python_predict_gives_the_cli_answers_for_files_and_images_in_memory(dig
     digit = digit_images[0][0]
     code, stdout, stderr = predict(out, photo, digit, "--format", "json", "--topk", "3", "--backend", "torch")
     assert code == 0, stderr
-    cli_photo, cli_digit = json.loads(stdout)
-    clf = vitkit.load(out, device="cpu")
+    cli_photo, cli_digit = predict_results(stdout)
+    clf = vitkit.load(out, device="cpu", precision="fp32")
 
     assert clf.predict(str(photo), topk=3) == cli_photo
     assert clf(photo, topk=3) == cli_photo
@@ -183,7 +188,7 @@ def test_serve_on_each_backend_answers_like_predict(digits_run, digit_images, to
     out, _ = digits_run
     port = free_port()
     proc = subprocess.Popen(
-        vitkit_cmd("serve", str(out), "--port", str(port), "--backend", backend),
+        vitkit_cmd("serve", str(out), "--port", str(port), "--backend", backend, "--precision", "fp32"),
         env=subprocess_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -247,7 +247,9 @@ def test_transformers_pipeline_on_the_export_agrees_with_vitkit_predict(runs, ki
     out = tmp_path / "hf"
     export(run, out, "--format", "hf")
     photos = val_photos()
-    ours = predict_paths(vitkit.load(run, device="cpu", backend="torch"), photos, topk=1, progress=False)
+    ours = predict_paths(
+        vitkit.load(run, device="cpu", backend="torch", precision="fp32"), photos, topk=1, progress=False
+    )
     pipe = transformers.pipeline("image-classification", model=str(out), device="cpu")
     for path, mine in zip(photos, ours):
         theirs = pipe(Image.open(path), top_k=1)[0]
@@ -302,7 +304,9 @@ def test_onnx_export_predicts_what_the_checkpoint_predicts(name, kw, pre, tmp_pa
     onnx_clf = vitkit.load(tmp_path / "m.onnx")
     assert onnx_clf.backend == "onnxruntime" and onnx_clf.preprocessing == pre
     photos = val_photos()
-    ours = predict_paths(vitkit.load(tmp_path / "ckpt", device="cpu", backend="torch"), photos, progress=False)
+    ours = predict_paths(
+        vitkit.load(tmp_path / "ckpt", device="cpu", backend="torch", precision="fp32"), photos, progress=False
+    )
     exported = predict_paths(onnx_clf, photos, progress=False)
     for a, b in zip(ours, exported):
         assert a["predictions"][0]["label"] == b["predictions"][0]["label"], a["path"]
@@ -318,8 +322,10 @@ def test_predict_cli_on_an_onnx_file_uses_its_preprocessing(runs, tmp_path):
     photos = val_photos()
     proc = run_vitkit("predict", str(onnx_path), *map(str, photos), "--format", "json", "--topk", "3")
     assert proc.returncode == 0, proc.stderr
-    exported = json.loads(proc.stdout)
-    ours = predict_paths(vitkit.load(runs["crop"], device="cpu", backend="torch"), photos, topk=3, progress=False)
+    exported = json.loads(proc.stdout)["results"]
+    ours = predict_paths(
+        vitkit.load(runs["crop"], device="cpu", backend="torch", precision="fp32"), photos, topk=3, progress=False
+    )
     for a, b in zip(exported, ours):
         assert a["predictions"][0]["label"] == b["predictions"][0]["label"], a["path"]
         for x, y in zip(a["predictions"], b["predictions"]):
@@ -360,7 +366,7 @@ from vitkit.serve.app import create_app
 from starlette.testclient import TestClient
 
 ckpt, image = sys.argv[1], sys.argv[2]
-clf = vitkit.load(ckpt, device="cpu", backend="torch")
+clf = vitkit.load(ckpt, device="cpu", backend="torch", precision="fp32")
 with TestClient(create_app(clf)) as client:
     vm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmSize")) * 1024
     # a hard cap: an unbounded decode fails here instead of taking the machine's memory

@@ -207,7 +207,7 @@ LOAD_BACK = """
 import json, sys, torch, vitkit
 from vitkit.pretrained import load_pretrained
 repo, paths = sys.argv[1], sys.argv[2:]
-classifier, pretrained = vitkit.load(repo, device="cpu"), load_pretrained(repo)
+classifier, pretrained = vitkit.load(repo, device="cpu", precision="fp32"), load_pretrained(repo)
 weights, again = classifier.model.state_dict(), pretrained.model.state_dict()
 print(json.dumps({
     "name": classifier.name,
@@ -257,7 +257,7 @@ def test_push_to_the_hub_and_load_back(digits_run, digit_images, tmp_path):
         )
         assert loaded.returncode == 0, loaded.stderr[-3000:]
         found = json.loads(loaded.stdout)
-        local = vitkit.load(out, device="cpu")
+        local = vitkit.load(out, device="cpu", precision="fp32")
         assert found["name"] == "acme/digits"
         assert found["predictions"] == local.predict(paths, topk=3)
         assert found["pretrained_weights_equal"]
@@ -318,20 +318,32 @@ def test_hf_export_round_trip_and_pipeline(digits_run, tmp_path):
     assert "3: `ant`, `bee`, `cat`." in card and "No evaluation was recorded" in card
     assert f'pipeline("image-classification", model="{tmp_path / "hf"}")' in card
     # vitkit loads the exported folder back as it loads the checkpoint
-    as_exported = vitkit.load(tmp_path / "hf", device="cpu").predict(list(map(str, paths)))
-    for got, want in zip(as_exported, vitkit.load(tmp_path / "ckpt", device="cpu").predict(list(map(str, paths)))):
+    as_exported = vitkit.load(tmp_path / "hf", device="cpu", precision="fp32").predict(list(map(str, paths)))
+    for got, want in zip(
+        as_exported, vitkit.load(tmp_path / "ckpt", device="cpu", precision="fp32").predict(list(map(str, paths)))
+    ):
         assert [p["label"] for p in got["predictions"]] == [p["label"] for p in want["predictions"]]
         assert [p["score"] for p in got["predictions"]] == pytest.approx([p["score"] for p in want["predictions"]])
     pipe = transformers.pipeline("image-classification", model=str(tmp_path / "hf"), device="cpu")
     ours = json.loads(
         subprocess.run(
-            vitkit_cmd("predict", str(tmp_path / "ckpt"), *map(str, paths), "--format", "json", "--topk", "3"),
+            vitkit_cmd(
+                "predict",
+                str(tmp_path / "ckpt"),
+                *map(str, paths),
+                "--format",
+                "json",
+                "--topk",
+                "3",
+                "--precision",
+                "fp32",
+            ),
             capture_output=True,
             text=True,
             env=subprocess_env(),
             check=True,
         ).stdout
-    )
+    )["results"]
     for path, mine in zip(paths, ours):
         theirs = pipe(Image.open(path), top_k=3)
         assert theirs[0]["label"] == mine["predictions"][0]["label"]

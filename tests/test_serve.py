@@ -24,7 +24,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-URL_LINE = re.compile(r"^vitkit serve: (\S+) \((.*)\) at (http://127\.0\.0\.1:(\d+))/ \(Ctrl\+C to stop\)$")
+URL_LINE = re.compile(
+    r"^vitkit serve: (\S+) \(([^)]*)\) on (\S+), (\S+), (\S+) \((.*)\) at (http://127\.0\.0\.1:(\d+))/ \(Ctrl\+C to stop\)$"
+)
 
 
 @dataclass
@@ -40,7 +42,8 @@ def server(digits_run):
     """`vitkit serve` on a port the system picks: the tests learn the address from the line it prints."""
     out, _ = digits_run
     proc = subprocess.Popen(
-        vitkit_cmd("serve", str(out), "--port", "0", "--max-upload-mb", "1"),
+        # fp32 on every CPU: the answers are compared with `vitkit predict`'s to 1e-5
+        vitkit_cmd("serve", str(out), "--port", "0", "--max-upload-mb", "1", "--precision", "fp32"),
         env=subprocess_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -59,7 +62,7 @@ def server(digits_run):
             proc.kill()
             raise RuntimeError("no address line from the server:\n" + "\n".join(output))
         time.sleep(0.1)
-    yield Server(found[0][3], int(found[0][4]), out, output)
+    yield Server(found[0][7], int(found[0][8]), out, output)
     proc.terminate()
     proc.wait(timeout=30)
 
@@ -72,13 +75,13 @@ def test_predictions_match_the_cli(server, digit_images):
     base, out = server.base, server.checkpoint
     paths, _ = digit_images
     cli = subprocess.run(
-        vitkit_cmd("predict", str(out), *map(str, paths[:4]), "--format", "json"),
+        vitkit_cmd("predict", str(out), *map(str, paths[:4]), "--format", "json", "--precision", "fp32"),
         capture_output=True,
         text=True,
         env=subprocess_env(),
         check=True,
     )
-    expected = json.loads(cli.stdout)
+    expected = json.loads(cli.stdout)["results"]
     files = [("file", (p.name, p.read_bytes(), "image/png")) for p in paths[:4]]
     response = post(base, files)
     assert response.status_code == 200
@@ -104,8 +107,15 @@ def test_health_and_labels(server):
 
 def test_prints_its_address_and_logs_each_request(server, digit_images):
     (line,) = [line for line in server.output if URL_LINE.match(line)]
-    name, summary = URL_LINE.match(line).group(1, 2)
+    name, summary, backend, device, precision, reason = URL_LINE.match(line).group(1, 2, 3, 4, 5, 6)
     assert name == server.checkpoint.name and summary == "vit, 16 px, 10 classes"
+    health = httpx.get(server.base + "/health").json()
+    assert (backend, device, precision, reason) == (
+        health["backend"],
+        health["device"],
+        "fp32",
+        "fp32 as asked",
+    )
     path = digit_images[0][0]
     assert httpx.get(server.base + "/labels").status_code == 200
     assert post(server.base, [("file", ("notes.txt", b"hello", "text/plain"))]).status_code == 415

@@ -176,7 +176,7 @@ def test_forced_streaming_trains_evaluates_and_predicts_like_in_memory(tmp_path)
     for name, run in runs.items():
         predicted = run_vitkit("predict", str(run), str(photo), "--format", "json")
         assert predicted.returncode == 0, predicted.stderr[-3000:]
-        top[name] = json.loads(predicted.stdout)[0]["predictions"][0]
+        top[name] = json.loads(predicted.stdout)["results"][0]["predictions"][0]
     assert top["streamed"]["label"] in results["streamed"]["test"]["class_names"]
     assert top["streamed"]["label"] == top["memory"]["label"]
     assert top["streamed"]["score"] == pytest.approx(top["memory"]["score"], abs=0.02)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,8 @@ from .data.loader import AUTO_WORKERS, BatchLoader
 from .data.prepare import dataset_defaults, prepare_data
 from .data.preprocess import Preprocessing
 from .eval.loop import evaluate_loader
-from .fileio import settled_dir
-from .runtime import resolve_device
+from .fileio import settled_dir, write_json
+from .runtime import PRECISIONS, Bf16Autocast, choose_precision, resolve_device
 
 
 def train(resume: str | os.PathLike | None = None, callbacks=(), **options: Any) -> dict[str, Any]:
@@ -59,7 +60,8 @@ BACKENDS = ("auto", "torch", "onnxruntime")
 
 
 def default_backend() -> str:
-    """ONNX Runtime when installed (exact to 1e-6, about 1.5x transformers' speed on CPU), else PyTorch."""
+    """ONNX Runtime for fp32 on a CPU when installed (exact to 1e-6 and faster than eager PyTorch there:
+    benchmarks/results/inference.json), else PyTorch."""
     import importlib.util
 
     has_ort = all(importlib.util.find_spec(m) for m in ("onnxruntime", "onnxscript"))
@@ -68,13 +70,29 @@ def default_backend() -> str:
 
 class Classifier:
     """A trained model with its preprocessing and class names, ready for images. `model` is a PyTorch
-    module or an ONNX Runtime session wrapper; both take normalised float NCHW and return logits."""
+    module or an ONNX Runtime session wrapper; both take normalised float NCHW and return logits.
+    `precision` is what the model runs in (fp32, bf16 under autocast, or int8 for a quantized ONNX
+    export) and `precision_reason` why; `folder` the checkpoint folder it came from (None for a file)."""
 
-    def __init__(self, model, meta: dict, device: str = "auto", precision: str = "fp32", name: str = "model"):
+    def __init__(
+        self,
+        model,
+        meta: dict,
+        device: str = "auto",
+        precision: str = "fp32",
+        name: str = "model",
+        precision_reason: str = "",
+        folder: Path | None = None,
+    ):
         self.name = name  # what the checkpoint is called on screen: its run folder, file or hub id
-        self.bf16 = precision == "bf16"
-        self.device = resolve_device(device) if isinstance(model, torch.nn.Module) else torch.device("cpu")
-        self.model = model.to(self.device).eval() if isinstance(model, torch.nn.Module) else model
+        self.folder = folder
+        is_torch = isinstance(model, torch.nn.Module)
+        self.device = resolve_device(device) if is_torch else torch.device("cpu")
+        self.model = model.to(self.device).eval() if is_torch else model
+        self.precision = precision if is_torch else model.meta.get("precision", "fp32")
+        self.precision_reason = precision_reason or f"{self.precision} as exported"
+        # what predictions run through: the model itself, or under bf16 autocast
+        self.runner = Bf16Autocast(self.model, self.device) if self.precision == "bf16" else self.model
         self.meta = meta
         config = getattr(model, "config", None)
         self.preprocessing = Preprocessing.from_dict(
@@ -96,12 +114,22 @@ class Classifier:
         parts += [f"{self.image_size} px", f"{len(self.class_names)} classes"]
         return ", ".join(str(part) for part in parts if part)
 
+    @property
+    def runtime(self) -> dict:
+        """Where and how it runs, as the serve banner, /health and predict's JSON report it."""
+        return {
+            "backend": self.backend,
+            "device": str(self.device),
+            "precision": self.precision,
+            "precision_reason": self.precision_reason,
+        }
+
     def predict(self, inputs, topk: int = 5, batch_size: int = 32) -> dict | list[dict]:
         """Top-k labels for images, decoded, resized and cropped exactly as `vitkit predict` does it.
 
         `inputs`: a file path, a folder (searched for images) or a glob; a PIL image; a numpy array of
         uint8 pixels (HxWx3 RGB or HxW grey); a uint8 torch tensor (CxHxW, or NxCxHxW for several); or a
-        list mixing them. Results are what `vitkit predict --format json` prints: {"path": ...,
+        list mixing them. Results are the "results" `vitkit predict --format json` prints: {"path": ...,
         "predictions": [{"label", "score"}, ...]} best first, with "input": n (the result's position)
         instead of "path" for an image in memory, and "error" instead of "predictions" for one that
         cannot be decoded. One image gives one result; a list, folder, glob or NxCxHxW batch a list.
@@ -126,8 +154,7 @@ class Classifier:
                 f"predict_tensor takes NxCx{side}x{side} images as preprocessing decodes them, got "
                 f"{tuple(images.shape)}; pass photos of any size to predict(), which resizes and crops them"
             )
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16 and self.backend == "torch"):
-            return self.model(self.augment.eval(images.to(self.device))).float().softmax(-1).cpu()
+        return self.runner(self.augment.eval(images.to(self.device))).float().softmax(-1).cpu()
 
 
 def checkpoint_name(path: Path) -> str:
@@ -147,50 +174,70 @@ def checkpoint_folder(path: Path) -> Path:
 def load(
     checkpoint: str | os.PathLike,
     device: str = "auto",
-    backend: str = "torch",
-    precision: str = "fp32",
+    backend: str = "auto",
+    precision: str = "auto",
     threads: int = 0,
 ) -> Classifier:
     """Load a checkpoint folder (a run's best/ or last/, the run folder itself, or a Hugging Face folder
-    `vitkit export --format hf` wrote), an exported .onnx file, or a hub id (owner/name: a model pushed with
-    `vitkit push`, or a Hugging Face or timm ViT classifier; through huggingface_hub and its cache).
-    backend="onnxruntime" runs a checkpoint folder through ONNX Runtime (exported once
-    into the user cache folder, see `onnx_cache_path`); "auto" picks the fastest exact one. precision="bf16" runs the
-    PyTorch model under bf16 autocast (about 2x on CPUs with native bf16; scores change by ~1e-2).
-    threads: CPU threads for the model (0: every core)."""
+    `vitkit export --format hf` wrote), an exported .onnx file (fp32 or INT8), or a hub id (owner/name: a
+    model pushed with `vitkit push`, or a Hugging Face or timm ViT classifier; through huggingface_hub and
+    its cache).
+
+    precision="auto" runs bf16 where the hardware multiplies it natively (AMX, AVX512-BF16, CUDA) and
+    fp32 elsewhere, and falls back to fp32 for a checkpoint whose bf16 agreement with fp32, recorded by
+    `vitkit eval --precision bf16`, is below `MIN_AGREEMENT`; "fp32" and "bf16" are taken as asked. The
+    choice and its reason are `Classifier.precision` and `.precision_reason`. An .onnx file runs in the
+    precision it was exported in. backend="auto" takes PyTorch for bf16 and ONNX Runtime (when
+    installed) for fp32 on a CPU, whichever `default_backend` says; "onnxruntime" exports a checkpoint
+    folder once into the user cache folder (`onnx_cache_path`). threads: CPU threads (0: every core)."""
+    from .eval.agreement import MIN_AGREEMENT, describe, read_bf16_record
     from .export.onnx import OnnxModel, export_onnx
     from .pretrained import download_checkpoint, is_hub_id, load_classifier_folder
 
     if backend not in BACKENDS:
         raise ValueError(f"--backend {backend!r}: use one of {', '.join(BACKENDS)}")
-    if precision not in ("fp32", "bf16"):
-        raise ValueError(f"--precision {precision!r}: use fp32 or bf16")
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision {precision!r}: use one of {', '.join(PRECISIONS)}")
     if threads < 0:
         raise ValueError(f"--threads {threads}: use 0 (every core) or a positive number of threads")
     if threads:
         torch.set_num_threads(threads)
-    if backend == "auto":
-        backend = "torch" if precision == "bf16" else default_backend()
     path = Path(checkpoint)
     if not path.exists() and is_hub_id(checkpoint):
         name, path = str(checkpoint), download_checkpoint(str(checkpoint))
     elif not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     elif path.suffix == ".onnx":
+        if precision == "bf16":
+            raise ValueError(f"--precision bf16: {path} runs in the precision it was exported in; use auto or fp32")
         onnx_model = OnnxModel(path, threads)
         if not onnx_model.meta.get("preprocessing"):
             raise ValueError(f"{path} has no vitkit metadata: export it with `vitkit export`")
         return Classifier(onnx_model, onnx_model.meta, name=checkpoint_name(path))
     else:
         name, path = checkpoint_name(path), checkpoint_folder(path)
+    chosen, why = choose_precision(precision, resolve_device(device))
+    if chosen == "bf16" and backend == "onnxruntime":
+        if precision == "bf16":
+            raise ValueError("--precision bf16 runs on --backend torch; ONNX Runtime runs the fp32 export")
+        chosen, why = "fp32", "auto: fp32, as --backend onnxruntime runs the fp32 export"
+    if chosen == "bf16" and precision == "auto":
+        record = read_bf16_record(path)
+        if record is None:
+            why += f"; its agreement with fp32 is not measured yet (vitkit eval {checkpoint} --precision bf16)"
+        elif record["top1_agreement"] < MIN_AGREEMENT:
+            chosen, why = "fp32", f"auto: fp32, as {describe(record)}, below {MIN_AGREEMENT:.1%}"
+        else:
+            why += f"; {describe(record)}"
+    if backend == "auto":
+        backend = "torch" if chosen == "bf16" else default_backend()
     model, meta = load_classifier_folder(path)
-    classifier = Classifier(model, meta, device, precision, name)
     if backend == "onnxruntime":
         onnx_path = onnx_cache_path(path)
         if not onnx_path.is_file():
-            export_onnx(classifier, onnx_path)
-        classifier = Classifier(OnnxModel(onnx_path, threads), meta, name=name)
-    return classifier
+            export_onnx(Classifier(model, meta, "cpu"), onnx_path)
+        return Classifier(OnnxModel(onnx_path, threads), meta, name=name, precision_reason=why, folder=path)
+    return Classifier(model, meta, device, chosen, name, why, path)
 
 
 def cache_dir() -> Path:
@@ -273,16 +320,37 @@ def evaluate(
     batch_size: int = 256,
     device: str = "auto",
     flip_tta: bool = False,
+    precision: str = "fp32",
     **data_options: Any,
 ) -> dict[str, Any]:
     """Recompute the metrics of a checkpoint on a split (train, val or test) of a dataset; by default
     the split its run reported on (test, or val when the data has no test split). `flip_tta` averages
-    each image's logits with its mirror image's (for data whose classes survive a horizontal flip)."""
-    clf = load(checkpoint, device)
+    each image's logits with its mirror image's (for data whose classes survive a horizontal flip).
+
+    precision="fp32" (the default) reproduces the metrics a run reported, which are computed in fp32
+    whatever the training precision. "bf16" (or "auto" where it picks bf16) evaluates under bf16 and adds
+    `agreement`: top-1 agreement with fp32 and the accuracy change, also recorded in the checkpoint
+    folder for `--precision auto` to consult. An INT8 .onnx export reports the agreement measured when
+    it was exported."""
+    from .eval.agreement import BF16_RECORD, agreement_report, predicted_classes
+
+    clf = load(checkpoint, device, backend="torch", precision=precision)
     data, dataset, split, part = _checkpoint_split(clf, data, split, data_options)
     loader = BatchLoader(part, batch_size, shuffle=False, device=clf.device, workers=AUTO_WORKERS)
-    metrics = evaluate_loader(clf.model, loader, clf.augment, dataset.num_classes, flip_tta=flip_tta)
-    return {"split": split, "data": data, "flip_tta": flip_tta, **metrics.compute(dataset.class_names)}
+    metrics = evaluate_loader(clf.runner, loader, clf.augment, dataset.num_classes, flip_tta=flip_tta)
+    report = {"split": split, "data": data, "flip_tta": flip_tta, "precision": clf.precision}
+    report.update(metrics.compute(dataset.class_names))
+    if clf.precision == "bf16":
+        reference, labels = predicted_classes(clf.model, loader, clf.augment.eval)
+        candidate, _ = predicted_classes(clf.runner, loader, clf.augment.eval)
+        report["agreement"] = agreement_report(reference, candidate, labels, "bf16", split)
+        try:
+            write_json(clf.folder / BF16_RECORD, {**report["agreement"], "data": data})
+        except OSError as e:
+            print(f"vitkit eval: note: could not record the agreement in {clf.folder} ({e.strerror})", file=sys.stderr)
+    elif "agreement" in clf.meta:
+        report["agreement"] = clf.meta["agreement"]
+    return report
 
 
 def top_losses(
@@ -305,10 +373,10 @@ def top_losses(
 
     if count < 1:
         raise ValueError(f"--count must be at least 1, got {count}")
-    clf = load(checkpoint, device)
+    clf = load(checkpoint, device, backend="torch", precision="fp32")
     data, dataset, split, part = _checkpoint_split(clf, data, split, data_options)
     loader = BatchLoader(part, batch_size, shuffle=False, device=clf.device, workers=AUTO_WORKERS)
-    losses, probs = per_sample_predictions(clf.model, loader, clf.augment, flip_tta)
+    losses, probs = per_sample_predictions(clf.runner, loader, clf.augment, flip_tta)
     labels = part.labels
     predicted = probs.argmax(dim=1)
     wrong = (predicted != labels).nonzero().flatten()
@@ -342,3 +410,52 @@ def top_losses(
         "items": items,
         "figure": None if out is None or not items else str(out),
     }
+
+
+def export_int8(
+    checkpoint: str | os.PathLike,
+    out: str | os.PathLike,
+    data: str | None = None,
+    min_agreement: float | None = None,
+    force: bool = False,
+    calibration_images: int = 256,
+    seed: int = 0,
+    **data_options: Any,
+) -> dict[str, Any]:
+    """Write `out`: the checkpoint as an INT8 ONNX model (static post-training quantization, calibrated on
+    `calibration_images` of its own training images drawn with `seed`), with its preprocessing, labels
+    and the agreement report in the model's metadata and beside it (OUT.agreement.json). The report is
+    the INT8 model's top-1 agreement with fp32 and the accuracy change on the split its run reported;
+    below `min_agreement` (default `MIN_AGREEMENT`) the export is refused, unless `force`."""
+    import tempfile
+
+    from .eval.agreement import MIN_AGREEMENT, agreement_report, describe, predicted_classes
+    from .export.onnx import OnnxModel
+    from .export.quantize import quantize_int8, read_metadata, save_with_metadata
+
+    min_agreement = MIN_AGREEMENT if min_agreement is None else min_agreement
+    if not 0 <= min_agreement <= 1:
+        raise ValueError(f"--min-agreement {min_agreement}: use a fraction between 0 and 1, e.g. 0.995")
+    if calibration_images < 1:
+        raise ValueError(f"--calibration-images {calibration_images}: use at least 1 (a few hundred is usual)")
+    clf = load(checkpoint, "cpu", backend="torch", precision="fp32")
+    data, dataset, split, part = _checkpoint_split(clf, data, None, data_options)
+    chosen = torch.randperm(len(dataset.train), generator=torch.Generator().manual_seed(seed))[:calibration_images]
+    calibration_loader = BatchLoader(dataset.train.subset(chosen.sort().values), 32, shuffle=False)
+    calibration = [clf.augment.eval(images).numpy() for images, _ in calibration_loader.batches()]
+    loader = BatchLoader(part, 256, shuffle=False, workers=AUTO_WORKERS)
+    with tempfile.TemporaryDirectory(prefix="vitkit-int8-") as tmp:
+        int8_path = quantize_int8(clf, calibration, tmp)
+        reference, labels = predicted_classes(clf.model, loader, clf.augment.eval)
+        candidate, _ = predicted_classes(OnnxModel(int8_path), loader, clf.augment.eval)
+        report = agreement_report(reference, candidate, labels, "int8", split)
+        report.update(data=data, calibration={"split": "train", "images": len(chosen), "seed": seed})
+        if report["top1_agreement"] < min_agreement and not force:
+            raise ValueError(
+                f"INT8 export refused: {describe(report)}, below --min-agreement {min_agreement:.1%}; "
+                "keep the fp32 export, or pass --force to write it anyway"
+            )
+        save_with_metadata(int8_path, out, {**read_metadata(int8_path), "agreement": report})
+    report_path = Path(out).with_suffix(".agreement.json")
+    write_json(report_path, report)
+    return {"onnx": str(out), "agreement": report, "report": str(report_path), "summary": describe(report)}

@@ -170,15 +170,18 @@ def evaluation_options(args: argparse.Namespace) -> dict:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from . import api
+    from .eval.agreement import describe
 
-    metrics = api.evaluate(args.checkpoint, **evaluation_options(args))
+    metrics = api.evaluate(args.checkpoint, precision=args.precision, **evaluation_options(args))
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:
         split = f"{metrics['split']}, flip TTA" if metrics["flip_tta"] else metrics["split"]
-        print(f"{metrics['data']} [{split}] {metrics['count']} images")
+        print(f"{metrics['data']} [{split}] {metrics['count']} images, {metrics['precision']}")
         for key in ("top1", "top5", "loss", "precision_macro", "recall_macro", "f1_macro", "f1_weighted"):
             print(f"  {key:<16} {metrics[key]:.4f}")
+        if "agreement" in metrics:
+            print(f"  {describe(metrics['agreement'])}")
     return 0
 
 
@@ -202,8 +205,6 @@ def cmd_top_losses(args: argparse.Namespace) -> int:
 
 
 def format_predictions(results: list[dict], fmt: str) -> str:
-    if fmt == "json":
-        return json.dumps(results, indent=2)
     if fmt == "csv":
         buffer = io.StringIO()
         writer = csv.writer(buffer)
@@ -224,6 +225,29 @@ def format_predictions(results: list[dict], fmt: str) -> str:
     return "\n".join(lines)
 
 
+def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
+    """How predict and serve run the model: backend, precision, threads (as `vitkit.load` takes them)."""
+    from .api import BACKENDS
+    from .eval.agreement import MIN_AGREEMENT
+    from .runtime import PRECISIONS
+
+    p.add_argument("--threads", type=at_least(0), default=0, help="CPU threads for the model (0: every core)")
+    p.add_argument(
+        "--backend",
+        default="auto",
+        choices=BACKENDS,
+        help="auto: PyTorch for bf16; for fp32 on a CPU, ONNX Runtime when installed (exact), else PyTorch",
+    )
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=PRECISIONS,
+        help="auto: bf16 where the hardware runs it natively (AMX, AVX512-BF16, CUDA) unless the checkpoint's "
+        f"recorded bf16 agreement with fp32 is below {MIN_AGREEMENT:.1%}, else fp32; an .onnx file runs as "
+        "exported".replace("%", "%%"),
+    )
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from . import api
     from .predict import expand_paths, predict_paths
@@ -235,7 +259,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
         args.checkpoint, device=args.device, backend=args.backend, precision=args.precision, threads=args.threads
     )
     results = predict_paths(clf, paths, args.topk, args.batch_size, progress=sys.stderr.isatty())
-    print(format_predictions(results, args.format))
+    if args.format == "json":
+        print(json.dumps({"model": clf.name, **clf.runtime, "results": results}, indent=2))
+    else:
+        runtime = clf.runtime
+        print(
+            f"vitkit predict: {clf.name} on {runtime['backend']}, {runtime['device']}, "
+            f"{runtime['precision']} ({runtime['precision_reason']})",
+            file=sys.stderr,
+        )
+        print(format_predictions(results, args.format))
     return 1 if any("error" in r for r in results) else 0
 
 
@@ -243,7 +276,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from . import api
     from .viz.explain import explain_image
 
-    clf = api.load(args.checkpoint, device=args.device)
+    clf = api.load(args.checkpoint, device=args.device, backend="torch")
     top = explain_image(clf, args.image, args.out, topk=args.topk)
     print(json.dumps({"path": args.image, "predictions": top, "figure": args.out}))
     return 0
@@ -252,17 +285,33 @@ def cmd_explain(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from . import api
 
-    if args.format == "onnx":
+    if args.quantize and args.format != "onnx":
+        raise UserError("--quantize int8 applies to --format onnx")
+    if args.quantize:
+        report = api.export_int8(
+            args.checkpoint,
+            args.out,
+            data=args.data,
+            data_dir=args.data_dir,
+            min_agreement=args.min_agreement,
+            force=args.force,
+            calibration_images=args.calibration_images,
+        )
+        print(f"vitkit export: {report['summary']} -> {report['report']}", file=sys.stderr)
+        print(json.dumps({"onnx": report["onnx"], "agreement": report["agreement"]}))
+    elif args.format == "onnx":
         from .export.onnx import export_onnx
 
-        report = export_onnx(api.load(args.checkpoint, device="cpu"), args.out, opset=args.opset)
+        report = export_onnx(
+            api.load(args.checkpoint, device="cpu", backend="torch", precision="fp32"), args.out, opset=args.opset
+        )
         print(json.dumps({"onnx": args.out, "max_abs_logit_diff": report}))
     else:
         from pathlib import Path
 
         from .export.hub import write_hf_folder
 
-        clf = api.load(args.checkpoint, device="cpu")
+        clf = api.load(args.checkpoint, device="cpu", backend="torch", precision="fp32")
         write_hf_folder(clf, Path(args.checkpoint), args.out, title=clf.name, load_as=args.out)
         if clf.preprocessing.decode_size is not None:
             print(
@@ -389,6 +438,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="recompute a checkpoint's metrics on a dataset split")
     p.add_argument("checkpoint")
     add_evaluation_arguments(p)
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16", "auto"],
+        help="fp32 (default) reproduces the run's reported metrics, computed in fp32; bf16 (or auto where it picks "
+        "bf16) evaluates under bf16 and reports its top-1 agreement with fp32, recorded in the checkpoint folder "
+        "for --precision auto",
+    )
     p.add_argument("--json", action="store_true", help="print every metric as JSON")
     p.set_defaults(func=cmd_eval)
 
@@ -413,19 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="table", choices=["table", "json", "csv"])
     p.add_argument("--batch-size", type=at_least(1), default=32)
     p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=at_least(0), default=0, help="CPU threads for the model (0: every core)")
-    p.add_argument(
-        "--backend",
-        default="auto",
-        choices=["auto", "torch", "onnxruntime"],
-        help="auto: ONNX Runtime when installed (exact), else PyTorch",
-    )
-    p.add_argument(
-        "--precision",
-        default="fp32",
-        choices=["fp32", "bf16"],
-        help="bf16: PyTorch under bf16 autocast, about 2x on CPUs with native bf16",
-    )
+    add_runtime_arguments(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("explain", help="attention rollout (ViT) or saliency map beside the top-5")
@@ -436,6 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_explain)
 
+    from .eval.agreement import MIN_AGREEMENT
     from .serve.limits import ServeLimits
 
     d = ServeLimits()
@@ -445,10 +491,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--host", default="127.0.0.1", help="interface to bind (default: loopback only; the API has no authentication)"
     )
     p.add_argument("--port", type=at_least(0), default=8000)
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime"])
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=at_least(0), default=0, help="CPU threads for the model (0: every core)")
+    add_runtime_arguments(p)
     p.add_argument("--topk", type=at_least(1), default=5, help="labels returned per image")
     limits = p.add_argument_group("limits (each protects the server from one abusive or broken client)")
 
@@ -493,6 +537,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out")
     p.add_argument("--format", default="onnx", choices=["onnx", "hf"])
     p.add_argument("--opset", type=at_least(7), default=18)
+    quant = p.add_argument_group(
+        "INT8 quantization (ONNX): calibrated on the run's own training images, checked on the split it reported"
+    )
+    quant.add_argument("--quantize", choices=["int8"], help="static post-training INT8 quantization")
+    quant.add_argument("--calibration-images", type=at_least(1), default=256, help="training images (default: 256)")
+    quant.add_argument(
+        "--min-agreement",
+        type=float,
+        default=MIN_AGREEMENT,
+        help="refuse an export whose top-1 agreement with fp32 is below this fraction (default: %(default)g)",
+    )
+    quant.add_argument("--force", action="store_true", help="write the export even below --min-agreement")
+    quant.add_argument("--data", help="data to calibrate and check on (default: what the checkpoint was trained on)")
+    quant.add_argument("--data-dir")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(

@@ -19,31 +19,64 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: bf16 matrix instructions in hardware. Without them bf16 is emulated and
-    slower than fp32, so 'auto' must not pick it."""
+def cpu_bf16_kind() -> str | None:
+    """What multiplies bf16 in this CPU's hardware: "AMX" (matrix tiles), "AVX512-BF16" (vector
+    instructions), or None, where bf16 is emulated and slower than fp32, so 'auto' must not pick it."""
     try:
         with open("/proc/cpuinfo") as f:
             flags = next((line for line in f if line.startswith("flags")), "").split()
     except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+        return None
+    return "AMX" if "amx_bf16" in flags else "AVX512-BF16" if "avx512_bf16" in flags else None
 
 
 def use_bf16(amp: str, device: torch.device) -> bool:
-    """bf16 autocast where the hardware has fast bf16 (measured on an AVX512-BF16 CPU: training 1.5x,
-    inference 2.1x the fp32 images/s): CUDA GPUs that support it, CPUs with native bf16."""
+    """bf16 autocast where the hardware has fast bf16 (training and inference speed-ups measured in
+    benchmarks/results/throughput*.json and inference.json): CUDA GPUs that support it, CPUs with native bf16."""
     if amp == "bf16":
         return True
     if amp != "auto":
         return False
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and cpu_has_native_bf16()
+    return device.type == "cpu" and cpu_bf16_kind() is not None
+
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def choose_precision(requested: str, device: torch.device) -> tuple[str, str]:
+    """(precision, why) for inference: 'auto' takes bf16 where the hardware runs it natively (a CUDA GPU
+    with bf16, a CPU with AMX or AVX512-BF16) and fp32 elsewhere; fp32 and bf16 are taken as asked."""
+    if requested not in PRECISIONS:
+        raise ValueError(f"--precision {requested!r}: use one of {', '.join(PRECISIONS)}")
+    if requested != "auto":
+        return requested, f"{requested} as asked"
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return "bf16", "auto: bf16, the GPU runs it natively"
+        return "fp32", "auto: fp32, the GPU has no native bf16"
+    kind = cpu_bf16_kind()
+    if kind is not None:
+        return "bf16", f"auto: bf16, the CPU multiplies it natively ({kind})"
+    return "fp32", "auto: fp32, the CPU has no native bf16 (AMX or AVX512-BF16), where it would run slower"
 
 
 def autocast(device: torch.device, enabled: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+class Bf16Autocast(torch.nn.Module):
+    """A model run under bf16 autocast on its device, giving fp32 logits: inference at bf16 speed with
+    the weights kept in fp32, so the same module also serves fp32 references."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device):
+        super().__init__()
+        self.model, self.device_type = model, device.type
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device_type, dtype=torch.bfloat16):
+            return self.model(images).float()
 
 
 def available_cores() -> int:

@@ -72,7 +72,7 @@ def push(checkpoint: str | os.PathLike, repo_id: str, private: bool = False, mes
     path = Path(checkpoint)
     if path.suffix == ".onnx" or not path.is_dir():
         raise ValueError(f"{checkpoint}: vitkit push takes a run folder or a checkpoint folder (best/, last/)")
-    classifier = load(path, device="cpu")
+    classifier = load(path, device="cpu", backend="torch", precision="fp32")
     layout = "vitkit" if transformers_blockers(classifier.model) else "transformers"
     title = repo_id.split("/")[1]
     api = HfApi()

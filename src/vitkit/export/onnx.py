@@ -101,3 +101,7 @@ class OnnxModel:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self.session.run(None, {self.input_name: x.float().cpu().numpy()})[0])
+
+    def eval(self) -> OnnxModel:
+        """An ONNX Runtime session has no training mode; like nn.Module.eval, for the shared loops."""
+        return self

@@ -360,7 +360,7 @@ def create_app(
         return {
             "status": "ok",
             "model": classifier.name,
-            "backend": classifier.backend,
+            **classifier.runtime,
             "classes": len(classifier.class_names),
             "image_size": classifier.image_size,
             "batches": len(batcher.batch_sizes),
@@ -459,9 +459,11 @@ class AnnouncingServer(uvicorn.Server):
         if self.started and self.servers:
             port = self.servers[0].sockets[0].getsockname()[1]
             host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
+            runtime = self.classifier.runtime
             print(
-                f"vitkit serve: {self.classifier.name} ({self.classifier.summary}) at http://{host}:{port}/ "
-                "(Ctrl+C to stop)",
+                f"vitkit serve: {self.classifier.name} ({self.classifier.summary}) on {runtime['backend']}, "
+                f"{runtime['device']}, {runtime['precision']} ({runtime['precision_reason']}) "
+                f"at http://{host}:{port}/ (Ctrl+C to stop)",
                 flush=True,
             )
 
@@ -481,7 +483,7 @@ def serve(
     port: int = 8000,
     backend: str = "auto",
     device: str = "auto",
-    precision: str = "fp32",
+    precision: str = "auto",
     threads: int = 0,
     topk: int = 5,
     limits: ServeLimits = ServeLimits(),
@@ -489,7 +491,11 @@ def serve(
     from ..api import load
 
     classifier = load(checkpoint, device=device, backend=backend, precision=precision, threads=threads)
-    explainer = classifier if classifier.backend == "torch" else load(checkpoint, device=device, threads=threads)
+    explainer = (
+        classifier
+        if classifier.backend == "torch"
+        else load(checkpoint, device=device, backend="torch", threads=threads)
+    )
     app = create_app(classifier, explainer, limits=limits, topk=topk)
     protocol = type("ServeProtocol", (GuardedH11Protocol,), {"header_timeout": limits.client_timeout})
     warn_if_exposed(host)
