@@ -37,5 +37,5 @@ def test_flip_tta_averages_the_logits_of_each_image_and_its_mirror(digits_run, c
 
     assert main(["eval", str(run), "--flip-tta"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == f"digits [test, flip TTA] {len(test)} images"
+    assert lines[0] == f"digits [test, flip TTA] {len(test)} images, fp32"
     assert lines[1].split() == ["top1", f"{tta['top1']:.4f}"]

@@ -207,7 +207,7 @@ LOAD_BACK = """
 import json, sys, torch, vitkit
 from vitkit.pretrained import load_pretrained
 repo, paths = sys.argv[1], sys.argv[2:]
-classifier, pretrained = vitkit.load(repo, device="cpu", precision="fp32"), load_pretrained(repo)
+classifier, pretrained = vitkit.load(repo, device="cpu", backend="torch", precision="fp32"), load_pretrained(repo)
 weights, again = classifier.model.state_dict(), pretrained.model.state_dict()
 print(json.dumps({
     "name": classifier.name,

@@ -25,7 +25,8 @@ def free_port() -> int:
 
 
 URL_LINE = re.compile(
-    r"^vitkit serve: (\S+) \(([^)]*)\) on (\S+), (\S+), (\S+) \((.*)\) at (http://127\.0\.0\.1:(\d+))/ \(Ctrl\+C to stop\)$"
+    r"^vitkit serve: (\S+) \(([^)]*)\) on (\S+), (\S+), (\S+) \((.*)\) "
+    r"at (http://127\.0\.0\.1:(\d+))/ \(Ctrl\+C to stop\)$"
 )
 
 
