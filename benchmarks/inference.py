@@ -93,7 +93,7 @@ def latency(fn, x, repeats: int) -> tuple[float, float]:
 
 def measure_agreement(checkpoint: str, calibration_images: int) -> tuple[dict, dict]:
     """{path name: agreement report} of every vitkit path of a trained checkpoint on its reported split,
-    and what the default path (`vitkit.load` with no options) chose there."""
+    and what that checkpoint is and the default path (`vitkit.load` with no options) chose for it."""
     reference = vitkit.load(checkpoint, device="cpu", backend="torch", precision="fp32")
     data, dataset, split, part = _checkpoint_split(reference, None, None, {})
     chosen = torch.randperm(len(dataset.train), generator=torch.Generator().manual_seed(0))[:calibration_images]
@@ -110,7 +110,10 @@ def measure_agreement(checkpoint: str, calibration_images: int) -> tuple[dict, d
             reports[name] = {**agreement_report(fp32, candidate, labels, name, split), "data": data}
         candidate, _ = predicted_classes(default.runner, loader, reference.augment.eval)
         reports["vitkit default (vitkit.load)"] = agreement_report(fp32, candidate, labels, "default", split)
-    return reports, default.runtime
+    trained = reference.meta.get("train_config") or {}
+    described = {"model": reference.summary, "data": project_path(str(data)), "split": split, "images": len(part)}
+    described.update({k: trained[k] for k in ("preset", "time_budget", "epochs", "val_split") if k in trained})
+    return reports, {"checkpoint": described, "default_path": default.runtime}
 
 
 def main() -> int:
@@ -153,9 +156,9 @@ def main() -> int:
     for row in rows.values():
         row["speedup_vs_transformers_fp32"] = row["ips"] / base
 
-    agreement, default_on_checkpoint = {}, None
+    agreement, agreement_on = {}, None
     if args.checkpoint:
-        agreement, default_on_checkpoint = measure_agreement(args.checkpoint, args.calibration_images)
+        agreement, agreement_on = measure_agreement(args.checkpoint, args.calibration_images)
         for name, report in agreement.items():
             rows[name].update(top1_agreement=report["top1_agreement"], top1_delta=report["top1_delta"])
     table = list(rows.values())
@@ -178,8 +181,7 @@ def main() -> int:
             "model": args.model,
             "batch_size": args.batch_size,
             "default_path": default.runtime,
-            "agreement_checkpoint": project_path(args.checkpoint) if args.checkpoint else None,
-            "agreement_default_path": default_on_checkpoint,
+            "agreement_measured_on": agreement_on,
             "agreement": agreement,
             "rows": table,
         },

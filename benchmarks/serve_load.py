@@ -78,7 +78,19 @@ ABUSE = {  # name -> list of (filename, bytes) in one request
 def start_server(checkpoint: str, backend: str, precision: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "vitkit", "serve", checkpoint, "--port", str(port), "--backend", backend, "--precision", precision],
+        [
+            sys.executable,
+            "-m",
+            "vitkit",
+            "serve",
+            checkpoint,
+            "--port",
+            str(port),
+            "--backend",
+            backend,
+            "--precision",
+            precision,
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,

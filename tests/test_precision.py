@@ -122,6 +122,23 @@ def test_int8_export_is_accepted_by_load_predict_and_serve_with_the_promised_lab
         health = json.loads(urllib.request.urlopen(f"{base}/health", timeout=30).read())
         assert health["precision"] == "int8" and health["backend"] == "onnxruntime"
         files = [("file", (p.name, p.read_bytes(), "image/png")) for p in paths]
-        served = httpx.post(f"{base}/predict", files=files, params={"topk": 1}, timeout=60).json()
+        served = httpx.post(f"{base}/predict", files=files, timeout=60).json()
     assert [r["predictions"][0]["label"] for r in served] == [r["predictions"][0]["label"] for r in in_python]
     assert "int8" in (tmp_path / "serve.log").read_text()
+
+
+def test_serve_runs_its_batches_in_the_precision_it_chose(digits_run, tmp_path):
+    test = load_digits_dataset(seed=0).test
+    paths = [tmp_path / f"digit{i}.png" for i in range(6)]
+    for path, image in zip(paths, test.images[:6]):
+        Image.fromarray(image[0].numpy()).save(path)
+    bf16 = vitkit.load(digits_run[0], device="cpu", precision="bf16").predict(list(map(str, paths)), topk=3)
+    fp32 = vitkit.load(digits_run[0], device="cpu", precision="fp32").predict(list(map(str, paths)), topk=3)
+    with running_server(digits_run[0], "--precision", "bf16", "--topk", "3", log=tmp_path / "serve.log") as (base, _):
+        health = json.loads(urllib.request.urlopen(f"{base}/health", timeout=30).read())
+        files = [("file", (p.name, p.read_bytes(), "image/png")) for p in paths]
+        served = httpx.post(f"{base}/predict", files=files, timeout=60).json()
+    assert health["precision"] == "bf16" and health["precision_reason"] == "bf16 as asked"
+    scores = [[p["score"] for p in r["predictions"]] for r in served]
+    assert scores == [[p["score"] for p in r["predictions"]] for r in bf16]
+    assert scores != [[p["score"] for p in r["predictions"]] for r in fp32]
