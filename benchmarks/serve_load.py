@@ -77,6 +77,8 @@ ABUSE = {  # name -> list of (filename, bytes) in one request
 
 def start_server(checkpoint: str, backend: str, precision: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
+    # the server logs every request to stderr: into a file, as an unread pipe fills up and blocks the server
+    log = tempfile.TemporaryFile("w+")
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -92,7 +94,7 @@ def start_server(checkpoint: str, backend: str, precision: str) -> tuple[subproc
             precision,
         ],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=log,
         text=True,
     )
     base = f"http://127.0.0.1:{port}"
@@ -104,7 +106,8 @@ def start_server(checkpoint: str, backend: str, precision: str) -> tuple[subproc
         except httpx.HTTPError:
             time.sleep(0.2)
         if proc.poll() is not None:
-            raise RuntimeError(proc.stderr.read())
+            log.seek(0)
+            raise RuntimeError(log.read())
     raise RuntimeError("the server did not start within 300 s")
 
 
