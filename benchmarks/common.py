@@ -9,8 +9,6 @@ import platform
 import time
 from pathlib import Path
 
-import torch
-
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
@@ -22,6 +20,8 @@ def project_path(path: str) -> str:
 
 
 def machine() -> dict:
+    import torch  # here, not at the top: the scripts that only move files or JSON start without torch
+
     cpu, flags = platform.processor() or platform.machine(), set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -46,6 +46,8 @@ def machine() -> dict:
 
 
 def sync(device) -> None:
+    import torch
+
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
 
@@ -56,6 +58,20 @@ def timed(fn, device) -> float:
     fn()
     sync(device)
     return time.perf_counter() - start
+
+
+def hf_twin(model, folder: Path):
+    """transformers' ViTForImageClassification holding exactly vitkit's weights (through the
+    published checkpoint layout, as a user would load them)."""
+    import transformers
+
+    from vitkit.data.preprocess import Preprocessing
+    from vitkit.pretrained.hf import save_hf_folder
+
+    cfg = model.config
+    preprocessing = Preprocessing(cfg.image_size, mode="stretch", mean=(0.5,) * 3, std=(0.5,) * 3)
+    save_hf_folder(model, [str(i) for i in range(cfg.num_classes)], preprocessing, folder)
+    return transformers.ViTForImageClassification.from_pretrained(folder).eval()
 
 
 def print_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> None:

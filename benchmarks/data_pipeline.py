@@ -9,6 +9,7 @@ gap between the two is what the pipeline costs the step.
 
     python benchmarks/data_pipeline.py
     python benchmarks/data_pipeline.py --data cifar10-dev --images 2000 --rounds 5
+    python benchmarks/data_pipeline.py --data path/to/class-folders --image-size 64 --models folder-vit
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import SHARED_DATA, machine, print_table, write_json
+from common import SHARED_DATA, machine, print_table, project_path, write_json
 
 from vitkit.data.augment import one_hot_smooth
 from vitkit.data.loader import AUTO_WORKERS, BatchLoader, auto_workers
@@ -104,20 +105,30 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--train-steps", type=int, default=2, help="timed training steps per round, model and source")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--data", nargs="+", default=[name for name, _, _ in CASES], help="datasets of CASES to run")
+    parser.add_argument(
+        "--data",
+        nargs="+",
+        default=[name for name, _, _ in CASES],
+        help="datasets of CASES to run, or class folders of your own (measured at --image-size)",
+    )
+    parser.add_argument("--image-size", type=int, default=32, help="stored size of a --data folder not in CASES")
+    parser.add_argument("--models", nargs="+", help="models to train (default: each case's own)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "data_pipeline.json"))
     args = parser.parse_args()
     torch.manual_seed(0)
 
+    known = {name: (SHARED_DATA / name, size, models) for name, size, models in CASES}
+    names = [data if data in known else project_path(data) for data in args.data]
     pipeline_rows, training_rows = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        for name, size, models in (case for case in CASES if case[0] in args.data):
-            folder = SHARED_DATA / name
+        for index, (data, name) in enumerate(zip(args.data, names)):
+            folder, size, models = known.get(data, (Path(data), args.image_size, ["folder-vit"]))
+            models = args.models or models
             memory, _ = prepare_data(str(folder), preprocessing=Preprocessing(size), seed=0, val_split=0.1)
             streamed, _ = prepare_data(
                 str(folder), preprocessing=Preprocessing(size), seed=0, val_split=0.1, memory_limit_gb=0
             )
-            packed_dir = Path(tmp) / name
+            packed_dir = Path(tmp) / str(index)
             pack_folder(folder, packed_dir)
             packed, _ = prepare_data(
                 str(packed_dir), preprocessing=Preprocessing(size), seed=0, val_split=0.1, memory_limit_gb=0
@@ -159,8 +170,8 @@ def main() -> None:
     out = Path(args.out)
     if out.is_file():  # the datasets not run this time keep their saved rows
         saved = json.loads(out.read_text())
-        pipeline_rows = [r for r in saved["pipelines"] if r["data"] not in args.data] + pipeline_rows
-        training_rows = [r for r in saved["training"] if r["data"] not in args.data] + training_rows
+        pipeline_rows = [r for r in saved["pipelines"] if r["data"] not in names] + pipeline_rows
+        training_rows = [r for r in saved["training"] if r["data"] not in names] + training_rows
     print()
     print_table(
         pipeline_rows,

@@ -3,6 +3,7 @@ as the server receives them) on a thread pool and on a process pool of the same 
 images/s and how long the event loop's own ticks stall meanwhile.
 
     python benchmarks/decode_pool.py --workers 2
+    python benchmarks/decode_pool.py --photos path/to/class-folders --images 100
 """
 
 from __future__ import annotations
@@ -12,14 +13,16 @@ import asyncio
 import io
 import time
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from pathlib import Path
 
 from common import REPO, SHARED_DATA, machine, print_table, write_json
 
-from vitkit.data.images import load_image_tensor
+from vitkit.data.preprocess import Preprocessing
 
 
 def decode(data: bytes, size: int):
-    return load_image_tensor(io.BytesIO(data), size, "upload")
+    """What the server does with one upload (`image_loader` in vitkit.serve.app)."""
+    return Preprocessing(size).load_tensor(io.BytesIO(data), "upload")
 
 
 async def run(pool: Executor, uploads: list[bytes], size: int, concurrency: int) -> dict:
@@ -53,20 +56,24 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--size", type=int, default=32, help="decode size (the checkpoint's)")
     parser.add_argument("--images", type=int, default=400)
+    parser.add_argument(
+        "--photos", type=Path, default=SHARED_DATA / "flowers-mini" / "train", help="class folders of JPEG photos"
+    )
+    parser.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "decode_pool.json"))
     args = parser.parse_args()
-    photos = sorted((SHARED_DATA / "flowers-mini" / "train").glob("*/*.jpg"))
+    photos = sorted(args.photos.glob("*/*.jpg"))
     if not photos:
-        raise SystemExit(f"needs the flowers-mini photos in {SHARED_DATA}")
+        raise SystemExit(f"{args.photos}: no class folders of .jpg photos (--photos)")
     uploads = [p.read_bytes() for p in photos][: args.images]
     rows = []
     for name, make in (("threads", ThreadPoolExecutor), ("processes", ProcessPoolExecutor)):
         with make(args.workers) as pool:
             list(pool.map(decode, uploads[:8], [args.size] * 8))  # start the workers
             rows.append({"pool": name, **asyncio.run(run(pool, uploads, args.size, 4 * args.workers))})
-    print(f"\n{len(uploads)} real photos decoded to {args.size} px on {args.workers} workers")
+    print(f"\n{len(uploads)} photos decoded to {args.size} px on {args.workers} workers")
     columns = [("pool", "pool", "s"), ("images_per_s", "images/s", ".0f"), ("max_stall_ms", "loop stall ms", ".1f")]
     print_table(rows, columns)
-    write_json(REPO / "benchmarks" / "results" / "decode_pool.json", {"machine": machine(), "rows": rows})
+    write_json(args.json, {"machine": machine(), "rows": rows})
     return 0
 
 

@@ -15,7 +15,9 @@
 #               CUDA, bf16 autocast, compiled (benchmarks/throughput.py); gets the time that is left
 # Results: benchmarks/results/gpu.json (and gpu.log), copied into $OUT when that is set.
 # Knobs (environment): DEADLINE_S, DEVICE, TESTS_S, SPEEDRUN_RECIPE, SPEEDRUN_MINUTES, SPEEDRUN_SET,
-# TARGET, TP_ROUNDS, TP_STEPS, TP_RECIPES, VIT_BATCH, COMPILE (0: eager), DATA_FILE, SKIP (part names).
+# TARGET, TP_ROUNDS, TP_STEPS, TP_RECIPES, VIT_BATCH, COMPILE (0: eager), DATA_FILE, SKIP (part names),
+# DATA_DIR (where the data is unpacked and the parts work, default benchmarks/data), RESULTS (default
+# benchmarks/results).
 # A dry run on a CPU, on a small file (cifar_array.py pack --limit 30 --out ...):
 #   DEVICE=cpu COMPILE=0 SKIP=tests SPEEDRUN_MINUTES=0.1 TP_ROUNDS=1 TP_STEPS=1 VIT_BATCH=2 \
 #       TP_RECIPES=cifar-mixer DATA_FILE=... bash benchmarks/gpu.sh
@@ -37,10 +39,11 @@ TP_RECIPES=${TP_RECIPES:-}
 COMPILE=${COMPILE:-1}
 SKIP=${SKIP:-}
 DATA_FILE=${DATA_FILE:-benchmarks/data/cifar10-train-jpeg.npz}
-FULL=benchmarks/data/cifar10-train
-SMALL=benchmarks/data/cifar10-small
-RESULTS=benchmarks/results
-WORK=benchmarks/data/gpu-work # inside the project (ignored), so the log names no machine's paths
+DATA_DIR=${DATA_DIR:-benchmarks/data}
+RESULTS=${RESULTS:-benchmarks/results}
+FULL=$DATA_DIR/cifar10-train
+SMALL=$DATA_DIR/cifar10-small
+WORK=$DATA_DIR/gpu-work # by default inside the project (ignored), so the log names no machine's paths
 PARTS=$WORK/parts.tsv
 rm -rf "$WORK"
 mkdir -p "$RESULTS" "$WORK"
@@ -48,7 +51,8 @@ mkdir -p "$RESULTS" "$WORK"
 exec > >(tee "$RESULTS/gpu.log") 2>&1
 
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
-export VITKIT_DATA="$PWD/$WORK/cache"
+VITKIT_DATA="$(cd "$WORK" && pwd)/cache"
+export VITKIT_DATA
 PY=${PYTHON:-python3}
 
 left() { echo $((DEADLINE_S - (SECONDS - START))); }

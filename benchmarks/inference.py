@@ -21,29 +21,15 @@ import time
 from pathlib import Path
 
 import torch
-from common import machine, print_table, project_path, write_json
+from common import hf_twin, machine, print_table, project_path, write_json
 
 import vitkit
 from vitkit.api import Classifier, _checkpoint_split
 from vitkit.data.loader import BatchLoader
-from vitkit.data.preprocess import Preprocessing
 from vitkit.eval.agreement import agreement_report, predicted_classes
 from vitkit.export.onnx import OnnxModel, export_onnx
 from vitkit.export.quantize import quantize_int8
 from vitkit.models import create_model
-from vitkit.pretrained.hf import save_hf_folder
-
-
-def hf_twin(model, folder: Path):
-    """transformers' ViTForImageClassification holding exactly vitkit's weights (through the
-    published checkpoint layout, as a user would load them)."""
-    import transformers
-
-    preprocessing = Preprocessing.from_dict(
-        {"image_size": model.config.image_size, "mean": [0.5] * 3, "std": [0.5] * 3}, model.config.image_size, 3
-    )
-    save_hf_folder(model, [str(i) for i in range(model.config.num_classes)], preprocessing, folder)
-    return transformers.ViTForImageClassification.from_pretrained(folder).eval()
 
 
 def openvino_runner(onnx_path: Path):

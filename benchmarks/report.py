@@ -5,6 +5,7 @@ python benchmarks/report.py          # rewrites the part of README.md between th
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -15,8 +16,8 @@ RESULTS = REPO / "benchmarks" / "results"
 START, END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
 
 
-def load(name: str) -> dict | None:
-    path = RESULTS / name
+def load(results: Path, name: str) -> dict | None:
+    path = results / name
     return json.loads(path.read_text()) if path.is_file() else None
 
 
@@ -32,10 +33,10 @@ def cell(row: dict, key: str, fmt: str, suffix: str = "") -> str:
     return "-" if row.get(key) is None else f"{row[key]:{fmt}}{suffix}"
 
 
-def result_files(stem: str) -> list[tuple[dict, str]]:
+def result_files(results: Path, stem: str) -> list[tuple[dict, str]]:
     """Each saved result of a benchmark with the flag that names its file: the current file first, then
     those kept from other machines (renamed by date and CPU)."""
-    paths = sorted(RESULTS.glob(f"{stem}*.json"), key=lambda p: p.name != f"{stem}.json")
+    paths = sorted(results.glob(f"{stem}*.json"), key=lambda p: p.name != f"{stem}.json")
     return [
         (json.loads(path.read_text()), "" if path.name == f"{stem}.json" else f" --json benchmarks/results/{path.name}")
         for path in paths
@@ -46,9 +47,9 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
-def section() -> list[str]:
+def section(results: Path) -> list[str]:
     out: list[str] = []
-    for data, where in result_files("vs_keras"):
+    for data, where in result_files(results, "vs_keras"):
         bf16 = any(r.get("vitkit_bf16") for r in data["rows"])
         default = "bf16 autocast on this CPU" if bf16 else "fp32 on this CPU, which has no native bf16"
         out += [
@@ -73,9 +74,9 @@ def section() -> list[str]:
             [
                 [
                     r["preset"],
-                    f"{r['keras_ips']:.1f}",
+                    cell(r, "keras_ips", ".1f"),
                     f"{r['vitkit_ips']:.1f}",
-                    f"{r['speedup']:.1f}x",
+                    cell(r, "speedup", ".1f", "x"),
                     cell(r, "vitkit_fp32_ips", ".1f"),
                     cell(r, "fp32_speedup", ".1f", "x"),
                     f"{r['vitkit_first_step_s']:.0f}",
@@ -83,7 +84,7 @@ def section() -> list[str]:
                 for r in data["rows"]
             ],
         )
-    if data := load("vs_transformers.json"):
+    if data := load(results, "vs_transformers.json"):
         out += [
             "",
             f"**vitkit ViT against transformers' ViTForImageClassification**, identical config and weights "
@@ -106,7 +107,7 @@ def section() -> list[str]:
         )
         if data.get("compile_s"):
             out += ["", f"torch.compile took {data['compile_s']:.0f} s before the first step (not in the rates)."]
-    if data := load("inference.json"):
+    if data := load(results, "inference.json"):
         out += [
             "",
             f"**Inference** ({data['model']}, batch {data['batch_size']}; {machine_line(data)}; "
@@ -127,7 +128,7 @@ def section() -> list[str]:
                 for r in data["rows"]
             ],
         )
-    for data, where in result_files("throughput"):
+    for data, where in result_files(results, "throughput"):
         out += [
             "",
             f"**Throughput per preset** ({machine_line(data)}; `python benchmarks/throughput.py "
@@ -168,7 +169,7 @@ def section() -> list[str]:
                 for r in data["rows"]
             ],
         )
-    for name in sorted(RESULTS.glob("time_to_accuracy/*.json")):
+    for name in sorted(results.glob("time_to_accuracy/*.json")):
         data = json.loads(name.read_text())
         flip_tta = any(r.get("test_top1_flip_tta") is not None for r in data["results"])
         final = any(r.get("final_top1") is not None for r in data["results"])
@@ -238,14 +239,18 @@ def commands(results: list[dict], base: str) -> str:
 
 
 def main() -> int:
-    readme = REPO / "README.md"
-    text = readme.read_text()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results", type=Path, default=RESULTS, help="folder of the benchmarks' JSON files")
+    parser.add_argument("--readme", type=Path, default=REPO / "README.md", help="file whose section is rewritten")
+    args = parser.parse_args()
+    text = args.readme.read_text()
     if START not in text or END not in text:
-        raise SystemExit(f"README.md has no {START} ... {END} markers")
+        raise SystemExit(f"{args.readme} has no {START} ... {END} markers")
     head, rest = text.split(START, 1)
     _, tail = rest.split(END, 1)
-    readme.write_text(head + START + "\n" + "\n".join(section()).strip("\n") + "\n" + END + tail)
-    print("README.md benchmark section regenerated")
+    lines = section(args.results)
+    args.readme.write_text(head + START + "\n" + "\n".join(lines).strip("\n") + "\n" + END + tail)
+    print(f"{args.readme.name} benchmark section regenerated")
     return 0
 
 

@@ -48,9 +48,9 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def photos(count: int) -> list[bytes]:
-    """Real JPEG photos (flowers-mini), or digit-like PNGs when the shared data is absent."""
-    found = sorted((SHARED_DATA / "flowers-mini" / "val").glob("*/*.jpg"))[:count]
+def photos(folder: Path, count: int) -> list[bytes]:
+    """Real JPEG photos (the class folders of `folder`), or digit-like PNGs when it has none."""
+    found = sorted(folder.glob("*/*.jpg"))[:count]
     if found:
         return [p.read_bytes() for p in found]
     buffers = []
@@ -228,6 +228,7 @@ def abuse(base: str, pid: int, kind: str, small: bytes, repeats: int, idle: floa
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", help="run folder or checkpoint to serve (default: a 1-epoch digits run)")
+    parser.add_argument("--train-model", help="model of the 1-epoch digits run made when --checkpoint is not given")
     parser.add_argument("--label", required=True, help="name of this version's rows, e.g. before / after")
     parser.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime"])
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
@@ -235,6 +236,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="per concurrency level")
     parser.add_argument("--abuse", default="", help="comma-separated kinds of " + ", ".join(ABUSE))
     parser.add_argument("--repeats", type=int, default=3, help="abusive requests per kind")
+    parser.add_argument(
+        "--photos", type=Path, default=SHARED_DATA / "flowers-mini" / "val", help="class folders of JPEG photos"
+    )
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
 
@@ -243,13 +247,14 @@ def main() -> int:
         import vitkit
 
         checkpoint = str(Path(tempfile.mkdtemp()) / "digits")
-        vitkit.train(data="digits", out=checkpoint, epochs=1, progress=False)
-    payloads = photos(32)
+        model = {"model": args.train_model} if args.train_model else {}
+        vitkit.train(data="digits", out=checkpoint, epochs=1, progress=False, **model)
+    payloads = photos(args.photos, 32)
     proc, base = start_server(checkpoint, args.backend, args.precision)
     try:
         health = httpx.get(base + "/health").json()
         backend, precision = health["backend"], health["precision"]
-        asyncio.run(load(base, payloads, 4, 2.0))  # warm-up
+        asyncio.run(load(base, payloads, 4, min(2.0, args.seconds)))  # warm-up
         rows = []
         for clients in args.clients:
             cpu = cpu_seconds(proc.pid)

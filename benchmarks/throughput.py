@@ -78,6 +78,7 @@ def measure(
     compile_model: bool,
     amp: str = "off",
     image_size: int | None = None,
+    peak_size: int = 2048,
 ) -> dict:
     trainer = build_trainer(name, data, batch_size, device, compile_model, amp, image_size)
     net = trainer.wrap_model()
@@ -126,7 +127,7 @@ def measure(
     n = rounds * steps * batch
     model_ips, e2e_ips = n / t_model, n / t_e2e
     gflop = train_gflop_per_image(trainer, net, x, targets)
-    peak = matmul_peak_gflops(device, trainer.bf16)
+    peak = matmul_peak_gflops(device, trainer.bf16, peak_size)
     return {
         "name": name,
         "params_m": count_parameters(trainer.model) / 1e6,
@@ -181,6 +182,9 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=3, help="steps per round and kind")
     parser.add_argument("--image-size", type=int, default=None, help="default: each preset's or the data's own")
     parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--peak-size", type=int, default=2048, help="side of the matrices whose product rate is the peak"
+    )
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--amp", default="off", choices=["off", "bf16", "auto"])
     parser.add_argument("--json", default="benchmarks/results/throughput.json")
@@ -223,6 +227,7 @@ def main() -> int:
                 args.compile,
                 args.amp,
                 args.image_size,
+                args.peak_size,
             )
         )
         if args.save_each and not args.merge:

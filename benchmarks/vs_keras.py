@@ -70,6 +70,36 @@ def vitkit_rate(trainer: Trainer, steps: int) -> tuple[float, float]:
     return done / (time.perf_counter() - start), first
 
 
+def keras_reference(args, trainer: Trainer, family: str) -> dict:
+    """The peer's JSON summary (parameters, images/s) on the images `trainer` trains on."""
+    with tempfile.TemporaryDirectory() as tmp:
+        npz = Path(tmp) / "data.npz"
+        write_npz(trainer, npz)
+        print(f"{PRESETS[family]}: keras reference ...", file=sys.stderr, flush=True)
+        env = dict(os.environ, KERAS_BACKEND="jax")
+        proc = subprocess.run(
+            [
+                args.keras_python,
+                str(PEER),
+                str(npz),
+                "--budget-s",
+                str(args.keras_budget_s),
+                "--model",
+                family,
+                "--batch",
+                str(args.batch_size),
+                "--eval-limit",
+                "512",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+    if proc.returncode != 0:
+        raise SystemExit(f"the Keras reference failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -87,10 +117,13 @@ def main() -> int:
         action="store_true",
         help="torch.compile (its time is reported apart, as the Keras rate excludes XLA compilation)",
     )
+    parser.add_argument(
+        "--skip-keras", action="store_true", help="measure vitkit's side alone (no Keras environment needed)"
+    )
     parser.add_argument("--json", default="benchmarks/results/vs_keras.json")
     args = parser.parse_args()
-    if not args.keras_python:
-        parser.error("--keras-python (or $KERAS_PYTHON) is required")
+    if not args.keras_python and not args.skip_keras:
+        parser.error("--keras-python (or $KERAS_PYTHON) is required, or --skip-keras")
     rows = []
     for family in args.models:
         preset = PRESETS[family]
@@ -100,46 +133,21 @@ def main() -> int:
             return Trainer(make_config(preset=preset, amp=amp, compile=args.compile, **options))
 
         trainer = trainer_with("auto")
-        with tempfile.TemporaryDirectory() as tmp:
-            npz = Path(tmp) / "data.npz"
-            write_npz(trainer, npz)
-            print(f"{preset}: keras reference ...", file=sys.stderr, flush=True)
-            env = dict(os.environ, KERAS_BACKEND="jax")
-            proc = subprocess.run(
-                [
-                    args.keras_python,
-                    str(PEER),
-                    str(npz),
-                    "--budget-s",
-                    str(args.keras_budget_s),
-                    "--model",
-                    family,
-                    "--batch",
-                    str(args.batch_size),
-                    "--eval-limit",
-                    "512",
-                ],
-                capture_output=True,
-                text=True,
-                env=env,
-            )
-            if proc.returncode != 0:
-                print(proc.stderr[-3000:], file=sys.stderr)
-                return 1
-            keras = json.loads(proc.stdout.strip().splitlines()[-1])
+        keras = None if args.skip_keras else keras_reference(args, trainer, family)
         print(f"{preset}: vitkit, default and fp32 ...", file=sys.stderr, flush=True)
         ips, first = vitkit_rate(trainer, args.steps)
         fp32_ips, _ = vitkit_rate(trainer_with("off"), args.steps)
+        keras_ips = keras["img_per_s"] if keras else None
         rows.append(
             {
                 "preset": preset,
                 "vitkit_params": sum(p.numel() for p in trainer.model.parameters()),
-                "keras_params": keras["params"],
-                "keras_ips": keras["img_per_s"],
+                "keras_params": keras["params"] if keras else None,
+                "keras_ips": keras_ips,
                 "vitkit_ips": ips,
-                "speedup": ips / keras["img_per_s"] if keras["img_per_s"] else None,
+                "speedup": ips / keras_ips if keras_ips else None,
                 "vitkit_fp32_ips": fp32_ips,
-                "fp32_speedup": fp32_ips / keras["img_per_s"] if keras["img_per_s"] else None,
+                "fp32_speedup": fp32_ips / keras_ips if keras_ips else None,
                 "vitkit_first_step_s": first,
                 "vitkit_bf16": trainer.bf16,
                 "batch": args.batch_size,
