@@ -82,6 +82,11 @@ class Classifier:
         )
         self.image_size, self.channels = self.preprocessing.image_size, self.preprocessing.channels
         self.class_names: list[str] = meta.get("class_names") or [str(i) for i in range(config.num_classes)]
+        # multi-label: sigmoid scores, and a label is predicted when its score reaches its threshold
+        self.multi_label = bool(meta.get("multi_label"))
+        self.thresholds: list[float] | None = meta.get("thresholds") if self.multi_label else None
+        if self.multi_label and (self.thresholds is None or len(self.thresholds) != len(self.class_names)):
+            raise ValueError(f"{name} is multi-label but has no threshold per label: re-export it from its run")
         self.augment = self.preprocessing.batch_augment()
 
     @property
@@ -97,7 +102,8 @@ class Classifier:
         return ", ".join(str(part) for part in parts if part)
 
     def predict(self, inputs, topk: int = 5, batch_size: int = 32) -> dict | list[dict]:
-        """Top-k labels for images, decoded, resized and cropped exactly as `vitkit predict` does it.
+        """Top-k labels for images, decoded, resized and cropped exactly as `vitkit predict` does it; for a
+        multi-label classifier every label whose score reaches its threshold, best first (`topk` unused).
 
         `inputs`: a file path, a folder (searched for images) or a glob; a PIL image; a numpy array of
         uint8 pixels (HxWx3 RGB or HxW grey); a uint8 torch tensor (CxHxW, or NxCxHxW for several); or a
@@ -117,9 +123,10 @@ class Classifier:
 
     @torch.inference_mode()
     def predict_tensor(self, images: torch.Tensor) -> torch.Tensor:
-        """Class probabilities for uint8 NCHW images already decoded to the preprocessing's square
-        (`Preprocessing.load_tensor` or `image_tensor`), any channel count. Photos of any other size go
-        through `predict`, which resizes and crops them first: resizing them here would squash them."""
+        """Class probabilities (multi-label: each label's sigmoid score) for uint8 NCHW images already
+        decoded to the preprocessing's square (`Preprocessing.load_tensor` or `image_tensor`), any channel
+        count. Photos of any other size go through `predict`, which resizes and crops them first: resizing
+        them here would squash them."""
         side = self.preprocessing.square_size
         if images.ndim != 4 or images.shape[-2:] not in ((side, side), (self.image_size, self.image_size)):
             raise ValueError(
@@ -127,7 +134,8 @@ class Classifier:
                 f"{tuple(images.shape)}; pass photos of any size to predict(), which resizes and crops them"
             )
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16 and self.backend == "torch"):
-            return self.model(self.augment.eval(images.to(self.device))).float().softmax(-1).cpu()
+            logits = self.model(self.augment.eval(images.to(self.device))).float()
+        return (logits.sigmoid() if self.multi_label else logits.softmax(-1)).cpu()
 
 
 def checkpoint_name(path: Path) -> str:
@@ -226,6 +234,9 @@ DATA_OPTIONS = (
     "image_column",
     "label_column",
     "skip_bad_images",
+    "labels",
+    "label_separator",
+    "multi_label",
 )
 
 
@@ -253,11 +264,20 @@ def _checkpoint_split(clf: Classifier, data: str | None, split: str | None, data
         image_column=options.get("image_column"),
         label_column=options.get("label_column"),
         skip_bad=options.get("skip_bad_images", False),
+        labels=options.get("labels"),
+        label_separator=options.get("label_separator"),
+        multi_label=options.get("multi_label"),
     )
     if dataset.num_classes != len(clf.class_names):
         raise ValueError(
             f"the checkpoint has {len(clf.class_names)} classes but {options['data']} has "
             f"{dataset.num_classes}: evaluate on the data it was trained for, or fine-tune it first"
+        )
+    if dataset.multi_label != clf.multi_label:
+        kinds = {True: "multi-label", False: "single-label"}
+        raise ValueError(
+            f"the checkpoint is {kinds[clf.multi_label]} but {options['data']} is {kinds[dataset.multi_label]}: "
+            "evaluate on the data it was trained for"
         )
     split = split or ("test" if dataset.test is not None else "val")
     part = {"train": dataset.train, "val": dataset.val, "test": dataset.test}[split]
@@ -281,6 +301,11 @@ def evaluate(
     clf = load(checkpoint, device)
     data, dataset, split, part = _checkpoint_split(clf, data, split, data_options)
     loader = BatchLoader(part, batch_size, shuffle=False, device=clf.device, workers=AUTO_WORKERS)
+    if clf.multi_label:  # mAP, and F1 at the thresholds the checkpoint was tuned to on its validation split
+        from .eval.multilabel import evaluate_multilabel
+
+        report, _, _ = evaluate_multilabel(clf.model, loader, clf.augment, clf.class_names, clf.thresholds, flip_tta)
+        return {"split": split, "data": data, "flip_tta": flip_tta, **report}
     metrics = evaluate_loader(clf.model, loader, clf.augment, dataset.num_classes, flip_tta=flip_tta)
     return {"split": split, "data": data, "flip_tta": flip_tta, **metrics.compute(dataset.class_names)}
 
@@ -306,6 +331,8 @@ def top_losses(
     if count < 1:
         raise ValueError(f"--count must be at least 1, got {count}")
     clf = load(checkpoint, device)
+    if clf.multi_label:
+        raise ValueError(f"{checkpoint} is multi-label: top-losses ranks single-label mistakes; use vitkit eval")
     data, dataset, split, part = _checkpoint_split(clf, data, split, data_options)
     loader = BatchLoader(part, batch_size, shuffle=False, device=clf.device, workers=AUTO_WORKERS)
     losses, probs = per_sample_predictions(clf.model, loader, clf.augment, flip_tta)
