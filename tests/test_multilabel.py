@@ -240,6 +240,7 @@ def poster_run(tmp_path_factory):
     result = run_vitkit(
         "train", "--data", str(posters), "--labels", str(work / "posters.csv"), "--model", "vit_micro_patch4_32",
         "--model-arg", "embed_dim=32", "--model-arg", "depth=1", "--model-arg", "num_heads=2",
+        "--model-arg", "class_token=true", "--model-arg", "pool=cls",
         "--image-size", "16", "--epochs", "2", "--batch-size", "16", "--val-split", "0.3", "--mixup", "0.2",
         "--multilabel-loss", "asymmetric", "--class-weights", "balanced", "--out", str(out), "--threads", "1",
     )  # fmt: skip
