@@ -226,10 +226,11 @@ def test_mixup_and_cutmix_mix_label_sets_by_pixels():
 
 
 # ----------------------------------------------------------------------------- a trained model
-# The tests below share one trained model: one xdist worker runs them all, so it is trained once.
+# The tests below share one trained model: one xdist worker runs them all, so it is trained once
+# (per session: other modules' tests run between them).
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def poster_run(tmp_path_factory):
     """A tiny ViT that transformers can hold, trained briefly on 96 real posters (16 px)."""
     posters = shared_dataset("movie-posters")

@@ -287,16 +287,9 @@ def load_table(
     key = f" table={digest} {image_column} {single_column} {binary_columns} {label_separator} multi={multi}"
     files = {split: {"": [p for p, _ in items]} for split, items in listed.items()}
     fingerprint = _fingerprint(files, preprocessing, skip_bad, key)
+    where = dict(cache=cache, data_dir=data_dir, memory_limit_gb=memory_limit_gb)
+    name = folder.resolve().name
     dataset, unreadable = load_listed(
-        listed,
-        class_names,
-        folder.resolve().name,
-        fingerprint,
-        preprocessing,
-        skip_bad=skip_bad,
-        cache=cache,
-        data_dir=data_dir,
-        memory_limit_gb=memory_limit_gb,
-        multi_label=multi,
+        listed, class_names, name, fingerprint, preprocessing, skip_bad=skip_bad, multi_label=multi, **where
     )
     return dataset, bad + unreadable

@@ -16,28 +16,21 @@ import torch.nn.functional as F
 from ..data.augment import BatchAugment
 from ..data.loader import BatchLoader
 from .loop import eval_logits
+from .metrics import MetricAccumulator
 
 DEFAULT_THRESHOLD = 0.5
 
 
-class LossAccumulator:
-    """The training loss of multi-label batches, summed on the device (read once per log interval), as
-    `MetricAccumulator` sums it for single-label ones."""
+class LossAccumulator(MetricAccumulator):
+    """The training loss of multi-label batches, summed on the device as `MetricAccumulator` sums it for
+    single-label ones (top-k and the confusion matrix mean nothing for label sets)."""
 
     def __init__(self, device: torch.device | str = "cpu"):
-        self.sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss, count
+        super().__init__(1, device=device)
 
     def update(self, logits: torch.Tensor, targets: torch.Tensor, loss_sum: torch.Tensor) -> None:
         self.sums[0] += loss_sum.detach()
         self.sums[1] += targets.shape[0]
-
-    @property
-    def loss_sum(self) -> float:
-        return float(self.sums[0])
-
-    @property
-    def count(self) -> int:
-        return int(self.sums[1])
 
     def compute(self) -> dict:
         return {"loss": self.loss_sum / max(self.count, 1)}

@@ -145,6 +145,20 @@ RECIPES = [
     ),
 ]
 
+# The Hugging Face tutorial's fine-tuning of google/vit-base-patch16-224-in21k on an image folder.
+HF_VIT_FINETUNE = dict(
+    pretrained="google/vit-base-patch16-224-in21k",
+    image_size=224,
+    val_split=0.2,
+    optimizer="adamw",
+    lr=2e-4,
+    batch_size=16,
+    epochs=3,
+    weight_decay=0.01,
+    schedule="linear",
+    warmup_epochs=0.0,
+    normalize="half",
+)
 # Multi-label recipes (`--data FOLDER --labels TABLE`): sigmoid outputs with the asymmetric loss (its
 # published defaults: negatives focused with gamma 4 and shifted by 0.05), per-label thresholds tuned on
 # the validation split, best/ by validation mAP; no label smoothing. From scratch: the CIFAR recipe's
@@ -172,21 +186,8 @@ MULTI_LABEL_RECIPES = [
         "multilabel-vit-finetune",
         "vit_base_patch16_224",
         "Fine-tune google/vit-base-patch16-224-in21k on a label table: multi-label head, asymmetric loss",
-        train=dict(
-            pretrained="google/vit-base-patch16-224-in21k",
-            image_size=224,
-            val_split=0.15,
-            optimizer="adamw",
-            lr=1e-4,
-            batch_size=16,
-            epochs=5,
-            weight_decay=0.01,
-            schedule="cosine",
-            warmup_epochs=0.5,
-            normalize="half",
-            hflip=True,
-            **MULTI_LABEL,
-        ),
+        train=dict(HF_VIT_FINETUNE, val_split=0.15, lr=1e-4, epochs=5, schedule="cosine", warmup_epochs=0.5, hflip=True)
+        | MULTI_LABEL,
     ),
 ]
 
@@ -286,19 +287,7 @@ PRESETS: dict[str, Preset] = {
             "hf-vit-finetune",
             "vit_base_patch16_224",
             "Hugging Face tutorial: fine-tune google/vit-base-patch16-224-in21k on an image folder, new head",
-            train=dict(
-                pretrained="google/vit-base-patch16-224-in21k",
-                image_size=224,
-                val_split=0.2,
-                optimizer="adamw",
-                lr=2e-4,
-                batch_size=16,
-                epochs=3,
-                weight_decay=0.01,
-                schedule="linear",
-                warmup_epochs=0.0,
-                normalize="half",
-            ),
+            train=HF_VIT_FINETUNE,
         ),
     ]
 }

@@ -264,52 +264,51 @@ class Trainer:
     def finish(self) -> dict[str, Any]:
         """Evaluate the best checkpoint on the reported split (test, else validation), write
         results.json and the plots."""
+        metrics, draw, summary = self.final_multilabel() if self.multi_label else self.final_single()
+        results = {"test": metrics, **self.run_summary()}
+        self.run.write_results(results)
+        self.callbacks.call("on_train_end", {**results, "run_dir": str(self.run.path)})
+        if self.ctx.is_main:
+            draw()
+        self.end_run()
+        self.log(f"{self.setup.eval_split} {summary}  ->  {self.run.path}")
+        return {**results, "run_dir": str(self.run.path)}
+
+    def final_single(self):
+        """(metrics, figure drawing, summary line) of the best checkpoint; every rank evaluates its shard."""
         from ..viz.report import write_report
 
         ctx, setup = self.ctx, self.setup
-        if self.multi_label:
-            return self.finish_multilabel()
         best = load_model(self.run.checkpoint("best"))[0] if ctx.is_main else self.eval_model()
         best = best.to(self.device)
         if ctx.enabled:  # every rank evaluates its shard with rank 0's best weights
             state = {k: v.cpu() for k, v in best.state_dict().items()} if ctx.is_main else None
             best.load_state_dict(ctx.broadcast_object(state))
-        metrics = self.evaluate(best, setup.eval_loader, self.data.class_names)
-        results = {"test": metrics, **self.run_summary()}
-        self.run.write_results(results)
-        self.callbacks.call("on_train_end", {**results, "run_dir": str(self.run.path)})
-        if ctx.is_main:
-            write_report(
-                self.run.path, best, setup.eval_loader.split, self.augment, self.data.class_names, self.history, metrics
-            )
-        self.end_run()
-        self.log(
-            f"{setup.eval_split} top-1 {metrics['top1']:.4f}  top-5 {metrics['top5']:.4f}  "
-            f"f1-macro {metrics['f1_macro']:.4f}  ->  {self.run.path}"
+        m = self.evaluate(best, setup.eval_loader, self.data.class_names)
+        names, history = self.data.class_names, self.history
+        return (
+            m,
+            lambda: write_report(self.run.path, best, setup.eval_loader.split, self.augment, names, history, m),
+            f"top-1 {m['top1']:.4f}  top-5 {m['top5']:.4f}  f1-macro {m['f1_macro']:.4f}",
         )
-        return {**results, "run_dir": str(self.run.path)}
 
-    def finish_multilabel(self) -> dict[str, Any]:
-        """`finish` for multi-label data: the best checkpoint at its own thresholds (tuned on the
-        validation split when it was saved) on the reported split; mAP, F1, the per-label table and figures."""
+    def final_multilabel(self):
+        """`final_single` for multi-label data: the best checkpoint at its own thresholds (tuned on the
+        validation split when it was saved): mAP, F1, the per-label table and figures."""
         from ..viz.report import write_multilabel_report
 
-        setup, names = self.setup, self.data.class_names
+        split = self.setup.eval_loader
         best, meta = load_model(self.run.checkpoint("best"))
         best = best.to(self.device)
-        metrics, scores, targets = evaluate_multilabel(best, setup.eval_loader, self.augment, names, meta["thresholds"])
-        results = {"test": metrics, **self.run_summary(), "thresholds_from": "val"}
-        self.run.write_results(results)
-        self.callbacks.call("on_train_end", {**results, "run_dir": str(self.run.path)})
-        write_multilabel_report(
-            self.run.path, best, setup.eval_loader.split, self.augment, self.history, metrics, scores, targets
+        m, scores, targets = evaluate_multilabel(best, split, self.augment, self.data.class_names, meta["thresholds"])
+        return (
+            {**m, "thresholds_from": "val"},
+            lambda: write_multilabel_report(
+                self.run.path, best, split.split, self.augment, self.history, m, scores, targets
+            ),
+            f"mAP macro {m['map_macro']:.4f}  micro {m['map_micro']:.4f}  f1-macro {m['f1_macro']:.4f}  "
+            f"f1-micro {m['f1_micro']:.4f}",
         )
-        self.end_run()
-        self.log(
-            f"{setup.eval_split} mAP macro {metrics['map_macro']:.4f}  micro {metrics['map_micro']:.4f}  "
-            f"f1-macro {metrics['f1_macro']:.4f}  f1-micro {metrics['f1_micro']:.4f}  ->  {self.run.path}"
-        )
-        return {**results, "run_dir": str(self.run.path)}
 
     def run_summary(self) -> dict[str, Any]:
         """results.json beside the metrics: how the run went and what it was."""

@@ -46,6 +46,7 @@ def write_report(run_dir: Path, model, test_split, augment, class_names, history
 
 
 PR_CURVE_LABELS = 5  # the precision-recall figure draws the pooled curve and the most frequent labels
+TITLE_LABELS = 3  # predicted labels named in a prediction's title, best first; the rest counted
 
 
 @torch.inference_mode()
@@ -84,10 +85,12 @@ def write_multilabel_report(run_dir: Path, model, test_split, augment, history, 
     thresholds = torch.tensor(report["thresholds"])
     titles, mistakes = [], []
     for row, truth in zip(probs, labels):
-        predicted = {names[k] for k in (row >= thresholds).nonzero().flatten().tolist()}
+        above = sorted((k for k in (row >= thresholds).nonzero().flatten().tolist()), key=lambda k: -row[k])
         true = {names[k] for k in truth.nonzero().flatten().tolist()}
-        titles.append(f"{', '.join(sorted(predicted)) or '-'}\ntrue: {', '.join(sorted(true))}")
-        mistakes.append(predicted != true)
+        shown_labels = ", ".join(names[k] for k in above[:TITLE_LABELS])
+        more = f" +{len(above) - TITLE_LABELS}" if len(above) > TITLE_LABELS else ""
+        titles.append(f"{shown_labels or '-'}{more}\ntrue: {', '.join(sorted(true))}")
+        mistakes.append({names[k] for k in above} != true)
     shown = display_images(images, augment).numpy()
     plots.plot_image_grid(shown, titles, run_dir / "predictions.png", "test label sets (red: not exact)", mistakes)
 
