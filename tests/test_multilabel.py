@@ -264,6 +264,16 @@ def test_a_multilabel_run_records_map_thresholds_and_figures(poster_run):
         assert (out / figure).stat().st_size > 0
     evaluated = run_vitkit("eval", str(out), "--json")
     assert json.loads(evaluated.stdout)["map_macro"] == pytest.approx(results["test"]["map_macro"])
+    # the stored thresholds are the best checkpoint's, tuned on the validation split
+    import vitkit
+    from vitkit.api import _checkpoint_split
+    from vitkit.data.loader import BatchLoader
+    from vitkit.eval.multilabel import multilabel_outputs
+
+    classifier = vitkit.load(out, backend="torch")
+    _, _, _, val = _checkpoint_split(classifier, None, "val", {})
+    scores, targets, _ = multilabel_outputs(classifier.model, BatchLoader(val, 64, shuffle=False), classifier.augment)
+    assert tune_thresholds(scores, targets).tolist() == pytest.approx(meta["thresholds"], abs=1e-5)
 
 
 @pytest.mark.slow
