@@ -100,6 +100,11 @@ class Classifier:
         )
         self.image_size, self.channels = self.preprocessing.image_size, self.preprocessing.channels
         self.class_names: list[str] = meta.get("class_names") or [str(i) for i in range(config.num_classes)]
+        # multi-label: sigmoid scores, and a label is predicted when its score reaches its threshold
+        self.multi_label = bool(meta.get("multi_label"))
+        self.thresholds: list[float] | None = meta.get("thresholds") if self.multi_label else None
+        if self.multi_label and (self.thresholds is None or len(self.thresholds) != len(self.class_names)):
+            raise ValueError(f"{name} is multi-label but has no threshold per label: re-export it from its run")
         self.augment = self.preprocessing.batch_augment()
 
     @property
@@ -125,7 +130,8 @@ class Classifier:
         }
 
     def predict(self, inputs, topk: int = 5, batch_size: int = 32) -> dict | list[dict]:
-        """Top-k labels for images, decoded, resized and cropped exactly as `vitkit predict` does it.
+        """Top-k labels for images, decoded, resized and cropped exactly as `vitkit predict` does it; for a
+        multi-label classifier every label whose score reaches its threshold, best first (`topk` unused).
 
         `inputs`: a file path, a folder (searched for images) or a glob; a PIL image; a numpy array of
         uint8 pixels (HxWx3 RGB or HxW grey); a uint8 torch tensor (CxHxW, or NxCxHxW for several); or a
@@ -145,16 +151,18 @@ class Classifier:
 
     @torch.inference_mode()
     def predict_tensor(self, images: torch.Tensor) -> torch.Tensor:
-        """Class probabilities for uint8 NCHW images already decoded to the preprocessing's square
-        (`Preprocessing.load_tensor` or `image_tensor`), any channel count. Photos of any other size go
-        through `predict`, which resizes and crops them first: resizing them here would squash them."""
+        """Class probabilities (multi-label: each label's sigmoid score) for uint8 NCHW images already
+        decoded to the preprocessing's square (`Preprocessing.load_tensor` or `image_tensor`), any channel
+        count. Photos of any other size go through `predict`, which resizes and crops them first: resizing
+        them here would squash them."""
         side = self.preprocessing.square_size
         if images.ndim != 4 or images.shape[-2:] not in ((side, side), (self.image_size, self.image_size)):
             raise ValueError(
                 f"predict_tensor takes NxCx{side}x{side} images as preprocessing decodes them, got "
                 f"{tuple(images.shape)}; pass photos of any size to predict(), which resizes and crops them"
             )
-        return self.runner(self.augment.eval(images.to(self.device))).float().softmax(-1).cpu()
+        logits = self.runner(self.augment.eval(images.to(self.device))).float()
+        return (logits.sigmoid() if self.multi_label else logits.softmax(-1)).cpu()
 
 
 def checkpoint_name(path: Path) -> str:
@@ -273,6 +281,9 @@ DATA_OPTIONS = (
     "image_column",
     "label_column",
     "skip_bad_images",
+    "labels",
+    "label_separator",
+    "multi_label",
 )
 
 
@@ -300,11 +311,20 @@ def _checkpoint_split(clf: Classifier, data: str | None, split: str | None, data
         image_column=options.get("image_column"),
         label_column=options.get("label_column"),
         skip_bad=options.get("skip_bad_images", False),
+        labels=options.get("labels"),
+        label_separator=options.get("label_separator"),
+        multi_label=options.get("multi_label"),
     )
     if dataset.num_classes != len(clf.class_names):
         raise ValueError(
             f"the checkpoint has {len(clf.class_names)} classes but {options['data']} has "
             f"{dataset.num_classes}: evaluate on the data it was trained for, or fine-tune it first"
+        )
+    if dataset.multi_label != clf.multi_label:
+        kinds = {True: "multi-label", False: "single-label"}
+        raise ValueError(
+            f"the checkpoint is {kinds[clf.multi_label]} but {options['data']} is {kinds[dataset.multi_label]}: "
+            "evaluate on the data it was trained for"
         )
     split = split or ("test" if dataset.test is not None else "val")
     part = {"train": dataset.train, "val": dataset.val, "test": dataset.test}[split]
@@ -337,6 +357,11 @@ def evaluate(
     clf = load(checkpoint, device, backend="torch", precision=precision)
     data, dataset, split, part = _checkpoint_split(clf, data, split, data_options)
     loader = BatchLoader(part, batch_size, shuffle=False, device=clf.device, workers=AUTO_WORKERS)
+    if clf.multi_label:  # mAP, and F1 at the thresholds the checkpoint was tuned to on its validation split
+        from .eval.multilabel import evaluate_multilabel
+
+        report, _, _ = evaluate_multilabel(clf.runner, loader, clf.augment, clf.class_names, clf.thresholds, flip_tta)
+        return {"split": split, "data": data, "flip_tta": flip_tta, "precision": clf.precision, **report}
     metrics = evaluate_loader(clf.runner, loader, clf.augment, dataset.num_classes, flip_tta=flip_tta)
     report = {"split": split, "data": data, "flip_tta": flip_tta, "precision": clf.precision}
     report.update(metrics.compute(dataset.class_names))
@@ -374,6 +399,8 @@ def top_losses(
     if count < 1:
         raise ValueError(f"--count must be at least 1, got {count}")
     clf = load(checkpoint, device, backend="torch", precision="fp32")
+    if clf.multi_label:
+        raise ValueError(f"{checkpoint} is multi-label: top-losses ranks single-label mistakes; use vitkit eval")
     data, dataset, split, part = _checkpoint_split(clf, data, split, data_options)
     loader = BatchLoader(part, batch_size, shuffle=False, device=clf.device, workers=AUTO_WORKERS)
     losses, probs = per_sample_predictions(clf.runner, loader, clf.augment, flip_tta)
@@ -439,6 +466,11 @@ def export_int8(
     if calibration_images < 1:
         raise ValueError(f"--calibration-images {calibration_images}: use at least 1 (a few hundred is usual)")
     clf = load(checkpoint, "cpu", backend="torch", precision="fp32")
+    if clf.multi_label:
+        raise ValueError(
+            f"{checkpoint} is multi-label: --quantize int8 is checked by top-1 agreement, which single-label "
+            "classifiers have; export it in fp32"
+        )
     data, dataset, split, part = _checkpoint_split(clf, data, None, data_options)
     chosen = torch.randperm(len(dataset.train), generator=torch.Generator().manual_seed(seed))[:calibration_images]
     calibration_loader = BatchLoader(dataset.train.subset(chosen.sort().values), 32, shuffle=False)

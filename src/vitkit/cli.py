@@ -90,11 +90,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         result = api.train(resume=options.pop("out"), **options)
     else:
         result = api.train(**options)
-    print(
-        json.dumps(
-            {"run_dir": result["run_dir"], "test_top1": result["test"]["top1"], "test_top5": result["test"]["top5"]}
-        )
-    )
+    test = result["test"]
+    keys = ("map_macro", "map_micro", "f1_macro") if "map_macro" in test else ("top1", "top5")
+    print(json.dumps({"run_dir": result["run_dir"], **{f"test_{key}": test[key] for key in keys}}))
     return 0
 
 
@@ -151,6 +149,7 @@ def add_evaluation_arguments(p: argparse.ArgumentParser) -> None:
     """The flags `evaluation_options` reads."""
     p.add_argument("--data", help="dataset name or folder (default: what the checkpoint was trained on)")
     p.add_argument("--data-dir")
+    p.add_argument("--labels", help="label table of --data's images (default: the checkpoint's, if it had one)")
     p.add_argument(
         "--split", choices=["train", "val", "test"], help="default: the split the run reported (test, else val)"
     )
@@ -165,7 +164,7 @@ def add_evaluation_arguments(p: argparse.ArgumentParser) -> None:
 
 def evaluation_options(args: argparse.Namespace) -> dict:
     """The data a checkpoint is evaluated on, as `eval` and `top-losses` both take it."""
-    return {k: getattr(args, k) for k in ("data", "split", "batch_size", "device", "data_dir", "flip_tta")}
+    return {k: getattr(args, k) for k in ("data", "split", "batch_size", "device", "data_dir", "flip_tta", "labels")}
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -178,6 +177,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         split = f"{metrics['split']}, flip TTA" if metrics["flip_tta"] else metrics["split"]
         print(f"{metrics['data']} [{split}] {metrics['count']} images, {metrics['precision']}")
+        if "map_macro" in metrics:
+            from .eval.multilabel import label_table
+
+            for key in ("map_macro", "map_micro", "f1_macro", "f1_micro", "f1_macro@0.5", "loss"):
+                print(f"  {key:<16} {metrics[key]:.4f}")
+            print(label_table(metrics))
+            return 0
         for key in ("top1", "top5", "loss", "precision_macro", "recall_macro", "f1_macro", "f1_weighted"):
             print(f"  {key:<16} {metrics[key]:.4f}")
         if "agreement" in metrics:
@@ -463,7 +469,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_top_losses)
 
-    p = sub.add_parser("predict", help="top-k labels for images, folders or globs")
+    p = sub.add_parser(
+        "predict", help="top-k labels for images, folders or globs (multi-label: every label above its threshold)"
+    )
     p.add_argument("checkpoint")
     p.add_argument("images", nargs="+")
     p.add_argument("--topk", type=at_least(1), default=5)

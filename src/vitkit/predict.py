@@ -85,6 +85,24 @@ def top_k(probs: torch.Tensor, class_names: list[str], k: int) -> list[list[dict
     ]
 
 
+def above_thresholds(probs: torch.Tensor, class_names: list[str], thresholds: list[float]) -> list[list[dict]]:
+    """Multi-label predictions: every label whose score reaches its threshold, best first."""
+    keep = probs >= torch.tensor(thresholds, dtype=probs.dtype)
+    results = []
+    for row, kept in zip(probs.tolist(), keep.tolist()):
+        chosen = sorted((k for k, flag in enumerate(kept) if flag), key=lambda k: -row[k])
+        results.append([{"label": class_names[k], "score": round(row[k], 6)} for k in chosen])
+    return results
+
+
+def classifier_predictions(classifier, probs: torch.Tensor, k: int) -> list[list[dict]]:
+    """What a classifier reports for a batch of scores: the top k, or for a multi-label classifier every
+    label above its threshold."""
+    if getattr(classifier, "multi_label", False):
+        return above_thresholds(probs, classifier.class_names, classifier.thresholds)
+    return top_k(probs, classifier.class_names, k)
+
+
 def predict_images(
     classifier,
     images: list[tuple[dict, Callable[[], torch.Tensor]]],
@@ -93,8 +111,8 @@ def predict_images(
     progress: bool = True,
 ) -> list[dict]:
     """One result per (identity, decode) pair, in order: the identity ({"path": ...} or {"input": n}) with
-    "predictions" [{"label", "score"}, ...] best first, or with "error" when decode raises BadImageError,
-    so one unreadable image never stops the batch."""
+    "predictions" [{"label", "score"}, ...] best first (see `classifier_predictions`), or with "error" when
+    decode raises BadImageError, so one unreadable image never stops the batch."""
     if topk < 1 or batch_size < 1:
         raise ValueError(f"topk={topk}, batch_size={batch_size}: both must be at least 1")
     results: list[dict] = []
@@ -111,7 +129,7 @@ def predict_images(
                 results.append({**identity, "error": str(e)})
         if tensors:
             probs = classifier.predict_tensor(torch.stack(tensors))
-            for index, preds in zip(decoded, top_k(probs, classifier.class_names, topk)):
+            for index, preds in zip(decoded, classifier_predictions(classifier, probs, topk)):
                 results[index]["predictions"] = preds
         bar.update(len(chunk))
     bar.close()

@@ -257,6 +257,14 @@ def one_hot_smooth(labels: torch.Tensor, num_classes: int, smoothing: float) -> 
     )
 
 
+def soft_targets(labels: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:
+    """Float targets: one-hot, smoothed, of class indices; or of multi-label 0/1 rows (N, num_classes), each
+    label's binary target smoothed on its own (1 - s/2 and s/2), as two-class smoothing would."""
+    if labels.ndim == 2:
+        return labels.float() * (1 - smoothing) + smoothing / 2
+    return one_hot_smooth(labels, num_classes, smoothing)
+
+
 def mix_batch(
     x: torch.Tensor,
     labels: torch.Tensor,
@@ -267,8 +275,10 @@ def mix_batch(
     gen: torch.Generator,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """MixUp (Zhang et al.) or CutMix (Yun et al.) with the batch reversed as partner, as timm does;
-    when both are enabled each batch picks one at random. Returns images and soft targets."""
-    targets = one_hot_smooth(labels, num_classes, smoothing)
+    when both are enabled each batch picks one at random. Returns images and soft targets: the partners'
+    targets mixed in the proportion of their pixels (CutMix: of the pasted box's area), which for multi-label
+    rows is the mixed image's share of each label."""
+    targets = soft_targets(labels, num_classes, smoothing)
     if mixup <= 0 and cutmix <= 0:
         return x, targets
     dev = x.device

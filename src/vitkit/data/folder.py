@@ -13,6 +13,7 @@ import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -87,10 +88,13 @@ def scan_folder(root: str | os.PathLike) -> dict[str, dict[str, list[Path]]]:
     return {"train": _class_files(root)}
 
 
-def _fingerprint(splits: dict[str, dict[str, list[Path]]], preprocessing: Preprocessing, skip_bad: bool) -> str:
+def _fingerprint(
+    splits: dict[str, dict[str, list[Path]]], preprocessing: Preprocessing, skip_bad: bool, extra: str = ""
+) -> str:
     """Files, sizes, times, the decode (see Preprocessing.decode_key) and the bad-file policy: a cache
-    made while skipping bad files must not serve a run that asked to fail on them."""
-    digest = hashlib.sha256(f"v2 {preprocessing.decode_key()} skip_bad={skip_bad}".encode())
+    made while skipping bad files must not serve a run that asked to fail on them. `extra` is whatever
+    else decides the cached labels (a label table's content)."""
+    digest = hashlib.sha256(f"v2 {preprocessing.decode_key()} skip_bad={skip_bad}{extra}".encode())
     for split, classes in sorted(splits.items()):
         for cls, files in classes.items():
             for f in files:
@@ -174,34 +178,68 @@ def load_folder(
     splits = scan_folder(root)
     class_names = sorted(splits["train"])
     index = {c: i for i, c in enumerate(class_names)}
-    total = sum(len(f) for classes in splits.values() for f in classes.values())
     listed = {s: [(p, index[c]) for c, files in classes.items() for p in files] for s, classes in splits.items()}
-    name = Path(root).resolve().name
+    fingerprint = _fingerprint(splits, preprocessing, skip_bad)
+    return load_listed(
+        listed,
+        class_names,
+        Path(root).resolve().name,
+        fingerprint,
+        preprocessing,
+        skip_bad=skip_bad,
+        cache=cache,
+        data_dir=data_dir,
+        memory_limit_gb=memory_limit_gb,
+    )
+
+
+def load_listed(
+    listed: dict[str, list[tuple[Path, Any]]],
+    class_names: list[str],
+    name: str,
+    fingerprint: str,
+    preprocessing: Preprocessing,
+    *,
+    skip_bad: bool = False,
+    cache: bool = True,
+    data_dir: str | os.PathLike | None = None,
+    memory_limit_gb: float | None = None,
+    multi_label: bool = False,
+) -> tuple[Dataset, list[str]]:
+    """{split: [(image file, label)]} as a dataset, decoded into memory (cached under `fingerprint`,
+    which must cover the files and their labels) or streamed, as `load_folder` describes. A label is a
+    class index, or with `multi_label` a 0/1 vector over `class_names`."""
     size = preprocessing.square_size
+    total = sum(len(items) for items in listed.values())
+    label_type = torch.float32 if multi_label else torch.long
+
+    def labels_of(items) -> torch.Tensor:
+        shape = (len(items), len(class_names)) if multi_label else (len(items),)
+        return torch.tensor([y for _, y in items], dtype=label_type).reshape(shape)
+
+    def dataset(parts) -> Dataset:
+        if len(parts["train"]) == 0:
+            raise ValueError(f"no readable training images in {name}")
+        return Dataset(name, parts["train"], parts.get("test"), class_names, parts.get("val"), multi_label)
 
     def cache_path(suffix: str) -> Path:
-        return data_root(data_dir) / "folders" / f"{name}-{_fingerprint(splits, preprocessing, skip_bad)}{suffix}"
+        return data_root(data_dir) / "folders" / f"{name}-{fingerprint}{suffix}"
 
     if total * size * size * 3 > memory_limit_bytes(memory_limit_gb):
         bad = []
         if skip_bad:
             unreadable, bad = _find_unreadable(listed, preprocessing, cache_path(".readable.json") if cache else None)
             listed = {s: [x for i, x in enumerate(items) if i not in unreadable[s]] for s, items in listed.items()}
-        parts = {
-            s: FileSplit([p for p, _ in items], torch.tensor([y for _, y in items], dtype=torch.long), preprocessing)
-            for s, items in listed.items()
-        }
-        if len(parts["train"]) == 0:
-            raise ValueError(f"no readable training images in {root}")
-        return Dataset(name, parts["train"], parts.get("test"), class_names, parts.get("val")), bad
+        parts = {s: FileSplit([p for p, _ in items], labels_of(items), preprocessing) for s, items in listed.items()}
+        return dataset(parts), bad
 
     cache_file = cache_path(".safetensors")
     if cache and cache_file.is_file():
         try:
             tensors = load_file(str(cache_file))
             bad = json.loads((cache_file.with_suffix(".json")).read_text())["skipped"]
-            parts = {s: Split(tensors[f"{s}.images"], tensors[f"{s}.labels"]) for s in splits}
-            return Dataset(name, parts["train"], parts.get("test"), class_names, parts.get("val")), bad
+            parts = {s: Split(tensors[f"{s}.images"], tensors[f"{s}.labels"]) for s in listed}
+            return dataset(parts), bad
         except Exception:  # a damaged cache is rebuilt, never trusted
             pass
 
@@ -209,14 +247,13 @@ def load_folder(
     parts = {}
     for split, items in listed.items():
         arrays, kept = _decode_all([p for p, _ in items], preprocessing, skip_bad, bad)
-        labels = torch.tensor([items[i][1] for i in kept], dtype=torch.long)
+        labels = labels_of([items[i] for i in kept])
         parts[split] = Split(torch.from_numpy(arrays).permute(0, 3, 1, 2).contiguous(), labels)
-    if len(parts["train"]) == 0:
-        raise ValueError(f"no readable training images in {root}")
+    result = dataset(parts)
     if cache:
         tensors = {f"{s}.{k}": getattr(p, k) for s, p in parts.items() for k in ("images", "labels")}
         with atomic_path(cache_file) as tmp:
             save_file(tensors, str(tmp))
         with atomic_path(cache_file.with_suffix(".json")) as tmp:
-            tmp.write_text(json.dumps({"root": str(Path(root).resolve()), "skipped": bad}))
-    return Dataset(name, parts["train"], parts.get("test"), class_names, parts.get("val")), bad
+            tmp.write_text(json.dumps({"name": name, "skipped": bad}))
+    return result, bad

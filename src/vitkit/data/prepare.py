@@ -56,12 +56,31 @@ def prepare_data(
     memory_limit_gb: float | None = None,
     image_column: str | None = None,
     label_column: str | None = None,
+    labels: str | None = None,
+    label_separator: str | None = None,
+    multi_label: bool | None = None,
 ) -> tuple[Dataset, list[str]]:
     """Load a built-in dataset, a Hugging Face dataset (`hf:NAME`, a save_to_disk or parquet folder)
     or an image folder (decoded with `preprocessing`, streamed from disk when larger than
-    `memory_limit_gb`), apply the limits and hold a stratified validation split out of train when the
+    `memory_limit_gb`; labelled by its class sub-folders, or by the table `labels`: see data/table.py),
+    apply the limits and hold a stratified validation split out of train when the
     data has none. Returns the dataset and the skipped bad images."""
-    if data in BUILTIN:
+    if labels:
+        from .table import load_table
+
+        dataset, bad = load_table(
+            data,
+            labels,
+            preprocessing,
+            image_column=image_column,
+            label_column=label_column,
+            label_separator=label_separator,
+            multi_label=multi_label,
+            skip_bad=skip_bad,
+            data_dir=data_dir,
+            memory_limit_gb=memory_limit_gb,
+        )
+    elif data in BUILTIN:
         dataset, bad = load_builtin(data, data_dir, seed), []
     elif is_hf_source(data):
         columns = dict(image_column=image_column, label_column=label_column)

@@ -83,13 +83,15 @@ class FileSplit:
 
 @dataclass
 class Dataset:
-    """Train, optional validation and test splits with class names."""
+    """Train, optional validation and test splits with class names. Multi-label data (`multi_label`)
+    has (N, num_classes) 0/1 float labels: any number of classes per image."""
 
     name: str
     train: Split | FileSplit
     test: Split | FileSplit | None
     class_names: list[str]
     val: Split | FileSplit | None = None
+    multi_label: bool = False
 
     @property
     def num_classes(self) -> int:
@@ -100,10 +102,21 @@ class Dataset:
         return self.train.channels
 
 
+def rarest_label(labels: torch.Tensor) -> torch.Tensor:
+    """For (N, K) multi-label 0/1 labels: each image's rarest label (by its count in `labels`), the key a
+    multi-label split is stratified on, so that even rare labels reach every part; -1 for none."""
+    counts = labels.sum(0)
+    rarity = torch.where(labels > 0, counts, float("inf"))
+    return torch.where(labels.sum(1) > 0, rarity.argmin(1), -1)
+
+
 def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices (keep, held_out): `fraction` of every class held out, chosen by a seeded shuffle."""
+    """Indices (keep, held_out): `fraction` of every class held out, chosen by a seeded shuffle
+    (multi-label: of every image's rarest label, see `rarest_label`)."""
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"--val-split must be between 0 and 1 (exclusive), got {fraction}")
+    if labels.ndim == 2:
+        labels = rarest_label(labels)
     gen = torch.Generator().manual_seed(seed)
     keep, held = [], []
     for c in labels.unique().tolist():

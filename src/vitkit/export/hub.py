@@ -37,7 +37,7 @@ def write_hf_folder(classifier, checkpoint: Path, out: str | os.PathLike, title:
         raise ValueError("--format hf needs a checkpoint folder (a run, best/ or last/), not an .onnx file")
     if classifier.model.family == "vit" and hf_incompatibilities(classifier.model.config):
         raise hf_export_error(classifier.model.config)
-    out = save_hf_folder(classifier.model, classifier.class_names, classifier.preprocessing, out)
+    out = save_hf_folder(classifier.model, classifier.class_names, classifier.preprocessing, out, classifier.thresholds)
     card = model_card(classifier, checkpoint, title, load_as, transformers_ready=True)
     (out / "README.md").write_text(card)
     return out

@@ -28,8 +28,9 @@ def _require(module: str, extra: str):
 def export_onnx(
     classifier, out_path: str | os.PathLike, opset: int = DEFAULT_OPSET, validate_batches: tuple[int, ...] = (1, 7)
 ) -> dict:
-    """Write `out_path` with a dynamic batch axis and the checkpoint's labels and preprocessing in the
-    model metadata; check ONNX Runtime against PyTorch on a few batch sizes. Returns the max
+    """Write `out_path` with a dynamic batch axis and the checkpoint's labels and preprocessing (and a
+    multi-label checkpoint's thresholds, also as the `thresholds` entry: {label: threshold}) in the model
+    metadata; check ONNX Runtime against PyTorch on a few batch sizes. Returns the max
     |logit difference| per batch size."""
     _require("onnxscript", "export")
     onnx = _require("onnx", "export")
@@ -55,6 +56,8 @@ def export_onnx(
         proto = program.model_proto
         carried = {k: v for k, v in classifier.meta.items() if k != "train_config"}
         meta = {"vitkit": json.dumps({**carried, "preprocessing": classifier.preprocessing.to_dict()})}
+        if classifier.multi_label:  # for any ONNX consumer: sigmoid the logits, keep labels at their threshold
+            meta["thresholds"] = json.dumps(dict(zip(classifier.class_names, classifier.thresholds)))
         for key, value in meta.items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value

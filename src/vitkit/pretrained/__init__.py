@@ -16,7 +16,7 @@ import torch.nn as nn
 from ..data.preprocess import Preprocessing
 from ..fileio import read_json
 from .checks import load_state_dict_file
-from .hf import hf_to_vitkit, is_hf_vit_folder, load_hf_folder, vit_config_from_hf
+from .hf import MULTI_LABEL_PROBLEM, hf_to_vitkit, is_hf_vit_folder, load_hf_folder, vit_config_from_hf
 from .result import Pretrained
 from .timm import heads_from_name, is_timm_state, load_timm_state
 
@@ -138,6 +138,8 @@ def load_classifier_folder(folder: Path) -> tuple[nn.Module, dict]:
         "class_names": loaded.class_names or [str(i) for i in range(model_config.num_classes)],
         "preprocessing": loaded.preprocessing.to_dict(),
     }
+    if config.get("problem_type") == MULTI_LABEL_PROBLEM:
+        meta.update(multi_label=True, thresholds=config.get("thresholds") or [0.5] * model_config.num_classes)
     return loaded.model, meta
 
 

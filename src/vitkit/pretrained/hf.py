@@ -187,6 +187,8 @@ def hf_config_from_vitkit(cfg: ViTConfig, class_names: list[str]) -> dict:
     }
 
 
+MULTI_LABEL_PROBLEM = "multi_label_classification"  # transformers' problem_type of sigmoid classifiers
+
 # Pillow filter numbers as transformers stores them in preprocessor_config.json
 RESAMPLE_CODES = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
 
@@ -281,9 +283,17 @@ def load_hf_folder(folder: Path) -> Pretrained:
     return Pretrained(model, preprocessing_from_hf(folder, cfg), names, has_head)
 
 
-def save_hf_folder(model: ViT, class_names: list[str], preprocessing: Preprocessing, out: str | os.PathLike) -> Path:
+def save_hf_folder(
+    model: ViT,
+    class_names: list[str],
+    preprocessing: Preprocessing,
+    out: str | os.PathLike,
+    thresholds: list[float] | None = None,
+) -> Path:
     """A folder that transformers' from_pretrained and pipeline() load, preprocessing included. A model
-    with a device resize (decode_size set) gets a processor that resizes in one step instead."""
+    with a device resize (decode_size set) gets a processor that resizes in one step instead. With
+    `thresholds` (a multi-label model) the config says problem_type multi_label_classification, so that
+    transformers scores with a sigmoid, and keeps the thresholds (in id order) for vitkit."""
     from safetensors.torch import save_file
 
     if model.family != "vit":
@@ -296,6 +306,9 @@ def save_hf_folder(model: ViT, class_names: list[str], preprocessing: Preprocess
     state = vitkit_to_hf({k: v.detach().cpu() for k, v in model.state_dict().items()}, cfg)
     with atomic_path(out / "model.safetensors") as tmp:
         save_file(state, str(tmp), metadata={"format": "pt"})
-    write_json(out / "config.json", hf_config_from_vitkit(cfg, class_names))
+    config = hf_config_from_vitkit(cfg, class_names)
+    if thresholds is not None:
+        config.update(problem_type=MULTI_LABEL_PROBLEM, thresholds=list(thresholds))
+    write_json(out / "config.json", config)
     write_json(out / "preprocessor_config.json", image_processor_config(preprocessing))
     return out

@@ -40,7 +40,7 @@ from starlette.requests import ClientDisconnect
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ..data.images import BadImageError
-from ..predict import top_k
+from ..predict import classifier_predictions
 from ..runtime import available_cores
 from .limits import ServeLimits
 
@@ -265,7 +265,8 @@ def explanation(classifier, image: torch.Tensor) -> dict:
     shown = (shown.expand(3, -1, -1) if shown.shape[0] == 1 else shown).permute(1, 2, 0).numpy()
     heat = next(iter(maps.values()))[0].numpy()
     return {
-        "predictions": top_k(probs, classifier.class_names, 5)[0],
+        "predictions": classifier_predictions(classifier, probs, 5)[0],
+        "multi_label": classifier.multi_label,
         "input": png_data_url(shown),
         "overlay": png_data_url(overlay(shown, heat)),
     }
@@ -341,8 +342,11 @@ def create_app(
     app = FastAPI(title="vitkit", lifespan=lifespan)
     app.state.batcher = batcher
     app.add_middleware(RequestLog)
-    page_html = PAGE.replace("{{model}}", html.escape(classifier.name)).replace(
-        "{{summary}}", html.escape(classifier.summary)
+    shows = "every label above its threshold" if classifier.multi_label else "the top-5 classes"
+    page_html = (
+        PAGE.replace("{{model}}", html.escape(classifier.name))
+        .replace("{{summary}}", html.escape(classifier.summary))
+        .replace("{{shows}}", shows)
     )
 
     @app.exception_handler(ClientError)
@@ -369,7 +373,8 @@ def create_app(
 
     @app.get("/labels")
     async def labels():
-        return {"labels": classifier.class_names}
+        labels = {"labels": classifier.class_names, "multi_label": classifier.multi_label}
+        return {**labels, "thresholds": classifier.thresholds} if classifier.multi_label else labels
 
     @app.get("/", response_class=HTMLResponse)
     async def page():
@@ -379,7 +384,7 @@ def create_app(
     async def predict(request: Request):
         images = await read_images(request, limits, image_loader(classifier), decoder, inflight)
         probs = await batcher.submit([img for _, img in images])
-        preds = top_k(torch.stack(probs), classifier.class_names, topk)
+        preds = classifier_predictions(classifier, torch.stack(probs), topk)
         return [{"path": name, "predictions": p} for (name, _), p in zip(images, preds)]
 
     @app.post("/explain")

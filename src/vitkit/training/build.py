@@ -21,6 +21,7 @@ from ..pretrained.result import Pretrained
 from ..runtime import resolve_device, setup_threads, use_bf16
 from .config import TrainConfig, budget_sizes, model_spec
 from .distributed import DistContext, init_distributed
+from .losses import positive_weights
 from .sizing import choose_size, recorded_size, training_rate
 
 
@@ -58,7 +59,7 @@ class Setup:
     local_batch: int
     global_batch: int
     preprocessing: Preprocessing  # what the checkpoint records and inference repeats
-    class_weights: torch.Tensor | None = None  # of the training loss, on the device
+    class_weights: torch.Tensor | None = None  # of the training loss (multi-label: of positives), on the device
     budget_size: dict | None = None  # the --time-budget size choice (training/sizing.py), for run.json
 
     @property
@@ -105,6 +106,9 @@ def build(cfg: TrainConfig, runtime: Runtime) -> Setup:
         memory_limit_gb=cfg.memory_limit_gb,
         image_column=cfg.image_column,
         label_column=cfg.label_column,
+        labels=cfg.labels,
+        label_separator=cfg.label_separator,
+        multi_label=cfg.multi_label,
     )
     if data.num_classes < 2:
         raise ValueError(
@@ -154,13 +158,19 @@ def build(cfg: TrainConfig, runtime: Runtime) -> Setup:
 
     common = dict(device=runtime.device, rank=ctx.rank, world_size=ctx.world_size, workers=workers)
     labels = data.train.labels
+    if data.multi_label and cfg.sampler == "balanced":
+        raise ValueError(
+            "--sampler balanced draws every class equally, which label sets do not allow: for multi-label data "
+            "use --class-weights balanced (weights each label's positives) or --multilabel-loss asymmetric"
+        )
     sample_weights = balanced_sample_weights(labels, data.num_classes) if cfg.sampler == "balanced" else None
     train_loader = BatchLoader(
         data.train, local_batch, shuffle=True, seed=cfg.seed, drop_last=True, sample_weights=sample_weights, **common
     )
     class_weights = None
     if cfg.class_weights == "balanced":
-        class_weights = balanced_class_weights(labels, data.num_classes).to(runtime.device)
+        weights = positive_weights(labels) if data.multi_label else balanced_class_weights(labels, data.num_classes)
+        class_weights = weights.to(runtime.device)
     val_loader = BatchLoader(data.val, cfg.eval_batch_size, shuffle=False, **common)
     eval_split = "test" if data.test is not None else "val"
     eval_loader = (

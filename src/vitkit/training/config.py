@@ -57,8 +57,28 @@ class TrainConfig(AugmentSpec):
     )
     data_dir: str | None = _data(None, "download cache (default: $VITKIT_DATA, else ~/.cache/vitkit)")
     val_split: float = _data(0.1, "fraction of train held out for validation when the data has no val split")
-    image_column: str | None = _data(None, "Hugging Face data: the image column (default: the one Image feature)")
-    label_column: str | None = _data(None, "Hugging Face data: the label column (default: the ClassLabel feature)")
+    labels: str | None = _data(
+        None,
+        "a table (.csv, .tsv, .jsonl, .parquet) of the images under --data (a folder) and their label or labels, "
+        "one row per image; a split column (train/val/test) assigns rows to splits",
+    )
+    image_column: str | None = _data(
+        None,
+        "the image column: of Hugging Face data (default: the one Image feature), or of --labels (paths relative "
+        "to --data, with or without extension; default: a column named image, path, file, id, ...)",
+    )
+    label_column: str | None = _data(
+        None,
+        "the label column: of Hugging Face data (default: the ClassLabel feature), or of --labels: one column "
+        "(a class, a list such as ['a', 'b'], or names joined by --label-separator) or comma-separated 0/1 "
+        "columns (default: the table's 0/1 columns, else a column named label(s), tags, genre, ...)",
+    )
+    label_separator: str | None = _data(None, "--labels: the separator of several labels in one cell, e.g. '|'")
+    multi_label: bool | None = _data(
+        None,
+        "any number of labels per image: sigmoid outputs, thresholds per label, mAP (default: when --labels has "
+        "rows with several labels, or 0/1 label columns)",
+    )
     image_size: int | None = _data(None, "model input size in pixels (default: the dataset's or preset's)")
     resize_mode: str | None = _data(None, "crop | stretch: non-square to square (default: the pretrained's, else crop)")
     crop_pct: float | None = _data(None, "part of the resized image the centre crop keeps, as in timm (default: 1)")
@@ -103,14 +123,32 @@ class TrainConfig(AugmentSpec):
     plateau_factor: float = _optim(0.5, "plateau schedule: multiply the lr by this when the monitor stalls")
     plateau_patience: int = _optim(5, "plateau schedule: epochs without improvement before reducing")
     early_stopping: int = _optim(0, "stop after this many epochs without improvement; best weights kept (0: off)")
-    monitor: str = _optim("val_top1", "what best/, plateau and early stopping follow", choices=("val_top1", "val_loss"))
-    label_smoothing: float = _optim(0.0, "label smoothing in [0, 1)")
+    monitor: str = _optim(
+        "val_top1",
+        "what best/, plateau and early stopping follow; multi-label runs follow val_map (macro mAP) for val_top1",
+        choices=("val_top1", "val_loss", "val_map"),
+    )
+    label_smoothing: float = _optim(
+        0.0,
+        "label smoothing in [0, 1); multi-label: each label's 0/1 target moves this much toward 0.5 and beyond, "
+        "to 1 - s/2 and s/2",
+    )
     class_weights: str = _optim(
         "none",
         "training loss weight per class: balanced weighs class c by n/(k*count_c) (n training images, "
-        "k classes); the validation loss stays unweighted",
+        "k classes); multi-label: each label's positives by its negatives/positives; the validation loss "
+        "stays unweighted",
         choices=("none", "balanced"),
     )
+    multilabel_loss: str = _optim(
+        "bce",
+        "multi-label loss on sigmoid outputs: bce (binary cross-entropy) or asymmetric (Ridnik et al. 2021: "
+        "easy negatives down-weighted by p^gamma, very easy ones dropped; for imbalanced labels)",
+        choices=("bce", "asymmetric"),
+    )
+    asl_gamma_neg: float = _optim(4.0, "asymmetric loss: focusing exponent of the negatives")
+    asl_gamma_pos: float = _optim(0.0, "asymmetric loss: focusing exponent of the positives")
+    asl_clip: float = _optim(0.05, "asymmetric loss: probability shift of the negatives (0: off)")
     mixup: float = _optim(0.0, "MixUp Beta alpha (0: off)")
     cutmix: float = _optim(0.0, "CutMix Beta alpha (0: off)")
     grad_clip: float = _optim(0.0, "max gradient norm (0: off)")
@@ -195,13 +233,15 @@ class TrainConfig(AugmentSpec):
             "rotation",
             "zoom",
             "rrc_scale",
+            "asl_gamma_neg",
+            "asl_gamma_pos",
         )
         if self.memory_limit_gb is not None and self.memory_limit_gb < 0:
             raise ValueError(f"--memory-limit-gb must not be negative, got {self.memory_limit_gb}")
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ValueError(f"{flag(name)} must not be negative, got {getattr(self, name)}")
-        for name in ("label_smoothing", "ema"):
+        for name in ("label_smoothing", "ema", "asl_clip"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{flag(name)} must be in [0, 1), got {getattr(self, name)}")
         for name in ("random_erasing", "rrc_scale"):
@@ -224,6 +264,11 @@ class TrainConfig(AugmentSpec):
                     f"{flag(name)} needs one value per channel" + (", all positive" if name == "std" else "")
                 )
         tracker_names(self.log)
+        if self.labels is not None:
+            if not Path(self.data).is_dir():
+                raise ValueError(f"--labels needs --data to be the folder its image paths are under, got {self.data}")
+            if not Path(self.labels).is_file():
+                raise FileNotFoundError(f"--labels {self.labels}: no such file")
         if self.data not in BUILTIN and not self.data.startswith(HUB_PREFIX) and not Path(self.data).exists():
             close = difflib.get_close_matches(self.data, list(BUILTIN), n=1)
             hint = f" Did you mean {close[0]}?" if close else ""

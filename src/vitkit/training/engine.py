@@ -20,12 +20,14 @@ from ..data.augment import mix_batch
 from ..data.loader import epoch_seed
 from ..eval.loop import evaluate_loader
 from ..eval.metrics import MetricAccumulator
+from ..eval.multilabel import LossAccumulator, evaluate_multilabel
 from ..models import count_parameters
 from ..models.io import load_model
 from ..runtime import autocast
 from .build import Runtime, build
 from .callbacks import Callbacks, make_trackers
 from .config import TrainConfig
+from .losses import asymmetric_loss, binary_cross_entropy
 from .optim import build_optimizer, param_groups
 from .resume import capture_state, restore_state
 from .rundir import RunDir, checkpoint_metadata
@@ -45,13 +47,21 @@ class Trainer:
         self.setup = s = build(cfg, runtime)
         self.model, self.data, self.augment, self.train_loader = s.model, s.data, s.augment, s.train_loader
         self.image_size = s.image_size
+        self.multi_label = self.data.multi_label
+        if self.multi_label and self.ctx.enabled:
+            raise ValueError("multi-label data trains in one process for now: drop --nproc")
+        # what best/, plateau and early stopping follow: top-1 means nothing for label sets, mAP does
+        self.monitor = "val_map" if self.multi_label and cfg.monitor == "val_top1" else cfg.monitor
+        if self.monitor == "val_map" and not self.multi_label:
+            raise ValueError("--monitor val_map is for multi-label data: use val_top1 or val_loss")
+        self.thresholds: list[float] | None = None  # per label, tuned on the validation split each epoch
         head_scale = cfg.head_lr / cfg.lr if cfg.head_lr else 1.0
         groups = param_groups(self.model, cfg.weight_decay, cfg.layer_decay, head_scale, cfg.freeze_backbone)
         self.optimizer = build_optimizer(self.model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, groups)
         ema_fn = get_ema_multi_avg_fn(cfg.ema) if cfg.ema else None
         self.ema = AveragedModel(self.model, multi_avg_fn=ema_fn, use_buffers=True) if cfg.ema else None
         self.aug_gen = torch.Generator(device=self.device)
-        mode = "min" if cfg.monitor == "val_loss" else "max"
+        mode = "min" if self.monitor == "val_loss" else "max"
         self.plateau = Plateau(mode, cfg.plateau_factor, cfg.plateau_patience)
         self.stopper = Plateau(mode, patience=cfg.early_stopping)  # best-so-far of the monitored metric
         self.budget = TimeBudget(cfg.time_budget)
@@ -105,9 +115,7 @@ class Trainer:
             with contextlib.nullcontext() if final or not self.ctx.enabled else net.no_sync():
                 with autocast(self.device, self.bf16):
                     logits = net(x_part).float()
-                # with soft targets torch divides the (class-weighted) sum by the chunk's size, not by
-                # its weights' sum, so the chunks still add up to the whole batch's loss
-                part = F.cross_entropy(logits, target_part, weight=self.setup.class_weights)
+                part = self.loss(logits, target_part)
                 part = part * (x_part.shape[0] / x.shape[0])
                 (part / cfg.accum_steps).backward()
             all_logits.append(logits.detach())
@@ -123,11 +131,26 @@ class Trainer:
             self.step += 1
         return torch.cat(all_logits), loss
 
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The training loss of soft targets: cross-entropy, or for multi-label data BCE or the asymmetric
+        loss on sigmoid outputs (training/losses.py); all are means over the images."""
+        cfg, weights = self.cfg, self.setup.class_weights
+        if not self.multi_label:
+            # with soft targets torch divides the (class-weighted) sum by the chunk's size, not by
+            # its weights' sum, so the chunks still add up to the whole batch's loss
+            return F.cross_entropy(logits, targets, weight=weights)
+        if cfg.multilabel_loss == "asymmetric":
+            return asymmetric_loss(logits, targets, cfg.asl_gamma_neg, cfg.asl_gamma_pos, cfg.asl_clip, weights)
+        return binary_cross_entropy(logits, targets, weights)
+
     # -- one epoch ---------------------------------------------------------------------------
     def train_epoch(self, net: nn.Module, epoch: int, start_batch: int) -> dict:
         cfg, ctx = self.cfg, self.ctx
         net.train()
-        acc = MetricAccumulator(self.data.num_classes, device=self.device)
+        if self.multi_label:
+            acc = LossAccumulator(device=self.device)
+        else:
+            acc = MetricAccumulator(self.data.num_classes, device=self.device)
         first_bad_step = torch.full((), -1, device=self.device)  # kept on the device: no sync per step
         bar = tqdm(
             total=self.steps_per_epoch,
@@ -148,9 +171,10 @@ class Trainer:
             bar.update(1)
             if b % LOG_EVERY == 0 or b + 1 == self.steps_per_epoch:  # sync point: read the device's sums
                 self.check_finite(int(first_bad_step))
+                accuracy = {} if self.multi_label else {"acc": f"{acc.correct / acc.count:.3f}"}
                 bar.set_postfix(
                     loss=f"{acc.loss_sum / acc.count:.3f}",
-                    acc=f"{acc.correct / acc.count:.3f}",
+                    **accuracy,
                     lr=f"{self.lr:.2e}",
                     img_s=f"{seen * ctx.world_size / (time.perf_counter() - t_start):.0f}",
                 )
@@ -166,13 +190,8 @@ class Trainer:
             acc.load_tensor(ctx.all_reduce_sum(acc.as_tensor()))
         train = acc.compute()
         rate = seen * ctx.world_size / max(time.perf_counter() - t_start, 1e-9)
-        return {
-            "train_loss": train["loss"],
-            "train_top1": train["top1"],
-            "train_top5": train["top5"],
-            "lr": self.lr,
-            "images_per_s": rate,
-        }
+        accuracy = {} if self.multi_label else {"train_top1": train["top1"], "train_top5": train["top5"]}
+        return {"train_loss": train["loss"], **accuracy, "lr": self.lr, "images_per_s": rate}
 
     def check_finite(self, first_bad_step: int) -> None:
         if first_bad_step >= 0:
@@ -220,16 +239,13 @@ class Trainer:
                 torch.manual_seed(epoch_seed(cfg.seed, epoch, 1))
                 self.aug_gen.manual_seed(epoch_seed(cfg.seed, epoch, 2 + ctx.rank))
             row = {"epoch": epoch + 1, **self.train_epoch(net, epoch, start_batch if epoch == start_epoch else 0)}
-            val = self.evaluate(self.eval_model(), self.setup.val_loader)
-            row.update(
-                val_loss=val["loss"], val_top1=val["top1"], val_top5=val["top5"], time_s=round(self.budget.elapsed(), 2)
-            )
+            row.update(self.validate(), time_s=round(self.budget.elapsed(), 2))
             self.history.append(row)
-            if self.stopper.step(row[cfg.monitor]):
+            if self.stopper.step(row[self.monitor]):
                 self.best_epoch = epoch + 1
                 run.save_checkpoint("best", self.eval_model(), self.metadata())
             if cfg.schedule == "plateau":
-                self.plateau.step(row[cfg.monitor])
+                self.plateau.step(row[self.monitor])
                 self.plateau.reduce_if_stalled()
             self.refit_budget()
             epoch += 1
@@ -238,7 +254,7 @@ class Trainer:
             self.callbacks.call("on_epoch_end", row["epoch"], dict(row))
             self.log(row)
             if cfg.early_stopping and self.stopper.wait >= cfg.early_stopping:
-                self.log(f"early stopping: no {cfg.monitor} improvement for {cfg.early_stopping} epochs")
+                self.log(f"early stopping: no {self.monitor} improvement for {cfg.early_stopping} epochs")
                 self.stopped_by = "early_stopping"
                 break
             if ctx.any(not self.budget.another_epoch_fits(len(self.history))):
@@ -248,6 +264,18 @@ class Trainer:
     def finish(self) -> dict[str, Any]:
         """Evaluate the best checkpoint on the reported split (test, else validation), write
         results.json and the plots."""
+        metrics, draw, summary = self.final_multilabel() if self.multi_label else self.final_single()
+        results = {"test": metrics, **self.run_summary()}
+        self.run.write_results(results)
+        self.callbacks.call("on_train_end", {**results, "run_dir": str(self.run.path)})
+        if self.ctx.is_main:
+            draw()
+        self.end_run()
+        self.log(f"{self.setup.eval_split} {summary}  ->  {self.run.path}")
+        return {**results, "run_dir": str(self.run.path)}
+
+    def final_single(self):
+        """(metrics, figure drawing, summary line) of the best checkpoint; every rank evaluates its shard."""
         from ..viz.report import write_report
 
         ctx, setup = self.ctx, self.setup
@@ -256,14 +284,41 @@ class Trainer:
         if ctx.enabled:  # every rank evaluates its shard with rank 0's best weights
             state = {k: v.cpu() for k, v in best.state_dict().items()} if ctx.is_main else None
             best.load_state_dict(ctx.broadcast_object(state))
-        metrics = self.evaluate(best, setup.eval_loader, self.data.class_names)
-        results = {
-            "test": metrics,
+        m = self.evaluate(best, setup.eval_loader, self.data.class_names)
+        names, history = self.data.class_names, self.history
+        return (
+            m,
+            lambda: write_report(self.run.path, best, setup.eval_loader.split, self.augment, names, history, m),
+            f"top-1 {m['top1']:.4f}  top-5 {m['top5']:.4f}  f1-macro {m['f1_macro']:.4f}",
+        )
+
+    def final_multilabel(self):
+        """`final_single` for multi-label data: the best checkpoint at its own thresholds (tuned on the
+        validation split when it was saved): mAP, F1, the per-label table and figures."""
+        from ..viz.report import write_multilabel_report
+
+        split = self.setup.eval_loader
+        best, meta = load_model(self.run.checkpoint("best"))
+        best = best.to(self.device)
+        m, scores, targets = evaluate_multilabel(best, split, self.augment, self.data.class_names, meta["thresholds"])
+        return (
+            {**m, "thresholds_from": "val"},
+            lambda: write_multilabel_report(
+                self.run.path, best, split.split, self.augment, self.history, m, scores, targets
+            ),
+            f"mAP macro {m['map_macro']:.4f}  micro {m['map_micro']:.4f}  f1-macro {m['f1_macro']:.4f}  "
+            f"f1-micro {m['f1_micro']:.4f}",
+        )
+
+    def run_summary(self) -> dict[str, Any]:
+        """results.json beside the metrics: how the run went and what it was."""
+        ctx, setup = self.ctx, self.setup
+        return {
             "test_split": setup.eval_split,
             "best_epoch": self.best_epoch,
             "epochs_run": len(self.history),
             "stopped_by": self.stopped_by,
-            "monitor": self.cfg.monitor,
+            "monitor": self.monitor,
             "train_time_s": round(self.budget.elapsed(), 1),
             "parameters": count_parameters(self.model),
             "model": setup.model_name,
@@ -275,26 +330,32 @@ class Trainer:
             "per_device_batch_size": setup.local_batch,
             "lr": self.cfg.lr,
         }
-        self.run.write_results(results)
-        self.callbacks.call("on_train_end", {**results, "run_dir": str(self.run.path)})
-        if ctx.is_main:
-            write_report(
-                self.run.path, best, setup.eval_loader.split, self.augment, self.data.class_names, self.history, metrics
-            )
+
+    def end_run(self) -> None:
         self.run.write_config(self.cfg, ran=(len(self.history), self.stopped_by))
         self.run.write_status(
             "complete", {**self.run_info(), "epochs_run": len(self.history), "stopped_by": self.stopped_by}
         )
-        self.log(
-            f"{setup.eval_split} top-1 {metrics['top1']:.4f}  top-5 {metrics['top5']:.4f}  "
-            f"f1-macro {metrics['f1_macro']:.4f}  ->  {self.run.path}"
-        )
-        return {**results, "run_dir": str(self.run.path)}
 
     # -- helpers -----------------------------------------------------------------------------
     def evaluate(self, model: nn.Module, loader, class_names=None) -> dict:
         reduce = self.ctx.all_reduce_sum if self.ctx.enabled else None
         return evaluate_loader(model, loader, self.augment, self.data.num_classes, reduce).compute(class_names)
+
+    def validate(self) -> dict[str, float]:
+        """The validation columns of an epoch's row; for multi-label data the thresholds are tuned here."""
+        model, loader = self.eval_model(), self.setup.val_loader
+        if not self.multi_label:
+            val = self.evaluate(model, loader)
+            return {"val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"]}
+        val, _, _ = evaluate_multilabel(model, loader, self.augment, self.data.class_names, tune=True)
+        self.thresholds = val["thresholds"]
+        return {
+            "val_loss": val["loss"],
+            "val_map": val["map_macro"],
+            "val_map_micro": val["map_micro"],
+            "val_f1": val["f1_macro"],
+        }
 
     def eval_model(self) -> nn.Module:
         return self.ema.module if self.ema is not None else self.model
@@ -308,7 +369,10 @@ class Trainer:
         return torch.compile(net) if self.cfg.compile else net
 
     def metadata(self) -> dict:
-        return checkpoint_metadata(self.cfg, self.setup)
+        meta = checkpoint_metadata(self.cfg, self.setup)
+        if self.multi_label:
+            meta.update(multi_label=True, thresholds=self.thresholds)
+        return meta
 
     def run_info(self) -> dict:
         return self.setup.run_info(self.ctx.world_size, self.device)
@@ -316,7 +380,13 @@ class Trainer:
     def log(self, row: dict | str) -> None:
         if not self.ctx.is_main or self.cfg.quiet:
             return
-        if isinstance(row, dict):
+        if isinstance(row, dict) and self.multi_label:
+            row = (
+                f"epoch {row['epoch']:>3}  loss {row['train_loss']:.4f}  val_loss {row['val_loss']:.4f}  "
+                f"val_mAP {row['val_map']:.4f}  val_mAP_micro {row['val_map_micro']:.4f}  lr {row['lr']:.2e}  "
+                f"{row['images_per_s']:.0f} img/s"
+            )
+        elif isinstance(row, dict):
             row = (
                 f"epoch {row['epoch']:>3}  loss {row['train_loss']:.4f}  val_loss {row['val_loss']:.4f}  "
                 f"val_top1 {row['val_top1']:.4f}  val_top5 {row['val_top5']:.4f}  lr {row['lr']:.2e}  "

@@ -48,6 +48,9 @@ METRIC_FIELDS = (
     "lr",
     "images_per_s",
     "time_s",
+    "val_map",
+    "val_map_micro",
+    "val_f1",
 )
 
 
@@ -168,7 +171,9 @@ class RunDir:
         if not self.writer:
             return
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=METRIC_FIELDS, extrasaction="ignore")
+        # a multi-label run has mAP columns and no top-k ones
+        fields = [f for f in METRIC_FIELDS if any(f in row for row in history)] or list(METRIC_FIELDS)
+        writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(history)
         with atomic_path(self.path / "metrics.csv") as tmp:

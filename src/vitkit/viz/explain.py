@@ -66,7 +66,8 @@ def explain_tensor(classifier, images: torch.Tensor) -> tuple[torch.Tensor, dict
     x = classifier.augment.eval(images.to(classifier.device))
     model.eval()
     with torch.inference_mode():
-        probs = model(x).float().softmax(-1)
+        logits = model(x).float()
+        probs = logits.sigmoid() if getattr(classifier, "multi_label", False) else logits.softmax(-1)
     if model.attention_layers:
         maps = attention_maps(model, x)
     else:
@@ -94,8 +95,10 @@ def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndarr
     return (image * (1 - alpha) + coloured * alpha).clip(0, 255).astype(np.uint8)
 
 
-def render_explanation(image: np.ndarray, maps: dict[str, np.ndarray], top: list[dict], path_or_buffer) -> None:
-    """Image, one overlay per map and the top-5 bars, side by side."""
+def render_explanation(
+    image: np.ndarray, maps: dict[str, np.ndarray], top: list[dict], path_or_buffer, title: str | None = None
+) -> None:
+    """Image, one overlay per map and the top-5 bars (titled `title`, default top-k), side by side."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -117,7 +120,7 @@ def render_explanation(image: np.ndarray, maps: dict[str, np.ndarray], top: list
     bars.barh(range(len(top)), scores, color="tab:blue")
     bars.set_yticks(range(len(top)), labels)
     bars.set_xlim(0, 1)
-    bars.set_title(f"top-{len(top)}")
+    bars.set_title(title or f"top-{len(top)}")
     for i, s in enumerate(scores):
         bars.text(min(s + 0.02, 0.8), i, f"{s:.3f}", va="center", fontsize=8)
     fig.tight_layout()
@@ -126,14 +129,16 @@ def render_explanation(image: np.ndarray, maps: dict[str, np.ndarray], top: list
 
 
 def explain_image(classifier, source, out: str | os.PathLike | io.BytesIO, topk: int = 5) -> list[dict]:
-    """Write the explanation figure for one image file; return its top-k predictions."""
-    from ..predict import top_k
+    """Write the explanation figure for one image file; return its top-k predictions (multi-label: the
+    labels above their thresholds)."""
+    from ..predict import classifier_predictions
     from .report import display_images
 
     images = classifier.preprocessing.load_tensor(source).unsqueeze(0)
     probs, maps = explain_tensor(classifier, images)
     shown = display_images(images, classifier.augment)[0]
     shown = shown.expand(3, -1, -1) if shown.shape[0] == 1 else shown
-    top = top_k(probs, classifier.class_names, topk)[0]
-    render_explanation(shown.permute(1, 2, 0).numpy(), {k: v[0].numpy() for k, v in maps.items()}, top, out)
+    top = classifier_predictions(classifier, probs, topk)[0]
+    title = "labels above their thresholds" if getattr(classifier, "multi_label", False) else None
+    render_explanation(shown.permute(1, 2, 0).numpy(), {k: v[0].numpy() for k, v in maps.items()}, top, out, title)
     return top

@@ -42,6 +42,8 @@ def plot_curves(history: list[dict], num_classes: int, path) -> None:
     panels = [("loss", "loss"), ("top1", "top-1 accuracy")]
     if num_classes >= TOP5_MIN_CLASSES:
         panels.append(("top5", "top-5 accuracy"))
+    if any("val_map" in h for h in history):  # multi-label: mAP of the validation split
+        panels = [("loss", "loss"), ("map", "mAP (macro)"), ("map_micro", "mAP (micro)")]
     fig, axes = plt.subplots(1, len(panels) + 1, figsize=(4.6 * (len(panels) + 1), 3.8), layout="constrained")
     for ax, (key, title) in zip(axes, panels):
         for split, style in (("train", "-o"), ("val", "-s")):
@@ -49,7 +51,8 @@ def plot_curves(history: list[dict], num_classes: int, path) -> None:
             if _finite(values):
                 ax.plot(epochs, [np.nan if v is None else v for v in values], style, label=split, markersize=3)
         ax.set_title(title)
-        ax.legend()
+        if ax.lines:
+            ax.legend()
     lr_axis = axes[-1]
     lr_axis.plot(epochs, [h.get("lr", np.nan) for h in history], "-o", color="tab:green", markersize=3)
     lr_axis.set_title("learning rate (end of epoch)")
@@ -170,4 +173,42 @@ def plot_lr_find(lrs: list[float], losses: list[float], smoothed: list[float], s
     ax.set_title("learning-rate sweep")
     ax.grid(alpha=0.3)
     ax.legend()
+    _save(fig, path)
+
+
+def plot_label_ap(report: dict, path) -> None:
+    """Average precision per label, most frequent label first, bars annotated with the label's positives;
+    macro and micro mAP as lines."""
+    items = sorted(report["per_label"].items(), key=lambda item: -item[1]["support"])
+    names = [name for name, _ in items]
+    ap = [np.nan if m["ap"] is None else m["ap"] for _, m in items]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.32 * len(names) + 2), 4.2), layout="constrained")
+    ax.bar(range(len(names)), ap, color="tab:blue")
+    for i, (_, m) in enumerate(items):
+        ax.text(i, (0 if m["ap"] is None else m["ap"]) + 0.01, str(m["support"]), ha="center", fontsize=6)
+    ax.axhline(report["map_macro"], color="tab:red", linestyle="--", label=f"macro mAP {report['map_macro']:.3f}")
+    ax.axhline(report["map_micro"], color="tab:green", linestyle=":", label=f"micro mAP {report['map_micro']:.3f}")
+    ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("average precision")
+    ax.set_title("average precision per label (number above: positives)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    _save(fig, path)
+
+
+def plot_precision_recall(curves: dict[str, tuple], path) -> None:
+    """Precision against recall: {name: (precision, recall, average precision)}, e.g. all labels pooled
+    (micro) and the most frequent labels."""
+    fig, ax = plt.subplots(figsize=(6, 5), layout="constrained")
+    for i, (name, (precision, recall, ap)) in enumerate(curves.items()):
+        style = dict(color="black", linewidth=2) if i == 0 else dict(linewidth=1, alpha=0.8)
+        ax.step(recall, precision, where="post", label=f"{name} (AP {ap:.3f})", **style)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_title("precision-recall")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
     _save(fig, path)

@@ -45,6 +45,56 @@ def write_report(run_dir: Path, model, test_split, augment, class_names, history
         plots.plot_patches(shown[0], model.patch_size, run_dir / "patches.png")
 
 
+PR_CURVE_LABELS = 5  # the precision-recall figure draws the pooled curve and the most frequent labels
+TITLE_LABELS = 3  # predicted labels named in a prediction's title, best first; the rest counted
+
+
+@torch.inference_mode()
+def write_multilabel_report(run_dir: Path, model, test_split, augment, history, report, scores, targets):
+    """The figures and table of a multi-label run: curves, AP per label, precision-recall, predictions
+    (predicted label sets against the true ones) and per_label.csv."""
+    import csv
+    import io
+
+    from ..eval.multilabel import precision_recall_curve
+    from ..fileio import atomic_path
+    from . import plots
+
+    names = report["class_names"]
+    plots.plot_curves(history, len(names), run_dir / "curves.png")
+    plots.plot_label_ap(report, run_dir / "label_ap.png")
+    curves = {"all labels (micro)": (*precision_recall_curve(scores.flatten(), targets.flatten()), report["map_micro"])}
+    for k in targets.sum(0).argsort(descending=True)[:PR_CURVE_LABELS].tolist():
+        if report["per_label"][names[k]]["ap"] is not None:
+            curves[names[k]] = (
+                *precision_recall_curve(scores[:, k], targets[:, k]),
+                report["per_label"][names[k]]["ap"],
+            )
+    plots.plot_precision_recall(curves, run_dir / "precision_recall.png")
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["label", "ap", "threshold", "precision", "recall", "f1", "support"])
+    for name, m in report["per_label"].items():
+        writer.writerow([name, m["ap"], m["threshold"], m["precision"], m["recall"], m["f1"], m["support"]])
+    with atomic_path(run_dir / "per_label.csv") as tmp:
+        tmp.write_text(buffer.getvalue())
+    images, labels = sample_images(test_split, 16)
+    device = next(model.parameters()).device
+    model.eval()
+    probs = model(augment.eval(images.to(device))).float().sigmoid().cpu()
+    thresholds = torch.tensor(report["thresholds"])
+    titles, mistakes = [], []
+    for row, truth in zip(probs, labels):
+        above = sorted((k for k in (row >= thresholds).nonzero().flatten().tolist()), key=lambda k: -row[k])
+        true = {names[k] for k in truth.nonzero().flatten().tolist()}
+        shown_labels = ", ".join(names[k] for k in above[:TITLE_LABELS])
+        more = f" +{len(above) - TITLE_LABELS}" if len(above) > TITLE_LABELS else ""
+        titles.append(f"{shown_labels or '-'}{more}\ntrue: {', '.join(sorted(true))}")
+        mistakes.append({names[k] for k in above} != true)
+    shown = display_images(images, augment).numpy()
+    plots.plot_image_grid(shown, titles, run_dir / "predictions.png", "test label sets (red: not exact)", mistakes)
+
+
 def target_title(target: torch.Tensor, class_names: list[str]) -> str:
     """The classes a (possibly mixed or smoothed) target is made of: 'cat', or 'cat 0.70 + dog 0.30'."""
     weights, classes = target.sort(descending=True)

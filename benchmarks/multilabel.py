@@ -1,0 +1,230 @@
+"""Multi-label recipes on the movie posters at equal wall clock, against the label-frequency baseline.
+
+A seeded 15% of the posters is held out (stratified by each poster's rarest genre) and written, with the
+table's other rows marked train, as a copy of train.csv with a `split` column; every recipe trains on
+the rest for the same --time-budget (its own validation split picks best/ and tunes the thresholds) and
+is scored on the held-out part: macro and micro mAP, F1 at its thresholds. The baseline scores every
+poster with each genre's frequency in the training rows. Then `vitkit predict` on the held-out posters
+(label sets), and a small plain ViT exported to the Hugging Face layout, whose transformers pipeline must
+give the same labels above the thresholds and the same scores (within 1e-3) on every held-out poster.
+
+    python benchmarks/multilabel.py --minutes 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from common import REPO, SHARED_DATA, machine, print_table, project_path, write_json
+
+from vitkit.data.splits import stratified_split
+from vitkit.eval.multilabel import multilabel_report
+
+POSTERS = SHARED_DATA / "movie-posters"
+HOLD_OUT = 0.15
+SCORE_TOLERANCE = 1e-3
+# A ViT that transformers' ViTForImageClassification holds (patches, class token), for the export check.
+PARITY_MODEL = ["stem=patch", "class_token=true", "pool=cls", "patch_size=4"]
+
+
+def held_out_table(table: Path, out: Path, seed: int):
+    """train.csv with a split column (test for the held-out rows); the genre names, the 0/1 labels of
+    the train and test rows, and the held-out posters' ids."""
+    with open(table, newline="") as f:
+        reader = csv.DictReader(f)
+        fields, rows = list(reader.fieldnames), list(reader)
+    genres = fields[2:]
+    labels = torch.tensor([[float(r[g]) for g in genres] for r in rows])
+    _, test = stratified_split(labels, HOLD_OUT, seed)
+    held = set(test.tolist())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields + ["split"])
+        writer.writeheader()
+        for i, row in enumerate(rows):
+            writer.writerow({**row, "split": "test" if i in held else "train"})
+    train = torch.tensor([i for i in range(len(rows)) if i not in held])
+    return out, genres, labels[train], labels[test], [rows[i]["Id"] for i in test.tolist()]
+
+
+def frequency_baseline(train: torch.Tensor, test: torch.Tensor, genres: list[str]) -> dict:
+    """Every poster scored with each genre's training frequency: macro mAP is the mean frequency of the
+    genres in the test rows, micro mAP what ranking (poster, genre) pairs by genre frequency gives."""
+    prior = train.mean(0).expand_as(test)
+    report = multilabel_report(prior, test, genres)
+    return {"map_macro": report["map_macro"], "map_micro": report["map_micro"]}
+
+
+def vitkit_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "vitkit", *args]
+
+
+def train(preset: str, table: Path, minutes: float, out: Path, extra: list[str]) -> dict:
+    args = ["train", "--preset", preset, "--data", str(POSTERS), "--labels", str(table)]
+    args += ["--time-budget", str(minutes), "--out", str(out), "--no-progress", *extra]
+    started = time.perf_counter()
+    subprocess.run(vitkit_command(*args), check=True, cwd=REPO)
+    results = json.loads((out / "results.json").read_text())
+    test = results["test"]
+    return {
+        "recipe": preset,
+        "command": "vitkit " + " ".join(shown(a) for a in args),
+        "epochs": results["epochs_run"],
+        "params_m": results["parameters"] / 1e6,
+        "map_macro": test["map_macro"],
+        "map_micro": test["map_micro"],
+        "f1_macro": test["f1_macro"],
+        "f1_micro": test["f1_micro"],
+        "train_time_s": results["train_time_s"],
+        "wall_s": round(time.perf_counter() - started, 1),
+        "test_images": test["count"],
+    }
+
+
+def shown(arg: str) -> str:
+    """A command argument as the results record it: paths relative to the project."""
+    return project_path(arg) if arg.startswith("/") else arg
+
+
+def predict_label_sets(run: Path, images: list[Path]) -> tuple[list[dict], str]:
+    args = ["predict", str(run), *map(str, images), "--format", "json", "--backend", "torch"]
+    done = subprocess.run(vitkit_command(*args), check=True, cwd=REPO, capture_output=True, text=True)
+    command = f"vitkit predict {shown(str(run))} <{len(images)} held-out posters> --format json --backend torch"
+    return json.loads(done.stdout), command
+
+
+def label_set_summary(results: list[dict], truth: dict[str, set[str]]) -> dict:
+    sets = [{p["label"] for p in r["predictions"]} for r in results]
+    true = [truth[Path(r["path"]).stem] for r in results]
+    return {
+        "images": len(results),
+        "with_a_label": sum(bool(s) for s in sets),
+        "mean_labels": sum(map(len, sets)) / len(sets),
+        "exact_match": sum(s == t for s, t in zip(sets, true)) / len(sets),
+        "examples": [
+            {"poster": Path(r["path"]).name, "predicted": r["predictions"], "true": sorted(t)}
+            for r, t in list(zip(results, true))[:3]
+        ],
+    }
+
+
+def pipeline_parity(run: Path, export: Path, images: list[Path]) -> dict:
+    """`vitkit export --format hf`, then transformers' pipeline against vitkit on every image."""
+    from PIL import Image
+    from transformers import pipeline
+
+    import vitkit
+
+    subprocess.run(vitkit_command("export", str(run), str(export), "--format", "hf"), check=True, cwd=REPO)
+    classifier = vitkit.load(run, backend="torch")
+    hf = pipeline("image-classification", model=str(export), device="cpu")
+    thresholds = dict(zip(classifier.class_names, classifier.thresholds))
+    same_labels, worst, problem = 0, 0.0, json.loads((export / "config.json").read_text()).get("problem_type")
+    for start in range(0, len(images), 64):
+        chunk = images[start : start + 64]
+        ours = classifier.predict([str(p) for p in chunk])
+        theirs = hf([Image.open(p) for p in chunk], top_k=len(classifier.class_names))
+        for mine, other in zip(ours, theirs):
+            scores = {p["label"]: p["score"] for p in other}
+            above = {label for label, score in scores.items() if score >= thresholds[label]}
+            same_labels += above == {p["label"] for p in mine["predictions"]}
+            worst = max([worst] + [abs(p["score"] - scores[p["label"]]) for p in mine["predictions"]])
+        all_scores = classifier.predict_tensor(
+            torch.stack([classifier.preprocessing.load_tensor(p) for p in chunk])
+        ).tolist()
+        for row, other in zip(all_scores, theirs):
+            scores = {p["label"]: p["score"] for p in other}
+            worst = max(worst, *(abs(s - scores[n]) for n, s in zip(classifier.class_names, row)))
+    return {
+        "images": len(images),
+        "problem_type": problem,
+        "same_labels_above_threshold": same_labels,
+        "max_abs_score_diff": worst,
+        "agrees": same_labels == len(images) and worst <= SCORE_TOLERANCE,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=5.0, help="training budget of each recipe")
+    parser.add_argument("--parity-minutes", type=float, default=1.0, help="training budget of the export check's ViT")
+    parser.add_argument("--recipes", nargs="+", default=["multilabel-vit", "multilabel-resnet"])
+    parser.add_argument("--seed", type=int, default=0, help="seed of the held-out split")
+    parser.add_argument("--work", default="runs/multilabel-benchmark", help="run folders and the split table")
+    parser.add_argument("--out", default="benchmarks/results/multilabel_posters.json")
+    args = parser.parse_args()
+    if not (POSTERS / "train.csv").is_file():
+        print(f"no movie posters at {POSTERS}", file=sys.stderr)
+        return 1
+    work = REPO / args.work
+    if work.exists():
+        print(f"{work} exists: remove it or pass another --work", file=sys.stderr)
+        return 1
+    table, genres, train_labels, test_labels, test_ids = held_out_table(
+        POSTERS / "train.csv", work / "posters-split.csv", args.seed
+    )
+    baseline = frequency_baseline(train_labels, test_labels, genres)
+    rows = [{"recipe": "label frequency", "map_macro": baseline["map_macro"], "map_micro": baseline["map_micro"]}]
+    for recipe in args.recipes:
+        rows.append(train(recipe, table, args.minutes, work / recipe, []))
+        print_table(rows[-1:], [("recipe", "recipe", ""), ("map_macro", "mAP macro", ".4f")])
+
+    images = [POSTERS / "Images" / f"{i}.jpg" for i in test_ids]
+    truth = {i: {g for g, y in zip(genres, row.tolist()) if y} for i, row in zip(test_ids, test_labels)}
+    predicted, predict_command = predict_label_sets(work / args.recipes[0], images)
+    label_sets = {"command": predict_command, **label_set_summary(predicted, truth)}
+
+    parity_args = [a for pair in PARITY_MODEL for a in ("--model-arg", pair)]
+    parity_run = train("multilabel-vit", table, args.parity_minutes, work / "parity-vit", parity_args)
+    parity = {
+        "run": parity_run,
+        "export_command": f"vitkit export {shown(str(work / 'parity-vit'))} <folder> --format hf",
+        **pipeline_parity(work / "parity-vit", work / "parity-vit-hf", images),
+    }
+
+    columns = [
+        ("recipe", "recipe", ""),
+        ("epochs", "epochs", "d"),
+        ("params_m", "params (M)", ".2f"),
+        ("map_macro", "mAP macro", ".4f"),
+        ("map_micro", "mAP micro", ".4f"),
+        ("f1_macro", "F1 macro", ".4f"),
+        ("f1_micro", "F1 micro", ".4f"),
+        ("train_time_s", "train s", ".0f"),
+    ]
+    print(f"\nmovie posters: {len(test_ids)} held-out posters, {args.minutes:g} minutes per recipe")
+    print_table(rows, columns)
+    print(f"\nvitkit predict: {json.dumps({k: v for k, v in label_sets.items() if k != 'examples'})}")
+    print(f"transformers pipeline against vitkit: {json.dumps({k: v for k, v in parity.items() if k != 'run'})}")
+    write_json(
+        REPO / args.out,
+        {
+            "benchmark": "multi-label movie posters at equal wall clock",
+            "command": "python benchmarks/multilabel.py " + " ".join(sys.argv[1:]),
+            "machine": machine(),
+            "data": project_path(str(POSTERS)),
+            "held_out": {
+                "fraction": HOLD_OUT,
+                "seed": args.seed,
+                "posters": len(test_ids),
+                "training_posters": len(train_labels),
+                "how": "stratified by each poster's rarest genre (vitkit.data.splits.stratified_split)",
+            },
+            "minutes_per_recipe": args.minutes,
+            "rows": rows,
+            "predict_label_sets": label_sets,
+            "hf_pipeline_parity": parity,
+        },
+    )
+    return 0 if parity["agrees"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
