@@ -1,10 +1,15 @@
-"""Regenerate the README's benchmark section from benchmarks/results/*.json.
+"""The benchmarks page of the documentation, generated from benchmarks/results/*.json.
 
-python benchmarks/report.py          # rewrites the part of README.md between the markers
+python benchmarks/report.py              # print the page (Markdown)
+python benchmarks/report.py --out FILE   # write it
+
+The documentation build (docs/hooks.py) calls `page()`, so the site always shows the files as committed.
+Every row carries the date it was measured and the machine it ran on.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -12,7 +17,7 @@ import yaml
 from common import REPO
 
 RESULTS = REPO / "benchmarks" / "results"
-START, END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
+CURVES = "curves"  # where the site serves the time-to-accuracy curves (docs/hooks.py copies them there)
 
 
 def load(name: str) -> dict | None:
@@ -20,11 +25,14 @@ def load(name: str) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def machine_line(data: dict) -> str:
+def machine_name(data: dict) -> str:
+    """The machine of a result in a few words: CPU (or GPU), cores, instruction set, native bf16."""
     m = data["machine"]
-    bf16 = f", bf16 on {m['cpu_bf16'].upper()}" if m.get("cpu_bf16") else ""
-    where = m["cuda"] or f"{m['cpu']}, {m['cores']} cores, {m['torch_threads']} threads ({m['cpu_capability']}{bf16})"
-    return f"{m['date']}, {where}, torch {m['torch']}"
+    if m.get("cuda"):
+        return m["cuda"]
+    cpu = m["cpu"].replace("(R)", "").replace(" Processor", "").strip()
+    bf16 = f" + {m['cpu_bf16'].upper()} bf16" if m.get("cpu_bf16") else ""
+    return f"{cpu}, {m['cores']} cores, {m['cpu_capability']}{bf16}"
 
 
 def cell(row: dict, key: str, fmt: str, suffix: str = "") -> str:
@@ -33,126 +41,103 @@ def cell(row: dict, key: str, fmt: str, suffix: str = "") -> str:
 
 
 def result_files(stem: str) -> list[tuple[dict, str]]:
-    """Each saved result of a benchmark with the flag that names its file: the current file first, then
-    those kept from other machines (renamed by date and CPU)."""
-    paths = sorted(RESULTS.glob(f"{stem}*.json"), key=lambda p: p.name != f"{stem}.json")
-    return [
-        (json.loads(path.read_text()), "" if path.name == f"{stem}.json" else f" --json benchmarks/results/{path.name}")
-        for path in paths
-    ]
+    """Each saved result of a benchmark, newest first, with the flag that names its file (none for the
+    current file; those kept from other machines are renamed by date and CPU)."""
+    found = [(json.loads(path.read_text()), path.name) for path in RESULTS.glob(f"{stem}*.json")]
+    found.sort(key=lambda item: (item[0]["machine"]["date"], item[1] == f"{stem}.json"), reverse=True)
+    return [(data, "" if name == f"{stem}.json" else f" --json benchmarks/results/{name}") for data, name in found]
 
 
 def table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
-def section() -> list[str]:
+def dated(data: dict) -> list[str]:
+    """The first cells of every row: when and where it was measured."""
+    return [data["machine"]["date"], machine_name(data)]
+
+
+def machines() -> list[str]:
+    """Every machine named on the page, with its torch build and threads."""
+    seen: dict[str, dict] = {}
+    for path in sorted(RESULTS.glob("**/*.json")):
+        data = json.loads(path.read_text())
+        if "machine" in data:
+            seen.setdefault(machine_name(data), data["machine"])
+    rows = [
+        [name, m["cpu"] if not m.get("cuda") else m["cuda"], str(m["torch_threads"]), m["torch"]]
+        for name, m in sorted(seen.items())
+    ]
+    return table(["machine", "reported as", "torch threads", "torch"], rows)
+
+
+def time_to_accuracy() -> list[str]:
+    runs = [json.loads(path.read_text()) | {"stem": path.stem} for path in RESULTS.glob("time_to_accuracy/*.json")]
     out: list[str] = []
-    for data, where in result_files("vs_keras"):
-        bf16 = any(r.get("vitkit_bf16") for r in data["rows"])
-        default = "bf16 autocast on this CPU" if bf16 else "fp32 on this CPU, which has no native bf16"
-        out += [
-            "",
-            f"**Seed presets against the Keras 3 + JAX reference** ({machine_line(data)}; "
-            f"`python benchmarks/vs_keras.py --models vit mixer{' --compile' if data.get('compile') else ''}{where}`, "
-            "batch 256, real CIFAR images, training img/s after compilation; the first step includes compilation "
-            f"and is not in the rate). Keras trains in fp32; vitkit is measured with its defaults ({default}) "
-            "and in fp32, so the second ratio is the implementation's alone:",
-            "",
-        ]
+    for data_name in sorted({Path(run["data"]).name for run in runs}):
+        group = [run for run in runs if Path(run["data"]).name == data_name]
+        group.sort(key=lambda run: run["machine"]["date"], reverse=True)
+        group.sort(key=lambda run: -run["minutes"])  # longest budget first, newest first within it
+        rows, notes = [], []
+        for run in group:
+            flip_tta = any(r.get("test_top1_flip_tta") is not None for r in run["results"])
+            base = (
+                f"python benchmarks/time_to_accuracy.py --data {run['data']} --minutes {run['minutes']:g}"
+                + " --flip-tta" * flip_tta
+            )
+            notes.append(
+                f"- {run['machine']['date']}, {machine_name(run)}, {run['minutes']:g} minutes: "
+                f"{commands(run['results'], base)} ([curve]({CURVES}/{run['stem']}.png))"
+            )
+            for r in run["results"]:
+                rows.append(
+                    dated(run)
+                    + [
+                        f"{run['minutes']:g} min",
+                        r["recipe"],
+                        f"{r['params_m']:.2f}M",
+                        str(r["epochs"]),
+                        f"{r['best_val_top1']:.3f}",
+                        f"{r['test_top1']:.3f}",
+                        cell(r, "test_top1_flip_tta", ".3f"),
+                        cell(r, "final_top1", ".3f"),
+                        cell(r, "final_top1_flip_tta", ".3f"),
+                    ]
+                )
+        out += ["", f"### {data_name}", ""]
         out += table(
             [
-                "preset",
-                "Keras img/s (fp32)",
-                "vitkit img/s (default)",
-                "x Keras",
-                "vitkit img/s (fp32)",
-                "x Keras, fp32 vs fp32",
-                "vitkit first step (s)",
-            ],
-            [
-                [
-                    r["preset"],
-                    f"{r['keras_ips']:.1f}",
-                    f"{r['vitkit_ips']:.1f}",
-                    f"{r['speedup']:.1f}x",
-                    cell(r, "vitkit_fp32_ips", ".1f"),
-                    cell(r, "fp32_speedup", ".1f", "x"),
-                    f"{r['vitkit_first_step_s']:.0f}",
-                ]
-                for r in data["rows"]
-            ],
-        )
-    if data := load("vs_transformers.json"):
-        out += [
-            "",
-            f"**vitkit ViT against transformers' ViTForImageClassification**, identical config and weights "
-            f"({data['model']} @ {data['image_size']} px, batch {data['batch_size']}; {machine_line(data)}; "
-            "`python benchmarks/vs_transformers.py --compile`):",
-            "",
-        ]
-        out += table(
-            ["path", "train img/s", "x", "inference img/s", "x"],
-            [
-                [
-                    r["path"],
-                    f"{r['train_ips']:.1f}",
-                    f"{r['train_x']:.2f}",
-                    f"{r['infer_ips']:.1f}",
-                    f"{r['infer_x']:.2f}",
-                ]
-                for r in data["rows"]
-            ],
-        )
-        if data.get("compile_s"):
-            out += ["", f"torch.compile took {data['compile_s']:.0f} s before the first step (not in the rates)."]
-    if data := load("inference.json"):
-        out += [
-            "",
-            f"**Inference** ({data['model']}, batch {data['batch_size']}; {machine_line(data)}; "
-            "`python benchmarks/inference.py`):",
-            "",
-        ]
-        out += table(
-            ["path", "img/s", "x transformers", "p50 ms (1 image)", "p95 ms (1 image)", "max abs logit diff"],
-            [
-                [
-                    r["path"],
-                    f"{r['ips']:.1f}",
-                    f"{r['speedup_vs_transformers']:.2f}",
-                    f"{r['p50_ms']:.1f}",
-                    f"{r['p95_ms']:.1f}",
-                    f"{r['max_abs_diff_vs_transformers']:.1e}",
-                ]
-                for r in data["rows"]
-            ],
-        )
-    for data, where in result_files("throughput"):
-        out += [
-            "",
-            f"**Throughput per preset** ({machine_line(data)}; `python benchmarks/throughput.py "
-            f"--amp {data['amp']}{' --compile' if data.get('compile') else ''}{where}`; "
-            f"end-to-end = in-memory loader + on-device augmentation + step, on {Path(data['data']).name}; "
-            "share of peak = model-only rate x training GFLOP per image (matmuls and convolutions, forward and "
-            f"backward) over a {data['amp'] == 'off' and 'fp32' or 'bf16'} 2048x2048 matrix product's rate):",
-            "",
-        ]
-        out += table(
-            [
-                "preset",
+                "date",
+                "machine",
+                "budget",
+                "recipe",
                 "params",
-                "batch",
-                "px",
-                "train img/s (model)",
-                "train img/s (end-to-end)",
-                "pipeline cost",
-                "inference img/s",
-                "channels-last gain (model)",
-                "train GFLOP/img",
-                "share of peak",
+                "epochs",
+                "best val top-1",
+                "held-out top-1",
+                "flip TTA",
+                "final model",
+                "final, flip TTA",
             ],
-            [
-                [
+            rows,
+        )
+        out += ["", "Commands:", ""] + notes
+    return out
+
+
+def throughput() -> list[str]:
+    rows, notes = [], []
+    for data, where in result_files("throughput"):
+        precision = "fp32" if data["amp"] == "off" else "bf16"
+        notes.append(
+            f"- {data['machine']['date']}, {machine_name(data)}: `python benchmarks/throughput.py --amp {data['amp']}"
+            f"{' --compile' if data.get('compile') else ''}{where}` (end-to-end on {Path(data['data']).name})"
+        )
+        for r in data["rows"]:
+            rows.append(
+                dated(data)
+                + [
+                    precision,
                     r["name"] + (" (later run)" if r.get("remeasured") else ""),
                     f"{r['params_m']:.2f}M",
                     str(r["batch"]),
@@ -163,44 +148,281 @@ def section() -> list[str]:
                     f"{r['infer_ips']:.1f}",
                     cell(r, "channels_last_gain", ".2f", "x"),
                     cell(r, "train_gflop_per_image", ".3f"),
-                    cell(r, "peak_share_pct", ".1f", f"% of {r.get('peak_gflops') or 0:.0f} GFLOP/s"),
+                    cell(r, "peak_share_pct", ".1f", f"% of {r.get('peak_gflops') or 0:.0f}"),
                 ]
-                for r in data["rows"]
-            ],
+            )
+    out = table(
+        [
+            "date",
+            "machine",
+            "precision",
+            "preset",
+            "params",
+            "batch",
+            "px",
+            "train img/s (model)",
+            "train img/s (end-to-end)",
+            "pipeline cost",
+            "inference img/s",
+            "channels-last gain",
+            "train GFLOP/img",
+            "share of peak (GFLOP/s)",
+        ],
+        rows,
+    )
+    return out + ["", "Commands:", ""] + notes
+
+
+def vs_keras() -> list[str]:
+    rows, notes = [], []
+    for data, where in result_files("vs_keras"):
+        bf16 = any(r.get("vitkit_bf16") for r in data["rows"])
+        notes.append(
+            f"- {data['machine']['date']}, {machine_name(data)}: `python benchmarks/vs_keras.py --models vit mixer"
+            f"{' --compile' if data.get('compile') else ''}{where}` (vitkit's default there: "
+            f"{'bf16 autocast' if bf16 else 'fp32, no native bf16'})"
         )
-    for name in sorted(RESULTS.glob("time_to_accuracy/*.json")):
-        data = json.loads(name.read_text())
-        flip_tta = any(r.get("test_top1_flip_tta") is not None for r in data["results"])
-        final = any(r.get("final_top1") is not None for r in data["results"])
-        base = (
-            f"python benchmarks/time_to_accuracy.py --data {data['data']} --minutes {data['minutes']:g}"
-            + " --flip-tta" * flip_tta
+        for r in data["rows"]:
+            rows.append(
+                dated(data)
+                + [
+                    r["preset"],
+                    f"{r['keras_ips']:.1f}",
+                    f"{r['vitkit_ips']:.1f}",
+                    f"{r['speedup']:.1f}x",
+                    cell(r, "vitkit_fp32_ips", ".1f"),
+                    cell(r, "fp32_speedup", ".1f", "x"),
+                    f"{r['vitkit_first_step_s']:.0f}",
+                ]
+            )
+    out = table(
+        [
+            "date",
+            "machine",
+            "preset",
+            "Keras img/s (fp32)",
+            "vitkit img/s (default)",
+            "x Keras",
+            "vitkit img/s (fp32)",
+            "x Keras, fp32 vs fp32",
+            "vitkit first step (s)",
+        ],
+        rows,
+    )
+    return out + ["", "Commands:", ""] + notes
+
+
+def vs_transformers() -> list[str]:
+    data = load("vs_transformers.json")
+    if not data:
+        return []
+    out = [
+        f"{data['model']} at {data['image_size']} px, batch {data['batch_size']}; "
+        "`python benchmarks/vs_transformers.py --compile`"
+        + (
+            f"; torch.compile took {data['compile_s']:.0f} s before the first step (not in the rates)"
+            if data.get("compile_s")
+            else ""
         )
+        + ".",
+        "",
+    ]
+    return out + table(
+        ["date", "machine", "path", "train img/s", "x", "inference img/s", "x"],
+        [
+            dated(data)
+            + [
+                r["path"],
+                f"{r['train_ips']:.1f}",
+                f"{r['train_x']:.2f}",
+                f"{r['infer_ips']:.1f}",
+                f"{r['infer_x']:.2f}",
+            ]
+            for r in data["rows"]
+        ],
+    )
+
+
+def inference() -> list[str]:
+    data = load("inference.json")
+    if not data:
+        return []
+    out = [f"{data['model']}, batch {data['batch_size']}; `python benchmarks/inference.py`.", ""]
+    return out + table(
+        [
+            "date",
+            "machine",
+            "path",
+            "img/s",
+            "x transformers",
+            "p50 ms (1 image)",
+            "p95 ms (1 image)",
+            "max abs logit diff",
+        ],
+        [
+            dated(data)
+            + [
+                r["path"],
+                f"{r['ips']:.1f}",
+                f"{r['speedup_vs_transformers']:.2f}",
+                f"{r['p50_ms']:.1f}",
+                f"{r['p95_ms']:.1f}",
+                f"{r['max_abs_diff_vs_transformers']:.1e}",
+            ]
+            for r in data["rows"]
+        ],
+    )
+
+
+def data_pipeline() -> list[str]:
+    data = load("data_pipeline.json")
+    if not data:
+        return []
+    out = ["`python benchmarks/data_pipeline.py`. The pipelines alone:", ""]
+    out += table(
+        ["date", "machine", "data", "px", "batch", "pipeline", "img/s"],
+        [
+            dated(data) + [r["data"], str(r["size"]), str(r["batch"]), r["pipeline"], f"{r['images_per_s']:,.0f}"]
+            for r in data["pipelines"]
+        ],
+    )
+    out += ["", "Training img/s with every batch from each source, against the model alone on one fixed batch:", ""]
+    out += table(
+        ["date", "machine", "data", "px", "model", "model alone", "streamed (cost)", "in memory (cost)"],
+        [
+            dated(data)
+            + [
+                r["data"],
+                str(r["size"]),
+                r["model"],
+                f"{r['model_only']:.1f}",
+                f"{r['streamed']:.1f} ({r['streamed_cost']:.1%})",
+                f"{r['in_memory']:.1f} ({r['in_memory_cost']:.1%})",
+            ]
+            for r in data["training"]
+        ],
+    )
+    return out
+
+
+def serving() -> list[str]:
+    data = load("serve_load.json")
+    out: list[str] = []
+    if data:
         out += [
-            "",
-            f"**Equal wall clock: {data['minutes']:g} minutes on {Path(data['data']).name}** "
-            f"({machine_line(data)}; {commands(data['results'], base)}; "
-            f"curve: `benchmarks/results/time_to_accuracy/{name.stem}.png`):",
+            f"A real `vitkit serve` process (backend {data['backend']}) on loopback, the load generator on the same "
+            "machine; `python benchmarks/serve_load.py --checkpoint RUN --label LABEL --abuse heavy,huge,many,thin`. "
+            "Rows are labelled by the build measured.",
             "",
         ]
         out += table(
-            ["recipe", "params", "epochs", "best val top-1", "test top-1"]
-            + ["test top-1, flip TTA"] * flip_tta
-            + ["final model top-1", "final, flip TTA"][: final + (final and flip_tta)],
+            ["date", "machine", "label", "clients", "requests/s", "p50 ms", "p95 ms", "failures"],
             [
-                [
-                    r["recipe"],
-                    f"{r['params_m']:.2f}M",
-                    str(r["epochs"]),
-                    f"{r['best_val_top1']:.3f}",
-                    f"{r['test_top1']:.3f}",
+                dated(data)
+                + [
+                    r["label"],
+                    str(r["clients"]),
+                    f"{r['req_per_s']:.1f}",
+                    f"{r['p50_ms']:.1f}",
+                    f"{r['p95_ms']:.1f}",
+                    str(r["failures"]),
                 ]
-                + [cell(r, "test_top1_flip_tta", ".3f")] * flip_tta
-                + [cell(r, "final_top1", ".3f"), cell(r, "final_top1_flip_tta", ".3f")][: final + (final and flip_tta)]
-                for r in data["results"]
+                for r in data["load"]
             ],
         )
+        out += ["", "Under abusive requests: the server's memory and a small request's latency meanwhile:", ""]
+        out += table(
+            [
+                "date",
+                "machine",
+                "label",
+                "abuse",
+                "status",
+                "idle RSS MiB",
+                "peak RSS MiB",
+                "small request p50 / max ms",
+            ],
+            [
+                dated(data)
+                + [
+                    r["label"],
+                    r["kind"],
+                    ", ".join(map(str, sorted(set(r["abusive_status"])))),
+                    f"{r['idle_rss_mib']:.0f}",
+                    f"{r['peak_rss_mib']:.0f}",
+                    f"{r['small_p50_ms']:.0f} / {r['small_max_ms']:.0f}",
+                ]
+                for r in data["abuse"]
+            ],
+        )
+    if pool := load("decode_pool.json"):
+        out += [
+            "",
+            "Decoding uploads on a thread pool against a process pool (`python benchmarks/decode_pool.py`):",
+            "",
+        ]
+        out += table(
+            ["date", "machine", "pool", "img/s", "longest event-loop stall ms"],
+            [dated(pool) + [r["pool"], f"{r['images_per_s']:.0f}", f"{r['max_stall_ms']:.1f}"] for r in pool["rows"]],
+        )
     return out
+
+
+INTRO = """# Benchmarks
+
+Generated from `benchmarks/results/*.json` by `python benchmarks/report.py`: every row is dated and names
+the machine it ran on. The scripts in `benchmarks/` print a table and write those files. Compare figures
+measured side by side in one run; absolute rates drift on shared machines.
+
+| script | measures |
+|---|---|
+| `time_to_accuracy.py` | recipes side by side at equal wall clock (CSV and a PNG curve) |
+| `throughput.py` | training (model alone, and end to end on real images) and inference images/s per preset |
+| `vs_keras.py` | the seed presets against the Keras 3 + JAX reference |
+| `vs_transformers.py` | vitkit's ViT against transformers' on identical configuration and weights |
+| `inference.py` | vitkit eager, compiled and ONNX Runtime against transformers on the same weights |
+| `data_pipeline.py` | decoding and streaming rates, and what they cost a training step |
+| `serve_load.py` | a real `vitkit serve` under load and under abusive requests |
+| `decode_pool.py` | decoding uploads on threads against processes |
+| `gpu.sh` | a GPU run: fast tests, a CIFAR-10 speedrun and throughput, each under its own timeout |
+"""
+
+
+def page() -> str:
+    sections = [
+        (
+            "Time to accuracy",
+            "Top-1 on held-out images after training each recipe for the same wall-clock budget "
+            "(`--time-budget`): the test split, or where the data has none the validation split, which then "
+            "also chose the best checkpoint; the final model's columns are the last weights, which nothing "
+            "selected.",
+            time_to_accuracy(),
+        ),
+        (
+            "Throughput per preset",
+            "Training images/s of the model alone on one batch and end to end (in-memory "
+            "loader, on-device augmentation, step); the share of peak is the model-only rate times the training "
+            "GFLOP per image (matrix products and convolutions, forward and backward) over a 2048x2048 matrix "
+            "product's rate in the same precision.",
+            throughput(),
+        ),
+        (
+            "Seed presets against Keras",
+            "Batch 256, real CIFAR images, training images/s after compilation. Keras "
+            "trains in fp32; vitkit with its defaults and in fp32, so the second ratio is the implementation's "
+            "alone.",
+            vs_keras(),
+        ),
+        ("ViT against transformers", "", vs_transformers()),
+        ("Inference", "", inference()),
+        ("Data pipeline", "", data_pipeline()),
+        ("Serving", "", serving()),
+    ]
+    out = [INTRO, "## Machines", ""] + machines()
+    for title, text, body in sections:
+        if body:
+            out += ["", f"## {title}", ""] + ([text, ""] if text else []) + body
+    return "\n".join(out).rstrip("\n") + "\n"
 
 
 def preset_of(row: dict) -> str:
@@ -238,14 +460,15 @@ def commands(results: list[dict], base: str) -> str:
 
 
 def main() -> int:
-    readme = REPO / "README.md"
-    text = readme.read_text()
-    if START not in text or END not in text:
-        raise SystemExit(f"README.md has no {START} ... {END} markers")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    readme.write_text(head + START + "\n" + "\n".join(section()).strip("\n") + "\n" + END + tail)
-    print("README.md benchmark section regenerated")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", help="Markdown file to write (default: print the page)")
+    args = parser.parse_args()
+    text = page()
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"{args.out}: the benchmarks page, from {RESULTS.relative_to(REPO)}")
+    else:
+        print(text, end="")
     return 0
 
 
