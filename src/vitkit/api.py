@@ -59,7 +59,8 @@ BACKENDS = ("auto", "torch", "onnxruntime")
 
 
 def default_backend() -> str:
-    """ONNX Runtime when installed (exact to 1e-6, about 1.5x transformers' speed on CPU), else PyTorch."""
+    """ONNX Runtime when installed (the same logits, faster on CPU: benchmarks/results/inference.json), else
+    PyTorch."""
     import importlib.util
 
     has_ort = all(importlib.util.find_spec(m) for m in ("onnxruntime", "onnxscript"))
@@ -156,7 +157,7 @@ def load(
     `vitkit push`, or a Hugging Face or timm ViT classifier; through huggingface_hub and its cache).
     backend="onnxruntime" runs a checkpoint folder through ONNX Runtime (exported once
     into the user cache folder, see `onnx_cache_path`); "auto" picks the fastest exact one. precision="bf16" runs the
-    PyTorch model under bf16 autocast (about 2x on CPUs with native bf16; scores change by ~1e-2).
+    PyTorch model under bf16 autocast (faster on CPUs with native bf16; scores change slightly).
     threads: CPU threads for the model (0: every core)."""
     from .export.onnx import OnnxModel, export_onnx
     from .pretrained import download_checkpoint, is_hub_id, load_classifier_folder
