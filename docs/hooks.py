@@ -13,6 +13,7 @@ and `<!-- vitkit:NAME:end -->`); a test checks that they are current.
 from __future__ import annotations
 
 import argparse
+import functools
 import re
 import sys
 from pathlib import Path
@@ -137,6 +138,7 @@ def options_reference() -> str:
     return "\n".join(out).rstrip("\n") + "\n"
 
 
+@functools.cache
 def _models() -> list[tuple[str, bool, str, float, int]]:
     """(name, is a preset, family, parameters in millions, input size) of every model and preset."""
     _on_path("src")
