@@ -26,13 +26,14 @@ def load(name: str) -> dict | None:
 
 
 def machine_name(data: dict) -> str:
-    """The machine of a result in a few words: CPU (or GPU), cores, instruction set, native bf16."""
+    """The machine of a result in a few words: CPU (or GPU), cores, and its fastest matrix instructions
+    (AMX where it has them; the Machines table gives the rest)."""
     m = data["machine"]
     if m.get("cuda"):
         return m["cuda"]
     cpu = m["cpu"].replace("(R)", "").replace(" Processor", "").strip()
-    bf16 = f" + {m['cpu_bf16'].upper()} bf16" if m.get("cpu_bf16") else ""
-    return f"{cpu}, {m['cores']} cores, {m['cpu_capability']}{bf16}"
+    isa = m["cpu_bf16"].upper() if m.get("cpu_bf16") == "amx" else m["cpu_capability"]
+    return f"{cpu} {m['cores']}-core {isa}"
 
 
 def cell(row: dict, key: str, fmt: str, suffix: str = "") -> str:
@@ -58,17 +59,27 @@ def dated(data: dict) -> list[str]:
 
 
 def machines() -> list[str]:
-    """Every machine named on the page, with its torch build and threads."""
+    """Every machine named on the page: what it reported, its native bf16 and torch build."""
     seen: dict[str, dict] = {}
     for path in sorted(RESULTS.glob("**/*.json")):
         data = json.loads(path.read_text())
-        if "machine" in data:
-            seen.setdefault(machine_name(data), data["machine"])
+        if "machine" in data:  # a file that records native bf16 wins over older ones that did not
+            known = seen.setdefault(machine_name(data), data["machine"])
+            if "cpu_bf16" not in known and "cpu_bf16" in data["machine"]:
+                seen[machine_name(data)] = data["machine"]
     rows = [
-        [name, m["cpu"] if not m.get("cuda") else m["cuda"], str(m["torch_threads"]), m["torch"]]
+        [
+            name,
+            m.get("cuda") or m["cpu"],
+            str(m["cores"]),
+            m["cpu_capability"],
+            {"amx": "AMX", "avx512": "AVX512-BF16", None: "no"}[m["cpu_bf16"]] if "cpu_bf16" in m else "not recorded",
+            str(m["torch_threads"]),
+            m["torch"],
+        ]
         for name, m in sorted(seen.items())
     ]
-    return table(["machine", "reported as", "torch threads", "torch"], rows)
+    return table(["machine", "reported as", "cores", "vector ISA", "native bf16", "torch threads", "torch"], rows)
 
 
 def time_to_accuracy() -> list[str]:
@@ -368,7 +379,12 @@ def serving() -> list[str]:
     return out
 
 
-INTRO = """# Benchmarks
+INTRO = """---
+hide:
+  - navigation
+---
+
+# Benchmarks
 
 Generated from `benchmarks/results/*.json` by `python benchmarks/report.py`: every row is dated and names
 the machine it ran on. The scripts in `benchmarks/` print a table and write those files. Compare figures

@@ -30,13 +30,18 @@ def _on_path(folder: str) -> None:
         sys.path.insert(0, str(ROOT / folder))
 
 
+FLAG = re.compile(r"(?<![\w`-])(--[a-z][a-z0-9-]*)")
+STATED_DEFAULT = re.compile(r"\s*\(default: ((?:[^()]|\([^()]*\))*)\)$")
+
+
 def _markdown(text: str) -> str:
-    """Help text as a Markdown table cell: code spans kept, characters Markdown would act on escaped."""
+    """Help text as a Markdown table cell: code spans kept, flags made code, characters Markdown would
+    act on escaped."""
     parts = re.split(r"(`[^`]*`)", " ".join(text.split()))
     escaped = [
         part
         if part.startswith("`")
-        else part.replace("\\", "\\\\").replace("|", "\\|").replace("*", "\\*").replace("<", "&lt;")
+        else FLAG.sub(r"`\1`", part.replace("\\", "\\\\").replace("|", "\\|").replace("*", "\\*").replace("<", "&lt;"))
         for part in parts
     ]
     return "".join(escaped)
@@ -52,11 +57,16 @@ def _value(action: argparse.Action) -> str:
     return f"`{metavar}`" + (" ..." if action.nargs in ("+", "*") else "")
 
 
-def _default(action: argparse.Action, help_text: str) -> str:
-    """The default when the help text does not already say it."""
-    if action.default in (None, False, argparse.SUPPRESS) or "default" in help_text or not action.option_strings:
-        return ""
-    return f"`{action.default:g}`" if isinstance(action.default, float) else f"`{action.default}`"
+def _split_default(action: argparse.Action, help_text: str) -> tuple[str, str]:
+    """(help without its closing "(default: ...)", the default): the one the help states, else the parser's."""
+    stated = STATED_DEFAULT.search(help_text)
+    if stated:
+        value = stated.group(1)
+        return help_text[: stated.start()], f"`{value}`" if " " not in value else _markdown(value)
+    if action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+        return help_text, ""
+    value = f"{action.default:g}" if isinstance(action.default, float) else str(action.default)
+    return help_text, f"`{value}`"
 
 
 def _synopsis(name: str, parser: argparse.ArgumentParser) -> str:
@@ -103,8 +113,8 @@ def _command_section(name: str, parser: argparse.ArgumentParser, summary: str) -
         out += ["| flag | value | default | description |", "|---|---|---|---|"]
         for action in actions:
             names = ", ".join(f"`{s}`" for s in action.option_strings) or f"`{action.dest.upper()}`"
-            text = _help(parser, action)
-            out.append(f"| {names} | {_value(action)} | {_default(action, text)} | {_markdown(text)} |")
+            text, default = _split_default(action, _help(parser, action))
+            out.append(f"| {names} | {_value(action)} | {default} | {_markdown(text)} |")
         out.append("")
     return out
 

@@ -31,6 +31,11 @@ def section(page: str, command: str) -> str:
     return page[start : following if following != -1 else len(page)]
 
 
+def as_cell(text: str) -> str:
+    """Text as it reads in a Markdown table cell."""
+    return text.replace("|", "\\|").replace("*", "\\*").replace("<", "&lt;")
+
+
 def test_the_options_reference_lists_every_train_flag_with_its_help():
     train = section(docs_hooks().options_reference(), "train")
     rows = {}
@@ -45,9 +50,13 @@ def test_the_options_reference_lists_every_train_flag_with_its_help():
     assert not missing, f"the options reference lacks {missing}"
     assert set(rows) == set(flags), f"the options reference lists flags train does not take: {set(rows) - set(flags)}"
     for action in parser._actions:
-        if action.option_strings and action.help and action.option_strings[0] != "-h":
-            words = " ".join(action.help.split()[:4]).replace("|", "\\|").replace("*", "\\*").replace("<", "&lt;")
-            assert words in rows[action.option_strings[0]], (action.option_strings[0], words)
+        if not action.option_strings or action.option_strings[0] == "-h":
+            continue
+        row = rows[action.option_strings[0]].replace("`", "")
+        help_text, default = re.match(r"(.*?)(?:\s*\(default: (.*)\))?$", " ".join(action.help.split())).groups()
+        words = as_cell(" ".join(help_text.split()[:4]))
+        assert words in row, (action.option_strings[0], words)
+        assert default is None or as_cell(default.split(",")[0]) in row, (action.option_strings[0], default)
 
 
 def test_the_readme_tables_are_generated_from_the_registry():
