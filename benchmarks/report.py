@@ -223,35 +223,32 @@ def vs_keras() -> list[str]:
     return out + ["", "Commands:", ""] + notes
 
 
+def dated_table(data: dict, rows: list[dict], columns: dict) -> list[str]:
+    """A table of one results file's rows, each dated and naming the machine. `columns`: header ->
+    "key", "key:format" or a function of the row."""
+
+    def value(row: dict, spec) -> str:
+        if callable(spec):
+            return spec(row)
+        key, _, fmt = spec.partition(":")
+        return f"{row[key]:{fmt}}"
+
+    return table(["date", "machine", *columns], [dated(data) + [value(r, s) for s in columns.values()] for r in rows])
+
+
 def vs_transformers() -> list[str]:
     data = load("vs_transformers.json")
     if not data:
         return []
+    compiled = f"; torch.compile took {data['compile_s']:.0f} s before the first step (not in the rates)"
     out = [
         f"{data['model']} at {data['image_size']} px, batch {data['batch_size']}; "
-        "`python benchmarks/vs_transformers.py --compile`"
-        + (
-            f"; torch.compile took {data['compile_s']:.0f} s before the first step (not in the rates)"
-            if data.get("compile_s")
-            else ""
-        )
-        + ".",
+        f"`python benchmarks/vs_transformers.py --compile`{compiled * bool(data.get('compile_s'))}.",
         "",
     ]
-    return out + table(
-        ["date", "machine", "path", "train img/s", "x", "inference img/s", "x"],
-        [
-            dated(data)
-            + [
-                r["path"],
-                f"{r['train_ips']:.1f}",
-                f"{r['train_x']:.2f}",
-                f"{r['infer_ips']:.1f}",
-                f"{r['infer_x']:.2f}",
-            ]
-            for r in data["rows"]
-        ],
-    )
+    columns = {"path": "path", "train img/s": "train_ips:.1f", "x (train)": "train_x:.2f"}
+    columns |= {"inference img/s": "infer_ips:.1f", "x (inference)": "infer_x:.2f"}
+    return out + dated_table(data, data["rows"], columns)
 
 
 def inference() -> list[str]:
@@ -259,30 +256,10 @@ def inference() -> list[str]:
     if not data:
         return []
     out = [f"{data['model']}, batch {data['batch_size']}; `python benchmarks/inference.py`.", ""]
-    return out + table(
-        [
-            "date",
-            "machine",
-            "path",
-            "img/s",
-            "x transformers",
-            "p50 ms (1 image)",
-            "p95 ms (1 image)",
-            "max abs logit diff",
-        ],
-        [
-            dated(data)
-            + [
-                r["path"],
-                f"{r['ips']:.1f}",
-                f"{r['speedup_vs_transformers']:.2f}",
-                f"{r['p50_ms']:.1f}",
-                f"{r['p95_ms']:.1f}",
-                f"{r['max_abs_diff_vs_transformers']:.1e}",
-            ]
-            for r in data["rows"]
-        ],
-    )
+    columns = {"path": "path", "img/s": "ips:.1f", "x transformers": "speedup_vs_transformers:.2f"}
+    columns |= {"p50 ms (1 image)": "p50_ms:.1f", "p95 ms (1 image)": "p95_ms:.1f"}
+    columns |= {"max abs logit diff": "max_abs_diff_vs_transformers:.1e"}
+    return out + dated_table(data, data["rows"], columns)
 
 
 def data_pipeline() -> list[str]:
@@ -290,30 +267,13 @@ def data_pipeline() -> list[str]:
     if not data:
         return []
     out = ["`python benchmarks/data_pipeline.py`. The pipelines alone:", ""]
-    out += table(
-        ["date", "machine", "data", "px", "batch", "pipeline", "img/s"],
-        [
-            dated(data) + [r["data"], str(r["size"]), str(r["batch"]), r["pipeline"], f"{r['images_per_s']:,.0f}"]
-            for r in data["pipelines"]
-        ],
-    )
+    columns = {"data": "data", "px": "size:d", "batch": "batch:d", "pipeline": "pipeline", "img/s": "images_per_s:,.0f"}
+    out += dated_table(data, data["pipelines"], columns)
     out += ["", "Training img/s with every batch from each source, against the model alone on one fixed batch:", ""]
-    out += table(
-        ["date", "machine", "data", "px", "model", "model alone", "streamed (cost)", "in memory (cost)"],
-        [
-            dated(data)
-            + [
-                r["data"],
-                str(r["size"]),
-                r["model"],
-                f"{r['model_only']:.1f}",
-                f"{r['streamed']:.1f} ({r['streamed_cost']:.1%})",
-                f"{r['in_memory']:.1f} ({r['in_memory_cost']:.1%})",
-            ]
-            for r in data["training"]
-        ],
-    )
-    return out
+    columns = {"data": "data", "px": "size:d", "model": "model", "model alone": "model_only:.1f"}
+    columns["streamed (cost)"] = lambda r: f"{r['streamed']:.1f} ({r['streamed_cost']:.1%})"
+    columns["in memory (cost)"] = lambda r: f"{r['in_memory']:.1f} ({r['in_memory_cost']:.1%})"
+    return out + dated_table(data, data["training"], columns)
 
 
 def serving() -> list[str]:
@@ -326,56 +286,19 @@ def serving() -> list[str]:
             "Rows are labelled by the build measured.",
             "",
         ]
-        out += table(
-            ["date", "machine", "label", "clients", "requests/s", "p50 ms", "p95 ms", "failures"],
-            [
-                dated(data)
-                + [
-                    r["label"],
-                    str(r["clients"]),
-                    f"{r['req_per_s']:.1f}",
-                    f"{r['p50_ms']:.1f}",
-                    f"{r['p95_ms']:.1f}",
-                    str(r["failures"]),
-                ]
-                for r in data["load"]
-            ],
-        )
+        columns = {"label": "label", "clients": "clients:d", "requests/s": "req_per_s:.1f"}
+        columns |= {"p50 ms": "p50_ms:.1f", "p95 ms": "p95_ms:.1f", "failures": "failures:d"}
+        out += dated_table(data, data["load"], columns)
         out += ["", "Under abusive requests: the server's memory and a small request's latency meanwhile:", ""]
-        out += table(
-            [
-                "date",
-                "machine",
-                "label",
-                "abuse",
-                "status",
-                "idle RSS MiB",
-                "peak RSS MiB",
-                "small request p50 / max ms",
-            ],
-            [
-                dated(data)
-                + [
-                    r["label"],
-                    r["kind"],
-                    ", ".join(map(str, sorted(set(r["abusive_status"])))),
-                    f"{r['idle_rss_mib']:.0f}",
-                    f"{r['peak_rss_mib']:.0f}",
-                    f"{r['small_p50_ms']:.0f} / {r['small_max_ms']:.0f}",
-                ]
-                for r in data["abuse"]
-            ],
-        )
+        columns = {"label": "label", "abuse": "kind"}
+        columns["status"] = lambda r: ", ".join(map(str, sorted(set(r["abusive_status"]))))
+        columns |= {"idle RSS MiB": "idle_rss_mib:.0f", "peak RSS MiB": "peak_rss_mib:.0f"}
+        columns["small request p50 / max ms"] = lambda r: f"{r['small_p50_ms']:.0f} / {r['small_max_ms']:.0f}"
+        out += dated_table(data, data["abuse"], columns)
     if pool := load("decode_pool.json"):
-        out += [
-            "",
-            "Decoding uploads on a thread pool against a process pool (`python benchmarks/decode_pool.py`):",
-            "",
-        ]
-        out += table(
-            ["date", "machine", "pool", "img/s", "longest event-loop stall ms"],
-            [dated(pool) + [r["pool"], f"{r['images_per_s']:.0f}", f"{r['max_stall_ms']:.1f}"] for r in pool["rows"]],
-        )
+        out += ["", "Decoding uploads on threads against processes (`python benchmarks/decode_pool.py`):", ""]
+        columns = {"pool": "pool", "img/s": "images_per_s:.0f", "longest event-loop stall ms": "max_stall_ms:.1f"}
+        out += dated_table(pool, pool["rows"], columns)
     return out
 
 
