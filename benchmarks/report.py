@@ -1,6 +1,10 @@
-"""Regenerate the README's benchmark section from benchmarks/results/*.json.
+"""The benchmarks page of the documentation, generated from benchmarks/results/*.json.
 
-python benchmarks/report.py          # rewrites the part of README.md between the markers
+python benchmarks/report.py              # print the page (Markdown)
+python benchmarks/report.py --out FILE   # write it
+
+The documentation build (docs/hooks.py) calls `page()`, so the site always shows the files as committed.
+Every row carries the date it was measured and the machine it ran on.
 """
 
 from __future__ import annotations
@@ -13,19 +17,23 @@ import yaml
 from common import REPO
 
 RESULTS = REPO / "benchmarks" / "results"
-START, END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
+CURVES = "curves"  # where the site serves the time-to-accuracy curves (docs/hooks.py copies them there)
 
 
-def load(results: Path, name: str) -> dict | None:
-    path = results / name
+def load(name: str) -> dict | None:
+    path = RESULTS / name
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def machine_line(data: dict) -> str:
+def machine_name(data: dict) -> str:
+    """The machine of a result in a few words: CPU (or GPU), cores, and its fastest matrix instructions
+    (AMX where it has them; the Machines table gives the rest)."""
     m = data["machine"]
-    bf16 = f", bf16 on {m['cpu_bf16'].upper()}" if m.get("cpu_bf16") else ""
-    where = m["cuda"] or f"{m['cpu']}, {m['cores']} cores, {m['torch_threads']} threads ({m['cpu_capability']}{bf16})"
-    return f"{m['date']}, {where}, torch {m['torch']}"
+    if m.get("cuda"):
+        return m["cuda"]
+    cpu = m["cpu"].replace("(R)", "").replace(" Processor", "").strip()
+    isa = m["cpu_bf16"].upper() if m.get("cpu_bf16") == "amx" else m["cpu_capability"]
+    return f"{cpu} {m['cores']}-core {isa}"
 
 
 def cell(row: dict, key: str, fmt: str, suffix: str = "") -> str:
@@ -33,127 +41,114 @@ def cell(row: dict, key: str, fmt: str, suffix: str = "") -> str:
     return "-" if row.get(key) is None else f"{row[key]:{fmt}}{suffix}"
 
 
-def result_files(results: Path, stem: str) -> list[tuple[dict, str]]:
-    """Each saved result of a benchmark with the flag that names its file: the current file first, then
-    those kept from other machines (renamed by date and CPU)."""
-    paths = sorted(results.glob(f"{stem}*.json"), key=lambda p: p.name != f"{stem}.json")
-    return [
-        (json.loads(path.read_text()), "" if path.name == f"{stem}.json" else f" --json benchmarks/results/{path.name}")
-        for path in paths
-    ]
+def result_files(stem: str) -> list[tuple[dict, str]]:
+    """Each saved result of a benchmark, newest first, with the flag that names its file (none for the
+    current file; those kept from other machines are renamed by date and CPU)."""
+    found = [(json.loads(path.read_text()), path.name) for path in RESULTS.glob(f"{stem}*.json")]
+    found.sort(key=lambda item: (item[0]["machine"]["date"], item[1] == f"{stem}.json"), reverse=True)
+    return [(data, "" if name == f"{stem}.json" else f" --json benchmarks/results/{name}") for data, name in found]
 
 
 def table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
-def section(results: Path) -> list[str]:
+def dated(data: dict) -> list[str]:
+    """The first cells of every row: when and where it was measured."""
+    return [data["machine"]["date"], machine_name(data)]
+
+
+def machines() -> list[str]:
+    """Every machine named on the page: what it reported, its native bf16 and torch build."""
+    seen: dict[str, dict] = {}
+    for path in sorted(RESULTS.glob("**/*.json")):
+        data = json.loads(path.read_text())
+        if "machine" in data:  # a file that records native bf16 wins over older ones that did not
+            known = seen.setdefault(machine_name(data), data["machine"])
+            if "cpu_bf16" not in known and "cpu_bf16" in data["machine"]:
+                seen[machine_name(data)] = data["machine"]
+    rows = [
+        [
+            name,
+            m.get("cuda") or m["cpu"],
+            str(m["cores"]),
+            m["cpu_capability"],
+            {"amx": "AMX", "avx512": "AVX512-BF16", None: "no"}[m["cpu_bf16"]] if "cpu_bf16" in m else "not recorded",
+            str(m["torch_threads"]),
+            m["torch"],
+        ]
+        for name, m in sorted(seen.items())
+    ]
+    return table(["machine", "reported as", "cores", "vector ISA", "native bf16", "torch threads", "torch"], rows)
+
+
+def time_to_accuracy() -> list[str]:
+    runs = [json.loads(path.read_text()) | {"stem": path.stem} for path in RESULTS.glob("time_to_accuracy/*.json")]
     out: list[str] = []
-    for data, where in result_files(results, "vs_keras"):
-        bf16 = any(r.get("vitkit_bf16") for r in data["rows"])
-        default = "bf16 autocast on this CPU" if bf16 else "fp32 on this CPU, which has no native bf16"
-        out += [
-            "",
-            f"**Seed presets against the Keras 3 + JAX reference** ({machine_line(data)}; "
-            f"`python benchmarks/vs_keras.py --models vit mixer{' --compile' if data.get('compile') else ''}{where}`, "
-            "batch 256, real CIFAR images, training img/s after compilation; the first step includes compilation "
-            f"and is not in the rate). Keras trains in fp32; vitkit is measured with its defaults ({default}) "
-            "and in fp32, so the second ratio is the implementation's alone:",
-            "",
-        ]
+    for data_name in sorted({Path(run["data"]).name for run in runs}):
+        group = [run for run in runs if Path(run["data"]).name == data_name]
+        group.sort(key=lambda run: run["machine"]["date"], reverse=True)
+        group.sort(key=lambda run: -run["minutes"])  # longest budget first, newest first within it
+        rows, notes = [], []
+        for run in group:
+            flip_tta = any(r.get("test_top1_flip_tta") is not None for r in run["results"])
+            base = (
+                f"python benchmarks/time_to_accuracy.py --data {run['data']} --minutes {run['minutes']:g}"
+                + " --flip-tta" * flip_tta
+            )
+            notes.append(
+                f"- {run['machine']['date']}, {machine_name(run)}, {run['minutes']:g} minutes: "
+                f"{commands(run['results'], base)} ([curve]({CURVES}/{run['stem']}.png))"
+            )
+            for r in run["results"]:
+                rows.append(
+                    dated(run)
+                    + [
+                        f"{run['minutes']:g} min",
+                        r["recipe"],
+                        f"{r['params_m']:.2f}M",
+                        str(r["epochs"]),
+                        f"{r['best_val_top1']:.3f}",
+                        f"{r['test_top1']:.3f}",
+                        cell(r, "test_top1_flip_tta", ".3f"),
+                        cell(r, "final_top1", ".3f"),
+                        cell(r, "final_top1_flip_tta", ".3f"),
+                    ]
+                )
+        out += ["", f"### {data_name}", ""]
         out += table(
             [
-                "preset",
-                "Keras img/s (fp32)",
-                "vitkit img/s (default)",
-                "x Keras",
-                "vitkit img/s (fp32)",
-                "x Keras, fp32 vs fp32",
-                "vitkit first step (s)",
-            ],
-            [
-                [
-                    r["preset"],
-                    cell(r, "keras_ips", ".1f"),
-                    f"{r['vitkit_ips']:.1f}",
-                    cell(r, "speedup", ".1f", "x"),
-                    cell(r, "vitkit_fp32_ips", ".1f"),
-                    cell(r, "fp32_speedup", ".1f", "x"),
-                    f"{r['vitkit_first_step_s']:.0f}",
-                ]
-                for r in data["rows"]
-            ],
-        )
-    if data := load(results, "vs_transformers.json"):
-        out += [
-            "",
-            f"**vitkit ViT against transformers' ViTForImageClassification**, identical config and weights "
-            f"({data['model']} @ {data['image_size']} px, batch {data['batch_size']}; {machine_line(data)}; "
-            "`python benchmarks/vs_transformers.py --compile`):",
-            "",
-        ]
-        out += table(
-            ["path", "train img/s", "x", "inference img/s", "x"],
-            [
-                [
-                    r["path"],
-                    f"{r['train_ips']:.1f}",
-                    f"{r['train_x']:.2f}",
-                    f"{r['infer_ips']:.1f}",
-                    f"{r['infer_x']:.2f}",
-                ]
-                for r in data["rows"]
-            ],
-        )
-        if data.get("compile_s"):
-            out += ["", f"torch.compile took {data['compile_s']:.0f} s before the first step (not in the rates)."]
-    if data := load(results, "inference.json"):
-        out += [
-            "",
-            f"**Inference** ({data['model']}, batch {data['batch_size']}; {machine_line(data)}; "
-            "`python benchmarks/inference.py`):",
-            "",
-        ]
-        out += table(
-            ["path", "img/s", "x transformers", "p50 ms (1 image)", "p95 ms (1 image)", "max abs logit diff"],
-            [
-                [
-                    r["path"],
-                    f"{r['ips']:.1f}",
-                    f"{r['speedup_vs_transformers']:.2f}",
-                    f"{r['p50_ms']:.1f}",
-                    f"{r['p95_ms']:.1f}",
-                    f"{r['max_abs_diff_vs_transformers']:.1e}",
-                ]
-                for r in data["rows"]
-            ],
-        )
-    for data, where in result_files(results, "throughput"):
-        out += [
-            "",
-            f"**Throughput per preset** ({machine_line(data)}; `python benchmarks/throughput.py "
-            f"--amp {data['amp']}{' --compile' if data.get('compile') else ''}{where}`; "
-            f"end-to-end = in-memory loader + on-device augmentation + step, on {Path(data['data']).name}; "
-            "share of peak = model-only rate x training GFLOP per image (matmuls and convolutions, forward and "
-            f"backward) over a {data['amp'] == 'off' and 'fp32' or 'bf16'} 2048x2048 matrix product's rate):",
-            "",
-        ]
-        out += table(
-            [
-                "preset",
+                "date",
+                "machine",
+                "budget",
+                "recipe",
                 "params",
-                "batch",
-                "px",
-                "train img/s (model)",
-                "train img/s (end-to-end)",
-                "pipeline cost",
-                "inference img/s",
-                "channels-last gain (model)",
-                "train GFLOP/img",
-                "share of peak",
+                "epochs",
+                "best val top-1",
+                "held-out top-1",
+                "flip TTA",
+                "final model",
+                "final, flip TTA",
             ],
-            [
-                [
+            rows,
+        )
+        out += ["", "Commands:", ""] + notes
+    return out
+
+
+def throughput() -> list[str]:
+    rows, notes = [], []
+    for data, where in result_files("throughput"):
+        precision = "fp32" if data["amp"] == "off" else "bf16"
+        notes.append(
+            f"- {data['machine']['date']}, {machine_name(data)}: `python benchmarks/throughput.py --amp {data['amp']}"
+            f"{' --compile' if data.get('compile') else ''}{where}` (end-to-end on {Path(data['data']).name})"
+        )
+        for r in data["rows"]:
+            rows.append(
+                dated(data)
+                + [
+                    precision,
                     r["name"] + (" (later run)" if r.get("remeasured") else ""),
                     f"{r['params_m']:.2f}M",
                     str(r["batch"]),
@@ -164,44 +159,225 @@ def section(results: Path) -> list[str]:
                     f"{r['infer_ips']:.1f}",
                     cell(r, "channels_last_gain", ".2f", "x"),
                     cell(r, "train_gflop_per_image", ".3f"),
-                    cell(r, "peak_share_pct", ".1f", f"% of {r.get('peak_gflops') or 0:.0f} GFLOP/s"),
+                    cell(r, "peak_share_pct", ".1f", f"% of {r.get('peak_gflops') or 0:.0f}"),
                 ]
-                for r in data["rows"]
-            ],
+            )
+    out = table(
+        [
+            "date",
+            "machine",
+            "precision",
+            "preset",
+            "params",
+            "batch",
+            "px",
+            "train img/s (model)",
+            "train img/s (end-to-end)",
+            "pipeline cost",
+            "inference img/s",
+            "channels-last gain",
+            "train GFLOP/img",
+            "share of peak (GFLOP/s)",
+        ],
+        rows,
+    )
+    return out + ["", "Commands:", ""] + notes
+
+
+def vs_keras() -> list[str]:
+    rows, notes = [], []
+    for data, where in result_files("vs_keras"):
+        bf16 = any(r.get("vitkit_bf16") for r in data["rows"])
+        notes.append(
+            f"- {data['machine']['date']}, {machine_name(data)}: `python benchmarks/vs_keras.py --models vit mixer"
+            f"{' --compile' if data.get('compile') else ''}{where}` (vitkit's default there: "
+            f"{'bf16 autocast' if bf16 else 'fp32, no native bf16'})"
         )
-    for name in sorted(results.glob("time_to_accuracy/*.json")):
-        data = json.loads(name.read_text())
-        flip_tta = any(r.get("test_top1_flip_tta") is not None for r in data["results"])
-        final = any(r.get("final_top1") is not None for r in data["results"])
-        base = (
-            f"python benchmarks/time_to_accuracy.py --data {data['data']} --minutes {data['minutes']:g}"
-            + " --flip-tta" * flip_tta
+        for r in data["rows"]:
+            rows.append(
+                dated(data)
+                + [
+                    r["preset"],
+                    f"{r['keras_ips']:.1f}",
+                    f"{r['vitkit_ips']:.1f}",
+                    f"{r['speedup']:.1f}x",
+                    cell(r, "vitkit_fp32_ips", ".1f"),
+                    cell(r, "fp32_speedup", ".1f", "x"),
+                    f"{r['vitkit_first_step_s']:.0f}",
+                ]
+            )
+    out = table(
+        [
+            "date",
+            "machine",
+            "preset",
+            "Keras img/s (fp32)",
+            "vitkit img/s (default)",
+            "x Keras",
+            "vitkit img/s (fp32)",
+            "x Keras, fp32 vs fp32",
+            "vitkit first step (s)",
+        ],
+        rows,
+    )
+    return out + ["", "Commands:", ""] + notes
+
+
+def dated_table(data: dict, rows: list[dict], columns: dict) -> list[str]:
+    """A table of one results file's rows, each dated and naming the machine. `columns`: header ->
+    "key", "key:format" or a function of the row."""
+
+    def value(row: dict, spec) -> str:
+        if callable(spec):
+            return spec(row)
+        key, _, fmt = spec.partition(":")
+        return "-" if row.get(key) is None else f"{row[key]:{fmt}}"
+
+    return table(["date", "machine", *columns], [dated(data) + [value(r, s) for s in columns.values()] for r in rows])
+
+
+def vs_transformers() -> list[str]:
+    data = load("vs_transformers.json")
+    if not data:
+        return []
+    compiled = f"; torch.compile took {data['compile_s']:.0f} s before the first step (not in the rates)"
+    out = [
+        f"{data['model']} at {data['image_size']} px, batch {data['batch_size']}; "
+        f"`python benchmarks/vs_transformers.py --compile`{compiled * bool(data.get('compile_s'))}.",
+        "",
+    ]
+    columns = {"path": "path", "train img/s": "train_ips:.1f", "x (train)": "train_x:.2f"}
+    columns |= {"inference img/s": "infer_ips:.1f", "x (inference)": "infer_x:.2f"}
+    return out + dated_table(data, data["rows"], columns)
+
+
+def inference() -> list[str]:
+    data = load("inference.json")
+    if not data:
+        return []
+    on = data.get("agreement_measured_on") or {}
+    trained = on.get("checkpoint")
+    out = [
+        f"Speed: {data['model']} on identical weights, batch {data['batch_size']}. "
+        + (
+            f"Top-1 agreement with fp32: a trained {trained['model']} on {trained['images']:,} held-out "
+            f"{trained['split']} images of {trained['data']}. "
+            if trained
+            else ""
         )
+        + f"The default path (`vitkit.load` with no options) ran {data['default_path']['backend']}, "
+        f"{data['default_path']['precision']}: {data['default_path']['precision_reason']}. "
+        "`python benchmarks/inference.py --checkpoint RUN`.",
+        "",
+    ]
+    columns = {"path": "path", "img/s": "ips:.1f", "x transformers fp32": "speedup_vs_transformers_fp32:.2f"}
+    columns |= {"p50 ms (1 image)": "p50_ms:.1f", "p95 ms (1 image)": "p95_ms:.1f"}
+    columns |= {"max abs logit diff": "max_abs_logit_diff:.1e"}
+    if trained:
+        columns |= {"top-1 agreement": "top1_agreement:.2%", "top-1 change": "top1_delta:+.4f"}
+    return out + dated_table(data, data["rows"], columns)
+
+
+def data_pipeline() -> list[str]:
+    data = load("data_pipeline.json")
+    if not data:
+        return []
+    out = ["`python benchmarks/data_pipeline.py`. The pipelines alone:", ""]
+    columns = {"data": "data", "px": "size:d", "batch": "batch:d", "pipeline": "pipeline", "img/s": "images_per_s:,.0f"}
+    out += dated_table(data, data["pipelines"], columns)
+    out += ["", "Training img/s with every batch from each source, against the model alone on one fixed batch:", ""]
+    columns = {"data": "data", "px": "size:d", "model": "model", "model alone": "model_only:.1f"}
+    columns["streamed (cost)"] = lambda r: f"{r['streamed']:.1f} ({r['streamed_cost']:.1%})"
+    columns["in memory (cost)"] = lambda r: f"{r['in_memory']:.1f} ({r['in_memory_cost']:.1%})"
+    return out + dated_table(data, data["training"], columns)
+
+
+def serving() -> list[str]:
+    data = load("serve_load.json")
+    out: list[str] = []
+    if data:
         out += [
-            "",
-            f"**Equal wall clock: {data['minutes']:g} minutes on {Path(data['data']).name}** "
-            f"({machine_line(data)}; {commands(data['results'], base)}; "
-            f"curve: `benchmarks/results/time_to_accuracy/{name.stem}.png`):",
+            f"A real `vitkit serve` process (backend {data['backend']}) on loopback, the load generator on the same "
+            "machine; `python benchmarks/serve_load.py --checkpoint RUN --label LABEL --abuse heavy,huge,many,thin`. "
+            "Rows are labelled by the build measured.",
             "",
         ]
-        out += table(
-            ["recipe", "params", "epochs", "best val top-1", "test top-1"]
-            + ["test top-1, flip TTA"] * flip_tta
-            + ["final model top-1", "final, flip TTA"][: final + (final and flip_tta)],
-            [
-                [
-                    r["recipe"],
-                    f"{r['params_m']:.2f}M",
-                    str(r["epochs"]),
-                    f"{r['best_val_top1']:.3f}",
-                    f"{r['test_top1']:.3f}",
-                ]
-                + [cell(r, "test_top1_flip_tta", ".3f")] * flip_tta
-                + [cell(r, "final_top1", ".3f"), cell(r, "final_top1_flip_tta", ".3f")][: final + (final and flip_tta)]
-                for r in data["results"]
-            ],
-        )
+        columns = {"label": "label", "clients": "clients:d", "requests/s": "req_per_s:.1f"}
+        columns |= {"p50 ms": "p50_ms:.1f", "p95 ms": "p95_ms:.1f", "failures": "failures:d"}
+        out += dated_table(data, data["load"], columns)
+        out += ["", "Under abusive requests: the server's memory and a small request's latency meanwhile:", ""]
+        columns = {"label": "label", "abuse": "kind"}
+        columns["status"] = lambda r: ", ".join(map(str, sorted(set(r["abusive_status"]))))
+        columns |= {"idle RSS MiB": "idle_rss_mib:.0f", "peak RSS MiB": "peak_rss_mib:.0f"}
+        columns["small request p50 / max ms"] = lambda r: f"{r['small_p50_ms']:.0f} / {r['small_max_ms']:.0f}"
+        out += dated_table(data, data["abuse"], columns)
+    if pool := load("decode_pool.json"):
+        out += ["", "Decoding uploads on threads against processes (`python benchmarks/decode_pool.py`):", ""]
+        columns = {"pool": "pool", "img/s": "images_per_s:.0f", "longest event-loop stall ms": "max_stall_ms:.1f"}
+        out += dated_table(pool, pool["rows"], columns)
     return out
+
+
+INTRO = """---
+hide:
+  - navigation
+---
+
+# Benchmarks
+
+Generated from `benchmarks/results/*.json` by `python benchmarks/report.py`: every row is dated and names
+the machine it ran on. The scripts in `benchmarks/` print a table and write those files. Compare figures
+measured side by side in one run; absolute rates drift on shared machines.
+
+| script | measures |
+|---|---|
+| `time_to_accuracy.py` | recipes side by side at equal wall clock (CSV and a PNG curve) |
+| `throughput.py` | training (model alone, and end to end on real images) and inference images/s per preset |
+| `vs_keras.py` | the seed presets against the Keras 3 + JAX reference |
+| `vs_transformers.py` | vitkit's ViT against transformers' on identical configuration and weights |
+| `inference.py` | every inference path (PyTorch fp32/bf16, ONNX Runtime fp32/INT8, OpenVINO) against transformers, with agreement |
+| `data_pipeline.py` | decoding and streaming rates, and what they cost a training step |
+| `serve_load.py` | a real `vitkit serve` under load and under abusive requests |
+| `decode_pool.py` | decoding uploads on threads against processes |
+| `gpu.sh` | a GPU run: fast tests, a CIFAR-10 speedrun and throughput, each under its own timeout |
+"""
+
+
+def page() -> str:
+    sections = [
+        (
+            "Time to accuracy",
+            "Top-1 on held-out images after training each recipe for the same wall-clock budget "
+            "(`--time-budget`): the test split, or where the data has none the validation split, which then "
+            "also chose the best checkpoint; the final model's columns are the last weights, which nothing "
+            "selected.",
+            time_to_accuracy(),
+        ),
+        (
+            "Throughput per preset",
+            "Training images/s of the model alone on one batch and end to end (in-memory "
+            "loader, on-device augmentation, step); the share of peak is the model-only rate times the training "
+            "GFLOP per image (matrix products and convolutions, forward and backward) over a 2048x2048 matrix "
+            "product's rate in the same precision.",
+            throughput(),
+        ),
+        (
+            "Seed presets against Keras",
+            "Batch 256, real CIFAR images, training images/s after compilation. Keras "
+            "trains in fp32; vitkit with its defaults and in fp32, so the second ratio is the implementation's "
+            "alone.",
+            vs_keras(),
+        ),
+        ("ViT against transformers", "", vs_transformers()),
+        ("Inference", "", inference()),
+        ("Data pipeline", "", data_pipeline()),
+        ("Serving", "", serving()),
+    ]
+    out = [INTRO, "## Machines", ""] + machines()
+    for title, text, body in sections:
+        if body:
+            out += ["", f"## {title}", ""] + ([text, ""] if text else []) + body
+    return "\n".join(out).rstrip("\n") + "\n"
 
 
 def preset_of(row: dict) -> str:
@@ -239,18 +415,15 @@ def commands(results: list[dict], base: str) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--results", type=Path, default=RESULTS, help="folder of the benchmarks' JSON files")
-    parser.add_argument("--readme", type=Path, default=REPO / "README.md", help="file whose section is rewritten")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", help="Markdown file to write (default: print the page)")
     args = parser.parse_args()
-    text = args.readme.read_text()
-    if START not in text or END not in text:
-        raise SystemExit(f"{args.readme} has no {START} ... {END} markers")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    lines = section(args.results)
-    args.readme.write_text(head + START + "\n" + "\n".join(lines).strip("\n") + "\n" + END + tail)
-    print(f"{args.readme.name} benchmark section regenerated")
+    text = page()
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"{args.out}: the benchmarks page, from {RESULTS.relative_to(REPO)}")
+    else:
+        print(text, end="")
     return 0
 
 

@@ -18,7 +18,8 @@ class Preset:
     model_args: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
     # Train at a built-in dataset's own size and crop padding (28 px for Fashion-MNIST) instead of
-    # `train`'s: upsampling 28 px images to 32 costs 30% more tokens and measured worse at equal time.
+    # `train`'s: upsampling 28 px images to 32 costs more tokens and trained worse at equal time
+    # (benchmarks/results/time_to_accuracy/fashion-mnist-*.json, the image_size=32 rows).
     native_size: bool = False
     # Larger sizes for --time-budget: (epochs, architecture changes), ascending. A run takes the largest
     # size that its budget lets train for at least those epochs at the rate measured on its machine
@@ -57,9 +58,9 @@ KERAS_MLP_TRAIN = dict(
 
 # Recipes for training from scratch on small images (28-32 px) and on folders (64 px), tuned on
 # measurements (benchmarks/time_to_accuracy.py): short warmup, cosine decay, label smoothing, light
-# augmentation, batch 64. For ViTs the convolutional tokenizer with sequence pooling (CCT) measured
-# +9 points over plain patches at a 2-minute CPU budget on cifar10-dev; shifted patches with
-# locality attention measured no gain there, so they stay options rather than defaults.
+# augmentation, batch 64. For ViTs the convolutional tokenizer with sequence pooling (CCT) trained
+# better than plain patches at equal time on cifar10-dev; shifted patches with locality attention
+# did not, so they stay options rather than defaults.
 # On built-in 28 px data the small-image recipes train at 28 px (see `Preset.native_size`).
 SMALL_IMAGE_TRAIN = dict(
     image_size=32,
@@ -78,22 +79,22 @@ SMALL_IMAGE_TRAIN = dict(
 FOLDER_TRAIN = dict(SMALL_IMAGE_TRAIN, image_size=64, crop_padding=0, rrc_scale=0.35, val_split=0.2, lr=1e-3)
 CCT = dict(stem="conv", pool="seq", class_token=False)
 # The ViT paper's hybrid at 32 px: ResNet stages (one basic block each, 16-32-64-128 wide) to a 4x4
-# grid, then 4 transformer blocks of width 128 over those 16 tokens, sequence pooling. On the full
-# CIFAR-10 in 30 minutes it led the ResNet recipe by 3 points on a 2-core AVX2 CPU, where the larger
-# sizes below train too few epochs (the README's (budget, size) table).
+# grid, then 4 transformer blocks of width 128 over those 16 tokens, sequence pooling. It is the size
+# for short budgets and slow machines, where the larger sizes below train too few epochs to catch up
+# (benchmarks/results/time_to_accuracy/cifar10-train-*.json).
 HYBRID = dict(
     stem="resnet", stem_width=16, conv_layers=3, embed_dim=128, num_heads=4, mlp_dim=256, pool="seq", class_token=False
 )
-# Larger sizes, for budgets that train them these epochs (`Preset.budget_sizes`). Double width (3.41M
-# parameters, 4x the FLOPs): in 30 minutes on full CIFAR-10 it trained 5 epochs on a 2-core AVX2 CPU
-# and trailed the 0.86M recipe by 3 points (by 10 and 12 with 1 and 2 epochs at 3 and 10 minutes); on
-# a 2-core AMX CPU it trained 20 and led it by 0.7. The 12-epoch line lies between the two.
+# Larger sizes, for budgets that train them these epochs (`Preset.budget_sizes`). Double width (4x the
+# FLOPs) trailed the small size when a budget trained it a few epochs and led it when it trained about
+# 20; the 12-epoch line lies between those measurements (benchmarks/results/time_to_accuracy/
+# cifar10-train-{3,10}min.json, cifar10-train-30min-2026-12-03.json, cifar10-train-30min-xeon-amx-2026-12-05.json).
 HYBRID_WIDE = dict(stem_width=32, embed_dim=256, num_heads=8, mlp_dim=512)
 # The ViT paper's own hybrid design on the ResNet recipe: its first three stages (two blocks each,
 # 32-64-128), a strided 3x3 projection to 16 tokens in place of its last stage, 4 transformer blocks of
-# width 256 (3.11M). On the AMX CPU it trains as fast as the ResNet (17 epochs in 30 minutes) and ends
-# 0.6 points behind it, 0.7 ahead of the double width's 20 epochs; the ResNet's four stages under 2
-# transformer blocks (3.92M, 16 epochs) ended level with it.
+# width 256. Where a budget trains it 15 epochs it trains about as fast as the ResNet recipe and ends
+# close to it, ahead of the double width; the ResNet's four stages under 2 transformer blocks ended
+# level with it (benchmarks/results/time_to_accuracy/cifar10-train-30min.json).
 HYBRID_RESNET_STAGES = dict(HYBRID_WIDE, stem_blocks=2, stem_token_stride=2)
 HYBRID_SIZES = ((12, HYBRID_WIDE), (15, HYBRID_RESNET_STAGES))
 

@@ -159,10 +159,11 @@ class TrainConfig(AugmentSpec):
         "auto", "bf16 autocast: auto uses it where the hardware has native bf16", choices=("auto", "bf16", "off")
     )
     compile: bool = _optim(False, "torch.compile the model (compile time is reported apart)")
+    # The gain per preset: the channels_last_gain column of benchmarks/results/throughput*.json.
     channels_last: bool = _optim(
         True,
-        "feed training batches channels-last (NHWC): CPU training of conv stems and ResNets measured "
-        "1.1-1.3x as fast; weights and checkpoints are unchanged",
+        "feed training batches channels-last (NHWC), faster for convolutional stems and ResNets on CPU; "
+        "weights and checkpoints are unchanged",
     )
     normalize: str = option(
         "fit",

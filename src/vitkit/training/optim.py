@@ -41,8 +41,8 @@ def build_optimizer(
     model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float, groups: list[dict]
 ) -> torch.optim.Optimizer:
     device = next(model.parameters()).device.type
-    # One fused kernel per step where torch has one (CUDA, CPU): on a 2-core AMX CPU it cut AdamW's
-    # step from 11 to 5 ms for the 3.4M hybrid ViT (+7% training img/s) against the multi-tensor path.
+    # One fused kernel per step where torch has one (CUDA, CPU): fewer passes over the weights than the
+    # multi-tensor path, which a small model's CPU step feels (benchmarks/throughput.py measures it).
     fast = {"fused": True} if device in ("cuda", "cpu") else {"foreach": True}
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, **fast)

@@ -1,7 +1,8 @@
 """`--time-budget` picks a preset's size by this machine's measured speed.
 
-How many epochs a budget buys depends on the hardware: in the same 30 minutes the hybrid `cifar-vit`
-at double width trained 5 epochs on a 2-core AVX2 CPU and 20 on a 2-core AMX one. A size is worth
+How many epochs a budget buys depends on the hardware: in the same 30 minutes the same model trained
+four times the epochs on one 2-core CPU as on another (benchmarks/results/time_to_accuracy/
+cifar10-train-30min-*.json). A size is worth
 taking only when the budget lets it train long enough, so a preset's sizes are keyed by epochs, not
 minutes: a few timed steps of each candidate measure its training rate here, and the run takes the
 largest size whose budget affords at least its epochs. The choice is recorded in run.json and read
