@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import threading
+from pathlib import Path
 
 import httpx
 import pytest
@@ -22,6 +23,8 @@ from vitkit.models import create_model, save_model
 from vitkit.predict import expand_paths
 from vitkit.pretrained import load_pretrained
 from vitkit.serve.app import warn_if_exposed
+
+OLD_RUN = Path(__file__).parent / "fixtures" / "run-v0.1"
 
 
 def one_line_error(capsys, args: tuple[str, ...], *needles: str) -> None:
@@ -204,3 +207,80 @@ def test_bad_files_are_named_by_their_path(digits_run, tmp_path):
     errors = [r["error"] for r in json.loads(proc.stdout)]
     assert any(str(tmp_path / "cats" / "img_001.jpg") in e for e in errors), errors
     assert any(str(tmp_path / "dogs" / "img_001.jpg") in e for e in errors), errors
+
+
+# ----------------------------------------------------------------------------- configuration files
+
+ALIAS_BOMB = "mean: [&a [1, 1, 1, 1, 1, 1, 1, 1, 1], " + ", ".join(
+    f"&{b} [{', '.join([f'*{a}'] * 9)}]" for a, b in zip("abcdefgh", "bcdefghi")
+)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (ALIAS_BOMB + "]\n", "anchor or alias"),  # 9**9 values once expanded
+        ("".join(f"k{i}: {i}\n" for i in range(300_000)), "bytes, over the 1,048,576"),
+        ("".join(f"k{i}: {i}\n" for i in range(12_000)), "more than 10,000 values"),
+        ("".join(f"k{i}: {i}\n" for i in range(4_000)), "unknown option(s) k0, k1, k10, k100, k1000"),
+        ("epochs: two\n", "epochs: expected a whole number, got 'two'"),
+        ("epochs: 1.7\n", "epochs: expected a whole number, got 1.7"),
+        ("epochs: true\n", "epochs: expected a whole number, got true"),
+        ("lr: [1, 2]\n", "lr: expected a finite number, got [1, 2]"),
+        ("lr: null\n", "lr: expected a finite number, got null"),
+        ("lr: .nan\n", "lr: expected a finite number, got nan"),
+        ("mean: 5\n", "mean: expected a list of values, got 5"),
+        ("hflip: 1\n", "hflip: expected true or false, got 1"),
+    ],
+    ids=["alias-bomb", "oversize", "too-many-keys", "unknown-keys", "word", "fraction", "bool", "list", "null", "nan",
+         "scalar-mean", "int-bool"],
+)
+def test_config_files_are_checked_before_any_work(tmp_path, capsys, text, message):
+    config = tmp_path / "config.yaml"
+    config.write_text(text)
+    one_line_error(capsys, ("train", "--config", str(config), "--out", str(tmp_path / "run")), str(config), message)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_saved_args_yaml_is_read_as_safely(tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(OLD_RUN, run)
+    (run / "args.yaml").write_text(ALIAS_BOMB + "]\n")
+    one_line_error(capsys, ("train", "--out", str(run), "--resume"), "args.yaml", "anchor or alias")
+    (run / "args.yaml").write_text((OLD_RUN / "args.yaml").read_text().replace("epochs: 2", "epochs: 2.5"))
+    one_line_error(capsys, ("train", "--out", str(run), "--resume"), "args.yaml", "epochs: expected a whole number")
+
+
+def test_whole_floats_are_taken_and_model_args_are_typed(tmp_path, capsys):
+    from vitkit.training.config import make_config
+
+    assert make_config(epochs=2.0).epochs == 2 and isinstance(make_config(epochs=2.0).epochs, int)
+    out = str(tmp_path / "run")
+    one_line_error(capsys, ("train", "--model-arg", "depth=1.5", "--out", out), "model option depth: expected a whole")
+    one_line_error(capsys, ("train", "--model-arg", "depth=&a 2", "--out", out), "depth", "anchor or alias")
+    assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------------------- checkpoint configs
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda m: m["preprocessing"].update(std=[0]), "preprocessing std must hold positive finite numbers"),
+        (lambda m: m["preprocessing"].update(std=[float("nan")]), "preprocessing std must hold positive finite"),
+        (lambda m: m["preprocessing"].update(mean=[0.1, 0.2]), "preprocessing mean must list one number per channel"),
+        (lambda m: m["config"].update(embed_dim=1_000_000, depth=1000), "GiB of weights), more than this machine"),
+        (lambda m: m["config"].update(depth=10**9), "depth 1000000000 is out of range"),
+        (lambda m: m["config"].update(patch_size=0), "patch_size must be at least 1"),
+        (lambda m: m["config"].update(depth="4"), "model option depth: expected a whole number, got '4'"),
+        (lambda m: m["config"].update(qkv_bias=1), "model option qkv_bias: expected true or false"),
+    ],
+    ids=["std-zero", "std-nan", "mean-length", "12-TB", "depth-range", "patch-zero", "depth-text", "bias-int"],
+)
+def test_checkpoint_configs_are_checked_before_allocation(digits_run, digit_images, tmp_path, capsys, edit, message):
+    checkpoint = copy_checkpoint(digits_run, tmp_path)
+    meta = json.loads((checkpoint / "config.json").read_text())
+    edit(meta)
+    (checkpoint / "config.json").write_text(json.dumps(meta))
+    one_line_error(capsys, ("predict", str(checkpoint), str(digit_images[0][0])), "config.json", message)

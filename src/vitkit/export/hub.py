@@ -63,6 +63,7 @@ def write_vitkit_folder(classifier, checkpoint: Path, out: Path, title: str, loa
 def push(checkpoint: str | os.PathLike, repo_id: str, private: bool = False, message: str | None = None) -> dict:
     """Create the hub repo (when new) and upload the checkpoint with its model card in one commit."""
     try:
+        import httpx
         from huggingface_hub import HfApi
         from huggingface_hub.errors import HfHubHTTPError
     except ImportError:
@@ -94,8 +95,9 @@ def push(checkpoint: str | os.PathLike, repo_id: str, private: bool = False, mes
                     "`hf auth login` or set HF_TOKEN to a token with write access to it"
                 ) from None
             raise ValueError(f"the hub at {api.endpoint} refused the upload: {str(e).splitlines()[0]}") from None
-        except OSError as e:
+        except (OSError, httpx.TransportError) as e:  # the message names the address, never the token
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ValueError(
-                f"cannot reach the hub at {api.endpoint} ({e}); check the network or HF_ENDPOINT"
+                f"cannot reach the hub at {api.endpoint} ({first}); check the network or HF_ENDPOINT"
             ) from None
     return {"repo": f"{api.endpoint}/{repo_id}", "layout": layout, "commit": commit.oid}
