@@ -114,20 +114,20 @@ class RunDir:
             if path.exists() and not path.is_dir():
                 raise ValueError(f"--out {path} is a file, not a folder: choose a new folder for the run")
             path.mkdir(parents=True, exist_ok=True)
+            held = sorted(p.name for p in path.iterdir() if p.name != LOCK_FILE)
+            if not resume and held and not RUN_FILES & set(held):  # refused before the lock file is left there
+                raise ValueError(
+                    f"--out {path} already holds files that are not a vitkit run ({name_list(held, 3)}): "
+                    "choose a new or empty folder for the run"
+                )
         lock = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         if not _lock_within(lock, LOCK_WAIT_S):
             os.close(lock)
             raise ValueError(f"run folder {path} is in use by another vitkit process: choose another --out")
-        held = sorted(p.name for p in path.iterdir() if p.name != LOCK_FILE)
-        if not resume and held:
+        if not resume and any(p.name != LOCK_FILE for p in path.iterdir()):
             os.close(lock)
-            if RUN_FILES & set(held):
-                raise ValueError(
-                    f"run folder {path} already holds a run: pass --resume to continue it, or choose another --out"
-                )
             raise ValueError(
-                f"--out {path} already holds files that are not a vitkit run ({name_list(held, 3)}): "
-                "choose a new or empty folder for the run"
+                f"run folder {path} already holds a run: pass --resume to continue it, or choose another --out"
             )
         return cls(path, lock=lock)
 
