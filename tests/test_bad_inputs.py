@@ -439,18 +439,6 @@ def test_csv_cells_that_would_start_a_formula_are_escaped(digits_run, digit_imag
     assert {row[0] for row in rows[1:]} == {str(image)}  # an absolute path starts with /: kept as it is
 
 
-def test_a_failed_resume_leaves_a_complete_run_complete(tmp_path):
-    run = tmp_path / "run"
-    shutil.copytree(OLD_RUN, run)
-    before = (run / "run.json").read_text()
-    state = run / "last" / "trainer.pt"
-    state.write_bytes(state.read_bytes()[:1000])
-    proc = run_vitkit("train", "--out", str(run), "--resume", "--threads", "1")
-    assert (run / "run.json").read_text() == before
-    assert proc.returncode == 2 and "trainer.pt cannot be read" in proc.stderr, proc.stderr[-2000:]
-    assert "unchanged" in proc.stderr
-
-
 @pytest.mark.parametrize(
     "args, message",
     [

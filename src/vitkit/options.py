@@ -104,6 +104,19 @@ def _describe(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# A declared scalar type: what it accepts (a bool is no number, a number no bool) and what the error asks for.
+_SCALARS = {
+    bool: (lambda v: isinstance(v, bool), "true or false"),
+    int: (lambda v: _number(v) and isinstance(v, int), "a whole number"),
+    float: (lambda v: _number(v) and math.isfinite(v), "a finite number"),
+    str: (lambda v: isinstance(v, str), "text"),
+}
+
+
 def typed_value(kind, value: Any, name: str) -> Any:
     """`value` as the declared type `kind`, or a ValueError naming the option. Only lossless conversions:
     a whole float (2.0) to int, an int to float, a list to a tuple; never a bool to a number, a
@@ -120,24 +133,13 @@ def typed_value(kind, value: Any, name: str) -> Any:
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
             raise ValueError(f"{name}: expected a mapping of name: value, got {_describe(value)}")
         return dict(value)
-    if kind is bool:
-        if not isinstance(value, bool):
-            raise ValueError(f"{name}: expected true or false, got {_describe(value)}")
-        return value
-    if kind is int:
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{name}: expected a whole number, got {_describe(value)}")
-        return value
-    if kind is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"{name}: expected a finite number, got {_describe(value)}")
-        return float(value)
-    if kind is str:
-        if not isinstance(value, str):
-            raise ValueError(f"{name}: expected text, got {_describe(value)}")
-        return value
+    if kind is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if kind in _SCALARS:
+        accepts, wanted = _SCALARS[kind]
+        if not accepts(value):
+            raise ValueError(f"{name}: expected {wanted}, got {_describe(value)}")
+        return float(value) if kind is float else value
     return value
 
 
