@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import shared_dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import keras_parity  # noqa: E402
@@ -19,6 +20,7 @@ KERAS_PYTHON = os.environ.get("VITKIT_KERAS_PYTHON", sys.executable)
 
 @pytest.fixture(scope="module")
 def keras_side(tmp_path_factory):
+    shared_dataset("cifar100-dev")  # the images
     if not keras_parity.PEER.is_file():
         pytest.skip(f"the Keras peer is not at {keras_parity.PEER}")
     probe = subprocess.run(

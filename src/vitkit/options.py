@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import typing
 from pathlib import Path
 from typing import Any
@@ -135,6 +136,8 @@ def typed_value(kind, value: Any, name: str) -> Any:
         return dict(value)
     if kind is int and isinstance(value, float) and value.is_integer():
         return int(value)
+    if kind is str and isinstance(value, os.PathLike):  # a path given through the Python API
+        return os.fspath(value)
     if kind in _SCALARS:
         accepts, wanted = _SCALARS[kind]
         if not accepts(value):
