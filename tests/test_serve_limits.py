@@ -7,6 +7,7 @@ import socket
 import time
 
 import httpx
+import pytest
 from serving import running_server
 from test_serve_abuse import closed_within, multipart
 
@@ -42,6 +43,7 @@ def response_status(sock: socket.socket, seconds: float) -> int:
     return int(head.split()[1])
 
 
+@pytest.mark.slow  # a server process, and the seconds its deadlines take to pass
 def test_crowd_limits_on_a_real_server(digits_run, tmp_path):
     log = tmp_path / "server.log"
     with running_server(digits_run[0], *FLAGS, log=log) as (base, _):
