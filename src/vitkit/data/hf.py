@@ -85,6 +85,9 @@ def _check_parquet_files(data: str, files: dict[str, list[str]]) -> None:
 def _open(data: str, data_dir) -> dict[str, Any]:
     """{train/val/test: datasets.Dataset}."""
     datasets = require_datasets(data)
+    parquet = not data.startswith(HUB_PREFIX) and not _saved_to_disk(Path(data))
+    files = _parquet_files(Path(data)) if parquet else {}
+    _check_parquet_files(data, files)
     try:
         if data.startswith(HUB_PREFIX):
             name, _, config = data[len(HUB_PREFIX) :].partition(":")
@@ -92,8 +95,6 @@ def _open(data: str, data_dir) -> dict[str, Any]:
         elif _saved_to_disk(Path(data)):
             loaded = datasets.load_from_disk(data)
         else:
-            files = _parquet_files(Path(data))
-            _check_parquet_files(data, files)
             cache = data_root(data_dir) / "hf-datasets"
             loaded = datasets.load_dataset("parquet", data_files=files, cache_dir=str(cache))
     except (FileNotFoundError, ValueError, ConnectionError, OSError) as e:
