@@ -278,7 +278,7 @@ def check_writable(out: str, what: str) -> None:
         raise UserError(f"{out} is a file: the {what} to write must be a new or existing folder")
     folder = next(p for p in (target if target.is_dir() else target.parent, *target.parents) if p.exists())
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise UserError(f"cannot write {out}: {folder} is read-only for this user; write the {what} somewhere else")
+        raise UserError(f"cannot write {out}: {folder} is read-only; write the {what} somewhere else")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
