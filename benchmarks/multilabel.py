@@ -34,12 +34,13 @@ SCORE_TOLERANCE = 1e-3
 PARITY_MODEL = ["stem=patch", "class_token=true", "pool=cls", "patch_size=4"]
 
 
-def held_out_table(table: Path, out: Path, seed: int):
-    """train.csv with a split column (test for the held-out rows); the genre names, the 0/1 labels of
-    the train and test rows, and the held-out posters' ids."""
+def held_out_table(table: Path, out: Path, seed: int, limit: int = 0):
+    """train.csv (its first `limit` rows when given) with a split column (test for the held-out rows);
+    the genre names, the 0/1 labels of the train and test rows, and the held-out posters' ids."""
     with open(table, newline="") as f:
         reader = csv.DictReader(f)
         fields, rows = list(reader.fieldnames), list(reader)
+    rows = rows[:limit] if limit else rows
     genres = fields[2:]
     labels = torch.tensor([[float(r[g]) for g in genres] for r in rows])
     _, test = stratified_split(labels, HOLD_OUT, seed)
@@ -157,6 +158,7 @@ def main() -> int:
     parser.add_argument("--parity-minutes", type=float, default=1.0, help="training budget of the export check's ViT")
     parser.add_argument("--recipes", nargs="+", default=["multilabel-vit", "multilabel-resnet"])
     parser.add_argument("--seed", type=int, default=0, help="seed of the held-out split")
+    parser.add_argument("--limit", type=int, default=0, help="the table's first N posters only (0: all)")
     parser.add_argument("--work", default="runs/multilabel-benchmark", help="run folders and the split table")
     parser.add_argument("--out", default="benchmarks/results/multilabel_posters.json")
     args = parser.parse_args()
@@ -168,7 +170,7 @@ def main() -> int:
         print(f"{work} exists: remove it or pass another --work", file=sys.stderr)
         return 1
     table, genres, train_labels, test_labels, test_ids = held_out_table(
-        POSTERS / "train.csv", work / "posters-split.csv", args.seed
+        POSTERS / "train.csv", work / "posters-split.csv", args.seed, args.limit
     )
     baseline = frequency_baseline(train_labels, test_labels, genres)
     rows = [{"recipe": "label frequency", "map_macro": baseline["map_macro"], "map_micro": baseline["map_micro"]}]

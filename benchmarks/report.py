@@ -335,7 +335,7 @@ measured side by side in one run; absolute rates drift on shared machines.
 | `throughput.py` | training (model alone, and end to end on real images) and inference images/s per preset |
 | `vs_keras.py` | the seed presets against the Keras 3 + JAX reference |
 | `vs_transformers.py` | vitkit's ViT against transformers' on identical configuration and weights |
-| `inference.py` | every inference path (PyTorch fp32/bf16, ONNX Runtime fp32/INT8, OpenVINO) against transformers, with agreement |
+| `inference.py` | every inference path (fp32, bf16, INT8, OpenVINO) against transformers, with agreement |
 | `data_pipeline.py` | decoding and streaming rates, and what they cost a training step |
 | `serve_load.py` | a real `vitkit serve` under load and under abusive requests |
 | `decode_pool.py` | decoding uploads on threads against processes |

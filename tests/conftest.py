@@ -53,8 +53,10 @@ def _skip_reason(report) -> str:
 
 
 def pytest_runtest_logreport(report):
-    if report.skipped and not hasattr(report, "wasxfail"):
-        _skips.append((report.nodeid, _skip_reason(report)))
+    # an expected failure (xfail) is a skip too: it passes the run while the test checks nothing
+    if report.skipped:
+        reason = f"xfail: {report.wasxfail or 'no reason given'}" if hasattr(report, "wasxfail") else None
+        _skips.append((report.nodeid, reason or _skip_reason(report)))
 
 
 def pytest_collectreport(report):

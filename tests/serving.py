@@ -18,13 +18,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for process {pid}")
-
-
 @contextmanager
 def running_server(checkpoint, *flags: str, log: Path):
     """Yields (base URL, process); the server's stdout and stderr go to `log`."""

@@ -5,23 +5,28 @@ error, never a traceback or a 5xx."""
 import json
 import os
 import shutil
+import subprocess
 import threading
+from pathlib import Path
 
 import httpx
 import pytest
 import torch
-from conftest import run_vitkit
+from conftest import run_vitkit, subprocess_env, vitkit_cmd, write_class_folders
 from corpus import write_corpus
 from safetensors.torch import load_file, save_file
 from serving import running_server
 
 from vitkit.api import onnx_cache_path
 from vitkit.cli import main
+from vitkit.data.pack import pack_folder
 from vitkit.fileio import write_json
 from vitkit.models import create_model, save_model
 from vitkit.predict import expand_paths
 from vitkit.pretrained import load_pretrained
 from vitkit.serve.app import warn_if_exposed
+
+OLD_RUN = Path(__file__).parent / "fixtures" / "run-v0.1"
 
 
 def one_line_error(capsys, args: tuple[str, ...], *needles: str) -> None:
@@ -204,3 +209,242 @@ def test_bad_files_are_named_by_their_path(digits_run, tmp_path):
     errors = [r["error"] for r in json.loads(proc.stdout)["results"]]
     assert any(str(tmp_path / "cats" / "img_001.jpg") in e for e in errors), errors
     assert any(str(tmp_path / "dogs" / "img_001.jpg") in e for e in errors), errors
+
+
+# ----------------------------------------------------------------------------- configuration files
+
+ALIAS_BOMB = "mean: [&a [1, 1, 1, 1, 1, 1, 1, 1, 1], " + ", ".join(
+    f"&{b} [{', '.join([f'*{a}'] * 9)}]" for a, b in zip("abcdefgh", "bcdefghi")
+)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (ALIAS_BOMB + "]\n", "anchor or alias"),  # 9**9 values once expanded
+        ("".join(f"k{i}: {i}\n" for i in range(300_000)), "bytes, over the 1,048,576"),
+        ("".join(f"k{i}: {i}\n" for i in range(12_000)), "more than 10,000 values"),
+        (
+            "".join(f"k{i}: {i}\n" for i in range(4_000)),
+            "unknown option(s) k0, k1, k10, k100, k1000, k1001, k1002, k1003 and 3992 more",
+        ),
+        ("epochs: two\n", "epochs: expected a whole number, got 'two'"),
+        ("epochs: 1.7\n", "epochs: expected a whole number, got 1.7"),
+        ("epochs: true\n", "epochs: expected a whole number, got true"),
+        ("lr: [1, 2]\n", "lr: expected a finite number, got [1, 2]"),
+        ("lr: null\n", "lr: expected a finite number, got null"),
+        ("lr: .nan\n", "lr: expected a finite number, got nan"),
+        ("mean: 5\n", "mean: expected a list of values, got 5"),
+        ("hflip: 1\n", "hflip: expected true or false, got 1"),
+    ],
+    ids=[
+        "alias-bomb",
+        "oversize",
+        "too-many-keys",
+        "unknown-keys",
+        "word",
+        "fraction",
+        "bool",
+        "list",
+        "null",
+        "nan",
+        "scalar-mean",
+        "int-bool",
+    ],
+)
+def test_config_files_are_checked_before_any_work(tmp_path, capsys, text, message):
+    config = tmp_path / "config.yaml"
+    config.write_text(text)
+    one_line_error(capsys, ("train", "--config", str(config), "--out", str(tmp_path / "run")), str(config), message)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_saved_args_yaml_is_read_as_safely(tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(OLD_RUN, run)
+    (run / "args.yaml").write_text(ALIAS_BOMB + "]\n")
+    one_line_error(capsys, ("train", "--out", str(run), "--resume"), "args.yaml", "anchor or alias")
+    (run / "args.yaml").write_text((OLD_RUN / "args.yaml").read_text().replace("epochs: 2", "epochs: 2.5"))
+    one_line_error(capsys, ("train", "--out", str(run), "--resume"), "args.yaml", "epochs: expected a whole number")
+
+
+def test_whole_floats_are_taken_and_model_args_are_typed(tmp_path, capsys):
+    from vitkit.training.config import make_config
+
+    assert make_config(epochs=2.0).epochs == 2 and isinstance(make_config(epochs=2.0).epochs, int)
+    out = str(tmp_path / "run")
+    one_line_error(capsys, ("train", "--model-arg", "depth=1.5", "--out", out), "model option depth: expected a whole")
+    one_line_error(capsys, ("train", "--model-arg", "depth=&a 2", "--out", out), "depth", "anchor or alias")
+    assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------------------- checkpoint configs
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda m: m["preprocessing"].update(std=[0]), "preprocessing std must hold positive finite numbers"),
+        (lambda m: m["preprocessing"].update(std=[float("nan")]), "preprocessing std must hold positive finite"),
+        (lambda m: m["preprocessing"].update(mean=[0.1, 0.2]), "preprocessing mean must list one number per channel"),
+        (lambda m: m["config"].update(embed_dim=1_000_000, depth=1000), "GiB of weights), more than this machine"),
+        (lambda m: m["config"].update(depth=10**9), "depth 1000000000 is out of range"),
+        (lambda m: m["config"].update(patch_size=0), "patch_size must be at least 1"),
+        (lambda m: m["config"].update(depth="4"), "model option depth: expected a whole number, got '4'"),
+        (lambda m: m["config"].update(qkv_bias=1), "model option qkv_bias: expected true or false"),
+    ],
+    ids=["std-zero", "std-nan", "mean-length", "12-TB", "depth-range", "patch-zero", "depth-text", "bias-int"],
+)
+def test_checkpoint_configs_are_checked_before_allocation(digits_run, digit_images, tmp_path, capsys, edit, message):
+    checkpoint = copy_checkpoint(digits_run, tmp_path)
+    meta = json.loads((checkpoint / "config.json").read_text())
+    edit(meta)
+    (checkpoint / "config.json").write_text(json.dumps(meta))
+    one_line_error(capsys, ("predict", str(checkpoint), str(digit_images[0][0])), "config.json", message)
+
+
+# ----------------------------------------------------------------------------- datasets
+
+
+def write_parquet_shards(root: Path, labels_per_shard: list[list[int]]) -> list[Path]:
+    """Parquet shards in the hub layout with real PNG images and a two-class ClassLabel; labels as given,
+    even outside the ClassLabel (which `datasets` does not check when writing)."""
+    import io
+
+    import datasets
+    import numpy as np
+    from PIL import Image
+
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
+    rng = np.random.default_rng(0)
+    shards = []
+    for i, labels in enumerate(labels_per_shard):
+        images = []
+        for _ in labels:
+            buffer = io.BytesIO()
+            Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(buffer, "PNG")
+            images.append({"bytes": buffer.getvalue(), "path": None})
+        table = datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
+        table = table.cast_column("label", datasets.ClassLabel(names=["cat", "dog"]))
+        shard = root / "data" / f"train-{i:05d}-of-{len(labels_per_shard):05d}.parquet"
+        table.to_parquet(str(shard))
+        shards.append(shard)
+    return shards
+
+
+@pytest.mark.parametrize("bad", [7, -1])
+def test_parquet_labels_outside_the_class_label_are_refused_at_preparation(tmp_path, capsys, bad):
+    data = tmp_path / "parquet"
+    write_parquet_shards(data, [[0, 1, 0, 1, 0, 1, bad, 0]])
+    one_line_error(
+        capsys,
+        ("train", "--data", str(data), "--out", str(tmp_path / "run"), "--threads", "1"),
+        f"holds {bad} at row 6",
+        "outside its ClassLabel's 2 classes",
+    )
+
+
+def test_a_truncated_parquet_shard_is_named(tmp_path, capsys):
+    data = tmp_path / "parquet"
+    _, second = write_parquet_shards(data, [[0, 1] * 4, [1, 0] * 4])
+    second.write_bytes(second.read_bytes()[: second.stat().st_size // 2])
+    one_line_error(
+        capsys,
+        ("train", "--data", str(data), "--out", str(tmp_path / "run"), "--threads", "1"),
+        str(second),
+        "truncated or damaged",
+    )
+
+
+# ----------------------------------------------------------------------------- outputs and the network
+
+
+def test_push_to_an_unreachable_hub_is_one_line_without_the_token(digits_run, capsys, monkeypatch):
+    import socket
+
+    from huggingface_hub import constants
+
+    with socket.socket() as probe:  # a loopback port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_push_token")
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    one_line_error(
+        capsys, ("push", str(digits_run[0]), "acme/digits"), f"cannot reach the hub at http://127.0.0.1:{port}"
+    )
+    assert "hf_secret_push_token" not in capsys.readouterr().err
+
+
+def test_out_is_refused_for_the_right_reason(tmp_path, capsys):
+    taken = tmp_path / "notes.txt"
+    taken.write_text("mine")
+    one_line_error(capsys, ("train", "--out", str(taken)), f"--out {taken} is a file")
+    assert taken.read_text() == "mine"
+    photos = write_class_folders(tmp_path / "photos", per_class=2)
+    one_line_error(
+        capsys,
+        ("train", "--data", str(photos), "--out", str(photos)),
+        "holds files that are not a vitkit run (cat, dog, fox)",
+    )
+    assert sorted(p.name for p in photos.iterdir()) == ["cat", "dog", "fox"]
+
+
+def test_export_into_a_read_only_run_folder_is_one_line(digits_run, tmp_path):
+    """A run folder that cannot be written: mounted read-only when the tests run as root (who writes into
+    any folder whatever its mode), else made read-only with chmod."""
+    run = tmp_path / "run"
+    shutil.copytree(digits_run[0], run)
+    command = vitkit_cmd("export", str(run), str(run / "model.onnx"))
+    if os.geteuid() == 0:
+        read_only = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"'
+        command = ["unshare", "--mount", "sh", "-c", read_only, str(run), *command]
+    else:
+        run.chmod(0o555)
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, env=subprocess_env(), timeout=120)
+    finally:
+        run.chmod(0o755)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"vitkit export: error: cannot write {run / 'model.onnx'}: {run} is read-only; write the file somewhere else"
+    )
+    assert not (run / "model.onnx").exists()
+
+
+def test_csv_cells_that_would_start_a_formula_are_escaped(digits_run, digit_images, tmp_path, capsys):
+    import csv
+    import io
+
+    checkpoint = copy_checkpoint(digits_run, tmp_path)
+    meta = json.loads((checkpoint / "config.json").read_text())
+    formulas = ["=1+1", "+SUM(A1)", "-2+3", "@cmd", "\tx", "\ry", '=HYPERLINK("x")', "ok", "7", "nine"]
+    meta["class_names"] = formulas
+    (checkpoint / "config.json").write_text(json.dumps(meta))
+    image = tmp_path / "=cmd()+.png"
+    shutil.copy(digit_images[0][0], image)
+    assert main(["predict", str(checkpoint), str(image), "--format", "csv", "--topk", "10", "--backend", "torch"]) == 0
+    rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))
+    labels = sorted(row[2] for row in rows[1:])
+    assert labels == sorted(("'" + name) if name[0] in "=+-@\t\r" else name for name in formulas)
+    assert {row[0] for row in rows[1:]} == {str(image)}  # an absolute path starts with /: kept as it is
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--quality", "500"), "500 is above the maximum of 100"),
+        (("--quality", "0"), "0 is below the minimum of 1"),
+        (("--size", "0"), "0 is below the minimum of 1"),
+        (("--shard-mb", "0"), "must be a positive number"),
+    ],
+)
+def test_data_pack_bounds(tmp_path, capsys, args, message):
+    photos = write_class_folders(tmp_path / "photos", per_class=2)
+    with pytest.raises(SystemExit) as refused:
+        main(["data", "pack", str(photos), str(tmp_path / "packed"), *args])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert refused.value.code == 2 and err.startswith(f"vitkit data pack: error: argument {args[0]}: "), err
+    assert message in err and not (tmp_path / "packed").exists()
+    with pytest.raises(ValueError, match=args[0]):
+        pack_folder(photos, tmp_path / "packed", **{args[0][2:].replace("-", "_"): int(args[1])})

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, subprocess_env, write_class_folders
+from conftest import ROOT, shared_dataset, subprocess_env, write_class_folders
 
 BENCHMARKS = ROOT / "benchmarks"
 HELPERS = {"common.py"}  # imported by the scripts, not run
@@ -168,6 +168,29 @@ def inference(tmp_path, digits_run):
     assert rows["vitkit PyTorch fp32"]["top1_agreement"] == rows["vitkit ONNX Runtime fp32"]["top1_agreement"] == 1
 
 
+def keras_parity(tmp_path):
+    shared_dataset("cifar100-dev")  # its images go through both models
+    out = tmp_path / "keras_parity.json"
+    script("keras_parity.py", "--keras-python", sys.executable, "--families", "fnet", "--images", 2, "--out", out)
+    (row,) = read(out)["rows"]
+    assert row["preset"] == "keras-fnet-cifar100" and row["max_abs_logit_diff"] < 1e-4 and row["same_top1"] == 1
+
+
+def multilabel(tmp_path):
+    shared_dataset("movie-posters")
+    out = tmp_path / "multilabel.json"
+    script(
+        "multilabel.py", "--limit", 200, "--minutes", 0.05, "--parity-minutes", 0.05, "--recipes", "multilabel-vit",
+        "--work", tmp_path / "work", "--out", out,
+    )  # fmt: skip
+    data = read(out)
+    assert [r["recipe"] for r in data["rows"]] == ["label frequency", "multilabel-vit"]
+    assert data["held_out"]["posters"] + data["held_out"]["training_posters"] == 200
+    for row in data["rows"]:
+        assert 0 < row["map_macro"] <= 1 and 0 < row["map_micro"] <= 1
+    assert data["hf_pipeline_parity"]["agrees"] is True
+
+
 def report(tmp_path):
     """The benchmarks page from the project's own results: every kind of saved JSON still renders."""
     page = tmp_path / "benchmarks.md"
@@ -269,6 +292,8 @@ CASES = {
     "gpu.sh": gpu_sh,
     "gpu_collect.py": gpu_collect,
     "inference.py": inference,
+    "keras_parity.py": keras_parity,
+    "multilabel.py": multilabel,
     "report.py": report,
     "serve_load.py": serve_load,
     "throughput.py": throughput,

@@ -108,13 +108,15 @@ def test_sigterm_marks_the_run_interrupted_and_resumable(tmp_path):
     assert "--resume" in err and "Traceback" not in err
 
 
-def test_a_damaged_trainer_state_gets_a_clear_error(tmp_path):
+def test_a_damaged_trainer_state_gets_a_clear_error_and_leaves_the_run_as_it_was(tmp_path):
     run = tmp_path / "run"
     shutil.copytree(OLD_RUN, run)
     state = run / "last" / "trainer.pt"
     state.write_bytes(state.read_bytes()[:1000])
     proc = run_vitkit("train", "--out", str(run), "--resume", "--threads", "1")
+    assert status(run) == status(OLD_RUN)  # a failed resume of a complete run: still complete, not failed
     assert proc.returncode == 2 and "trainer.pt cannot be read" in proc.stderr and "Traceback" not in proc.stderr
+    assert f"run folder {run} is unchanged" in proc.stderr
 
 
 def test_an_interrupted_checkpoint_swap_keeps_a_checkpoint(tmp_path):

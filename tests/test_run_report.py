@@ -141,3 +141,33 @@ def test_patches_are_drawn_only_for_models_that_cut_patches(name, figures):
     assert set(figures) == {"curves.png", "confusion_matrix.png", "predictions.png"} | (
         set() if model.patch_size is None else {"patches.png"}
     )
+
+
+def test_the_predictions_and_patches_figures_show_what_the_model_saw(figures):
+    """Content, not only ink: one panel per test image showing its pixels, titled with the model's own
+    prediction, score and the true class, mistakes in red; the patch figure cuts the image the model sees."""
+    torch.manual_seed(0)
+    model = create_model("vit_micro_patch4_32", num_classes=3, image_size=16).eval()
+    images = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    augment = BatchAugment(16, mean=(0.5,) * 3, std=(0.25,) * 3, channels=3)
+    names = ["cat", "dog", "fox"]
+    write_report(
+        Path("run"), model, Split(images, labels), augment, names, HISTORY, {"confusion_matrix": [[1] * 3] * 3}
+    )
+    with torch.no_grad():
+        scores, predicted = model(augment.eval(images)).softmax(-1).max(-1)
+
+    panels = [ax for ax in figures["predictions.png"].axes if ax.get_images()]
+    assert len(panels) == 6
+    for i, ax in enumerate(panels):
+        p, t = int(predicted[i]), int(labels[i])
+        assert ax.get_title() == f"{names[p]} ({float(scores[i]):.2f})\ntrue: {names[t]}"
+        assert ax.title.get_color() == ("red" if p != t else "green" if (predicted != labels).any() else "black")
+        assert np.array_equal(ax.get_images()[0].get_array(), images[i].permute(1, 2, 0).numpy())
+
+    whole, cut = figures["patches.png"].axes
+    assert cut.get_title() == "16 patches of 4x4" and whole.get_title() == "16x16 image"
+    mosaic = cut.get_images()[0].get_array()
+    assert mosaic.shape[:2] == (4 * 4 + 3, 4 * 4 + 3)  # 4x4 patches with one white line between them
+    assert np.array_equal(mosaic[5:9, 10:14], images[0].permute(1, 2, 0).numpy()[4:8, 8:12])

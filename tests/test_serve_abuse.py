@@ -1,6 +1,6 @@
 """Abusive clients against a real server on loopback: a heavy image, a thin one, too many files, a slow
-upload and a silent connection arrive together; meanwhile a small request must stay fast and the server's
-memory bounded."""
+upload and a silent connection arrive together; each gets its refusal while small requests are still
+answered. (The memory and latency this costs are measured by benchmarks/serve_load.py --abuse.)"""
 
 import io
 import os
@@ -10,7 +10,7 @@ import time
 
 import httpx
 from PIL import Image
-from serving import rss_bytes, running_server
+from serving import running_server
 
 CLIENT_TIMEOUT = 2.0
 
@@ -45,7 +45,7 @@ def closed_within(sock: socket.socket, seconds: float) -> bool:
         return True
 
 
-def test_abusive_clients_cost_bounded_memory_and_latency(digits_run, tmp_path):
+def test_abusive_clients_are_refused_while_small_requests_are_answered(digits_run, tmp_path):
     out, _ = digits_run
     small = png(Image.new("RGB", (32, 32), (200, 30, 30)))
     heavy = png(Image.new("1", (4800, 4800)))  # 3 KB, 23 million pixels: accepted, slow to decode
@@ -55,27 +55,19 @@ def test_abusive_clients_cost_bounded_memory_and_latency(digits_run, tmp_path):
     noise = os.urandom(9 * 2**20)  # uploads near the size limit, in flight together
     flags = ("--backend", "torch", "--client-timeout", str(CLIENT_TIMEOUT), "--max-files", "32")
     log = tmp_path / "server.log"
-    with running_server(out, *flags, log=log) as (base, proc):
+    with running_server(out, *flags, log=log) as (base, _):
         host, port = "127.0.0.1", int(base.rsplit(":", 1)[1])
         with httpx.Client(timeout=60) as client:
             for _ in range(20):  # warm up the model, the decoder threads and the allocator
                 assert client.post(base + "/predict", files=[("file", ("s.png", small, "image/png"))]).is_success
-        idle = rss_bytes(proc.pid)
 
         statuses: dict[str, list[int]] = {}
-        peak = [idle]
-        done = threading.Event()
 
         def abuse(kind: str, files: list[tuple[str, bytes]], times: int) -> None:
             with httpx.Client(timeout=60) as client:
                 for _ in range(times):
                     response = client.post(base + "/predict", files=[("file", (n, d, "image/png")) for n, d in files])
                     statuses.setdefault(kind, []).append(response.status_code)
-
-        def sample_memory() -> None:
-            while not done.is_set():
-                peak[0] = max(peak[0], rss_bytes(proc.pid))
-                time.sleep(0.02)
 
         quitter = socket.create_connection((host, port))  # hangs up halfway through its upload
         half = multipart([("quitter.png", heavy)])
@@ -99,26 +91,23 @@ def test_abusive_clients_cost_bounded_memory_and_latency(digits_run, tmp_path):
             threading.Thread(target=abuse, args=("many", many, 3)),
             threading.Thread(target=abuse, args=("max-files", many[:32], 5)),
             *(threading.Thread(target=abuse, args=("9-MB", [("noise.png", noise)], 1)) for _ in range(4)),
-            threading.Thread(target=sample_memory),
         ]
         for thread in abusers:
             thread.start()
-        latencies = []
+        answered = 0
         started = time.time()
         with httpx.Client(timeout=60) as client:
-            while any(t.is_alive() for t in abusers[:-1]) or time.time() - started < CLIENT_TIMEOUT + 1:
+            while any(t.is_alive() for t in abusers) or time.time() - started < CLIENT_TIMEOUT + 1:
                 if body and time.time() - started < CLIENT_TIMEOUT + 1:
                     try:
                         slow.send(body[:1])
                         body = body[1:]
                     except OSError:  # the server already gave up on this client
                         body = b""
-                t0 = time.perf_counter()
                 response = client.post(base + "/predict", files=[("file", ("s.png", small, "image/png"))])
-                latencies.append(time.perf_counter() - t0)
                 assert response.status_code == 200
+                answered += 1
                 time.sleep(0.05)
-        done.set()
         for thread in abusers:
             thread.join()
         slow_closed = closed_within(slow, CLIENT_TIMEOUT + 2)
@@ -127,15 +116,11 @@ def test_abusive_clients_cost_bounded_memory_and_latency(digits_run, tmp_path):
         silent.close()
         assert httpx.get(base + "/health").status_code == 200
 
-    report = (
-        f"idle RSS {idle / 2**20:.0f} MiB, peak {peak[0] / 2**20:.0f} MiB; small request max {max(latencies):.3f} s"
-    )
-    print(report, statuses)
+    print(statuses, f"{answered} small requests answered meanwhile")
     assert statuses["heavy"] == [200, 200] and statuses["huge"] == [413, 413]
     assert set(statuses["thin"]) <= {200, 400, 413}, statuses
     assert statuses["many"] == [413] * 3 and statuses["max-files"] == [200] * 5
     assert statuses["9-MB"] == [415] * 4
     assert slow_closed and silent_closed
-    assert peak[0] < 2 * idle, report
-    assert max(latencies) < 1.0, report
+    assert answered >= 2
     assert "Traceback" not in log.read_text(), log.read_text()[-3000:]

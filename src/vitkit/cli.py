@@ -6,6 +6,7 @@ import argparse
 import csv
 import io
 import json
+import os
 import sys
 
 from . import __version__
@@ -15,8 +16,9 @@ class UserError(Exception):
     """A mistake in the command's input: printed as one line, exit status 2."""
 
 
-def at_least(low: int):
-    """An argparse type for whole numbers >= low, refused in one line naming the flag."""
+def within(low: int, high: int | None = None):
+    """An argparse type for whole numbers from low to high (no upper bound: None), refused in one line
+    naming the flag."""
 
     def parse(text: str) -> int:
         try:
@@ -25,10 +27,17 @@ def at_least(low: int):
             raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
         if value < low:
             raise argparse.ArgumentTypeError(f"{value} is below the minimum of {low}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"{value} is above the maximum of {high}")
         return value
 
-    parse.__name__ = f"whole number >= {low}"
+    parse.__name__ = f"whole number >= {low}" if high is None else f"whole number from {low} to {high}"
     return parse
+
+
+def at_least(low: int):
+    """An argparse type for whole numbers >= low."""
+    return within(low)
 
 
 def positive_float(text: str) -> float:
@@ -210,16 +219,26 @@ def cmd_top_losses(args: argparse.Namespace) -> int:
     return 0
 
 
+# What a spreadsheet reads as the start of a formula (OWASP, CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_text(cell: str) -> str:
+    """A text cell a spreadsheet shows as text: one that would start a formula gets a leading quote."""
+    return "'" + cell if cell.startswith(FORMULA_STARTS) else cell
+
+
 def format_predictions(results: list[dict], fmt: str) -> str:
     if fmt == "csv":
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         writer.writerow(["path", "rank", "label", "score"])
         for r in results:
+            path = spreadsheet_text(str(r["path"]))
             for rank, p in enumerate(r.get("predictions", []), 1):
-                writer.writerow([r["path"], rank, p["label"], p["score"]])
+                writer.writerow([path, rank, spreadsheet_text(p["label"]), p["score"]])
             if "error" in r:
-                writer.writerow([r["path"], "", "ERROR", r["error"]])
+                writer.writerow([path, "", "ERROR", spreadsheet_text(r["error"])])
         return buffer.getvalue().rstrip("\n")
     lines = []
     for r in results:
@@ -288,9 +307,23 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_writable(out: str, what: str) -> None:
+    """Refuse, before any work, an output whose nearest existing folder this process cannot write to
+    (a read-only run folder, a mounted dataset)."""
+    from pathlib import Path
+
+    target = Path(out).absolute()
+    if target.is_file() and what == "folder":
+        raise UserError(f"{out} is a file: the {what} to write must be a new or existing folder")
+    folder = next(p for p in (target if target.is_dir() else target.parent, *target.parents) if p.exists())
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write {out}: {folder} is read-only; write the {what} somewhere else")
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from . import api
 
+    check_writable(args.out, "file" if args.format == "onnx" else "folder")
     if args.quantize and args.format != "onnx":
         raise UserError("--quantize int8 applies to --format onnx")
     if args.quantize:
@@ -532,9 +565,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("folder")
     p.add_argument("out")
-    p.add_argument("--size", type=int, help="shrink larger images to this shorter side (default: keep every image)")
-    p.add_argument("--quality", type=int, default=95, help="JPEG quality of resized images (default: 95)")
-    p.add_argument("--shard-mb", type=float, default=256, help="image bytes per shard (default: 256)")
+    p.add_argument(
+        "--size", type=at_least(1), help="shrink larger images to this shorter side (default: keep every image)"
+    )
+    p.add_argument(
+        "--quality", type=within(1, 100), default=95, help="JPEG quality of resized images, 1-100 (default: 95)"
+    )
+    p.add_argument("--shard-mb", type=positive_float, default=256, help="image bytes per shard (default: 256)")
     p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images instead of failing")
     p.set_defaults(func=cmd_data_pack)
 
@@ -585,6 +622,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (UserError, ValueError, FileNotFoundError, FloatingPointError) as e:
         print(f"vitkit {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except PermissionError as e:  # the file system's refusal, not vitkit's bug: name the file
+        print(f"vitkit {args.command}: error: {e.filename}: permission denied; check its permissions", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"vitkit {args.command}: interrupted", file=sys.stderr)

@@ -5,11 +5,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import os
 import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+# A configuration is a few dozen options: these caps refuse what no configuration needs (an alias bomb
+# that expands to gigabytes, a megabyte of keys) before it costs memory or time.
+MAX_YAML_BYTES = 1 << 20
+MAX_YAML_NODES = 10_000
 
 
 def option(default: Any = None, help: str = "", *, group: str, choices: tuple | None = None, factory=None):
@@ -39,11 +46,127 @@ def _base_type(kind):
     return kind
 
 
+class YAMLRefused(ValueError):
+    """Well-formed YAML that a configuration file may not use."""
+
+
+class _PlainLoader(yaml.SafeLoader):
+    """yaml.SafeLoader without anchors and aliases (which let a few lines expand to gigabytes), counting
+    the nodes it composes."""
+
+    nodes = 0
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise YAMLRefused(
+                f"line {event.start_mark.line + 1} uses an anchor or alias (& or *), which configuration files "
+                "may not: write the values out"
+            )
+        self.nodes += 1
+        if self.nodes > MAX_YAML_NODES:
+            raise YAMLRefused(f"more than {MAX_YAML_NODES:,} values, far more than any configuration holds")
+        return super().compose_node(parent, index)
+
+
+def _check_size(size: int, source: str) -> None:
+    if size > MAX_YAML_BYTES:
+        raise ValueError(f"{source}: {size:,} bytes, over the {MAX_YAML_BYTES:,} a configuration may take")
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """A YAML document through the plain loader; every refusal is a ValueError naming `source`."""
+    _check_size(len(text.encode()), source)
+    loader = _PlainLoader(text)
+    try:
+        return loader.get_single_data()
+    except YAMLRefused as e:
+        raise ValueError(f"{source}: {e}") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"{source}: not valid YAML ({str(e).splitlines()[0]})") from None
+    finally:
+        loader.dispose()
+
+
+def read_yaml(path: str | Path, source: str) -> Any:
+    """The YAML file at `path` (checked for size before it is read) through `parse_yaml`."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{source}: no such file") from None
+    _check_size(size, source)
+    return parse_yaml(path.read_text(), source)
+
+
+def _describe(value: Any) -> str:
+    """A value as the YAML a user wrote would spell it, cut short."""
+    text = "null" if value is None else str(value).lower() if isinstance(value, bool) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# A declared scalar type: what it accepts (a bool is no number, a number no bool) and what the error asks for.
+_SCALARS = {
+    bool: (lambda v: isinstance(v, bool), "true or false"),
+    int: (lambda v: _number(v) and isinstance(v, int), "a whole number"),
+    float: (lambda v: _number(v) and math.isfinite(v), "a finite number"),
+    str: (lambda v: isinstance(v, str), "text"),
+}
+
+
+def typed_value(kind, value: Any, name: str) -> Any:
+    """`value` as the declared type `kind`, or a ValueError naming the option. Only lossless conversions:
+    a whole float (2.0) to int, an int to float, a list to a tuple; never a bool to a number, a
+    fraction to int, a number to a bool, or a missing value where a number is needed."""
+    args = typing.get_args(kind)
+    if type(None) in args:
+        return None if value is None else typed_value(_base_type(kind), value, name)
+    origin = typing.get_origin(kind)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{name}: expected a list of values, got {_describe(value)}")
+        return tuple(typed_value(args[0], v, name) for v in value)
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ValueError(f"{name}: expected a mapping of name: value, got {_describe(value)}")
+        return dict(value)
+    if kind is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if kind is str and isinstance(value, os.PathLike):  # a path given through the Python API
+        return os.fspath(value)
+    if kind in _SCALARS:
+        accepts, wanted = _SCALARS[kind]
+        if not accepts(value):
+            raise ValueError(f"{name}: expected {wanted}, got {_describe(value)}")
+        return float(value) if kind is float else value
+    return value
+
+
+def typed_values(values: dict[str, Any], cls, describe=flag) -> dict[str, Any]:
+    """Every value in `values` as its field of dataclass `cls` declares it (see `typed_value`); the
+    error names the field as `describe` spells it."""
+    hints = typing.get_type_hints(cls)
+    return {k: typed_value(hints[k], v, describe(k)) if k in hints else v for k, v in values.items()}
+
+
+def name_list(names: list[str], shown: int = 8) -> str:
+    """At most `shown` names, then how many more: an error line stays a line."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(_describe(n) if len(n) > 40 else n for n in names[:shown]) + more
+
+
 def _parse_key_value(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE, e.g. depth=6")
     key, value = text.split("=", 1)
-    return key.strip().replace("-", "_"), yaml.safe_load(value)
+    try:
+        return key.strip().replace("-", "_"), parse_yaml(value, key.strip())
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def add_dataclass_options(
@@ -81,13 +204,7 @@ def add_dataclass_options(
 
 def read_yaml_options(path: str | Path, cls) -> dict[str, Any]:
     """Options from a YAML file (e.g. a run's args.yaml): a mapping of field names (dashes allowed)."""
-    path = Path(path)
-    try:
-        values = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"--config {path}: no such file") from None
-    except yaml.YAMLError as e:
-        raise ValueError(f"--config {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    values = read_yaml(path, f"--config {path}")
     if values is None:
         return {}
     if not isinstance(values, dict):
@@ -96,5 +213,8 @@ def read_yaml_options(path: str | Path, cls) -> dict[str, Any]:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(f"--config {path}: unknown option(s) {', '.join(unknown)}")
-    return values
+        raise ValueError(f"--config {path}: unknown option(s) {name_list(unknown)}")
+    try:
+        return typed_values(values, cls, lambda name: name)
+    except ValueError as e:
+        raise ValueError(f"--config {path}: {e}") from None

@@ -66,9 +66,28 @@ def _parquet_files(root: Path) -> dict[str, list[str]]:
     return files
 
 
+def _check_parquet_files(data: str, files: dict[str, list[str]]) -> None:
+    """Every shard's footer read before any is loaded: a truncated or damaged one is named, instead of a
+    dataset-generation traceback from the middle of the conversion."""
+    import pyarrow
+    import pyarrow.parquet
+
+    for shard in (shard for shards in files.values() for shard in shards):
+        try:
+            pyarrow.parquet.read_metadata(shard)
+        except (pyarrow.ArrowException, OSError) as e:
+            raise ValueError(
+                f"--data {data}: {shard} is not a readable parquet file ({str(e).splitlines()[0]}); it is "
+                "truncated or damaged: copy it again, or pack the images again with `vitkit data pack`"
+            ) from None
+
+
 def _open(data: str, data_dir) -> dict[str, Any]:
     """{train/val/test: datasets.Dataset}."""
     datasets = require_datasets(data)
+    parquet = not data.startswith(HUB_PREFIX) and not _saved_to_disk(Path(data))
+    files = _parquet_files(Path(data)) if parquet else {}
+    _check_parquet_files(data, files)
     try:
         if data.startswith(HUB_PREFIX):
             name, _, config = data[len(HUB_PREFIX) :].partition(":")
@@ -77,7 +96,7 @@ def _open(data: str, data_dir) -> dict[str, Any]:
             loaded = datasets.load_from_disk(data)
         else:
             cache = data_root(data_dir) / "hf-datasets"
-            loaded = datasets.load_dataset("parquet", data_files=_parquet_files(Path(data)), cache_dir=str(cache))
+            loaded = datasets.load_dataset("parquet", data_files=files, cache_dir=str(cache))
     except (FileNotFoundError, ValueError, ConnectionError, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         offline = (
@@ -109,6 +128,19 @@ def _pick(features, wanted: str | None, kind: str, is_kind, names: tuple[str, ..
         if candidates:
             return candidates[0]
     raise ValueError(f"--data {data}: cannot tell which column holds the {kind} ({', '.join(features)}): pass {flag}")
+
+
+def _check_labels(data: str, split: str, column: str, labels: torch.Tensor, class_names: list[str]) -> None:
+    """ClassLabel values are indices into its names: one outside them (a hand-edited table, or -1, the
+    hub's "no label") would fail mid-run, so it is refused here with its row."""
+    bad = ((labels < 0) | (labels >= len(class_names))).nonzero().flatten()
+    if len(bad):
+        row = int(bad[0])
+        raise ValueError(
+            f"--data {data}: the {split} split's {column!r} column holds {int(labels[row])} at row {row} "
+            f"({len(bad)} row(s) in all), outside its ClassLabel's {len(class_names)} classes (0 to "
+            f"{len(class_names) - 1}; -1 means unlabelled): fix the labels or leave those rows out"
+        )
 
 
 def _image_source(cell: dict, i: int) -> tuple[Any, str]:
@@ -211,6 +243,7 @@ def load_hf(
             table = table.cast_column(image_column, datasets.Image(decode=False))
         values = list(table[label_column])
         labels = torch.tensor([to_index[v] for v in values] if to_index else list(values), dtype=torch.long)
+        _check_labels(data, split, label_column, labels, class_names)
         splits[split] = TableSplit(table, image_column, labels, preprocessing)
     total = sum(len(s) for s in splits.values())
     size = preprocessing.square_size

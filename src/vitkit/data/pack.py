@@ -61,6 +61,12 @@ def pack_folder(
     shard_mb: float = 256.0,
     skip_bad: bool = False,
 ) -> PackReport:
+    if size is not None and size < 1:
+        raise ValueError(f"--size {size}: the shorter side must be at least 1 pixel")
+    if not 1 <= quality <= 100:
+        raise ValueError(f"--quality {quality}: JPEG quality runs from 1 to 100")
+    if not shard_mb > 0:
+        raise ValueError(f"--shard-mb {shard_mb}: shards need a positive size")
     datasets = require_datasets(str(out))
     datasets.disable_progress_bars()
     out = Path(out)

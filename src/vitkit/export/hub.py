@@ -7,6 +7,7 @@ loads and the model card explains."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import tempfile
@@ -60,6 +61,18 @@ def write_vitkit_folder(classifier, checkpoint: Path, out: Path, title: str, loa
     return out
 
 
+def network_errors() -> tuple[type[BaseException], ...]:
+    """A connection that fails, as the HTTP client of the installed huggingface_hub raises it: httpx2
+    (2.x), httpx (1.x) or requests (0.x, whose errors are OSErrors)."""
+    errors: list[type[BaseException]] = [OSError]
+    for client in ("httpx2", "httpx"):
+        try:
+            errors.append(importlib.import_module(client).TransportError)
+        except ImportError:
+            pass
+    return tuple(errors)
+
+
 def push(checkpoint: str | os.PathLike, repo_id: str, private: bool = False, message: str | None = None) -> dict:
     """Create the hub repo (when new) and upload the checkpoint with its model card in one commit."""
     try:
@@ -94,8 +107,9 @@ def push(checkpoint: str | os.PathLike, repo_id: str, private: bool = False, mes
                     "`hf auth login` or set HF_TOKEN to a token with write access to it"
                 ) from None
             raise ValueError(f"the hub at {api.endpoint} refused the upload: {str(e).splitlines()[0]}") from None
-        except OSError as e:
+        except network_errors() as e:  # the message names the address, never the token
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ValueError(
-                f"cannot reach the hub at {api.endpoint} ({e}); check the network or HF_ENDPOINT"
+                f"cannot reach the hub at {api.endpoint} ({first}); check the network or HF_ENDPOINT"
             ) from None
     return {"repo": f"{api.endpoint}/{repo_id}", "layout": layout, "commit": commit.oid}

@@ -9,6 +9,8 @@ from typing import Any
 
 import torch.nn as nn
 
+from ..options import typed_values
+
 
 @dataclass
 class ModelConfig:
@@ -61,8 +63,7 @@ def build_config(family: str, base: ModelConfig | None, overrides: dict[str, Any
     unknown = sorted(set(overrides) - fields)
     if unknown:
         raise ValueError(f"{family} models have no option(s) {', '.join(unknown)}; valid: {', '.join(sorted(fields))}")
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
-    return dataclasses.replace(base, **values)
+    return dataclasses.replace(base, **typed_values(overrides, cls, lambda name: f"model option {name}"))
 
 
 def lookup_model(name: str) -> tuple[str, ModelConfig]:

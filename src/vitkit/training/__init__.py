@@ -40,6 +40,13 @@ def train(cfg: TrainConfig, callbacks=()) -> dict[str, Any]:
         return result
     except BaseException as e:
         reason = "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
+        if cfg.resume and not run.status_written:  # the attempt never began: the folder keeps its run's status
+            if ctx.is_main:
+                print(
+                    f"run folder {run.path} is unchanged: the resume stopped before it began ({reason})",
+                    file=sys.stderr,
+                )
+            raise
         info = trainer.run_info() if trainer else {"world_size": ctx.world_size}
         run.write_status("failed", info, error=reason)
         if trainer:

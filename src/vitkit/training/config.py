@@ -15,8 +15,8 @@ from ..data.augment import AugmentSpec
 from ..data.builtin import BUILTIN
 from ..data.hf import HUB_PREFIX
 from ..data.prepare import DATASET_DEFAULTS, NORMALIZE, dataset_defaults
-from ..models import get_preset
-from ..options import check_choices, flag, option
+from ..models import get_preset, resolve_model_config
+from ..options import check_choices, flag, name_list, option, typed_values
 from .callbacks import tracker_names
 
 DEFAULT_MODEL = "vit_micro_patch4_32"
@@ -270,6 +270,8 @@ class TrainConfig(AugmentSpec):
                 raise ValueError(f"--labels needs --data to be the folder its image paths are under, got {self.data}")
             if not Path(self.labels).is_file():
                 raise FileNotFoundError(f"--labels {self.labels}: no such file")
+        name, args = model_spec(self)
+        resolve_model_config(name, **args)  # an unknown or mistyped --model-arg, refused before any work
         if self.data not in BUILTIN and not self.data.startswith(HUB_PREFIX) and not Path(self.data).exists():
             close = difflib.get_close_matches(self.data, list(BUILTIN), n=1)
             hint = f" Did you mean {close[0]}?" if close else ""
@@ -287,12 +289,8 @@ class TrainConfig(AugmentSpec):
         """A configuration from saved values (args.yaml of any vitkit version), validated."""
         unknown = sorted(set(values) - FIELDS)
         if unknown:
-            raise ValueError(f"unknown training option(s) {', '.join(unknown)}; valid: {', '.join(sorted(FIELDS))}")
-        values = dict(values)
-        for key in ("mean", "std"):
-            if values.get(key) is not None:
-                values[key] = tuple(values[key])
-        return cls(**values).validate()
+            raise ValueError(f"unknown training option(s) {name_list(unknown)}; valid: {', '.join(sorted(FIELDS))}")
+        return cls(**typed_values(values, cls)).validate()
 
 
 FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -302,7 +300,7 @@ def make_config(**values: Any) -> TrainConfig:
     """TrainConfig from explicit values, filling the rest from the preset and the dataset defaults."""
     unknown = sorted(set(values) - FIELDS)
     if unknown:
-        raise ValueError(f"unknown training option(s) {', '.join(unknown)}; valid: {', '.join(sorted(FIELDS))}")
+        raise ValueError(f"unknown training option(s) {name_list(unknown)}; valid: {', '.join(sorted(FIELDS))}")
     preset = get_preset(values["preset"]) if values.get("preset") else None
     data = values.get("data", preset.train.get("data", TrainConfig.data) if preset else TrainConfig.data)
     builtin = DATASET_DEFAULTS.get(data, {})

@@ -32,9 +32,11 @@ import yaml
 from .. import __version__
 from ..fileio import atomic_path, replace_dir, settled_dir, write_json
 from ..models import save_model
+from ..options import name_list, read_yaml
 from .config import TrainConfig
 
 TRAINER_STATE = "trainer.pt"
+RUN_FILES = {"args.yaml", "run.json", "best", "last"}  # any of them: the folder holds a run
 LOCK_FILE = ".lock"
 LOCK_WAIT_S = 5.0
 METRIC_FIELDS = (
@@ -92,6 +94,7 @@ class RunDir:
 
     def __init__(self, path: Path, writer: bool = True, lock: int | None = None):
         self.path, self.writer, self._lock = Path(path), writer, lock
+        self.status_written = False  # by this process: until then a resumed folder holds only its earlier run
         self.started = _now()
         self.git_commit = _git_commit() if writer else None
 
@@ -111,7 +114,15 @@ class RunDir:
                     path, i = default.with_name(f"{default.name}-{i}"), i + 1
         else:
             path = Path(out) if out else default
+            if path.exists() and not path.is_dir():
+                raise ValueError(f"--out {path} is a file, not a folder: choose a new folder for the run")
             path.mkdir(parents=True, exist_ok=True)
+            held = sorted(p.name for p in path.iterdir() if p.name != LOCK_FILE)
+            if not resume and held and not RUN_FILES & set(held):  # refused before the lock file is left there
+                raise ValueError(
+                    f"--out {path} already holds files that are not a vitkit run ({name_list(held, 3)}): "
+                    "choose a new or empty folder for the run"
+                )
         lock = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         if not _lock_within(lock, LOCK_WAIT_S):
             os.close(lock)
@@ -161,6 +172,7 @@ class RunDir:
         if error:
             record["error"] = error
         write_json(self.path / "run.json", record)
+        self.status_written = True
 
     def write_skipped(self, bad_images: list[str]) -> None:
         if self.writer and bad_images:
@@ -228,10 +240,10 @@ def saved_config(run_dir: str | os.PathLike) -> TrainConfig:
     path = Path(run_dir) / "args.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a vitkit run folder (no args.yaml): nothing to resume")
-    try:
-        saved = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ValueError(f"{path} is not valid YAML ({str(e).splitlines()[0]}): restore it from a backup") from None
+    saved = read_yaml(path, str(path))
     if not isinstance(saved, dict):
         raise ValueError(f"{path} does not hold a vitkit configuration: restore it from a backup")
-    return TrainConfig.from_dict(saved)
+    try:
+        return TrainConfig.from_dict(saved)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}; restore it from a backup") from None
