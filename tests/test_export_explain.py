@@ -43,7 +43,10 @@ def checkpoint(tmp_path, name, **kw):
         ("vit_micro_patch4_32", {}),
         ("vit_micro_patch4_32", {"pool": "cls", "class_token": True}),
         ("vit_micro_patch4_32", {"stem": "conv", "pool": "seq", "class_token": False}),  # cifar-cct
-        ("vit_micro_patch4_32", {"stem": "resnet", "stem_width": 8, "pool": "seq", "class_token": False}),  # cifar-vit
+        (
+            "vit_micro_patch4_32",
+            {"stem": "resnet", "stem_width": 8, "pool": "seq", "class_token": False},
+        ),  # cifar-hybrid
         ("mixer_micro_patch4_32", {}),
         ("fnet_micro_patch4_32", {}),
         ("gmlp_micro_patch4_32", {}),

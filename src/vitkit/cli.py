@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import sys
+import time
 
 from . import __version__
 
@@ -87,14 +88,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     if options.pop("resume", False):
         if not options.get("out"):
             raise UserError("--resume needs --out RUN_DIR (the run folder to continue)")
-        result = api.train(resume=options.pop("out"), **options)
+        result = api.train(resume=options.pop("out"), started=args.started, **options)
     else:
-        result = api.train(**options)
-    print(
-        json.dumps(
-            {"run_dir": result["run_dir"], "test_top1": result["test"]["top1"], "test_top5": result["test"]["top5"]}
-        )
-    )
+        result = api.train(started=args.started, **options)
+    metrics, split = result["metrics"], result["split"]
+    summary = {"run_dir": result["run_dir"], "split": split, f"{split}_top1": metrics["top1"]}
+    if len(metrics["class_names"]) > 5:  # top-5 of 5 classes or fewer is 1 by definition
+        summary[f"{split}_top5"] = metrics["top5"]
+    summary["split_selected_checkpoint"] = result["split_selected_checkpoint"]
+    print(json.dumps(summary))
     return 0
 
 
@@ -103,7 +105,7 @@ def training_options(args: argparse.Namespace, own: tuple[str, ...]) -> dict:
     from .options import read_yaml_options
     from .training.config import TrainConfig
 
-    flags = {k: v for k, v in vars(args).items() if k not in ("command", "func", "argv", "config", *own)}
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "func", "argv", "started", "config", *own)}
     if "model_args" in flags:
         flags["model_args"] = dict(flags["model_args"])
     return {**(read_yaml_options(args.config, TrainConfig) if getattr(args, "config", None) else {}), **flags}
@@ -512,9 +514,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # when the command began, for --time-budget: this process's start when it is the command (argv None),
+    # else (a call from Python) now
+    started = time.monotonic()
+    if argv is None:
+        from .runtime import process_start
+
+        started = process_start() or started
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv  # what `train --nproc` hands on to its processes
+    args.started = started
     try:
         return args.func(args)
     except (UserError, ValueError, FileNotFoundError, FloatingPointError) as e:

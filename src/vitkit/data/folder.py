@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from ..fileio import atomic_path
@@ -220,3 +221,21 @@ def load_folder(
         with atomic_path(cache_file.with_suffix(".json")) as tmp:
             tmp.write_text(json.dumps({"root": str(Path(root).resolve()), "skipped": bad}))
     return Dataset(name, parts["train"], parts.get("test"), class_names, parts.get("val")), bad
+
+
+def typical_image_side(root: str | os.PathLike, sample: int = 32) -> int | None:
+    """The median shorter side of up to `sample` of a folder's training images, evenly spaced through
+    it (image headers only, no decoding); None when it cannot be told."""
+    try:
+        files = [p for classes in scan_folder(root)["train"].values() for p in classes]
+    except (OSError, ValueError):
+        return None
+    picked = files[:: max(1, len(files) // sample)][:sample]
+    sides = []
+    for path in picked:
+        try:
+            with Image.open(path) as image:
+                sides.append(min(image.size))
+        except Exception:  # unreadable files are reported by the decoding that follows
+            continue
+    return sorted(sides)[len(sides) // 2] if sides else None

@@ -90,6 +90,7 @@ class Dataset:
     test: Split | FileSplit | None
     class_names: list[str]
     val: Split | FileSplit | None = None
+    val_held_out: bool = False  # val was held out of train (the data had no validation split)
 
     @property
     def num_classes(self) -> int:

@@ -1,6 +1,6 @@
 """`--time-budget` picks a preset's size by this machine's measured speed.
 
-How many epochs a budget buys depends on the hardware: in the same 30 minutes the hybrid `cifar-vit`
+How many epochs a budget buys depends on the hardware: in the same 30 minutes the hybrid `cifar-hybrid`
 at double width trained 5 epochs on a 2-core AVX2 CPU and 20 on a 2-core AMX one. A size is worth
 taking only when the budget lets it train long enough, so a preset's sizes are keyed by epochs, not
 minutes: a few timed steps of each candidate measure its training rate here, and the run takes the

@@ -61,7 +61,7 @@ def plot_curves(history: list[dict], num_classes: int, path) -> None:
     _save(fig, path)
 
 
-def plot_confusion_matrix(confusion, class_names: list[str], path) -> None:
+def plot_confusion_matrix(confusion, class_names: list[str], path, title: str | None = None) -> None:
     """Counts and row-normalised rates side by side, labelled with class names; empty cells are 0."""
     cm = np.asarray(confusion, dtype=np.int64)
     norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
@@ -86,6 +86,8 @@ def plot_confusion_matrix(confusion, class_names: list[str], path) -> None:
             for i, j in zip(*np.nonzero(cm)):
                 colour = "white" if data[i, j] > top / 2 else "black"
                 ax.text(j, i, format(data[i, j], fmt), ha="center", va="center", fontsize=7, color=colour)
+    if title:
+        fig.suptitle(title)
     _save(fig, path)
 
 
@@ -117,12 +119,18 @@ def plot_image_grid(
 
 
 def plot_predictions(
-    images: np.ndarray, true: list[int], pred: list[int], scores: list[float], class_names: list[str], path
+    images: np.ndarray,
+    true: list[int],
+    pred: list[int],
+    scores: list[float],
+    class_names: list[str],
+    path,
+    split_name: str,
 ) -> None:
     """Grid of images titled 'pred (score) / true'; mistakes in red with a red frame."""
     titles = [f"{class_names[p]} ({s:.2f})\ntrue: {class_names[t]}" for t, p, s in zip(true, pred, scores)]
     mistakes = [t != p for t, p in zip(true, pred)]
-    plot_image_grid(images, titles, path, "test predictions (red: mistakes)", mistakes)
+    plot_image_grid(images, titles, path, f"predictions on the {split_name} (red: mistakes)", mistakes)
 
 
 def patch_mosaic(data: np.ndarray, patch_size: int, gap: int = 1) -> np.ndarray:
