@@ -109,3 +109,18 @@ def test_fine_tuning_photos_from_a_small_checkpoint_trains_them_larger(tmp_path)
     small = write_class_folders(tmp_path / "thumbs", per_class=3, size=36)
     size, note = input_size(make_config(data=str(small), pretrained="x"), checkpoint, {})
     assert size == 32 and "the checkpoint's own" in note
+
+
+def test_folder_images_keep_their_paths_for_top_losses(tmp_path):
+    """Decoded into memory (fresh and from the cache), split and subset, each image still names its file,
+    so `vitkit top-losses` lists paths, not #indices."""
+    from vitkit.data.prepare import prepare_data
+
+    folder = write_class_folders(tmp_path / "photos", per_class=5)
+    for _ in range(2):  # decoded, then read back from the cache
+        dataset, _ = prepare_data(str(folder), preprocessing=Preprocessing(image_size=16), seed=0, val_split=0.2)
+        for split in (dataset.train, dataset.val):
+            assert split.in_memory and len(split.paths) == len(split)
+            names = [dataset.class_names[label] for label in split.labels.tolist()]
+            assert [path.parent.name for path in split.paths] == names
+            assert all(path.is_file() for path in split.paths)

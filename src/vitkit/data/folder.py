@@ -200,8 +200,10 @@ def load_folder(
     if cache and cache_file.is_file():
         try:
             tensors = load_file(str(cache_file))
-            bad = json.loads((cache_file.with_suffix(".json")).read_text())["skipped"]
-            parts = {s: Split(tensors[f"{s}.images"], tensors[f"{s}.labels"]) for s in splits}
+            bad = json.loads(cache_file.with_suffix(".json").read_text())["skipped"]
+            record = json.loads(cache_file.with_suffix(".json").read_text())
+            paths = {s: [Path(root) / p for p in files] for s, files in record["paths"].items()}
+            parts = {s: Split(tensors[f"{s}.images"], tensors[f"{s}.labels"], paths.get(s)) for s in splits}
             return Dataset(name, parts["train"], parts.get("test"), class_names, parts.get("val")), bad
         except Exception:  # a damaged cache is rebuilt, never trusted
             pass
@@ -211,7 +213,8 @@ def load_folder(
     for split, items in listed.items():
         arrays, kept = _decode_all([p for p, _ in items], preprocessing, skip_bad, bad)
         labels = torch.tensor([items[i][1] for i in kept], dtype=torch.long)
-        parts[split] = Split(torch.from_numpy(arrays).permute(0, 3, 1, 2).contiguous(), labels)
+        paths = [items[i][0] for i in kept]
+        parts[split] = Split(torch.from_numpy(arrays).permute(0, 3, 1, 2).contiguous(), labels, paths)
     if len(parts["train"]) == 0:
         raise ValueError(f"no readable training images in {root}")
     if cache:
@@ -219,7 +222,8 @@ def load_folder(
         with atomic_path(cache_file) as tmp:
             save_file(tensors, str(tmp))
         with atomic_path(cache_file.with_suffix(".json")) as tmp:
-            tmp.write_text(json.dumps({"root": str(Path(root).resolve()), "skipped": bad}))
+            paths = {s: [str(p.relative_to(root)) for p in part.paths] for s, part in parts.items()}
+            tmp.write_text(json.dumps({"root": str(Path(root).resolve()), "skipped": bad, "paths": paths}))
     return Dataset(name, parts["train"], parts.get("test"), class_names, parts.get("val")), bad
 
 
