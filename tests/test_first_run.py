@@ -68,7 +68,13 @@ def test_a_time_budget_covers_data_preparation_training_and_the_report(tmp_path)
     folder = write_class_folders(tmp_path / "photos", per_class=40, size=48)
     started = time.monotonic()
     result = vitkit.train(
-        data=str(folder), out=str(tmp_path / "run"), time_budget=0.25, batch_size=16, threads=1, progress=False, started=started
+        data=str(folder),
+        out=str(tmp_path / "run"),
+        time_budget=0.25,
+        batch_size=16,
+        threads=1,
+        progress=False,
+        started=started,
     )
     wall = time.monotonic() - started
     assert 0.75 * 15 <= wall <= 1.05 * 15, wall  # it ends inside the budget, having used most of it

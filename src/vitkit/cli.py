@@ -141,7 +141,9 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     options = training_options(args, ("steps", "start_lr", "end_lr", "plot"))
     options = {k: v for k, v in options.items() if k not in LR_FIND_IGNORES}  # from a --config file
     result = api.lr_find(steps=args.steps, start_lr=args.start_lr, end_lr=args.end_lr, plot=args.plot, **options)
-    summary = {k: result[k] for k in ("suggested_lr", "method", "min_loss_lr", "diverged", "plot")}
+    summary = {k: result[k] for k in ("suggested_lr", "method", "min_loss_lr", "diverged", "plot", "warning")}
+    if result["warning"]:
+        print(f"vitkit lr-find: warning: {result['warning']}", file=sys.stderr)
     print(json.dumps({**summary, "steps": len(result["lrs"])}))
     return 0
 

@@ -162,20 +162,21 @@ def plot_patches(image: np.ndarray, patch_size: int, path) -> None:
     _save(fig, path)
 
 
-def plot_lr_find(lrs: list[float], losses: list[float], smoothed: list[float], suggestion: float, path) -> None:
+def plot_lr_find(lrs: list[float], losses: list[float], smoothed: list[float], suggestion: float | None, path) -> None:
     """Training loss against the learning rate of an exponential sweep (log axis), raw and smoothed,
-    with the suggested rate marked."""
+    with the suggested rate marked (none when the curve shows no descent)."""
     fig, ax = plt.subplots(figsize=(7, 4.2), layout="constrained")
     ax.plot(lrs, losses, color="tab:blue", alpha=0.3, label="loss")
     ax.plot(lrs, smoothed, color="tab:blue", label="smoothed loss")
-    ax.axvline(suggestion, color="tab:red", linestyle="--", label=f"suggested lr {suggestion:.2e}")
+    if suggestion is not None:
+        ax.axvline(suggestion, color="tab:red", linestyle="--", label=f"suggested lr {suggestion:.2e}")
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
     ax.set_ylabel("training loss")
     # framed on the smoothed descent: a diverging tail would flatten everything before it
     pad = max(smoothed[0] - min(smoothed), 0.05 * abs(smoothed[0]), 1e-3)
     ax.set_ylim(min(smoothed) - pad, max(smoothed[0], min(smoothed)) + 2 * pad)
-    ax.set_title("learning-rate sweep")
+    ax.set_title("learning-rate sweep" + ("" if suggestion is not None else ": no descent, no suggestion"))
     ax.grid(alpha=0.3)
     ax.legend()
     _save(fig, path)
