@@ -30,7 +30,7 @@ def test_a_first_run_says_what_it_found_before_training_and_names_its_split(tmp_
     assert "30 images, 3 classes (cat, dog, fox)" in summary and "splits: train 24, val 6" in summary
     assert "decoded in memory" in summary and "no test split: the final metrics are on val" in summary
     assert "model    vit_micro_patch4_32: ViT: 4x4 patches" in summary and "parameters, 32 px input" in summary
-    assert "device   cpu, 1 threads" in summary and "plan     batch 8 (3 steps an epoch)" in summary
+    assert "device   cpu, 1 thread, " in summary and "plan     batch 8 (3 steps an epoch)" in summary
     assert "top5" not in err and "top-5" not in err  # 3 classes: top-5 is 1 by definition
     assert "validation split (6 images" in err and "it also chose the best epoch, so it is optimistic" in err
     closing = json.loads(proc.stdout.splitlines()[-1])
@@ -66,16 +66,9 @@ def test_the_budget_counts_from_the_command_start_and_keeps_time_for_the_end():
 @pytest.mark.slow
 def test_a_time_budget_covers_data_preparation_training_and_the_report(tmp_path):
     folder = write_class_folders(tmp_path / "photos", per_class=40, size=48)
+    budget = dict(time_budget=0.25, batch_size=16, threads=1, progress=False)
     started = time.monotonic()
-    result = vitkit.train(
-        data=str(folder),
-        out=str(tmp_path / "run"),
-        time_budget=0.25,
-        batch_size=16,
-        threads=1,
-        progress=False,
-        started=started,
-    )
+    result = vitkit.train(data=str(folder), out=str(tmp_path / "run"), started=started, **budget)
     wall = time.monotonic() - started
     assert 0.75 * 15 <= wall <= 1.05 * 15, wall  # it ends inside the budget, having used most of it
     assert result["wall_time_s"] == pytest.approx(wall, abs=1.0) and result["time_budget_s"] == 15

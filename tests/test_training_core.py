@@ -191,6 +191,9 @@ def test_time_budget_takes_the_largest_size_it_can_train_long_enough(tmp_path, m
 
     resumed = resume_config(out)
     assert count_parameters(build(resumed, Runtime.create(resumed)).model) == count_parameters(saved)
+    extended = resume_config(out, epochs=50)  # trained longer by epochs: no budget now, the same size
+    assert extended.time_budget == 0 and extended.epochs == 50
+    assert count_parameters(build(extended, Runtime.create(extended)).model) == count_parameters(saved)
     status = json.loads((out / "run.json").read_text())
     del status["budget_size"]
     (out / "run.json").write_text(json.dumps(status))

@@ -244,12 +244,28 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from . import api
-    from .viz.explain import explain_image
+    from pathlib import Path
 
+    from . import api
+    from .predict import expand_paths
+    from .viz.explain import explain_image, method_note
+
+    paths = expand_paths(args.images)
+    if not paths:
+        raise UserError("no images found in the given paths")
+    out = Path(args.out)
+    if len(paths) > 1 and out.suffix.lower() == ".png":
+        raise UserError(f"--out {out} is one PNG file but {len(paths)} images were given: pass a folder")
+    # one process for many photos: loading torch, the model and matplotlib is most of a single explanation
     clf = api.load(args.checkpoint, device=args.device)
-    top = explain_image(clf, args.image, args.out, topk=args.topk)
-    print(json.dumps({"path": args.image, "predictions": top, "figure": args.out}))
+    for path in paths:
+        figure = out if out.suffix.lower() == ".png" else out / f"{Path(path).stem}.png"
+        figure.parent.mkdir(parents=True, exist_ok=True)
+        top, method = explain_image(clf, path, figure, topk=args.topk, method=args.method)
+        note = method_note(clf.model, method)
+        print(
+            json.dumps({"path": str(path), "predictions": top, "method": method, "note": note, "figure": str(figure)})
+        )
     return 0
 
 
@@ -432,10 +448,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("explain", help="attention rollout (ViT) or saliency map beside the top-5")
+    p = sub.add_parser(
+        "explain",
+        help="the photo, the model's input and a heat map of what drove the prediction, beside the top-5",
+        description="Heat maps by --method: auto picks attention rollout for ViTs whose tokens are image patches, "
+        "Grad-CAM on the token grid for hybrids and convolutional tokenizers (whose tokens already mix much of "
+        "the image, so rollout cannot place evidence), and gradient saliency for models without tokens.",
+    )
     p.add_argument("checkpoint")
-    p.add_argument("image")
-    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("images", nargs="+", help="image files, folders or globs")
+    p.add_argument("--out", required=True, help="PNG file for one image, else a folder (one IMAGE_NAME.png each)")
+    p.add_argument("--method", default="auto", choices=["auto", "rollout", "gradcam", "saliency"])
     p.add_argument("--topk", type=at_least(1), default=5)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_explain)

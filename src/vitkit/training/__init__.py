@@ -34,6 +34,8 @@ def train(cfg: TrainConfig, callbacks=(), started: float | None = None) -> dict[
     on_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if ctx.is_main and on_main_thread else None
     trainer = None
+    if ctx.is_main and not cfg.quiet:  # decoding a large folder takes a while: say what is happening
+        print(f"vitkit train: preparing {cfg.data} and the model", file=sys.stderr, flush=True)
     try:
         trainer = Trainer(cfg, runtime, budget)
         result = trainer.fit(run, callbacks)

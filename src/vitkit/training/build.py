@@ -138,7 +138,9 @@ def build(cfg: TrainConfig, runtime: Runtime, budget=None) -> Setup:
         return model.to(runtime.device)
 
     budget_size = None
-    if budget_sizes(cfg) and not pretrained:
+    if cfg.resume and not pretrained:  # the architecture the run started with, whatever its budget now
+        budget_size = recorded_size(cfg.out or default_run_dir(cfg), required=bool(budget_sizes(cfg)))
+    elif budget_sizes(cfg) and not pretrained:
         minutes_left = (budget.seconds - budget.elapsed()) / 60 if budget else cfg.time_budget
         budget_size = choose_budget_size(cfg, runtime, new_model, local_batch, image_size, data, minutes_left)
     model = new_model(budget_size and budget_size["model_args"])
@@ -225,9 +227,7 @@ def choose_budget_size(
     cfg: TrainConfig, runtime: Runtime, new_model, batch: int, image_size: int, data, minutes_left: float
 ) -> dict:
     """The preset size for this --time-budget on this machine (training/sizing.py): measured by rank 0
-    and shared, so every process builds the same model; a resumed run reuses the recorded choice."""
-    if cfg.resume:
-        return recorded_size(cfg.out or default_run_dir(cfg))
+    and shared, so every process builds the same model."""
     record = None
     if runtime.ctx.is_main:
 

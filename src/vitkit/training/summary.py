@@ -29,7 +29,7 @@ def data_lines(trainer) -> list[str]:
     train = data.train
     if train.in_memory:
         mib = sum(s.images.numel() for _, s in splits if s is not None and s.in_memory) / 2**20
-        where = f"decoded in memory at {train.stored_size} px ({mib:.0f} MiB)"
+        where = f"decoded in memory at {train.stored_size} px ({mib:.{0 if mib >= 10 else 1}f} MiB)"
     else:
         where = f"streamed from disk, decoded at {train.stored_size} px by {setup.train_loader.workers} worker(s)"
     lines.append(f"         {where}; the model sees {setup.image_size} px")
@@ -63,7 +63,8 @@ def _args(changes: dict) -> str:
 def run_lines(trainer, start_epoch: int) -> list[str]:
     cfg, setup = trainer.cfg, trainer.setup
     device = trainer.device
-    threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
+    count = torch.get_num_threads()
+    threads = f", {count} thread{'s' if count > 1 else ''}" if device.type == "cpu" else ""
     precision = "bf16 autocast" if trainer.bf16 else "fp32"
     processes = f", {trainer.ctx.world_size} processes" if trainer.ctx.world_size > 1 else ""
     lines = [f"device   {device}{threads}{processes}, {precision}"]
@@ -82,6 +83,11 @@ def run_lines(trainer, start_epoch: int) -> list[str]:
         )
     else:
         lines.append(f"length   {cfg.epochs} epochs")
+        if cfg.warmup_epochs >= cfg.epochs and cfg.schedule in ("cosine", "linear"):
+            lines.append(
+                f"         warning: the warmup ({cfg.warmup_epochs:g} epochs) lasts the whole run, so the rate never "
+                "reaches its peak or decays: lower --warmup-epochs or raise --epochs"
+            )
     if cfg.resume:
         lines.append(f"resume   from epoch {start_epoch} of {cfg.epochs if not budget.enabled else 'the budget'}")
         if trainer.replanned_from is not None and trainer.planned_steps:
