@@ -140,8 +140,8 @@ def test_explain_cli_writes_a_figure(digits_run, digit_images, tmp_path):
     printed = json.loads(proc.stdout)
     assert len(printed["predictions"]) == 5 and printed["method"] == "rollout"  # patch tokens: rollout maps
     img = np.asarray(Image.open(png).convert("RGB"))
-    # the photo as given, the model's input, the rollout, the class-token map and the bars
-    assert img.shape[1] > 4 * img.shape[0] and img.std() > 10
+    # the photo as given, the model's input, the rollout and the bars
+    assert img.shape[1] > 3 * img.shape[0] and img.std() > 10
 
 
 def test_explain_takes_many_photos_in_one_command(digits_run, digit_images, tmp_path):

@@ -39,6 +39,8 @@ def test_a_first_run_says_what_it_found_before_training_and_names_its_split(tmp_
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["split"] == "val" and results["split_selected_checkpoint"] and "test" not in results
     assert results["architecture"].startswith("ViT: 4x4 patches -> 8x8 tokens, 1 transformer blocks of width 32")
+    evaluated = run_vitkit("eval", str(tmp_path / "run"))
+    assert evaluated.returncode == 0 and "top1" in evaluated.stdout and "top5" not in evaluated.stdout
 
 
 def test_predictions_show_every_class():
@@ -91,7 +93,7 @@ def test_old_preset_names_still_build_the_same_models_under_honest_names():
     hybrid, old = create_model("cifar-hybrid"), create_model("cifar-vit")
     assert hybrid.config == old.config and make_config(preset="cifar-vit").preset == "cifar-hybrid"
     assert hybrid.architecture.startswith("hybrid ViT: ResNet stages (16-32-64-128 wide")
-    assert create_model("folder-cct").architecture.startswith("ViT with a convolutional tokenizer (CCT)")
+    assert create_model("folder-cct").architecture.startswith("CCT-style ViT: convolutional tokenizer (3 conv")
     assert create_model("folder-vit").config == create_model("folder-cct").config
 
 

@@ -181,7 +181,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         split = f"{metrics['split']}, flip TTA" if metrics["flip_tta"] else metrics["split"]
         print(f"{metrics['data']} [{split}] {metrics['count']} images")
-        for key in ("top1", "top5", "loss", "precision_macro", "recall_macro", "f1_macro", "f1_weighted"):
+        keys = ["top1", "top5", "loss", "precision_macro", "recall_macro", "f1_macro", "f1_weighted"]
+        if len(metrics["class_names"]) <= 5:  # top-5 of 5 classes or fewer is 1 by definition
+            keys.remove("top5")
+        for key in keys:
             print(f"  {key:<16} {metrics[key]:.4f}")
     return 0
 

@@ -164,7 +164,7 @@ class ViT(ImageClassifier):
         """The ViT paper calls a ViT whose tokens are cells of a ResNet's feature map a hybrid; a small
         convolutional tokenizer with sequence pooling is CCT (Hassani et al., 2021)."""
         cfg, grid = self.config, self.patch_embed.grid_size
-        kind = {"resnet": "hybrid ViT", "conv": "ViT with a convolutional tokenizer (CCT)"}.get(cfg.stem, "ViT")
+        kind = {"resnet": "hybrid ViT", "conv": "CCT-style ViT"}.get(cfg.stem, "ViT")
         pool = {"seq": "sequence pooling", "cls": "class token", "mean": "mean pooling", "flatten": "flattened"}
         return (
             f"{kind}: {self.patch_embed.describe()} -> {grid}x{grid} tokens, {cfg.depth} transformer blocks of "
