@@ -32,8 +32,8 @@ from vitkit.training.config import make_config
 from vitkit.training.engine import Trainer
 
 CASES = [  # (shared dataset, stored size, models compared)
-    ("flowers-mini", 224, ["vit_small_patch16_224", "folder-vit"]),
-    ("cifar10-dev", 32, ["vit_small_patch16_224", "folder-vit"]),
+    ("flowers-mini", 224, ["vit_small_patch16_224", "folder-cct"]),
+    ("cifar10-dev", 32, ["vit_small_patch16_224", "folder-cct"]),
 ]
 
 

@@ -73,7 +73,7 @@ def train(preset: str, table: Path, minutes: float, out: Path, extra: list[str])
     started = time.perf_counter()
     subprocess.run(vitkit_command(*args), check=True, cwd=REPO)
     results = json.loads((out / "results.json").read_text())
-    test = results["test"]
+    test = results["metrics"]
     return {
         "recipe": preset,
         "command": "vitkit " + " ".join(shown(a) for a in args),
@@ -156,7 +156,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=5.0, help="training budget of each recipe")
     parser.add_argument("--parity-minutes", type=float, default=1.0, help="training budget of the export check's ViT")
-    parser.add_argument("--recipes", nargs="+", default=["multilabel-vit", "multilabel-resnet"])
+    parser.add_argument("--recipes", nargs="+", default=["multilabel-hybrid", "multilabel-resnet"])
     parser.add_argument("--seed", type=int, default=0, help="seed of the held-out split")
     parser.add_argument("--limit", type=int, default=0, help="the table's first N posters only (0: all)")
     parser.add_argument("--work", default="runs/multilabel-benchmark", help="run folders and the split table")
@@ -184,7 +184,7 @@ def main() -> int:
     label_sets = {"command": predict_command, **label_set_summary(predicted, truth)}
 
     parity_args = [a for pair in PARITY_MODEL for a in ("--model-arg", pair)]
-    parity_run = train("multilabel-vit", table, args.parity_minutes, work / "parity-vit", parity_args)
+    parity_run = train("multilabel-hybrid", table, args.parity_minutes, work / "parity-vit", parity_args)
     parity = {
         "run": parity_run,
         "export_command": f"vitkit export {shown(str(work / 'parity-vit'))} <folder> --format hf",

@@ -11,7 +11,7 @@ large matrix product in the same precision on the same threads: what this machin
 
     python benchmarks/throughput.py                       # every preset, its own batch size
     python benchmarks/throughput.py --batch-size 64 --models vit_tiny_patch4_32 resnet18_cifar
-    python benchmarks/throughput.py --presets cifar-vit --profile   # where a step's time goes
+    python benchmarks/throughput.py --presets cifar-hybrid --profile   # where a step's time goes
 """
 
 from __future__ import annotations

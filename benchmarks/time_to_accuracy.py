@@ -3,7 +3,7 @@ the held-out top-1 after every epoch is recorded against elapsed time (CSV + PNG
 test top-1 of the best checkpoint.
 
     python benchmarks/time_to_accuracy.py --data ../shared/data/cifar10-dev --minutes 10 \
-        --recipes cifar-vit cifar-resnet keras-vit-cifar100
+        --recipes cifar-hybrid cifar-resnet keras-vit-cifar100
     python benchmarks/time_to_accuracy.py --minutes 10 --recipes cifar-gmlp --set auto_augment=trivial --merge
     python benchmarks/time_to_accuracy.py --data ../shared/data/cifar10-train --minutes 30 --flip-tta
 """
@@ -42,7 +42,7 @@ def run(recipe: str, data: str, minutes: float, out: Path, extra: dict, label: s
         "preset": recipe,
         "overrides": extra,
         "epochs": len(rows),
-        "test_top1": result["test"]["top1"],
+        "test_top1": result["metrics"]["top1"],
         # the same checkpoint and split, each image's logits averaged with its mirror image's
         "test_top1_flip_tta": vitkit.evaluate(out, flip_tta=True)["top1"] if flip_tta else None,
         "best_val_top1": max(v for _, v in curve),
@@ -114,7 +114,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(SHARED_DATA / "cifar10-dev"))
     parser.add_argument("--minutes", type=float, default=10.0)
-    parser.add_argument("--recipes", nargs="+", default=["cifar-vit", "cifar-resnet"])
+    parser.add_argument("--recipes", nargs="+", default=["cifar-hybrid", "cifar-resnet"])
     parser.add_argument("--train-limit", type=int, default=0)
     parser.add_argument("--out", default="benchmarks/results/time_to_accuracy")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="training overrides, e.g. mixup=0.8")

@@ -180,11 +180,11 @@ def multilabel(tmp_path):
     shared_dataset("movie-posters")
     out = tmp_path / "multilabel.json"
     script(
-        "multilabel.py", "--limit", 200, "--minutes", 0.05, "--parity-minutes", 0.05, "--recipes", "multilabel-vit",
+        "multilabel.py", "--limit", 200, "--minutes", 0.05, "--parity-minutes", 0.05, "--recipes", "multilabel-hybrid",
         "--work", tmp_path / "work", "--out", out,
     )  # fmt: skip
     data = read(out)
-    assert [r["recipe"] for r in data["rows"]] == ["label frequency", "multilabel-vit"]
+    assert [r["recipe"] for r in data["rows"]] == ["label frequency", "multilabel-hybrid"]
     assert data["held_out"]["posters"] + data["held_out"]["training_posters"] == 200
     for row in data["rows"]:
         assert 0 < row["map_macro"] <= 1 and 0 < row["map_micro"] <= 1

@@ -72,10 +72,10 @@ def test_distributed_metrics_equal_a_single_process_evaluation(runs):
     proc = run_vitkit("eval", str(runs / "double" / "best"), "--json")
     assert proc.returncode == 0, proc.stderr
     single = json.loads(proc.stdout)
-    assert single["confusion_matrix"] == results["test"]["confusion_matrix"]
-    assert single["count"] == results["test"]["count"] == sum(map(sum, single["confusion_matrix"]))
-    assert single["top5"] == pytest.approx(results["test"]["top5"])
-    assert single["loss"] == pytest.approx(results["test"]["loss"], rel=1e-5)
+    assert single["confusion_matrix"] == results["metrics"]["confusion_matrix"]
+    assert single["count"] == results["metrics"]["count"] == sum(map(sum, single["confusion_matrix"]))
+    assert single["top5"] == pytest.approx(results["metrics"]["top5"])
+    assert single["loss"] == pytest.approx(results["metrics"]["loss"], rel=1e-5)
 
 
 def descendants(pid: int) -> list[int]:

@@ -113,7 +113,7 @@ def test_early_stopping_stops_and_keeps_the_best_weights(colours, tmp_path):
     assert all(torch.equal(best[k], first_epoch[k]) for k in best)
     last = weights(tmp_path / "stopped" / "last")
     assert any(not torch.equal(best[k], last[k]) for k in best)
-    assert vitkit.evaluate(tmp_path / "stopped" / "best", split="val")["top1"] == result["test"]["top1"]
+    assert vitkit.evaluate(tmp_path / "stopped" / "best", split="val")["top1"] == result["metrics"]["top1"]
 
 
 def test_monitor_val_loss_picks_the_lowest_loss_epoch(colours, tmp_path):

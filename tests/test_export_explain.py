@@ -1,6 +1,7 @@
 """ONNX export parity, the onnxruntime backend, and explanations for every family."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,7 +44,10 @@ def checkpoint(tmp_path, name, **kw):
         ("vit_micro_patch4_32", {}),
         ("vit_micro_patch4_32", {"pool": "cls", "class_token": True}),
         ("vit_micro_patch4_32", {"stem": "conv", "pool": "seq", "class_token": False}),  # cifar-cct
-        ("vit_micro_patch4_32", {"stem": "resnet", "stem_width": 8, "pool": "seq", "class_token": False}),  # cifar-vit
+        (
+            "vit_micro_patch4_32",
+            {"stem": "resnet", "stem_width": 8, "pool": "seq", "class_token": False},
+        ),  # cifar-hybrid
         ("mixer_micro_patch4_32", {}),
         ("fnet_micro_patch4_32", {}),
         ("gmlp_micro_patch4_32", {}),
@@ -135,6 +139,35 @@ def test_explain_cli_writes_a_figure(digits_run, digit_images, tmp_path):
     png = tmp_path / "why.png"
     proc = run_vitkit("explain", str(out), str(digit_images[0][0]), "--out", str(png))
     assert proc.returncode == 0, proc.stderr
-    assert len(json.loads(proc.stdout)["predictions"]) == 5
+    printed = json.loads(proc.stdout)
+    assert len(printed["predictions"]) == 5 and printed["method"] == "rollout"  # patch tokens: rollout maps
     img = np.asarray(Image.open(png).convert("RGB"))
-    assert img.shape[1] > 2 * img.shape[0] and img.std() > 10
+    # the photo as given, the model's input, the rollout and the bars
+    assert img.shape[1] > 3 * img.shape[0] and img.std() > 10
+
+
+def test_explain_takes_many_photos_in_one_command(digits_run, digit_images, tmp_path):
+    """Loading torch, the model and matplotlib is most of one explanation: many photos share them."""
+    out, _ = digits_run
+    paths = [str(p) for p in digit_images[0][:3]]
+    proc = run_vitkit("explain", str(out), *paths, "--out", str(tmp_path / "why"))
+    assert proc.returncode == 0, proc.stderr
+    printed = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [p["path"] for p in printed] == paths
+    assert sorted(f.name for f in (tmp_path / "why").iterdir()) == sorted(Path(p).stem + ".png" for p in paths)
+
+
+def test_hybrid_models_get_grad_cam_on_their_token_grid_and_the_reason():
+    """Tokens from conv stages already mix much of the image: rollout cannot place evidence on them, so
+    auto picks Grad-CAM on the token grid, and asking for rollout says what it cannot show."""
+    from vitkit.viz.explain import choose_method, method_note
+
+    model = create_model("cifar-hybrid", num_classes=3).eval()
+    clf = Classifier(model, {"class_names": list("abc")}, device="cpu")
+    images = torch.randint(0, 255, (2, 3, 32, 32), dtype=torch.uint8)
+    probs, maps = explain_tensor(clf, images)
+    assert set(maps) == {"gradcam"} and maps["gradcam"].shape == (2, 32, 32)
+    assert torch.isfinite(maps["gradcam"]).all() and maps["gradcam"].amax() == pytest.approx(1.0)
+    assert choose_method(model) == "gradcam" and choose_method(create_model("vit_micro_patch4_32")) == "rollout"
+    assert "not where the evidence is" in method_note(model, "rollout")
+    assert set(explain_tensor(clf, images, "rollout")[1]) == {"rollout"}  # still available by flag

@@ -23,7 +23,7 @@ def test_flip_tta_averages_the_logits_of_each_image_and_its_mirror(digits_run, c
     plain = vitkit.evaluate(run)
     tta = vitkit.evaluate(run, flip_tta=True)
     assert not plain["flip_tta"] and tta["flip_tta"] and tta["count"] == len(test)
-    assert plain["top1"] == result["test"]["top1"]
+    assert plain["top1"] == result["metrics"]["top1"]
     assert tta["top1"] == float((expected.argmax(1) == test.labels).double().mean())
     assert abs(tta["loss"] - float(expected_losses.mean())) < 1e-4
     # digits are not mirror-symmetric: averaging with the mirror image changes the predictions

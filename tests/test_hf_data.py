@@ -103,7 +103,7 @@ def test_saved_parquet_and_packed_datasets_train_to_the_folder_metrics(sources, 
         out = tmp_path / kind
         proc = run_vitkit("train", "--data", str(sources[kind]), *TRAIN, *extra, "--out", str(out))
         assert proc.returncode == 0, proc.stderr[-3000:]
-        results[kind] = json.loads((out / "results.json").read_text())["test"]
+        results[kind] = json.loads((out / "results.json").read_text())["metrics"]
     assert json.loads((tmp_path / "parquet" / "run.json").read_text())["data_streamed"]
     for kind in ("saved", "parquet", "packed"):
         assert results[kind]["class_names"] == results["folder"]["class_names"]

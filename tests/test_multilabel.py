@@ -257,13 +257,13 @@ def test_a_multilabel_run_records_map_thresholds_and_figures(poster_run):
     results = json.loads((out / "results.json").read_text())
     meta = json.loads((out / "best" / "config.json").read_text())
     assert meta["multi_label"] is True and len(meta["thresholds"]) == len(meta["class_names"]) == 25
-    assert results["test"]["thresholds"] == meta["thresholds"] and results["monitor"] == "val_map"
-    assert printed["test_map_macro"] == results["test"]["map_macro"] and 0 < results["test"]["map_micro"] <= 1
+    assert results["metrics"]["thresholds"] == meta["thresholds"] and results["monitor"] == "val_map"
+    assert printed["test_map_macro"] == results["metrics"]["map_macro"] and 0 < results["metrics"]["map_micro"] <= 1
     assert {"val_map", "val_map_micro"} <= set((out / "metrics.csv").read_text().splitlines()[0].split(","))
     for figure in ("label_ap.png", "precision_recall.png", "curves.png", "predictions.png", "per_label.csv"):
         assert (out / figure).stat().st_size > 0
     evaluated = run_vitkit("eval", str(out), "--json")
-    assert json.loads(evaluated.stdout)["map_macro"] == pytest.approx(results["test"]["map_macro"])
+    assert json.loads(evaluated.stdout)["map_macro"] == pytest.approx(results["metrics"]["map_macro"])
     # the stored thresholds are the best checkpoint's, tuned on the validation split
     import vitkit
     from vitkit.api import _checkpoint_split

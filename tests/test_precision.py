@@ -59,7 +59,7 @@ def test_eval_in_bf16_records_its_agreement_and_auto_obeys_the_record(digits_run
     report = json.loads(proc.stdout)
     agreement = report["agreement"]
     # the record's fp32 side is the run's reported metric; its bf16 side is this evaluation's
-    assert agreement["top1_fp32"] == pytest.approx(digits_run[1]["test"]["top1"], abs=1e-9)
+    assert agreement["top1_fp32"] == pytest.approx(digits_run[1]["metrics"]["top1"], abs=1e-9)
     assert agreement["top1"] == pytest.approx(report["top1"], abs=1e-9)
     assert json.loads((ckpt / BF16_RECORD).read_text())["top1_agreement"] == agreement["top1_agreement"]
 

@@ -227,7 +227,7 @@ def test_models_lists_every_model_and_preset_with_published_sizes():
     assert header.split()[:4] == ["name", "family", "params", "size"]
     rows = [line.split() for line in lines if not line.startswith(" ")]
     # a preset with sizes for --time-budget lists them indented under it, each with the epochs it needs
-    sized = lines[lines.index(next(line for line in lines if line.startswith("cifar-vit "))) + 1 :][:3]
+    sized = lines[lines.index(next(line for line in lines if line.startswith("cifar-hybrid "))) + 1 :][:3]
     assert sized[0].split()[:2] == ["3.41M", "with"] and "trains it 12+ epochs here:" in sized[0]
     assert sized[1].split()[:2] == ["3.11M", "with"] and "trains it 15+ epochs here:" in sized[1]
     assert "stem_token_stride=2" in sized[1] and not sized[2].startswith(" ")  # two sizes beside the preset's own

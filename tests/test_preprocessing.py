@@ -234,9 +234,9 @@ def test_runs_record_the_preprocessing_of_their_source(runs):
 def test_eval_decodes_with_the_recorded_preprocessing(runs):
     """`vitkit eval` of the stretch run reproduces the metrics training reported on the same split."""
     reported = json.loads((Path(runs["stretch"]) / "results.json").read_text())
-    assert reported["test_split"] == "val"
+    assert reported["split"] == "val"
     again = vitkit.evaluate(runs["stretch"], split="val", device="cpu")
-    assert again["loss"] == pytest.approx(reported["test"]["loss"], abs=1e-5)
+    assert again["loss"] == pytest.approx(reported["metrics"]["loss"], abs=1e-5)
 
 
 @pytest.mark.slow

@@ -352,7 +352,7 @@ def test_hf_export_round_trip_and_pipeline(digits_run, tmp_path):
 
 
 def test_hf_export_names_what_transformers_lacks(tmp_path):
-    """The folder-vit recipe's ViT (convolutional tokenizer, sequence pooling, no class token) has no
+    """The folder-cct recipe's ViT (convolutional tokenizer, sequence pooling, no class token) has no
     transformers equivalent: the refusal names each option and the flags that avoid it."""
     model = create_model("vit_micro_patch4_32", num_classes=3, image_size=64, stem="conv", conv_layers=3, pool="seq")
     save_model(model, tmp_path / "cct", class_names=["a", "b", "c"], preprocessing={"image_size": 64})
@@ -430,7 +430,7 @@ def test_transfer_from_cifar_beats_scratch_on_flowers(tmp_path):
         **{k: v for k, v in common.items() if k != "model"},
     )
     print(
-        f"cifar10-dev {source['test']['top1']:.3f}; flowers scratch {scratch['test']['top1']:.3f} "
-        f"fine-tuned {tuned['test']['top1']:.3f}"
+        f"cifar10-dev {source['metrics']['top1']:.3f}; flowers scratch {scratch['metrics']['top1']:.3f} "
+        f"fine-tuned {tuned['metrics']['top1']:.3f}"
     )
-    assert tuned["test"]["top1"] > scratch["test"]["top1"]
+    assert tuned["metrics"]["top1"] > scratch["metrics"]["top1"]

@@ -247,4 +247,4 @@ def test_hf_vit_finetune_preset_end_to_end(hub, tmp_path):
     assert checkpoint["config"]["embed_dim"] == 48 and checkpoint["config"]["num_classes"] == 3
     assert checkpoint["preprocessing"]["image_size"] == 224 and checkpoint["preprocessing"]["mean"] == [0.5] * 3
     results = json.loads((out / "results.json").read_text())
-    assert results["test_split"] == "val" and results["test"]["count"] == 6
+    assert results["split"] == "val" and results["metrics"]["count"] == 6

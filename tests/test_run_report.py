@@ -137,7 +137,9 @@ def test_patches_are_drawn_only_for_models_that_cut_patches(name, figures):
     rng = torch.Generator().manual_seed(0)
     split = Split(torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8, generator=rng), torch.arange(8) % 3)
     augment = BatchAugment(16, mean=(0.5,) * 3, std=(0.5,) * 3, channels=3)
-    write_report(Path("run"), model, split, augment, ["a", "b", "c"], HISTORY, {"confusion_matrix": [[1, 0, 0]] * 3})
+    write_report(
+        Path("run"), model, split, augment, ["a", "b", "c"], HISTORY, {"confusion_matrix": [[1, 0, 0]] * 3}, "val"
+    )
     assert set(figures) == {"curves.png", "confusion_matrix.png", "predictions.png"} | (
         set() if model.patch_size is None else {"patches.png"}
     )

@@ -134,6 +134,22 @@ def test_prints_its_address_and_logs_each_request(server, digit_images):
     assert logged[-3:] == expected, "\n".join(server.output[-10:])
 
 
+def test_answers_at_once_with_pytorch_then_hands_predict_to_onnx_runtime(server, digit_images):
+    """A first start (nothing exported yet) said nothing for 12-20 s while it exported ONNX: now it says it
+    is loading, answers with PyTorch at once, and moves /predict to ONNX Runtime once that is ready."""
+    lines = server.output
+    assert lines[0] == f"vitkit serve: loading {server.checkpoint}"
+    switched = "vitkit serve: /predict now runs on onnxruntime"
+    deadline = time.time() + 120
+    while switched not in lines and time.time() < deadline:
+        time.sleep(0.2)
+    ready = next(i for i, line in enumerate(lines) if URL_LINE.match(line))
+    assert lines.index(switched) > ready  # the address was printed (and served) before the export ended
+    assert httpx.get(server.base + "/health").json()["backend"] == "onnxruntime"
+    path = digit_images[0][0]
+    assert post(server.base, [("file", (path.name, path.read_bytes(), "image/png"))]).status_code == 200
+
+
 def test_200_concurrent_requests_are_micro_batched(server, digit_images):
     base = server.base
     paths, _ = digit_images

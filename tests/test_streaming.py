@@ -163,16 +163,16 @@ def test_forced_streaming_trains_evaluates_and_predicts_like_in_memory(tmp_path)
     assert info["streamed"]["data_streamed"] and not info["memory"]["data_streamed"]
     assert info["streamed"]["loader_workers"] >= 1
     results = {name: json.loads((run / "results.json").read_text()) for name, run in runs.items()}
-    assert results["streamed"]["test"]["count"] == results["memory"]["test"]["count"] == 100
+    assert results["streamed"]["metrics"]["count"] == results["memory"]["metrics"]["count"] == 100
     # the same run (README: same decode, statistics and order): the same predictions, not nearly the same
-    assert results["streamed"]["test"]["top1"] == results["memory"]["test"]["top1"]
-    assert results["streamed"]["test"]["confusion_matrix"] == results["memory"]["test"]["confusion_matrix"]
-    assert abs(results["streamed"]["test"]["loss"] - results["memory"]["test"]["loss"]) < 1e-5
+    assert results["streamed"]["metrics"]["top1"] == results["memory"]["metrics"]["top1"]
+    assert results["streamed"]["metrics"]["confusion_matrix"] == results["memory"]["metrics"]["confusion_matrix"]
+    assert abs(results["streamed"]["metrics"]["loss"] - results["memory"]["metrics"]["loss"]) < 1e-5
 
     evaluated = run_vitkit("eval", str(runs["streamed"]), "--split", "val", "--json")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     metrics = json.loads(evaluated.stdout)
-    assert metrics["count"] == 100 and metrics["top1"] == pytest.approx(results["streamed"]["test"]["top1"])
+    assert metrics["count"] == 100 and metrics["top1"] == pytest.approx(results["streamed"]["metrics"]["top1"])
 
     photo = sorted((flowers / "val" / "roses").glob("*.jpg"))[0]
     top = {}
@@ -180,7 +180,7 @@ def test_forced_streaming_trains_evaluates_and_predicts_like_in_memory(tmp_path)
         predicted = run_vitkit("predict", str(run), str(photo), "--format", "json")
         assert predicted.returncode == 0, predicted.stderr[-3000:]
         top[name] = json.loads(predicted.stdout)["results"][0]["predictions"][0]
-    assert top["streamed"]["label"] in results["streamed"]["test"]["class_names"]
+    assert top["streamed"]["label"] in results["streamed"]["metrics"]["class_names"]
     assert top["streamed"]["label"] == top["memory"]["label"]
     assert top["streamed"]["score"] == pytest.approx(top["memory"]["score"], abs=0.02)
 
@@ -220,8 +220,8 @@ def test_streamed_run_resumed_after_sigkill_matches_uninterrupted(tmp_path):
     a, b = _final_weights(full), _final_weights(killed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert (
-        json.loads((killed / "results.json").read_text())["test"]
-        == json.loads((full / "results.json").read_text())["test"]
+        json.loads((killed / "results.json").read_text())["metrics"]
+        == json.loads((full / "results.json").read_text())["metrics"]
     )
 
 

@@ -13,8 +13,8 @@ from vitkit.data.builtin import load_digits_dataset
 def test_top_losses_are_the_highest_loss_mistakes_in_order(digits_run, tmp_path, capsys):
     run, result = digits_run
     report = vitkit.top_losses(run, count=6, out=tmp_path / "top.png")
-    confusion = np.asarray(result["test"]["confusion_matrix"])
-    assert report["split"] == result["test_split"] == "test" and report["images"] == confusion.sum()
+    confusion = np.asarray(result["metrics"]["confusion_matrix"])
+    assert report["split"] == result["split"] == "test" and report["images"] == confusion.sum()
     assert report["mistakes"] == confusion.sum() - np.trace(confusion) > 0
 
     # the classifier's own view of the same split: digits' test split with the run's seed

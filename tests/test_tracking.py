@@ -85,14 +85,14 @@ def test_callbacks_and_trackers_log_what_metrics_csv_holds(colours, tmp_path, mo
         assert {k: pytest.approx(v) for k, v in row.items()} == {k: metrics[k] for k in row}
     assert (
         recorder.calls[3][0] == "end"
-        and recorder.calls[3][1]["test"] == json.loads((run / "results.json").read_text())["test"]
+        and recorder.calls[3][1]["metrics"] == json.loads((run / "results.json").read_text())["metrics"]
     )
     assert recorder.calls[3][1]["run_dir"] == result["run_dir"]
 
     scalars = tensorboard_scalars(run)
     for column in COLUMNS:
         assert scalars[column] == [(int(r["epoch"]), pytest.approx(r[column], rel=1e-6)) for r in rows], column
-    assert scalars["test_top1"] == [(2, pytest.approx(result["test"]["top1"]))]
+    assert scalars[f"final_{result['split']}_top1"] == [(2, pytest.approx(result["metrics"]["top1"]))]
     hparams = tensorboard_hparams(run)
     assert hparams["lr"].number_value == pytest.approx(1e-3) and hparams["model_args.depth"].number_value == 1
     assert hparams["model"].string_value == "vit_micro_patch4_32"
@@ -106,7 +106,7 @@ def test_callbacks_and_trackers_log_what_metrics_csv_holds(colours, tmp_path, mo
     for column in COLUMNS:
         history = client.get_metric_history(mlrun.info.run_id, column)
         assert [(m.step, m.value) for m in history] == [(int(r["epoch"]), pytest.approx(r[column])) for r in rows]
-    assert mlrun.data.metrics["test_top1"] == pytest.approx(result["test"]["top1"])
+    assert mlrun.data.metrics[f"final_{result['split']}_top1"] == pytest.approx(result["metrics"]["top1"])
 
 
 def test_a_resumed_run_continues_its_trackers_without_gaps_or_repeats(colours, tmp_path, monkeypatch):
@@ -147,11 +147,11 @@ def test_mlflow_follows_the_tracking_uri(tmp_path, monkeypatch):
     tracker, run = MlflowTracker(), tmp_path / "run"
     tracker.on_train_begin(run, {"lr": 0.01, "mean": None}, [])
     tracker.on_epoch_end(1, {"epoch": 1, "val_loss": 0.5})
-    tracker.on_train_end({"test": {"top1": 0.75}, "epochs_run": 1})
+    tracker.on_train_end({"split": "val", "metrics": {"top1": 0.75}, "epochs_run": 1})
     client = MlflowClient(store)
     (mlrun,) = client.search_runs([client.get_experiment_by_name("digits").experiment_id])
     assert mlrun.data.params == {"lr": "0.01", "mean": "none"}
-    assert mlrun.data.metrics == {"val_loss": 0.5, "test_top1": 0.75} and mlrun.info.run_name == "run"
+    assert mlrun.data.metrics == {"val_loss": 0.5, "final_val_top1": 0.75} and mlrun.info.run_name == "run"
     assert not (run / "mlruns").exists()
 
 

@@ -51,7 +51,7 @@ def test_default_train_command(tmp_path):
     proc = run_vitkit("train", "--out", str(out), "--no-progress", timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads((out / "results.json").read_text())
-    assert results["test"]["top1"] >= 0.95
+    assert results["metrics"]["top1"] >= 0.95
     for key in (
         "top1",
         "top5",
@@ -62,7 +62,7 @@ def test_default_train_command(tmp_path):
         "per_class",
         "confusion_matrix",
     ):
-        assert key in results["test"]
+        assert key in results["metrics"]
     for name in RUN_FILES:
         assert (out / name).is_file(), name
     for plot in ("curves.png", "confusion_matrix.png", "predictions.png", "patches.png", "train_batch.png"):
@@ -100,8 +100,8 @@ def test_fashion_mnist_small_vit_reaches_80_percent(tmp_path):
         model_args={"patch_size": 7},
         progress=False,
     )
-    assert result["test"]["count"] == 2000
-    assert result["test"]["top1"] >= 0.80
+    assert result["metrics"]["count"] == 2000
+    assert result["metrics"]["top1"] >= 0.80
 
 
 def _final_weights(run: Path) -> dict:
@@ -168,8 +168,8 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
     for key in a:
         assert torch.equal(a[key], b[key]), key
     assert (
-        json.loads((killed / "results.json").read_text())["test"]
-        == json.loads((full / "results.json").read_text())["test"]
+        json.loads((killed / "results.json").read_text())["metrics"]
+        == json.loads((full / "results.json").read_text())["metrics"]
     )
 
 
@@ -240,13 +240,13 @@ def test_flowers_folder(tmp_path):
     proc = run_vitkit("train", "--data", str(data), "--epochs", "2", "--out", str(out), "--no-progress", timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads((out / "results.json").read_text())
-    assert results["test_split"] == "val" and results["test"]["count"] == 100
-    assert results["test"]["class_names"] == ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
+    assert results["split"] == "val" and results["metrics"]["count"] == 100
+    assert results["metrics"]["class_names"] == ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
     assert_real_plot(out / "confusion_matrix.png")
     evaluated = run_vitkit("eval", str(out), "--json")  # defaults to the split the run reported: val here
     assert evaluated.returncode == 0, evaluated.stderr
     metrics = json.loads(evaluated.stdout)
-    assert metrics["split"] == "val" and metrics["top1"] == pytest.approx(results["test"]["top1"], abs=1e-6)
+    assert metrics["split"] == "val" and metrics["top1"] == pytest.approx(results["metrics"]["top1"], abs=1e-6)
 
 
 def test_folder_run_lists_skipped_images(tmp_path):
@@ -265,7 +265,7 @@ def test_folder_run_lists_skipped_images(tmp_path):
     assert "broken.png" in (tmp_path / "run" / "skipped_images.txt").read_text()
     # evaluating the run reads its data as it was trained: the bad file is skipped again
     metrics = vitkit.evaluate(tmp_path / "run")
-    assert metrics["top1"] == pytest.approx(result["test"]["top1"], abs=1e-6)
+    assert metrics["top1"] == pytest.approx(result["metrics"]["top1"], abs=1e-6)
 
 
 def test_eval_recomputes_the_results(quick_run):
@@ -273,8 +273,8 @@ def test_eval_recomputes_the_results(quick_run):
     proc = run_vitkit("eval", str(out / "best"), "--json")
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads(proc.stdout)
-    assert metrics["confusion_matrix"] == result["test"]["confusion_matrix"]
-    assert metrics["top1"] == pytest.approx(result["test"]["top1"])
+    assert metrics["confusion_matrix"] == result["metrics"]["confusion_matrix"]
+    assert metrics["top1"] == pytest.approx(result["metrics"]["top1"])
     # the best checkpoint's validation accuracy is the one logged for the best epoch
     val = vitkit.evaluate(out, split="val")
     rows = [line.split(",") for line in (out / "metrics.csv").read_text().splitlines()]
@@ -355,7 +355,7 @@ def test_recipes_train_at_the_data_s_own_size():
     folder = make_config(preset="cifar-gmlp", data=str(shared_dataset("cifar10-dev")))
     assert (folder.image_size, folder.crop_padding, folder.rrc_scale) == (32, 4, 0.0)
     assert make_config(preset="cifar-resnet", data="fashion-mnist", image_size=32).image_size == 32
-    assert make_config(preset="folder-vit", data="fashion-mnist").image_size == 64
+    assert make_config(preset="folder-cct", data="fashion-mnist").image_size == 64
     seed = make_config(preset="d2l-vit-fashion-mnist")
     assert (seed.image_size, seed.crop_padding) == (96, 0)
 

@@ -150,9 +150,10 @@ def test_time_budget_caps_warmup_at_a_tenth_of_the_schedule(tmp_path):
 
 
 def test_a_budget_size_sits_between_the_preset_and_the_users_arguments():
-    sizes = dict(make_config(preset="cifar-vit").to_dict(), preset="cifar-vit")
-    own = model_spec(TrainConfig.from_dict(sizes))[1]
-    assert own["embed_dim"] == 128 and own["stem"] == "resnet"
+    sizes = dict(make_config(preset="cifar-hybrid").to_dict(), preset="cifar-hybrid")
+    name, own = model_spec(TrainConfig.from_dict(sizes))
+    config = create_model(name, **own).config
+    assert name == "vit_hybrid_micro_32" and config.embed_dim == 128 and config.stem == "resnet"
     wide = model_spec(TrainConfig.from_dict(sizes), {"embed_dim": 256, "depth": 6})[1]
     assert wide == {**own, "embed_dim": 256, "depth": 6}
     mine = TrainConfig.from_dict(dict(sizes, model_args={"depth": 7}))
@@ -190,6 +191,9 @@ def test_time_budget_takes_the_largest_size_it_can_train_long_enough(tmp_path, m
 
     resumed = resume_config(out)
     assert count_parameters(build(resumed, Runtime.create(resumed)).model) == count_parameters(saved)
+    extended = resume_config(out, epochs=50)  # trained longer by epochs: no budget now, the same size
+    assert extended.time_budget == 0 and extended.epochs == 50
+    assert count_parameters(build(extended, Runtime.create(extended)).model) == count_parameters(saved)
     status = json.loads((out / "run.json").read_text())
     del status["budget_size"]
     (out / "run.json").write_text(json.dumps(status))

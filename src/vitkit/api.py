@@ -18,7 +18,9 @@ from .fileio import settled_dir, write_json
 from .runtime import PRECISIONS, Bf16Autocast, choose_precision, resolve_device
 
 
-def train(resume: str | os.PathLike | None = None, callbacks=(), **options: Any) -> dict[str, Any]:
+def train(
+    resume: str | os.PathLike | None = None, callbacks=(), started: float | None = None, **options: Any
+) -> dict[str, Any]:
     """Train a model and write a run folder; returns results.json's content plus `run_dir`.
 
     `vitkit.train(data="cifar10", model="vit_tiny_patch4_32", epochs=20)`; any TrainConfig field is an
@@ -31,7 +33,7 @@ def train(resume: str | os.PathLike | None = None, callbacks=(), **options: Any)
     from .training.config import make_config
 
     cfg = resume_config(resume, **options) if resume else make_config(**options)
-    return run_training(cfg, callbacks)
+    return run_training(cfg, callbacks, started)
 
 
 def lr_find(

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import sys
+import time
 
 from . import __version__
 
@@ -96,12 +97,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     if options.pop("resume", False):
         if not options.get("out"):
             raise UserError("--resume needs --out RUN_DIR (the run folder to continue)")
-        result = api.train(resume=options.pop("out"), **options)
+        result = api.train(resume=options.pop("out"), started=args.started, **options)
     else:
-        result = api.train(**options)
-    test = result["test"]
-    keys = ("map_macro", "map_micro", "f1_macro") if "map_macro" in test else ("top1", "top5")
-    print(json.dumps({"run_dir": result["run_dir"], **{f"test_{key}": test[key] for key in keys}}))
+        result = api.train(started=args.started, **options)
+    metrics, split = result["metrics"], result["split"]
+    if "map_macro" in metrics:
+        keys = ["map_macro", "map_micro", "f1_macro"]
+    else:  # top-5 of 5 classes or fewer is 1 by definition
+        keys = ["top1", "top5"] if len(metrics["class_names"]) > 5 else ["top1"]
+    summary = {"run_dir": result["run_dir"], "split": split, **{f"{split}_{key}": metrics[key] for key in keys}}
+    summary["split_selected_checkpoint"] = result["split_selected_checkpoint"]
+    print(json.dumps(summary))
     return 0
 
 
@@ -110,7 +116,7 @@ def training_options(args: argparse.Namespace, own: tuple[str, ...]) -> dict:
     from .options import read_yaml_options
     from .training.config import TrainConfig
 
-    flags = {k: v for k, v in vars(args).items() if k not in ("command", "func", "argv", "config", *own)}
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "func", "argv", "started", "config", *own)}
     if "model_args" in flags:
         flags["model_args"] = dict(flags["model_args"])
     return {**(read_yaml_options(args.config, TrainConfig) if getattr(args, "config", None) else {}), **flags}
@@ -146,7 +152,9 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     options = training_options(args, ("steps", "start_lr", "end_lr", "plot"))
     options = {k: v for k, v in options.items() if k not in LR_FIND_IGNORES}  # from a --config file
     result = api.lr_find(steps=args.steps, start_lr=args.start_lr, end_lr=args.end_lr, plot=args.plot, **options)
-    summary = {k: result[k] for k in ("suggested_lr", "method", "min_loss_lr", "diverged", "plot")}
+    summary = {k: result[k] for k in ("suggested_lr", "method", "min_loss_lr", "diverged", "plot", "warning")}
+    if result["warning"]:
+        print(f"vitkit lr-find: warning: {result['warning']}", file=sys.stderr)
     print(json.dumps({**summary, "steps": len(result["lrs"])}))
     return 0
 
@@ -193,7 +201,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 print(f"  {key:<16} {metrics[key]:.4f}")
             print(label_table(metrics))
             return 0
-        for key in ("top1", "top5", "loss", "precision_macro", "recall_macro", "f1_macro", "f1_weighted"):
+        keys = ["top1", "top5", "loss", "precision_macro", "recall_macro", "f1_macro", "f1_weighted"]
+        if len(metrics["class_names"]) <= 5:  # top-5 of 5 classes or fewer is 1 by definition
+            keys.remove("top5")
+        for key in keys:
             print(f"  {key:<16} {metrics[key]:.4f}")
         if "agreement" in metrics:
             print(f"  {describe(metrics['agreement'])}")
@@ -298,12 +309,28 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from . import api
-    from .viz.explain import explain_image
+    from pathlib import Path
 
+    from . import api
+    from .predict import expand_paths
+    from .viz.explain import explain_image, method_note
+
+    paths = expand_paths(args.images)
+    if not paths:
+        raise UserError("no images found in the given paths")
+    out = Path(args.out)
+    if len(paths) > 1 and out.suffix.lower() == ".png":
+        raise UserError(f"--out {out} is one PNG file but {len(paths)} images were given: pass a folder")
+    # one process for many photos: loading torch, the model and matplotlib is most of a single explanation
     clf = api.load(args.checkpoint, device=args.device, backend="torch")
-    top = explain_image(clf, args.image, args.out, topk=args.topk)
-    print(json.dumps({"path": args.image, "predictions": top, "figure": args.out}))
+    for path in paths:
+        figure = out if out.suffix.lower() == ".png" else out / f"{Path(path).stem}.png"
+        figure.parent.mkdir(parents=True, exist_ok=True)
+        top, method = explain_image(clf, path, figure, topk=args.topk, method=args.method)
+        note = method_note(clf.model, method)
+        print(
+            json.dumps({"path": str(path), "predictions": top, "method": method, "note": note, "figure": str(figure)})
+        )
     return 0
 
 
@@ -514,10 +541,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_runtime_arguments(p)
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("explain", help="attention rollout (ViT) or saliency map beside the top-5")
+    p = sub.add_parser(
+        "explain",
+        help="the photo, the model's input and a heat map of what drove the prediction, beside the top-5",
+        description="Heat maps by --method: auto picks attention rollout for ViTs whose tokens are image patches, "
+        "Grad-CAM on the token grid for hybrids and convolutional tokenizers (whose tokens already mix much of "
+        "the image, so rollout cannot place evidence), and gradient saliency for models without tokens.",
+    )
     p.add_argument("checkpoint")
-    p.add_argument("image")
-    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("images", nargs="+", help="image files, folders or globs")
+    p.add_argument("--out", required=True, help="PNG file for one image, else a folder (one IMAGE_NAME.png each)")
+    p.add_argument("--method", default="auto", choices=["auto", "rollout", "gradcam", "saliency"])
     p.add_argument("--topk", type=at_least(1), default=5)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_explain)
@@ -615,9 +649,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # when the command began, for --time-budget: this process's start when it is the command (argv None),
+    # else (a call from Python) now
+    started = time.monotonic()
+    if argv is None:
+        from .runtime import process_start
+
+        started = process_start() or started
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv  # what `train --nproc` hands on to its processes
+    args.started = started
     try:
         return args.func(args)
     except (UserError, ValueError, FileNotFoundError, FloatingPointError) as e:

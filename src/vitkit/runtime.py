@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import torch
 
@@ -93,3 +94,17 @@ def setup_threads(threads: int) -> None:
     if threads < 0:
         raise ValueError(f"--threads must be 0 (every core) or a positive count, got {threads}")
     torch.set_num_threads(threads or available_cores())
+
+
+def process_start() -> float | None:
+    """When this process started, on the time.monotonic() clock (Linux: from /proc; None elsewhere), so
+    that a --time-budget also covers the interpreter's start and vitkit's imports."""
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22: start time, clock ticks after boot
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    age = uptime - ticks / os.sysconf("SC_CLK_TCK")
+    return time.monotonic() - age if 0 <= age < 86400 else None

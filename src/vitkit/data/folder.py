@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from ..fileio import atomic_path
@@ -237,8 +238,11 @@ def load_listed(
     if cache and cache_file.is_file():
         try:
             tensors = load_file(str(cache_file))
-            bad = json.loads((cache_file.with_suffix(".json")).read_text())["skipped"]
-            parts = {s: Split(tensors[f"{s}.images"], tensors[f"{s}.labels"]) for s in listed}
+            record = json.loads(cache_file.with_suffix(".json").read_text())
+            bad, paths = record["skipped"], record["paths"]
+            parts = {
+                s: Split(tensors[f"{s}.images"], tensors[f"{s}.labels"], list(map(Path, paths[s]))) for s in listed
+            }
             return dataset(parts), bad
         except Exception:  # a damaged cache is rebuilt, never trusted
             pass
@@ -248,12 +252,32 @@ def load_listed(
     for split, items in listed.items():
         arrays, kept = _decode_all([p for p, _ in items], preprocessing, skip_bad, bad)
         labels = labels_of([items[i] for i in kept])
-        parts[split] = Split(torch.from_numpy(arrays).permute(0, 3, 1, 2).contiguous(), labels)
+        paths = [items[i][0] for i in kept]
+        parts[split] = Split(torch.from_numpy(arrays).permute(0, 3, 1, 2).contiguous(), labels, paths)
     result = dataset(parts)
     if cache:
         tensors = {f"{s}.{k}": getattr(p, k) for s, p in parts.items() for k in ("images", "labels")}
         with atomic_path(cache_file) as tmp:
             save_file(tensors, str(tmp))
         with atomic_path(cache_file.with_suffix(".json")) as tmp:
-            tmp.write_text(json.dumps({"name": name, "skipped": bad}))
+            paths = {s: [str(path) for path in part.paths] for s, part in parts.items()}
+            tmp.write_text(json.dumps({"name": name, "skipped": bad, "paths": paths}))
     return result, bad
+
+
+def typical_image_side(root: str | os.PathLike, sample: int = 32) -> int | None:
+    """The median shorter side of up to `sample` of a folder's training images, evenly spaced through
+    it (image headers only, no decoding); None when it cannot be told."""
+    try:
+        files = [p for classes in scan_folder(root)["train"].values() for p in classes]
+    except (OSError, ValueError):
+        return None
+    picked = files[:: max(1, len(files) // sample)][:sample]
+    sides = []
+    for path in picked:
+        try:
+            with Image.open(path) as image:
+                sides.append(min(image.size))
+        except Exception:  # unreadable files are reported by the decoding that follows
+            continue
+    return sorted(sides)[len(sides) // 2] if sides else None

@@ -9,7 +9,7 @@ import torch
 
 from .augment import IMAGENET_MEAN, IMAGENET_STD, to_channels
 from .builtin import BUILTIN, load_builtin
-from .folder import load_folder
+from .folder import load_folder, typical_image_side
 from .hf import is_hf_source, load_hf
 from .loader import BatchLoader
 from .preprocess import Preprocessing
@@ -41,6 +41,16 @@ FOLDER_DEFAULTS: dict[str, Any] = dict(image_size=32, epochs=30, hflip=True, rrc
 def dataset_defaults(data: str) -> dict[str, Any]:
     """The training values a dataset suggests when no preset is given."""
     return DATASET_DEFAULTS.get(data, {}) if data in BUILTIN else FOLDER_DEFAULTS
+
+
+def typical_side(data: str) -> int | None:
+    """How large the data's images are (the median shorter side, sampled), before anything is decoded;
+    None when unknown (Hugging Face data)."""
+    if data in BUILTIN:
+        return DATASET_DEFAULTS.get(data, {}).get("image_size")
+    if is_hf_source(data):
+        return None
+    return typical_image_side(data)
 
 
 def prepare_data(
@@ -96,6 +106,7 @@ def prepare_data(
     if dataset.val is None:
         keep, held = stratified_split(dataset.train.labels, val_split, seed)
         dataset.train, dataset.val = dataset.train.subset(keep), dataset.train.subset(held)
+        dataset.val_held_out = True
     return dataset, bad
 
 

@@ -30,13 +30,15 @@ class Split:
 
     images: torch.Tensor  # (N, C, H, W) uint8
     labels: torch.Tensor  # (N,) int64
+    paths: list[Path] | None = None  # the files the images were decoded from (folders), for reports
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def subset(self, index) -> "Split":
         index = torch.as_tensor(index, dtype=torch.long)
-        return Split(self.images[index], self.labels[index])
+        paths = None if self.paths is None else [self.paths[i] for i in index.tolist()]
+        return Split(self.images[index], self.labels[index], paths)
 
     @property
     def channels(self) -> int:
@@ -92,6 +94,7 @@ class Dataset:
     class_names: list[str]
     val: Split | FileSplit | None = None
     multi_label: bool = False
+    val_held_out: bool = False  # val was held out of train (the data had no validation split)
 
     @property
     def num_classes(self) -> int:

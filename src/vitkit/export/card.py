@@ -125,15 +125,22 @@ def model_card(classifier, checkpoint: Path, title: str, load_as: str, transform
         "## Results",
         "",
     ]
-    split_metrics = results.get("test") or {}  # the test split's, or the validation split's when there is none
+    # the test split's, or the validation split's when there is none (older results.json files key them
+    # "test" and "test_split")
+    split_metrics = results.get("metrics") or results.get("test") or {}
     if split_metrics:
-        split = results.get("test_split", "test")
+        split = results.get("split") or results.get("test_split", "test")
         epochs = (
             f", the weights of epoch {results['best_epoch']} of {results['epochs_run']}"
             if results.get("best_epoch")
             else ""
         )
-        lines += [f"On the {split} split ({split_metrics.get('count', '?')} images){epochs}:", ""]
+        chose = (
+            " (this split also chose the checkpoint, so the figures are optimistic)"
+            if results.get("split_selected_checkpoint")
+            else ""
+        )
+        lines += [f"On the {split} split ({split_metrics.get('count', '?')} images){epochs}{chose}:", ""]
         lines += _table(
             [(label, f"{split_metrics[key]:.4f}") for key, label in METRICS if key in split_metrics],
             ("metric", "value"),

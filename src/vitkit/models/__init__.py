@@ -12,7 +12,7 @@ import torch.nn as nn
 
 from . import fnet, gmlp, mixer, resnet, vit  # noqa: F401  (registers the families)
 from .io import load_model, save_model
-from .presets import PRESETS, Preset
+from .presets import PRESET_ALIASES, PRESETS, Preset
 from .registry import FAMILIES, build_config, lookup_model, registered_models, unknown_name_error
 
 
@@ -23,6 +23,8 @@ def list_models(kind: str = "all") -> list[str]:
 
 
 def get_preset(name: str) -> Preset:
+    """A preset by name, or by an earlier name of it (PRESET_ALIASES)."""
+    name = PRESET_ALIASES.get(name, name)
     if name not in PRESETS:
         raise unknown_name_error("preset", name, sorted(PRESETS))
     return PRESETS[name]
@@ -36,8 +38,8 @@ def resolve_model_config(
     **overrides: Any,
 ):
     """(family, config) for a model or preset name with the given changes applied."""
-    if name in PRESETS:
-        preset = PRESETS[name]
+    if name in PRESETS or name in PRESET_ALIASES:
+        preset = get_preset(name)
         family, base = lookup_model(preset.model)
         overrides = {**preset.model_args, **overrides}
     elif name in registered_models():

@@ -17,6 +17,7 @@ import torch.nn as nn
 from .registry import ModelConfig
 
 HEAD_PREFIXES = ("pre_logits.", "head_drop.", "head.")
+FAMILY_TITLES = {"vit": "ViT", "mixer": "MLP-Mixer", "fnet": "FNet", "gmlp": "gMLP", "resnet": "ResNet"}
 _OLD_HEAD_KEY = re.compile(r"^head\.(\d+)\.(weight|bias)$")
 
 
@@ -66,6 +67,20 @@ class ImageClassifier(nn.Module):
         cells of a feature map rather than patches of the image."""
         tokenizer = getattr(self, "patch_embed", None)
         return tokenizer.stride if getattr(tokenizer, "cuts_patches", False) else None
+
+    @property
+    def architecture(self) -> str:
+        """What the network is, in words, as run records and summaries state it: the token families say
+        how the image becomes tokens (patches, a convolutional tokenizer, ResNet stages) and what follows."""
+        tokenizer = getattr(self, "patch_embed", None)
+        title = FAMILY_TITLES.get(self.family, self.family)
+        if tokenizer is None:
+            return title
+        grid = tokenizer.grid_size
+        return (
+            f"{title}: {tokenizer.describe()} -> {grid}x{grid} tokens, {self.num_layers} blocks of width "
+            f"{self.config.embed_dim}"
+        )
 
     @property
     def attention_layers(self) -> list[nn.Module]:

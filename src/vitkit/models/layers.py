@@ -33,6 +33,10 @@ class Tokenizer(nn.Module):
         self.num_patches = self.grid_size**2
         self.in_chans = in_chans
 
+    def describe(self) -> str:
+        """What turns the image into tokens, in words (run records, summaries)."""
+        return f"{self.stride}x{self.stride} patches"
+
     def grid_for(self, image_size: int) -> int:
         """Tokens per side at `image_size`; a ValueError names what to change when it does not fit."""
         return check_patch_grid(image_size, self.stride)
@@ -62,6 +66,7 @@ class ConvTokenizer(Tokenizer):
 
     def __init__(self, image_size: int, in_chans: int, dim: int, layers: int = 2, width: int = 64):
         super().__init__(image_size, 2**layers, in_chans)
+        self.layers = layers
         chans = [in_chans] + [width] * (layers - 1) + [dim]
         self.convs = nn.Sequential(
             *[
@@ -74,6 +79,9 @@ class ConvTokenizer(Tokenizer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_channels(x, self.in_chans)
         return self.convs(x).flatten(2).transpose(1, 2)
+
+    def describe(self) -> str:
+        return f"convolutional tokenizer ({self.layers} conv + max-pool layers)"
 
 
 class ShiftedPatchTokenizer(Tokenizer):
@@ -90,6 +98,9 @@ class ShiftedPatchTokenizer(Tokenizer):
         self.unfold = nn.Unfold(kernel_size=patch_size, stride=patch_size)
         self.norm = nn.LayerNorm(patch_dim)
         self.proj = nn.Linear(patch_dim, dim)
+
+    def describe(self) -> str:
+        return f"shifted {self.stride}x{self.stride} patches"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_channels(x, self.in_chans)

@@ -102,9 +102,11 @@ class ResNetTokenizer(Tokenizer):
         if token_stride not in (1, 2) or (token_stride == 2 and stages < 1):
             raise ValueError(f"stem_token_stride={token_stride} must be 1, or 2 with conv_layers >= 1")
         super().__init__(image_size, 2**stages, in_chans)
+        self.blocks, self.token_stride = blocks, token_stride
         layers = [nn.Conv2d(in_chans, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
         halving_stages = stages - (token_stride - 1)  # the projection does the last halving with stride 2
         widths = [width * 2**i for i in range(halving_stages + 1)]
+        self.widths = widths
         for i, stage_width in enumerate(widths):
             for j in range(blocks):
                 in_width = widths[max(0, i - 1)] if j == 0 else stage_width
@@ -114,6 +116,11 @@ class ResNetTokenizer(Tokenizer):
         # the token projection keeps the ViT's patch init
         kernel = 2 * token_stride - 1
         self.convs.append(nn.Conv2d(widths[-1], dim, kernel, token_stride, kernel // 2))
+
+    def describe(self) -> str:
+        projection = ", then a strided 3x3 token projection" if self.token_stride == 2 else ""
+        widths = "-".join(map(str, self.widths))
+        return f"ResNet stages ({widths} wide, {self.blocks} basic block(s) each{projection})"
 
     def grid_for(self, image_size: int) -> int:
         """Each strided 3x3 convolution (padding 1) maps n pixels to ceil(n / 2): 28 px gives 4x4 tokens."""
@@ -162,6 +169,12 @@ class ResNet(ImageClassifier):
         )
         self.init_head(in_ch, dropout=cfg.head_dropout)
         init_convs(self)
+
+    @property
+    def architecture(self) -> str:
+        cfg = self.config
+        block = "basic blocks" if cfg.block == "basic" else "pre-activation bottlenecks"
+        return f"ResNet: {len(cfg.layers)} stages of {block} ({'-'.join(map(str, cfg.widths))} wide, {cfg.layers})"
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         check_channels(x, self.config.in_chans)

@@ -160,6 +160,18 @@ class ViT(ImageClassifier):
         return block_layer_id(param_name, ("patch_embed", "cls_token", "pos_embed"), self.num_layers)
 
     @property
+    def architecture(self) -> str:
+        """The ViT paper calls a ViT whose tokens are cells of a ResNet's feature map a hybrid; a small
+        convolutional tokenizer with sequence pooling is CCT (Hassani et al., 2021)."""
+        cfg, grid = self.config, self.patch_embed.grid_size
+        kind = {"resnet": "hybrid ViT", "conv": "CCT-style ViT"}.get(cfg.stem, "ViT")
+        pool = {"seq": "sequence pooling", "cls": "class token", "mean": "mean pooling", "flatten": "flattened"}
+        return (
+            f"{kind}: {self.patch_embed.describe()} -> {grid}x{grid} tokens, {cfg.depth} transformer blocks of "
+            f"width {cfg.embed_dim}, {pool[cfg.pool]}"
+        )
+
+    @property
     def attention_layers(self) -> list[nn.Module]:
         """The blocks' attention modules in order (for attention rollout)."""
         return [block.attn for block in self.blocks]
@@ -215,6 +227,11 @@ register_model(
         class_token=False,
     ),
 )
+# The recipes' tokenizers as models of their own, named for what they are: ResNet stages under the
+# transformer (the ViT paper's hybrid) and CCT's convolutional tokenizer, both with sequence pooling.
+MICRO = dict(image_size=32, num_classes=10, embed_dim=128, depth=4, num_heads=4, mlp_dim=256, class_token=False)
+register_model("vit_hybrid_micro_32", "vit", _vit(**MICRO, stem="resnet", stem_width=16, conv_layers=3, pool="seq"))
+register_model("cct_micro_32", "vit", _vit(**MICRO, stem="conv", pool="seq"))
 register_model(
     "vit_tiny_patch4_32",
     "vit",

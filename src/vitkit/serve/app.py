@@ -23,6 +23,7 @@ import io
 import ipaddress
 import logging
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -341,6 +342,13 @@ def create_app(
 
     app = FastAPI(title="vitkit", lifespan=lifespan)
     app.state.batcher = batcher
+    app.state.classifier = classifier
+
+    def answer_with(faster) -> None:
+        """Answer /predict with `faster` (the same checkpoint on a faster backend) from the next batch on."""
+        batcher.predict, app.state.classifier = faster.predict_tensor, faster
+
+    app.state.answer_with = answer_with
     app.add_middleware(RequestLog)
     shows = "every label above its threshold" if classifier.multi_label else "the top-5 classes"
     page_html = (
@@ -364,7 +372,7 @@ def create_app(
         return {
             "status": "ok",
             "model": classifier.name,
-            **classifier.runtime,
+            **app.state.classifier.runtime,
             "classes": len(classifier.class_names),
             "image_size": classifier.image_size,
             "batches": len(batcher.batch_sizes),
@@ -495,13 +503,31 @@ def serve(
 ) -> None:
     from ..api import load
 
-    classifier = load(checkpoint, device=device, backend=backend, precision=precision, threads=threads)
+    # With --backend auto the server answers at once with PyTorch, which loads in a fraction of a second,
+    # while the faster backend load() would pick (ONNX Runtime, exported once into the cache: seconds on a
+    # first start) gets ready in a thread and takes over /predict when it is.
+    print(f"vitkit serve: loading {checkpoint}", file=sys.stderr, flush=True)
+    first = "torch" if backend == "auto" else backend
+    classifier = load(checkpoint, device=device, backend=first, precision=precision, threads=threads)
     explainer = (
         classifier
         if classifier.backend == "torch"
         else load(checkpoint, device=device, backend="torch", threads=threads)
     )
     app = create_app(classifier, explainer, limits=limits, topk=topk)
+    if backend == "auto":
+
+        def upgrade() -> None:
+            try:
+                faster = load(checkpoint, device=device, backend="auto", precision=precision, threads=threads)
+            except Exception as e:  # the PyTorch model keeps answering
+                print(f"vitkit serve: staying on PyTorch: the faster backend failed ({e})", file=sys.stderr)
+                return
+            if faster.backend != classifier.backend:
+                app.state.answer_with(faster)
+                print(f"vitkit serve: /predict now runs on {faster.backend}", file=sys.stderr, flush=True)
+
+        threading.Thread(target=upgrade, name="vitkit-backend", daemon=True).start()
     protocol = type("ServeProtocol", (GuardedH11Protocol,), {"header_timeout": limits.client_timeout})
     warn_if_exposed(host)
     log_requests_to_stderr()

@@ -14,15 +14,18 @@ from .config import TrainConfig, resume_changes
 from .distributed import shutdown
 from .engine import Trainer
 from .rundir import RunDir, saved_config
+from .schedule import TimeBudget
 
 
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def train(cfg: TrainConfig, callbacks=()) -> dict[str, Any]:
+def train(cfg: TrainConfig, callbacks=(), started: float | None = None) -> dict[str, Any]:
     """Claim the run folder, build the run, fit it; the folder's status says how it ended. SIGTERM
-    ends a run as Ctrl-C does: recorded as interrupted, resumable. `callbacks`: see callbacks.py."""
+    ends a run as Ctrl-C does: recorded as interrupted, resumable. `callbacks`: see callbacks.py.
+    `started`: when the command began (time.monotonic()), so that --time-budget covers all of it; default now."""
+    budget = TimeBudget(cfg.time_budget, started=started)
     runtime = Runtime.create(cfg)
     ctx = runtime.ctx
     run = RunDir.claim(cfg.out, default_run_dir(cfg), cfg.resume) if ctx.is_main else None
@@ -31,8 +34,10 @@ def train(cfg: TrainConfig, callbacks=()) -> dict[str, Any]:
     on_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if ctx.is_main and on_main_thread else None
     trainer = None
+    if ctx.is_main and not cfg.quiet:  # decoding a large folder takes a while: say what is happening
+        print(f"vitkit train: preparing {cfg.data} and the model", file=sys.stderr, flush=True)
     try:
-        trainer = Trainer(cfg, runtime)
+        trainer = Trainer(cfg, runtime, budget)
         result = trainer.fit(run, callbacks)
         # Rank 0 still writes results and plots after the last collective; a rank that tore down its gloo
         # connections meanwhile could abort ("terminate called without an active exception") and fail the run.
@@ -67,7 +72,10 @@ def train(cfg: TrainConfig, callbacks=()) -> dict[str, Any]:
 def resume_config(run_dir: str | os.PathLike, **changes: Any) -> TrainConfig:
     """The saved configuration of a run with `resume` set and the allowed changes applied."""
     saved = saved_config(run_dir)
-    return replace(saved, **resume_changes(saved, changes), resume=True, out=str(run_dir)).validate()
+    changes = resume_changes(saved, changes)
+    if "epochs" in changes and saved.time_budget and "time_budget" not in changes:
+        changes["time_budget"] = 0.0  # a budget run extended to --epochs: the epochs, not the clock, end it
+    return replace(saved, **changes, resume=True, out=str(run_dir)).validate()
 
 
 __all__ = ["train", "resume_config", "Trainer", "TrainConfig"]

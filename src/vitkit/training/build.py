@@ -61,6 +61,12 @@ class Setup:
     preprocessing: Preprocessing  # what the checkpoint records and inference repeats
     class_weights: torch.Tensor | None = None  # of the training loss (multi-label: of positives), on the device
     budget_size: dict | None = None  # the --time-budget size choice (training/sizing.py), for run.json
+    size_note: str = ""  # why the input has its size, when it was decided here (fine-tuning, photos)
+
+    @property
+    def split_selected_checkpoint(self) -> bool:
+        """The reported split is the validation split, which also chose best/: its numbers are optimistic."""
+        return self.eval_split == "val"
 
     @property
     def channels(self) -> int:
@@ -79,19 +85,15 @@ class Setup:
         }
 
 
-def build(cfg: TrainConfig, runtime: Runtime) -> Setup:
+def build(cfg: TrainConfig, runtime: Runtime, budget=None) -> Setup:
+    """The run's parts; `budget` (the command's TimeBudget) tells the size probe how much time is left."""
     name, model_args = model_spec(cfg)
     pretrained = None
     if cfg.pretrained:
         from ..pretrained import load_pretrained
 
         pretrained = load_pretrained(cfg.pretrained, num_heads=model_args.get("num_heads"))
-    image_size = (
-        cfg.image_size
-        or (pretrained.preprocessing.image_size if pretrained else None)
-        or model_args.get("image_size")
-        or 32
-    )
+    image_size, size_note = input_size(cfg, pretrained, model_args)
     source = pretrained.preprocessing if pretrained else None
     decode = run_preprocessing(image_size, source, cfg.resize_mode, cfg.crop_pct, cfg.resample)
     data, bad_images = prepare_data(
@@ -140,8 +142,11 @@ def build(cfg: TrainConfig, runtime: Runtime) -> Setup:
         return model.to(runtime.device)
 
     budget_size = None
-    if budget_sizes(cfg) and not pretrained:
-        budget_size = choose_budget_size(cfg, runtime, new_model, local_batch, image_size, data)
+    if cfg.resume and not pretrained:  # the architecture the run started with, whatever its budget now
+        budget_size = recorded_size(cfg.out or default_run_dir(cfg), required=bool(budget_sizes(cfg)))
+    elif budget_sizes(cfg) and not pretrained:
+        minutes_left = (budget.seconds - budget.elapsed()) / 60 if budget else cfg.time_budget
+        budget_size = choose_budget_size(cfg, runtime, new_model, local_batch, image_size, data, minutes_left)
     model = new_model(budget_size and budget_size["model_args"])
     channels = model.config.in_chans
     workers = resolve_workers(cfg.workers)
@@ -176,7 +181,7 @@ def build(cfg: TrainConfig, runtime: Runtime) -> Setup:
     eval_loader = (
         BatchLoader(data.test, cfg.eval_batch_size, shuffle=False, **common) if data.test is not None else val_loader
     )
-    label = cfg.model or cfg.preset or name
+    label = model_label(cfg)
     return Setup(
         data,
         bad_images,
@@ -195,14 +200,44 @@ def build(cfg: TrainConfig, runtime: Runtime) -> Setup:
         preprocessing,
         class_weights,
         budget_size,
+        size_note,
     )
 
 
-def choose_budget_size(cfg: TrainConfig, runtime: Runtime, new_model, batch: int, image_size: int, data) -> dict:
+# Photos fine-tuned from a checkpoint trained on smaller images start at the folder recipes' size: the
+# checkpoint's size is where its weights were tuned, not a ceiling (position embeddings are interpolated,
+# convolutional stems take any size), and 32 px thumbnails of photos lose what tells classes apart.
+PHOTO_INPUT_SIZE = 64
+
+
+def input_size(cfg: TrainConfig, pretrained: Pretrained | None, model_args: dict) -> tuple[int, str]:
+    """The model's input size and, when decided here rather than asked for, why."""
+    if cfg.image_size:
+        return cfg.image_size, ""
+    if not pretrained:
+        return model_args.get("image_size") or 32, ""
+    from ..data.prepare import typical_side
+
+    start = pretrained.preprocessing.image_size
+    side = typical_side(cfg.data)
+    if side is None or side < 2 * start or start >= PHOTO_INPUT_SIZE:
+        seen = f"the images are about {side} px" if side else "the images' size is not known before decoding"
+        return start, f"input size {start} px: the checkpoint's own ({seen}); --image-size changes it"
+    tokenizer = getattr(pretrained.model, "patch_embed", None)
+    stride = getattr(tokenizer, "stride", 1)
+    size = max(start, min(PHOTO_INPUT_SIZE, side) // stride * stride)
+    return size, (
+        f"input size {size} px: the checkpoint was trained at {start} px and the photos are about {side} px, so "
+        f"they are not shrunk to {start} px thumbnails; its position embeddings are interpolated to the larger "
+        "token grid (--image-size changes it)"
+    )
+
+
+def choose_budget_size(
+    cfg: TrainConfig, runtime: Runtime, new_model, batch: int, image_size: int, data, minutes_left: float
+) -> dict:
     """The preset size for this --time-budget on this machine (training/sizing.py): measured by rank 0
-    and shared, so every process builds the same model; a resumed run reuses the recorded choice."""
-    if cfg.resume:
-        return recorded_size(cfg.out or default_run_dir(cfg))
+    and shared, so every process builds the same model."""
     record = None
     if runtime.ctx.is_main:
 
@@ -212,7 +247,7 @@ def choose_budget_size(cfg: TrainConfig, runtime: Runtime, new_model, batch: int
                 model, batch, image_size, data.num_classes, runtime.device, runtime.bf16, cfg.channels_last
             )
 
-        record = choose_size(budget_sizes(cfg), rate_of, cfg.time_budget, len(data.train))
+        record = choose_size(budget_sizes(cfg), rate_of, minutes_left, len(data.train))
     return runtime.ctx.broadcast_object(record)
 
 
@@ -229,6 +264,16 @@ def adapt_pretrained(pretrained: Pretrained, *, image_size: int, class_names: li
     return model
 
 
+def model_label(cfg: TrainConfig) -> str:
+    """What a run calls its model: the named model or preset, else the checkpoint it fine-tunes (whose
+    architecture it takes), else the default model."""
+    if cfg.model or cfg.preset:
+        return cfg.model or cfg.preset
+    if cfg.pretrained:
+        source = Path(cfg.pretrained)
+        return f"finetuned-{source.parent.name if source.name in ('best', 'last') else source.name}"
+    return model_spec(cfg)[0]
+
+
 def default_run_dir(cfg: TrainConfig) -> Path:
-    name, _ = model_spec(cfg)
-    return Path("runs") / (cfg.name or f"{cfg.model or cfg.preset or name}-{Path(cfg.data).name}")
+    return Path("runs") / (cfg.name or f"{model_label(cfg)}-{Path(cfg.data).name}")

@@ -21,7 +21,7 @@ from typing import Any
 
 # tracker name -> (the module it needs, the vitkit extra that installs it)
 TRACKERS = {"tensorboard": ("tensorboard", "tensorboard"), "mlflow": ("mlflow", "mlflow")}
-TEST_METRICS = ("top1", "top5", "loss", "f1_macro")  # of results.json, logged at the end as test_<name>
+FINAL_METRICS = ("top1", "top5", "loss", "f1_macro")  # of results.json, logged at the end
 
 
 def tracker_names(log: str | None) -> list[str]:
@@ -89,12 +89,15 @@ def epoch_metrics(row: dict) -> dict[str, float]:
 
 
 def final_metrics(results: dict) -> dict[str, float]:
-    return {f"test_{key}": float(results["test"][key]) for key in TEST_METRICS if key in results["test"]}
+    """The best weights' metrics on the reported split, as final_<split>_<name> (final_val_top1 when the
+    data has no test split)."""
+    metrics = results["metrics"]
+    return {f"final_{results['split']}_{key}": float(metrics[key]) for key in FINAL_METRICS if key in metrics}
 
 
 class TensorBoardTracker:
     """Event files in RUN/tensorboard/: every metrics.csv column as a scalar per epoch, the
-    configuration as hparams, and the final test metrics (`tensorboard --logdir RUN`)."""
+    configuration as hparams, and the final metrics (`tensorboard --logdir RUN`)."""
 
     def on_train_begin(self, run_dir: Path, config: dict, history: list[dict]) -> None:
         from torch.utils.tensorboard import SummaryWriter
@@ -103,7 +106,8 @@ class TensorBoardTracker:
         # a resumed run logs its earlier epochs again; purge_step=1 makes readers drop what the
         # interrupted session wrote, including epochs it logged after its last checkpoint
         self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=1 if history else None)
-        declared = {"val_top1": 0.0, "val_loss": 0.0, **{f"test_{key}": 0.0 for key in TEST_METRICS}}
+        finals = {f"final_{split}_{key}": 0.0 for split in ("val", "test") for key in FINAL_METRICS}
+        declared = {"val_top1": 0.0, "val_loss": 0.0, **finals}
         for summary in hparams(flat_params(config), declared):
             self.writer.file_writer.add_summary(summary)
         for row in history:
@@ -127,7 +131,7 @@ class MlflowTracker:
     """An MLflow run in the experiment $MLFLOW_EXPERIMENT_NAME (default: vitkit) of the store at
     $MLFLOW_TRACKING_URI, else a local file store in RUN/mlruns (`mlflow ui --backend-store-uri
     RUN/mlruns`): the configuration as params, every metrics.csv column per epoch (step = epoch), the
-    final test metrics, and the run's status. A resumed run continues its MLflow run."""
+    final metrics, and the run's status. A resumed run continues its MLflow run."""
 
     RUN_DIR_TAG = "vitkit.run_dir"
 

@@ -30,6 +30,7 @@ GROUPS = {
 # What `--resume` may change: how the rest of the run executes, never what it computes.
 RESUMABLE = (
     "epochs",
+    "time_budget",
     "progress",
     "quiet",
     "device",
@@ -104,8 +105,16 @@ class TrainConfig(AugmentSpec):
     freeze_backbone: bool = _model(False, "train the classifier only (linear probe)")
     layer_decay: float = _model(0.0, "layer-wise lr decay per layer from the top, e.g. 0.75 (0: off)")
     head_lr: float = _model(0.0, "learning rate of the classifier (0: same as --lr)")
-    epochs: int = _optim(30, "passes over the training set (with --time-budget: as many as fit)")
-    time_budget: float = _optim(0.0, "minutes of training; the schedule is fitted to the clock (0: off)")
+    epochs: int = _optim(
+        30,
+        "passes over the training set (with --time-budget: as many as fit); with --resume, a larger value "
+        "extends a run, its schedule re-planned to the new length",
+    )
+    time_budget: float = _optim(
+        0.0,
+        "minutes for the whole command (data preparation, training, final evaluation and figures); the "
+        "schedule is fitted to the time left for training (0: off)",
+    )
     batch_size: int = _optim(128, "images per optimizer step (see --batch-scope)")
     batch_scope: str = _optim(
         "global", "global: --batch-size is split across processes; device: per process", choices=("global", "device")
@@ -302,10 +311,16 @@ def make_config(**values: Any) -> TrainConfig:
     if unknown:
         raise ValueError(f"unknown training option(s) {name_list(unknown)}; valid: {', '.join(sorted(FIELDS))}")
     preset = get_preset(values["preset"]) if values.get("preset") else None
+    if preset is not None:
+        values = {**values, "preset": preset.name}  # an earlier name of it (PRESET_ALIASES) recorded as today's
     data = values.get("data", preset.train.get("data", TrainConfig.data) if preset else TrainConfig.data)
     builtin = DATASET_DEFAULTS.get(data, {})
     if preset is None:
         defaults = dataset_defaults(data)
+        if (
+            values.get("pretrained") and data not in BUILTIN
+        ):  # photos: the checkpoint and data decide (build.input_size)
+            defaults = {k: v for k, v in defaults.items() if k != "image_size"}
     elif preset.native_size:
         native = {key: builtin[key] for key in ("image_size", "crop_padding") if key in builtin}
         defaults = {**preset.train, **native}

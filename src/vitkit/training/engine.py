@@ -34,17 +34,28 @@ from .rundir import RunDir, checkpoint_metadata
 from .schedule import BUDGET_WARMUP_SHARE, FIRST_PLAN_STEPS, Plateau, TimeBudget, lr_factor
 
 LOG_EVERY = 25  # optimizer steps between host synchronisations for progress and the loss check
+# The end of a run draws curves, confusion matrix and predictions: kept out of a --time-budget as this
+# many times the first figure's measured time.
+REPORT_FIGURES = 3
 TRAIN_BATCH_PLOT = "train_batch.png"
+
+
+def split_title(split: str, selected_checkpoint: bool) -> str:
+    """How figures and messages name the split the final metrics are from."""
+    name = {"val": "validation", "test": "test", "train": "training"}[split]
+    return f"{name} split" + (" (it also chose the best epoch)" if selected_checkpoint else "")
 
 
 class Trainer:
     """A run's model, optimizer and schedule state, fully built from the configuration."""
 
-    def __init__(self, cfg: TrainConfig, runtime: Runtime | None = None):
+    def __init__(self, cfg: TrainConfig, runtime: Runtime | None = None, budget: TimeBudget | None = None):
         self.cfg = cfg
+        # the command's clock: started by the caller when the command began, so data preparation counts
+        self.budget = budget or TimeBudget(cfg.time_budget)
         runtime = runtime or Runtime.create(cfg)
         self.device, self.ctx, self.bf16 = runtime.device, runtime.ctx, runtime.bf16
-        self.setup = s = build(cfg, runtime)
+        self.setup = s = build(cfg, runtime, self.budget)
         self.model, self.data, self.augment, self.train_loader = s.model, s.data, s.augment, s.train_loader
         self.image_size = s.image_size
         self.multi_label = self.data.multi_label
@@ -64,12 +75,12 @@ class Trainer:
         mode = "min" if self.monitor == "val_loss" else "max"
         self.plateau = Plateau(mode, cfg.plateau_factor, cfg.plateau_patience)
         self.stopper = Plateau(mode, patience=cfg.early_stopping)  # best-so-far of the monitored metric
-        self.budget = TimeBudget(cfg.time_budget)
         self.steps_per_epoch = len(self.train_loader)
         self.warmup_steps = int(cfg.warmup_epochs * self.steps_per_epoch)
         # with a time budget the length is unknown until steps have been timed: the schedule holds its peak
         self.planned_steps = None if cfg.time_budget else -(-self.steps_per_epoch // cfg.accum_steps) * cfg.epochs
         self.step, self.history, self.best_epoch = 0, [], -1
+        self.replanned_from: int | None = None  # a resumed schedule's earlier length, when --epochs changed it
         self.callbacks = Callbacks()
         self.stopped_by = "epochs"  # or time_budget, early_stopping: what ended the run, for its records
 
@@ -200,6 +211,14 @@ class Trainer:
                 f"(now {self.cfg.lr}), add --grad-clip 1.0 or --warmup-epochs, or check the data and --mean/--std"
             )
 
+    def reserve_for_finish(self, val_seconds: float) -> None:
+        """Keep the time the end of the run takes out of the training budget: the best checkpoint's
+        evaluation on the reported split (timed as the last validation pass, scaled by size) and the
+        report's figures."""
+        setup = self.setup
+        scale = len(setup.eval_loader.split) / max(1, len(setup.val_loader.split))
+        self.budget.reserve = val_seconds * scale + REPORT_FIGURES * self.figure_s
+
     def refit_budget(self) -> None:
         """Fit the schedule length to the time left; every rank takes rank 0's plan so that their
         learning rates agree."""
@@ -213,12 +232,16 @@ class Trainer:
         cfg, ctx = self.cfg, self.ctx
         self.run = run
         start_epoch, start_batch = self.load_last() if cfg.resume else (0, 0)
-        self.budget.restart_clock()
+        if ctx.is_main and not cfg.quiet:
+            from .summary import startup_summary
+
+            print(startup_summary(self, start_epoch), file=sys.stderr, flush=True)
         run.write_config(cfg)
         run.write_status("running", self.run_info())
         run.write_skipped(self.setup.bad_images)
         self.callbacks = Callbacks([*make_trackers(cfg.log), *callbacks] if ctx.is_main else [])
         self.callbacks.call("on_train_begin", run.path, cfg.to_dict(), [dict(row) for row in self.history])
+        t_figure = self.budget.clock()
         if ctx.is_main and not (run.path / TRAIN_BATCH_PLOT).exists():
             from ..viz.report import write_train_batch
 
@@ -231,15 +254,22 @@ class Trainer:
                 cfg.seed,
                 self.device,
             )
+        # one figure's time (matplotlib's import included) stands for each of the report's figures
+        self.figure_s = self.budget.clock() - t_figure
+        self.budget.reserve = REPORT_FIGURES * self.figure_s
         net = self.wrap_model()
         epoch = start_epoch
+        self.budget.start_training(self.step, start_epoch)
         self.stopped_by = "time_budget" if cfg.time_budget else "epochs"
         while cfg.time_budget or epoch < cfg.epochs:
             if start_batch == 0 or epoch != start_epoch:
                 torch.manual_seed(epoch_seed(cfg.seed, epoch, 1))
                 self.aug_gen.manual_seed(epoch_seed(cfg.seed, epoch, 2 + ctx.rank))
             row = {"epoch": epoch + 1, **self.train_epoch(net, epoch, start_batch if epoch == start_epoch else 0)}
-            row.update(self.validate(), time_s=round(self.budget.elapsed(), 2))
+            t_val = self.budget.clock()
+            row.update(self.validate())
+            self.reserve_for_finish(self.budget.clock() - t_val)
+            row["time_s"] = round(self.budget.elapsed(), 2)
             self.history.append(row)
             if self.stopper.step(row[self.monitor]):
                 self.best_epoch = epoch + 1
@@ -264,14 +294,34 @@ class Trainer:
     def finish(self) -> dict[str, Any]:
         """Evaluate the best checkpoint on the reported split (test, else validation), write
         results.json and the plots."""
+        setup = self.setup
+        t_finish, training_s = self.budget.clock(), self.budget.training_time()
         metrics, draw, summary = self.final_multilabel() if self.multi_label else self.final_single()
-        results = {"test": metrics, **self.run_summary()}
+        split = setup.eval_split
+        results = {
+            "split": split,
+            # the validation split also picked best/ (and early stopping): its numbers are optimistic
+            "split_selected_checkpoint": setup.split_selected_checkpoint,
+            "metrics": metrics,
+            **self.run_summary(training_s),
+        }
         self.run.write_results(results)
         self.callbacks.call("on_train_end", {**results, "run_dir": str(self.run.path)})
         if self.ctx.is_main:
             draw()
         self.end_run()
-        self.log(f"{self.setup.eval_split} {summary}  ->  {self.run.path}")
+        chose = "; it also chose the best epoch, so it is optimistic" if setup.split_selected_checkpoint else ""
+        images = len(setup.eval_loader.split)
+        self.log(
+            f"{split_title(split, False)} ({images} images, epoch {self.best_epoch}'s weights{chose}): "
+            f"{summary}  ->  {self.run.path}"
+        )
+        if self.budget.enabled:
+            self.log(
+                f"time: {self.budget.elapsed():.0f} s of the {self.budget.seconds:.0f} s budget (start-up "
+                f"{self.budget.elapsed() - training_s - (self.budget.clock() - t_finish):.0f} s, training "
+                f"{training_s:.0f} s, final evaluation and figures {self.budget.clock() - t_finish:.0f} s)"
+            )
         return {**results, "run_dir": str(self.run.path)}
 
     def final_single(self):
@@ -286,10 +336,12 @@ class Trainer:
             best.load_state_dict(ctx.broadcast_object(state))
         m = self.evaluate(best, setup.eval_loader, self.data.class_names)
         names, history = self.data.class_names, self.history
+        title = split_title(setup.eval_split, setup.split_selected_checkpoint)
+        top5 = f"  top-5 {m['top5']:.4f}" if self.data.num_classes > 5 else ""  # 1 by definition up to 5 classes
         return (
             m,
-            lambda: write_report(self.run.path, best, setup.eval_loader.split, self.augment, names, history, m),
-            f"top-1 {m['top1']:.4f}  top-5 {m['top5']:.4f}  f1-macro {m['f1_macro']:.4f}",
+            lambda: write_report(self.run.path, best, setup.eval_loader.split, self.augment, names, history, m, title),
+            f"top-1 {m['top1']:.4f}{top5}  f1-macro {m['f1_macro']:.4f}",
         )
 
     def final_multilabel(self):
@@ -310,18 +362,20 @@ class Trainer:
             f"f1-micro {m['f1_micro']:.4f}",
         )
 
-    def run_summary(self) -> dict[str, Any]:
+    def run_summary(self, training_s: float) -> dict[str, Any]:
         """results.json beside the metrics: how the run went and what it was."""
         ctx, setup = self.ctx, self.setup
         return {
-            "test_split": setup.eval_split,
             "best_epoch": self.best_epoch,
             "epochs_run": len(self.history),
             "stopped_by": self.stopped_by,
             "monitor": self.monitor,
-            "train_time_s": round(self.budget.elapsed(), 1),
+            "train_time_s": round(training_s, 1),
+            "wall_time_s": round(self.budget.elapsed(), 1),
+            **({"time_budget_s": self.budget.seconds} if self.budget.enabled else {}),
             "parameters": count_parameters(self.model),
             "model": setup.model_name,
+            "architecture": self.model.architecture,
             "preset": self.cfg.preset,
             "data": self.cfg.data,
             "skipped_images": len(setup.bad_images),
@@ -378,6 +432,7 @@ class Trainer:
         return self.setup.run_info(self.ctx.world_size, self.device)
 
     def log(self, row: dict | str) -> None:
+        """An epoch's line (top-5 only when there are more than 5 classes: else it is 1 by definition)."""
         if not self.ctx.is_main or self.cfg.quiet:
             return
         if isinstance(row, dict) and self.multi_label:
@@ -389,7 +444,9 @@ class Trainer:
         elif isinstance(row, dict):
             row = (
                 f"epoch {row['epoch']:>3}  loss {row['train_loss']:.4f}  val_loss {row['val_loss']:.4f}  "
-                f"val_top1 {row['val_top1']:.4f}  val_top5 {row['val_top5']:.4f}  lr {row['lr']:.2e}  "
+                f"val_top1 {row['val_top1']:.4f}  "
+                + (f"val_top5 {row['val_top5']:.4f}  " if self.data.num_classes > 5 else "")
+                + f"lr {row['lr']:.2e}  "
                 f"{row['images_per_s']:.0f} img/s"
             )
         print(row, file=sys.stderr)

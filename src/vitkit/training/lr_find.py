@@ -20,6 +20,10 @@ from .config import TrainConfig
 from .engine import Trainer
 
 SMOOTHING = 0.98  # exponential moving average of the loss, bias-corrected (as fastai)
+# A sweep whose smoothed loss never falls below its start by this share shows no descent to read a rate
+# from: it was too short, too noisy, or started past the useful rates.
+MIN_DROP = 0.05
+MIN_LEAD = 3  # points of descent before the minimum that a suggestion needs
 DIVERGED = 4.0  # the sweep stops once the smoothed loss exceeds this many times its minimum
 METHOD = "steepest descent of the smoothed loss"
 
@@ -29,10 +33,11 @@ class LRFindResult:
     lrs: list[float]
     losses: list[float]
     smoothed: list[float]
-    suggested_lr: float
+    suggested_lr: float | None  # None when the curve shows no descent to read a rate from (see `warning`)
     min_loss_lr: float  # where the smoothed loss was lowest; a tenth of it is the other common rule
     diverged: bool
     method: str = METHOD
+    warning: str | None = None  # why the suggestion is missing or weak
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -50,15 +55,26 @@ class _Sweep(Trainer):
         return self.start_lr * (self.end_lr / self.start_lr) ** (self.step / max(self.steps - 1, 1))
 
 
-def suggest(lrs: list[float], smoothed: list[float]) -> float:
-    """The rate of steepest descent of the smoothed loss strictly before its minimum (a tenth of the
-    rate at the minimum when the loss never fell), within the swept range. The slope is taken on the
-    whole curve, so that the points next to the minimum get central differences, not one-sided ones."""
+def suggest(lrs: list[float], smoothed: list[float]) -> tuple[float | None, str | None]:
+    """(suggested rate, warning). The rate of steepest descent of the smoothed loss strictly before its
+    minimum, within the swept range; the slope is taken on the whole curve, so that the points next to the
+    minimum get central differences, not one-sided ones. A curve that never falls by MIN_DROP, or is
+    lowest within its first MIN_LEAD points, has no descent to read: no rate, and a warning saying why."""
     lowest = int(np.argmin(smoothed))
-    if lowest < 2:
-        return max(lrs[lowest] / 10, lrs[0])
+    drop = (smoothed[0] - smoothed[lowest]) / max(abs(smoothed[0]), 1e-12)
+    span = f"{lrs[0]:.0e} to {lrs[-1]:.0e} in {len(lrs)} steps"
+    if lowest < MIN_LEAD:
+        return None, (
+            f"the loss was lowest at the sweep's start ({lrs[lowest]:.1e}) and rose after it ({span}): lower "
+            "--start-lr, or sweep with more --steps"
+        )
+    if drop < MIN_DROP:
+        return None, (
+            f"the smoothed loss fell only {max(drop, 0):.1%} over the sweep ({span}): a flat curve suggests no "
+            "rate; sweep with more --steps (100 or more), or a --start-lr nearer the rates that train"
+        )
     slope = np.gradient(np.asarray(smoothed), np.log10(lrs))
-    return float(lrs[int(np.argmin(slope[:lowest]))])
+    return float(lrs[int(np.argmin(slope[:lowest]))]), None
 
 
 def check_sweep(steps: int, start_lr: float, end_lr: float) -> None:
@@ -100,4 +116,5 @@ def lr_find(cfg: TrainConfig, steps: int = 100, start_lr: float = 1e-7, end_lr: 
             f"the loss was not finite from the first steps of the sweep: raise --steps or lower --start-lr ({start_lr})"
         )
     lowest = int(np.argmin(smoothed))
-    return LRFindResult(lrs, losses, smoothed, suggest(lrs, smoothed), lrs[lowest], diverged)
+    suggested, warning = suggest(lrs, smoothed)
+    return LRFindResult(lrs, losses, smoothed, suggested, lrs[lowest], diverged, warning=warning)

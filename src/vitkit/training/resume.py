@@ -49,8 +49,14 @@ def restore_state(trainer, state: dict) -> tuple[int, int]:
     trainer.stopper.load_state_dict(state["stopper"])
     trainer.budget.load_state_dict({"elapsed": state["elapsed"]})
     planned = state["planned_steps"]
-    unplanned = planned is None or (trainer.cfg.time_budget and planned >= UNPLANNED_SENTINEL)
-    trainer.planned_steps = None if unplanned else planned
+    if trainer.cfg.time_budget:
+        unplanned = planned is None or planned >= UNPLANNED_SENTINEL
+        trainer.planned_steps = None if unplanned else planned
+    elif planned != trainer.planned_steps:
+        # --epochs changed (a finished run extended): the schedule is re-planned over the new length, as if
+        # it had been asked for from the start, so the extension decays afresh from where that schedule
+        # stands now instead of running at the old schedule's floor
+        trainer.replanned_from = planned
     rng = state["rank_rngs"][trainer.ctx.rank]
     torch.set_rng_state(rng["torch_rng"])
     trainer.aug_gen.set_state(rng["aug_rng"])

@@ -67,49 +67,65 @@ class Plateau:
 
 
 class TimeBudget:
-    """Training time, and with a budget (minutes > 0) how many optimizer steps fit in it.
+    """The wall clock of a whole command, and with a budget (minutes > 0) how many optimizer steps fit in it.
 
-    The schedule's length is unknown until steps have been timed: `plan` returns None (hold the peak)
-    until FIRST_PLAN_STEPS steps, then fits the length to the time left at the measured pace (evaluation
-    included, since the clock runs through it); the caller refits after every epoch."""
+    The clock starts when the command does (`started`), so data preparation and the size probe spend the
+    budget too; `reserve` is the time kept for what follows training (the final evaluation and the plots),
+    which the trainer measures and updates. The schedule's length is unknown until steps have been timed:
+    `plan` returns None (hold the peak) until the first steps, then fits the length to the training time
+    left at the measured pace (evaluation included, since the clock runs through it); the caller refits
+    after every epoch."""
 
-    def __init__(self, minutes: float, clock: Callable[[], float] = time.perf_counter):
+    def __init__(self, minutes: float, clock: Callable[[], float] = time.monotonic, started: float | None = None):
         self.seconds = minutes * 60
         self.clock = clock
         self.elapsed_before = 0.0  # time spent before a resume
-        self.t0 = clock()
+        self.t0 = clock() if started is None else started
+        self.reserve = 0.0  # seconds kept after training: final evaluation and plots
+        self.t_train: float | None = None  # when training began in this process (pace is measured from it)
+        self.steps_at_train = self.epochs_at_train = 0
 
     @property
     def enabled(self) -> bool:
         return self.seconds > 0
 
-    def restart_clock(self) -> None:
-        self.t0 = self.clock()
+    @property
+    def training_seconds(self) -> float:
+        """The budget less the reserve: when training must end."""
+        return self.seconds - self.reserve
+
+    def start_training(self, steps_done: int, epochs_done: int) -> None:
+        """Training begins (after data preparation, the size probe, a resume's loading): pace is measured
+        from here."""
+        self.t_train, self.steps_at_train, self.epochs_at_train = self.clock(), steps_done, epochs_done
 
     def elapsed(self) -> float:
         return self.elapsed_before + self.clock() - self.t0
 
+    def training_time(self) -> float:
+        return self.clock() - (self.t0 if self.t_train is None else self.t_train)
+
     def exhausted(self) -> bool:
-        return self.enabled and self.elapsed() > self.seconds
+        return self.enabled and self.elapsed() > self.training_seconds
 
     def plan(self, steps_done: int) -> int | None:
         """Total optimizer steps that fit in the budget at the pace so far (None: not yet known)."""
-        if not self.enabled or steps_done < 1:
+        steps = steps_done - self.steps_at_train
+        if not self.enabled or steps < 1:
             return None
-        per_step = self.elapsed() / steps_done
-        return steps_done + int(max(0.0, self.seconds - self.elapsed()) / per_step)
+        per_step = self.training_time() / steps
+        return steps_done + int(max(0.0, self.training_seconds - self.elapsed()) / per_step)
 
     def another_epoch_fits(self, epochs_done: int) -> bool:
         """Start another epoch, to be cut short by the time-out, unless less than LAST_EPOCH_MIN_SHARE of
         an epoch's time is left."""
         if not self.enabled:
             return True
-        epoch_time = self.elapsed() / max(1, epochs_done)
-        return self.elapsed() + LAST_EPOCH_MIN_SHARE * epoch_time <= self.seconds
+        epoch_time = self.training_time() / max(1, epochs_done - self.epochs_at_train)
+        return self.elapsed() + LAST_EPOCH_MIN_SHARE * epoch_time <= self.training_seconds
 
     def state_dict(self) -> dict:
         return {"elapsed": self.elapsed()}
 
     def load_state_dict(self, state: dict) -> None:
         self.elapsed_before = float(state["elapsed"])
-        self.restart_clock()

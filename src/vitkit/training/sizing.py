@@ -79,13 +79,16 @@ def choose_size(
     return {"model_args": chosen, "candidates": candidates}
 
 
-def recorded_size(run_dir: str | Path) -> dict[str, Any]:
-    """The size a run chose when it started (its run.json), for `--resume`."""
+def recorded_size(run_dir: str | Path, required: bool = True) -> dict[str, Any] | None:
+    """The size a run chose when it started (its run.json), for `--resume`; None for a run that chose none
+    when not `required` (a budget run extended by --epochs no longer has a budget, but keeps its size)."""
     path = Path(run_dir) / "run.json"
     try:
         record = json.loads(path.read_text()).get("budget_size")
     except (OSError, ValueError):
         record = None
+    if not record and not required:
+        return None
     if not record:
         raise ValueError(
             f"{path} does not record the model size this --time-budget run chose, so its architecture "

@@ -64,7 +64,7 @@ def plot_curves(history: list[dict], num_classes: int, path) -> None:
     _save(fig, path)
 
 
-def plot_confusion_matrix(confusion, class_names: list[str], path) -> None:
+def plot_confusion_matrix(confusion, class_names: list[str], path, title: str | None = None) -> None:
     """Counts and row-normalised rates side by side, labelled with class names; empty cells are 0."""
     cm = np.asarray(confusion, dtype=np.int64)
     norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
@@ -89,6 +89,8 @@ def plot_confusion_matrix(confusion, class_names: list[str], path) -> None:
             for i, j in zip(*np.nonzero(cm)):
                 colour = "white" if data[i, j] > top / 2 else "black"
                 ax.text(j, i, format(data[i, j], fmt), ha="center", va="center", fontsize=7, color=colour)
+    if title:
+        fig.suptitle(title)
     _save(fig, path)
 
 
@@ -120,12 +122,18 @@ def plot_image_grid(
 
 
 def plot_predictions(
-    images: np.ndarray, true: list[int], pred: list[int], scores: list[float], class_names: list[str], path
+    images: np.ndarray,
+    true: list[int],
+    pred: list[int],
+    scores: list[float],
+    class_names: list[str],
+    path,
+    split_name: str,
 ) -> None:
     """Grid of images titled 'pred (score) / true'; mistakes in red with a red frame."""
     titles = [f"{class_names[p]} ({s:.2f})\ntrue: {class_names[t]}" for t, p, s in zip(true, pred, scores)]
     mistakes = [t != p for t, p in zip(true, pred)]
-    plot_image_grid(images, titles, path, "test predictions (red: mistakes)", mistakes)
+    plot_image_grid(images, titles, path, f"predictions on the {split_name} (red: mistakes)", mistakes)
 
 
 def patch_mosaic(data: np.ndarray, patch_size: int, gap: int = 1) -> np.ndarray:
@@ -157,20 +165,21 @@ def plot_patches(image: np.ndarray, patch_size: int, path) -> None:
     _save(fig, path)
 
 
-def plot_lr_find(lrs: list[float], losses: list[float], smoothed: list[float], suggestion: float, path) -> None:
+def plot_lr_find(lrs: list[float], losses: list[float], smoothed: list[float], suggestion: float | None, path) -> None:
     """Training loss against the learning rate of an exponential sweep (log axis), raw and smoothed,
-    with the suggested rate marked."""
+    with the suggested rate marked (none when the curve shows no descent)."""
     fig, ax = plt.subplots(figsize=(7, 4.2), layout="constrained")
     ax.plot(lrs, losses, color="tab:blue", alpha=0.3, label="loss")
     ax.plot(lrs, smoothed, color="tab:blue", label="smoothed loss")
-    ax.axvline(suggestion, color="tab:red", linestyle="--", label=f"suggested lr {suggestion:.2e}")
+    if suggestion is not None:
+        ax.axvline(suggestion, color="tab:red", linestyle="--", label=f"suggested lr {suggestion:.2e}")
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
     ax.set_ylabel("training loss")
     # framed on the smoothed descent: a diverging tail would flatten everything before it
     pad = max(smoothed[0] - min(smoothed), 0.05 * abs(smoothed[0]), 1e-3)
     ax.set_ylim(min(smoothed) - pad, max(smoothed[0], min(smoothed)) + 2 * pad)
-    ax.set_title("learning-rate sweep")
+    ax.set_title("learning-rate sweep" + ("" if suggestion is not None else ": no descent, no suggestion"))
     ax.grid(alpha=0.3)
     ax.legend()
     _save(fig, path)

@@ -8,12 +8,25 @@ from typing import Callable
 
 import torch
 
+PREDICTION_IMAGES = 16
 
-def sample_images(split, count: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """A seeded random sample of (uint8 images, labels) from an in-memory or streamed split."""
+
+def sample_images(split, count: int, seed: int = 0, stratified: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded random sample of (uint8 images, labels) from an in-memory or streamed split; `stratified`
+    takes the classes in turn, so that every class is shown while count allows (a plain sample of 16
+    images from 5 classes left one out)."""
     from ..data.loader import BatchLoader
 
-    pick = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:count].sort().values
+    order = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))
+    if stratified:
+        labels = split.labels[order]
+        # rank of each image within its class in the shuffled order: the first of every class come first
+        rank = torch.zeros(len(order), dtype=torch.long)
+        for c in labels.unique():
+            members = (labels == c).nonzero().flatten()
+            rank[members] = torch.arange(len(members))
+        order = order[torch.argsort(rank, stable=True)]
+    pick = order[:count].sort().values
     images, labels = next(BatchLoader(split.subset(pick), count, shuffle=False).batches())
     return images.cpu(), labels.cpu()
 
@@ -27,19 +40,23 @@ def display_images(images: torch.Tensor, augment) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def write_report(run_dir: Path, model, test_split, augment, class_names, history, test_metrics):
+def write_report(run_dir: Path, model, split, augment, class_names, history, metrics, split_name: str):
+    """curves.png, confusion_matrix.png and predictions.png (images of every class) of the reported
+    split, titled with its name (`split_name`)."""
     from . import plots
 
     plots.plot_curves(history, len(class_names), run_dir / "curves.png")
-    plots.plot_confusion_matrix(test_metrics["confusion_matrix"], class_names, run_dir / "confusion_matrix.png")
-    images, labels = sample_images(test_split, 16)
+    plots.plot_confusion_matrix(
+        metrics["confusion_matrix"], class_names, run_dir / "confusion_matrix.png", f"{split_name}, best weights"
+    )
+    images, labels = sample_images(split, PREDICTION_IMAGES, stratified=True)
     device = next(model.parameters()).device
     model.eval()
     probs = model(augment.eval(images.to(device))).float().softmax(-1).cpu()
     scores, pred = probs.max(dim=1)
     shown = display_images(images, augment).numpy()
     plots.plot_predictions(
-        shown, labels.tolist(), pred.tolist(), scores.tolist(), class_names, run_dir / "predictions.png"
+        shown, labels.tolist(), pred.tolist(), scores.tolist(), class_names, run_dir / "predictions.png", split_name
     )
     if model.patch_size is not None:
         plots.plot_patches(shown[0], model.patch_size, run_dir / "patches.png")
