@@ -9,7 +9,7 @@ gap between the two is what the pipeline costs the step.
 
     python benchmarks/data_pipeline.py
     python benchmarks/data_pipeline.py --data cifar10-dev --images 2000 --rounds 5
-    python benchmarks/data_pipeline.py --data path/to/class-folders --image-size 64 --models folder-vit
+    python benchmarks/data_pipeline.py --data path/to/class-folders --image-size 64 --models folder-cct
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def main() -> None:
     pipeline_rows, training_rows = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for index, (data, name) in enumerate(zip(args.data, names)):
-            folder, size, models = known.get(data, (Path(data), args.image_size, ["folder-vit"]))
+            folder, size, models = known.get(data, (Path(data), args.image_size, ["folder-cct"]))
             models = args.models or models
             memory, _ = prepare_data(str(folder), preprocessing=Preprocessing(size), seed=0, val_split=0.1)
             streamed, _ = prepare_data(

@@ -49,7 +49,7 @@ def vitkit_paths(clf: Classifier, workdir: Path, calibration: list) -> dict:
         "vitkit PyTorch fp32": clf.model,
         "vitkit PyTorch bf16": Classifier(clf.model, clf.meta, "cpu", "bf16").runner,
         "vitkit ONNX Runtime fp32": OnnxModel(workdir / "fp32.onnx"),
-        "vitkit ONNX Runtime int8": OnnxModel(quantize_int8(clf, calibration, workdir)),
+        "vitkit ONNX Runtime int8": OnnxModel(quantize_int8(clf, calibration, workdir, workdir / "fp32.onnx")),
     }
     openvino = openvino_runner(workdir / "fp32.onnx")
     if openvino is not None:

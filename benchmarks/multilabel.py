@@ -98,7 +98,7 @@ def predict_label_sets(run: Path, images: list[Path]) -> tuple[list[dict], str]:
     args = ["predict", str(run), *map(str, images), "--format", "json", "--backend", "torch"]
     done = subprocess.run(vitkit_command(*args), check=True, cwd=REPO, capture_output=True, text=True)
     command = f"vitkit predict {shown(str(run))} <{len(images)} held-out posters> --format json --backend torch"
-    return json.loads(done.stdout), command
+    return json.loads(done.stdout)["results"], command
 
 
 def label_set_summary(results: list[dict], truth: dict[str, set[str]]) -> dict:

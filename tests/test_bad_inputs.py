@@ -286,7 +286,10 @@ def test_whole_floats_are_taken_and_model_args_are_typed(tmp_path, capsys):
     [
         (lambda m: m["preprocessing"].update(std=[0]), "preprocessing std must hold positive finite numbers"),
         (lambda m: m["preprocessing"].update(std=[float("nan")]), "preprocessing std must hold positive finite"),
-        (lambda m: m["preprocessing"].update(mean=[0.1, 0.2]), "preprocessing mean must list one number per channel"),
+        (
+            lambda m: m["preprocessing"].update(mean=[0.1, 0.2]),
+            "preprocessing mean must list one number, or one per channel",
+        ),
         (lambda m: m["config"].update(embed_dim=1_000_000, depth=1000), "GiB of weights), more than this machine"),
         (lambda m: m["config"].update(depth=10**9), "depth 1000000000 is out of range"),
         (lambda m: m["config"].update(patch_size=0), "patch_size must be at least 1"),

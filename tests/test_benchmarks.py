@@ -108,7 +108,7 @@ def gpu_collect(tmp_path):
     row = {"name": "vit_small_patch16_224", "batch": 2, "image_size": 224, "train_model_ips": 10.0}
     row |= {"train_e2e_ips": 9.0, "infer_ips": 30.0, "first_step_s": 1.0}
     (work / "throughput-vit.json").write_text(json.dumps({"data": "x", "amp": "bf16", "rows": [row]}))
-    result = {"recipe": "cifar-vit", "overrides": {"mixup": 0.8}, "params_m": 3.4, "epochs": 3}
+    result = {"recipe": "cifar-hybrid", "overrides": {"mixup": 0.8}, "params_m": 3.4, "epochs": 3}
     result |= {"train_time_s": 100.0, "best_val_top1": 0.95, "test_top1": 0.95, "curve": [[30, 0.5], [60, 0.94]]}
     speedrun = {"data": "data/cifar10-train", "minutes": 2.5, "results": [result]}
     (work / "speedrun" / "cifar10-train-2.5min.json").write_text(json.dumps(speedrun))
@@ -121,7 +121,7 @@ def gpu_collect(tmp_path):
     throughput = data["throughput"]
     assert [r["name"] for r in throughput["rows"]] == ["vit_small_patch16_224"]
     assert throughput["parts"]["throughput-recipes"]["status"] == "timeout"
-    assert "cifar-vit" in throughput["not_measured"] and "vit_small_patch16_224" not in throughput["not_measured"]
+    assert "cifar-hybrid" in throughput["not_measured"] and "vit_small_patch16_224" not in throughput["not_measured"]
 
 
 def gpu_sh(tmp_path):
@@ -149,8 +149,8 @@ def gpu_sh(tmp_path):
 def inference(tmp_path, digits_run):
     out = tmp_path / "inference.json"
     script(
-        "inference.py", "--model", "vit_tiny_patch4_32", "--batch-size", 4, "--seconds", 0.2, "--rounds", 1,
-        "--latency-repeats", 3, "--checkpoint", digits_run[0], "--calibration-images", 64, "--json", out,
+        "inference.py", "--model", "vit_tiny_patch4_32", "--batch-size", 2, "--seconds", 0.1, "--rounds", 1,
+        "--latency-repeats", 2, "--checkpoint", digits_run[0], "--calibration-images", 16, "--json", out,
     )  # fmt: skip
     data = read(out)
     rows = {r["path"]: r for r in data["rows"]}

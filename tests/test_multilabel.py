@@ -258,7 +258,10 @@ def test_a_multilabel_run_records_map_thresholds_and_figures(poster_run):
     meta = json.loads((out / "best" / "config.json").read_text())
     assert meta["multi_label"] is True and len(meta["thresholds"]) == len(meta["class_names"]) == 25
     assert results["metrics"]["thresholds"] == meta["thresholds"] and results["monitor"] == "val_map"
-    assert printed["test_map_macro"] == results["metrics"]["map_macro"] and 0 < results["metrics"]["map_micro"] <= 1
+    assert (
+        printed[f"{results['split']}_map_macro"] == results["metrics"]["map_macro"]
+        and 0 < results["metrics"]["map_micro"] <= 1
+    )
     assert {"val_map", "val_map_micro"} <= set((out / "metrics.csv").read_text().splitlines()[0].split(","))
     for figure in ("label_ap.png", "precision_recall.png", "curves.png", "predictions.png", "per_label.csv"):
         assert (out / figure).stat().st_size > 0

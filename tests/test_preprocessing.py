@@ -262,7 +262,9 @@ def test_preprocessing_survives_run_to_hf_export_to_pretrained_to_new_run(runs, 
     original = saved_preprocessing(Path(runs["crop"]))
     export(runs["crop"], tmp_path / "hf", "--format", "hf")
     data = str(shared_dataset("flowers-mini"))
-    vitkit.train(data=data, out=str(tmp_path / "again"), pretrained=str(tmp_path / "hf"), **QUICK)
+    # photos larger than the checkpoint's input fine-tune at a larger size unless one is asked for
+    size = original.image_size
+    vitkit.train(data=data, out=str(tmp_path / "again"), pretrained=str(tmp_path / "hf"), image_size=size, **QUICK)
     again = saved_preprocessing(tmp_path / "again")
     assert again.to_dict() == original.to_dict()
 
@@ -299,7 +301,7 @@ def test_onnx_export_predicts_what_the_checkpoint_predicts(name, kw, pre, tmp_pa
     torch.manual_seed(0)
     model = create_model(name, num_classes=5, **kw).eval()
     save_model(model, tmp_path / "ckpt", class_names=list("abcde"), preprocessing=pre.to_dict())
-    export_onnx(vitkit.load(tmp_path / "ckpt", device="cpu"), tmp_path / "m.onnx")
+    export_onnx(vitkit.load(tmp_path / "ckpt", device="cpu", backend="torch"), tmp_path / "m.onnx")
     onnx_clf = vitkit.load(tmp_path / "m.onnx")
     assert onnx_clf.backend == "onnxruntime" and onnx_clf.preprocessing == pre
     photos = val_photos()

@@ -155,7 +155,14 @@ def test_the_predictions_and_patches_figures_show_what_the_model_saw(figures):
     augment = BatchAugment(16, mean=(0.5,) * 3, std=(0.25,) * 3, channels=3)
     names = ["cat", "dog", "fox"]
     write_report(
-        Path("run"), model, Split(images, labels), augment, names, HISTORY, {"confusion_matrix": [[1] * 3] * 3}
+        Path("run"),
+        model,
+        Split(images, labels),
+        augment,
+        names,
+        HISTORY,
+        {"confusion_matrix": [[1] * 3] * 3},
+        "test split",
     )
     with torch.no_grad():
         scores, predicted = model(augment.eval(images)).softmax(-1).max(-1)

@@ -294,7 +294,7 @@ def test_predict_uses_the_checkpoint_preprocessing(quick_run, tmp_path):
         paths.append(str(path))
     proc = run_vitkit("predict", str(out), *paths, "--format", "json", "--topk", "3")
     assert proc.returncode == 0, proc.stderr
-    results = json.loads(proc.stdout)
+    results = json.loads(proc.stdout)["results"]
     assert [r["path"] for r in results] == paths
     for r in results:
         scores = [p["score"] for p in r["predictions"]]

@@ -34,6 +34,11 @@ def export_onnx(
     |logit difference| per batch size."""
     _require("onnxscript", "export")
     onnx = _require("onnx", "export")
+    if classifier.backend != "torch":
+        raise ValueError(
+            f"{classifier.name} runs on {classifier.backend}: export a PyTorch-backed checkpoint "
+            "(vitkit.load(..., backend='torch'))"
+        )
     model = classifier.model.float().eval().cpu()
     size, channels = classifier.image_size, classifier.channels
     example = torch.randn(2, channels, size, size)

@@ -32,16 +32,21 @@ class _Calibration:
         return next(self._feeds, None)
 
 
-def quantize_int8(classifier, calibration: list[np.ndarray], workdir: str | os.PathLike) -> Path:
+def quantize_int8(
+    classifier, calibration: list[np.ndarray], workdir: str | os.PathLike, fp32: Path | None = None
+) -> Path:
     """The classifier's model as INT8 ONNX in `workdir`, calibrated on `calibration` (normalised float
-    NCHW batches), carrying the fp32 export's metadata with "precision": "int8"."""
+    NCHW batches), carrying the fp32 export's metadata with "precision": "int8". `fp32`: the classifier's
+    fp32 export when there is one already (exporting is most of the time this takes)."""
     _require("onnxruntime", "export")
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     workdir = Path(workdir)
-    fp32, prepared, int8 = workdir / "fp32.onnx", workdir / "prepared.onnx", workdir / "int8.onnx"
-    export_onnx(classifier, fp32)
+    prepared, int8 = workdir / "prepared.onnx", workdir / "int8.onnx"
+    if fp32 is None:
+        fp32 = workdir / "fp32.onnx"
+        export_onnx(classifier, fp32)
     quant_pre_process(str(fp32), str(prepared))
     reader = type("Reader", (_Calibration, CalibrationDataReader), {})("pixel_values", calibration)
     quantize_static(

@@ -129,8 +129,9 @@ def check_preprocessing(preprocessing: Any, refuse) -> None:
         values = preprocessing.get(name)
         if values is None:
             continue
-        if not isinstance(values, list) or not values or (channels is not None and len(values) != channels):
-            raise refuse(f"preprocessing {name} must list one number per channel, got {values!r}")
+        # one value serves every channel (it broadcasts), as Preprocessing's defaults write it
+        if not isinstance(values, list) or not values or (channels is not None and len(values) not in (1, channels)):
+            raise refuse(f"preprocessing {name} must list one number, or one per channel, got {values!r}")
         for value in values:
             finite = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
             if not finite or (name == "std" and value <= 0):

@@ -297,6 +297,8 @@ class Trainer:
         setup = self.setup
         t_finish, training_s = self.budget.clock(), self.budget.training_time()
         metrics, draw, summary = self.final_multilabel() if self.multi_label else self.final_single()
+        if self.ctx.is_main:
+            draw()  # before results.json, whose wall time includes the figures
         split = setup.eval_split
         results = {
             "split": split,
@@ -307,8 +309,6 @@ class Trainer:
         }
         self.run.write_results(results)
         self.callbacks.call("on_train_end", {**results, "run_dir": str(self.run.path)})
-        if self.ctx.is_main:
-            draw()
         self.end_run()
         chose = "; it also chose the best epoch, so it is optimistic" if setup.split_selected_checkpoint else ""
         images = len(setup.eval_loader.split)
