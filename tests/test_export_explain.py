@@ -162,12 +162,14 @@ def test_hybrid_models_get_grad_cam_on_their_token_grid_and_the_reason():
     auto picks Grad-CAM on the token grid, and asking for rollout says what it cannot show."""
     from vitkit.viz.explain import choose_method, method_note
 
+    torch.manual_seed(0)
     model = create_model("cifar-hybrid", num_classes=3).eval()
     clf = Classifier(model, {"class_names": list("abc")}, device="cpu")
     images = torch.randint(0, 255, (2, 3, 32, 32), dtype=torch.uint8)
     probs, maps = explain_tensor(clf, images)
     assert set(maps) == {"gradcam"} and maps["gradcam"].shape == (2, 32, 32)
-    assert torch.isfinite(maps["gradcam"]).all() and maps["gradcam"].amax() == pytest.approx(1.0)
+    # scaled to 1 on the 4x4 token grid; upsampling to pixels may lower the peak between token centres
+    assert torch.isfinite(maps["gradcam"]).all() and 0.5 < maps["gradcam"].amax() <= 1 + 1e-6
     assert choose_method(model) == "gradcam" and choose_method(create_model("vit_micro_patch4_32")) == "rollout"
     assert "not where the evidence is" in method_note(model, "rollout")
     assert set(explain_tensor(clf, images, "rollout")[1]) == {"rollout"}  # still available by flag

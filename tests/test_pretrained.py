@@ -257,7 +257,7 @@ def test_push_to_the_hub_and_load_back(digits_run, digit_images, tmp_path):
         )
         assert loaded.returncode == 0, loaded.stderr[-3000:]
         found = json.loads(loaded.stdout)
-        local = vitkit.load(out, device="cpu", precision="fp32")
+        local = vitkit.load(out, device="cpu", backend="torch", precision="fp32")
         assert found["name"] == "acme/digits"
         assert found["predictions"] == local.predict(paths, topk=3)
         assert found["pretrained_weights_equal"]
