@@ -75,6 +75,7 @@ def test_eval_in_bf16_records_its_agreement_and_auto_obeys_the_record(digits_run
     assert vitkit.load(ckpt, device="cpu").precision == "bf16"
 
 
+@pytest.mark.slow  # exports, quantizes or serves end to end
 def test_int8_export_is_refused_below_the_agreement_threshold(digits_run, tmp_path):
     out = tmp_path / "digits-int8.onnx"
     refused = run_vitkit("export", str(digits_run[0]), str(out), "--quantize", "int8", "--min-agreement", "1")
@@ -87,6 +88,7 @@ def test_int8_export_is_refused_below_the_agreement_threshold(digits_run, tmp_pa
     assert len(refused.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow  # exports, quantizes or serves end to end
 def test_int8_export_is_accepted_by_load_predict_and_serve_with_the_promised_labels(digits_run, tmp_path):
     out = tmp_path / "digits-int8.onnx"
     proc = run_vitkit("export", str(digits_run[0]), str(out), "--quantize", "int8", "--min-agreement", "0.9")
@@ -127,6 +129,7 @@ def test_int8_export_is_accepted_by_load_predict_and_serve_with_the_promised_lab
     assert "int8" in (tmp_path / "serve.log").read_text()
 
 
+@pytest.mark.slow  # exports, quantizes or serves end to end
 def test_serve_runs_its_batches_in_the_precision_it_chose(digits_run, tmp_path):
     test = load_digits_dataset(seed=0).test
     paths = [tmp_path / f"digit{i}.png" for i in range(6)]
