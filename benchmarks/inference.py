@@ -28,7 +28,7 @@ from vitkit.api import Classifier, _checkpoint_split
 from vitkit.data.loader import BatchLoader
 from vitkit.eval.agreement import agreement_report, predicted_classes
 from vitkit.export.onnx import OnnxModel, export_onnx
-from vitkit.export.quantize import quantize_int8
+from vitkit.export.quantize import calibration_batches, quantize_int8
 from vitkit.models import create_model
 
 
@@ -82,9 +82,7 @@ def measure_agreement(checkpoint: str, calibration_images: int) -> tuple[dict, d
     and what that checkpoint is and the default path (`vitkit.load` with no options) chose for it."""
     reference = vitkit.load(checkpoint, device="cpu", backend="torch", precision="fp32")
     data, dataset, split, part = _checkpoint_split(reference, None, None, {})
-    chosen = torch.randperm(len(dataset.train), generator=torch.Generator().manual_seed(0))[:calibration_images]
-    calibration_loader = BatchLoader(dataset.train.subset(chosen.sort().values), 32, shuffle=False)
-    calibration = [reference.augment.eval(images).numpy() for images, _ in calibration_loader.batches()]
+    calibration = calibration_batches(dataset.train, reference.augment.eval, calibration_images, seed=0)
     loader = BatchLoader(part, 256, shuffle=False)
     default = vitkit.load(checkpoint, device="cpu")
     with tempfile.TemporaryDirectory() as tmp:

@@ -460,7 +460,7 @@ def export_int8(
 
     from .eval.agreement import MIN_AGREEMENT, agreement_report, describe, predicted_classes
     from .export.onnx import OnnxModel
-    from .export.quantize import quantize_int8, read_metadata, save_with_metadata
+    from .export.quantize import calibration_batches, quantize_int8, read_metadata, save_with_metadata
 
     min_agreement = MIN_AGREEMENT if min_agreement is None else min_agreement
     if not 0 <= min_agreement <= 1:
@@ -474,16 +474,15 @@ def export_int8(
             "classifiers have; export it in fp32"
         )
     data, dataset, split, part = _checkpoint_split(clf, data, None, data_options)
-    chosen = torch.randperm(len(dataset.train), generator=torch.Generator().manual_seed(seed))[:calibration_images]
-    calibration_loader = BatchLoader(dataset.train.subset(chosen.sort().values), 32, shuffle=False)
-    calibration = [clf.augment.eval(images).numpy() for images, _ in calibration_loader.batches()]
+    calibration = calibration_batches(dataset.train, clf.augment.eval, calibration_images, seed)
     loader = BatchLoader(part, 256, shuffle=False, workers=AUTO_WORKERS)
     with tempfile.TemporaryDirectory(prefix="vitkit-int8-") as tmp:
         int8_path = quantize_int8(clf, calibration, tmp)
         reference, labels = predicted_classes(clf.model, loader, clf.augment.eval)
         candidate, _ = predicted_classes(OnnxModel(int8_path), loader, clf.augment.eval)
         report = agreement_report(reference, candidate, labels, "int8", split)
-        report.update(data=data, calibration={"split": "train", "images": len(chosen), "seed": seed})
+        calibrated = sum(len(batch) for batch in calibration)
+        report.update(data=data, calibration={"split": "train", "images": calibrated, "seed": seed})
         if report["top1_agreement"] < min_agreement and not force:
             raise ValueError(
                 f"INT8 export refused: {describe(report)}, below --min-agreement {min_agreement:.1%}; "

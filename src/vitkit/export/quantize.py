@@ -15,11 +15,22 @@ import os
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..fileio import atomic_path
 from .onnx import _require, export_onnx
 
 QUANTIZED_OPS = ["MatMul", "Gemm"]
+
+
+def calibration_batches(split, normalize, count: int, seed: int) -> list[np.ndarray]:
+    """`count` images of `split` drawn reproducibly with `seed`, normalised by `normalize`, in batches of 32:
+    what INT8 quantization calibrates on."""
+    from ..data.loader import BatchLoader
+
+    chosen = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:count]
+    loader = BatchLoader(split.subset(chosen.sort().values), 32, shuffle=False)
+    return [normalize(images).numpy() for images, _ in loader.batches()]
 
 
 class _Calibration:
