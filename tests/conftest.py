@@ -82,11 +82,23 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.line("install what the test needs, or list it in tests/conftest.py with the reason")
 
 
+@pytest.fixture(scope="session")
+def onnx_exports(tmp_path_factory) -> Path:
+    """The ONNX exports of one test process, shared by its tests (see `isolated_cache`)."""
+    return tmp_path_factory.mktemp("onnx-exports")
+
+
 @pytest.fixture(autouse=True)
-def isolated_cache(tmp_path_factory, monkeypatch):
-    """Every test gets its own dataset/folder cache so nothing leaks between tests or from the user."""
+def isolated_cache(tmp_path_factory, monkeypatch, onnx_exports):
+    """Every test gets its own dataset/folder cache so nothing leaks between tests or from the user. Only
+    the ONNX exports are shared: their cache is keyed by the checkpoint's content (api.onnx_cache_path), so
+    a test can only reuse the export of identical weights, and the session-wide checkpoints are exported
+    once rather than once per test."""
     monkeypatch.setenv("VITKIT_DATA", str(tmp_path_factory.mktemp("vitkit-data")))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+    cache = tmp_path_factory.mktemp("xdg-cache")
+    (cache / "vitkit").mkdir()
+    (cache / "vitkit" / "onnx").symlink_to(onnx_exports, target_is_directory=True)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
     monkeypatch.delenv("VITKIT_DATASET_MIRROR", raising=False)
 
 

@@ -146,6 +146,7 @@ def test_non_loopback_hosts_are_warned_about(digits_run, tmp_path, capsys):
     assert "warning: listening on 192.0.2.1" in proc.stderr and "no authentication" in proc.stderr
 
 
+@pytest.mark.slow
 def test_predict_writes_nothing_into_the_run_folder(digits_run, digit_images, tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime")
     run = tmp_path / "run"

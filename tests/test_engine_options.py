@@ -203,6 +203,7 @@ def test_compile_trains_the_same_model(colours, tmp_path):
         assert torch.allclose(eager[key], compiled[key], atol=1e-4), key
 
 
+@pytest.mark.slow
 def test_channels_last_feeds_nhwc_batches_and_trains_the_same_weights(colours, tmp_path):
     """--channels-last (the default) hands the model NHWC batches; the weights after an epoch are the
     NCHW run's up to float rounding, and the checkpoint's tensors are ordinary contiguous ones."""

@@ -42,8 +42,10 @@ def checkpoint(tmp_path, name, **kw):
     "name,kw",
     [
         ("vit_micro_patch4_32", {}),
-        ("vit_micro_patch4_32", {"pool": "cls", "class_token": True}),
-        ("vit_micro_patch4_32", {"stem": "conv", "pool": "seq", "class_token": False}),  # cifar-cct
+        pytest.param("vit_micro_patch4_32", {"pool": "cls", "class_token": True}, marks=pytest.mark.slow),
+        pytest.param(  # cifar-cct
+            "vit_micro_patch4_32", {"stem": "conv", "pool": "seq", "class_token": False}, marks=pytest.mark.slow
+        ),
         (
             "vit_micro_patch4_32",
             {"stem": "resnet", "stem_width": 8, "pool": "seq", "class_token": False},
@@ -66,6 +68,7 @@ def test_onnx_parity_batch_1_and_7(tmp_path, name, kw, onnxruntime):
     assert session.meta["class_names"] == list("abcde")
 
 
+@pytest.mark.slow
 def test_onnxruntime_backend_predicts_like_torch(digits_run, digit_images, tmp_path, onnxruntime):
     out, _ = digits_run
     paths, _ = digit_images

@@ -78,6 +78,7 @@ def test_a_time_budget_covers_data_preparation_training_and_the_report(tmp_path)
     assert result["wall_time_s"] == pytest.approx(wall, abs=1.0) and result["time_budget_s"] == 15
 
 
+@pytest.mark.slow
 def test_resuming_a_finished_run_with_more_epochs_replans_its_schedule(tmp_path):
     out = tmp_path / "run"
     options = dict(train_limit=200, batch_size=32, warmup_epochs=0, lr=2e-3, min_lr_ratio=0.01, threads=1)

@@ -293,6 +293,7 @@ def test_bad_checkpoint_files_never_run_code(tmp_path):
     assert not (tmp_path / "pwned").exists()
 
 
+@pytest.mark.slow
 def test_hf_export_round_trip_and_pipeline(digits_run, tmp_path):
     """A fine-tuned vitkit ViT exported as a Hugging Face folder: same logits in transformers, and the
     pipeline gives vitkit predict's top-1 and scores."""

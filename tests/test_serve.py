@@ -134,6 +134,7 @@ def test_prints_its_address_and_logs_each_request(server, digit_images):
     assert logged[-3:] == expected, "\n".join(server.output[-10:])
 
 
+@pytest.mark.slow
 def test_answers_at_once_with_pytorch_then_hands_predict_to_onnx_runtime(server, digit_images):
     """A first start (nothing exported yet) said nothing for 12-20 s while it exported ONNX: now it says it
     is loading, answers with PyTorch at once, and moves /predict to ONNX Runtime once that is ready."""

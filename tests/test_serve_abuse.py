@@ -9,6 +9,7 @@ import threading
 import time
 
 import httpx
+import pytest
 from PIL import Image
 from serving import running_server
 
@@ -45,6 +46,7 @@ def closed_within(sock: socket.socket, seconds: float) -> bool:
         return True
 
 
+@pytest.mark.slow
 def test_abusive_clients_are_refused_while_small_requests_are_answered(digits_run, tmp_path):
     out, _ = digits_run
     small = png(Image.new("RGB", (32, 32), (200, 30, 30)))

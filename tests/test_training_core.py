@@ -113,6 +113,7 @@ def budget_run(tmp_path, warmup_epochs: float):
     return trainer, seen_lrs, result, run
 
 
+@pytest.mark.slow
 def test_time_budget_run_fits_the_schedule_to_the_clock(tmp_path):
     """It ends at the budget, holds the peak lr until the first plan (after the first epoch or
     FIRST_PLAN_STEPS steps), then decays to the floor by the end."""
@@ -138,6 +139,7 @@ def test_time_budget_run_fits_the_schedule_to_the_clock(tmp_path):
     assert lrs[0] > 0.8 * lr and all(a >= b for a, b in zip(lrs, lrs[1:]))
 
 
+@pytest.mark.slow
 def test_time_budget_caps_warmup_at_a_tenth_of_the_schedule(tmp_path):
     """--warmup-epochs 5 would be 55 of the 72 steps the budget holds: once the schedule is fitted,
     warmup ends at FIRST_PLAN_STEPS (a tenth of 72 is less) and the peak is reached there."""
@@ -267,6 +269,7 @@ def test_every_train_flag_has_help_in_a_group():
     assert "(default: 0.001)" in out and "{cosine,linear,constant,plateau}" in out
 
 
+@pytest.mark.slow
 def test_yaml_config_file_with_flags_over_it(tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump({"epochs": 1, "lr": 0.005, "batch-size": 32, "train_limit": 300}))
@@ -326,6 +329,7 @@ def test_a_second_run_cannot_take_a_claimed_folder(tmp_path):
 # ----------------------------------------------------------------------------- older run folders
 
 
+@pytest.mark.slow
 def test_a_run_folder_from_before_the_redesign_loads_resumes_and_exports(tmp_path):
     run = tmp_path / "run"
     shutil.copytree(OLD_RUN, run)
@@ -354,6 +358,7 @@ def test_presets_listing_counts_parameters_without_building_weights():
     assert f"{expected:.2f}M" in rows["keras-mixer-cifar100"] and "64px" in rows["keras-mixer-cifar100"]
 
 
+@pytest.mark.slow
 def test_logs_suit_files_epoch_lines_without_progress_frames(tmp_path):
     common = ("--epochs", "2", "--train-limit", "300", "--threads", "1")
     logged = run_vitkit("train", "--out", str(tmp_path / "a"), *common)  # stderr is a pipe, not a terminal
