@@ -177,9 +177,9 @@ def patch_weight(arrays: dict[str, np.ndarray], model: torch.nn.Module) -> torch
     return conv
 
 
-def port(family: str, arrays: dict[str, np.ndarray]) -> torch.nn.Module:
-    """The vitkit preset holding the Keras model's weights."""
-    model = create_model(PRESETS[family]).eval()
+def port(family: str, arrays: dict[str, np.ndarray], **model_args) -> torch.nn.Module:
+    """The vitkit preset (its model changed by `model_args`) holding the Keras model's weights."""
+    model = create_model(PRESETS[family], **model_args).eval()
     state = {
         "patch_embed.proj.weight": patch_weight(arrays, model),
         "patch_embed.proj.bias": torch.from_numpy(arrays["patch.bias"]),
@@ -229,13 +229,6 @@ def keras_outputs(
     return report["versions"], outputs
 
 
-def keras_shortcut(block, args, output):
-    """The Keras gMLP block adds its projection to the LayerNorm's output; vitkit's (as the paper's)
-    to the block's input. This hook moves a vitkit block's shortcut to the Keras one, to check every
-    other part of the block against Keras."""
-    return output - args[0] + block.norm(args[0])
-
-
 def vitkit_logits(model: torch.nn.Module, images: np.ndarray, arrays: dict) -> np.ndarray:
     """The images normalised as the peer's Normalization layer does, through `model`."""
     x = torch.from_numpy(images).float().permute(0, 3, 1, 2)
@@ -259,11 +252,9 @@ def compare(family: str, keras_params: int, arrays: dict, images: np.ndarray) ->
         "logit_scale": float(np.abs(theirs).max()),
         "same_top1": float((mine.argmax(1) == theirs.argmax(1)).mean()),
     }
-    if family == "gmlp":
-        for block in model.blocks:
-            block.register_forward_hook(keras_shortcut)
-        aligned = vitkit_logits(model, images, arrays)
-        row["max_abs_logit_diff_keras_shortcut"] = float(np.abs(aligned - theirs).max())
+    if family == "gmlp":  # the preset keeps the Keras block's shortcut; the paper's differs from it
+        paper = vitkit_logits(port(family, arrays, shortcut="input"), images, arrays)
+        row["max_abs_logit_diff_paper_shortcut"] = float(np.abs(paper - theirs).max())
     return row
 
 
@@ -287,7 +278,7 @@ def main() -> None:
             ("parameters_keras", "params keras", ","),
             ("parameters_vitkit", "params vitkit", ","),
             ("max_abs_logit_diff", "max |logit diff|", ".2e"),
-            ("max_abs_logit_diff_keras_shortcut", "with the Keras gMLP shortcut", ".2e"),
+            ("max_abs_logit_diff_paper_shortcut", "gMLP with the paper's shortcut", ".2e"),
             ("logit_scale", "max |logit|", ".2f"),
             ("same_top1", "same top-1", ".2f"),
         ],

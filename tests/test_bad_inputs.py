@@ -307,6 +307,20 @@ def test_checkpoint_configs_are_checked_before_allocation(digits_run, digit_imag
     one_line_error(capsys, ("predict", str(checkpoint), str(digit_images[0][0])), "config.json", message)
 
 
+def test_onnx_metadata_is_checked_like_a_checkpoint_config(digits_run, digit_images, tmp_path, capsys):
+    import onnx
+
+    exported = tmp_path / "model.onnx"
+    assert main(["export", str(digits_run[0]), str(exported)]) == 0
+    proto = onnx.load(str(exported))
+    entry = next(p for p in proto.metadata_props if p.key == "vitkit")
+    meta = json.loads(entry.value)
+    meta["preprocessing"]["std"] = [0]
+    entry.value = json.dumps(meta)
+    onnx.save_model(proto, str(exported))
+    one_line_error(capsys, ("predict", str(exported), str(digit_images[0][0])), "model.onnx", "std must hold positive")
+
+
 # ----------------------------------------------------------------------------- datasets
 
 

@@ -202,6 +202,7 @@ def load(
     folder once into the user cache folder (`onnx_cache_path`). threads: CPU threads (0: every core)."""
     from .eval.agreement import MIN_AGREEMENT, describe, read_bf16_record
     from .export.onnx import OnnxModel, export_onnx
+    from .models.io import check_preprocessing
     from .pretrained import download_checkpoint, is_hub_id, load_classifier_folder
 
     if backend not in BACKENDS:
@@ -223,6 +224,10 @@ def load(
         onnx_model = OnnxModel(path, threads)
         if not onnx_model.meta.get("preprocessing"):
             raise ValueError(f"{path} has no vitkit metadata: export it with `vitkit export`")
+        check_preprocessing(
+            onnx_model.meta["preprocessing"],
+            lambda problem: ValueError(f"{path}: its vitkit metadata's {problem}; export it again (vitkit export)"),
+        )
         return Classifier(onnx_model, onnx_model.meta, name=checkpoint_name(path))
     else:
         name, path = checkpoint_name(path), checkpoint_folder(path)

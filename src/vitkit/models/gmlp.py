@@ -1,6 +1,7 @@
 """gMLP (Liu et al., 2021, "Pay Attention to MLPs"): channel MLP with a spatial gating unit.
 
 block: x + Proj_out( u * SpatialLinear(LN(v)) ),  [u, v] = split(GELU(Proj_in(LN(x))))
+(`shortcut="normed"`: LN(x) + ..., the Keras example's block, which its seed preset reproduces)
 The spatial Linear mixes across patches; its bias starts at one and its weight near zero, so each
 block starts as a plain feed-forward layer (the paper's initialisation).
 """
@@ -20,6 +21,9 @@ from .registry import ModelConfig, register_family, register_model
 @dataclass
 class GMLPConfig(ModelConfig, PatchMLPConfig):
     ffn_dim: int | None = None  # width before the split into u and v; None: 2 * embed_dim (Keras)
+    # what the block's output is added to: "input" (the paper) or "normed", its LayerNorm's output (the
+    # Keras example, whose preset keras-gmlp-cifar100 reproduces it)
+    shortcut: str = "input"
 
 
 class SpatialGatingUnit(nn.Module):
@@ -40,6 +44,9 @@ class GMLPBlock(nn.Module):
         hidden = cfg.ffn_dim or 2 * cfg.embed_dim
         if hidden % 2:
             raise ValueError(f"ffn_dim={hidden} must be even: it is split into two halves")
+        if cfg.shortcut not in ("input", "normed"):
+            raise ValueError(f"shortcut={cfg.shortcut!r}: use input (the paper's) or normed (the Keras example's)")
+        self.shortcut_from_norm = cfg.shortcut == "normed"
         self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
         self.proj_in = nn.Linear(cfg.embed_dim, hidden)
         self.act = nn.GELU()
@@ -49,8 +56,9 @@ class GMLPBlock(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.drop(self.act(self.proj_in(self.norm(x))))
-        return x + self.drop_path(self.proj_out(self.sgu(y)))
+        normed = self.norm(x)
+        y = self.drop(self.act(self.proj_in(normed)))
+        return (normed if self.shortcut_from_norm else x) + self.drop_path(self.proj_out(self.sgu(y)))
 
 
 @register_family("gmlp")

@@ -243,7 +243,7 @@ PRESETS: dict[str, Preset] = {
             "keras-gmlp-cifar100",
             "gmlp_micro_patch4_32",
             "Keras example gMLP on CIFAR-100: 4 gated blocks",
-            model_args=dict(KERAS_MLP_MODEL, ffn_dim=None),
+            model_args=dict(KERAS_MLP_MODEL, ffn_dim=None, shortcut="normed"),
             train=dict(KERAS_MLP_TRAIN, lr=0.003),
         ),
         Preset(
