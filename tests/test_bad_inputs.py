@@ -394,17 +394,20 @@ def test_push_to_an_unreachable_hub_is_one_line_without_the_token(digits_run, ca
     assert "hf_secret_push_token" not in capsys.readouterr().err
 
 
-def test_out_is_refused_for_the_right_reason(tmp_path, capsys):
+def test_out_is_refused_for_the_right_reason(tmp_path, capsys, monkeypatch):
     taken = tmp_path / "notes.txt"
     taken.write_text("mine")
     one_line_error(capsys, ("train", "--out", str(taken)), f"--out {taken} is a file")
     assert taken.read_text() == "mine"
     photos = write_class_folders(tmp_path / "photos", per_class=2)
     one_line_error(
-        capsys,
-        ("train", "--data", str(photos), "--out", str(photos)),
-        "holds files that are not a vitkit run (cat, dog, fox)",
+        capsys, ("train", "--data", str(photos), "--out", str(tmp_path)), "holds files that are not a vitkit run"
     )
+    # a run folder inside the data would be read back as images of a class by the next run
+    for out in (photos, photos / "runs" / "first"):
+        one_line_error(capsys, ("train", "--data", str(photos), "--out", str(out)), "is inside --data")
+    monkeypatch.chdir(photos)  # the default runs/ folder under the working directory
+    one_line_error(capsys, ("train", "--data", "."), "the default run folder", "is inside --data .")
     assert sorted(p.name for p in photos.iterdir()) == ["cat", "dog", "fox"]
 
 

@@ -7,6 +7,7 @@ import signal
 import sys
 import threading
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from .build import Runtime, default_run_dir
@@ -21,6 +22,18 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def check_out_outside_data(cfg: TrainConfig) -> None:
+    """A run folder inside the image folder it trains on would be read back as data (its figures as
+    images of a class) by the next run on that folder: refused before the folder is made."""
+    data, out = Path(cfg.data).resolve(), Path(cfg.out or default_run_dir(cfg)).resolve()
+    if data.is_dir() and (out == data or data in out.parents):
+        where = f"--out {cfg.out}" if cfg.out else f"the default run folder {out}"
+        raise ValueError(
+            f"{where} is inside --data {cfg.data}: its figures and checkpoints would become part of the "
+            "dataset; choose an --out outside the data folder"
+        )
+
+
 def train(cfg: TrainConfig, callbacks=(), started: float | None = None) -> dict[str, Any]:
     """Claim the run folder, build the run, fit it; the folder's status says how it ended. SIGTERM
     ends a run as Ctrl-C does: recorded as interrupted, resumable. `callbacks`: see callbacks.py.
@@ -28,6 +41,8 @@ def train(cfg: TrainConfig, callbacks=(), started: float | None = None) -> dict[
     budget = TimeBudget(cfg.time_budget, started=started)
     runtime = Runtime.create(cfg)
     ctx = runtime.ctx
+    if ctx.is_main:
+        check_out_outside_data(cfg)
     run = RunDir.claim(cfg.out, default_run_dir(cfg), cfg.resume) if ctx.is_main else None
     path = ctx.broadcast_object(str(run.path) if run else None)
     run = run or RunDir(path, writer=False)
