@@ -166,6 +166,20 @@ def test_checkpoints_bring_their_own_preprocessing(tmp_path):
     assert load_pretrained(timm_dir).preprocessing.mode == "stretch"
 
 
+@pytest.mark.parametrize("std", [[0.229, 0, 0.225], [float("nan")] * 3, "wide"])
+def test_a_hugging_face_processor_with_unusable_statistics_is_refused(tmp_path, std):
+    from vitkit.pretrained import load_pretrained
+
+    hf = tiny_hf_folder(tmp_path / "hf")
+    processor = {"image_processor_type": "ViTImageProcessor", "image_mean": [0.5] * 3, "image_std": std}
+    (hf / "preprocessor_config.json").write_text(json.dumps(processor))
+    with pytest.raises(ValueError, match=r"preprocessor_config.json: preprocessing std must"):
+        load_pretrained(hf)
+    processor["image_std"] = 0.5  # one number for every channel, as transformers allows
+    (hf / "preprocessor_config.json").write_text(json.dumps(processor))
+    assert load_pretrained(hf).preprocessing.std in ((0.5,), (0.5, 0.5, 0.5))
+
+
 def test_bad_preprocessing_values_are_named():
     with pytest.raises(ValueError, match="--resize-mode 'squash': use crop or stretch"):
         Preprocessing(32, mode="squash")

@@ -14,6 +14,7 @@ import torch
 
 from ..data.preprocess import Preprocessing
 from ..fileio import atomic_path, read_json, write_json
+from ..models.io import check_preprocessing
 from ..models.vit import ViT, ViTConfig
 from .checks import check_keys, load_state_dict_file
 from .result import Pretrained
@@ -216,13 +217,20 @@ def preprocessing_from_hf(folder: Path, cfg: ViTConfig) -> Preprocessing:
         crop_pct = image_size / resized
     codes = {code: name for name, code in RESAMPLE_CODES.items()}
     normalize = proc.get("do_normalize", True)
+    mean = proc.get("image_mean", [0.5] * cfg.in_chans) if normalize else [0.0] * cfg.in_chans
+    std = proc.get("image_std", [0.5] * cfg.in_chans) if normalize else [1.0] * cfg.in_chans
+    mean, std = ([v] if isinstance(v, (int, float)) else v for v in (mean, std))  # one number serves every channel
+    check_preprocessing(
+        {"mean": mean, "std": std, "channels": cfg.in_chans},
+        lambda problem: ValueError(f"{path}: {problem}; download the checkpoint again or fix image_mean/image_std"),
+    )
     return Preprocessing(
         image_size=image_size,
         mode=mode,
         crop_pct=crop_pct,
         resample=codes.get(proc.get("resample", 2), "bilinear"),
-        mean=proc.get("image_mean", [0.5] * cfg.in_chans) if normalize else [0.0] * cfg.in_chans,
-        std=proc.get("image_std", [0.5] * cfg.in_chans) if normalize else [1.0] * cfg.in_chans,
+        mean=mean,
+        std=std,
         channels=cfg.in_chans,
     )
 
