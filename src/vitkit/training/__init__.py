@@ -9,8 +9,8 @@ import threading
 from dataclasses import replace
 from typing import Any
 
-from .build import Runtime, default_run_dir
-from .config import TrainConfig, resume_changes
+from .build import Runtime
+from .config import TrainConfig, default_run_dir, resume_changes
 from .distributed import shutdown
 from .engine import Trainer
 from .rundir import RunDir, saved_config
