@@ -320,6 +320,15 @@ def _round_trip(state: dict, tmp_path: Path) -> Path:
     return path
 
 
+def test_drop_last_keeps_or_trains_the_last_short_batch():
+    """--drop-last (the default) drops each epoch's last incomplete batch; --no-drop-last trains on it."""
+    options = dict(train_limit=100, batch_size=32, threads=1, progress=False)  # 90 training images
+    assert len(Trainer(make_config(**options)).train_loader) == 2
+    loader = Trainer(make_config(**options, drop_last=False)).train_loader
+    assert len(loader) == 3 and sum(len(labels) for _, labels in loader.batches(0)) == 90
+    assert "--no-drop-last" in run_vitkit("train", "--help").stdout and "drop_last" not in RESUMABLE
+
+
 # ----------------------------------------------------------------------------- model contract
 
 

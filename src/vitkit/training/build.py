@@ -158,7 +158,7 @@ def build(cfg: TrainConfig, runtime: Runtime, budget=None) -> Setup:
         local_batch,
         shuffle=True,
         seed=cfg.seed,
-        drop_last=True,
+        drop_last=cfg.drop_last,
         sample_weights=sample_weights,
         **common,
     )

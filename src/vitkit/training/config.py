@@ -87,6 +87,9 @@ class TrainConfig(DataOptions, AugmentSpec):
     batch_scope: str = _optim(
         "global", "global: --batch-size is split across processes; device: per process", choices=("global", "device")
     )
+    drop_last: bool = _optim(
+        True, "drop each epoch's last incomplete training batch (--no-drop-last trains on it, a smaller batch)"
+    )
     eval_batch_size: int = _optim(256, "images per evaluation batch", at_least=1, resumable=True, commands=("train",))
     optimizer: str = _optim("adamw", "optimizer", choices=("adamw", "sgd"))
     lr: float = _optim(1e-3, "peak learning rate", above=0, commands=("train",))
