@@ -26,7 +26,7 @@ from common import SHARED_DATA, machine, print_table, project_path, write_json
 from vitkit.data.augment import one_hot_smooth
 from vitkit.data.loader import AUTO_WORKERS, BatchLoader, auto_workers
 from vitkit.data.pack import pack_folder
-from vitkit.data.prepare import prepare_data
+from vitkit.data.prepare import DataOptions, prepare_data
 from vitkit.data.preprocess import Preprocessing
 from vitkit.training.config import make_config
 from vitkit.training.engine import Trainer
@@ -124,15 +124,11 @@ def main() -> None:
         for index, (data, name) in enumerate(zip(args.data, names)):
             folder, size, models = known.get(data, (Path(data), args.image_size, ["folder-cct"]))
             models = args.models or models
-            memory, _ = prepare_data(str(folder), preprocessing=Preprocessing(size), seed=0, val_split=0.1)
-            streamed, _ = prepare_data(
-                str(folder), preprocessing=Preprocessing(size), seed=0, val_split=0.1, memory_limit_gb=0
-            )
+            memory, _ = prepare_data(DataOptions(str(folder)), Preprocessing(size))
+            streamed, _ = prepare_data(DataOptions(str(folder), memory_limit_gb=0), Preprocessing(size))
             packed_dir = Path(tmp) / str(index)
             pack_folder(folder, packed_dir)
-            packed, _ = prepare_data(
-                str(packed_dir), preprocessing=Preprocessing(size), seed=0, val_split=0.1, memory_limit_gb=0
-            )
+            packed, _ = prepare_data(DataOptions(str(packed_dir), memory_limit_gb=0), Preprocessing(size))
             pipelines = [
                 ("in-memory", memory.train, 0),
                 ("folder, 1 worker", streamed.train, 1),

@@ -20,6 +20,7 @@ from serving import running_server
 from vitkit.api import onnx_cache_path
 from vitkit.cli import main
 from vitkit.data.pack import pack_folder
+from vitkit.errors import VitkitError
 from vitkit.fileio import write_json
 from vitkit.models import create_model, save_model
 from vitkit.predict import expand_paths
@@ -100,6 +101,29 @@ def copy_checkpoint(digits_run, tmp_path):
     checkpoint = tmp_path / "ckpt"
     shutil.copytree(digits_run[0] / "best", checkpoint)
     return checkpoint
+
+
+def test_a_bug_keeps_its_traceback_while_a_mistake_is_one_line(monkeypatch, tmp_path, capsys):
+    """Only VitkitError (the user's mistake) becomes exit 2 and one line; a ValueError from inside vitkit
+    is a bug and reaches the caller with its traceback."""
+    import traceback
+
+    import vitkit.training.config as config
+
+    assert main(["train", "--lr", "-1", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "vitkit train: error: --lr must be positive, got -1.0" and "Traceback" not in err
+
+    def broken(data):
+        raise ValueError("internal: a dataset default went missing")
+
+    monkeypatch.setattr(config, "dataset_defaults", broken)
+    with pytest.raises(ValueError, match="internal: a dataset default") as caught:
+        main(["train", "--out", str(tmp_path / "run")])
+    assert not isinstance(caught.value, VitkitError)
+    frames = [frame.name for frame in traceback.extract_tb(caught.tb)]
+    assert frames.index("main") < frames.index("make_config") and frames[-1] == "broken"
+    assert "error:" not in capsys.readouterr().err
 
 
 def test_damaged_checkpoints_get_one_line_errors(digits_run, digit_images, tmp_path, capsys):

@@ -108,21 +108,21 @@ def test_fine_tuning_photos_from_a_small_checkpoint_trains_them_larger(tmp_path)
     assert cfg.image_size is None  # not the folder default's 32 px: the checkpoint and the photos decide
     model = create_model("cifar-hybrid")
     checkpoint = Pretrained(model, Preprocessing(image_size=32), None, True)
-    size, note = input_size(cfg, checkpoint, {})
+    size, note = input_size(cfg, checkpoint)
     assert size == 64 and "trained at 32 px and the photos are about 160 px" in note
     small = write_class_folders(tmp_path / "thumbs", per_class=3, size=36)
-    size, note = input_size(make_config(data=str(small), pretrained="x"), checkpoint, {})
+    size, note = input_size(make_config(data=str(small), pretrained="x"), checkpoint)
     assert size == 32 and "the checkpoint's own" in note
 
 
 def test_folder_images_keep_their_paths_for_top_losses(tmp_path):
     """Decoded into memory (fresh and from the cache), split and subset, each image still names its file,
     so `vitkit top-losses` lists paths, not #indices."""
-    from vitkit.data.prepare import prepare_data
+    from vitkit.data.prepare import DataOptions, prepare_data
 
     folder = write_class_folders(tmp_path / "photos", per_class=5)
     for _ in range(2):  # decoded, then read back from the cache
-        dataset, _ = prepare_data(str(folder), preprocessing=Preprocessing(image_size=16), seed=0, val_split=0.2)
+        dataset, _ = prepare_data(DataOptions(str(folder), val_split=0.2), Preprocessing(image_size=16))
         for split in (dataset.train, dataset.val):
             assert split.in_memory and len(split.paths) == len(split)
             names = [dataset.class_names[label] for label in split.labels.tolist()]

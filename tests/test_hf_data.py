@@ -11,7 +11,7 @@ from conftest import run_vitkit, shared_dataset, subprocess_env
 from vitkit.data.folder import load_folder, scan_folder
 from vitkit.data.hf import load_hf
 from vitkit.data.pack import pack_folder
-from vitkit.data.prepare import prepare_data
+from vitkit.data.prepare import DataOptions, prepare_data
 from vitkit.data.preprocess import Preprocessing
 
 
@@ -63,7 +63,7 @@ def test_columns_are_named_or_detected(sources):
     assert load_hf(path, Preprocessing(8), image_column="image", label_column="label").num_classes == 5
     with pytest.raises(ValueError, match="--label-column nope: .* has columns image, label"):
         load_hf(path, Preprocessing(8), label_column="nope")
-    data, _ = prepare_data(path, preprocessing=Preprocessing(8), seed=0, val_split=0.1, train_limit=50)
+    data, _ = prepare_data(DataOptions(path, train_limit=50), Preprocessing(8))
     assert len(data.train) == 50 and len(data.val) == 100
 
 

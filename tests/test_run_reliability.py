@@ -136,8 +136,8 @@ def test_an_interrupted_checkpoint_swap_keeps_a_checkpoint(tmp_path):
     "args, message",
     [
         (("--std", "0"), "--std needs one value per channel, all positive"),
-        (("--image-size", "0"), "--image-size must be a positive"),
-        (("--threads", "-1"), "--threads must be at least 0"),
+        (("--image-size", "0"), "--image-size must be at least 1"),
+        (("--threads", "-1"), "--threads must not be negative"),
         (("--data", "cifar-10"), "Did you mean cifar10"),
     ],
 )

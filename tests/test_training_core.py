@@ -2,6 +2,7 @@
 parameter groups for every family, the configuration (flags, help, YAML files, resume rules) and
 run folders written by earlier vitkit versions."""
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -12,11 +13,20 @@ import yaml
 from conftest import MODEL_FAMILIES, run_vitkit
 
 import vitkit
-from vitkit.models import count_parameters, create_model
+from vitkit.data.prepare import DATASET_DEFAULTS, DataOptions
+from vitkit.errors import VitkitError
+from vitkit.models import count_parameters, create_model, get_preset
 from vitkit.models.io import load_model
 from vitkit.models.presets import Preset
 from vitkit.training import TrainConfig, Trainer, resume_config
-from vitkit.training.config import GROUPS, make_config, model_spec
+from vitkit.training.config import (
+    GROUPS,
+    LR_FIND_OPTIONS,
+    RESUMABLE,
+    make_config,
+    size_pending,
+    with_budget_size,
+)
 from vitkit.training.optim import param_groups
 from vitkit.training.rundir import RunDir
 from vitkit.training.schedule import FIRST_PLAN_STEPS, Plateau, TimeBudget, lr_factor
@@ -152,14 +162,75 @@ def test_time_budget_caps_warmup_at_a_tenth_of_the_schedule(tmp_path):
 
 
 def test_a_budget_size_sits_between_the_preset_and_the_users_arguments():
-    sizes = dict(make_config(preset="cifar-hybrid").to_dict(), preset="cifar-hybrid")
-    name, own = model_spec(TrainConfig.from_dict(sizes))
-    config = create_model(name, **own).config
-    assert name == "vit_hybrid_micro_32" and config.embed_dim == 128 and config.stem == "resnet"
-    wide = model_spec(TrainConfig.from_dict(sizes), {"embed_dim": 256, "depth": 6})[1]
-    assert wide == {**own, "embed_dim": 256, "depth": 6}
-    mine = TrainConfig.from_dict(dict(sizes, model_args={"depth": 7}))
-    assert model_spec(mine, {"embed_dim": 256, "depth": 6})[1]["depth"] == 7  # --model-arg wins
+    """The resolved configuration holds the preset's model and arguments; with a budget, the candidate
+    sizes the budget chooses among leave out what the user's --model-arg fixes."""
+    preset = get_preset("cifar-hybrid")
+    plain = make_config(preset="cifar-hybrid")
+    assert (plain.model, plain.model_args, plain.budget_size) == (preset.model, preset.model_args, None)
+    budget = make_config(preset="cifar-hybrid", time_budget=3)
+    assert [c["model_args"] for c in budget.budget_size["candidates"]] == [c for _, c in preset.budget_sizes]
+    assert size_pending(budget)
+    chosen = with_budget_size(budget, {"model_args": {"embed_dim": 256, "depth": 6}, "candidates": []})
+    assert chosen.model_args == {**preset.model_args, "embed_dim": 256, "depth": 6} and not size_pending(chosen)
+    mine = make_config(preset="cifar-hybrid", time_budget=3, model_args={"embed_dim": 96})
+    assert all("embed_dim" not in c["model_args"] for c in mine.budget_size["candidates"])  # --model-arg wins
+    assert mine.model_args["embed_dim"] == 96
+    # the resolved configuration is plain: read back from its own values it is the same, no size pending
+    again = TrainConfig.from_dict(yaml.safe_load(yaml.safe_dump(chosen.to_dict())))
+    assert again.model_args == {k: list(v) if isinstance(v, tuple) else v for k, v in chosen.model_args.items()}
+    assert again.budget_size == chosen.budget_size and not size_pending(again)
+
+
+def test_precedence_defaults_dataset_preset_yaml_flags(tmp_path):
+    """One order: declared default < dataset default < preset < YAML file < flags."""
+    declared = TrainConfig.__dataclass_fields__
+    assert make_config(data="mnist").weight_decay == declared["weight_decay"].default  # nothing above it
+    assert make_config(data="mnist").epochs == DATASET_DEFAULTS["mnist"]["epochs"] != declared["epochs"].default
+    recipe = get_preset("cifar-resnet")
+    assert "epochs" in recipe.train and recipe.train["epochs"] != DATASET_DEFAULTS["cifar10"]["epochs"]
+    assert make_config(preset="cifar-resnet", data="cifar10").epochs == recipe.train["epochs"]  # preset > dataset
+    # what the dataset suggests and the preset does not name takes the declared default under a preset
+    assert "hflip" not in get_preset("d2l-vit-fashion-mnist").train and DATASET_DEFAULTS["fashion-mnist"]["hflip"]
+    assert make_config(preset="d2l-vit-fashion-mnist").hflip is False
+    config = tmp_path / "options.yaml"
+    config.write_text("epochs: 7\nlr: 0.004\n")
+    from_yaml = make_config(config, preset="cifar-resnet", data="cifar10")
+    assert (from_yaml.epochs, from_yaml.lr) == (7, 0.004)  # YAML > preset
+    flagged = make_config(config, preset="cifar-resnet", data="cifar10", lr=0.003)
+    assert (flagged.epochs, flagged.lr) == (7, 0.003)  # flags > YAML
+
+
+def test_native_size_presets_follow_the_precedence(tmp_path):
+    """A native-size preset leaves a built-in dataset's own size and crop padding to the dataset layer,
+    which the YAML file and the flags still override; on a folder the preset's size stands."""
+    gmlp = get_preset("cifar-gmlp")
+    assert gmlp.native_size and gmlp.train["image_size"] == 32
+    native = make_config(preset="cifar-gmlp", data="fashion-mnist")
+    assert (native.image_size, native.crop_padding) == (28, 2)
+    config = tmp_path / "options.yaml"
+    config.write_text("image_size: 24\n")
+    assert make_config(config, preset="cifar-gmlp", data="fashion-mnist").image_size == 24
+    assert make_config(config, preset="cifar-gmlp", data="fashion-mnist", image_size=20).image_size == 20
+    assert make_config(preset="cifar-resnet", data="fashion-mnist").image_size == 28
+    assert not get_preset("folder-cct").native_size
+    assert make_config(preset="folder-cct", data="fashion-mnist").image_size == 64
+
+
+def test_resume_rules_lr_find_flags_and_data_options_come_from_the_declarations():
+    fields = dataclasses.fields(TrainConfig)
+    assert set(RESUMABLE) == {f.name for f in fields if f.metadata["resumable"]}
+    assert {"epochs", "time_budget", "threads", "memory_limit_gb"} <= set(RESUMABLE) and "lr" not in RESUMABLE
+    assert set(LR_FIND_OPTIONS) == {f.name for f in fields if "lr-find" in f.metadata["commands"]}
+    assert {"lr", "epochs", "out", "schedule"}.isdisjoint(LR_FIND_OPTIONS) and "batch_size" in LR_FIND_OPTIONS
+    sweep_flags = run_vitkit("lr-find", "--help").stdout
+    assert "--batch-size" in sweep_flags and "--epochs" not in sweep_flags and "--budget-size" not in sweep_flags
+    assert "--budget-size" not in run_vitkit("train", "--help").stdout  # recorded by vitkit, no flag
+    data_fields = {f.name for f in dataclasses.fields(DataOptions)}
+    assert {"data", "val_split", "labels", "seed", "memory_limit_gb"} <= data_fields and "lr" not in data_fields
+    assert data_fields <= {f.name for f in fields}  # the training configuration takes them whole
+    # a declared bound is enforced without a line of its own in validate
+    with pytest.raises(VitkitError, match=r"--ra-magnitude must be in \[0, 30\], got 31"):
+        make_config(ra_magnitude=31)
 
 
 @pytest.mark.slow
@@ -182,8 +253,8 @@ def test_time_budget_takes_the_largest_size_it_can_train_long_enough(tmp_path, m
     out = tmp_path / "run"
     vitkit.train(preset="sized", time_budget=0.1, out=str(out), progress=False, threads=1)
 
-    record = json.loads((out / "run.json").read_text())["budget_size"]
-    assert record["model_args"] == affordable
+    record = yaml.safe_load((out / "args.yaml").read_text())["budget_size"]  # in the configuration itself
+    assert record["model_args"] == affordable == json.loads((out / "run.json").read_text())["budget_size"]["model_args"]
     first, second = record["candidates"]
     assert (first["min_epochs"], second["min_epochs"]) == (1, 1e9) and first["affordable_epochs"] >= 1
     # measured, not assumed: the larger model trains fewer images per second, so fewer epochs fit
@@ -196,11 +267,68 @@ def test_time_budget_takes_the_largest_size_it_can_train_long_enough(tmp_path, m
     extended = resume_config(out, epochs=50)  # trained longer by epochs: no budget now, the same size
     assert extended.time_budget == 0 and extended.epochs == 50
     assert count_parameters(build(extended, Runtime.create(extended)).model) == count_parameters(saved)
+    # args.yaml of a version that recorded the choice in run.json only: the size comes from there
+    args = yaml.safe_load((out / "args.yaml").read_text())
+    args.update(model=None, model_args={}, budget_size=None)
+    del args["budget_size"]
+    (out / "args.yaml").write_text(yaml.safe_dump(args))
+    old = resume_config(out)
+    assert count_parameters(build(old, Runtime.create(old)).model) == count_parameters(saved)
     status = json.loads((out / "run.json").read_text())
     del status["budget_size"]
     (out / "run.json").write_text(json.dumps(status))
-    with pytest.raises(ValueError, match="does not record the model size"):
-        build(resumed, Runtime.create(resumed))
+    with pytest.raises(VitkitError, match="does not record the model size"):
+        resume_config(out)
+
+
+def test_the_trainers_state_round_trips_through_state_dict(tmp_path):
+    """state_dict / load_state_dict carry what a resume continues from: the optimizer, the schedule and
+    best-so-far state, the history and the random generators; a second trainer then steps identically."""
+    cfg = make_config(train_limit=200, batch_size=32, epochs=2, threads=1, progress=False, ema=0.9)
+    first = Trainer(cfg)
+    images, labels = next(first.train_loader.batches(0))
+    first.aug_gen.manual_seed(3)
+    for _ in range(3):
+        first.train_step(first.model, images, labels)
+    first.history, first.best_epoch = [{"epoch": 1, "val_top1": 0.5}], 1
+    first.plateau.step(0.5)
+    first.stopper.step(0.5)
+    state = first.state_dict()
+    saved = {k: v.clone() for k, v in first.model.state_dict().items()}
+
+    second = Trainer(cfg)
+    second.model.load_state_dict(saved)
+    second.load_state_dict(torch.load(_round_trip(state, tmp_path), weights_only=True))
+    assert (second.step, second.history, second.best_epoch) == (3, first.history, 1)
+    assert second.plateau.state_dict() == first.plateau.state_dict()
+    assert second.stopper.state_dict() == first.stopper.state_dict()
+    assert second.planned_steps == first.planned_steps
+    for a, b in zip(first.optimizer.state.values(), second.optimizer.state.values()):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.equal(a, b) for a, b in zip(first.ema.state_dict().values(), second.ema.state_dict().values()))
+    shared = torch.get_rng_state()  # the global generator, which load_state_dict restored, serves both
+    for trainer in (first, second):
+        torch.set_rng_state(shared)
+        trainer.train_step(trainer.model, images, labels)
+    assert all(torch.equal(a, b) for a, b in zip(first.model.state_dict().values(), second.model.state_dict().values()))
+    with pytest.raises(VitkitError, match="resume with --nproc 2"):
+        second.load_state_dict({**state, "world_size": 2})
+
+
+def _round_trip(state: dict, tmp_path: Path) -> Path:
+    """`state` as trainer.pt stores it."""
+    path = tmp_path / "trainer.pt"
+    torch.save(state, path)
+    return path
+
+
+def test_drop_last_keeps_or_trains_the_last_short_batch():
+    """--drop-last (the default) drops each epoch's last incomplete batch; --no-drop-last trains on it."""
+    options = dict(train_limit=100, batch_size=32, threads=1, progress=False)  # 90 training images
+    assert len(Trainer(make_config(**options)).train_loader) == 2
+    loader = Trainer(make_config(**options, drop_last=False)).train_loader
+    assert len(loader) == 3 and sum(len(labels) for _, labels in loader.batches(0)) == 90
+    assert "--no-drop-last" in run_vitkit("train", "--help").stdout and "drop_last" not in RESUMABLE
 
 
 # ----------------------------------------------------------------------------- model contract
@@ -263,6 +391,8 @@ def test_every_train_flag_has_help_in_a_group():
         assert f"\n{title}:\n" in out
     parser_lines = out.split("\ndata:\n", 1)[1]
     for field in TrainConfig.__dataclass_fields__.values():
+        if "train" not in field.metadata["commands"]:  # recorded by vitkit, not a flag
+            continue
         flag = "--" + ("model-arg" if field.name == "model_args" else field.name.replace("_", "-"))
         assert flag in parser_lines, flag
         assert field.metadata["help"], f"{field.name} has no help text"
@@ -302,10 +432,10 @@ def test_resume_refuses_changes_that_alter_the_run(tmp_path):
 @pytest.mark.parametrize(
     "options, message",
     [
-        (dict(image_size=-8), "--image-size must be a positive"),
+        (dict(image_size=-8), "--image-size must be at least 1"),
         (dict(mixup=-1), "--mixup must not be negative"),
         (dict(warmup_epochs=-2), "--warmup-epochs must not be negative"),
-        (dict(threads=-1), "--threads must be at least 0"),
+        (dict(threads=-1), "--threads must not be negative"),
         (dict(data="cifar-10"), "Did you mean cifar10"),
         (dict(schedule="cosin"), "--schedule 'cosin': use one of cosine"),
         (dict(label_smoothing=1.0), "--label-smoothing must be in"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import sys
@@ -11,28 +12,35 @@ from typing import Any
 import torch
 
 from .data.loader import AUTO_WORKERS, BatchLoader
-from .data.prepare import dataset_defaults, prepare_data
+from .data.prepare import DataOptions, dataset_defaults, prepare_data
 from .data.preprocess import Preprocessing
+from .errors import MissingFile, VitkitError
 from .eval.loop import evaluate_loader
 from .fileio import settled_dir, write_json
-from .runtime import PRECISIONS, Bf16Autocast, choose_precision, resolve_device
+from .options import check_known, typed_values
+from .runtime import Bf16Autocast, InferenceOptions, choose_precision, resolve_device
 
 
 def train(
-    resume: str | os.PathLike | None = None, callbacks=(), started: float | None = None, **options: Any
+    resume: str | os.PathLike | None = None,
+    callbacks=(),
+    started: float | None = None,
+    config: str | os.PathLike | None = None,
+    **options: Any,
 ) -> dict[str, Any]:
     """Train a model and write a run folder; returns results.json's content plus `run_dir`.
 
     `vitkit.train(data="cifar10", model="vit_tiny_patch4_32", epochs=20)`; any TrainConfig field is an
-    option, a `preset` fills in the seed's values. `resume=RUN_DIR` continues an interrupted run.
+    option, a `preset` fills in the seed's values, `config` is a YAML file of options under the ones given
+    here (see `vitkit.training.config` for the precedence). `resume=RUN_DIR` continues an interrupted run.
     `callbacks`: objects with any of on_train_begin(run_dir, config, history), on_epoch_end(epoch,
     metrics), on_train_end(results), on_train_failed(error) (see vitkit.training.callbacks).
     """
     from .training import resume_config
     from .training import train as run_training
-    from .training.config import make_config
+    from .training.config import explicit_values, make_config
 
-    cfg = resume_config(resume, **options) if resume else make_config(**options)
+    cfg = resume_config(resume, **explicit_values(config, options)) if resume else make_config(config, **options)
     return run_training(cfg, callbacks, started)
 
 
@@ -56,9 +64,6 @@ def lr_find(
 
         plot_lr_find(result.lrs, result.losses, result.smoothed, result.suggested_lr, plot)
     return {**result.to_dict(), "plot": None if plot is None else str(plot)}
-
-
-BACKENDS = ("auto", "torch", "onnxruntime")
 
 
 def default_backend() -> str:
@@ -106,7 +111,7 @@ class Classifier:
         self.multi_label = bool(meta.get("multi_label"))
         self.thresholds: list[float] | None = meta.get("thresholds") if self.multi_label else None
         if self.multi_label and (self.thresholds is None or len(self.thresholds) != len(self.class_names)):
-            raise ValueError(f"{name} is multi-label but has no threshold per label: re-export it from its run")
+            raise VitkitError(f"{name} is multi-label but has no threshold per label: re-export it from its run")
         self.augment = self.preprocessing.batch_augment()
 
     @property
@@ -159,7 +164,7 @@ class Classifier:
         them here would squash them."""
         side = self.preprocessing.square_size
         if images.ndim != 4 or images.shape[-2:] not in ((side, side), (self.image_size, self.image_size)):
-            raise ValueError(
+            raise VitkitError(
                 f"predict_tensor takes NxCx{side}x{side} images as preprocessing decodes them, got "
                 f"{tuple(images.shape)}; pass photos of any size to predict(), which resizes and crops them"
             )
@@ -205,28 +210,23 @@ def load(
     from .models.io import check_preprocessing
     from .pretrained import download_checkpoint, is_hub_id, load_classifier_folder
 
-    if backend not in BACKENDS:
-        raise ValueError(f"--backend {backend!r}: use one of {', '.join(BACKENDS)}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"--precision {precision!r}: use one of {', '.join(PRECISIONS)}")
-    if threads < 0:
-        raise ValueError(f"--threads {threads}: use 0 (every core) or a positive number of threads")
+    InferenceOptions(device, backend, precision, threads).validate()
     if threads:
         torch.set_num_threads(threads)
     path = Path(checkpoint)
     if not path.exists() and is_hub_id(checkpoint):
         name, path = str(checkpoint), download_checkpoint(str(checkpoint))
     elif not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise MissingFile(f"checkpoint {path} does not exist")
     elif path.suffix == ".onnx":
         if precision == "bf16":
-            raise ValueError(f"--precision bf16: {path} runs in the precision it was exported in; use auto or fp32")
+            raise VitkitError(f"--precision bf16: {path} runs in the precision it was exported in; use auto or fp32")
         onnx_model = OnnxModel(path, threads)
         if not onnx_model.meta.get("preprocessing"):
-            raise ValueError(f"{path} has no vitkit metadata: export it with `vitkit export`")
+            raise VitkitError(f"{path} has no vitkit metadata: export it with `vitkit export`")
         check_preprocessing(
             onnx_model.meta["preprocessing"],
-            lambda problem: ValueError(f"{path}: its vitkit metadata's {problem}; export it again (vitkit export)"),
+            lambda problem: VitkitError(f"{path}: its vitkit metadata's {problem}; export it again (vitkit export)"),
         )
         return Classifier(onnx_model, onnx_model.meta, name=checkpoint_name(path))
     else:
@@ -234,7 +234,7 @@ def load(
     chosen, why = choose_precision(precision, resolve_device(device))
     if chosen == "bf16" and backend == "onnxruntime":
         if precision == "bf16":
-            raise ValueError("--precision bf16 runs on --backend torch; ONNX Runtime runs the fp32 export")
+            raise VitkitError("--precision bf16 runs on --backend torch; ONNX Runtime runs the fp32 export")
         chosen, why = "fp32", "auto: fp32, as --backend onnxruntime runs the fp32 export"
     if chosen == "bf16" and precision == "auto":
         record = read_bf16_record(path)
@@ -277,66 +277,37 @@ def onnx_cache_path(checkpoint_dir: Path) -> Path:
     return cache_dir() / "onnx" / f"{digest.hexdigest()[:32]}.onnx"
 
 
-DATA_OPTIONS = (
-    "data",
-    "data_dir",
-    "val_split",
-    "seed",
-    "train_limit",
-    "test_limit",
-    "memory_limit_gb",
-    "image_column",
-    "label_column",
-    "skip_bad_images",
-    "labels",
-    "label_separator",
-    "multi_label",
-)
-
-
 def _checkpoint_split(clf: Classifier, data: str | None, split: str | None, data_options: dict):
     """(dataset, split name, split) a checkpoint is judged on: its training data and options unless
     given, and by default the split its run reported on (test, or val when the data has no test)."""
+    fields = {f.name for f in dataclasses.fields(DataOptions)}
+    check_known(data_options, DataOptions, "data options")
     saved = clf.meta.get("train_config", {})
-    options = {k: saved[k] for k in DATA_OPTIONS if k in saved}
+    options = {k: saved[k] for k in fields if k in saved}
     options.update({k: v for k, v in data_options.items() if v is not None})
     if data is not None:
         options["data"] = data
     if "data" not in options:
-        raise ValueError("--data is required: the checkpoint does not say which data it was trained on")
+        raise VitkitError("--data is required: the checkpoint does not say which data it was trained on")
     if split not in (None, "train", "val", "test"):
-        raise ValueError(f"--split {split!r}: use train, val or test")
-    dataset, _ = prepare_data(
-        options["data"],
-        preprocessing=clf.preprocessing,
-        seed=options.get("seed", 0),
-        val_split=options.get("val_split", dataset_defaults(options["data"]).get("val_split", 0.1)),
-        train_limit=options.get("train_limit", 0),
-        test_limit=options.get("test_limit", 0),
-        data_dir=options.get("data_dir"),
-        memory_limit_gb=options.get("memory_limit_gb"),
-        image_column=options.get("image_column"),
-        label_column=options.get("label_column"),
-        skip_bad=options.get("skip_bad_images", False),
-        labels=options.get("labels"),
-        label_separator=options.get("label_separator"),
-        multi_label=options.get("multi_label"),
-    )
+        raise VitkitError(f"--split {split!r}: use train, val or test")
+    options.setdefault("val_split", dataset_defaults(options["data"]).get("val_split", 0.1))
+    dataset, _ = prepare_data(DataOptions(**typed_values(options, DataOptions)), clf.preprocessing)
     if dataset.num_classes != len(clf.class_names):
-        raise ValueError(
+        raise VitkitError(
             f"the checkpoint has {len(clf.class_names)} classes but {options['data']} has "
             f"{dataset.num_classes}: evaluate on the data it was trained for, or fine-tune it first"
         )
     if dataset.multi_label != clf.multi_label:
         kinds = {True: "multi-label", False: "single-label"}
-        raise ValueError(
+        raise VitkitError(
             f"the checkpoint is {kinds[clf.multi_label]} but {options['data']} is {kinds[dataset.multi_label]}: "
             "evaluate on the data it was trained for"
         )
     split = split or ("test" if dataset.test is not None else "val")
     part = {"train": dataset.train, "val": dataset.val, "test": dataset.test}[split]
     if part is None:
-        raise ValueError(f"{options['data']} has no {split} split")
+        raise VitkitError(f"{options['data']} has no {split} split")
     return options["data"], dataset, split, part
 
 
@@ -404,10 +375,10 @@ def top_losses(
     from .eval.loop import per_sample_predictions
 
     if count < 1:
-        raise ValueError(f"--count must be at least 1, got {count}")
+        raise VitkitError(f"--count must be at least 1, got {count}")
     clf = load(checkpoint, device, backend="torch", precision="fp32")
     if clf.multi_label:
-        raise ValueError(f"{checkpoint} is multi-label: top-losses ranks single-label mistakes; use vitkit eval")
+        raise VitkitError(f"{checkpoint} is multi-label: top-losses ranks single-label mistakes; use vitkit eval")
     data, dataset, split, part = _checkpoint_split(clf, data, split, data_options)
     loader = BatchLoader(part, batch_size, shuffle=False, device=clf.device, workers=AUTO_WORKERS)
     losses, probs = per_sample_predictions(clf.runner, loader, clf.augment, flip_tta)
@@ -469,12 +440,12 @@ def export_int8(
 
     min_agreement = MIN_AGREEMENT if min_agreement is None else min_agreement
     if not 0 <= min_agreement <= 1:
-        raise ValueError(f"--min-agreement {min_agreement}: use a fraction between 0 and 1, e.g. 0.995")
+        raise VitkitError(f"--min-agreement {min_agreement}: use a fraction between 0 and 1, e.g. 0.995")
     if calibration_images < 1:
-        raise ValueError(f"--calibration-images {calibration_images}: use at least 1 (a few hundred is usual)")
+        raise VitkitError(f"--calibration-images {calibration_images}: use at least 1 (a few hundred is usual)")
     clf = load(checkpoint, "cpu", backend="torch", precision="fp32")
     if clf.multi_label:
-        raise ValueError(
+        raise VitkitError(
             f"{checkpoint} is multi-label: --quantize int8 is checked by top-1 agreement, which single-label "
             "classifiers have; export it in fp32"
         )
@@ -489,7 +460,7 @@ def export_int8(
         calibrated = sum(len(batch) for batch in calibration)
         report.update(data=data, calibration={"split": "train", "images": calibrated, "seed": seed})
         if report["top1_agreement"] < min_agreement and not force:
-            raise ValueError(
+            raise VitkitError(
                 f"INT8 export refused: {describe(report)}, below --min-agreement {min_agreement:.1%}; "
                 "keep the fp32 export, or pass --force to write it anyway"
             )

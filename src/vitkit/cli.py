@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -11,10 +12,7 @@ import sys
 import time
 
 from . import __version__
-
-
-class UserError(Exception):
-    """A mistake in the command's input: printed as one line, exit status 2."""
+from .errors import VitkitError
 
 
 def within(low: int, high: int | None = None):
@@ -96,7 +94,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     options = training_options(args, ("nproc",))
     if options.pop("resume", False):
         if not options.get("out"):
-            raise UserError("--resume needs --out RUN_DIR (the run folder to continue)")
+            raise VitkitError("--resume needs --out RUN_DIR (the run folder to continue)")
         result = api.train(resume=options.pop("out"), started=args.started, **options)
     else:
         result = api.train(started=args.started, **options)
@@ -113,44 +111,20 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def training_options(args: argparse.Namespace, own: tuple[str, ...]) -> dict:
     """The training options of a command that takes train's flags: --config FILE.yaml under the flags."""
-    from .options import read_yaml_options
-    from .training.config import TrainConfig
+    from .training.config import explicit_values
 
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "func", "argv", "started", "config", *own)}
     if "model_args" in flags:
         flags["model_args"] = dict(flags["model_args"])
-    return {**(read_yaml_options(args.config, TrainConfig) if getattr(args, "config", None) else {}), **flags}
-
-
-# Options that mean nothing to a learning-rate sweep: the run folder, the run's length and its schedule.
-LR_FIND_IGNORES = (
-    "out",
-    "name",
-    "resume",
-    "save_every",
-    "progress",
-    "quiet",
-    "log",
-    "epochs",
-    "time_budget",
-    "early_stopping",
-    "monitor",
-    "eval_batch_size",
-    "lr",
-    "schedule",
-    "warmup_epochs",
-    "min_lr_ratio",
-    "plateau_factor",
-    "plateau_patience",
-    "ema",
-)
+    return explicit_values(getattr(args, "config", None), flags)
 
 
 def cmd_lr_find(args: argparse.Namespace) -> int:
     from . import api
+    from .training.config import LR_FIND_OPTIONS
 
     options = training_options(args, ("steps", "start_lr", "end_lr", "plot"))
-    options = {k: v for k, v in options.items() if k not in LR_FIND_IGNORES}  # from a --config file
+    options = {k: v for k, v in options.items() if k in LR_FIND_OPTIONS}  # a --config file has the others too
     result = api.lr_find(steps=args.steps, start_lr=args.start_lr, end_lr=args.end_lr, plot=args.plot, **options)
     summary = {k: result[k] for k in ("suggested_lr", "method", "min_loss_lr", "diverged", "plot", "warning")}
     if result["warning"]:
@@ -171,7 +145,6 @@ def add_evaluation_arguments(p: argparse.ArgumentParser) -> None:
         "--split", choices=["train", "val", "test"], help="default: the split the run reported (test, else val)"
     )
     p.add_argument("--batch-size", type=at_least(1), default=256)
-    p.add_argument("--device", default="auto")
     p.add_argument(
         "--flip-tta",
         action="store_true",
@@ -188,6 +161,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from . import api
     from .eval.agreement import describe
 
+    inference_options(args)
     metrics = api.evaluate(args.checkpoint, precision=args.precision, **evaluation_options(args))
     if args.json:
         print(json.dumps(metrics, indent=2))
@@ -261,39 +235,37 @@ def format_predictions(results: list[dict], fmt: str) -> str:
     return "\n".join(lines)
 
 
-def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
-    """How predict and serve run the model: backend, precision, threads (as `vitkit.load` takes them)."""
-    from .api import BACKENDS
-    from .eval.agreement import MIN_AGREEMENT
-    from .runtime import PRECISIONS
+def add_inference_arguments(p: argparse.ArgumentParser, command: str, **defaults) -> None:
+    """The flags of `InferenceOptions` that `command` takes (with its own `defaults`, where they differ)."""
+    from .options import add_dataclass_options
+    from .runtime import InferenceOptions
 
-    p.add_argument("--threads", type=at_least(0), default=0, help="CPU threads for the model (0: every core)")
-    p.add_argument(
-        "--backend",
-        default="auto",
-        choices=BACKENDS,
-        help="auto: PyTorch for bf16; for fp32 on a CPU, ONNX Runtime when installed (exact), else PyTorch",
-    )
-    p.add_argument(
-        "--precision",
-        default="auto",
-        choices=PRECISIONS,
-        help="auto: bf16 where the hardware runs it natively (AMX, AVX512-BF16, CUDA) unless the checkpoint's "
-        f"recorded bf16 agreement with fp32 is below {MIN_AGREEMENT:.1%}, else fp32; an .onnx file runs as "
-        "exported".replace("%", "%%"),
-    )
+    add_dataclass_options(p, InferenceOptions, INFERENCE_GROUP, command=command, defaults=defaults)
+
+
+INFERENCE_GROUP = {"inference": "where and how the model runs"}
+
+
+def inference_options(args: argparse.Namespace) -> dict:
+    """The inference flags a command was given, checked before any work."""
+    import dataclasses
+
+    from .runtime import InferenceOptions
+
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(InferenceOptions) if hasattr(args, f.name)}
+    InferenceOptions(**values).validate()
+    return values
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from . import api
     from .predict import expand_paths, predict_paths
 
+    options = inference_options(args)
     paths = expand_paths(args.images)
     if not paths:
-        raise UserError("no images found in the given paths")
-    clf = api.load(
-        args.checkpoint, device=args.device, backend=args.backend, precision=args.precision, threads=args.threads
-    )
+        raise VitkitError("no images found in the given paths")
+    clf = api.load(args.checkpoint, **options)
     results = predict_paths(clf, paths, args.topk, args.batch_size, progress=sys.stderr.isatty())
     if args.format == "json":
         print(json.dumps({"model": clf.name, **clf.runtime, "results": results}, indent=2))
@@ -317,12 +289,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     paths = expand_paths(args.images)
     if not paths:
-        raise UserError("no images found in the given paths")
+        raise VitkitError("no images found in the given paths")
     out = Path(args.out)
     if len(paths) > 1 and out.suffix.lower() == ".png":
-        raise UserError(f"--out {out} is one PNG file but {len(paths)} images were given: pass a folder")
+        raise VitkitError(f"--out {out} is one PNG file but {len(paths)} images were given: pass a folder")
     # one process for many photos: loading torch, the model and matplotlib is most of a single explanation
-    clf = api.load(args.checkpoint, device=args.device, backend="torch")
+    clf = api.load(args.checkpoint, backend="torch", **inference_options(args))
     for path in paths:
         figure = out if out.suffix.lower() == ".png" else out / f"{Path(path).stem}.png"
         figure.parent.mkdir(parents=True, exist_ok=True)
@@ -341,10 +313,10 @@ def check_writable(out: str, what: str) -> None:
 
     target = Path(out).absolute()
     if target.is_file() and what == "folder":
-        raise UserError(f"{out} is a file: the {what} to write must be a new or existing folder")
+        raise VitkitError(f"{out} is a file: the {what} to write must be a new or existing folder")
     folder = next(p for p in (target if target.is_dir() else target.parent, *target.parents) if p.exists())
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise UserError(f"cannot write {out}: {folder} is read-only; write the {what} somewhere else")
+        raise VitkitError(f"cannot write {out}: {folder} is read-only; write the {what} somewhere else")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -352,7 +324,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     check_writable(args.out, "file" if args.format == "onnx" else "folder")
     if args.quantize and args.format != "onnx":
-        raise UserError("--quantize int8 applies to --format onnx")
+        raise VitkitError("--quantize int8 applies to --format onnx")
     if args.quantize:
         report = api.export_int8(
             args.checkpoint,
@@ -401,32 +373,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .serve.app import serve
     from .serve.limits import ServeLimits
 
-    limits = ServeLimits(
-        max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
-        max_files=args.max_files,
-        max_pixels=int(args.max_megapixels * 1_000_000),
-        max_inflight_bytes=int(args.max_inflight_mb * 1024 * 1024),
-        client_timeout=args.client_timeout,
-        keep_alive=args.keep_alive,
-        max_connections=args.max_connections,
-        decode_threads=args.decode_threads,
-    )
+    limits = ServeLimits.from_flags(vars(args))
     if limits.max_inflight_bytes < limits.max_upload_bytes:
-        raise UserError(
+        raise VitkitError(
             f"--max-inflight-mb {args.max_inflight_mb:g} is below --max-upload-mb {args.max_upload_mb:g}: "
             "a single full-size upload could never be accepted"
         )
-    serve(
-        args.checkpoint,
-        host=args.host,
-        port=args.port,
-        backend=args.backend,
-        device=args.device,
-        precision=args.precision,
-        threads=args.threads,
-        topk=args.topk,
-        limits=limits,
-    )
+    serve(args.checkpoint, host=args.host, port=args.port, topk=args.topk, limits=limits, **inference_options(args))
     return 0
 
 
@@ -479,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", metavar="FILE.yaml", help="options from a YAML file (e.g. a run's args.yaml); flags win")
     p.add_argument("--nproc", type=int, default=0, help="processes on this machine (launches torchrun)")
-    add_dataclass_options(p, TrainConfig, GROUPS)
+    add_dataclass_options(p, TrainConfig, GROUPS, command="train")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
@@ -498,20 +451,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start-lr", type=positive_float, default=1e-7, help="first learning rate (default: 1e-7)")
     p.add_argument("--end-lr", type=positive_float, default=10.0, help="last learning rate (default: 10)")
     p.add_argument("--plot", default="lr_find.png", help="PNG file to write (default: lr_find.png)")
-    add_dataclass_options(p, TrainConfig, GROUPS, exclude=LR_FIND_IGNORES)
+    add_dataclass_options(p, TrainConfig, GROUPS, command="lr-find")
     p.set_defaults(func=cmd_lr_find)
 
     p = sub.add_parser("eval", help="recompute a checkpoint's metrics on a dataset split")
     p.add_argument("checkpoint")
     add_evaluation_arguments(p)
-    p.add_argument(
-        "--precision",
-        default="fp32",
-        choices=["fp32", "bf16", "auto"],
-        help="fp32 (default) reproduces the run's reported metrics, computed in fp32; bf16 (or auto where it picks "
-        "bf16) evaluates under bf16 and reports its top-1 agreement with fp32, recorded in the checkpoint folder "
-        "for --precision auto",
-    )
+    add_inference_arguments(p, "eval", precision="fp32")
     p.add_argument("--json", action="store_true", help="print every metric as JSON")
     p.set_defaults(func=cmd_eval)
 
@@ -526,6 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=at_least(1), default=16, help="mistakes to show (default: 16)")
     p.add_argument("--out", default="top_losses.png", help="PNG file to write (default: top_losses.png)")
     add_evaluation_arguments(p)
+    add_inference_arguments(p, "top-losses")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_top_losses)
 
@@ -537,8 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topk", type=at_least(1), default=5)
     p.add_argument("--format", default="table", choices=["table", "json", "csv"])
     p.add_argument("--batch-size", type=at_least(1), default=32)
-    p.add_argument("--device", default="auto")
-    add_runtime_arguments(p)
+    add_inference_arguments(p, "predict")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser(
@@ -553,40 +499,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="PNG file for one image, else a folder (one IMAGE_NAME.png each)")
     p.add_argument("--method", default="auto", choices=["auto", "rollout", "gradcam", "saliency"])
     p.add_argument("--topk", type=at_least(1), default=5)
-    p.add_argument("--device", default="auto")
+    add_inference_arguments(p, "explain")
     p.set_defaults(func=cmd_explain)
 
     from .eval.agreement import MIN_AGREEMENT
     from .serve.limits import ServeLimits
 
-    d = ServeLimits()
     p = sub.add_parser("serve", help="HTTP API and web page for a checkpoint")
     p.add_argument("checkpoint")
     p.add_argument(
         "--host", default="127.0.0.1", help="interface to bind (default: loopback only; the API has no authentication)"
     )
     p.add_argument("--port", type=at_least(0), default=8000)
-    p.add_argument("--device", default="auto")
-    add_runtime_arguments(p)
+    add_inference_arguments(p, "serve")
     p.add_argument("--topk", type=at_least(1), default=5, help="labels returned per image")
     limits = p.add_argument_group("limits (each protects the server from one abusive or broken client)")
-
-    def limit(flag: str, kind, default, text: str) -> None:
-        limits.add_argument(flag, type=kind, default=default, help=f"{text} (default: %(default)g)")
-
-    limit("--max-upload-mb", positive_float, d.max_upload_bytes / 2**20, "one request's body")
-    limit("--max-files", at_least(1), d.max_files, "images in one request")
-    limit("--max-megapixels", positive_float, d.max_pixels / 1e6, "decoded pixels in one request, all its images")
-    limit(
-        "--max-inflight-mb",
-        positive_float,
-        d.max_inflight_bytes / 2**20,
-        "request bodies received or decoded at once, all clients together; more get 503 and Retry-After",
-    )
-    limit("--client-timeout", positive_float, d.client_timeout, "seconds to send a request's headers, then its body")
-    limit("--keep-alive", at_least(1), d.keep_alive, "seconds an idle connection stays open")
-    limit("--max-connections", at_least(1), d.max_connections, "open connections; more get 503")
-    limit("--decode-threads", at_least(0), d.decode_threads, "image decoding threads (0: one per core)")
+    for f in dataclasses.fields(ServeLimits):
+        low, unit = f.metadata["at_least"], f.metadata["unit"]
+        limits.add_argument(
+            "--" + f.metadata["flag"].replace("_", "-"),
+            type=positive_float if low is None else at_least(low),
+            default=f.default / unit if unit != 1 else f.default,
+            help=f"{f.metadata['help']} (default: %(default)g)",
+        )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("data", help="dataset tools")
@@ -662,7 +597,7 @@ def main(argv: list[str] | None = None) -> int:
     args.started = started
     try:
         return args.func(args)
-    except (UserError, ValueError, FileNotFoundError, FloatingPointError) as e:
+    except VitkitError as e:  # the user's mistake, said in one line; anything else is a bug and keeps its traceback
         print(f"vitkit {args.command}: error: {e}", file=sys.stderr)
         return 2
     except PermissionError as e:  # the file system's refusal, not vitkit's bug: name the file

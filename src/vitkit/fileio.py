@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from .errors import MissingFile, VitkitError
+
 
 def current_umask() -> int:
     """The process umask, read without changing it where Linux allows (os.umask alone must set it)."""
@@ -54,9 +56,9 @@ def read_json(path: str | os.PathLike) -> Any:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path} does not exist") from None
+        raise MissingFile(f"{path} does not exist") from None
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); the file is damaged, restore or delete it") from None
+        raise VitkitError(f"{path} is not valid JSON ({e}); the file is damaged, restore or delete it") from None
 
 
 def replace_dir(tmp: Path, final: Path) -> None:

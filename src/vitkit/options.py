@@ -13,15 +13,43 @@ from typing import Any
 
 import yaml
 
+from .errors import MissingFile, VitkitError
+
 # A configuration is a few dozen options: these caps refuse what no configuration needs (an alias bomb
 # that expands to gigabytes, a megabyte of keys) before it costs memory or time.
 MAX_YAML_BYTES = 1 << 20
 MAX_YAML_NODES = 10_000
 
 
-def option(default: Any = None, help: str = "", *, group: str, choices: tuple | None = None, factory=None):
-    """A dataclass field with its documentation. `choices` are checked by `check_choices`."""
-    metadata = {"help": help, "group": group, "choices": choices}
+COMMANDS = ("train", "lr-find")  # the commands that take training options as flags
+
+
+def option(
+    default: Any = None,
+    help: str = "",
+    *,
+    group: str,
+    choices: tuple | None = None,
+    factory=None,
+    at_least: float | None = None,
+    above: float | None = None,
+    at_most: float | None = None,
+    below: float | None = None,
+    resumable: bool = False,
+    commands: tuple[str, ...] = COMMANDS,
+):
+    """A dataclass field with its documentation and rules: `choices`, bounds (`at_least`/`above` below,
+    `at_most`/`below` above; None values are not checked), whether `--resume` may change it (`resumable`:
+    how the run executes, never what it computes) and the `commands` that take it as a flag (none: a value
+    vitkit records, e.g. a choice it made). `check_options` enforces choices and bounds."""
+    metadata = {
+        "help": help,
+        "group": group,
+        "choices": choices,
+        "bounds": (at_least, above, at_most, below),
+        "resumable": resumable,
+        "commands": commands,
+    }
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -31,12 +59,59 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def check_choices(config) -> None:
-    """Every field with `choices` holds one of them; the error names the flag and the allowed values."""
+def _range_text(at_least, above, at_most, below) -> str:
+    """What the bounds ask, in words: "must be at least 1", "must not be negative", "must be in [0, 1)"."""
+    if at_most is None and below is None:
+        if above is not None:
+            return "must be positive" if above == 0 else f"must be above {above:g}"
+        return "must not be negative" if at_least == 0 else f"must be at least {at_least:g}"
+    if at_least is None and above is None:
+        return f"must be at most {at_most:g}" if below is None else f"must be below {below:g}"
+    low = f"[{at_least:g}" if above is None else f"({above:g}"
+    high = f"{at_most:g}]" if below is None else f"{below:g})"
+    return f"must be in {low}, {high}"
+
+
+def check_options(config) -> None:
+    """Every field holds one of its `choices` and lies within its bounds; the error names the flag and
+    what it allows."""
     for f in dataclasses.fields(config):
-        allowed = f.metadata.get("choices")
-        if allowed and getattr(config, f.name) not in allowed:
-            raise ValueError(f"{flag(f.name)} {getattr(config, f.name)!r}: use one of {', '.join(map(str, allowed))}")
+        value, allowed = getattr(config, f.name), f.metadata.get("choices")
+        if allowed and value not in allowed:
+            raise VitkitError(f"{flag(f.name)} {value!r}: use one of {', '.join(map(str, allowed))}")
+        at_least, above, at_most, below = f.metadata.get("bounds", (None,) * 4)
+        if value is None or (at_least, above, at_most, below) == (None,) * 4:
+            continue
+        if (
+            (at_least is not None and value < at_least)
+            or (above is not None and value <= above)
+            or (at_most is not None and value > at_most)
+            or (below is not None and value >= below)
+        ):
+            raise VitkitError(f"{flag(f.name)} {_range_text(at_least, above, at_most, below)}, got {value}")
+
+
+def names_where(cls, **metadata: Any) -> tuple[str, ...]:
+    """The fields of dataclass `cls` whose metadata has these values (e.g. resumable=True)."""
+    return tuple(f.name for f in dataclasses.fields(cls) if all(f.metadata.get(k) == v for k, v in metadata.items()))
+
+
+def for_command(cls, command: str) -> tuple[str, ...]:
+    """The fields of `cls` that `command` takes as flags."""
+    return tuple(f.name for f in dataclasses.fields(cls) if command in f.metadata.get("commands", COMMANDS))
+
+
+def part_of(cls, options):
+    """The `cls` (a dataclass whose fields `options` also has, e.g. a base class of it) that `options` holds."""
+    return cls(**{f.name: getattr(options, f.name) for f in dataclasses.fields(cls)})
+
+
+def check_known(values: dict[str, Any], cls, source: str) -> None:
+    """Refuse names that are no field of `cls`, naming where they came from and a few valid ones."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise VitkitError(f"{source}: unknown option(s) {name_list(unknown)}; valid: {name_list(sorted(known), 12)}")
 
 
 def _base_type(kind):
@@ -46,7 +121,7 @@ def _base_type(kind):
     return kind
 
 
-class YAMLRefused(ValueError):
+class YAMLRefused(VitkitError):
     """Well-formed YAML that a configuration file may not use."""
 
 
@@ -71,7 +146,7 @@ class _PlainLoader(yaml.SafeLoader):
 
 def _check_size(size: int, source: str) -> None:
     if size > MAX_YAML_BYTES:
-        raise ValueError(f"{source}: {size:,} bytes, over the {MAX_YAML_BYTES:,} a configuration may take")
+        raise VitkitError(f"{source}: {size:,} bytes, over the {MAX_YAML_BYTES:,} a configuration may take")
 
 
 def parse_yaml(text: str, source: str) -> Any:
@@ -81,9 +156,9 @@ def parse_yaml(text: str, source: str) -> Any:
     try:
         return loader.get_single_data()
     except YAMLRefused as e:
-        raise ValueError(f"{source}: {e}") from None
+        raise VitkitError(f"{source}: {e}") from None
     except yaml.YAMLError as e:
-        raise ValueError(f"{source}: not valid YAML ({str(e).splitlines()[0]})") from None
+        raise VitkitError(f"{source}: not valid YAML ({str(e).splitlines()[0]})") from None
     finally:
         loader.dispose()
 
@@ -94,7 +169,7 @@ def read_yaml(path: str | Path, source: str) -> Any:
     try:
         size = path.stat().st_size
     except FileNotFoundError:
-        raise FileNotFoundError(f"{source}: no such file") from None
+        raise MissingFile(f"{source}: no such file") from None
     _check_size(size, source)
     return parse_yaml(path.read_text(), source)
 
@@ -128,11 +203,11 @@ def typed_value(kind, value: Any, name: str) -> Any:
     origin = typing.get_origin(kind)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{name}: expected a list of values, got {_describe(value)}")
+            raise VitkitError(f"{name}: expected a list of values, got {_describe(value)}")
         return tuple(typed_value(args[0], v, name) for v in value)
     if origin is dict:
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-            raise ValueError(f"{name}: expected a mapping of name: value, got {_describe(value)}")
+            raise VitkitError(f"{name}: expected a mapping of name: value, got {_describe(value)}")
         return dict(value)
     if kind is int and isinstance(value, float) and value.is_integer():
         return int(value)
@@ -141,7 +216,7 @@ def typed_value(kind, value: Any, name: str) -> Any:
     if kind in _SCALARS:
         accepts, wanted = _SCALARS[kind]
         if not accepts(value):
-            raise ValueError(f"{name}: expected {wanted}, got {_describe(value)}")
+            raise VitkitError(f"{name}: expected {wanted}, got {_describe(value)}")
         return float(value) if kind is float else value
     return value
 
@@ -170,23 +245,30 @@ def _parse_key_value(text: str) -> tuple[str, Any]:
 
 
 def add_dataclass_options(
-    parser: argparse.ArgumentParser, cls, group_titles: dict[str, str], exclude: tuple[str, ...] = ()
+    parser: argparse.ArgumentParser,
+    cls,
+    group_titles: dict[str, str],
+    command: str | None = None,
+    defaults: dict[str, Any] | None = None,
 ) -> None:
-    """One flag per field (but those in `exclude`), in argument groups, each defaulting to 'not given'
-    (argparse.SUPPRESS) so that the caller's own precedence rules fill the rest. The help shows the
-    declared default."""
+    """One flag per field (per field that `command` takes, when given), in argument groups. Without
+    `defaults` each flag defaults to 'not given' (argparse.SUPPRESS), so that the caller's own precedence
+    rules fill the rest; with them, to the declared default or the one `defaults` gives for this command.
+    The help shows the default."""
     hints = typing.get_type_hints(cls)
     groups = {name: parser.add_argument_group(name, title) for name, title in group_titles.items()}
     order = list(group_titles)
-    fields = [f for f in dataclasses.fields(cls) if f.name not in exclude]
+    names = for_command(cls, command) if command else [f.name for f in dataclasses.fields(cls)]
+    fields = [f for f in dataclasses.fields(cls) if f.name in names]
     for f in sorted(fields, key=lambda f: order.index(f.metadata["group"])):
         group = groups[f.metadata["group"]]
         kind = _base_type(hints[f.name])
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        default = (defaults or {}).get(f.name, default)
         help_text = f.metadata["help"]
         if default not in (None, "", (), {}, 0, False):
             help_text += f" (default: {default})"
-        common = dict(default=argparse.SUPPRESS, help=help_text)
+        common = dict(default=argparse.SUPPRESS if defaults is None else default, help=help_text.replace("%", "%%"))
         if typing.get_origin(kind) is dict:
             name = f.name.removesuffix("s")
             group.add_argument(
@@ -202,19 +284,18 @@ def add_dataclass_options(
             group.add_argument(flag(f.name), type=kind, metavar=f.name.split("_")[-1].upper(), **common)
 
 
-def read_yaml_options(path: str | Path, cls) -> dict[str, Any]:
-    """Options from a YAML file (e.g. a run's args.yaml): a mapping of field names (dashes allowed)."""
-    values = read_yaml(path, f"--config {path}")
+def read_yaml_options(path: str | Path, cls, source: str | None = None) -> dict[str, Any]:
+    """Options from a YAML file (e.g. a run's args.yaml): a mapping of field names (dashes allowed). Errors
+    name `source` (default: --config PATH)."""
+    source = source or f"--config {path}"
+    values = read_yaml(path, source)
     if values is None:
         return {}
     if not isinstance(values, dict):
-        raise ValueError(f"--config {path}: expected a mapping of option: value, got {type(values).__name__}")
+        raise VitkitError(f"{source}: expected a mapping of option: value, got {type(values).__name__}")
     values = {str(k).replace("-", "_"): v for k, v in values.items()}
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"--config {path}: unknown option(s) {name_list(unknown)}")
+    check_known(values, cls, source)
     try:
         return typed_values(values, cls, lambda name: name)
-    except ValueError as e:
-        raise ValueError(f"--config {path}: {e}") from None
+    except VitkitError as e:
+        raise VitkitError(f"{source}: {e}") from None

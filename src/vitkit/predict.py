@@ -15,6 +15,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .data.images import BadImageError, is_image_file
+from .errors import MissingFile, VitkitError
 
 
 def walk_files(root: Path) -> Iterator[Path]:
@@ -71,7 +72,7 @@ def expand_paths(patterns: Iterable[str]) -> list[Path]:
         else:
             matches = glob_files(pattern)
             if not matches:
-                raise FileNotFoundError(f"{pattern}: no such file, folder or matching glob")
+                raise MissingFile(f"{pattern}: no such file, folder or matching glob")
             found += matches
     return found
 
@@ -114,7 +115,7 @@ def predict_images(
     "predictions" [{"label", "score"}, ...] best first (see `classifier_predictions`), or with "error" when
     decode raises BadImageError, so one unreadable image never stops the batch."""
     if topk < 1 or batch_size < 1:
-        raise ValueError(f"topk={topk}, batch_size={batch_size}: both must be at least 1")
+        raise VitkitError(f"topk={topk}, batch_size={batch_size}: both must be at least 1")
     results: list[dict] = []
     bar = tqdm(total=len(images), unit="img", disable=not progress or len(images) < 2 * batch_size, leave=False)
     for start in range(0, len(images), batch_size):
@@ -147,22 +148,22 @@ def predict_paths(
 def image_from_pixels(pixels: np.ndarray, name: str) -> Image.Image:
     """HxW grey or HxWxC (C = 1, 3 or 4) uint8 pixels as a Pillow image."""
     if pixels.dtype != np.uint8:
-        raise ValueError(f"{name}: pixels of dtype {pixels.dtype}; pass uint8 pixels (0-255), as images are stored")
+        raise VitkitError(f"{name}: pixels of dtype {pixels.dtype}; pass uint8 pixels (0-255), as images are stored")
     if pixels.ndim == 3 and pixels.shape[2] == 1:
         pixels = pixels[:, :, 0]
     if pixels.ndim == 2:
         return Image.fromarray(np.ascontiguousarray(pixels), "L")
     if pixels.ndim == 3 and pixels.shape[2] in (3, 4):
         return Image.fromarray(np.ascontiguousarray(pixels), "RGB" if pixels.shape[2] == 3 else "RGBA")
-    raise ValueError(f"{name}: an array of shape {pixels.shape}; pass HxWx3 (RGB), HxWx4 (RGBA) or HxW (grey) pixels")
+    raise VitkitError(f"{name}: an array of shape {pixels.shape}; pass HxWx3 (RGB), HxWx4 (RGBA) or HxW (grey) pixels")
 
 
 def image_from_tensor(tensor: torch.Tensor, name: str) -> Image.Image:
     """A CxHxW (C = 1, 3 or 4) uint8 tensor as a Pillow image."""
     if tensor.dtype != torch.uint8:
-        raise ValueError(f"{name}: a tensor of dtype {tensor.dtype}; pass uint8 pixels (0-255)")
+        raise VitkitError(f"{name}: a tensor of dtype {tensor.dtype}; pass uint8 pixels (0-255)")
     if tensor.ndim != 3 or tensor.shape[0] not in (1, 3, 4):
-        raise ValueError(
+        raise VitkitError(
             f"{name}: a tensor of shape {tuple(tensor.shape)}; pass CxHxW or NxCxHxW pixels with C = 1, 3 or 4"
         )
     return image_from_pixels(tensor.detach().cpu().permute(1, 2, 0).numpy(), name)

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 
 import torch
+
+from .errors import VitkitError
+from .options import check_options, option
 
 
 def resolve_device(name: str) -> torch.device:
@@ -14,9 +18,9 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"--device {name!r}: use auto, cpu, cuda or cuda:N") from None
+        raise VitkitError(f"--device {name!r}: use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: no CUDA device is available; use --device cpu")
+        raise VitkitError(f"--device {name}: no CUDA device is available; use --device cpu")
     return device
 
 
@@ -44,13 +48,47 @@ def use_bf16(amp: str, device: torch.device) -> bool:
 
 
 PRECISIONS = ("auto", "fp32", "bf16")
+BACKENDS = ("auto", "torch", "onnxruntime")
+# The least top-1 agreement with fp32 at which a reduced precision is trusted (see eval/agreement.py)
+MIN_AGREEMENT = 0.995
+_MODEL_USERS = ("predict", "serve", "eval", "top-losses", "explain")
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    """Where and how a trained model runs, declared once for `vitkit.load` and the commands that load a
+    checkpoint (`commands`: which of them take each flag); `validate` is the one check of them all."""
+
+    device: str = option("auto", "auto, cpu, cuda or cuda:N", group="inference", commands=_MODEL_USERS)
+    backend: str = option(
+        "auto",
+        "auto: PyTorch for bf16; for fp32 on a CPU, ONNX Runtime when installed (exact), else PyTorch",
+        group="inference",
+        choices=BACKENDS,
+        commands=("predict", "serve"),
+    )
+    precision: str = option(
+        "auto",
+        "auto: bf16 where the hardware runs it natively (AMX, AVX512-BF16, CUDA) unless the checkpoint's "
+        f"recorded bf16 agreement with fp32 is below {MIN_AGREEMENT:.1%}, else fp32; an .onnx file runs as "
+        "exported. vitkit eval (default fp32, which reproduces the run's metrics) reports bf16's top-1 "
+        "agreement with fp32 and records it in the checkpoint folder for auto",
+        group="inference",
+        choices=PRECISIONS,
+        commands=("predict", "serve", "eval"),
+    )
+    threads: int = option(
+        0, "CPU threads for the model (0: every core)", group="inference", at_least=0, commands=("predict", "serve")
+    )
+
+    def validate(self) -> "InferenceOptions":
+        check_options(self)
+        return self
 
 
 def choose_precision(requested: str, device: torch.device) -> tuple[str, str]:
     """(precision, why) for inference: 'auto' takes bf16 where the hardware runs it natively (a CUDA GPU
     with bf16, a CPU with AMX or AVX512-BF16) and fp32 elsewhere; fp32 and bf16 are taken as asked."""
-    if requested not in PRECISIONS:
-        raise ValueError(f"--precision {requested!r}: use one of {', '.join(PRECISIONS)}")
     if requested != "auto":
         return requested, f"{requested} as asked"
     if device.type == "cuda":
@@ -92,7 +130,7 @@ def available_cores() -> int:
 def setup_threads(threads: int) -> None:
     """torch CPU threads; 0 means every available core."""
     if threads < 0:
-        raise ValueError(f"--threads must be 0 (every core) or a positive count, got {threads}")
+        raise VitkitError(f"--threads must be 0 (every core) or a positive count, got {threads}")
     torch.set_num_threads(threads or available_cores())
 
 

@@ -10,12 +10,13 @@ only from the generator passed in, so a seeded run is reproducible and resumable
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from functools import partial
 
 import torch
 import torch.nn.functional as F
 
+from ..errors import VitkitError
 from ..options import option
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -33,19 +34,14 @@ class AugmentSpec:
     configuration extends this class, so these fields (and their flags) are declared only here."""
 
     hflip: bool = _aug(False, "random horizontal flips")
-    rotation: float = _aug(0.0, "max rotation as a fraction of a full turn (Keras RandomRotation factor)")
-    zoom: float = _aug(0.0, "max zoom in/out per axis as a fraction (Keras RandomZoom factor)")
-    crop_padding: int = _aug(0, "random crop after zero-padding the stored image by this many pixels")
-    rrc_scale: float = _aug(0.0, "RandomResizedCrop minimum area fraction, e.g. 0.35 (0: off)")
+    rotation: float = _aug(0.0, "max rotation as a fraction of a full turn (Keras RandomRotation factor)", at_least=0)
+    zoom: float = _aug(0.0, "max zoom in/out per axis as a fraction (Keras RandomZoom factor)", at_least=0)
+    crop_padding: int = _aug(0, "random crop after zero-padding the stored image by this many pixels", at_least=0)
+    rrc_scale: float = _aug(0.0, "RandomResizedCrop minimum area fraction, e.g. 0.35 (0: off)", at_least=0, at_most=1)
     auto_augment: str = _aug("none", "automatic augmentation policy", choices=("none", "rand", "trivial"))
-    ra_num_ops: int = _aug(2, "RandAugment: operations per image")
-    ra_magnitude: int = _aug(9, "RandAugment: magnitude out of 30")
-    random_erasing: float = _aug(0.0, "probability of erasing a random box per image")
-
-    @classmethod
-    def from_options(cls, options) -> "AugmentSpec":
-        """The spec held by any object with these fields (a training configuration)."""
-        return cls(**{f.name: getattr(options, f.name) for f in fields(cls)})
+    ra_num_ops: int = _aug(2, "RandAugment: operations per image", at_least=0)
+    ra_magnitude: int = _aug(9, "RandAugment: magnitude out of 30", at_least=0, at_most=30)
+    random_erasing: float = _aug(0.0, "probability of erasing a random box per image", at_least=0, at_most=1)
 
 
 def to_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
@@ -79,7 +75,7 @@ class BatchAugment:
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
         if self.mean.shape[1] not in (1, channels):
-            raise ValueError(f"normalisation has {self.mean.shape[1]} channels but the model takes {channels}")
+            raise VitkitError(f"normalisation has {self.mean.shape[1]} channels but the model takes {channels}")
         if self.spec.auto_augment not in ("none", "rand", "trivial"):
             raise ValueError(f"auto_augment={self.spec.auto_augment!r}: use none, rand or trivial")
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import MissingFile, VitkitError
 from ..fileio import atomic_path
 from .splits import Dataset, Split, stratified_split
 
@@ -131,14 +132,14 @@ def download(remote: RemoteFile, folder: Path, timeout: float = 30.0) -> Path:
                     bar.update(len(chunk))
             got = md5sum(tmp)
             if got != remote.md5:
-                raise ValueError(
+                raise VitkitError(
                     f"{url} downloaded with MD5 {got}, expected {remote.md5}: the file is corrupt or "
                     f"was changed; delete {target} and try again"
                 )
     except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
         if isinstance(e, ValueError):
             raise
-        raise FileNotFoundError(
+        raise MissingFile(
             f"cannot download {url} ({getattr(e, 'reason', e)}). Offline? Put {remote.name} "
             f"in {folder} (or set --data-dir / VITKIT_DATA to a folder that has it)"
         ) from None
@@ -151,12 +152,12 @@ def read_idx(path: Path) -> np.ndarray:
     with opener(path, "rb") as f:
         data = f.read()
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise ValueError(f"{path} is not an IDX file of unsigned bytes")
+        raise VitkitError(f"{path} is not an IDX file of unsigned bytes")
     ndim = data[3]
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     array = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if array.size != int(np.prod(shape)):
-        raise ValueError(f"{path} is truncated: header says {shape}, found {array.size} values")
+        raise VitkitError(f"{path} is truncated: header says {shape}, found {array.size} values")
     return array.reshape(shape)
 
 
@@ -207,7 +208,7 @@ def read_cifar_batch(path: Path) -> dict:
         try:
             return _NumpyOnlyUnpickler(f, encoding="bytes").load()
         except (pickle.UnpicklingError, EOFError, ValueError) as e:
-            raise ValueError(f"{path} is not a valid CIFAR batch ({e}); delete it and download again") from None
+            raise VitkitError(f"{path} is not a valid CIFAR batch ({e}); delete it and download again") from None
 
 
 def _key(batch: dict, name: str):
@@ -221,7 +222,7 @@ def load_cifar(name: str, root: Path) -> Dataset:
     if not batches.is_dir():
         archive = find_local(name, remote.name, folder)
         if archive is not None and md5sum(archive) != remote.md5:
-            raise ValueError(f"{archive} has MD5 {md5sum(archive)}, expected {remote.md5}: delete it and retry")
+            raise VitkitError(f"{archive} has MD5 {md5sum(archive)}, expected {remote.md5}: delete it and retry")
         archive = archive or download(remote, folder)
         with tarfile.open(archive) as tar:
             tar.extractall(folder, filter="data")
@@ -266,4 +267,4 @@ def load_builtin(name: str, data_dir: str | os.PathLike | None = None, seed: int
         return load_mnist_style(name, root)
     if name in CIFAR:
         return load_cifar(name, root)
-    raise ValueError(f"unknown dataset {name!r}: use one of {', '.join(BUILTIN)} or a folder path")
+    raise VitkitError(f"unknown dataset {name!r}: use one of {', '.join(BUILTIN)} or a folder path")

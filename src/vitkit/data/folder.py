@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from ..errors import MissingFile, VitkitError
 from ..fileio import atomic_path
 from ..runtime import available_cores
 from .builtin import data_root
@@ -47,21 +48,21 @@ def memory_limit_bytes(limit_gb: float | None = None) -> int:
         try:
             limit_gb = float(text) if text else DEFAULT_MEMORY_LIMIT_GB
         except ValueError:
-            raise ValueError(f"{MEMORY_LIMIT_ENV}={text!r}: expected a number of GiB, e.g. 4 or 0.5") from None
+            raise VitkitError(f"{MEMORY_LIMIT_ENV}={text!r}: expected a number of GiB, e.g. 4 or 0.5") from None
     if limit_gb < 0:
-        raise ValueError(f"the in-memory limit must not be negative, got {limit_gb} GiB")
+        raise VitkitError(f"the in-memory limit must not be negative, got {limit_gb} GiB")
     return int(limit_gb * (1 << 30))
 
 
 def _class_files(folder: Path) -> dict[str, list[Path]]:
     classes = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
-        raise ValueError(f"{folder} has no class sub-folders: expected {folder}/<class>/<image files>")
+        raise VitkitError(f"{folder} has no class sub-folders: expected {folder}/<class>/<image files>")
     files = {}
     for d in classes:
         images = sorted(p for p in d.rglob("*") if p.is_file() and is_image_file(p))
         if not images:
-            raise ValueError(f"class folder {d} has no images (.jpg, .png, .webp, .bmp, ...): add images or remove it")
+            raise VitkitError(f"class folder {d} has no images (.jpg, .png, .webp, .bmp, ...): add images or remove it")
         files[d.name] = images
     return files
 
@@ -70,9 +71,9 @@ def scan_folder(root: str | os.PathLike) -> dict[str, dict[str, list[Path]]]:
     """{split: {class: [files]}}; a folder without split sub-folders is all 'train'."""
     root = Path(root)
     if not root.exists():
-        raise FileNotFoundError(f"data folder {root} does not exist")
+        raise MissingFile(f"data folder {root} does not exist")
     if not root.is_dir():
-        raise ValueError(f"--data {root} is not a folder or a built-in dataset name")
+        raise VitkitError(f"--data {root} is not a folder or a built-in dataset name")
     subdirs = {d.name.lower(): d for d in root.iterdir() if d.is_dir()}
     if "train" in subdirs or "training" in subdirs:
         splits = {SPLIT_ALIASES[name]: _class_files(d) for name, d in subdirs.items() if name in SPLIT_ALIASES}
@@ -81,7 +82,7 @@ def scan_folder(root: str | os.PathLike) -> dict[str, dict[str, list[Path]]]:
             if sorted(files) != train_classes:
                 missing = sorted(set(train_classes) - set(files))
                 extra = sorted(set(files) - set(train_classes))
-                raise ValueError(
+                raise VitkitError(
                     f"classes differ between {root}/train and the {split} split (missing: {missing}, "
                     f"extra: {extra}): every split needs the same class folders"
                 )
@@ -220,7 +221,7 @@ def load_listed(
 
     def dataset(parts) -> Dataset:
         if len(parts["train"]) == 0:
-            raise ValueError(f"no readable training images in {name}")
+            raise VitkitError(f"no readable training images in {name}")
         return Dataset(name, parts["train"], parts.get("test"), class_names, parts.get("val"), multi_label)
 
     def cache_path(suffix: str) -> Path:

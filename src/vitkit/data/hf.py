@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import VitkitError
 from ..runtime import available_cores
 from .builtin import data_root
 from .folder import SPLIT_ALIASES, memory_limit_bytes
@@ -48,7 +49,7 @@ def require_datasets(data: str):
     try:
         import datasets
     except ImportError:  # a ValueError: the command line reports it as one line
-        raise ValueError(
+        raise VitkitError(
             f"{data} is a Hugging Face dataset: install the datasets extra (pip install 'vitkit[datasets]')"
         ) from None
     return datasets
@@ -76,7 +77,7 @@ def _check_parquet_files(data: str, files: dict[str, list[str]]) -> None:
         try:
             pyarrow.parquet.read_metadata(shard)
         except (pyarrow.ArrowException, OSError) as e:
-            raise ValueError(
+            raise VitkitError(
                 f"--data {data}: {shard} is not a readable parquet file ({str(e).splitlines()[0]}); it is "
                 "truncated or damaged: copy it again, or pack the images again with `vitkit data pack`"
             ) from None
@@ -104,7 +105,7 @@ def _open(data: str, data_dir) -> dict[str, Any]:
             if data.startswith(HUB_PREFIX) and os.environ.get("HF_DATASETS_OFFLINE")
             else ""
         )
-        raise ValueError(f"--data {data}: cannot load the dataset{offline}: {first}") from None
+        raise VitkitError(f"--data {data}: cannot load the dataset{offline}: {first}") from None
     if isinstance(loaded, datasets.Dataset):
         return {"train": loaded}
     parts = {}
@@ -113,21 +114,21 @@ def _open(data: str, data_dir) -> dict[str, Any]:
         if alias and alias not in parts:
             parts[alias] = table
     if "train" not in parts:
-        raise ValueError(f"--data {data} has splits {', '.join(loaded)} but none is a train split")
+        raise VitkitError(f"--data {data} has splits {', '.join(loaded)} but none is a train split")
     return parts
 
 
 def _pick(features, wanted: str | None, kind: str, is_kind, names: tuple[str, ...], flag: str, data: str) -> str:
     if wanted:
         if wanted not in features:
-            raise ValueError(f"{flag} {wanted}: --data {data} has columns {', '.join(features)}")
+            raise VitkitError(f"{flag} {wanted}: --data {data} has columns {', '.join(features)}")
         return wanted
     typed = [c for c, f in features.items() if is_kind(f)]
     named = [c for c in names if c in features]
     for candidates in ([c for c in named if c in typed], typed if len(typed) == 1 else [], named):
         if candidates:
             return candidates[0]
-    raise ValueError(f"--data {data}: cannot tell which column holds the {kind} ({', '.join(features)}): pass {flag}")
+    raise VitkitError(f"--data {data}: cannot tell which column holds the {kind} ({', '.join(features)}): pass {flag}")
 
 
 def _check_labels(data: str, split: str, column: str, labels: torch.Tensor, class_names: list[str]) -> None:
@@ -136,7 +137,7 @@ def _check_labels(data: str, split: str, column: str, labels: torch.Tensor, clas
     bad = ((labels < 0) | (labels >= len(class_names))).nonzero().flatten()
     if len(bad):
         row = int(bad[0])
-        raise ValueError(
+        raise VitkitError(
             f"--data {data}: the {split} split's {column!r} column holds {int(labels[row])} at row {row} "
             f"({len(bad)} row(s) in all), outside its ClassLabel's {len(class_names)} classes (0 to "
             f"{len(class_names) - 1}; -1 means unlabelled): fix the labels or leave those rows out"
@@ -237,7 +238,7 @@ def load_hf(
     splits = {}
     for split, table in parts.items():
         if image_column not in table.features or label_column not in table.features:
-            raise ValueError(f"--data {data}: the {split} split lacks the {image_column!r} or {label_column!r} column")
+            raise VitkitError(f"--data {data}: the {split} split lacks the {image_column!r} or {label_column!r} column")
         table = table.select_columns([image_column, label_column])
         if isinstance(table.features[image_column], datasets.Image):
             table = table.cast_column(image_column, datasets.Image(decode=False))

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..errors import VitkitError
+
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 # Pillow's own default is about 89M pixels; photos for classification never come near this, so a
 # larger image is far more likely a decompression bomb than data.
@@ -23,7 +25,7 @@ DRAFT_ABOVE_PIXELS = 16_000_000
 SKIP_BAD_HINT = "Fix or remove the file, or pass --skip-bad-images"
 
 
-class BadImageError(ValueError):
+class BadImageError(VitkitError):
     """An image file that cannot be decoded (named in the message). `kind` is "unidentified" (not an
     image at all), "corrupt" (truncated or damaged), "bomb" (too many pixels) or "shape" (too thin, or
     too large once resized)."""

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from ..errors import VitkitError
 from ..runtime import available_cores
 from .folder import scan_folder
 from .hf import require_datasets
@@ -62,16 +63,16 @@ def pack_folder(
     skip_bad: bool = False,
 ) -> PackReport:
     if size is not None and size < 1:
-        raise ValueError(f"--size {size}: the shorter side must be at least 1 pixel")
+        raise VitkitError(f"--size {size}: the shorter side must be at least 1 pixel")
     if not 1 <= quality <= 100:
-        raise ValueError(f"--quality {quality}: JPEG quality runs from 1 to 100")
+        raise VitkitError(f"--quality {quality}: JPEG quality runs from 1 to 100")
     if not shard_mb > 0:
-        raise ValueError(f"--shard-mb {shard_mb}: shards need a positive size")
+        raise VitkitError(f"--shard-mb {shard_mb}: shards need a positive size")
     datasets = require_datasets(str(out))
     datasets.disable_progress_bars()
     out = Path(out)
     if out.exists() and any(out.iterdir()):
-        raise ValueError(f"{out} exists and is not empty: pack into a new folder")
+        raise VitkitError(f"{out} exists and is not empty: pack into a new folder")
     splits = scan_folder(folder)
     classes = sorted(splits["train"])
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=classes)})
@@ -83,7 +84,7 @@ def pack_folder(
             return {"bytes": encode(path, size, quality), "path": path.name}, label
         except (BadImageError, OSError) as e:
             if not skip_bad:
-                raise ValueError(f"{e}. {SKIP_BAD_HINT}") from None
+                raise VitkitError(f"{e}. {SKIP_BAD_HINT}") from None
             skipped.append(str(e))
             return None
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import os
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
 
+from ..options import option
 from .augment import IMAGENET_MEAN, IMAGENET_STD, to_channels
 from .builtin import BUILTIN, load_builtin
 from .folder import load_folder, typical_image_side
@@ -53,39 +55,78 @@ def typical_side(data: str) -> int | None:
     return typical_image_side(data)
 
 
-def prepare_data(
-    data: str,
-    *,
-    preprocessing: Preprocessing,
-    seed: int,
-    val_split: float,
-    train_limit: int = 0,
-    test_limit: int = 0,
-    skip_bad: bool = False,
-    data_dir: str | os.PathLike | None = None,
-    memory_limit_gb: float | None = None,
-    image_column: str | None = None,
-    label_column: str | None = None,
-    labels: str | None = None,
-    label_separator: str | None = None,
-    multi_label: bool | None = None,
-) -> tuple[Dataset, list[str]]:
+_data = partial(option, group="data")
+
+
+@dataclass
+class DataOptions:
+    """Which images a run trains, validates and tests on: the options `prepare_data` takes, declared only
+    here (the training configuration extends this class; evaluation reads them from a checkpoint)."""
+
+    data: str = _data(
+        "digits",
+        f"built-in dataset ({', '.join(BUILTIN)}), an image folder, a folder of parquet shards or of "
+        "save_to_disk, or hf:NAME[:CONFIG] (a Hugging Face hub dataset)",
+    )
+    data_dir: str | None = _data(None, "download cache (default: $VITKIT_DATA, else ~/.cache/vitkit)")
+    val_split: float = _data(
+        0.1, "fraction of train held out for validation when the data has no val split", above=0, below=1
+    )
+    labels: str | None = _data(
+        None,
+        "a table (.csv, .tsv, .jsonl, .parquet) of the images under --data (a folder) and their label or labels, "
+        "one row per image; a split column (train/val/test) assigns rows to splits",
+    )
+    image_column: str | None = _data(
+        None,
+        "the image column: of Hugging Face data (default: the one Image feature), or of --labels (paths relative "
+        "to --data, with or without extension; default: a column named image, path, file, id, ...)",
+    )
+    label_column: str | None = _data(
+        None,
+        "the label column: of Hugging Face data (default: the ClassLabel feature), or of --labels: one column "
+        "(a class, a list such as ['a', 'b'], or names joined by --label-separator) or comma-separated 0/1 "
+        "columns (default: the table's 0/1 columns, else a column named label(s), tags, genre, ...)",
+    )
+    label_separator: str | None = _data(None, "--labels: the separator of several labels in one cell, e.g. '|'")
+    multi_label: bool | None = _data(
+        None,
+        "any number of labels per image: sigmoid outputs, thresholds per label, mAP (default: when --labels has "
+        "rows with several labels, or 0/1 label columns)",
+    )
+    skip_bad_images: bool = _data(False, "skip unreadable images (listed in skipped_images.txt) instead of failing")
+    train_limit: int = _data(0, "use only this many training images, stratified (0: all)", at_least=0)
+    test_limit: int = _data(0, "use only this many test images, stratified (0: all)", at_least=0)
+    memory_limit_gb: float | None = _data(
+        None,
+        "decode a folder into memory up to this many GiB, stream larger ones from disk "
+        "(default: $VITKIT_MEMORY_LIMIT_GB, else 4; 0: always stream)",
+        at_least=0,
+        resumable=True,
+    )
+    seed: int = option(0, "seed of weights, data order, splits and augmentation", group="run")
+
+
+def prepare_data(options: DataOptions, preprocessing: Preprocessing) -> tuple[Dataset, list[str]]:
     """Load a built-in dataset, a Hugging Face dataset (`hf:NAME`, a save_to_disk or parquet folder)
     or an image folder (decoded with `preprocessing`, streamed from disk when larger than
     `memory_limit_gb`; labelled by its class sub-folders, or by the table `labels`: see data/table.py),
     apply the limits and hold a stratified validation split out of train when the
     data has none. Returns the dataset and the skipped bad images."""
-    if labels:
+    o = options
+    data, data_dir, seed, memory_limit_gb = o.data, o.data_dir, o.seed, o.memory_limit_gb
+    image_column, label_column, skip_bad = o.image_column, o.label_column, o.skip_bad_images
+    if o.labels:
         from .table import load_table
 
         dataset, bad = load_table(
             data,
-            labels,
+            o.labels,
             preprocessing,
             image_column=image_column,
             label_column=label_column,
-            label_separator=label_separator,
-            multi_label=multi_label,
+            label_separator=o.label_separator,
+            multi_label=o.multi_label,
             skip_bad=skip_bad,
             data_dir=data_dir,
             memory_limit_gb=memory_limit_gb,
@@ -100,11 +141,11 @@ def prepare_data(
         dataset, bad = load_folder(
             data, preprocessing, skip_bad=skip_bad, data_dir=data_dir, memory_limit_gb=memory_limit_gb
         )
-    dataset.train = limit_split(dataset.train, train_limit, seed)
+    dataset.train = limit_split(dataset.train, o.train_limit, seed)
     if dataset.test is not None:
-        dataset.test = limit_split(dataset.test, test_limit, seed)
+        dataset.test = limit_split(dataset.test, o.test_limit, seed)
     if dataset.val is None:
-        keep, held = stratified_split(dataset.train.labels, val_split, seed)
+        keep, held = stratified_split(dataset.train.labels, o.val_split, seed)
         dataset.train, dataset.val = dataset.train.subset(keep), dataset.train.subset(held)
         dataset.val_held_out = True
     return dataset, bad

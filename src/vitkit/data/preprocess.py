@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..errors import VitkitError
 from .images import BadImageError, decoded_image, open_image
 
 MODES = ("crop", "stretch")
@@ -66,15 +67,15 @@ class Preprocessing:
 
     def __post_init__(self):
         if self.mode not in MODES:
-            raise ValueError(f"--resize-mode {self.mode!r}: use crop or stretch")
+            raise VitkitError(f"--resize-mode {self.mode!r}: use crop or stretch")
         if self.resample not in RESAMPLE:
-            raise ValueError(f"--resample {self.resample!r}: use one of {', '.join(RESAMPLE)}")
+            raise VitkitError(f"--resample {self.resample!r}: use one of {', '.join(RESAMPLE)}")
         if not 0.0 < self.crop_pct <= 1.0:
-            raise ValueError(f"--crop-pct {self.crop_pct}: use a fraction in (0, 1], e.g. 0.875")
+            raise VitkitError(f"--crop-pct {self.crop_pct}: use a fraction in (0, 1], e.g. 0.875")
         for name in ("image_size", "decode_size"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"preprocessing {name} must be a positive integer, got {value!r}")
+                raise VitkitError(f"preprocessing {name} must be a positive integer, got {value!r}")
         object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
         object.__setattr__(self, "std", tuple(float(s) for s in self.std))
         if self.decode_size == self.image_size:
@@ -175,7 +176,7 @@ class Preprocessing:
         decoded with vitkit's original crop pipeline (shorter side, centre crop, bicubic) at stored_size."""
         size = data.get("image_size") or image_size
         if not size:
-            raise ValueError("the checkpoint's preprocessing has no image_size")
+            raise VitkitError("the checkpoint's preprocessing has no image_size")
         n = data.get("channels") or channels or 3
         common = dict(
             image_size=int(size),

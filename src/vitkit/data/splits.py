@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import VitkitError
 from .images import SKIP_BAD_HINT, BadImageError
 from .preprocess import Preprocessing
 
@@ -117,7 +118,7 @@ def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[
     """Indices (keep, held_out): `fraction` of every class held out, chosen by a seeded shuffle
     (multi-label: of every image's rarest label, see `rarest_label`)."""
     if not 0.0 < fraction < 1.0:
-        raise ValueError(f"--val-split must be between 0 and 1 (exclusive), got {fraction}")
+        raise VitkitError(f"--val-split must be between 0 and 1 (exclusive), got {fraction}")
     if labels.ndim == 2:
         labels = rarest_label(labels)
     gen = torch.Generator().manual_seed(seed)

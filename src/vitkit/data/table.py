@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..errors import MissingFile, VitkitError
 from .folder import SPLIT_ALIASES, _fingerprint, load_listed
 from .images import is_image_file
 from .preprocess import Preprocessing
@@ -41,7 +42,7 @@ SPLIT_COLUMN = "split"
 BINARY_VALUES = {"0": 0, "1": 1, "0.0": 0, "1.0": 1, "false": 0, "true": 1}
 
 
-class BadRowError(ValueError):
+class BadRowError(VitkitError):
     """A row of a label table that cannot be used: its image is missing, or it has no label."""
 
 
@@ -49,18 +50,18 @@ def read_table(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
     """(column names, rows) of a CSV/TSV (values as text), JSON lines or parquet table (values as stored)."""
     kind = TABLE_FORMATS.get(path.suffix.lower())
     if kind is None:
-        raise ValueError(f"--labels {path}: not a table vitkit reads; use .csv, .tsv, .jsonl or .parquet")
+        raise VitkitError(f"--labels {path}: not a table vitkit reads; use .csv, .tsv, .jsonl or .parquet")
     if not path.is_file():
-        raise FileNotFoundError(f"--labels {path}: no such file")
+        raise MissingFile(f"--labels {path}: no such file")
     if kind == "parquet":
         try:
             import pyarrow.parquet as pq
         except ImportError:
-            raise ValueError(f"--labels {path}: reading parquet needs pyarrow (pip install pyarrow)") from None
+            raise VitkitError(f"--labels {path}: reading parquet needs pyarrow (pip install pyarrow)") from None
         try:
             table = pq.read_table(path)
         except Exception as e:  # pyarrow raises its own error types for damaged files
-            raise ValueError(f"--labels {path}: not a readable parquet file ({str(e).splitlines()[0]})") from None
+            raise VitkitError(f"--labels {path}: not a readable parquet file ({str(e).splitlines()[0]})") from None
         return list(table.column_names), table.to_pylist()
     text = path.read_text(encoding="utf-8-sig")
     if kind == "jsonl":
@@ -71,11 +72,11 @@ def read_table(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(
+                raise VitkitError(
                     f"--labels {path} line {number}: not JSON ({e.msg}); one JSON object per line"
                 ) from None
             if not isinstance(row, dict):
-                raise ValueError(f"--labels {path} line {number}: a JSON {type(row).__name__}, expected an object")
+                raise VitkitError(f"--labels {path} line {number}: a JSON {type(row).__name__}, expected an object")
             rows.append(row)
         columns = list(dict.fromkeys(key for row in rows for key in row))
         return columns, rows
@@ -104,7 +105,7 @@ def _binary(value: Any) -> int | None:
 def _find_column(columns: list[str], wanted: str | None, names: tuple[str, ...], flag: str, table: Path) -> str | None:
     if wanted:
         if wanted not in columns:
-            raise ValueError(f"{flag} {wanted}: --labels {table} has columns {', '.join(columns)}")
+            raise VitkitError(f"{flag} {wanted}: --labels {table} has columns {', '.join(columns)}")
         return wanted
     lowered = {c.lower(): c for c in columns}
     return next((lowered[n] for n in names if n in lowered), None)
@@ -148,9 +149,9 @@ def _parse_label_cell(value: Any, separator: str | None) -> list[str]:
         try:
             parsed = ast.literal_eval(text)  # literals only: a table can never run code
         except (ValueError, SyntaxError):
-            raise ValueError(f"{text!r} looks like a list but is not a valid one") from None
+            raise VitkitError(f"{text!r} looks like a list but is not a valid one") from None
         if not isinstance(parsed, (list, tuple)) or any(isinstance(v, (list, tuple, dict, set)) for v in parsed):
-            raise ValueError(f"{text!r} is not a flat list of labels")
+            raise VitkitError(f"{text!r} is not a flat list of labels")
         return [str(v).strip() for v in parsed if not _missing(v)]
     if separator:
         return [part.strip() for part in text.split(separator) if part.strip()]
@@ -168,7 +169,7 @@ def _label_columns(columns, rows, image_column, label_column, table) -> tuple[st
         parts = [part.strip() for part in label_column.split(",")]
         unknown = [p for p in parts if p not in columns]
         if len(parts) < 2 or unknown:
-            raise ValueError(f"--label-column {label_column}: --labels {table} has columns {', '.join(columns)}")
+            raise VitkitError(f"--label-column {label_column}: --labels {table} has columns {', '.join(columns)}")
         return None, parts
     binary = [c for c in others if all(_binary(row.get(c)) is not None for row in rows)]
     if len(binary) >= 2:
@@ -178,7 +179,7 @@ def _label_columns(columns, rows, image_column, label_column, table) -> tuple[st
         return named, []
     if len(others) == 1:
         return others[0], []
-    raise ValueError(
+    raise VitkitError(
         f"--labels {table}: cannot tell which column holds the labels ({', '.join(columns)}): pass --label-column "
         "(one column, or comma-separated 0/1 columns)"
     )
@@ -207,16 +208,16 @@ def load_table(
     images that `skip_bad` left out."""
     folder, table = Path(folder), Path(labels)
     if not folder.is_dir():
-        raise ValueError(f"--data {folder}: with --labels, --data is the folder the table's image paths are under")
+        raise VitkitError(f"--data {folder}: with --labels, --data is the folder the table's image paths are under")
     columns, rows = read_table(table)
     if not rows:
-        raise ValueError(f"--labels {table} has no rows")
+        raise VitkitError(f"--labels {table} has no rows")
     images = ImageIndex(folder)
     image_column = _find_column(columns, image_column, IMAGE_COLUMNS, "--image-column", table)
     if image_column is None:  # the first column whose first value names an image under the folder
         image_column = next((c for c in columns if images.find(rows[0].get(c, "")) is not None), None)
     if image_column is None:
-        raise ValueError(
+        raise VitkitError(
             f"--labels {table}: cannot tell which column names the images ({', '.join(columns)}): pass --image-column"
         )
     single_column, binary_columns = _label_columns(columns, rows, image_column, label_column, table)
@@ -259,13 +260,13 @@ def load_table(
             continue
         parsed.append((split, path, list(dict.fromkeys(names))))
     if not parsed:
-        raise ValueError(f"--labels {table}: no usable rows")
+        raise VitkitError(f"--labels {table}: no usable rows")
 
     several = any(len(names) > 1 for _, _, names in parsed)
     if multi_label is False and (several or binary_columns):
         example = next((n, p) for _, p, n in parsed if len(n) > 1) if several else None
         what = f"{example[1].name} has {', '.join(example[0])}" if example else "its labels are 0/1 columns"
-        raise ValueError(f"--no-multi-label: --labels {table} is multi-label ({what}); drop --no-multi-label")
+        raise VitkitError(f"--no-multi-label: --labels {table} is multi-label ({what}); drop --no-multi-label")
     multi = bool(multi_label or several or binary_columns)
     class_names = binary_columns or _sort_names({n for _, _, names in parsed for n in names})
     index = {name: i for i, name in enumerate(class_names)}
@@ -282,7 +283,7 @@ def load_table(
     for split, path, names in parsed:
         listed.setdefault(split, []).append((path, target(names)))
     if not listed["train"]:
-        raise ValueError(f"--labels {table}: no row is in the train split")
+        raise VitkitError(f"--labels {table}: no row is in the train split")
     digest = hashlib.sha256(table.read_bytes()).hexdigest()
     key = f" table={digest} {image_column} {single_column} {binary_columns} {label_separator} multi={multi}"
     files = {split: {"": [p for p, _ in items]} for split, items in listed.items()}

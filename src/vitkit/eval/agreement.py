@@ -10,8 +10,7 @@ from pathlib import Path
 import torch
 
 from ..data.loader import BatchLoader
-
-MIN_AGREEMENT = 0.995
+from ..runtime import MIN_AGREEMENT as MIN_AGREEMENT
 
 # A checkpoint folder's record of its bf16 agreement, written by `vitkit eval --precision bf16` and read
 # by `--precision auto`.

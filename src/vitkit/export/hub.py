@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from ..api import checkpoint_folder, load
+from ..errors import VitkitError
 from ..fileio import write_json
 from ..models.io import CONFIG_NAME, WEIGHTS_NAME
 from ..pretrained import is_hub_id
@@ -35,7 +36,7 @@ def write_hf_folder(classifier, checkpoint: Path, out: str | os.PathLike, title:
     """transformers' layout (config, weights, image processor) and the model card; a model transformers
     cannot hold is refused with the options at fault."""
     if classifier.backend != "torch":
-        raise ValueError("--format hf needs a checkpoint folder (a run, best/ or last/), not an .onnx file")
+        raise VitkitError("--format hf needs a checkpoint folder (a run, best/ or last/), not an .onnx file")
     if classifier.model.family == "vit" and hf_incompatibilities(classifier.model.config):
         raise hf_export_error(classifier.model.config)
     out = save_hf_folder(classifier.model, classifier.class_names, classifier.preprocessing, out, classifier.thresholds)
@@ -79,12 +80,12 @@ def push(checkpoint: str | os.PathLike, repo_id: str, private: bool = False, mes
         from huggingface_hub import HfApi
         from huggingface_hub.errors import HfHubHTTPError
     except ImportError:
-        raise ValueError("vitkit push needs huggingface_hub (pip install 'vitkit[hf]')") from None
+        raise VitkitError("vitkit push needs huggingface_hub (pip install 'vitkit[hf]')") from None
     if not is_hub_id(repo_id):
-        raise ValueError(f"REPO_ID {repo_id!r}: use owner/name, e.g. your-name/flowers-vit")
+        raise VitkitError(f"REPO_ID {repo_id!r}: use owner/name, e.g. your-name/flowers-vit")
     path = Path(checkpoint)
     if path.suffix == ".onnx" or not path.is_dir():
-        raise ValueError(f"{checkpoint}: vitkit push takes a run folder or a checkpoint folder (best/, last/)")
+        raise VitkitError(f"{checkpoint}: vitkit push takes a run folder or a checkpoint folder (best/, last/)")
     classifier = load(path, device="cpu", backend="torch", precision="fp32")
     layout = "vitkit" if transformers_blockers(classifier.model) else "transformers"
     title = repo_id.split("/")[1]
@@ -102,14 +103,14 @@ def push(checkpoint: str | os.PathLike, repo_id: str, private: bool = False, mes
         except HfHubHTTPError as e:
             status = e.response.status_code if e.response is not None else None
             if status in (401, 403):
-                raise ValueError(
+                raise VitkitError(
                     f"the hub at {api.endpoint} refused to write to {repo_id} ({status}): log in with "
                     "`hf auth login` or set HF_TOKEN to a token with write access to it"
                 ) from None
-            raise ValueError(f"the hub at {api.endpoint} refused the upload: {str(e).splitlines()[0]}") from None
+            raise VitkitError(f"the hub at {api.endpoint} refused the upload: {str(e).splitlines()[0]}") from None
         except network_errors() as e:  # the message names the address, never the token
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ValueError(
+            raise VitkitError(
                 f"cannot reach the hub at {api.endpoint} ({first}); check the network or HF_ENDPOINT"
             ) from None
     return {"repo": f"{api.endpoint}/{repo_id}", "layout": layout, "commit": commit.oid}

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import VitkitError
 from ..fileio import atomic_path
 from ..runtime import available_cores
 
@@ -22,7 +23,7 @@ def _require(module: str, extra: str):
     try:
         return __import__(module)
     except ImportError:
-        raise ValueError(f"{module} is not installed: pip install 'vitkit[{extra}]'") from None
+        raise VitkitError(f"{module} is not installed: pip install 'vitkit[{extra}]'") from None
 
 
 def export_onnx(
@@ -35,7 +36,7 @@ def export_onnx(
     _require("onnxscript", "export")
     onnx = _require("onnx", "export")
     if classifier.backend != "torch":
-        raise ValueError(
+        raise VitkitError(
             f"{classifier.name} runs on {classifier.backend}: export a PyTorch-backed checkpoint "
             "(vitkit.load(..., backend='torch'))"
         )
@@ -83,7 +84,7 @@ def validate_onnx(path, model, channels: int, size: int, batches=(1, 7)) -> dict
         got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
         diff = float(np.abs(got - expected).max())
         if not diff < PARITY_TOLERANCE:
-            raise ValueError(
+            raise VitkitError(
                 f"ONNX export of {path} differs from PyTorch by {diff:.2e} at batch {b} "
                 f"(tolerance {PARITY_TOLERANCE}); please report this model"
             )
@@ -102,7 +103,7 @@ class OnnxModel:
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types for unreadable files
-            raise ValueError(f"{path} is not a loadable ONNX model ({e})") from None
+            raise VitkitError(f"{path} is not a loadable ONNX model ({e})") from None
         self.input_name = self.session.get_inputs()[0].name
         meta = self.session.get_modelmeta().custom_metadata_map
         self.meta = json.loads(meta.get("vitkit", "{}"))

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from ..errors import VitkitError
 from .layers import DropPath
 from .patch_mlp import PatchMLPClassifier, PatchMLPConfig
 from .registry import ModelConfig, register_family, register_model
@@ -43,9 +44,9 @@ class GMLPBlock(nn.Module):
         super().__init__()
         hidden = cfg.ffn_dim or 2 * cfg.embed_dim
         if hidden % 2:
-            raise ValueError(f"ffn_dim={hidden} must be even: it is split into two halves")
+            raise VitkitError(f"ffn_dim={hidden} must be even: it is split into two halves")
         if cfg.shortcut not in ("input", "normed"):
-            raise ValueError(f"shortcut={cfg.shortcut!r}: use input (the paper's) or normed (the Keras example's)")
+            raise VitkitError(f"shortcut={cfg.shortcut!r}: use input (the paper's) or normed (the Keras example's)")
         self.shortcut_from_norm = cfg.shortcut == "normed"
         self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
         self.proj_in = nn.Linear(cfg.embed_dim, hidden)

@@ -13,6 +13,7 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ..errors import MissingFile, VitkitError
 from ..fileio import atomic_path, read_json, write_json
 from .registry import FAMILIES, build_config, model_from_config
 
@@ -35,7 +36,7 @@ def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError) as e:
-        raise ValueError(
+        raise VitkitError(
             f"cannot read weights from {path}: {e}. The file is truncated or not safetensors; "
             "re-export or re-download it"
         ) from None
@@ -45,14 +46,14 @@ def load_model(directory: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]
     """Build the model from config.json, load its weights; return (model, the whole config.json)."""
     directory = Path(directory)
     if not (directory / CONFIG_NAME).is_file() or not (directory / WEIGHTS_NAME).is_file():
-        raise FileNotFoundError(
+        raise MissingFile(
             f"{directory} is not a vitkit checkpoint: expected {CONFIG_NAME} and {WEIGHTS_NAME} "
             "(a run folder's best/ or last/)"
         )
     config_path = directory / CONFIG_NAME
     meta = read_json(config_path)
     if not (isinstance(meta, dict) and isinstance(meta.get("family"), str) and isinstance(meta.get("config"), dict)):
-        raise ValueError(
+        raise VitkitError(
             f"{config_path} is not a vitkit model config: it needs a 'family' name and a 'config' object "
             "(as `vitkit train` writes it); restore the file from the run folder it came from"
         )
@@ -60,7 +61,7 @@ def load_model(directory: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]
     class_names = meta.get("class_names")
     num_classes = getattr(model.config, "num_classes", None)
     if class_names is not None and num_classes is not None and len(class_names) != num_classes:
-        raise ValueError(
+        raise VitkitError(
             f"{config_path} lists {len(class_names)} class names but the model has {num_classes} outputs; "
             "the file was edited or mixed up with another run's"
         )
@@ -85,8 +86,8 @@ def check_checkpoint_config(meta: dict[str, Any], config_path: Path):
     allocates nothing) whose fp32 weights fit this machine's memory, and preprocessing whose mean and
     std are finite, one per channel, std positive. Returns the typed model config."""
 
-    def refuse(problem: str) -> ValueError:
-        return ValueError(f"{config_path}: {problem}; restore the file from the run folder it came from")
+    def refuse(problem: str) -> VitkitError:
+        return VitkitError(f"{config_path}: {problem}; restore the file from the run folder it came from")
 
     if meta["family"] not in FAMILIES:
         raise refuse(f"unknown model family {meta['family']!r} (vitkit has {', '.join(sorted(FAMILIES))})")
@@ -159,7 +160,7 @@ def check_state_dict(state: dict[str, torch.Tensor], model: nn.Module, source: P
         if items
     ]
     if problems:
-        raise ValueError(
+        raise VitkitError(
             f"{source} does not fit the model in {CONFIG_NAME} ({'; '.join(problems)}); "
             "the weights and config come from different models"
         )

@@ -8,13 +8,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import VitkitError
+
 
 def check_patch_grid(image_size: int, patch_size: int) -> int:
     """Number of patches per side; a ValueError names the argument to change when it does not divide."""
     if image_size <= 0 or patch_size <= 0:
-        raise ValueError(f"image_size ({image_size}) and patch_size ({patch_size}) must be positive")
+        raise VitkitError(f"image_size ({image_size}) and patch_size ({patch_size}) must be positive")
     if image_size % patch_size:
-        raise ValueError(
+        raise VitkitError(
             f"image_size={image_size} is not divisible by patch_size={patch_size}: "
             f"change image_size to a multiple of {patch_size} or pick another patch_size"
         )
@@ -115,7 +117,7 @@ class ShiftedPatchTokenizer(Tokenizer):
 
 def check_channels(x: torch.Tensor, in_chans: int) -> None:
     if x.ndim != 4 or x.shape[1] != in_chans:
-        raise ValueError(
+        raise VitkitError(
             f"expected NCHW images with {in_chans} channel(s), got shape {tuple(x.shape)}: "
             f"convert the images or build the model with in_chans={x.shape[1] if x.ndim == 4 else '?'}"
         )
@@ -237,7 +239,7 @@ def resize_pos_embed(pos_embed: torch.Tensor, new_grid: int, num_prefix_tokens: 
     prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
     old_grid = int(math.isqrt(grid.shape[1]))
     if old_grid * old_grid != grid.shape[1]:
-        raise ValueError(f"position table of {grid.shape[1]} patch entries is not a square grid")
+        raise VitkitError(f"position table of {grid.shape[1]} patch entries is not a square grid")
     if old_grid == new_grid:
         return pos_embed
     dim = grid.shape[-1]

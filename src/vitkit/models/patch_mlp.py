@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from ..errors import VitkitError
 from .base import ImageClassifier, block_layer_id
 from .layers import PatchEmbed, drop_path_rates, init_linear_weights
 
@@ -70,7 +71,7 @@ class PatchMLPClassifier(ImageClassifier):
 
     def set_image_size(self, image_size: int) -> None:
         if image_size != self.config.image_size:
-            raise ValueError(
+            raise VitkitError(
                 f"{self.family} mixes tokens with weights sized to the patch count, so image_size "
                 f"is fixed at {self.config.image_size}: resize the images instead"
             )

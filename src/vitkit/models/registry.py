@@ -9,6 +9,7 @@ from typing import Any
 
 import torch.nn as nn
 
+from ..errors import VitkitError
 from ..options import typed_values
 
 
@@ -49,10 +50,10 @@ def registered_models() -> list[str]:
     return sorted(_MODELS)
 
 
-def unknown_name_error(kind: str, name: str, known: list[str]) -> ValueError:
+def unknown_name_error(kind: str, name: str, known: list[str]) -> VitkitError:
     close = difflib.get_close_matches(name, known, n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
-    return ValueError(f"unknown {kind} {name!r}.{hint} Available: {', '.join(known)}")
+    return VitkitError(f"unknown {kind} {name!r}.{hint} Available: {', '.join(known)}")
 
 
 def build_config(family: str, base: ModelConfig | None, overrides: dict[str, Any]) -> ModelConfig:
@@ -62,7 +63,7 @@ def build_config(family: str, base: ModelConfig | None, overrides: dict[str, Any
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(overrides) - fields)
     if unknown:
-        raise ValueError(f"{family} models have no option(s) {', '.join(unknown)}; valid: {', '.join(sorted(fields))}")
+        raise VitkitError(f"{family} models have no option(s) {', '.join(unknown)}; valid: {', '.join(sorted(fields))}")
     return dataclasses.replace(base, **typed_values(overrides, cls, lambda name: f"model option {name}"))
 
 

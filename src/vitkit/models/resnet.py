@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import VitkitError
 from .base import ImageClassifier
 from .layers import Tokenizer, check_channels
 from .registry import ModelConfig, register_family, register_model
@@ -100,7 +101,7 @@ class ResNetTokenizer(Tokenizer):
         token_stride: int = 1,
     ):
         if token_stride not in (1, 2) or (token_stride == 2 and stages < 1):
-            raise ValueError(f"stem_token_stride={token_stride} must be 1, or 2 with conv_layers >= 1")
+            raise VitkitError(f"stem_token_stride={token_stride} must be 1, or 2 with conv_layers >= 1")
         super().__init__(image_size, 2**stages, in_chans)
         self.blocks, self.token_stride = blocks, token_stride
         layers = [nn.Conv2d(in_chans, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
@@ -125,7 +126,7 @@ class ResNetTokenizer(Tokenizer):
     def grid_for(self, image_size: int) -> int:
         """Each strided 3x3 convolution (padding 1) maps n pixels to ceil(n / 2): 28 px gives 4x4 tokens."""
         if image_size <= 0:
-            raise ValueError(f"image_size ({image_size}) must be positive")
+            raise VitkitError(f"image_size ({image_size}) must be positive")
         for _ in range(self.stride.bit_length() - 1):
             image_size = -(-image_size // 2)
         return image_size
@@ -142,9 +143,9 @@ class ResNet(ImageClassifier):
     def __init__(self, cfg: ResNetConfig):
         super().__init__()
         if cfg.block not in BLOCKS:
-            raise ValueError(f"block={cfg.block!r} is not one of {', '.join(BLOCKS)}")
+            raise VitkitError(f"block={cfg.block!r} is not one of {', '.join(BLOCKS)}")
         if cfg.stem not in STEMS:
-            raise ValueError(f"stem={cfg.stem!r} is not one of {', '.join(STEMS)}")
+            raise VitkitError(f"stem={cfg.stem!r} is not one of {', '.join(STEMS)}")
         self.config = cfg
         block = BasicBlock if cfg.block == "basic" else PreActBottleneck
         stem_width = cfg.widths[0]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from ..errors import VitkitError
 from .base import ImageClassifier, block_layer_id
 from .layers import (
     Attention,
@@ -91,11 +92,11 @@ class ViT(ImageClassifier):
     def __init__(self, cfg: ViTConfig):
         super().__init__()
         if cfg.pool not in POOLS:
-            raise ValueError(f"pool={cfg.pool!r} is not one of {', '.join(POOLS)}")
+            raise VitkitError(f"pool={cfg.pool!r} is not one of {', '.join(POOLS)}")
         if cfg.pool == "cls" and not cfg.class_token:
-            raise ValueError("pool='cls' needs class_token=True: set class_token or use pool='mean'")
+            raise VitkitError("pool='cls' needs class_token=True: set class_token or use pool='mean'")
         if cfg.stem not in STEMS:
-            raise ValueError(f"stem={cfg.stem!r} is not one of {', '.join(STEMS)}")
+            raise VitkitError(f"stem={cfg.stem!r} is not one of {', '.join(STEMS)}")
         self.config = cfg
         self.patch_embed = self._tokenizer(cfg)
         self.num_prefix_tokens = int(cfg.class_token)
@@ -181,7 +182,7 @@ class ViT(ImageClassifier):
         if image_size == self.config.image_size:
             return
         if self.config.pool == "flatten":
-            raise ValueError(
+            raise VitkitError(
                 "pool='flatten' ties the head to the token count, so image_size cannot change; "
                 "use pool='mean' or 'cls' to run at another resolution"
             )

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch.nn as nn
 
 from ..data.preprocess import Preprocessing
+from ..errors import MissingFile, VitkitError
 from ..fileio import read_json
 from .checks import load_state_dict_file
 from .hf import MULTI_LABEL_PROBLEM, hf_to_vitkit, is_hf_vit_folder, load_hf_folder, vit_config_from_hf
@@ -43,17 +44,17 @@ def _hub_download(repo_id: str, label: str | None = None) -> Path:
         from huggingface_hub import hf_hub_download
         from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
     except ImportError:
-        raise ValueError(f"{label}: downloading needs huggingface_hub (pip install 'vitkit[hf]')") from None
+        raise VitkitError(f"{label}: downloading needs huggingface_hub (pip install 'vitkit[hf]')") from None
     try:
         config = Path(hf_hub_download(repo_id, "config.json"))
     except LocalEntryNotFoundError:
-        raise FileNotFoundError(
+        raise MissingFile(
             f"{label}: not in the local Hugging Face cache and the hub cannot be "
             "reached (offline?). Download it once online, or pass a local folder"
         ) from None
     except (HfHubHTTPError, EntryNotFoundError, OSError, ValueError) as e:
         reason = str(e).splitlines()[0]
-        raise FileNotFoundError(f"{label}: no such model on the hub or it has no config.json ({reason})") from None
+        raise MissingFile(f"{label}: no such model on the hub or it has no config.json ({reason})") from None
     for name in ("preprocessor_config.json",):
         try:
             hf_hub_download(repo_id, name)
@@ -65,7 +66,7 @@ def _hub_download(repo_id: str, label: str | None = None) -> Path:
             return config.parent
         except Exception:
             continue
-    raise FileNotFoundError(f"{label}: the repo has neither model.safetensors nor pytorch_model.bin")
+    raise MissingFile(f"{label}: the repo has neither model.safetensors nor pytorch_model.bin")
 
 
 def _from_folder(folder: Path, num_heads: int | None) -> Pretrained:
@@ -79,14 +80,14 @@ def _from_folder(folder: Path, num_heads: int | None) -> Pretrained:
     if "architecture" in config and "model_type" not in config:  # timm's hub layout
         weights = next((folder / n for n in WEIGHT_FILES if (folder / n).is_file()), None)
         if weights is None:
-            raise FileNotFoundError(f"{folder} has a timm config.json but no weights file")
+            raise MissingFile(f"{folder} has a timm config.json but no weights file")
         state = load_state_dict_file(weights)
         return load_timm_state(
             state, num_heads or heads_from_name(config["architecture"]), config.get("pretrained_cfg")
         )
     if is_hf_vit_folder(folder):
         return load_hf_folder(folder)
-    raise ValueError(f"{folder}/config.json is neither a vitkit, timm nor Hugging Face ViT config")
+    raise VitkitError(f"{folder}/config.json is neither a vitkit, timm nor Hugging Face ViT config")
 
 
 def load_pretrained(source: str | os.PathLike, num_heads: int | None = None) -> Pretrained:
@@ -97,7 +98,7 @@ def load_pretrained(source: str | os.PathLike, num_heads: int | None = None) -> 
             if (path / "best" / "config.json").is_file():
                 path = path / "best"
             if not (path / "config.json").is_file():
-                raise ValueError(
+                raise VitkitError(
                     f"--pretrained {path}: a folder needs config.json (a vitkit checkpoint, a timm "
                     "hub folder or a Hugging Face save_pretrained folder)"
                 )
@@ -106,14 +107,14 @@ def load_pretrained(source: str | os.PathLike, num_heads: int | None = None) -> 
         if is_timm_state(state):
             return load_timm_state(state, num_heads or heads_from_name(path.name))
         if any(k.startswith(("vit.", "embeddings.")) for k in state):
-            raise ValueError(f"{path} holds Hugging Face ViT weights: pass the folder with its config.json")
-        raise ValueError(
+            raise VitkitError(f"{path} holds Hugging Face ViT weights: pass the folder with its config.json")
+        raise VitkitError(
             f"{path} is not a ViT checkpoint vitkit knows (no patch_embed / blocks keys; first keys: "
             f"{', '.join(list(state)[:5])})"
         )
     if is_hub_id(source):
         return _from_folder(_hub_download(str(source)), num_heads)
-    raise FileNotFoundError(f"--pretrained {source}: no such file or folder, and not a hub id (owner/name)")
+    raise MissingFile(f"--pretrained {source}: no such file or folder, and not a hub id (owner/name)")
 
 
 def load_classifier_folder(folder: Path) -> tuple[nn.Module, dict]:
@@ -127,7 +128,7 @@ def load_classifier_folder(folder: Path) -> tuple[nn.Module, dict]:
         return load_model(folder)  # a vitkit checkpoint, or what load_model's errors explain
     loaded = _from_folder(folder, None)
     if not loaded.has_head:
-        raise ValueError(
+        raise VitkitError(
             f"{folder} holds a backbone without a classification head: fine-tune it first, e.g. "
             f"vitkit train --data photos/ --pretrained {folder}"
         )

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from ..data.preprocess import Preprocessing
+from ..errors import MissingFile, VitkitError
 from ..fileio import atomic_path, read_json, write_json
 from ..models.io import check_preprocessing
 from ..models.vit import ViT, ViTConfig
@@ -50,12 +51,12 @@ def vit_config_from_hf(hf: dict, num_classes: int | None = None) -> ViTConfig:
     """The vitkit config for a transformers ViTConfig dict; other architectures are refused."""
     model_type = hf.get("model_type")
     if model_type not in ("vit", "deit"):
-        raise ValueError(
+        raise VitkitError(
             f"the checkpoint is a {model_type or 'unknown'} model, not a ViT: vitkit fine-tunes ViT "
             "checkpoints (model_type 'vit') from Hugging Face"
         )
     if hf.get("hidden_act", "gelu") != "gelu":
-        raise ValueError(f"hidden_act={hf['hidden_act']!r} is not supported (only 'gelu')")
+        raise VitkitError(f"hidden_act={hf['hidden_act']!r} is not supported (only 'gelu')")
     labels = hf.get("id2label") or {}
     return ViTConfig(
         num_classes=num_classes or max(len(labels), 1),
@@ -137,9 +138,9 @@ def hf_incompatibilities(cfg: ViTConfig) -> list[tuple[str, str]]:
     return found
 
 
-def hf_export_error(cfg: ViTConfig) -> ValueError:
+def hf_export_error(cfg: ViTConfig) -> VitkitError:
     found = hf_incompatibilities(cfg)
-    return ValueError(
+    return VitkitError(
         f"--format hf: transformers' ViTForImageClassification cannot hold this model's "
         f"{'; '.join(what for what, _ in found)}. Export it as ONNX instead (vitkit export RUN model.onnx), or "
         f"train a ViT that transformers can load by adding {' '.join(f'--model-arg {fix}' for _, fix in found)}"
@@ -222,7 +223,7 @@ def preprocessing_from_hf(folder: Path, cfg: ViTConfig) -> Preprocessing:
     mean, std = ([v] if isinstance(v, (int, float)) else v for v in (mean, std))  # one number serves every channel
     check_preprocessing(
         {"mean": mean, "std": std, "channels": cfg.in_chans},
-        lambda problem: ValueError(f"{path}: {problem}; download the checkpoint again or fix image_mean/image_std"),
+        lambda problem: VitkitError(f"{path}: {problem}; download the checkpoint again or fix image_mean/image_std"),
     )
     return Preprocessing(
         image_size=image_size,
@@ -276,7 +277,7 @@ def load_hf_folder(folder: Path) -> Pretrained:
     cfg = vit_config_from_hf(hf)
     weights = next((folder / n for n in ("model.safetensors", "pytorch_model.bin") if (folder / n).is_file()), None)
     if weights is None:
-        raise FileNotFoundError(f"{folder} has config.json but no model.safetensors or pytorch_model.bin")
+        raise MissingFile(f"{folder} has config.json but no model.safetensors or pytorch_model.bin")
     state = load_state_dict_file(weights)
     has_head = "classifier.weight" in state
     if has_head:
@@ -285,7 +286,7 @@ def load_hf_folder(folder: Path) -> Pretrained:
     model = ViT(cfg)
     missing, unexpected = model.load_state_dict(mapped, strict=False)
     if unexpected or (set(missing) - {"head.weight", "head.bias"}):
-        raise ValueError(f"weights do not fit the architecture: missing {missing}, unexpected {unexpected}")
+        raise VitkitError(f"weights do not fit the architecture: missing {missing}, unexpected {unexpected}")
     labels = hf.get("id2label") or {}
     names = [labels.get(str(i), labels.get(i)) for i in range(len(labels))] if has_head and labels else None
     return Pretrained(model, preprocessing_from_hf(folder, cfg), names, has_head)
@@ -305,7 +306,7 @@ def save_hf_folder(
     from safetensors.torch import save_file
 
     if model.family != "vit":
-        raise ValueError(
+        raise VitkitError(
             f"--format hf exports ViTs only and this checkpoint is a {model.family} model, which transformers "
             "has no class for; export it as ONNX instead (vitkit export RUN model.onnx)"
         )

@@ -12,6 +12,7 @@ import math
 import torch
 
 from ..data.preprocess import Preprocessing
+from ..errors import VitkitError
 from ..models.vit import ViT, ViTConfig
 from .checks import check_keys
 from .result import Pretrained
@@ -39,7 +40,7 @@ def vit_config_from_timm(state: dict[str, torch.Tensor], num_heads: int | None =
         if k.startswith(("dist_token", "head_dist", "reg_token", "fc_norm")) or ".ls1." in k or ".ls2." in k
     )
     if unsupported:
-        raise ValueError(
+        raise VitkitError(
             f"this ViT variant is not supported (keys {', '.join(unsupported[:6])}): vitkit loads plain "
             "class-token ViTs and DeiT without distillation token"
         )
@@ -50,7 +51,7 @@ def vit_config_from_timm(state: dict[str, torch.Tensor], num_heads: int | None =
     tokens = state["pos_embed"].shape[1] - int(class_token)
     grid = math.isqrt(tokens)
     if grid * grid != tokens:
-        raise ValueError(f"position table of {tokens} patches is not a square grid")
+        raise VitkitError(f"position table of {tokens} patches is not a square grid")
     head = state.get("head.weight")
     return ViTConfig(
         num_classes=head.shape[0] if head is not None else 1,

@@ -10,8 +10,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .build import Runtime, default_run_dir
-from .config import TrainConfig, resume_changes
+from ..errors import VitkitError
+from .build import Runtime
+from .config import TrainConfig, default_run_dir, resume_changes
 from .distributed import shutdown
 from .engine import Trainer
 from .rundir import RunDir, saved_config
@@ -28,7 +29,7 @@ def check_out_outside_data(cfg: TrainConfig) -> None:
     data, out = Path(cfg.data).resolve(), Path(cfg.out or default_run_dir(cfg)).resolve()
     if data.is_dir() and (out == data or data in out.parents):
         where = f"--out {cfg.out}" if cfg.out else f"the default run folder {out}"
-        raise ValueError(
+        raise VitkitError(
             f"{where} is inside --data {cfg.data}: its figures and checkpoints would become part of the "
             "dataset; choose an --out outside the data folder"
         )

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -13,16 +12,18 @@ import torch.nn as nn
 from ..data.augment import AugmentSpec, BatchAugment
 from ..data.balance import balanced_class_weights, balanced_sample_weights
 from ..data.loader import BatchLoader, resolve_workers
-from ..data.prepare import normalization, prepare_data
+from ..data.prepare import DataOptions, normalization, prepare_data
 from ..data.preprocess import Preprocessing, run_preprocessing
 from ..data.splits import Dataset
+from ..errors import VitkitError
 from ..models import create_model
+from ..options import part_of
 from ..pretrained.result import Pretrained
 from ..runtime import resolve_device, setup_threads, use_bf16
-from .config import TrainConfig, budget_sizes, model_spec
+from .config import TrainConfig, run_label, size_pending, with_budget_size
 from .distributed import DistContext, init_distributed
 from .losses import positive_weights
-from .sizing import choose_size, recorded_size, training_rate
+from .sizing import choose_size, training_rate
 
 
 @dataclass
@@ -42,15 +43,14 @@ class Runtime:
         return cls(device, ctx, use_bf16(cfg.amp, device))
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Setup:
+    config: TrainConfig  # the resolved configuration, with the --time-budget size choice when one was made
     data: Dataset
     bad_images: list[str]
     model: nn.Module
     model_name: str
     image_size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
     augment: BatchAugment
     train_loader: BatchLoader
     val_loader: BatchLoader
@@ -60,17 +60,12 @@ class Setup:
     global_batch: int
     preprocessing: Preprocessing  # what the checkpoint records and inference repeats
     class_weights: torch.Tensor | None = None  # of the training loss (multi-label: of positives), on the device
-    budget_size: dict | None = None  # the --time-budget size choice (training/sizing.py), for run.json
     size_note: str = ""  # why the input has its size, when it was decided here (fine-tuning, photos)
 
     @property
     def split_selected_checkpoint(self) -> bool:
         """The reported split is the validation split, which also chose best/: its numbers are optimistic."""
         return self.eval_split == "val"
-
-    @property
-    def channels(self) -> int:
-        return self.model.config.in_chans
 
     def run_info(self, world_size: int, device: torch.device) -> dict:
         """How the run executes, for run.json."""
@@ -81,73 +76,62 @@ class Setup:
             "device": str(device),
             "data_streamed": not self.data.train.in_memory,
             "loader_workers": self.train_loader.workers,
-            **({"budget_size": self.budget_size} if self.budget_size else {}),
+            **({"budget_size": self.config.budget_size} if self.config.budget_size else {}),
         }
 
 
+def batch_sizes(cfg: TrainConfig, world_size: int, train_images: int) -> tuple[int, int]:
+    """(per-process batch, global batch) of --batch-size and --batch-scope across `world_size` processes."""
+    if cfg.batch_scope == "global" and cfg.batch_size % world_size:
+        raise VitkitError(
+            f"--batch-size {cfg.batch_size} (global) does not divide across {world_size} processes: "
+            f"use a multiple of {world_size}, or --batch-scope device for a per-process batch"
+        )
+    local_batch = cfg.batch_size // world_size if cfg.batch_scope == "global" else cfg.batch_size
+    global_batch = local_batch * world_size
+    if global_batch > train_images:
+        raise VitkitError(
+            f"the global batch of {global_batch} is larger than the {train_images} training images: lower --batch-size"
+        )
+    return local_batch, global_batch
+
+
 def build(cfg: TrainConfig, runtime: Runtime, budget=None) -> Setup:
-    """The run's parts; `budget` (the command's TimeBudget) tells the size probe how much time is left."""
-    name, model_args = model_spec(cfg)
+    """The run's parts from a resolved configuration; `budget` (the command's TimeBudget) tells the size
+    probe how much time is left. A size still to be chosen for --time-budget is chosen here, once the data
+    is ready, and recorded in `Setup.config`."""
     pretrained = None
     if cfg.pretrained:
         from ..pretrained import load_pretrained
 
-        pretrained = load_pretrained(cfg.pretrained, num_heads=model_args.get("num_heads"))
-    image_size, size_note = input_size(cfg, pretrained, model_args)
+        pretrained = load_pretrained(cfg.pretrained, num_heads=cfg.model_args.get("num_heads"))
+    image_size, size_note = input_size(cfg, pretrained)
     source = pretrained.preprocessing if pretrained else None
     decode = run_preprocessing(image_size, source, cfg.resize_mode, cfg.crop_pct, cfg.resample)
-    data, bad_images = prepare_data(
-        cfg.data,
-        preprocessing=decode,
-        seed=cfg.seed,
-        val_split=cfg.val_split,
-        train_limit=cfg.train_limit,
-        test_limit=cfg.test_limit,
-        skip_bad=cfg.skip_bad_images,
-        data_dir=cfg.data_dir,
-        memory_limit_gb=cfg.memory_limit_gb,
-        image_column=cfg.image_column,
-        label_column=cfg.label_column,
-        labels=cfg.labels,
-        label_separator=cfg.label_separator,
-        multi_label=cfg.multi_label,
-    )
+    data, bad_images = prepare_data(part_of(DataOptions, cfg), decode)
     if data.num_classes < 2:
-        raise ValueError(
+        raise VitkitError(
             f"--data {cfg.data} has {data.num_classes} class ({', '.join(data.class_names)}): a classifier "
             "needs at least two class folders"
         )
     ctx = runtime.ctx
-    if cfg.batch_scope == "global" and cfg.batch_size % ctx.world_size:
-        raise ValueError(
-            f"--batch-size {cfg.batch_size} (global) does not divide across {ctx.world_size} processes: "
-            f"use a multiple of {ctx.world_size}, or --batch-scope device for a per-process batch"
-        )
-    local_batch = cfg.batch_size // ctx.world_size if cfg.batch_scope == "global" else cfg.batch_size
-    global_batch = local_batch * ctx.world_size
-    if global_batch > len(data.train):
-        raise ValueError(
-            f"the global batch of {global_batch} is larger than the {len(data.train)} training images: "
-            "lower --batch-size"
-        )
+    local_batch, global_batch = batch_sizes(cfg, ctx.world_size, len(data.train))
 
-    def new_model(size: dict | None = None) -> nn.Module:
+    def new_model(model_args: dict) -> nn.Module:
         torch.manual_seed(cfg.seed)
         if pretrained:
             return adapt_pretrained(pretrained, image_size=image_size, class_names=data.class_names)
-        _, model_args = model_spec(cfg, size)
         args = {k: v for k, v in model_args.items() if k not in ("num_classes", "image_size", "in_chans")}
         in_chans = model_args.get("in_chans") or (1 if data.channels == 1 else 3)
-        model = create_model(name, num_classes=data.num_classes, image_size=image_size, in_chans=in_chans, **args)
+        model = create_model(cfg.model, num_classes=data.num_classes, image_size=image_size, in_chans=in_chans, **args)
         return model.to(runtime.device)
 
-    budget_size = None
-    if cfg.resume and not pretrained:  # the architecture the run started with, whatever its budget now
-        budget_size = recorded_size(cfg.out or default_run_dir(cfg), required=bool(budget_sizes(cfg)))
-    elif budget_sizes(cfg) and not pretrained:
+    if size_pending(cfg):
         minutes_left = (budget.seconds - budget.elapsed()) / 60 if budget else cfg.time_budget
-        budget_size = choose_budget_size(cfg, runtime, new_model, local_batch, image_size, data, minutes_left)
-    model = new_model(budget_size and budget_size["model_args"])
+        cfg = with_budget_size(
+            cfg, choose_budget_size(cfg, runtime, new_model, local_batch, image_size, data, minutes_left)
+        )
+    model = new_model(cfg.model_args)
     channels = model.config.in_chans
     workers = resolve_workers(cfg.workers)
     if pretrained and cfg.mean is None:
@@ -159,18 +143,24 @@ def build(cfg: TrainConfig, runtime: Runtime, budget=None) -> Setup:
     preprocessing = dataclasses.replace(
         decode, mean=mean, std=std, channels=channels, decode_size=data.train.stored_size
     )
-    augment = preprocessing.batch_augment(AugmentSpec.from_options(cfg))
+    augment = preprocessing.batch_augment(part_of(AugmentSpec, cfg))
 
     common = dict(device=runtime.device, rank=ctx.rank, world_size=ctx.world_size, workers=workers)
     labels = data.train.labels
     if data.multi_label and cfg.sampler == "balanced":
-        raise ValueError(
+        raise VitkitError(
             "--sampler balanced draws every class equally, which label sets do not allow: for multi-label data "
             "use --class-weights balanced (weights each label's positives) or --multilabel-loss asymmetric"
         )
     sample_weights = balanced_sample_weights(labels, data.num_classes) if cfg.sampler == "balanced" else None
     train_loader = BatchLoader(
-        data.train, local_batch, shuffle=True, seed=cfg.seed, drop_last=True, sample_weights=sample_weights, **common
+        data.train,
+        local_batch,
+        shuffle=True,
+        seed=cfg.seed,
+        drop_last=cfg.drop_last,
+        sample_weights=sample_weights,
+        **common,
     )
     class_weights = None
     if cfg.class_weights == "balanced":
@@ -181,26 +171,23 @@ def build(cfg: TrainConfig, runtime: Runtime, budget=None) -> Setup:
     eval_loader = (
         BatchLoader(data.test, cfg.eval_batch_size, shuffle=False, **common) if data.test is not None else val_loader
     )
-    label = model_label(cfg)
     return Setup(
-        data,
-        bad_images,
-        model,
-        label,
-        image_size,
-        mean,
-        std,
-        augment,
-        train_loader,
-        val_loader,
-        eval_loader,
-        eval_split,
-        local_batch,
-        global_batch,
-        preprocessing,
-        class_weights,
-        budget_size,
-        size_note,
+        config=cfg,
+        data=data,
+        bad_images=bad_images,
+        model=model,
+        model_name=run_label(cfg),
+        image_size=image_size,
+        augment=augment,
+        train_loader=train_loader,
+        val_loader=val_loader,
+        eval_loader=eval_loader,
+        eval_split=eval_split,
+        local_batch=local_batch,
+        global_batch=global_batch,
+        preprocessing=preprocessing,
+        class_weights=class_weights,
+        size_note=size_note,
     )
 
 
@@ -210,12 +197,12 @@ def build(cfg: TrainConfig, runtime: Runtime, budget=None) -> Setup:
 PHOTO_INPUT_SIZE = 64
 
 
-def input_size(cfg: TrainConfig, pretrained: Pretrained | None, model_args: dict) -> tuple[int, str]:
+def input_size(cfg: TrainConfig, pretrained: Pretrained | None) -> tuple[int, str]:
     """The model's input size and, when decided here rather than asked for, why."""
     if cfg.image_size:
         return cfg.image_size, ""
     if not pretrained:
-        return model_args.get("image_size") or 32, ""
+        return cfg.model_args.get("image_size") or 32, ""
     from ..data.prepare import typical_side
 
     start = pretrained.preprocessing.image_size
@@ -242,12 +229,13 @@ def choose_budget_size(
     if runtime.ctx.is_main:
 
         def rate_of(size: dict) -> float:
-            model = new_model(size)
+            model = new_model({**cfg.model_args, **size})
             return training_rate(
                 model, batch, image_size, data.num_classes, runtime.device, runtime.bf16, cfg.channels_last
             )
 
-        record = choose_size(budget_sizes(cfg), rate_of, minutes_left, len(data.train))
+        sizes = [(c["min_epochs"], c["model_args"]) for c in cfg.budget_size["candidates"]]
+        record = choose_size(sizes, rate_of, minutes_left, len(data.train))
     return runtime.ctx.broadcast_object(record)
 
 
@@ -262,18 +250,3 @@ def adapt_pretrained(pretrained: Pretrained, *, image_size: int, class_names: li
     if not same_classes:
         model.reset_classifier(len(class_names))
     return model
-
-
-def model_label(cfg: TrainConfig) -> str:
-    """What a run calls its model: the named model or preset, else the checkpoint it fine-tunes (whose
-    architecture it takes), else the default model."""
-    if cfg.model or cfg.preset:
-        return cfg.model or cfg.preset
-    if cfg.pretrained:
-        source = Path(cfg.pretrained)
-        return f"finetuned-{source.parent.name if source.name in ('best', 'last') else source.name}"
-    return model_spec(cfg)[0]
-
-
-def default_run_dir(cfg: TrainConfig) -> Path:
-    return Path("runs") / (cfg.name or f"{model_label(cfg)}-{Path(cfg.data).name}")

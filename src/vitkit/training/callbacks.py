@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..errors import VitkitError
+
 # tracker name -> (the module it needs, the vitkit extra that installs it)
 TRACKERS = {"tensorboard": ("tensorboard", "tensorboard"), "mlflow": ("mlflow", "mlflow")}
 FINAL_METRICS = ("top1", "top5", "loss", "f1_macro")  # of results.json, logged at the end
@@ -30,10 +32,10 @@ def tracker_names(log: str | None) -> list[str]:
     names = [name.strip() for name in (log or "").split(",") if name.strip()]
     for name in names:
         if name not in TRACKERS:
-            raise ValueError(f"--log {name!r}: use tensorboard, mlflow or both, comma-separated")
+            raise VitkitError(f"--log {name!r}: use tensorboard, mlflow or both, comma-separated")
         module, extra = TRACKERS[name]
         if importlib.util.find_spec(module) is None:
-            raise ValueError(f"--log {name} needs the {module} package: pip install 'vitkit[{extra}]'")
+            raise VitkitError(f"--log {name} needs the {module} package: pip install 'vitkit[{extra}]'")
     return names
 
 

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from ..data.augment import mix_batch
 from ..data.loader import epoch_seed
+from ..errors import MissingFile, TrainingDiverged, VitkitError
 from ..eval.loop import evaluate_loader
 from ..eval.metrics import MetricAccumulator
 from ..eval.multilabel import LossAccumulator, evaluate_multilabel
@@ -29,7 +30,6 @@ from .callbacks import Callbacks, make_trackers
 from .config import TrainConfig
 from .losses import asymmetric_loss, binary_cross_entropy
 from .optim import build_optimizer, param_groups
-from .resume import capture_state, restore_state
 from .rundir import RunDir, checkpoint_metadata
 from .schedule import BUDGET_WARMUP_SHARE, FIRST_PLAN_STEPS, Plateau, TimeBudget, lr_factor
 
@@ -50,21 +50,19 @@ class Trainer:
     """A run's model, optimizer and schedule state, fully built from the configuration."""
 
     def __init__(self, cfg: TrainConfig, runtime: Runtime | None = None, budget: TimeBudget | None = None):
-        self.cfg = cfg
         # the command's clock: started by the caller when the command began, so data preparation counts
         self.budget = budget or TimeBudget(cfg.time_budget)
         runtime = runtime or Runtime.create(cfg)
         self.device, self.ctx, self.bf16 = runtime.device, runtime.ctx, runtime.bf16
-        self.setup = s = build(cfg, runtime, self.budget)
-        self.model, self.data, self.augment, self.train_loader = s.model, s.data, s.augment, s.train_loader
-        self.image_size = s.image_size
+        self.setup = build(cfg, runtime, self.budget)
+        cfg = self.cfg  # as built: with the --time-budget size choice, when one was made
         self.multi_label = self.data.multi_label
         if self.multi_label and self.ctx.enabled:
-            raise ValueError("multi-label data trains in one process for now: drop --nproc")
+            raise VitkitError("multi-label data trains in one process for now: drop --nproc")
         # what best/, plateau and early stopping follow: top-1 means nothing for label sets, mAP does
         self.monitor = "val_map" if self.multi_label and cfg.monitor == "val_top1" else cfg.monitor
         if self.monitor == "val_map" and not self.multi_label:
-            raise ValueError("--monitor val_map is for multi-label data: use val_top1 or val_loss")
+            raise VitkitError("--monitor val_map is for multi-label data: use val_top1 or val_loss")
         self.thresholds: list[float] | None = None  # per label, tuned on the validation split each epoch
         head_scale = cfg.head_lr / cfg.lr if cfg.head_lr else 1.0
         groups = param_groups(self.model, cfg.weight_decay, cfg.layer_decay, head_scale, cfg.freeze_backbone)
@@ -80,9 +78,18 @@ class Trainer:
         # with a time budget the length is unknown until steps have been timed: the schedule holds its peak
         self.planned_steps = None if cfg.time_budget else -(-self.steps_per_epoch // cfg.accum_steps) * cfg.epochs
         self.step, self.history, self.best_epoch = 0, [], -1
+        self.lr = cfg.lr  # the rate of the latest step (set_lr)
         self.replanned_from: int | None = None  # a resumed schedule's earlier length, when --epochs changed it
         self.callbacks = Callbacks()
         self.stopped_by = "epochs"  # or time_budget, early_stopping: what ended the run, for its records
+
+    # the run's parts, owned by its Setup
+    cfg = property(lambda self: self.setup.config)
+    model = property(lambda self: self.setup.model)
+    data = property(lambda self: self.setup.data)
+    augment = property(lambda self: self.setup.augment)
+    train_loader = property(lambda self: self.setup.train_loader)
+    image_size = property(lambda self: self.setup.image_size)
 
     # -- one step ----------------------------------------------------------------------------
     def scheduled_lr(self) -> float:
@@ -94,10 +101,11 @@ class Trainer:
         return self.cfg.lr * factor * self.plateau.scale
 
     def set_lr(self) -> float:
-        lr = self.scheduled_lr()
+        """Put the current step's rate into the optimizer; it is also `self.lr`, for the logs."""
+        self.lr = self.scheduled_lr()
         for group in self.optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
-        return lr
+            group["lr"] = self.lr * group.get("lr_scale", 1.0)
+        return self.lr
 
     def train_step(self, net: nn.Module, images: torch.Tensor, labels: torch.Tensor, boundary: bool = True):
         """Augment a uint8 batch on the device, then one model step."""
@@ -132,7 +140,7 @@ class Trainer:
             all_logits.append(logits.detach())
             loss = loss + part.detach()
         if boundary:
-            self.lr = self.set_lr()
+            self.set_lr()
             if cfg.grad_clip > 0:
                 nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
             self.optimizer.step()
@@ -172,7 +180,8 @@ class Trainer:
             file=sys.stderr,
             dynamic_ncols=True,
         )
-        self.lr, seen, t_start = self.set_lr(), 0, time.perf_counter()
+        self.set_lr()
+        seen, t_start = 0, time.perf_counter()
         for b, (images, labels) in enumerate(self.train_loader.batches(epoch, start_batch), start=start_batch):
             boundary = (b + 1) % cfg.accum_steps == 0 or b + 1 == self.steps_per_epoch
             logits, loss = self.train_step(net, images, labels, boundary)
@@ -206,7 +215,7 @@ class Trainer:
 
     def check_finite(self, first_bad_step: int) -> None:
         if first_bad_step >= 0:
-            raise FloatingPointError(
+            raise TrainingDiverged(
                 f"the training loss became non-finite (NaN or inf) at step {first_bad_step}: lower --lr "
                 f"(now {self.cfg.lr}), add --grad-clip 1.0 or --warmup-epochs, or check the data and --mean/--std"
             )
@@ -452,15 +461,71 @@ class Trainer:
         print(row, file=sys.stderr)
 
     # -- resuming ----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The resumable state besides the weights: optimizer, EMA, schedule, best-so-far and time budget,
+        the history, and every rank's random generators (augmentation is seeded per rank); a collective,
+        as every rank contributes its generators."""
+        rng = {
+            "torch_rng": torch.get_rng_state(),
+            "aug_rng": self.aug_gen.get_state().cpu(),
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+        }
+        return {
+            "step": self.step,
+            "world_size": self.ctx.world_size,
+            "optimizer": self.optimizer.state_dict(),
+            "ema": self.ema.state_dict() if self.ema else None,
+            "rank_rngs": self.ctx.all_gather_object(rng),
+            "global_batch": self.setup.global_batch,
+            "plateau": self.plateau.state_dict(),
+            "stopper": self.stopper.state_dict(),
+            "history": self.history,
+            "best_epoch": self.best_epoch,
+            "elapsed": self.budget.elapsed(),
+            "planned_steps": self.planned_steps,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Put a `state_dict` back (trainer.pt of any vitkit version)."""
+        if state["world_size"] != self.ctx.world_size:
+            raise VitkitError(
+                f"the run was trained with {state['world_size']} process(es) but is resumed with "
+                f"{self.ctx.world_size}: resume with --nproc {state['world_size']} so the batches and results match"
+            )
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema is not None and state["ema"] is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.step, self.history, self.best_epoch = state["step"], state["history"], state["best_epoch"]
+        self.plateau.load_state_dict(state["plateau"])
+        self.stopper.load_state_dict(state["stopper"])
+        self.budget.load_state_dict({"elapsed": state["elapsed"]})
+        planned = state["planned_steps"]
+        if self.cfg.time_budget:
+            self.planned_steps = planned
+        elif planned != self.planned_steps:
+            # --epochs changed (a finished run extended): the schedule is re-planned over the new length, as if
+            # it had been asked for from the start, so the extension decays afresh from where that schedule
+            # stands now instead of running at the old schedule's floor
+            self.replanned_from = planned
+        rng = state["rank_rngs"][self.ctx.rank]
+        torch.set_rng_state(rng["torch_rng"])
+        self.aug_gen.set_state(rng["aug_rng"])
+        if rng["cuda_rng"] is not None:
+            torch.cuda.set_rng_state(rng["cuda_rng"], self.device)
+
     def save_last(self, epoch: int, next_batch: int) -> None:
-        self.run.save_checkpoint("last", self.model, self.metadata(), capture_state(self, epoch, next_batch))
+        state = {**self.state_dict(), "epoch": epoch, "next_batch": next_batch}
+        self.run.save_checkpoint("last", self.model, self.metadata(), state)
 
     def load_last(self) -> tuple[int, int]:
+        """Weights and state of last/; returns (epoch, next batch) to continue from."""
         last = self.run.find_last()
         if last is None:
-            raise FileNotFoundError(
+            raise MissingFile(
                 f"nothing to resume in {self.run.path}: no last/ checkpoint (the run never "
                 "finished one); start it again without --resume"
             )
         self.model.load_state_dict(load_model(last)[0].state_dict())
-        return restore_state(self, self.run.load_trainer_state(last))
+        state = self.run.load_trainer_state(last)
+        self.load_state_dict(state)
+        return state["epoch"], state["next_batch"]

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..data.loader import epoch_seed
+from ..errors import VitkitError
 from ..runtime import resolve_device
 from .config import TrainConfig
 from .engine import Trainer
@@ -79,9 +80,9 @@ def suggest(lrs: list[float], smoothed: list[float]) -> tuple[float | None, str 
 
 def check_sweep(steps: int, start_lr: float, end_lr: float) -> None:
     if steps < 2:
-        raise ValueError(f"--steps must be at least 2, got {steps}")
+        raise VitkitError(f"--steps must be at least 2, got {steps}")
     if not 0 < start_lr < end_lr:
-        raise ValueError(f"--start-lr ({start_lr}) must be positive and below --end-lr ({end_lr})")
+        raise VitkitError(f"--start-lr ({start_lr}) must be positive and below --end-lr ({end_lr})")
 
 
 def lr_find(cfg: TrainConfig, steps: int = 100, start_lr: float = 1e-7, end_lr: float = 10.0) -> LRFindResult:

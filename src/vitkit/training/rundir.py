@@ -17,6 +17,7 @@ import csv
 import datetime
 import fcntl
 import io
+import json
 import os
 import platform
 import shutil
@@ -30,30 +31,20 @@ import torch.nn as nn
 import yaml
 
 from .. import __version__
+from ..errors import MissingFile, VitkitError
 from ..fileio import atomic_path, replace_dir, settled_dir, write_json
-from ..models import save_model
-from ..options import name_list, read_yaml
+from ..models import get_preset, save_model
+from ..options import name_list, read_yaml_options
 from .config import TrainConfig
 
 TRAINER_STATE = "trainer.pt"
 RUN_FILES = {"args.yaml", "run.json", "best", "last"}  # any of them: the folder holds a run
 LOCK_FILE = ".lock"
 LOCK_WAIT_S = 5.0
-METRIC_FIELDS = (
-    "epoch",
-    "train_loss",
-    "train_top1",
-    "train_top5",
-    "val_loss",
-    "val_top1",
-    "val_top5",
-    "lr",
-    "images_per_s",
-    "time_s",
-    "val_map",
-    "val_map_micro",
-    "val_f1",
-)
+
+
+def _column_rank(name: str) -> int:
+    return 0 if name == "epoch" else 1 if name.startswith("train_") else 2 if name.startswith("val_") else 3
 
 
 STOP_REASONS = {
@@ -115,21 +106,21 @@ class RunDir:
         else:
             path = Path(out) if out else default
             if path.exists() and not path.is_dir():
-                raise ValueError(f"--out {path} is a file, not a folder: choose a new folder for the run")
+                raise VitkitError(f"--out {path} is a file, not a folder: choose a new folder for the run")
             path.mkdir(parents=True, exist_ok=True)
             held = sorted(p.name for p in path.iterdir() if p.name != LOCK_FILE)
             if not resume and held and not RUN_FILES & set(held):  # refused before the lock file is left there
-                raise ValueError(
+                raise VitkitError(
                     f"--out {path} already holds files that are not a vitkit run ({name_list(held, 3)}): "
                     "choose a new or empty folder for the run"
                 )
         lock = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         if not _lock_within(lock, LOCK_WAIT_S):
             os.close(lock)
-            raise ValueError(f"run folder {path} is in use by another vitkit process: choose another --out")
+            raise VitkitError(f"run folder {path} is in use by another vitkit process: choose another --out")
         if not resume and any(p.name != LOCK_FILE for p in path.iterdir()):
             os.close(lock)
-            raise ValueError(
+            raise VitkitError(
                 f"run folder {path} already holds a run: pass --resume to continue it, or choose another --out"
             )
         return cls(path, lock=lock)
@@ -183,9 +174,10 @@ class RunDir:
         if not self.writer:
             return
         buffer = io.StringIO()
-        # a multi-label run has mAP columns and no top-k ones
-        fields = [f for f in METRIC_FIELDS if any(f in row for row in history)] or list(METRIC_FIELDS)
-        writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
+        # the columns are the rows' own (a multi-label run has mAP columns and no top-k ones): the epoch, its
+        # training metrics, its validation metrics, then the rest, each in the order the rows have them
+        fields = sorted(dict.fromkeys(key for row in history for key in row), key=_column_rank)
+        writer = csv.DictWriter(buffer, fieldnames=fields)
         writer.writeheader()
         writer.writerows(history)
         with atomic_path(self.path / "metrics.csv") as tmp:
@@ -219,7 +211,7 @@ class RunDir:
         try:
             return torch.load(last / TRAINER_STATE, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise ValueError(
+            raise VitkitError(
                 f"{last / TRAINER_STATE} cannot be read ({type(e).__name__}: {str(e).splitlines()[0]}); the "
                 "file is damaged: start the run again without --resume, or restore the file"
             ) from None
@@ -239,11 +231,30 @@ def saved_config(run_dir: str | os.PathLike) -> TrainConfig:
     """The configuration a run folder was started with (args.yaml of any vitkit version)."""
     path = Path(run_dir) / "args.yaml"
     if not path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a vitkit run folder (no args.yaml): nothing to resume")
-    saved = read_yaml(path, str(path))
-    if not isinstance(saved, dict):
-        raise ValueError(f"{path} does not hold a vitkit configuration: restore it from a backup")
+        raise MissingFile(f"{run_dir} is not a vitkit run folder (no args.yaml): nothing to resume")
     try:
-        return TrainConfig.from_dict(saved)
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}; restore it from a backup") from None
+        saved = read_yaml_options(path, TrainConfig, str(path))
+        return TrainConfig.from_dict(with_recorded_size(saved, Path(run_dir)))
+    except VitkitError as e:
+        raise VitkitError(f"{path}: {e}; restore it from a backup") from None
+
+
+def with_recorded_size(saved: dict, run_dir: Path) -> dict:
+    """args.yaml from before the --time-budget size choice was recorded in it: the choice as run.json
+    recorded it, with the architecture it gave, so the run resumes as the size it started with."""
+    preset = get_preset(saved["preset"]) if saved.get("preset") and not saved.get("model") else None
+    if "budget_size" in saved or preset is None or not preset.budget_sizes:
+        return saved
+    try:
+        record = json.loads((run_dir / "run.json").read_text()).get("budget_size")
+    except (OSError, ValueError):
+        record = None
+    if not record and saved.get("time_budget"):
+        raise VitkitError(
+            "it does not record the model size this --time-budget run chose, so its architecture cannot be "
+            "rebuilt: start a new run, or give the size with --model-arg"
+        )
+    if not record:
+        return saved
+    model_args = {**preset.model_args, **record["model_args"], **(saved.get("model_args") or {})}
+    return {**saved, "model": preset.model, "model_args": model_args, "budget_size": record}

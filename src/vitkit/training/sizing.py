@@ -5,16 +5,15 @@ four times the epochs on one 2-core CPU as on another (benchmarks/results/time_t
 cifar10-train-30min-*.json). A size is worth
 taking only when the budget lets it train long enough, so a preset's sizes are keyed by epochs, not
 minutes: a few timed steps of each candidate measure its training rate here, and the run takes the
-largest size whose budget affords at least its epochs. The choice is recorded in run.json and read
-back by `--resume`, so a resumed run rebuilds the architecture it started with.
+largest size whose budget affords at least its epochs. The choice is recorded in the run's configuration
+(args.yaml's budget_size, also in run.json), so a resumed or repeated run rebuilds the architecture it
+started with.
 """
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -77,21 +76,3 @@ def choose_size(
         if epochs >= min_epochs:
             chosen = changes
     return {"model_args": chosen, "candidates": candidates}
-
-
-def recorded_size(run_dir: str | Path, required: bool = True) -> dict[str, Any] | None:
-    """The size a run chose when it started (its run.json), for `--resume`; None for a run that chose none
-    when not `required` (a budget run extended by --epochs no longer has a budget, but keeps its size)."""
-    path = Path(run_dir) / "run.json"
-    try:
-        record = json.loads(path.read_text()).get("budget_size")
-    except (OSError, ValueError):
-        record = None
-    if not record and not required:
-        return None
-    if not record:
-        raise ValueError(
-            f"{path} does not record the model size this --time-budget run chose, so its architecture "
-            "cannot be rebuilt: start a new run, or give the size with --model-arg"
-        )
-    return record

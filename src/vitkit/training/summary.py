@@ -46,11 +46,12 @@ def model_lines(trainer) -> list[str]:
     ]
     if setup.size_note:
         lines.append(f"         {setup.size_note}")
-    if setup.budget_size:
-        chosen = setup.budget_size["model_args"]
+    record = setup.config.budget_size
+    if record:
+        chosen = record["model_args"]
         estimates = "; ".join(
             f"{_args(c['model_args'])}: ~{c['affordable_epochs']:g} epochs (needs {c['min_epochs']:g})"
-            for c in setup.budget_size["candidates"]
+            for c in record["candidates"]
         )
         lines.append(f"         size chosen by --time-budget: {_args(chosen)} (measured here: {estimates})")
     return lines

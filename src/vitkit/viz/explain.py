@@ -20,6 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import VitkitError
+
 
 @torch.no_grad()
 def attention_maps(model, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -93,11 +95,11 @@ def choose_method(model, method: str = "auto") -> str:
             return "gradcam"
         return "rollout" if model.attention_layers else "saliency"
     if method == "rollout" and not model.attention_layers:
-        raise ValueError("--method rollout needs a model with attention (a ViT); use gradcam or saliency")
+        raise VitkitError("--method rollout needs a model with attention (a ViT); use gradcam or saliency")
     if method == "gradcam" and not tokens:
-        raise ValueError("--method gradcam works on token models (ViT, hybrids, MLP families); use saliency")
+        raise VitkitError("--method gradcam works on token models (ViT, hybrids, MLP families); use saliency")
     if method not in METHODS:
-        raise ValueError(f"--method {method!r}: use one of {', '.join(METHODS)}")
+        raise VitkitError(f"--method {method!r}: use one of {', '.join(METHODS)}")
     return method
 
 
@@ -132,7 +134,7 @@ def explain_tensor(
     `method` (see `choose_method`)."""
     model = classifier.model
     if not isinstance(model, torch.nn.Module):
-        raise ValueError("explanations need the PyTorch model: load the checkpoint folder, not the .onnx file")
+        raise VitkitError("explanations need the PyTorch model: load the checkpoint folder, not the .onnx file")
     x = classifier.augment.eval(images.to(classifier.device))
     model.eval()
     with torch.inference_mode():
