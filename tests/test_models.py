@@ -18,6 +18,7 @@ SMALL = {
     "gmlp": dict(name="gmlp_micro_patch4_32"),
     "resnet": dict(name="resnet18_cifar", widths=(8, 16, 32, 64)),
     "resnet50v2": dict(name="resnet50v2_cifar", widths=(8, 8, 8, 8)),
+    "fastnet": dict(name="fastnet_cifar", widths=(8, 16, 16)),
 }
 
 

@@ -23,6 +23,7 @@ def capture_state(trainer, epoch: int, next_batch: int) -> dict:
         "world_size": trainer.ctx.world_size,
         "optimizer": trainer.optimizer.state_dict(),
         "ema": trainer.ema.state_dict() if trainer.ema else None,
+        "lookahead": trainer.lookahead.state_dict() if trainer.lookahead else None,
         "rank_rngs": trainer.ctx.all_gather_object(rng),
         "global_batch": trainer.setup.global_batch,
         "plateau": trainer.plateau.state_dict(),
@@ -44,6 +45,8 @@ def restore_state(trainer, state: dict) -> tuple[int, int]:
     trainer.optimizer.load_state_dict(state["optimizer"])
     if trainer.ema is not None and state["ema"] is not None:
         trainer.ema.load_state_dict(state["ema"])
+    if trainer.lookahead is not None and state.get("lookahead") is not None:
+        trainer.lookahead.load_state_dict(state["lookahead"])
     trainer.step, trainer.history, trainer.best_epoch = state["step"], state["history"], state["best_epoch"]
     trainer.plateau.load_state_dict(state["plateau"])
     trainer.stopper.load_state_dict(state["stopper"])
