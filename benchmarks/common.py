@@ -45,7 +45,7 @@ def machine() -> dict:
     }
 
 
-def matmul_peak(device="cpu", dtype_name: str = "float32", size: int = 2048, repeats: int = 5) -> float:
+def matmul_peak(device="cpu", dtype_name: str = "float32", size: int = 2048, repeats: int = 12) -> float:
     """FLOP/s of a large square matrix product on this machine: the practical peak a training step's
     share of the hardware is measured against (the best of a few repeats, after a warm-up)."""
     import torch

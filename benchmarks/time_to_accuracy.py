@@ -83,6 +83,7 @@ def run(recipe: str, data: str, minutes: float, out: Path, extra: dict, label: s
         # the training step's matrix products and convolutions against a large matrix product's rate
         "peak_share": flops * images_per_s / (peak[precision] * 1e9),
         "peak_precision": precision,
+        "peak_gflops": peak[precision],  # measured by this invocation, before its runs
         "test_top1": result["metrics"]["top1"],
         # the best checkpoint again, airbench's multi-crop TTA: the image, two 1-pixel diagonal shifts, mirrors
         "test_top1_multicrop_tta": vitkit.evaluate(out, flip_tta=True, crop_tta=True)["top1"],
