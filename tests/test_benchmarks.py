@@ -267,8 +267,8 @@ def time_to_accuracy(tmp_path):
     ]
     summary = {s["recipe"]: s for s in data["seed_summary"]}
     assert set(summary) == {
-        "cifar-fast train_limit=300 image_size=16",
-        "vit_micro_patch4_32 train_limit=300 image_size=16",
+        "cifar-fast train_limit=300 batch_size=32",
+        "vit_micro_patch4_32 train_limit=300 batch_size=32",
     }
     for entry in summary.values():
         assert entry["seeds"] == 2 and entry["test_top1_min"] <= entry["test_top1_mean"] <= entry["test_top1_max"]

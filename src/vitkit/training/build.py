@@ -160,9 +160,7 @@ def build(cfg: TrainConfig, runtime: Runtime, budget=None) -> Setup:
         decode, mean=mean, std=std, channels=channels, decode_size=data.train.stored_size
     )
     augment = preprocessing.batch_augment(AugmentSpec.from_options(cfg))
-    if cfg.whiten_init and not cfg.resume:  # a resumed run loads its weights
-        if pretrained:
-            raise ValueError("--whiten-init sets a new model's first convolution: drop it to fine-tune --pretrained")
+    if cfg.whiten_init and not cfg.resume and not pretrained:  # resumed and pretrained runs load their weights
         whiten_first_conv(model, data.train, augment, runtime.device)
 
     common = dict(device=runtime.device, rank=ctx.rank, world_size=ctx.world_size, workers=workers)

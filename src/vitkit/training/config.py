@@ -106,7 +106,7 @@ class TrainConfig(AugmentSpec):
     whiten_init: bool = _model(
         False,
         "set the model's first convolution to the whitening transform of training-image patches (eigenvectors "
-        "of their covariance) before training; not with --pretrained",
+        "of their covariance) before training (a new model only: not a --pretrained or resumed one)",
     )
     layer_decay: float = _model(0.0, "layer-wise lr decay per layer from the top, e.g. 0.75 (0: off)")
     head_lr: float = _model(0.0, "learning rate of the classifier (0: same as --lr)")
