@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from conftest import write_class_folders
 from safetensors.torch import load_file
+from test_engine_options import TINY as ENGINE_TINY
 
 import vitkit
 from vitkit.cli import main
@@ -19,18 +20,7 @@ from vitkit.models import create_model
 from vitkit.training import Trainer
 from vitkit.training.config import make_config
 
-TINY = dict(
-    image_size=16,
-    model="vit_micro_patch4_32",
-    model_args={"depth": 1, "embed_dim": 32, "num_heads": 2, "mlp_dim": 64},
-    hflip=False,
-    rrc_scale=0.0,
-    warmup_epochs=0,
-    amp="off",
-    batch_size=6,
-    progress=False,
-    threads=1,
-)
+TINY = dict(ENGINE_TINY, threads=1)  # the engine tests' tiny ViT, in one thread
 ONE_STEP = dict(optimizer="sgd", weight_decay=0.0, schedule="constant", epochs=1, batch_size=24)
 
 
