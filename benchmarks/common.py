@@ -45,6 +45,34 @@ def machine() -> dict:
     }
 
 
+def matmul_peak(device="cpu", dtype_name: str = "float32", size: int = 2048, repeats: int = 12) -> float:
+    """FLOP/s of a large square matrix product on this machine: the practical peak a training step's
+    share of the hardware is measured against (the best of a few repeats, after a warm-up)."""
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    a @ b
+    best = min(timed(lambda: a @ b, device) for _ in range(repeats))
+    return 2 * size**3 / best
+
+
+def training_flops_per_image(model, image_size: int, device="cpu") -> float:
+    """Forward and backward FLOPs of one training image (matrix products and convolutions, as torch's
+    FLOP counter counts them), on a batch of two."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = model.to(device).train()
+    x = torch.randn(2, model.config.in_chans, image_size, image_size, device=device)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(x).float().sum().backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / 2
+
+
 def sync(device) -> None:
     import torch
 

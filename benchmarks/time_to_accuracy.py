@@ -1,11 +1,17 @@
 """Recipes side by side at equal wall clock: each trains with `--time-budget` on the same data, and
 the held-out top-1 after every epoch is recorded against elapsed time (CSV + PNG), with the final
-test top-1 of the best checkpoint.
+test top-1 of the best checkpoint, its top-1 under multi-crop test-time augmentation (the image, two
+one-pixel diagonal shifts and their mirrors), the epochs and training images/s, and the share of this
+machine's measured matrix-product peak that the training step reached (model FLOPs x images/s / peak).
+With --seeds N each recipe trains N times (seeds 0..N-1): the rows, and per recipe the mean and spread.
 
     python benchmarks/time_to_accuracy.py --data ../shared/data/cifar10-dev --minutes 10 \
         --recipes cifar-hybrid cifar-resnet keras-vit-cifar100
     python benchmarks/time_to_accuracy.py --minutes 10 --recipes cifar-gmlp --set auto_augment=trivial --merge
     python benchmarks/time_to_accuracy.py --data ../shared/data/cifar10-train --minutes 30 --flip-tta
+    python benchmarks/time_to_accuracy.py --data ../shared/data/cifar10-train --minutes 30 \
+        --recipes cifar-fast cifar-hybrid
+    python benchmarks/time_to_accuracy.py --data ../shared/data/cifar10-train --minutes 5 --recipes cifar-fast --seeds 5
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -22,13 +29,36 @@ import yaml
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from common import SHARED_DATA, machine, merge_rows, print_table, write_json  # noqa: E402
+from common import (  # noqa: E402
+    SHARED_DATA,
+    machine,
+    matmul_peak,
+    merge_rows,
+    print_table,
+    training_flops_per_image,
+    write_json,
+)
 
 import vitkit  # noqa: E402
-from vitkit.models import PRESETS  # noqa: E402
+from vitkit.models import PRESETS, load_model  # noqa: E402
 
 
-def run(recipe: str, data: str, minutes: float, out: Path, extra: dict, label: str, flip_tta: bool) -> dict:
+def peaks(device: str) -> dict:
+    """GFLOP/s of a large matrix product here, fp32 and (where the hardware has native bf16) bf16."""
+    import torch
+
+    from vitkit.runtime import resolve_device, use_bf16
+
+    device = resolve_device(device)
+    out = {"fp32": matmul_peak(device, "float32") / 1e9}
+    if use_bf16("auto", device):
+        out["bf16"] = matmul_peak(device, "bfloat16") / 1e9
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return out
+
+
+def run(recipe: str, data: str, minutes: float, out: Path, extra: dict, label: str, flip_tta: bool, peak: dict) -> dict:
     options = dict(data=data, time_budget=minutes, out=str(out), progress=False, **extra)
     options["preset" if recipe in PRESETS else "model"] = recipe
     if recipe in PRESETS and PRESETS[recipe].train.get("data") not in (None, data):
@@ -37,12 +67,26 @@ def run(recipe: str, data: str, minutes: float, out: Path, extra: dict, label: s
     with open(out / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     curve = [(float(r["time_s"]), float(r["val_top1"])) for r in rows]
+    # the first epoch's rate includes the start of the budget's sizing and allocation: the median epoch
+    images_per_s = statistics.median(float(r["images_per_s"]) for r in rows)
+    run_info = json.loads((out / "run.json").read_text())
+    model, _ = load_model(out / "best")
+    flops = training_flops_per_image(model, model.config.image_size, run_info.get("device", "cpu"))
+    precision = "bf16" if "bf16" in peak and extra.get("amp", "auto") != "off" else "fp32"
     return {
         "recipe": label,
         "preset": recipe,
         "overrides": extra,
         "epochs": len(rows),
+        "images_per_s": images_per_s,
+        "train_gflop_per_image": flops / 1e9,
+        # the training step's matrix products and convolutions against a large matrix product's rate
+        "peak_share": flops * images_per_s / (peak[precision] * 1e9),
+        "peak_precision": precision,
+        "peak_gflops": peak[precision],  # measured by this invocation, before its runs
         "test_top1": result["metrics"]["top1"],
+        # the best checkpoint again, airbench's multi-crop TTA: the image, two 1-pixel diagonal shifts, mirrors
+        "test_top1_multicrop_tta": vitkit.evaluate(out, flip_tta=True, crop_tta=True)["top1"],
         # the same checkpoint and split, each image's logits averaged with its mirror image's
         "test_top1_flip_tta": vitkit.evaluate(out, flip_tta=True)["top1"] if flip_tta else None,
         "best_val_top1": max(v for _, v in curve),
@@ -67,7 +111,32 @@ def parse_overrides(pairs: list[str]) -> dict:
     return overrides
 
 
-def save(results: list[dict], out: Path, name: str, minutes: float, data: str, machine_info: dict) -> None:
+def seed_summary(results: list[dict]) -> list[dict]:
+    """Per recipe run with several seeds: mean, standard deviation, minimum and maximum of its top-1s."""
+    groups: dict[str, list[dict]] = {}
+    for r in results:
+        if r.get("seed") is not None:
+            groups.setdefault(r["preset"] + "".join(f" {k}={v}" for k, v in r["overrides"].items()), []).append(r)
+    summary = []
+    for recipe, rows in groups.items():
+        if len(rows) < 2:
+            continue
+        entry = {"recipe": recipe, "seeds": len(rows), "epochs_mean": statistics.mean(r["epochs"] for r in rows)}
+        for key in ("test_top1", "test_top1_multicrop_tta"):
+            values = [r[key] for r in rows]
+            entry |= {
+                f"{key}_mean": statistics.mean(values),
+                f"{key}_std": statistics.stdev(values),
+                f"{key}_min": min(values),
+                f"{key}_max": max(values),
+            }
+        summary.append(entry)
+    return summary
+
+
+def save(
+    results: list[dict], out: Path, name: str, minutes: float, data: str, machine_info: dict, peak: dict | None = None
+) -> None:
     """CSV of the curves, the PNG plot, the table and the JSON, best test top-1 first."""
     results = sorted(results, key=lambda r: -r["test_top1"])
     with open(out / f"{name}.csv", "w", newline="") as f:
@@ -100,14 +169,39 @@ def save(results: list[dict], out: Path, name: str, minutes: float, data: str, m
             ("recipe", "recipe", "s"),
             ("params_m", "params (M)", ".2f"),
             ("epochs", "epochs", "d"),
+            ("images_per_s", "img/s", ".0f"),
+            ("peak_share", "peak share", ".3f"),
             ("best_val_top1", "best val top-1", ".3f"),
             ("test_top1", "test top-1", ".3f"),
             ("test_top1_flip_tta", "flip TTA", ".3f"),
+            ("test_top1_multicrop_tta", "multi-crop TTA", ".3f"),
             ("final_top1", "final top-1", ".3f"),
             ("final_top1_flip_tta", "final flip TTA", ".3f"),
         ],
     )
-    write_json(out / f"{name}.json", {"machine": machine_info, "data": data, "minutes": minutes, "results": results})
+    summary = seed_summary(results)
+    if summary:
+        print()
+        print_table(
+            summary,
+            [
+                ("recipe", "recipe", "s"),
+                ("seeds", "seeds", "d"),
+                ("epochs_mean", "epochs", ".1f"),
+                ("test_top1_mean", "top-1 mean", ".4f"),
+                ("test_top1_std", "std", ".4f"),
+                ("test_top1_min", "min", ".4f"),
+                ("test_top1_max", "max", ".4f"),
+                ("test_top1_multicrop_tta_mean", "multi-crop mean", ".4f"),
+                ("test_top1_multicrop_tta_std", "std", ".4f"),
+            ],
+        )
+    payload = {"machine": machine_info, "data": data, "minutes": minutes, "results": results}
+    if peak is not None:
+        payload["peak_gflops"] = peak
+    if summary:
+        payload["seed_summary"] = summary
+    write_json(out / f"{name}.json", payload)
 
 
 def main() -> int:
@@ -127,6 +221,9 @@ def main() -> int:
     parser.add_argument(
         "--flip-tta", action="store_true", help="also report test top-1 with test-time flip augmentation"
     )
+    parser.add_argument(
+        "--seeds", type=int, default=0, help="train each recipe with seeds 0..N-1 and report mean and spread"
+    )
     parser.add_argument("--plot-only", action="store_true", help="redraw CSV/PNG/table from the saved JSON")
     args = parser.parse_args()
     out = Path(args.out)
@@ -134,19 +231,33 @@ def main() -> int:
     name = f"{Path(args.data).name}-{args.minutes:g}min"
     if args.plot_only:
         saved = json.loads((out / f"{name}.json").read_text())
-        save(saved["results"], out, name, saved["minutes"], saved["data"], saved["machine"])
+        saved = json.loads((out / f"{name}.json").read_text())
+        save(saved["results"], out, name, saved["minutes"], saved["data"], saved["machine"], saved.get("peak_gflops"))
         return 0
     extra = {"train_limit": args.train_limit} if args.train_limit else {}
     extra.update(parse_overrides(args.set))
+    peak = peaks(extra.get("device", "auto"))
+    print(f"matrix-product peak here: {', '.join(f'{k} {v:.0f} GFLOP/s' for k, v in peak.items())}", file=sys.stderr)
     results = []
+    seeds = range(args.seeds) if args.seeds else [None]
     with tempfile.TemporaryDirectory() as tmp:
         for recipe in args.recipes:
-            label = args.label or " ".join([recipe] + args.set)
-            print(f"{label}: {args.minutes} min ...", file=sys.stderr, flush=True)
-            results.append(run(recipe, args.data, args.minutes, Path(tmp) / recipe, extra, label, args.flip_tta))
+            for seed in seeds:
+                label = " ".join([recipe] + args.set)
+                if args.label:  # several recipes: each row keeps its recipe's name before the label
+                    label = args.label if len(args.recipes) == 1 else f"{recipe} {args.label}"
+                options = extra if seed is None else {**extra, "seed": seed}
+                if seed is not None:
+                    label += f" seed={seed}"
+                print(f"{label}: {args.minutes} min ...", file=sys.stderr, flush=True)
+                folder = Path(tmp) / f"{recipe}-{seed}"
+                row = run(recipe, args.data, args.minutes, folder, options, label, args.flip_tta, peak)
+                row["seed"] = seed
+                row["overrides"] = extra
+                results.append(row)
     if args.merge:
         results = merge_rows(out / f"{name}.json", results, "recipe", "results")
-    save(results, out, name, args.minutes, args.data, machine())
+    save(results, out, name, args.minutes, args.data, machine(), peak)
     return 0
 
 

@@ -155,17 +155,15 @@ def _models() -> list[tuple[str, bool, str, float, int]]:
     import torch
 
     from vitkit.models import PRESETS, count_parameters, create_model, list_models
+    from vitkit.models.base import FAMILY_TITLES
 
     rows = []
     for name in list_models("all"):
         with torch.device("meta"):  # shapes only
             model = create_model(name)
-        family = FAMILY_NAMES.get(model.family, model.family)
+        family = FAMILY_TITLES.get(model.family, model.family)
         rows.append((name, name in PRESETS, family, count_parameters(model) / 1e6, model.config.image_size))
     return rows
-
-
-FAMILY_NAMES = {"vit": "ViT", "mixer": "MLP-Mixer", "fnet": "FNet", "gmlp": "gMLP", "resnet": "ResNet"}
 
 
 def models_table() -> str:

@@ -118,6 +118,7 @@ def gpu_collect(tmp_path):
     assert data["tests"]["tests"] == 3 and data["tests"]["failed"] == ["tests.test_models::test_b"]
     assert data["speedrun"]["time_to_target_s"] == 60 and data["speedrun"]["target_reached"] is True
     assert data["speedrun"]["wall_s"] == 170 and data["speedrun"]["data"] == "cifar10-train"
+    assert [r["recipe"] for r in data["speedrun"]["recipes"]] == ["cifar-hybrid"]
     throughput = data["throughput"]
     assert [r["name"] for r in throughput["rows"]] == ["vit_small_patch16_224"]
     assert throughput["parts"]["throughput-recipes"]["status"] == "timeout"
@@ -251,7 +252,26 @@ def time_to_accuracy(tmp_path):
     assert row["recipe"] == "vit_micro_patch4_32" and row["overrides"] == {"train_limit": 300}
     assert row["epochs"] >= 1 and len(row["curve"]) == row["epochs"]
     assert 0 <= row["test_top1"] <= 1 and 0 <= row["final_top1"] <= 1
+    assert 0 <= row["test_top1_multicrop_tta"] <= 1
     assert row["best_val_top1"] == max(v for _, v in row["curve"])
+    positive(row, "images_per_s", "train_gflop_per_image", "peak_share")
+    assert row["peak_share"] < 1 and data["peak_gflops"]["fp32"] > 0
+    seeds = tmp_path / "seeds"
+    script(
+        "time_to_accuracy.py", "--data", "digits", "--minutes", 0.01, "--recipes", "cifar-fast", "vit_micro_patch4_32",
+        "--train-limit", 300, "--seeds", 2, "--set", "batch_size=32", "--out", seeds,
+    )  # fmt: skip
+    data = read(seeds / "digits-0.01min.json")
+    assert sorted(r["recipe"] for r in data["results"]) == [
+        f"{recipe} batch_size=32 seed={seed}" for recipe in ("cifar-fast", "vit_micro_patch4_32") for seed in (0, 1)
+    ]
+    summary = {s["recipe"]: s for s in data["seed_summary"]}
+    assert set(summary) == {
+        "cifar-fast train_limit=300 batch_size=32",
+        "vit_micro_patch4_32 train_limit=300 batch_size=32",
+    }
+    for entry in summary.values():
+        assert entry["seeds"] == 2 and entry["test_top1_min"] <= entry["test_top1_mean"] <= entry["test_top1_max"]
     assert (out / "digits-0.01min.png").stat().st_size > 0
     assert (out / "digits-0.01min.csv").read_text().startswith("recipe,time_s,val_top1")
 

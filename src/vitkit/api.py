@@ -319,11 +319,13 @@ def evaluate(
     device: str = "auto",
     flip_tta: bool = False,
     precision: str = "fp32",
+    crop_tta: bool = False,
     **data_options: Any,
 ) -> dict[str, Any]:
     """Recompute the metrics of a checkpoint on a split (train, val or test) of a dataset; by default
     the split its run reported on (test, or val when the data has no test split). `flip_tta` averages
-    each image's logits with its mirror image's (for data whose classes survive a horizontal flip).
+    each image's logits with its mirror image's (for data whose classes survive a horizontal flip);
+    `crop_tta` adds two crops moved a pixel diagonally (multi-crop TTA, single-label models).
 
     precision="fp32" (the default) reproduces the metrics a run reported, which are computed in fp32
     whatever the training precision. "bf16" (or "auto" where it picks bf16) evaluates under bf16 and adds
@@ -338,10 +340,15 @@ def evaluate(
     if clf.multi_label:  # mAP, and F1 at the thresholds the checkpoint was tuned to on its validation split
         from .eval.multilabel import evaluate_multilabel
 
+        if crop_tta:
+            raise VitkitError("--crop-tta is for single-label models; multi-label evaluation takes --flip-tta")
+
         report, _, _ = evaluate_multilabel(clf.runner, loader, clf.augment, clf.class_names, clf.thresholds, flip_tta)
         return {"split": split, "data": data, "flip_tta": flip_tta, "precision": clf.precision, **report}
-    metrics = evaluate_loader(clf.runner, loader, clf.augment, dataset.num_classes, flip_tta=flip_tta)
-    report = {"split": split, "data": data, "flip_tta": flip_tta, "precision": clf.precision}
+    metrics = evaluate_loader(
+        clf.runner, loader, clf.augment, dataset.num_classes, flip_tta=flip_tta, crop_tta=crop_tta
+    )
+    report = {"split": split, "data": data, "flip_tta": flip_tta, "crop_tta": crop_tta, "precision": clf.precision}
     report.update(metrics.compute(dataset.class_names))
     if clf.precision == "bf16":
         reference, labels = predicted_classes(clf.model, loader, clf.augment.eval)

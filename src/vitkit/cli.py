@@ -162,11 +162,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .eval.agreement import describe
 
     inference_options(args)
-    metrics = api.evaluate(args.checkpoint, precision=args.precision, **evaluation_options(args))
+    metrics = api.evaluate(
+        args.checkpoint, precision=args.precision, crop_tta=args.crop_tta, **evaluation_options(args)
+    )
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:
-        split = f"{metrics['split']}, flip TTA" if metrics["flip_tta"] else metrics["split"]
+        tta = [name for name, on in (("flip", metrics["flip_tta"]), ("crop", metrics.get("crop_tta"))) if on]
+        split = f"{metrics['split']}, {' + '.join(tta)} TTA" if tta else metrics["split"]
         print(f"{metrics['data']} [{split}] {metrics['count']} images, {metrics['precision']}")
         if "map_macro" in metrics:
             from .eval.multilabel import label_table
@@ -458,6 +461,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint")
     add_evaluation_arguments(p)
     add_inference_arguments(p, "eval", precision="fp32")
+    p.add_argument(
+        "--crop-tta",
+        action="store_true",
+        help="multi-crop test-time augmentation: also two crops moved one pixel diagonally, weighted a quarter "
+        "each (with --flip-tta each with its mirror: six passes)",
+    )
     p.add_argument("--json", action="store_true", help="print every metric as JSON")
     p.set_defaults(func=cmd_eval)
 

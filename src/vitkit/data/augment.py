@@ -107,7 +107,8 @@ class BatchAugment:
         return self._normalize(self.resize(self._float(x)))
 
     @torch.no_grad()
-    def train(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def train(self, x: torch.Tensor, gen: torch.Generator, flips: torch.Tensor | None = None) -> torch.Tensor:
+        """`flips` (bool per image): which images hflip mirrors, instead of a random half."""
         s, n, dev = self.spec, x.shape[0], x.device
         x = self._float(x)
         ops = None
@@ -120,7 +121,9 @@ class BatchAugment:
                 else torch.full((k, n), s.ra_magnitude / 30.0, device=dev)
             )
             signs = torch.randint(0, 2, (k, n), generator=gen, device=dev) * 2.0 - 1.0
-        theta = self._affine(n, dev, gen, ops, mags if ops is not None else None, signs if ops is not None else None)
+        theta = self._affine(
+            n, dev, gen, ops, mags if ops is not None else None, signs if ops is not None else None, flips
+        )
         if theta is not None:
             grid = F.affine_grid(theta, [n, x.shape[1], self.out_size, self.out_size], align_corners=False)
             pad_mode = "zeros" if s.crop_padding or ops is not None else "reflection"
@@ -135,14 +138,14 @@ class BatchAugment:
             x = self._erase(x, gen)
         return x
 
-    def _affine(self, n, dev, gen, ops, mags, signs):
+    def _affine(self, n, dev, gen, ops, mags, signs, flips=None):
         """(n, 2, 3) matrices mapping output to input coordinates, or None for a plain resize."""
         s = self.spec
         a = torch.eye(2, device=dev).repeat(n, 1, 1)
         t = torch.zeros(n, 2, device=dev)
         changed = False
         if s.hflip:
-            flip = torch.rand(n, generator=gen, device=dev) < 0.5
+            flip = torch.rand(n, generator=gen, device=dev) < 0.5 if flips is None else flips
             a[:, 0, 0] = torch.where(flip, -1.0, 1.0)
             changed = True
         if s.zoom > 0:  # positive factor zooms out, as in Keras: sample a larger region

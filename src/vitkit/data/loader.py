@@ -140,6 +140,10 @@ class BatchLoader:
             return torch.multinomial(self.sample_weights, n, replacement=True, generator=generator)
         return torch.randperm(n, generator=generator)
 
+    def batch_indices(self, epoch: int = 0, start_batch: int = 0) -> list[torch.Tensor]:
+        """The split indices of this rank's images in each batch that `batches` yields, in order."""
+        return self._rank_slices(epoch, start_batch)
+
     def _rank_slices(self, epoch: int, start_batch: int) -> list[torch.Tensor]:
         order = self.order(epoch)
         slices = []

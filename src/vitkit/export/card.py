@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 
 from ..fileio import read_json
+from ..models.base import FAMILY_TITLES
 
 # Training options worth a line in the card, in this order, when the run recorded them.
 TRAINING_OPTIONS = (
@@ -44,7 +45,6 @@ METRICS = (
     ("f1_weighted", "F1 (weighted)"),
 )
 MAX_LISTED_CLASSES = 100
-FAMILY_NAMES = {"vit": "ViT", "mixer": "MLP-Mixer", "fnet": "FNet", "gmlp": "gMLP", "resnet": "ResNet"}
 
 
 def run_results(checkpoint: Path) -> dict:
@@ -118,7 +118,7 @@ def model_card(classifier, checkpoint: Path, title: str, load_as: str, transform
         "",
         f"# {title}",
         "",
-        f"A {FAMILY_NAMES.get(family, family)} image classifier{about_text} "
+        f"A {FAMILY_TITLES.get(family, family)} image classifier{about_text} "
         f"trained with vitkit on {data_text}: "
         f"{len(names)} classes, {classifier.image_size} px input.",
         "",

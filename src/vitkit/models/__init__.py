@@ -1,7 +1,7 @@
 """Model zoo: `create_model(name_or_preset, ...)` and `list_models()`.
 
 Families (one file each): ViT (`vit.py`), MLP-Mixer (`mixer.py`), FNet (`fnet.py`), gMLP (`gmlp.py`),
-ResNet (`resnet.py`); shared layers live in `layers.py` and `patch_mlp.py`.
+ResNet (`resnet.py`), the airbench-style CNN (`fastnet.py`); shared layers live in `layers.py` and `patch_mlp.py`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 
 import torch.nn as nn
 
-from . import fnet, gmlp, mixer, resnet, vit  # noqa: F401  (registers the families)
+from . import fastnet, fnet, gmlp, mixer, resnet, vit  # noqa: F401  (registers the families)
 from .io import load_model, save_model
 from .presets import PRESET_ALIASES, PRESETS, Preset
 from .registry import FAMILIES, build_config, lookup_model, registered_models, unknown_name_error

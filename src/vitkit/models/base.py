@@ -14,10 +14,19 @@ import re
 import torch
 import torch.nn as nn
 
+from ..errors import VitkitError
+from .layers import whiten_conv_
 from .registry import ModelConfig
 
 HEAD_PREFIXES = ("pre_logits.", "head_drop.", "head.")
-FAMILY_TITLES = {"vit": "ViT", "mixer": "MLP-Mixer", "fnet": "FNet", "gmlp": "gMLP", "resnet": "ResNet"}
+FAMILY_TITLES = {
+    "vit": "ViT",
+    "mixer": "MLP-Mixer",
+    "fnet": "FNet",
+    "gmlp": "gMLP",
+    "resnet": "ResNet",
+    "fastnet": "FastNet",
+}
 _OLD_HEAD_KEY = re.compile(r"^head\.(\d+)\.(weight|bias)$")
 
 
@@ -86,6 +95,24 @@ class ImageClassifier(nn.Module):
     def attention_layers(self) -> list[nn.Module]:
         """Self-attention modules in depth order, for attention maps; empty for families without."""
         return []
+
+    # -- initialisation from data --------------------------------------------------------
+    def first_conv(self) -> nn.Conv2d | None:
+        """The convolution that sees the image's pixels, for whitening: every family declares its stem
+        (patch embedding, tokenizer, ResNet stem) before its trunk, so it is the first one over the input
+        channels; None where the stem has none (shifted patches project with a Linear)."""
+        channels = self.config.in_chans
+        return next((m for m in self.modules() if isinstance(m, nn.Conv2d) and m.in_channels == channels), None)
+
+    def init_whitening(self, images: torch.Tensor) -> None:
+        """Initialise the first convolution as the whitening transform of `images`' patches (normalised
+        model inputs, NCHW): see layers.whiten_conv_."""
+        conv = self.first_conv()
+        if conv is None:
+            raise VitkitError(
+                f"{self.architecture} has no convolution on the image's pixels to whiten: drop --whiten-init"
+            )
+        whiten_conv_(conv, images)
 
     # -- adapting to a new task ----------------------------------------------------------
     def reset_classifier(self, num_classes: int) -> None:

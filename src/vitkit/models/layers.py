@@ -263,3 +263,30 @@ def init_linear_weights(module: nn.Module) -> None:
         nn.init.xavier_uniform_(module.weight.view(module.out_channels, -1))
         if module.bias is not None:
             nn.init.zeros_(module.bias)
+
+
+@torch.no_grad()
+def whiten_conv_(conv: nn.Conv2d, images: torch.Tensor, eps: float = 5e-4) -> None:
+    """Set a first convolution's filters to the whitening transform of the images' patches (Jordan 2024,
+    airbench): the eigenvectors of the patch covariance, each scaled by 1/sqrt(its eigenvalue), so that
+    the layer's outputs start decorrelated and of unit variance. The top eigenvectors are taken in
+    descending order of variance; where the layer has room for twice as many filters as taken, each
+    comes with its negative (a following ReLU/GELU then keeps both signs); filters beyond those keep their
+    initialisation. The bias is zeroed."""
+    out_ch, in_ch, kh, kw = conv.weight.shape
+    if conv.groups != 1 or images.shape[1] != in_ch:
+        raise VitkitError(f"whitening needs a dense convolution over the {images.shape[1]} image channels")
+    patches = F.unfold(images.float(), (kh, kw)).transpose(1, 2).reshape(-1, in_ch * kh * kw)
+    patches = patches - patches.mean(0)
+    covariance = patches.T @ patches / max(1, patches.shape[0] - 1)
+    eigenvalues, eigenvectors = torch.linalg.eigh(covariance.double())  # ascending
+    dim = eigenvalues.shape[0]
+    paired = out_ch % 2 == 0 and out_ch // 2 <= dim
+    count = out_ch // 2 if paired else min(out_ch, dim)
+    top = (eigenvectors[:, -count:] / (eigenvalues[-count:] + eps).sqrt()).flip(1).T.float()
+    filters = torch.cat([top, -top]) if paired else top
+    weight = conv.weight.clone()
+    weight[: filters.shape[0]] = filters.reshape(-1, in_ch, kh, kw).to(weight)
+    conv.weight.copy_(weight)
+    if conv.bias is not None:
+        conv.bias.zero_()

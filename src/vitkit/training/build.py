@@ -144,6 +144,8 @@ def build(cfg: TrainConfig, runtime: Runtime, budget=None) -> Setup:
         decode, mean=mean, std=std, channels=channels, decode_size=data.train.stored_size
     )
     augment = preprocessing.batch_augment(part_of(AugmentSpec, cfg))
+    if cfg.whiten_init and not cfg.resume and not pretrained:  # resumed and pretrained runs load their weights
+        whiten_first_conv(model, data.train, augment, runtime.device)
 
     common = dict(device=runtime.device, rank=ctx.rank, world_size=ctx.world_size, workers=workers)
     labels = data.train.labels
@@ -218,6 +220,24 @@ def input_size(cfg: TrainConfig, pretrained: Pretrained | None) -> tuple[int, st
         f"they are not shrunk to {start} px thumbnails; its position embeddings are interpolated to the larger "
         "token grid (--image-size changes it)"
     )
+
+
+# Training images whose 2x2 or 3x3 patches the whitening covariance is estimated from: tens of millions
+# of patches of a few dozen dimensions, as in airbench, and a second's decoding of a streamed folder.
+WHITENING_IMAGES = 5000
+
+
+def whiten_first_conv(model: nn.Module, split, augment: BatchAugment, device: torch.device) -> None:
+    """The model's first convolution set to whiten the patches of the first training images, as the
+    model sees them (normalised, at its input size)."""
+    loader = BatchLoader(split, 500, shuffle=False, device=device)
+    batches, count = [], 0
+    for images, _ in loader.batches():
+        batches.append(augment.eval(images))
+        count += images.shape[0]
+        if count >= WHITENING_IMAGES:
+            break
+    model.init_whitening(torch.cat(batches)[:WHITENING_IMAGES])
 
 
 def choose_budget_size(

@@ -65,6 +65,11 @@ class TrainConfig(DataOptions, AugmentSpec):
     model_args: dict[str, Any] = _model(None, "architecture override, repeatable, e.g. depth=6", factory=dict)
     pretrained: str | None = _model(None, "start from: hub id, HF/timm/DeiT checkpoint or a vitkit run folder")
     freeze_backbone: bool = _model(False, "train the classifier only (linear probe)")
+    whiten_init: bool = _model(
+        False,
+        "set the model's first convolution to the whitening transform of training-image patches (eigenvectors "
+        "of their covariance) before training (a new model only: not a --pretrained or resumed one)",
+    )
     layer_decay: float = _model(0.0, "layer-wise lr decay per layer from the top, e.g. 0.75 (0: off)", at_least=0)
     head_lr: float = _model(0.0, "learning rate of the classifier (0: same as --lr)", at_least=0)
     epochs: int = _optim(
@@ -97,6 +102,13 @@ class TrainConfig(DataOptions, AugmentSpec):
         0.05, "decoupled weight decay (never on norms, biases, position embeddings)", at_least=0
     )
     momentum: float = _optim(0.9, "SGD momentum", at_least=0)
+    nesterov: bool = _optim(False, "SGD: Nesterov momentum")
+    lookahead: int = _optim(
+        0,
+        "Lookahead (Zhang et al., 2019): every N optimizer steps the weights move halfway from a slow copy "
+        "toward where the optimizer took them, and the optimizer continues from there (0: off)",
+        at_least=0,
+    )
     schedule: str = _optim(
         "cosine",
         "learning-rate schedule after warmup",
@@ -176,6 +188,12 @@ class TrainConfig(DataOptions, AugmentSpec):
         "feed training batches channels-last (NHWC), faster for convolutional stems and ResNets on CPU; "
         "weights and checkpoints are unchanged",
     )
+    alternate_flips: bool = option(
+        False,
+        "with --hflip: each image is flipped at random in the first epoch, then flipped and not on alternate "
+        "epochs, so every pair of epochs sees it both ways",
+        group="augmentation",
+    )
     normalize: str = option(
         "fit",
         "input normalisation: fit (train-set mean/std), imagenet, half (0.5) or none",
@@ -236,6 +254,8 @@ class TrainConfig(DataOptions, AugmentSpec):
                 raise VitkitError(
                     f"{flag(name)} needs one value per channel" + (", all positive" if name == "std" else "")
                 )
+        if self.alternate_flips and not self.hflip:
+            raise VitkitError("--alternate-flips chooses which images --hflip mirrors: add --hflip")
         tracker_names(self.log)
         if self.labels is not None:
             if not Path(self.data).is_dir():

@@ -29,7 +29,7 @@ from .build import Runtime, build
 from .callbacks import Callbacks, make_trackers
 from .config import TrainConfig
 from .losses import asymmetric_loss, binary_cross_entropy
-from .optim import build_optimizer, param_groups
+from .optim import Lookahead, build_optimizer, param_groups
 from .rundir import RunDir, checkpoint_metadata
 from .schedule import BUDGET_WARMUP_SHARE, FIRST_PLAN_STEPS, Plateau, TimeBudget, lr_factor
 
@@ -66,7 +66,16 @@ class Trainer:
         self.thresholds: list[float] | None = None  # per label, tuned on the validation split each epoch
         head_scale = cfg.head_lr / cfg.lr if cfg.head_lr else 1.0
         groups = param_groups(self.model, cfg.weight_decay, cfg.layer_decay, head_scale, cfg.freeze_backbone)
-        self.optimizer = build_optimizer(self.model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, groups)
+        self.optimizer = build_optimizer(
+            self.model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, groups, cfg.nesterov
+        )
+        trained = [p for group in groups for p in group["params"]]
+        self.lookahead = Lookahead(trained, cfg.lookahead) if cfg.lookahead else None
+        # --alternate-flips: each training image's flip in the first epoch, drawn once from the seed
+        self.first_flips = None
+        if cfg.alternate_flips:
+            gen = torch.Generator().manual_seed(epoch_seed(cfg.seed, 0, 3))
+            self.first_flips = (torch.rand(len(self.data.train), generator=gen) < 0.5).to(self.device)
         ema_fn = get_ema_multi_avg_fn(cfg.ema) if cfg.ema else None
         self.ema = AveragedModel(self.model, multi_avg_fn=ema_fn, use_buffers=True) if cfg.ema else None
         self.aug_gen = torch.Generator(device=self.device)
@@ -107,15 +116,23 @@ class Trainer:
             group["lr"] = self.lr * group.get("lr_scale", 1.0)
         return self.lr
 
-    def train_step(self, net: nn.Module, images: torch.Tensor, labels: torch.Tensor, boundary: bool = True):
+    def train_step(self, net: nn.Module, images: torch.Tensor, labels: torch.Tensor, boundary: bool = True, flips=None):
         """Augment a uint8 batch on the device, then one model step."""
-        x, targets = self.augmented_batch(images, labels, self.aug_gen)
+        x, targets = self.augmented_batch(images, labels, self.aug_gen, flips)
         return self.model_step(net, x, targets, boundary)
 
-    def augmented_batch(self, images: torch.Tensor, labels: torch.Tensor, gen: torch.Generator):
-        """(model input, soft targets) of a uint8 batch: augmentation, then MixUp/CutMix and smoothing."""
+    def epoch_flips(self, epoch: int, index: torch.Tensor) -> torch.Tensor | None:
+        """With --alternate-flips, which images of a batch (their indices in the training split) are
+        mirrored in `epoch`: the first epoch's draw, inverted on odd epochs."""
+        if self.first_flips is None:
+            return None
+        return self.first_flips[index.to(self.device)] ^ bool(epoch % 2)
+
+    def augmented_batch(self, images: torch.Tensor, labels: torch.Tensor, gen: torch.Generator, flips=None):
+        """(model input, soft targets) of a uint8 batch: augmentation (`flips`: which images to mirror,
+        else drawn at random), then MixUp/CutMix and smoothing."""
         cfg = self.cfg
-        x = self.augment.train(images, gen)
+        x = self.augment.train(images, gen, flips)
         return mix_batch(x, labels, self.data.num_classes, cfg.mixup, cfg.cutmix, cfg.label_smoothing, gen)
 
     def model_step(self, net: nn.Module, x: torch.Tensor, targets: torch.Tensor, boundary: bool = True):
@@ -145,9 +162,11 @@ class Trainer:
                 nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            if self.lookahead is not None:
+                self.lookahead.after_step(self.step)
             if self.ema is not None:
                 self.ema.update_parameters(self.model)
-            self.step += 1
         return torch.cat(all_logits), loss
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -182,9 +201,11 @@ class Trainer:
         )
         self.set_lr()
         seen, t_start = 0, time.perf_counter()
-        for b, (images, labels) in enumerate(self.train_loader.batches(epoch, start_batch), start=start_batch):
+        loader = self.train_loader
+        batches = zip(loader.batches(epoch, start_batch), loader.batch_indices(epoch, start_batch))
+        for b, ((images, labels), index) in enumerate(batches, start=start_batch):
             boundary = (b + 1) % cfg.accum_steps == 0 or b + 1 == self.steps_per_epoch
-            logits, loss = self.train_step(net, images, labels, boundary)
+            logits, loss = self.train_step(net, images, labels, boundary, self.epoch_flips(epoch, index))
             acc.update(logits, labels, loss * labels.shape[0])
             first_bad_step = torch.where((first_bad_step < 0) & ~loss.isfinite(), self.step, first_bad_step)
             seen += labels.shape[0]
@@ -475,6 +496,7 @@ class Trainer:
             "world_size": self.ctx.world_size,
             "optimizer": self.optimizer.state_dict(),
             "ema": self.ema.state_dict() if self.ema else None,
+            "lookahead": self.lookahead.state_dict() if self.lookahead else None,
             "rank_rngs": self.ctx.all_gather_object(rng),
             "global_batch": self.setup.global_batch,
             "plateau": self.plateau.state_dict(),
@@ -495,6 +517,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.ema is not None and state["ema"] is not None:
             self.ema.load_state_dict(state["ema"])
+        if self.lookahead is not None and state.get("lookahead") is not None:
+            self.lookahead.load_state_dict(state["lookahead"])
         self.step, self.history, self.best_epoch = state["step"], state["history"], state["best_epoch"]
         self.plateau.load_state_dict(state["plateau"])
         self.stopper.load_state_dict(state["stopper"])

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ..errors import VitkitError
+
 
 def param_groups(
     model: nn.Module,
@@ -38,7 +40,13 @@ def param_groups(
 
 
 def build_optimizer(
-    model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float, groups: list[dict]
+    model: nn.Module,
+    name: str,
+    lr: float,
+    weight_decay: float,
+    momentum: float,
+    groups: list[dict],
+    nesterov: bool = False,
 ) -> torch.optim.Optimizer:
     device = next(model.parameters()).device.type
     # One fused kernel per step where torch has one (CUDA, CPU): fewer passes over the weights than the
@@ -46,4 +54,31 @@ def build_optimizer(
     fast = {"fused": True} if device in ("cuda", "cpu") else {"foreach": True}
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, **fast)
-    return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, **fast)
+    if nesterov and momentum <= 0:
+        raise VitkitError("--nesterov needs a positive --momentum")
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov, **fast)
+
+
+class Lookahead:
+    """Lookahead (Zhang et al., 2019, "Lookahead Optimizer: k steps forward, 1 step back"): a slow copy of
+    the trained weights; every `every` steps it moves `alpha` of the way to the fast (optimizer's) weights
+    and the fast weights restart from it. It damps the noise of a high learning rate."""
+
+    def __init__(self, params: list[torch.Tensor], every: int, alpha: float = 0.5):
+        self.params, self.every, self.alpha = params, every, alpha
+        self.slow = [p.detach().clone() for p in params]
+
+    @torch.no_grad()
+    def after_step(self, step: int) -> None:
+        """Called after optimizer step number `step` (counted from 1)."""
+        if step % self.every:
+            return
+        torch._foreach_lerp_(self.slow, [p.detach() for p in self.params], self.alpha)
+        torch._foreach_copy_([p.detach() for p in self.params], self.slow)
+
+    def state_dict(self) -> dict:
+        return {"slow": [t.cpu() for t in self.slow]}
+
+    def load_state_dict(self, state: dict) -> None:
+        for slow, saved in zip(self.slow, state["slow"]):
+            slow.copy_(saved)
