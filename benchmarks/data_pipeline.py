@@ -76,7 +76,10 @@ def training_rates(data: str, size: int, model: str, batch: int, steps: int, rou
         feeds[source] = trainer, batches
         if fixed is None:
             images, labels = next(batches)
-            fixed = trainer.augment.train(images, trainer.aug_gen), one_hot_smooth(labels, trainer.data.num_classes, 0)
+            fixed = (
+                trainer.augment.for_training(images, trainer.aug_gen),
+                one_hot_smooth(labels, trainer.data.num_classes, 0),
+            )
     model_trainer = feeds["streamed"][0]
     steps_of = {
         "model_only": lambda: model_trainer.model_step(model_trainer.model, *fixed),

@@ -82,17 +82,19 @@ def measure_agreement(checkpoint: str, calibration_images: int) -> tuple[dict, d
     and what that checkpoint is and the default path (`vitkit.load` with no options) chose for it."""
     reference = vitkit.load(checkpoint, device="cpu", backend="torch", precision="fp32")
     data, dataset, split, part = _checkpoint_split(reference, None, None, {})
-    calibration = calibration_batches(dataset.train, reference.augment.eval, calibration_images, seed=0)
+    calibration = calibration_batches(
+        dataset.train, reference.input_transform.for_inference, calibration_images, seed=0
+    )
     loader = BatchLoader(part, 256, shuffle=False)
     default = vitkit.load(checkpoint, device="cpu")
     with tempfile.TemporaryDirectory() as tmp:
         paths = vitkit_paths(reference, Path(tmp), calibration)
-        fp32, labels = predicted_classes(reference.model, loader, reference.augment.eval)
+        fp32, labels = predicted_classes(reference.model, loader, reference.input_transform.for_inference)
         reports = {}
         for name, run in paths.items():
-            candidate, _ = predicted_classes(run, loader, reference.augment.eval)
+            candidate, _ = predicted_classes(run, loader, reference.input_transform.for_inference)
             reports[name] = {**agreement_report(fp32, candidate, labels, name, split), "data": data}
-        candidate, _ = predicted_classes(default.runner, loader, reference.augment.eval)
+        candidate, _ = predicted_classes(default.runner, loader, reference.input_transform.for_inference)
         reports["vitkit default (vitkit.load)"] = agreement_report(fp32, candidate, labels, "default", split)
     trained = reference.meta.get("train_config") or {}
     described = {"model": reference.summary, "data": project_path(str(data)), "split": split, "images": len(part)}

@@ -85,7 +85,7 @@ def measure(
     device = trainer.device
     batch = trainer.cfg.batch_size
     images, labels = next(trainer.train_loader.batches(0))
-    x = trainer.augment.eval(images)
+    x = trainer.augment.for_inference(images)
     targets = one_hot_smooth(labels, trainer.data.num_classes, 0.0)
     stream = iter(())
 

@@ -20,20 +20,20 @@ def gen(seed=0):
 def test_eval_resizes_and_normalises():
     aug = BatchAugment(16, (0.5, 0.25, 0.0), (0.5, 0.25, 1.0), 3)
     x = images()
-    out = aug.eval(x)
+    out = aug.for_inference(x)
     expected = (x.float() / 255 - torch.tensor([0.5, 0.25, 0.0]).view(1, 3, 1, 1)) / torch.tensor(
         [0.5, 0.25, 1.0]
     ).view(1, 3, 1, 1)
     assert torch.allclose(out, expected, atol=1e-6)
-    assert BatchAugment(32, (0.0,), (1.0,), 1).eval(images(2, 16, 1)).shape == (2, 1, 32, 32)
-    grey_to_rgb = BatchAugment(16, (0.0,) * 3, (1.0,) * 3, 3).eval(images(2, 16, 1))
+    assert BatchAugment(32, (0.0,), (1.0,), 1).for_inference(images(2, 16, 1)).shape == (2, 1, 32, 32)
+    grey_to_rgb = BatchAugment(16, (0.0,) * 3, (1.0,) * 3, 3).for_inference(images(2, 16, 1))
     assert torch.equal(grey_to_rgb[:, 0], grey_to_rgb[:, 2])
 
 
 def test_hflip_is_exact_and_per_sample():
     aug = BatchAugment(16, (0.0,) * 3, (1.0,) * 3, 3, AugmentSpec(hflip=True))
     x = images(64)
-    out = aug.train(x, gen())
+    out = aug.for_training(x, gen())
     ref = x.float() / 255
     flipped = torch.isclose(out, ref.flip(-1), atol=1e-5).flatten(1).all(1)
     same = torch.isclose(out, ref, atol=1e-5).flatten(1).all(1)
@@ -44,7 +44,7 @@ def test_hflip_is_exact_and_per_sample():
 def test_crop_padding_shifts_by_whole_pixels():
     aug = BatchAugment(16, (0.0,) * 3, (1.0,) * 3, 3, AugmentSpec(crop_padding=3))
     x = images(16)
-    out = aug.train(x, gen(1))
+    out = aug.for_training(x, gen(1))
     ref = torch.nn.functional.pad(x.float() / 255, (3, 3, 3, 3))
     for i in range(16):
         found = any(
@@ -68,19 +68,19 @@ def test_crop_padding_shifts_by_whole_pixels():
 def test_seeded_reproducible_and_varied(spec):
     aug = BatchAugment(24, (0.5,) * 3, (0.5,) * 3, 3, spec)
     x = images(16)
-    a, b, c = aug.train(x, gen(5)), aug.train(x, gen(5)), aug.train(x, gen(6))
+    a, b, c = aug.for_training(x, gen(5)), aug.for_training(x, gen(5)), aug.for_training(x, gen(6))
     assert a.shape == (16, 3, 24, 24) and torch.isfinite(a).all()
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
     # per-sample parameters: the same image repeated comes out differently
-    same = aug.train(x[:1].repeat(8, 1, 1, 1), gen(7))
+    same = aug.for_training(x[:1].repeat(8, 1, 1, 1), gen(7))
     assert len({tuple(s.flatten().tolist()) for s in same}) > 1
 
 
 def test_random_erasing_fills_a_rectangle_with_noise():
     aug = BatchAugment(16, (0.0,) * 3, (1.0,) * 3, 3, AugmentSpec(random_erasing=1.0))
     x = torch.full((4, 3, 16, 16), 128, dtype=torch.uint8)
-    out = aug.train(x, gen())
+    out = aug.for_training(x, gen())
     changed = (out - 128 / 255).abs().sum(1) > 1e-4
     for mask in changed:
         rows, cols = mask.any(1).nonzero().flatten(), mask.any(0).nonzero().flatten()

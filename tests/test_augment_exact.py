@@ -56,7 +56,7 @@ def marker_offsets_in(offsets) -> torch.Tensor:
 def test_rotation_turns_the_image_rigidly_about_its_centre_within_the_factor(factor):
     offsets = [(7, 0), (0, -6), (-4, 5)]
     before = marker_offsets_in(offsets)
-    out = identity_augment(AugmentSpec(rotation=factor)).train(marker_images(64, offsets), gen(1))
+    out = identity_augment(AugmentSpec(rotation=factor)).for_training(marker_images(64, offsets), gen(1))
     after = centroids(out)
     angle = torch.atan2(after[:, 0, 1], after[:, 0, 0]) - math.atan2(before[0, 1], before[0, 0])
     # the turn read off the first marker carries the others where a rotation about the centre puts them
@@ -72,7 +72,7 @@ def test_zoom_scales_each_axis_independently_within_the_factor():
     factor = 0.2
     offsets = [(7, 0), (0, 7), (-6, 5)]
     before = marker_offsets_in(offsets)
-    out = identity_augment(AugmentSpec(zoom=factor)).train(marker_images(64, offsets), gen(2))
+    out = identity_augment(AugmentSpec(zoom=factor)).for_training(marker_images(64, offsets), gen(2))
     after = centroids(out)
     zoom_x = before[0, 0] / after[:, 0, 0]  # a zoom factor above 1 samples a larger region: things shrink
     zoom_y = before[1, 1] / after[:, 1, 1]
@@ -94,7 +94,7 @@ def ramp_images(n: int) -> torch.Tensor:
 
 def test_random_resized_crop_is_an_axis_aligned_window_inside_the_image():
     scale = 0.3
-    out = identity_augment(AugmentSpec(rrc_scale=scale)).train(ramp_images(64), gen(3)) * 255 / 8
+    out = identity_augment(AugmentSpec(rrc_scale=scale)).for_training(ramp_images(64), gen(3)) * 255 / 8
     col, row = out[:, 0], out[:, 1]  # source coordinates in pixels
     inner = slice(1, SIZE - 1)  # the outermost samples may sit in the image's half-pixel border
     areas, ratios = [], []
@@ -234,7 +234,7 @@ def test_randaugment_applies_one_named_operation_per_sample():
     x = torch.full((1, 3, SIZE, SIZE), 40, dtype=torch.uint8)
     x[:, 0, 8:12, 20:24] = 200  # off-centre marks, so every geometric op moves something
     x[:, 1, 22:28, 4:10] = 120
-    out = identity_augment(AugmentSpec(auto_augment="rand", ra_num_ops=1, ra_magnitude=30)).train(
+    out = identity_augment(AugmentSpec(auto_augment="rand", ra_num_ops=1, ra_magnitude=30)).for_training(
         x.repeat(300, 1, 1, 1), gen(4)
     )
     image = x.float() / 255

@@ -61,7 +61,7 @@ def test_whiten_init_decorrelates_the_training_patches_and_the_filters_stay_fixe
     trainer = Trainer(make_config(**options))
     conv = trainer.model.whiten
     # digits are one channel: 2x2 patches have 4 dimensions, so 4 whitening filters and their negatives
-    outputs = F.conv2d(trainer.augment.eval(trainer.data.train.images), conv.weight)
+    outputs = F.conv2d(trainer.augment.for_inference(trainer.data.train.images), conv.weight)
     whitened = outputs[:, :4].permute(1, 0, 2, 3).flatten(1)
     covariance = torch.cov(whitened)
     # unit variance, uncorrelated; the last, least varied direction a little under 1 (eigenvalue + eps)
@@ -103,7 +103,7 @@ def test_alternate_flips_mirror_each_image_on_every_other_epoch(colours):
     images, labels = next(loader.batches(1))
     flips = trainer.epoch_flips(1, loader.batch_indices(1)[0])
     x, _ = trainer.augmented_batch(images, labels, trainer.aug_gen, flips)
-    plain = trainer.augment.eval(images)
+    plain = trainer.augment.for_inference(images)
     assert 0 < int(flips.sum()) < len(flips)
     assert torch.allclose(x[flips], plain[flips].flip(-1), atol=1e-5)
     assert torch.allclose(x[~flips], plain[~flips], atol=1e-5)
@@ -162,7 +162,7 @@ def test_crop_tta_weighs_the_image_and_two_one_pixel_shifts(digits_run, capsys):
     clf = vitkit.load(run, precision="fp32")
     test = load_digits_dataset(seed=0).test
     with torch.no_grad():
-        x = clf.augment.eval(test.images)
+        x = clf.input_transform.for_inference(test.images)
         padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
         size = x.shape[-1]
         views = (x, padded[..., :size, :size], padded[..., 2:, 2:])

@@ -275,7 +275,9 @@ def test_a_multilabel_run_records_map_thresholds_and_figures(poster_run):
 
     classifier = vitkit.load(out, backend="torch", precision="fp32")
     _, _, _, val = _checkpoint_split(classifier, None, "val", {})
-    scores, targets, _ = multilabel_outputs(classifier.model, BatchLoader(val, 64, shuffle=False), classifier.augment)
+    scores, targets, _ = multilabel_outputs(
+        classifier.model, BatchLoader(val, 64, shuffle=False), classifier.input_transform
+    )
     assert tune_thresholds(scores, targets).tolist() == pytest.approx(meta["thresholds"], abs=1e-5)
 
 

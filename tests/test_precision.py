@@ -42,7 +42,7 @@ def test_bf16_runs_under_autocast_and_fp32_does_not(digits_run):
     fp32 = vitkit.load(digits_run[0], device="cpu", backend="torch", precision="fp32")
     bf16 = vitkit.load(digits_run[0], device="cpu", backend="torch", precision="bf16")
     with torch.inference_mode():
-        x = fp32.augment.eval(images)
+        x = fp32.input_transform.for_inference(images)
         expected_fp32 = fp32.model(x).float().softmax(-1)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             bf16_logits = fp32.model(x)

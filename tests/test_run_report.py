@@ -93,7 +93,7 @@ def test_a_run_shows_a_training_batch_and_its_patches(colour_run):
 def test_de_normalising_gives_back_the_pixels():
     augment = BatchAugment(16, mean=(0.2, 0.3, 0.4), std=(0.5, 0.6, 0.7), channels=3)
     images = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    assert (augment.to_uint8(augment.eval(images)).int() - images.int()).abs().max() <= 1
+    assert (augment.to_uint8(augment.for_inference(images)).int() - images.int()).abs().max() <= 1
 
 
 def test_curves_show_top5_only_beyond_five_classes_and_the_learning_rate(figures):
@@ -165,7 +165,7 @@ def test_the_predictions_and_patches_figures_show_what_the_model_saw(figures):
         "test split",
     )
     with torch.no_grad():
-        scores, predicted = model(augment.eval(images)).softmax(-1).max(-1)
+        scores, predicted = model(augment.for_inference(images)).softmax(-1).max(-1)
 
     panels = [ax for ax in figures["predictions.png"].axes if ax.get_images()]
     assert len(panels) == 6

@@ -112,7 +112,8 @@ class Classifier:
         self.thresholds: list[float] | None = meta.get("thresholds") if self.multi_label else None
         if self.multi_label and (self.thresholds is None or len(self.thresholds) != len(self.class_names)):
             raise VitkitError(f"{name} is multi-label but has no threshold per label: re-export it from its run")
-        self.augment = self.preprocessing.batch_augment()
+        # decoded uint8 batches -> the model's input (resize, scale, normalise): `input_transform.for_inference`
+        self.input_transform = self.preprocessing.batch_augment()
 
     @property
     def backend(self) -> str:
@@ -168,7 +169,7 @@ class Classifier:
                 f"predict_tensor takes NxCx{side}x{side} images as preprocessing decodes them, got "
                 f"{tuple(images.shape)}; pass photos of any size to predict(), which resizes and crops them"
             )
-        logits = self.runner(self.augment.eval(images.to(self.device))).float()
+        logits = self.runner(self.input_transform.for_inference(images.to(self.device))).float()
         return (logits.sigmoid() if self.multi_label else logits.softmax(-1)).cpu()
 
 
@@ -343,16 +344,18 @@ def evaluate(
         if crop_tta:
             raise VitkitError("--crop-tta is for single-label models; multi-label evaluation takes --flip-tta")
 
-        report, _, _ = evaluate_multilabel(clf.runner, loader, clf.augment, clf.class_names, clf.thresholds, flip_tta)
+        report, _, _ = evaluate_multilabel(
+            clf.runner, loader, clf.input_transform, clf.class_names, clf.thresholds, flip_tta
+        )
         return {"split": split, "data": data, "flip_tta": flip_tta, "precision": clf.precision, **report}
     metrics = evaluate_loader(
-        clf.runner, loader, clf.augment, dataset.num_classes, flip_tta=flip_tta, crop_tta=crop_tta
+        clf.runner, loader, clf.input_transform, dataset.num_classes, flip_tta=flip_tta, crop_tta=crop_tta
     )
     report = {"split": split, "data": data, "flip_tta": flip_tta, "crop_tta": crop_tta, "precision": clf.precision}
     report.update(metrics.compute(dataset.class_names))
     if clf.precision == "bf16":
-        reference, labels = predicted_classes(clf.model, loader, clf.augment.eval)
-        candidate, _ = predicted_classes(clf.runner, loader, clf.augment.eval)
+        reference, labels = predicted_classes(clf.model, loader, clf.input_transform.for_inference)
+        candidate, _ = predicted_classes(clf.runner, loader, clf.input_transform.for_inference)
         report["agreement"] = agreement_report(reference, candidate, labels, "bf16", split)
         try:
             write_json(clf.folder / BF16_RECORD, {**report["agreement"], "data": data})
@@ -388,7 +391,7 @@ def top_losses(
         raise VitkitError(f"{checkpoint} is multi-label: top-losses ranks single-label mistakes; use vitkit eval")
     data, dataset, split, part = _checkpoint_split(clf, data, split, data_options)
     loader = BatchLoader(part, batch_size, shuffle=False, device=clf.device, workers=AUTO_WORKERS)
-    losses, probs = per_sample_predictions(clf.runner, loader, clf.augment, flip_tta)
+    losses, probs = per_sample_predictions(clf.runner, loader, clf.input_transform, flip_tta)
     labels = part.labels
     predicted = probs.argmax(dim=1)
     wrong = (predicted != labels).nonzero().flatten()
@@ -413,7 +416,7 @@ def top_losses(
         images, _ = next(BatchLoader(part.subset(worst), len(worst), shuffle=False).batches())
         titles = [f"{x['predicted']} ({x['probability']:.2f})\ntrue: {x['true']}  loss {x['loss']:.2f}" for x in items]
         heading = f"most confident mistakes on {data} [{split}]: {len(items)} of {len(wrong)} in {len(part)} images"
-        plot_image_grid(display_images(images, clf.augment).numpy(), titles, out, heading, [True] * len(items))
+        plot_image_grid(display_images(images, clf.input_transform).numpy(), titles, out, heading, [True] * len(items))
     return {
         "data": data,
         "split": split,
@@ -457,12 +460,12 @@ def export_int8(
             "classifiers have; export it in fp32"
         )
     data, dataset, split, part = _checkpoint_split(clf, data, None, data_options)
-    calibration = calibration_batches(dataset.train, clf.augment.eval, calibration_images, seed)
+    calibration = calibration_batches(dataset.train, clf.input_transform.for_inference, calibration_images, seed)
     loader = BatchLoader(part, 256, shuffle=False, workers=AUTO_WORKERS)
     with tempfile.TemporaryDirectory(prefix="vitkit-int8-") as tmp:
         int8_path = quantize_int8(clf, calibration, tmp)
-        reference, labels = predicted_classes(clf.model, loader, clf.augment.eval)
-        candidate, _ = predicted_classes(OnnxModel(int8_path), loader, clf.augment.eval)
+        reference, labels = predicted_classes(clf.model, loader, clf.input_transform.for_inference)
+        candidate, _ = predicted_classes(OnnxModel(int8_path), loader, clf.input_transform.for_inference)
         report = agreement_report(reference, candidate, labels, "int8", split)
         calibrated = sum(len(batch) for batch in calibration)
         report.update(data=data, calibration={"split": "train", "images": calibrated, "seed": seed})

@@ -102,13 +102,14 @@ class BatchAugment:
         return pixels.mul(255.0).round().clamp(0, 255).to(torch.uint8)
 
     @torch.no_grad()
-    def eval(self, x: torch.Tensor) -> torch.Tensor:
+    def for_inference(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 NCHW -> normalised float at the model's size, no randomness."""
         return self._normalize(self.resize(self._float(x)))
 
     @torch.no_grad()
-    def train(self, x: torch.Tensor, gen: torch.Generator, flips: torch.Tensor | None = None) -> torch.Tensor:
-        """`flips` (bool per image): which images hflip mirrors, instead of a random half."""
+    def for_training(self, x: torch.Tensor, gen: torch.Generator, flips: torch.Tensor | None = None) -> torch.Tensor:
+        """uint8 NCHW -> randomly augmented, normalised float at the model's size, drawn from `gen`; `flips`
+        (bool per image): which images hflip mirrors, instead of a random half."""
         s, n, dev = self.spec, x.shape[0], x.device
         x = self._float(x)
         ops = None

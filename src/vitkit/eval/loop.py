@@ -45,7 +45,7 @@ def evaluate_loader(
     model.eval()
     acc = MetricAccumulator(num_classes, device=loader.device)
     for images, labels in loader.batches():
-        logits = eval_logits(model, augment.eval(images), flip_tta, crop_tta)
+        logits = eval_logits(model, augment.for_inference(images), flip_tta, crop_tta)
         acc.update(logits, labels, F.cross_entropy(logits, labels, reduction="sum"))
     if all_reduce_sum is not None:
         acc.load_tensor(all_reduce_sum(acc.as_tensor()))
@@ -61,7 +61,7 @@ def per_sample_predictions(
     model.eval()
     losses, probs = [], []
     for images, labels in loader.batches():
-        logits = eval_logits(model, augment.eval(images), flip_tta)
+        logits = eval_logits(model, augment.for_inference(images), flip_tta)
         losses.append(F.cross_entropy(logits, labels, reduction="none").cpu())
         probs.append(logits.softmax(dim=1).cpu())
     return torch.cat(losses), torch.cat(probs)

@@ -169,7 +169,7 @@ def multilabel_outputs(
     model.eval()
     scores, targets, loss_sum = [], [], 0.0
     for images, labels in loader.batches():
-        logits = eval_logits(model, augment.eval(images), flip_tta)
+        logits = eval_logits(model, augment.for_inference(images), flip_tta)
         loss_sum += float(F.binary_cross_entropy_with_logits(logits, labels.float(), reduction="none").sum())
         scores.append(logits.sigmoid().cpu())
         targets.append(labels.float().cpu())

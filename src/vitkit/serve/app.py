@@ -262,7 +262,7 @@ def explanation(classifier, image: torch.Tensor) -> dict:
     from ..viz.report import display_images
 
     probs, maps = explain_tensor(classifier, image.unsqueeze(0))
-    shown = display_images(image.unsqueeze(0), classifier.augment)[0]
+    shown = display_images(image.unsqueeze(0), classifier.input_transform)[0]
     shown = (shown.expand(3, -1, -1) if shown.shape[0] == 1 else shown).permute(1, 2, 0).numpy()
     heat = next(iter(maps.values()))[0].numpy()
     return {

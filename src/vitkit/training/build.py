@@ -233,7 +233,7 @@ def whiten_first_conv(model: nn.Module, split, augment: BatchAugment, device: to
     loader = BatchLoader(split, 500, shuffle=False, device=device)
     batches, count = [], 0
     for images, _ in loader.batches():
-        batches.append(augment.eval(images))
+        batches.append(augment.for_inference(images))
         count += images.shape[0]
         if count >= WHITENING_IMAGES:
             break

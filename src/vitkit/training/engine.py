@@ -132,7 +132,7 @@ class Trainer:
         """(model input, soft targets) of a uint8 batch: augmentation (`flips`: which images to mirror,
         else drawn at random), then MixUp/CutMix and smoothing."""
         cfg = self.cfg
-        x = self.augment.train(images, gen, flips)
+        x = self.augment.for_training(images, gen, flips)
         return mix_batch(x, labels, self.data.num_classes, cfg.mixup, cfg.cutmix, cfg.label_smoothing, gen)
 
     def model_step(self, net: nn.Module, x: torch.Tensor, targets: torch.Tensor, boundary: bool = True):

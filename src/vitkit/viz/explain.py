@@ -135,7 +135,7 @@ def explain_tensor(
     model = classifier.model
     if not isinstance(model, torch.nn.Module):
         raise VitkitError("explanations need the PyTorch model: load the checkpoint folder, not the .onnx file")
-    x = classifier.augment.eval(images.to(classifier.device))
+    x = classifier.input_transform.for_inference(images.to(classifier.device))
     model.eval()
     with torch.inference_mode():
         logits = model(x).float()
@@ -233,7 +233,7 @@ def explain_image(
     images = classifier.preprocessing.load_tensor(source).unsqueeze(0)
     method = choose_method(classifier.model, method)
     probs, maps = explain_tensor(classifier, images, method)
-    shown = display_images(images, classifier.augment)[0]
+    shown = display_images(images, classifier.input_transform)[0]
     shown = shown.expand(3, -1, -1) if shown.shape[0] == 1 else shown
     top = classifier_predictions(classifier, probs, topk)[0]
     with Image.open(source) as photo:

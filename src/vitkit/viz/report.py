@@ -52,7 +52,7 @@ def write_report(run_dir: Path, model, split, augment, class_names, history, met
     images, labels = sample_images(split, PREDICTION_IMAGES, stratified=True)
     device = next(model.parameters()).device
     model.eval()
-    probs = model(augment.eval(images.to(device))).float().softmax(-1).cpu()
+    probs = model(augment.for_inference(images.to(device))).float().softmax(-1).cpu()
     scores, pred = probs.max(dim=1)
     shown = display_images(images, augment).numpy()
     plots.plot_predictions(
@@ -98,7 +98,7 @@ def write_multilabel_report(run_dir: Path, model, test_split, augment, history, 
     images, labels = sample_images(test_split, 16)
     device = next(model.parameters()).device
     model.eval()
-    probs = model(augment.eval(images.to(device))).float().sigmoid().cpu()
+    probs = model(augment.for_inference(images.to(device))).float().sigmoid().cpu()
     thresholds = torch.tensor(report["thresholds"])
     titles, mistakes = [], []
     for row, truth in zip(probs, labels):
