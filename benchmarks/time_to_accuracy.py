@@ -250,7 +250,7 @@ def main() -> int:
                 if seed is not None:
                     label += f" seed={seed}"
                 print(f"{label}: {args.minutes} min ...", file=sys.stderr, flush=True)
-                folder = Path(tmp) / f"{recipe}-{seed}"
+                folder = Path(tmp) / (recipe if seed is None else f"{recipe}-seed{seed}")
                 row = run(recipe, args.data, args.minutes, folder, options, label, args.flip_tta, peak)
                 row["seed"] = seed
                 row["overrides"] = extra
