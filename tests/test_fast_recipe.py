@@ -114,6 +114,7 @@ def test_alternate_flips_mirror_each_image_on_every_other_epoch(colours):
 # ----------------------------------------------------------------------------- the update
 
 
+@pytest.mark.slow
 def test_nesterov_first_step_is_one_plus_momentum_times_the_gradient_step(colours, tmp_path):
     """The first step has momentum buffer g: plain SGD moves -lr*g, Nesterov -lr*(1 + m)*g."""
     runs = {"plain": dict(lr=0.1), "double": dict(lr=0.2), "nesterov": dict(lr=0.1, nesterov=True)}
@@ -142,6 +143,7 @@ def test_lookahead_pulls_the_weights_halfway_back_every_n_steps(colours, tmp_pat
         assert torch.allclose(pulled[key], (start[key] + plain[key]) / 2, atol=1e-6), key
 
 
+@pytest.mark.slow
 def test_a_resumed_run_keeps_the_lookahead_slow_weights(colours, tmp_path):
     """Lookahead every 3 of an epoch's 4 steps straddles the epoch end: a run resumed there (at a constant
     rate, which a longer run does not re-plan) ends with the weights of the uninterrupted one only if the
@@ -157,6 +159,7 @@ def test_a_resumed_run_keeps_the_lookahead_slow_weights(colours, tmp_path):
 # ----------------------------------------------------------------------------- evaluation
 
 
+@pytest.mark.slow
 def test_crop_tta_weighs_the_image_and_two_one_pixel_shifts(digits_run, capsys):
     run, _ = digits_run
     clf = vitkit.load(run, precision="fp32")
@@ -183,6 +186,7 @@ def test_crop_tta_weighs_the_image_and_two_one_pixel_shifts(digits_run, capsys):
 # ----------------------------------------------------------------------------- the recipe
 
 
+@pytest.mark.slow
 def test_cifar_fast_preset_trains_end_to_end(colours, tmp_path):
     result = vitkit.train(
         preset="cifar-fast",
