@@ -60,6 +60,7 @@ def test_every_corpus_kind_through_predict(digits_run, tmp_path):
             assert str(path) in result["error"] and "\n" not in result["error"], (case.kind, result)
 
 
+@pytest.mark.slow
 def test_every_corpus_kind_through_the_server(digits_run, tmp_path):
     out, _ = digits_run
     log = tmp_path / "server.log"

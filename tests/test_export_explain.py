@@ -46,10 +46,11 @@ def checkpoint(tmp_path, name, **kw):
         pytest.param(  # cifar-cct
             "vit_micro_patch4_32", {"stem": "conv", "pool": "seq", "class_token": False}, marks=pytest.mark.slow
         ),
-        (
+        pytest.param(  # cifar-hybrid
             "vit_micro_patch4_32",
             {"stem": "resnet", "stem_width": 8, "pool": "seq", "class_token": False},
-        ),  # cifar-hybrid
+            marks=pytest.mark.slow,
+        ),
         ("mixer_micro_patch4_32", {}),
         ("fnet_micro_patch4_32", {}),
         ("gmlp_micro_patch4_32", {}),

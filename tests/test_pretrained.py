@@ -173,6 +173,7 @@ def test_finetune_from_hub_id_through_the_download_path(hub, tmp_path):
     assert hub.requests == []
 
 
+@pytest.mark.slow
 def test_hub_errors_are_clear(hub, tmp_path):
     data = write_class_folders(tmp_path / "photos", per_class=4)
     bert = {

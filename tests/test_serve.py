@@ -149,6 +149,7 @@ def test_answers_at_once_with_pytorch_then_hands_predict_to_onnx_runtime(server,
     assert post(server.base, [("file", (path.name, path.read_bytes(), "image/png"))]).status_code == 200
 
 
+@pytest.mark.slow
 def test_200_concurrent_requests_are_micro_batched(server, digit_images):
     base = server.base
     paths, _ = digit_images

@@ -446,6 +446,7 @@ def test_bad_options_are_refused_before_any_work(options, message):
         make_config(**options)
 
 
+@pytest.mark.slow
 def test_a_second_run_cannot_take_a_claimed_folder(tmp_path):
     first = RunDir.claim(str(tmp_path / "run"), tmp_path, resume=False)
     with pytest.raises(ValueError, match="in use by another vitkit process"):
