@@ -256,6 +256,8 @@ class TrainConfig(DataOptions, AugmentSpec):
                 )
         if self.alternate_flips and not self.hflip:
             raise VitkitError("--alternate-flips chooses which images --hflip mirrors: add --hflip")
+        if self.nesterov and self.optimizer == "sgd" and self.momentum <= 0:
+            raise VitkitError("--nesterov needs a positive --momentum")
         tracker_names(self.log)
         if self.labels is not None:
             if not Path(self.data).is_dir():

@@ -5,8 +5,6 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..errors import VitkitError
-
 
 def param_groups(
     model: nn.Module,
@@ -54,8 +52,6 @@ def build_optimizer(
     fast = {"fused": True} if device in ("cuda", "cpu") else {"foreach": True}
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, **fast)
-    if nesterov and momentum <= 0:
-        raise VitkitError("--nesterov needs a positive --momentum")
     return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov, **fast)
 
 
