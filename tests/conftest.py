@@ -1,5 +1,6 @@
 import contextlib
 import io
+import json
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
 
 import numpy as np
 import pytest
+from filelock import FileLock
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,8 +28,16 @@ ALLOWED_SKIPS_IN_CI: dict[str, str] = {}
 
 def pytest_collection_modifyitems(items):
     """The end-to-end (slow) tests first: pytest-xdist hands tests out in this order, so the longest
-    start at once and the short ones fill the gaps, instead of one long test starting last."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    start at once and the short ones fill the gaps, instead of one long test starting last. Among the
+    others, one test that needs the shared digits run comes first and the rest of them last, so one
+    worker trains it while the others run tests that do not wait for it."""
+    first_digits = next((item for item in items if "digits_run" in getattr(item, "fixturenames", ())), None)
+
+    def order(item) -> tuple[bool, bool]:
+        waits = item is not first_digits and "digits_run" in getattr(item, "fixturenames", ())
+        return item.get_closest_marker("slow") is None, waits
+
+    items.sort(key=order)
 
 
 # the smallest model of each family, for tests that must cover them all
@@ -84,8 +94,11 @@ def pytest_terminal_summary(terminalreporter):
 
 @pytest.fixture(scope="session")
 def onnx_exports(tmp_path_factory) -> Path:
-    """The ONNX exports of one test process, shared by its tests (see `isolated_cache`)."""
-    return tmp_path_factory.mktemp("onnx-exports")
+    """The ONNX exports of this session, shared by its tests and workers (see `isolated_cache`); exports
+    are written atomically, so two workers exporting one checkpoint at once both leave a whole file."""
+    folder = shared_by_workers(tmp_path_factory) / "onnx-exports"
+    folder.mkdir(exist_ok=True)
+    return folder
 
 
 @pytest.fixture(autouse=True)
@@ -160,15 +173,27 @@ def run_vitkit(
     return subprocess.CompletedProcess(["vitkit", *args], code, stdout.getvalue(), stderr.getvalue())
 
 
+def shared_by_workers(tmp_path_factory) -> Path:
+    """A folder every pytest-xdist worker of this session sees (the base temporary folder's parent under
+    xdist, the base folder itself without it)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @pytest.fixture(scope="session")
 def digits_run(tmp_path_factory):
-    """A short real training run on digits, shared by the tests that need a checkpoint."""
+    """A short real training run on digits, shared by the tests that need a checkpoint: trained once per
+    session, by whichever worker asks first (the others wait on the lock, then read results.json). Tests
+    that change a run folder change a copy."""
     import vitkit
 
-    out = tmp_path_factory.mktemp("digits") / "run"
-    # one torch thread: the suite shares two cores, and oversubscribed threads make a step 10-20x slower
-    result = vitkit.train(out=str(out), epochs=4, progress=False, threads=1)
-    return out, result
+    shared = shared_by_workers(tmp_path_factory)
+    out = shared / "digits" / "run"
+    with FileLock(str(shared / "digits.lock")):
+        if not (out / "results.json").is_file():
+            # one torch thread: the suite shares two cores, and oversubscribed threads make a step 10-20x slower
+            vitkit.train(out=str(out), epochs=4, progress=False, threads=1)
+    return out, {**json.loads((out / "results.json").read_text()), "run_dir": str(out)}
 
 
 @pytest.fixture(scope="session")

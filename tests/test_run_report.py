@@ -48,7 +48,7 @@ def figures(monkeypatch):
     import matplotlib.pyplot as plt
 
     captured = {}
-    monkeypatch.setattr(plots, "_save", lambda fig, path: captured.__setitem__(Path(path).name, fig))
+    monkeypatch.setattr(plots, "_save", lambda fig, path, **_: captured.__setitem__(Path(path).name, fig))
     yield captured
     for fig in captured.values():
         plt.close(fig)
@@ -167,13 +167,20 @@ def test_the_predictions_and_patches_figures_show_what_the_model_saw(figures):
     with torch.no_grad():
         scores, predicted = model(augment.for_inference(images)).softmax(-1).max(-1)
 
-    panels = [ax for ax in figures["predictions.png"].axes if ax.get_images()]
-    assert len(panels) == 6
-    for i, ax in enumerate(panels):
+    (grid,) = figures["predictions.png"].axes
+    panels, titles = grid.get_images(), grid.texts
+    assert len(panels) == len(titles) == 6
+    frames = [patch.get_extents() for patch in grid.patches]  # red frames, in display coordinates
+    for i, (panel, title) in enumerate(zip(panels, titles)):
         p, t = int(predicted[i]), int(labels[i])
-        assert ax.get_title() == f"{names[p]} ({float(scores[i]):.2f})\ntrue: {names[t]}"
-        assert ax.title.get_color() == ("red" if p != t else "green" if (predicted != labels).any() else "black")
-        assert np.array_equal(ax.get_images()[0].get_array(), images[i].permute(1, 2, 0).numpy())
+        assert title.get_text() == f"{names[p]} ({float(scores[i]):.2f})\ntrue: {names[t]}"
+        assert title.get_color() == ("red" if p != t else "green" if (predicted != labels).any() else "black")
+        assert np.array_equal(panel.get_array(), images[i].permute(1, 2, 0).numpy())
+        framed = [frame for frame in frames if frame.contains(*panel.get_window_extent().get_points().mean(0))]
+        assert len(framed) == (p != t)
+    left, _, top, _ = panels[0].get_extent()  # panels read left to right, then down, title above each
+    assert panels[1].get_extent()[0] > left and panels[4].get_extent()[2] > top
+    assert titles[0].get_position()[1] < top
 
     whole, cut = figures["patches.png"].axes
     assert cut.get_title() == "16 patches of 4x4" and whole.get_title() == "16x16 image"
