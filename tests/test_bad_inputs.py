@@ -439,17 +439,21 @@ def test_out_is_refused_for_the_right_reason(tmp_path, capsys, monkeypatch):
     assert sorted(p.name for p in photos.iterdir()) == ["cat", "dog", "fox"]
 
 
+def read_only(folder: Path, command: list[str]) -> list[str]:
+    """`command` run with `folder` read-only: mounted so when the tests run as root (who writes into any
+    folder whatever its mode), else made so with chmod (the caller restores the mode)."""
+    if os.geteuid() == 0:
+        remount = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"'
+        return ["unshare", "--mount", "sh", "-c", remount, str(folder), *command]
+    folder.chmod(0o555)
+    return command
+
+
 def test_export_into_a_read_only_run_folder_is_one_line(digits_run, tmp_path):
-    """A run folder that cannot be written: mounted read-only when the tests run as root (who writes into
-    any folder whatever its mode), else made read-only with chmod."""
+    """A run folder that cannot be written gets export's own message."""
     run = tmp_path / "run"
     shutil.copytree(digits_run[0], run)
-    command = vitkit_cmd("export", str(run), str(run / "model.onnx"))
-    if os.geteuid() == 0:
-        read_only = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"'
-        command = ["unshare", "--mount", "sh", "-c", read_only, str(run), *command]
-    else:
-        run.chmod(0o555)
+    command = read_only(run, vitkit_cmd("export", str(run), str(run / "model.onnx")))
     try:
         proc = subprocess.run(command, capture_output=True, text=True, env=subprocess_env(), timeout=120)
     finally:
@@ -459,6 +463,24 @@ def test_export_into_a_read_only_run_folder_is_one_line(digits_run, tmp_path):
         f"vitkit export: error: cannot write {run / 'model.onnx'}: {run} is read-only; write the file somewhere else"
     )
     assert not (run / "model.onnx").exists()
+
+
+def test_a_folder_the_file_system_refuses_is_one_line(tmp_path):
+    """No dedicated check stands before `data pack`'s writes: the file system's refusal itself (read-only
+    as root, permission denied otherwise) becomes the one-line error naming the file."""
+    photos = write_class_folders(tmp_path / "photos", per_class=2)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    command = read_only(locked, vitkit_cmd("data", "pack", str(photos), str(locked / "packed")))
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, env=subprocess_env(), timeout=120)
+    finally:
+        locked.chmod(0o755)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    reason = "read-only file system" if os.geteuid() == 0 else "permission denied"
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith(f"vitkit data: error: {locked / 'packed'}") and reason in line, line
+    assert not any(locked.iterdir())
 
 
 def test_csv_cells_that_would_start_a_formula_are_escaped(digits_run, digit_images, tmp_path, capsys):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import errno
 import io
 import json
 import os
@@ -592,6 +593,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+FILE_SYSTEM_REFUSALS = {
+    errno.EACCES: "permission denied; check its permissions",
+    errno.EPERM: "operation not permitted; check its permissions",
+    errno.EROFS: "read-only file system; write somewhere else",
+    errno.ENOSPC: "no space left on the device; free some or write somewhere else",
+    errno.EDQUOT: "disk quota exceeded; free some space or write somewhere else",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     # when the command began, for --time-budget: this process's start when it is the command (argv None),
     # else (a call from Python) now
@@ -609,8 +619,11 @@ def main(argv: list[str] | None = None) -> int:
     except VitkitError as e:  # the user's mistake, said in one line; anything else is a bug and keeps its traceback
         print(f"vitkit {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except PermissionError as e:  # the file system's refusal, not vitkit's bug: name the file
-        print(f"vitkit {args.command}: error: {e.filename}: permission denied; check its permissions", file=sys.stderr)
+    except OSError as e:
+        if e.errno not in FILE_SYSTEM_REFUSALS:
+            raise
+        # the file system's refusal, not vitkit's bug: name the file and what to do
+        print(f"vitkit {args.command}: error: {e.filename}: {FILE_SYSTEM_REFUSALS[e.errno]}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"vitkit {args.command}: interrupted", file=sys.stderr)
