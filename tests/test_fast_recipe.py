@@ -143,6 +143,27 @@ def test_lookahead_pulls_the_weights_halfway_back_every_n_steps(colours, tmp_pat
         assert torch.allclose(pulled[key], (start[key] + plain[key]) / 2, atol=1e-6), key
 
 
+def test_norm_lr_scale_multiplies_the_step_of_the_normalisation_parameters_only(colours):
+    """One plain SGD step from the same weights on the same batch: the LayerNorms move 64 times as far
+    with --norm-lr-scale 64, every other parameter exactly as far."""
+    options = {**TINY, "optimizer": "sgd", "momentum": 0.0, "weight_decay": 0.0, "schedule": "constant", "lr": 0.1}
+    moves = {}
+    for scale in (1.0, 64.0):
+        trainer = Trainer(make_config(data=str(colours), **options, norm_lr_scale=scale))
+        start = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
+        images, labels = next(trainer.train_loader.batches(1))
+        x, targets = trainer.augmented_batch(images, labels, torch.Generator().manual_seed(0))
+        trainer.set_lr()
+        trainer.model_step(trainer.model, x, targets)
+        moves[scale] = {k: v.detach() - start[k] for k, v in trainer.model.named_parameters()}
+    norms = trainer.model.norm_parameters()
+    assert norms and norms < set(moves[1.0]) and all("norm" in name for name in norms), norms
+    for name, move in moves[1.0].items():
+        expected = 64 * move if name in norms else move
+        assert torch.allclose(moves[64.0][name], expected, rtol=1e-3, atol=2e-5), name  # 64x a float32 rounding
+    assert max(float(moves[1.0][name].abs().max()) for name in norms) > 1e-4, "precondition: the norms moved"
+
+
 @pytest.mark.slow
 def test_a_resumed_run_keeps_the_lookahead_slow_weights(colours, tmp_path):
     """Lookahead every 3 of an epoch's 4 steps straddles the epoch end: a run resumed there (at a constant

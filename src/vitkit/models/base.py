@@ -130,6 +130,16 @@ class ImageClassifier(nn.Module):
         """Names of parameters excluded from weight decay beyond norms and biases."""
         return {name for name, _ in self.named_parameters() if name.split(".")[0] in self.no_weight_decay_names}
 
+    def norm_parameters(self) -> set[str]:
+        """Names of the normalisation layers' parameters (BatchNorm, LayerNorm, GroupNorm scales and shifts)."""
+        norms = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+        return {
+            f"{module_name}.{name}" if module_name else name
+            for module_name, module in self.named_modules()
+            if isinstance(module, norms)
+            for name, _ in module.named_parameters(recurse=False)
+        }
+
     @staticmethod
     def is_classifier(param_name: str) -> bool:
         """The head (everything after pooling): trained alone by a linear probe, given its own lr."""

@@ -72,6 +72,12 @@ class TrainConfig(DataOptions, AugmentSpec):
     )
     layer_decay: float = _model(0.0, "layer-wise lr decay per layer from the top, e.g. 0.75 (0: off)", at_least=0)
     head_lr: float = _model(0.0, "learning rate of the classifier (0: same as --lr)", at_least=0)
+    norm_lr_scale: float = _model(
+        1.0,
+        "learning-rate multiplier of the normalisation layers' parameters (BatchNorm/LayerNorm scales and "
+        "shifts), e.g. 64 for a network whose BatchNorms only shift, as in airbench",
+        above=0,
+    )
     epochs: int = _optim(
         30,
         "passes over the training set (with --time-budget: as many as fit); with --resume, a larger value "

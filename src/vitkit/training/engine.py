@@ -65,7 +65,9 @@ class Trainer:
             raise VitkitError("--monitor val_map is for multi-label data: use val_top1 or val_loss")
         self.thresholds: list[float] | None = None  # per label, tuned on the validation split each epoch
         head_scale = cfg.head_lr / cfg.lr if cfg.head_lr else 1.0
-        groups = param_groups(self.model, cfg.weight_decay, cfg.layer_decay, head_scale, cfg.freeze_backbone)
+        groups = param_groups(
+            self.model, cfg.weight_decay, cfg.layer_decay, head_scale, cfg.freeze_backbone, cfg.norm_lr_scale
+        )
         self.optimizer = build_optimizer(
             self.model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, groups, cfg.nesterov
         )

@@ -12,12 +12,15 @@ def param_groups(
     layer_decay: float = 0.0,
     head_scale: float = 1.0,
     freeze_backbone: bool = False,
+    norm_scale: float = 1.0,
 ) -> list[dict]:
     """No weight decay for norms, biases (all 1-D tensors) and what the model names in
     `no_weight_decay()` (position embeddings, class tokens). Each group carries `lr_scale`: layer-wise
-    decay (layer_decay ** distance from the top, by the model's `layer_id`) and the classifier's own
-    scale; a frozen backbone leaves only the classifier trainable."""
+    decay (layer_decay ** distance from the top, by the model's `layer_id`), the classifier's own
+    scale and the normalisation layers' (`norm_scale`); a frozen backbone leaves only the classifier
+    trainable."""
     skip_decay = model.no_weight_decay()
+    norms = model.norm_parameters() if norm_scale != 1 else set()
     top = model.num_layers + 1
     groups: dict[tuple[bool, float], list] = {}
     for name, p in model.named_parameters():
@@ -29,6 +32,8 @@ def param_groups(
         scale = head_scale if is_head else 1.0
         if layer_decay and not is_head:
             scale *= layer_decay ** (top - model.layer_id(name))
+        if name in norms:
+            scale *= norm_scale
         no_decay = p.ndim <= 1 or name in skip_decay
         groups.setdefault((no_decay, scale), []).append(p)
     return [
