@@ -108,9 +108,12 @@ def time_to_accuracy() -> list[str]:
                         r["recipe"],
                         f"{r['params_m']:.2f}M",
                         str(r["epochs"]),
+                        cell(r, "images_per_s", ".0f"),
+                        cell(r, "peak_share", ".2f"),
                         f"{r['best_val_top1']:.3f}",
                         f"{r['test_top1']:.3f}",
                         cell(r, "test_top1_flip_tta", ".3f"),
+                        cell(r, "test_top1_multicrop_tta", ".3f"),
                         cell(r, "final_top1", ".3f"),
                         cell(r, "final_top1_flip_tta", ".3f"),
                     ]
@@ -124,14 +127,50 @@ def time_to_accuracy() -> list[str]:
                 "recipe",
                 "params",
                 "epochs",
+                "img/s",
+                "peak share",
                 "best val top-1",
                 "held-out top-1",
                 "flip TTA",
+                "multi-crop TTA",
                 "final model",
                 "final, flip TTA",
             ],
             rows,
         )
+        seeded = [(run, summary) for run in group for summary in run.get("seed_summary", [])]
+        if seeded:
+            out += ["", "Spread over seeds (held-out top-1):", ""]
+            out += table(
+                [
+                    "date",
+                    "machine",
+                    "budget",
+                    "recipe",
+                    "seeds",
+                    "epochs",
+                    "mean",
+                    "std",
+                    "min",
+                    "max",
+                    "multi-crop TTA mean",
+                ],
+                [
+                    dated(run)
+                    + [
+                        f"{run['minutes']:g} min",
+                        s["recipe"],
+                        str(s["seeds"]),
+                        f"{s['epochs_mean']:.1f}",
+                        f"{s['test_top1_mean']:.3f}",
+                        f"{s['test_top1_std']:.3f}",
+                        f"{s['test_top1_min']:.3f}",
+                        f"{s['test_top1_max']:.3f}",
+                        cell(s, "test_top1_multicrop_tta_mean", ".3f"),
+                    ]
+                    for run, s in seeded
+                ],
+            )
         out += ["", "Commands:", ""] + notes
     return out
 

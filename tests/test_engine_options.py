@@ -260,3 +260,37 @@ def test_normalize_modes(colours, tmp_path, mode):
     assert reevaluated["loss"] == pytest.approx(rows[result["best_epoch"] - 1]["val_loss"], rel=1e-5)
     assert os.path.isfile(tmp_path / "run" / "args.yaml")
     assert f"normalize: {mode}" in (tmp_path / "run" / "args.yaml").read_text()
+
+
+# ----------------------------------------------------------------------------- interruption
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped one, on purpose
+def test_an_interrupt_dropped_in_a_finalizer_still_ends_the_run(colours, tmp_path):
+    """Ctrl-C's KeyboardInterrupt can land inside an object's __del__, where Python prints and drops it:
+    the run must stop anyway (at its next step), recorded as interrupted, not train on to the end."""
+    import json
+    import signal
+
+    from vitkit.training import _raise_interrupt
+
+    class RaisesInItsFinalizer:
+        def __del__(self):
+            _raise_interrupt(signal.SIGINT, None)  # what the handler does when the signal lands here
+
+    class DropAnInterruptAfterTheFirstEpoch:
+        def on_epoch_end(self, epoch, metrics):
+            if epoch == 1:
+                RaisesInItsFinalizer()  # collected at once: its KeyboardInterrupt is dropped
+
+    with pytest.raises(KeyboardInterrupt):
+        vitkit.train(
+            data=str(colours),
+            out=str(tmp_path / "run"),
+            epochs=3,
+            callbacks=[DropAnInterruptAfterTheFirstEpoch()],
+            **TINY,
+        )
+    status = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert (status["status"], status["error"]) == ("failed", "interrupted")
+    assert len(list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))) == 1

@@ -14,12 +14,13 @@ from ..errors import VitkitError
 from .build import Runtime
 from .config import TrainConfig, default_run_dir, resume_changes
 from .distributed import shutdown
-from .engine import Trainer
+from .engine import INTERRUPT_REQUESTED, Trainer
 from .rundir import RunDir, saved_config
 from .schedule import TimeBudget
 
 
 def _raise_interrupt(signum, frame):
+    INTERRUPT_REQUESTED.set()  # kept for the training loop, should this raise land in a finalizer
     raise KeyboardInterrupt
 
 
@@ -48,7 +49,10 @@ def train(cfg: TrainConfig, callbacks=(), started: float | None = None) -> dict[
     path = ctx.broadcast_object(str(run.path) if run else None)
     run = run or RunDir(path, writer=False)
     on_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if ctx.is_main and on_main_thread else None
+    INTERRUPT_REQUESTED.clear()
+    handled = [signal.SIGTERM]  # SIGTERM ends a run as Ctrl-C does; Ctrl-C only where it raises KeyboardInterrupt
+    handled += [signal.SIGINT] if signal.getsignal(signal.SIGINT) is signal.default_int_handler else []
+    previous = {sig: signal.signal(sig, _raise_interrupt) for sig in handled} if ctx.is_main and on_main_thread else {}
     trainer = None
     if ctx.is_main and not cfg.quiet:  # decoding a large folder takes a while: say what is happening
         print(f"vitkit train: preparing {cfg.data} and the model", file=sys.stderr, flush=True)
@@ -78,8 +82,8 @@ def train(cfg: TrainConfig, callbacks=(), started: float | None = None) -> dict[
             print(f"run folder {run.path} is incomplete ({reason}); {advice}", file=sys.stderr)
         raise
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         run.release()
         trainer = None  # the DDP wrapper's reducer holds gloo work: shutdown frees it before the process exits
         shutdown(ctx)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import threading
 import time
 from typing import Any
 
@@ -34,6 +35,9 @@ from .rundir import RunDir, checkpoint_metadata
 from .schedule import BUDGET_WARMUP_SHARE, FIRST_PLAN_STEPS, Plateau, TimeBudget, lr_factor
 
 LOG_EVERY = 25  # optimizer steps between host synchronisations for progress and the loss check
+# Set by train()'s Ctrl-C/SIGTERM handler beside the KeyboardInterrupt it raises: Python prints and drops a
+# KeyboardInterrupt raised inside a finalizer (an object's __del__), so the loop raises it again at its next step.
+INTERRUPT_REQUESTED = threading.Event()
 # The end of a run draws curves, confusion matrix and predictions: kept out of a --time-budget as this
 # many times the first figure's measured time.
 REPORT_FIGURES = 3
@@ -206,6 +210,8 @@ class Trainer:
         loader = self.train_loader
         batches = zip(loader.batches(epoch, start_batch), loader.batch_indices(epoch, start_batch))
         for b, ((images, labels), index) in enumerate(batches, start=start_batch):
+            if INTERRUPT_REQUESTED.is_set():
+                raise KeyboardInterrupt
             boundary = (b + 1) % cfg.accum_steps == 0 or b + 1 == self.steps_per_epoch
             logits, loss = self.train_step(net, images, labels, boundary, self.epoch_flips(epoch, index))
             acc.update(logits, labels, loss * labels.shape[0])
