@@ -334,6 +334,9 @@ def test_interrupted_run_says_so(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # as from a terminal: a library used by an earlier test in this worker may leave SIGINT ignored,
+        # and an ignored SIGINT is inherited (Python then installs no KeyboardInterrupt handler)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.time() + 120
     while not (out / "metrics.csv").exists() and time.time() < deadline:
