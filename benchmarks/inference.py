@@ -24,10 +24,10 @@ import torch
 from common import hf_twin, machine, print_table, project_path, write_json
 
 import vitkit
-from vitkit.api import Classifier, _checkpoint_split
+from vitkit.api import Classifier, _checkpoint_split, cached_onnx_export
 from vitkit.data.loader import BatchLoader
 from vitkit.eval.agreement import agreement_report, predicted_classes
-from vitkit.export.onnx import OnnxModel, export_onnx
+from vitkit.export.onnx import OnnxModel
 from vitkit.export.quantize import calibration_batches, quantize_int8
 from vitkit.models import create_model
 
@@ -42,16 +42,17 @@ def openvino_runner(onnx_path: Path):
     return lambda x: torch.from_numpy(compiled(x.numpy())[0])
 
 
-def vitkit_paths(clf: Classifier, workdir: Path, calibration: list) -> dict:
-    """name -> a callable from normalised images to logits, for every way vitkit can run `clf`."""
-    export_onnx(clf, workdir / "fp32.onnx")
+def vitkit_paths(clf: Classifier, folder: Path, workdir: Path, calibration: list) -> dict:
+    """name -> a callable from normalised images to logits, for every way vitkit can run `clf`, the
+    classifier of checkpoint `folder` (its fp32 ONNX export is the one `vitkit.load` caches)."""
+    fp32 = cached_onnx_export(folder, clf)
     paths = {
         "vitkit PyTorch fp32": clf.model,
         "vitkit PyTorch bf16": Classifier(clf.model, clf.meta, "cpu", "bf16").runner,
-        "vitkit ONNX Runtime fp32": OnnxModel(workdir / "fp32.onnx"),
-        "vitkit ONNX Runtime int8": OnnxModel(quantize_int8(clf, calibration, workdir, workdir / "fp32.onnx")),
+        "vitkit ONNX Runtime fp32": OnnxModel(fp32),
+        "vitkit ONNX Runtime int8": OnnxModel(quantize_int8(clf, calibration, workdir, fp32)),
     }
-    openvino = openvino_runner(workdir / "fp32.onnx")
+    openvino = openvino_runner(fp32)
     if openvino is not None:
         paths["OpenVINO fp32 export"] = openvino
     return paths
@@ -88,7 +89,7 @@ def measure_agreement(checkpoint: str, calibration_images: int) -> tuple[dict, d
     loader = BatchLoader(part, 256, shuffle=False)
     default = vitkit.load(checkpoint, device="cpu")
     with tempfile.TemporaryDirectory() as tmp:
-        paths = vitkit_paths(reference, Path(tmp), calibration)
+        paths = vitkit_paths(reference, reference.folder, Path(tmp), calibration)
         fp32, labels = predicted_classes(reference.model, loader, reference.input_transform.for_inference)
         reports = {}
         for name, run in paths.items():
@@ -125,7 +126,7 @@ def main() -> int:
     # speed does not depend on the calibration data, so random images calibrate the speed model's INT8
     calibration = [torch.randn(8, 3, size, size).numpy() for _ in range(2)]
     paths = {"transformers fp32": lambda t: hf(pixel_values=t).logits}
-    paths.update(vitkit_paths(Classifier(model, default.meta, "cpu", "fp32"), tmp, calibration))
+    paths.update(vitkit_paths(Classifier(model, default.meta, "cpu", "fp32"), tmp / "hf", tmp, calibration))
     paths["vitkit default (vitkit.load)"] = default.runner
 
     rows = {name: {"path": name, "ips": 0.0} for name in paths}

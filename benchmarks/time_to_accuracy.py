@@ -59,7 +59,8 @@ def peaks(device: str) -> dict:
 
 
 def run(recipe: str, data: str, minutes: float, out: Path, extra: dict, label: str, flip_tta: bool, peak: dict) -> dict:
-    options = dict(data=data, time_budget=minutes, out=str(out), progress=False, **extra)
+    # the run folder is temporary: its figures would be drawn for nobody, out of the budget's time
+    options = {"data": data, "time_budget": minutes, "out": str(out), "progress": False, "plots": False, **extra}
     options["preset" if recipe in PRESETS else "model"] = recipe
     if recipe in PRESETS and PRESETS[recipe].train.get("data") not in (None, data):
         options["val_split"] = 0.1

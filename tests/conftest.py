@@ -40,6 +40,20 @@ def pytest_collection_modifyitems(items):
     items.sort(key=order)
 
 
+def pytest_runtest_setup(item):
+    """Under `--dist loadgroup` a worker renames every test of an xdist_group to end in @group, and the
+    scheduler keeps a group on one worker only through that name. Some pytest releases ignore the renaming
+    (pytest-xdist issue 1386): the groups are then split silently and each worker builds their shared
+    module fixtures again. Fail instead."""
+    grouping = getattr(item.config.option, "loadgroup", False)  # set on loadgroup workers only
+    if grouping and item.get_closest_marker("xdist_group") and "@" not in item.nodeid:
+        pytest.fail(
+            f"--dist loadgroup does not group tests with pytest {pytest.__version__} ({item.nodeid} has no @group "
+            "suffix): install the pytest version pyproject.toml pins",
+            pytrace=False,
+        )
+
+
 # the smallest model of each family, for tests that must cover them all
 MODEL_FAMILIES = [
     "vit_micro_patch4_32",

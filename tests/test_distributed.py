@@ -22,6 +22,7 @@ COMMON = [
     "--epochs",
     "2",
     "--no-progress",
+    "--no-plots",
     "--crop-padding",
     "0",
     "--threads",

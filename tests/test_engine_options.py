@@ -30,6 +30,7 @@ TINY = dict(
     amp="off",
     batch_size=6,
     progress=False,
+    plots=False,  # the figures are tested in test_run_report.py
 )
 
 

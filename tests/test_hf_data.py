@@ -88,7 +88,7 @@ def test_pack_shrinks_large_images_into_shards(sources, tmp_path):
         pack_folder(sources["folder"], out)
 
 
-TRAIN = ["--image-size", "32", "--epochs", "3", "--threads", "1", "--no-progress", "--seed", "1"]
+TRAIN = ["--image-size", "32", "--epochs", "3", "--threads", "1", "--no-progress", "--no-plots", "--seed", "1"]
 
 
 @pytest.mark.slow

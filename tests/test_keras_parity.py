@@ -35,6 +35,7 @@ def keras_side(tmp_path_factory):
 
 
 @pytest.mark.slow  # a Keras process: JAX compiles each model
+@pytest.mark.xdist_group("keras")  # one worker builds the Keras side for all three
 @pytest.mark.parametrize("family", ["mixer", "fnet", "gmlp"])
 def test_seed_presets_match_the_keras_models(keras_side, family):
     images, outputs = keras_side

@@ -131,6 +131,24 @@ def test_training_on_a_table_with_a_missing_image_is_one_line(image_folder, tmp_
     assert "Traceback" not in result.stderr
 
 
+def test_no_plots_leaves_the_figures_out_and_keeps_every_number(image_folder, tmp_path):
+    table = tmp_path / "labels.csv"
+    rows = [f'tt{i},"{["a", "b"] if i % 2 else ["a"]}"' for i in range(8)]
+    table.write_text("Id,Genre\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "run"
+    tiny = ("--model-arg", "depth=1", "--model-arg", "embed_dim=16", "--model-arg", "num_heads=1")
+    result = run_vitkit(
+        "train", "--data", str(image_folder), "--labels", str(table), "--image-size", "8", *tiny, "--epochs", "1",
+        "--batch-size", "4", "--val-split", "0.25", "--no-plots", "--out", str(out), "--threads", "1",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert not list(out.glob("*.png"))
+    for name in ("results.json", "metrics.csv", "per_label.csv", "best/model.safetensors", "last/trainer.pt"):
+        assert (out / name).stat().st_size > 0, name
+    per_label = (out / "per_label.csv").read_text().splitlines()
+    assert per_label[0].startswith("label,ap,threshold") and {r.split(",")[0] for r in per_label[1:]} == {"a", "b"}
+
+
 # ----------------------------------------------------------------------------- losses and metrics
 
 

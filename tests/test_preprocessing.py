@@ -25,7 +25,7 @@ from vitkit.models import create_model, save_model
 from vitkit.predict import expand_paths, predict_paths
 
 TINY_VIT = dict(model="vit_tiny_patch16_224", image_size=32, model_args={"patch_size": 8, "depth": 2})
-QUICK = dict(epochs=1, train_limit=40, batch_size=16, progress=False, threads=2)
+QUICK = dict(epochs=1, train_limit=40, batch_size=16, progress=False, plots=False, threads=2)
 
 
 def export(checkpoint, out, *options) -> None:

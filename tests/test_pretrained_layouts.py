@@ -182,7 +182,7 @@ def test_timm_hub_repo_fine_tunes_through_the_download_path(timm_state, hub, tmp
     out = tmp_path / "run"
     proc = run_vitkit(
         "train", "--data", str(data), "--pretrained", TIMM_REPO, "--image-size", "32", "--freeze-backbone",
-        "--epochs", "1", "--batch-size", "8", "--out", str(out), "--no-progress",
+        "--epochs", "1", "--batch-size", "8", "--out", str(out), "--no-progress", "--no-plots",
         env=hub_env(hub, tmp_path),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]

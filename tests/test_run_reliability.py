@@ -28,6 +28,7 @@ TINY = (
     "--threads",
     "1",
     "--no-progress",
+    "--no-plots",
 )
 OLD_RUN = Path(__file__).parent / "fixtures" / "run-v0.1"
 

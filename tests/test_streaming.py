@@ -148,7 +148,7 @@ def test_streamed_bad_image_check_is_kept_for_the_next_run(tmp_path, monkeypatch
     assert len(decoded) == 19 and len(changed[1]) == 1 and str(bad[0]) in changed[1][0]
 
 
-TRAIN = ["--image-size", "32", "--epochs", "3", "--threads", "1", "--no-progress", "--seed", "1"]
+TRAIN = ["--image-size", "32", "--epochs", "3", "--threads", "1", "--no-progress", "--no-plots", "--seed", "1"]
 
 
 @pytest.mark.slow

@@ -21,6 +21,7 @@ TINY = dict(
     amp="off",
     progress=False,
     quiet=True,
+    plots=False,
     threads=1,  # one thread per test process: the suite shares two cores
 )
 COLUMNS = ("train_loss", "train_top1", "train_top5", "val_loss", "val_top1", "val_top5", "lr", "images_per_s", "time_s")

@@ -97,8 +97,9 @@ def test_fashion_mnist_small_vit_reaches_80_percent(tmp_path):
         lr=3e-3,
         warmup_epochs=1,
         crop_padding=0,
-        model_args={"patch_size": 7},
+        model_args={"patch_size": 7, "depth": 2},  # half the blocks: 0.826-0.832 over two seeds, 0.822 with 4
         progress=False,
+        plots=False,
     )
     assert result["metrics"]["count"] == 2000
     assert result["metrics"]["top1"] >= 0.80
@@ -133,6 +134,7 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
         "7",
         "--ema",
         "0.99",
+        "--no-plots",
     ]
     full = tmp_path / "full"
     subprocess.run(
@@ -196,6 +198,7 @@ def test_keras_presets_train_from_the_cli(preset, tmp_path):
         "--out",
         str(out),
         "--no-progress",
+        "--no-plots",
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -225,6 +228,7 @@ def test_d2l_preset_on_fashion_mnist(tmp_path):
         "--out",
         str(out),
         "--no-progress",
+        "--no-plots",
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -404,16 +404,13 @@ def test_yaml_config_file_with_flags_over_it(tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump({"epochs": 1, "lr": 0.005, "batch-size": 32, "train_limit": 300}))
     out = tmp_path / "run"
-    proc = run_vitkit(
-        "train", "--config", str(config), "--lr", "0.002", "--out", str(out), "--no-progress", "--threads", "1"
-    )
+    plain = ("--no-progress", "--no-plots", "--threads", "1")
+    proc = run_vitkit("train", "--config", str(config), "--lr", "0.002", "--out", str(out), *plain)
     assert proc.returncode == 0, proc.stderr
     saved = yaml.safe_load((out / "args.yaml").read_text())
     assert (saved["epochs"], saved["lr"], saved["batch_size"], saved["train_limit"]) == (1, 0.002, 32, 300)
     # a run's own args.yaml is a config file: the same run again, elsewhere
-    again = run_vitkit(
-        "train", "--config", str(out / "args.yaml"), "--out", str(tmp_path / "again"), "--threads", "1", "--no-progress"
-    )
+    again = run_vitkit("train", "--config", str(out / "args.yaml"), "--out", str(tmp_path / "again"), *plain)
     assert again.returncode == 0, again.stderr
     assert yaml.safe_load((tmp_path / "again" / "args.yaml").read_text())["lr"] == 0.002
     config.write_text("epochs: 1\nlearning_rate: 0.1\n")
@@ -491,7 +488,7 @@ def test_presets_listing_counts_parameters_without_building_weights():
 
 @pytest.mark.slow
 def test_logs_suit_files_epoch_lines_without_progress_frames(tmp_path):
-    common = ("--epochs", "2", "--train-limit", "300", "--threads", "1")
+    common = ("--epochs", "2", "--train-limit", "300", "--threads", "1", "--no-plots")
     logged = run_vitkit("train", "--out", str(tmp_path / "a"), *common)  # stderr is a pipe, not a terminal
     assert logged.returncode == 0, logged.stderr
     lines = logged.stderr.splitlines()

@@ -207,7 +207,7 @@ def load(
     installed) for fp32 on a CPU, whichever `default_backend` says; "onnxruntime" exports a checkpoint
     folder once into the user cache folder (`onnx_cache_path`). threads: CPU threads (0: every core)."""
     from .eval.agreement import MIN_AGREEMENT, describe, read_bf16_record
-    from .export.onnx import OnnxModel, export_onnx
+    from .export.onnx import OnnxModel
     from .models.io import check_preprocessing
     from .pretrained import download_checkpoint, is_hub_id, load_classifier_folder
 
@@ -249,11 +249,20 @@ def load(
         backend = "torch" if chosen == "bf16" else default_backend()
     model, meta = load_classifier_folder(path)
     if backend == "onnxruntime":
-        onnx_path = onnx_cache_path(path)
-        if not onnx_path.is_file():
-            export_onnx(Classifier(model, meta, "cpu"), onnx_path)
+        onnx_path = cached_onnx_export(path, Classifier(model, meta, "cpu"))
         return Classifier(OnnxModel(onnx_path, threads), meta, name=name, precision_reason=why, folder=path)
     return Classifier(model, meta, device, chosen, name, why, path)
+
+
+def cached_onnx_export(checkpoint_dir: Path, clf: Classifier) -> Path:
+    """The fp32 ONNX export of a checkpoint folder's classifier `clf`: exported on first use into the user
+    cache (`onnx_cache_path`), then read from there."""
+    from .export.onnx import export_onnx
+
+    onnx_path = onnx_cache_path(checkpoint_dir)
+    if not onnx_path.is_file():
+        export_onnx(clf, onnx_path)
+    return onnx_path
 
 
 def cache_dir() -> Path:

@@ -160,6 +160,22 @@ def label_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def write_label_table(path, report: dict) -> None:
+    """The per-label table of a report as CSV (per_label.csv of a run folder), written atomically."""
+    import csv
+    import io
+
+    from ..fileio import atomic_path
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["label", "ap", "threshold", "precision", "recall", "f1", "support"])
+    for name, m in report["per_label"].items():
+        writer.writerow([name, m["ap"], m["threshold"], m["precision"], m["recall"], m["f1"], m["support"]])
+    with atomic_path(path) as tmp:
+        tmp.write_text(buffer.getvalue())
+
+
 @torch.inference_mode()
 def multilabel_outputs(
     model: nn.Module, loader: BatchLoader, augment: BatchAugment, flip_tta: bool = False

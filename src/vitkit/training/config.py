@@ -236,6 +236,13 @@ class TrainConfig(DataOptions, AugmentSpec):
         True, "progress bar on stderr (shown only when stderr is a terminal)", resumable=True, commands=("train",)
     )
     quiet: bool = _run(False, "no per-epoch lines on stderr (errors still print)", resumable=True, commands=("train",))
+    plots: bool = _run(
+        True,
+        "draw the run folder's figures (training batch, curves, confusion matrix, predictions, patches); "
+        "--no-plots for sweeps and scripts that read only the numbers",
+        resumable=True,
+        commands=("train",),
+    )
     log: str | None = _run(
         None,
         "experiment trackers, comma-separated: tensorboard (event files in RUN/tensorboard/), mlflow "

@@ -280,7 +280,7 @@ class Trainer:
         self.callbacks = Callbacks([*make_trackers(cfg.log), *callbacks] if ctx.is_main else [])
         self.callbacks.call("on_train_begin", run.path, cfg.to_dict(), [dict(row) for row in self.history])
         t_figure = self.budget.clock()
-        if ctx.is_main and not (run.path / TRAIN_BATCH_PLOT).exists():
+        if ctx.is_main and cfg.plots and not (run.path / TRAIN_BATCH_PLOT).exists():
             from ..viz.report import write_train_batch
 
             write_train_batch(
@@ -335,7 +335,7 @@ class Trainer:
         setup = self.setup
         t_finish, training_s = self.budget.clock(), self.budget.training_time()
         metrics, draw, summary = self.final_multilabel() if self.multi_label else self.final_single()
-        if self.ctx.is_main:
+        if self.ctx.is_main and self.cfg.plots:
             draw()  # before results.json, whose wall time includes the figures
         split = setup.eval_split
         results = {
@@ -384,13 +384,15 @@ class Trainer:
 
     def final_multilabel(self):
         """`final_single` for multi-label data: the best checkpoint at its own thresholds (tuned on the
-        validation split when it was saved): mAP, F1, the per-label table and figures."""
+        validation split when it was saved): mAP, F1 and the per-label table (per_label.csv), and the figures."""
+        from ..eval.multilabel import write_label_table
         from ..viz.report import write_multilabel_report
 
         split = self.setup.eval_loader
         best, meta = load_model(self.run.checkpoint("best"))
         best = best.to(self.device)
         m, scores, targets = evaluate_multilabel(best, split, self.augment, self.data.class_names, meta["thresholds"])
+        write_label_table(self.run.path / "per_label.csv", m)
         return (
             {**m, "thresholds_from": "val"},
             lambda: write_multilabel_report(

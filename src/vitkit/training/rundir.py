@@ -7,7 +7,8 @@ run folder/
   metrics.csv          one row per epoch
   results.json         metrics of the best checkpoint on the reported split, epochs run, stop reason
   best/ last/          checkpoints (safetensors + config.json; last/ adds trainer.pt for --resume)
-  curves.png confusion_matrix.png predictions.png train_batch.png patches.png (patch models only)
+  curves.png confusion_matrix.png predictions.png train_batch.png patches.png (patch models only),
+                       unless --no-plots
   tensorboard/ mlruns/ with --log
 """
 

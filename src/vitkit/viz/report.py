@@ -68,13 +68,9 @@ TITLE_LABELS = 3  # predicted labels named in a prediction's title, best first; 
 
 @torch.inference_mode()
 def write_multilabel_report(run_dir: Path, model, test_split, augment, history, report, scores, targets):
-    """The figures and table of a multi-label run: curves, AP per label, precision-recall, predictions
-    (predicted label sets against the true ones) and per_label.csv."""
-    import csv
-    import io
-
+    """The figures of a multi-label run: curves, AP per label, precision-recall and predictions (predicted
+    label sets against the true ones)."""
     from ..eval.multilabel import precision_recall_curve
-    from ..fileio import atomic_path
     from . import plots
 
     names = report["class_names"]
@@ -88,13 +84,6 @@ def write_multilabel_report(run_dir: Path, model, test_split, augment, history, 
                 report["per_label"][names[k]]["ap"],
             )
     plots.plot_precision_recall(curves, run_dir / "precision_recall.png")
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["label", "ap", "threshold", "precision", "recall", "f1", "support"])
-    for name, m in report["per_label"].items():
-        writer.writerow([name, m["ap"], m["threshold"], m["precision"], m["recall"], m["f1"], m["support"]])
-    with atomic_path(run_dir / "per_label.csv") as tmp:
-        tmp.write_text(buffer.getvalue())
     images, labels = sample_images(test_split, 16)
     device = next(model.parameters()).device
     model.eval()
