@@ -190,7 +190,8 @@ def test_compile_trains_the_same_model(colours, tmp_path):
     common = [
         "train", "--data", str(colours), "--image-size", "16", "--model", "vit_micro_patch4_32",
         "--model-arg", "depth=1", "--model-arg", "embed_dim=32", "--model-arg", "num_heads=2",
-        "--model-arg", "mlp_dim=64", "--no-hflip", "--rrc-scale", "0", "--amp", "off", "--no-progress", *sgd,
+        "--model-arg", "mlp_dim=64", "--no-hflip", "--rrc-scale", "0", "--amp", "off", "--no-progress", "--no-plots",
+        *sgd,
     ]  # fmt: skip
     env = subprocess_env()
     env["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path / "inductor")
