@@ -179,9 +179,12 @@ def test_predict_writes_nothing_into_the_run_folder(digits_run, digit_images, tm
     before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
     cache = tmp_path / "cache"
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
-    for _ in range(2):
+    for first in (True, False):
         proc = run_vitkit("predict", str(run), str(digit_images[0][0]), "--backend", "onnxruntime")
         assert proc.returncode == 0, proc.stderr[-2000:]
+        # the pause of the one-time export is announced, the cached export is not
+        announced = f"vitkit predict: exporting {run / 'best'} to ONNX for ONNX Runtime, once per checkpoint"
+        assert (announced in proc.stderr) == first, proc.stderr
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
     exported = list((cache / "vitkit" / "onnx").glob("*.onnx"))
     assert len(exported) == 1  # exported once, reused by the second call

@@ -7,7 +7,7 @@ import hashlib
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -193,6 +193,7 @@ def load(
     backend: str = "auto",
     precision: str = "auto",
     threads: int = 0,
+    notice: Callable[[str], None] | None = None,
 ) -> Classifier:
     """Load a checkpoint folder (a run's best/ or last/, the run folder itself, or a Hugging Face folder
     `vitkit export --format hf` wrote), an exported .onnx file (fp32 or INT8), or a hub id (owner/name: a
@@ -205,7 +206,8 @@ def load(
     choice and its reason are `Classifier.precision` and `.precision_reason`. An .onnx file runs in the
     precision it was exported in. backend="auto" takes PyTorch for bf16 and ONNX Runtime (when
     installed) for fp32 on a CPU, whichever `default_backend` says; "onnxruntime" exports a checkpoint
-    folder once into the user cache folder (`onnx_cache_path`). threads: CPU threads (0: every core)."""
+    folder once into the user cache folder (`onnx_cache_path`). threads: CPU threads (0: every core).
+    notice: called with a line before that one-time export, which takes seconds."""
     from .eval.agreement import MIN_AGREEMENT, describe, read_bf16_record
     from .export.onnx import OnnxModel
     from .models.io import check_preprocessing
@@ -249,18 +251,23 @@ def load(
         backend = "torch" if chosen == "bf16" else default_backend()
     model, meta = load_classifier_folder(path)
     if backend == "onnxruntime":
-        onnx_path = cached_onnx_export(path, Classifier(model, meta, "cpu"))
+        onnx_path = cached_onnx_export(path, Classifier(model, meta, "cpu"), notice)
         return Classifier(OnnxModel(onnx_path, threads), meta, name=name, precision_reason=why, folder=path)
     return Classifier(model, meta, device, chosen, name, why, path)
 
 
-def cached_onnx_export(checkpoint_dir: Path, clf: Classifier) -> Path:
+def cached_onnx_export(checkpoint_dir: Path, clf: Classifier, notice: Callable[[str], None] | None = None) -> Path:
     """The fp32 ONNX export of a checkpoint folder's classifier `clf`: exported on first use into the user
-    cache (`onnx_cache_path`), then read from there."""
+    cache (`onnx_cache_path`), then read from there; `notice` hears of the export before it starts."""
     from .export.onnx import export_onnx
 
     onnx_path = onnx_cache_path(checkpoint_dir)
     if not onnx_path.is_file():
+        if notice is not None:
+            notice(
+                f"exporting {checkpoint_dir} to ONNX for ONNX Runtime, once per checkpoint (cached in "
+                f"{onnx_path.parent}; --backend torch runs without it)"
+            )
         export_onnx(clf, onnx_path)
     return onnx_path
 

@@ -269,7 +269,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     paths = expand_paths(args.images)
     if not paths:
         raise VitkitError("no images found in the given paths")
-    clf = api.load(args.checkpoint, **options)
+    clf = api.load(args.checkpoint, **options, notice=lambda line: print(f"vitkit predict: {line}", file=sys.stderr))
     results = predict_paths(clf, paths, args.topk, args.batch_size, progress=sys.stderr.isatty())
     if args.format == "json":
         print(json.dumps({"model": clf.name, **clf.runtime, "results": results}, indent=2))
