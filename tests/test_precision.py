@@ -15,6 +15,7 @@ from serving import running_server
 
 import vitkit
 from vitkit.data.builtin import load_digits_dataset
+from vitkit.errors import VitkitError
 from vitkit.eval.agreement import BF16_RECORD
 
 
@@ -35,6 +36,17 @@ def test_auto_precision_follows_the_cpu_probe(digits_run, monkeypatch, kind, pre
     # asked for explicitly, a precision is taken whatever the probe says
     assert vitkit.load(digits_run[0], device="cpu", precision="fp32").precision == "fp32"
     assert vitkit.load(digits_run[0], device="cpu", precision="bf16").precision == "bf16"
+
+
+def test_the_cpu_probe_can_be_forced_to_each_class(digits_run, monkeypatch):
+    """VITKIT_CPU_BF16 stands in for the CPU's flags, so one machine runs the suite as each class would."""
+    for forced, precision in (("none", "fp32"), ("amx", "bf16"), ("AVX512-BF16", "bf16")):
+        monkeypatch.setenv("VITKIT_CPU_BF16", forced)
+        clf = vitkit.load(digits_run[0], device="cpu", backend="torch")
+        assert clf.precision == precision, (forced, clf.precision_reason)
+    monkeypatch.setenv("VITKIT_CPU_BF16", "avx2")
+    with pytest.raises(VitkitError, match="VITKIT_CPU_BF16='avx2': use none, AMX or AVX512-BF16"):
+        vitkit.load(digits_run[0], device="cpu")
 
 
 def test_bf16_runs_under_autocast_and_fp32_does_not(digits_run):

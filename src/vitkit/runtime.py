@@ -24,9 +24,24 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+# VITKIT_CPU_BF16 overrides the CPU probe: "none" keeps 'auto' in fp32 on any CPU; "AMX" or "AVX512-BF16"
+# makes it take bf16 (emulated, slowly, where the CPU lacks it), which is how the test suite covers
+# every class of CPU on one machine.
+CPU_BF16_ENV = "VITKIT_CPU_BF16"
+CPU_BF16_KINDS = ("AMX", "AVX512-BF16")
+
+
 def cpu_bf16_kind() -> str | None:
     """What multiplies bf16 in this CPU's hardware: "AMX" (matrix tiles), "AVX512-BF16" (vector
     instructions), or None, where bf16 is emulated and slower than fp32, so 'auto' must not pick it."""
+    forced = os.environ.get(CPU_BF16_ENV, "").strip()
+    if forced:
+        if forced.lower() == "none":
+            return None
+        kind = next((k for k in CPU_BF16_KINDS if k.lower() == forced.lower()), None)
+        if kind is None:
+            raise VitkitError(f"{CPU_BF16_ENV}={forced!r}: use none, AMX or AVX512-BF16 (or unset it to probe the CPU)")
+        return kind
     try:
         with open("/proc/cpuinfo") as f:
             flags = next((line for line in f if line.startswith("flags")), "").split()
