@@ -200,15 +200,16 @@ def load(
     model pushed with `vitkit push`, or a Hugging Face or timm ViT classifier; through huggingface_hub and
     its cache).
 
-    precision="auto" runs bf16 where the hardware multiplies it natively (AMX, AVX512-BF16, CUDA) and
-    fp32 elsewhere, and falls back to fp32 for a checkpoint whose bf16 agreement with fp32, recorded by
-    `vitkit eval --precision bf16`, is below `MIN_AGREEMENT`; "fp32" and "bf16" are taken as asked. The
+    precision="auto" runs bf16 where the hardware multiplies it natively (AMX, AVX512-BF16, CUDA) and the
+    checkpoint's bf16 agreement with fp32 on held-out images, recorded at the end of its training run or
+    by `vitkit eval --precision bf16`, reaches `MIN_AGREEMENT`; fp32 elsewhere, and for a checkpoint with
+    no such record. "fp32" and "bf16" are taken as asked. The
     choice and its reason are `Classifier.precision` and `.precision_reason`. An .onnx file runs in the
     precision it was exported in. backend="auto" takes PyTorch for bf16 and ONNX Runtime (when
     installed) for fp32 on a CPU, whichever `default_backend` says; "onnxruntime" exports a checkpoint
     folder once into the user cache folder (`onnx_cache_path`). threads: CPU threads (0: every core).
     notice: called with a line before that one-time export, which takes seconds."""
-    from .eval.agreement import MIN_AGREEMENT, describe, read_bf16_record
+    from .eval.agreement import bf16_guard
     from .export.onnx import OnnxModel
     from .models.io import check_preprocessing
     from .pretrained import download_checkpoint, is_hub_id, load_classifier_folder
@@ -240,13 +241,8 @@ def load(
             raise VitkitError("--precision bf16 runs on --backend torch; ONNX Runtime runs the fp32 export")
         chosen, why = "fp32", "auto: fp32, as --backend onnxruntime runs the fp32 export"
     if chosen == "bf16" and precision == "auto":
-        record = read_bf16_record(path)
-        if record is None:
-            why += f"; its agreement with fp32 is not measured yet (vitkit eval {checkpoint} --precision bf16)"
-        elif record["top1_agreement"] < MIN_AGREEMENT:
-            chosen, why = "fp32", f"auto: fp32, as {describe(record)}, below {MIN_AGREEMENT:.1%}"
-        else:
-            why += f"; {describe(record)}"
+        trusted, guard = bf16_guard(path, str(checkpoint))
+        chosen, why = ("bf16", f"{why}; {guard}") if trusted else ("fp32", f"auto: fp32, as {guard}")
     if backend == "auto":
         backend = "torch" if chosen == "bf16" else default_backend()
     model, meta = load_classifier_folder(path)
@@ -346,10 +342,10 @@ def evaluate(
 
     precision="fp32" (the default) reproduces the metrics a run reported, which are computed in fp32
     whatever the training precision. "bf16" (or "auto" where it picks bf16) evaluates under bf16 and adds
-    `agreement`: top-1 agreement with fp32 and the accuracy change, also recorded in the checkpoint
-    folder for `--precision auto` to consult. An INT8 .onnx export reports the agreement measured when
-    it was exported."""
-    from .eval.agreement import BF16_RECORD, agreement_report, predicted_classes
+    `agreement`: top-1 agreement with fp32 (whole label sets for a multi-label model) and the accuracy
+    change, also recorded in the checkpoint folder for `--precision auto` when the split is held out. An
+    INT8 .onnx export reports the agreement measured when it was exported."""
+    from .eval.agreement import bf16_agreement, record_bf16_agreement
 
     clf = load(checkpoint, device, backend="torch", precision=precision)
     data, dataset, split, part = _checkpoint_split(clf, data, split, data_options)
@@ -360,23 +356,20 @@ def evaluate(
         if crop_tta:
             raise VitkitError("--crop-tta is for single-label models; multi-label evaluation takes --flip-tta")
 
-        report, _, _ = evaluate_multilabel(
+        metrics, _, _ = evaluate_multilabel(
             clf.runner, loader, clf.input_transform, clf.class_names, clf.thresholds, flip_tta
         )
-        return {"split": split, "data": data, "flip_tta": flip_tta, "precision": clf.precision, **report}
-    metrics = evaluate_loader(
-        clf.runner, loader, clf.input_transform, dataset.num_classes, flip_tta=flip_tta, crop_tta=crop_tta
-    )
-    report = {"split": split, "data": data, "flip_tta": flip_tta, "crop_tta": crop_tta, "precision": clf.precision}
-    report.update(metrics.compute(dataset.class_names))
+        report = {"split": split, "data": data, "flip_tta": flip_tta, "precision": clf.precision, **metrics}
+    else:
+        metrics = evaluate_loader(
+            clf.runner, loader, clf.input_transform, dataset.num_classes, flip_tta=flip_tta, crop_tta=crop_tta
+        )
+        report = {"split": split, "data": data, "flip_tta": flip_tta, "crop_tta": crop_tta, "precision": clf.precision}
+        report.update(metrics.compute(dataset.class_names))
     if clf.precision == "bf16":
-        reference, labels = predicted_classes(clf.model, loader, clf.input_transform.for_inference)
-        candidate, _ = predicted_classes(clf.runner, loader, clf.input_transform.for_inference)
-        report["agreement"] = agreement_report(reference, candidate, labels, "bf16", split)
-        try:
-            write_json(clf.folder / BF16_RECORD, {**report["agreement"], "data": data})
-        except OSError as e:
-            print(f"vitkit eval: note: could not record the agreement in {clf.folder} ({e.strerror})", file=sys.stderr)
+        agreement = bf16_agreement(clf.model, loader, clf.input_transform.for_inference, split, clf.thresholds)
+        report["agreement"] = agreement
+        record_bf16_agreement(clf.folder, {**agreement, "data": data}, notice=lambda line: print(line, file=sys.stderr))
     elif "agreement" in clf.meta:
         report["agreement"] = clf.meta["agreement"]
     return report

@@ -1,20 +1,28 @@
-"""How far a reduced-precision model (bf16, INT8) strays from its fp32 original: top-1 agreement and the
-accuracy change on the same images. vitkit refuses a reduced-precision export below MIN_AGREEMENT, and
-'--precision auto' falls back to fp32 for a checkpoint whose recorded bf16 agreement is below it."""
+"""How far a reduced-precision model (bf16, INT8) strays from its fp32 original: top-1 agreement (label
+sets for multi-label models) and the accuracy change on the same images. vitkit refuses a reduced-precision
+export below MIN_AGREEMENT, and '--precision auto' runs bf16 only for a checkpoint whose recorded bf16
+agreement on held-out images reaches it: `vitkit train` records it at the end of a run on hardware where
+auto would pick bf16, `vitkit eval --precision bf16` on any checkpoint."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 import torch
+import torch.nn as nn
 
 from ..data.loader import BatchLoader
+from ..fileio import write_json
 from ..runtime import MIN_AGREEMENT as MIN_AGREEMENT
+from ..runtime import Bf16Autocast
 
-# A checkpoint folder's record of its bf16 agreement, written by `vitkit eval --precision bf16` and read
-# by `--precision auto`.
+# A checkpoint folder's record of its bf16 agreement, written at the end of training and by
+# `vitkit eval --precision bf16`, and read by `--precision auto`.
 BF16_RECORD = "agreement-bf16.json"
+# The splits whose images the weights were not trained on: only a record measured on one of them counts.
+HELD_OUT_SPLITS = ("val", "test")
 
 
 @torch.inference_mode()
@@ -37,28 +45,98 @@ def agreement_report(
         return int(matches.sum()) / len(labels)
 
     fp32_top1, top1 = share(reference == labels), share(candidate == labels)
+    agreement = share(reference == candidate)
     return {
         "precision": precision,
         "split": split,
         "images": len(labels),
-        "top1_agreement": share(reference == candidate),
+        "measure": "top-1",
+        "agreement": agreement,
+        "top1_agreement": agreement,
         "top1_fp32": fp32_top1,
         "top1": top1,
         "top1_delta": top1 - fp32_top1,
     }
 
 
+@torch.inference_mode()
+def bf16_agreement(
+    model: nn.Module,
+    loader: BatchLoader,
+    normalize: Callable[[torch.Tensor], torch.Tensor],
+    split: str,
+    thresholds: list[float] | None = None,
+    all_reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> dict:
+    """bf16's agreement with fp32 over every image of a loader, each batch read once and run both ways:
+    top-1 classes, or for a multi-label model (`thresholds` given) whole label sets at its thresholds.
+    `all_reduce_sum` adds up the counts of every rank's shard."""
+    model.eval()
+    bf16 = Bf16Autocast(model, loader.device)
+    counts = torch.zeros(4, dtype=torch.float64, device=loader.device)  # images, agreeing, fp32 right, bf16 right
+    for images, labels in loader.batches():
+        x = normalize(images)
+        reference, candidate = model(x).float(), bf16(x)
+        if thresholds is None:
+            reference, candidate = reference.argmax(1), candidate.argmax(1)
+            same, right_fp32, right_bf16 = reference == candidate, reference == labels, candidate == labels
+        else:
+            cut = torch.tensor(thresholds, device=x.device)
+            reference, candidate, truth = reference.sigmoid() >= cut, candidate.sigmoid() >= cut, labels >= 0.5
+            same = (reference == candidate).all(1)
+            right_fp32, right_bf16 = (reference == truth).all(1), (candidate == truth).all(1)
+        counts += torch.stack([torch.tensor(len(labels))] + [m.sum() for m in (same, right_fp32, right_bf16)]).to(counts)
+    if all_reduce_sum is not None:
+        counts = all_reduce_sum(counts)
+    images, same, right_fp32, right_bf16 = counts.tolist()
+    images = int(images)
+    share = {"agreement": same / max(images, 1), "fp32": right_fp32 / max(images, 1), "bf16": right_bf16 / max(images, 1)}
+    report = {"precision": "bf16", "split": split, "images": images}
+    if thresholds is None:
+        return {
+            **report,
+            "measure": "top-1",
+            "agreement": share["agreement"],
+            "top1_agreement": share["agreement"],
+            "top1_fp32": share["fp32"],
+            "top1": share["bf16"],
+            "top1_delta": share["bf16"] - share["fp32"],
+        }
+    return {
+        **report,
+        "measure": "label sets",
+        "agreement": share["agreement"],
+        "exact_match_fp32": share["fp32"],
+        "exact_match": share["bf16"],
+        "exact_match_delta": share["bf16"] - share["fp32"],
+    }
+
+
+def record_agreement(record: dict) -> float:
+    """The share of images on which a reduced precision agrees with fp32 (records written before label
+    sets were measured hold only top1_agreement)."""
+    return record.get("agreement", record.get("top1_agreement"))
+
+
 def describe(report: dict) -> str:
     """One line for people: the agreement and the accuracy change, with the split it was measured on."""
+    agreement = record_agreement(report)
+    if report.get("measure") == "label sets":
+        return (
+            f"{report['precision']} gives the same label set as fp32 for {agreement:.2%} of {report['images']} "
+            f"{report['split']} images (exact match {report['exact_match']:.4f} vs {report['exact_match_fp32']:.4f}, "
+            f"{report['exact_match_delta']:+.4f})"
+        )
     return (
-        f"{report['precision']} agrees with fp32 on {report['top1_agreement']:.2%} of {report['images']} "
+        f"{report['precision']} agrees with fp32 on {agreement:.2%} of {report['images']} "
         f"{report['split']} images (top-1 {report['top1']:.4f} vs {report['top1_fp32']:.4f}, "
         f"{report['top1_delta']:+.4f})"
     )
 
 
 def read_bf16_record(checkpoint_dir: Path) -> dict | None:
-    """The bf16 agreement recorded in a checkpoint folder, or None when it was never measured."""
+    """The bf16 agreement recorded in a checkpoint folder, or None when it was never measured (or the
+    record cannot be read: the guard then treats it as unmeasured)."""
     path = checkpoint_dir / BF16_RECORD
     if not path.is_file():
         return None
@@ -66,4 +144,35 @@ def read_bf16_record(checkpoint_dir: Path) -> dict | None:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    return record if isinstance(record.get("top1_agreement"), float) else None
+    return record if isinstance(record, dict) and isinstance(record_agreement(record), float) else None
+
+
+def bf16_guard(checkpoint_dir: Path, checkpoint: str) -> tuple[bool, str]:
+    """(whether '--precision auto' may run bf16 for this checkpoint, why): only with a record measured on
+    held-out images (validation or test) at MIN_AGREEMENT or above."""
+    record = read_bf16_record(checkpoint_dir)
+    measure = f"vitkit eval {checkpoint} --precision bf16 measures it"
+    if record is None:
+        return False, f"its bf16 agreement with fp32 is not measured ({measure})"
+    if record.get("split") not in HELD_OUT_SPLITS:
+        return False, f"its bf16 agreement was measured on the {record.get('split')} split, not held-out images ({measure})"
+    if record_agreement(record) < MIN_AGREEMENT:
+        return False, f"{describe(record)}, below {MIN_AGREEMENT:.1%}"
+    return True, describe(record)
+
+
+def record_bf16_agreement(folder: Path | None, record: dict, notice: Callable[[str], None]) -> bool:
+    """Keep a bf16 agreement in a checkpoint folder for '--precision auto' when it was measured on held-out
+    images (a training-split measure is reported, never recorded: it would vouch for images the weights
+    were fitted to); `notice` hears why not otherwise. Returns whether it was recorded."""
+    if folder is None:
+        return False
+    if record["split"] not in HELD_OUT_SPLITS:
+        notice(f"note: bf16's agreement on the {record['split']} split is not recorded for --precision auto (held-out splits only)")
+        return False
+    try:
+        write_json(folder / BF16_RECORD, record)
+    except OSError as e:
+        notice(f"note: could not record the bf16 agreement in {folder} ({e.strerror})")
+        return False
+    return True

@@ -18,29 +18,30 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from ..data.augment import mix_batch
-from ..data.loader import epoch_seed
+from ..data.loader import BatchLoader, epoch_seed
 from ..errors import MissingFile, TrainingDiverged, VitkitError
-from ..eval.loop import evaluate_loader
+from ..eval.agreement import MIN_AGREEMENT, bf16_agreement, describe, record_agreement, record_bf16_agreement
+from ..eval.loop import eval_logits, evaluate_loader
 from ..eval.metrics import MetricAccumulator
 from ..eval.multilabel import LossAccumulator, evaluate_multilabel
 from ..models import count_parameters
 from ..models.io import load_model
-from ..runtime import autocast
+from ..runtime import autocast, choose_precision
+from ..viz.report import REPORT_FIGURES
 from .build import Runtime, build
 from .callbacks import Callbacks, make_trackers
 from .config import TrainConfig
 from .losses import asymmetric_loss, binary_cross_entropy
 from .optim import Lookahead, build_optimizer, param_groups
 from .rundir import RunDir, checkpoint_metadata
-from .schedule import BUDGET_WARMUP_SHARE, FIRST_PLAN_STEPS, Plateau, TimeBudget, lr_factor
+from .schedule import BUDGET_WARMUP_SHARE, FIRST_PLAN_STEPS, SAVE_BYTES_PER_S, Plateau, TimeBudget, lr_factor
 
 LOG_EVERY = 25  # optimizer steps between host synchronisations for progress and the loss check
 # Set by train()'s Ctrl-C/SIGTERM handler beside the KeyboardInterrupt it raises: Python prints and drops a
 # KeyboardInterrupt raised inside a finalizer (an object's __del__), so the loop raises it again at its next step.
 INTERRUPT_REQUESTED = threading.Event()
-# The end of a run draws curves, confusion matrix and predictions: kept out of a --time-budget as this
-# many times the first figure's measured time.
-REPORT_FIGURES = 3
+# Images of the validation split timed before training, for the budget's first estimate of an evaluation pass.
+TIMED_INFERENCE_IMAGES = 32
 TRAIN_BATCH_PLOT = "train_batch.png"
 
 
@@ -97,6 +98,12 @@ class Trainer:
         self.replanned_from: int | None = None  # a resumed schedule's earlier length, when --epochs changed it
         self.callbacks = Callbacks()
         self.stopped_by = "epochs"  # or time_budget, early_stopping: what ended the run, for its records
+        # where '--precision auto' would run the model in bf16, the run measures bf16's agreement with fp32
+        self.measures_bf16 = choose_precision("auto", self.device)[0] == "bf16"
+        # what a --time-budget keeps for the end of the run, measured as the run goes (see reserve_for_finish)
+        self.figure_s = 0.0  # one figure's drawing time
+        self.inference_s_per_image = 0.0  # of an evaluation pass
+        self.save_s = {"best": None, "last": None}  # each checkpoint's latest saving time
 
     # the run's parts, owned by its Setup
     cfg = property(lambda self: self.setup.config)
@@ -206,7 +213,7 @@ class Trainer:
             dynamic_ncols=True,
         )
         self.set_lr()
-        seen, t_start = 0, time.perf_counter()
+        seen, t_start, t_epoch = 0, time.perf_counter(), self.budget.clock()
         loader = self.train_loader
         batches = zip(loader.batches(epoch, start_batch), loader.batch_indices(epoch, start_batch))
         for b, ((images, labels), index) in enumerate(batches, start=start_batch):
@@ -231,7 +238,8 @@ class Trainer:
                 self.refit_budget()  # a first estimate, so the decay does not end with the first epoch
             if boundary and cfg.save_every and self.step % cfg.save_every == 0 and b + 1 < self.steps_per_epoch:
                 self.save_last(epoch, b + 1)
-            if cfg.time_budget and ctx.any(self.budget.exhausted()):
+            step_s = (self.budget.clock() - t_epoch) / (b + 1 - start_batch)
+            if cfg.time_budget and ctx.any(self.budget.exhausted(step_s)):
                 break
         bar.close()
         self.check_finite(int(first_bad_step))
@@ -249,13 +257,41 @@ class Trainer:
                 f"(now {self.cfg.lr}), add --grad-clip 1.0 or --warmup-epochs, or check the data and --mean/--std"
             )
 
-    def reserve_for_finish(self, val_seconds: float) -> None:
-        """Keep the time the end of the run takes out of the training budget: the best checkpoint's
-        evaluation on the reported split (timed as the last validation pass, scaled by size) and the
-        report's figures."""
+    def reserve_for_finish(self) -> None:
+        """Keep what runs after training stops out of the training budget, at the latest measured costs:
+        the last epoch's validation and checkpoints, the final evaluation (and bf16 agreement) of the
+        reported split and the report's figures."""
         setup = self.setup
-        scale = len(setup.eval_loader.split) / max(1, len(setup.val_loader.split))
-        self.budget.reserve = val_seconds * scale + REPORT_FIGURES * self.figure_s
+        bytes_per_copy = 4 * count_parameters(self.model)  # last/ also holds the optimizer's state: 3 copies
+        estimate = {"best": bytes_per_copy / SAVE_BYTES_PER_S, "last": 3 * bytes_per_copy / SAVE_BYTES_PER_S}
+        save_s = sum(estimate[kind] if s is None else s for kind, s in self.save_s.items())
+        self.budget.keep_for_finish(
+            self.inference_s_per_image,
+            len(setup.val_loader.split),
+            len(setup.eval_loader.split),
+            3 if self.measures_bf16 else 1,  # the agreement runs every batch in fp32 and in bf16
+            REPORT_FIGURES * self.figure_s if self.cfg.plots else 0.0,
+            save_s,
+        )
+
+    def time_inference(self) -> float:
+        """Seconds per image of an evaluation pass (loading included), from a few validation images: the
+        budget's estimate until a whole validation pass has been timed, so that a budget ending inside the
+        first epoch still keeps time for what follows it."""
+        split = self.setup.val_loader.split
+        count = min(len(split), TIMED_INFERENCE_IMAGES)
+        model = self.eval_model().eval()
+        t = self.budget.clock()
+        with torch.inference_mode():
+            for images, _ in BatchLoader(split.subset(torch.arange(count)), count, shuffle=False, device=self.device).batches():
+                eval_logits(model, self.augment.for_inference(images))
+        return (self.budget.clock() - t) / max(1, count)
+
+    def save(self, kind: str, model: nn.Module, state: dict | None = None) -> None:
+        """Save best/ or last/, timing it for the budget's reserve."""
+        t = self.budget.clock()
+        self.run.save_checkpoint(kind, model, self.metadata(), state)
+        self.save_s[kind] = self.budget.clock() - t
 
     def refit_budget(self) -> None:
         """Fit the schedule length to the time left; every rank takes rank 0's plan so that their
@@ -280,7 +316,8 @@ class Trainer:
         self.callbacks = Callbacks([*make_trackers(cfg.log), *callbacks] if ctx.is_main else [])
         self.callbacks.call("on_train_begin", run.path, cfg.to_dict(), [dict(row) for row in self.history])
         t_figure = self.budget.clock()
-        if ctx.is_main and cfg.plots and not (run.path / TRAIN_BATCH_PLOT).exists():
+        draws_train_batch = ctx.is_main and cfg.plots and not (run.path / TRAIN_BATCH_PLOT).exists()
+        if draws_train_batch:
             from ..viz.report import write_train_batch
 
             write_train_batch(
@@ -292,9 +329,12 @@ class Trainer:
                 cfg.seed,
                 self.device,
             )
-        # one figure's time (matplotlib's import included) stands for each of the report's figures
-        self.figure_s = self.budget.clock() - t_figure
-        self.budget.reserve = REPORT_FIGURES * self.figure_s
+        if draws_train_batch:  # else resumed: the time measured when it was drawn came back with the state
+            # one figure's time (matplotlib's import included) stands for each of the report's figures
+            self.figure_s = self.budget.clock() - t_figure
+        if cfg.time_budget:
+            self.inference_s_per_image = self.time_inference()
+            self.reserve_for_finish()
         net = self.wrap_model()
         epoch = start_epoch
         self.budget.start_training(self.step, start_epoch)
@@ -306,15 +346,16 @@ class Trainer:
             row = {"epoch": epoch + 1, **self.train_epoch(net, epoch, start_batch if epoch == start_epoch else 0)}
             t_val = self.budget.clock()
             row.update(self.validate())
-            self.reserve_for_finish(self.budget.clock() - t_val)
+            self.inference_s_per_image = (self.budget.clock() - t_val) / max(1, len(self.setup.val_loader.split))
             row["time_s"] = round(self.budget.elapsed(), 2)
             self.history.append(row)
             if self.stopper.step(row[self.monitor]):
                 self.best_epoch = epoch + 1
-                run.save_checkpoint("best", self.eval_model(), self.metadata())
+                self.save("best", self.eval_model())
             if cfg.schedule == "plateau":
                 self.plateau.step(row[self.monitor])
                 self.plateau.reduce_if_stalled()
+            self.reserve_for_finish()
             self.refit_budget()
             epoch += 1
             self.save_last(epoch, 0)
@@ -334,7 +375,8 @@ class Trainer:
         results.json and the plots."""
         setup = self.setup
         t_finish, training_s = self.budget.clock(), self.budget.training_time()
-        metrics, draw, summary = self.final_multilabel() if self.multi_label else self.final_single()
+        metrics, draw, summary, best, thresholds = self.final_multilabel() if self.multi_label else self.final_single()
+        agreement = self.measure_bf16(best, thresholds) if self.measures_bf16 else None
         if self.ctx.is_main and self.cfg.plots:
             draw()  # before results.json, whose wall time includes the figures
         split = setup.eval_split
@@ -343,6 +385,7 @@ class Trainer:
             # the validation split also picked best/ (and early stopping): its numbers are optimistic
             "split_selected_checkpoint": setup.split_selected_checkpoint,
             "metrics": metrics,
+            **({"bf16_agreement": agreement} if agreement else {}),
             **self.run_summary(training_s),
         }
         self.run.write_results(results)
@@ -354,6 +397,9 @@ class Trainer:
             f"{split_title(split, False)} ({images} images, epoch {self.best_epoch}'s weights{chose}): "
             f"{summary}  ->  {self.run.path}"
         )
+        if agreement:
+            verdict = "runs bf16" if record_agreement(agreement) >= MIN_AGREEMENT else f"stays in fp32 (below {MIN_AGREEMENT:.1%})"
+            self.log(f"{describe(agreement)}: --precision auto {verdict}")
         if self.budget.enabled:
             self.log(
                 f"time: {self.budget.elapsed():.0f} s of the {self.budget.seconds:.0f} s budget (start-up "
@@ -380,6 +426,8 @@ class Trainer:
             m,
             lambda: write_report(self.run.path, best, setup.eval_loader.split, self.augment, names, history, m, title),
             f"top-1 {m['top1']:.4f}{top5}  f1-macro {m['f1_macro']:.4f}",
+            best,
+            None,
         )
 
     def final_multilabel(self):
@@ -400,7 +448,21 @@ class Trainer:
             ),
             f"mAP macro {m['map_macro']:.4f}  micro {m['map_micro']:.4f}  f1-macro {m['f1_macro']:.4f}  "
             f"f1-micro {m['f1_micro']:.4f}",
+            best,
+            meta["thresholds"],
         )
+
+    def measure_bf16(self, best: nn.Module, thresholds: list[float] | None) -> dict:
+        """bf16's agreement with fp32 (top-1, or label sets) on the reported split, recorded in best/ so
+        that '--precision auto' is guarded from the first prediction."""
+        setup, reduce = self.setup, self.ctx.all_reduce_sum if self.ctx.enabled else None
+        report = bf16_agreement(
+            best, setup.eval_loader, self.augment.for_inference, setup.eval_split, thresholds, reduce
+        )
+        if self.ctx.is_main:
+            record = {**report, "data": self.cfg.data}
+            record_bf16_agreement(self.run.checkpoint("best"), record, notice=lambda line: self.log(line))
+        return report
 
     def run_summary(self, training_s: float) -> dict[str, Any]:
         """results.json beside the metrics: how the run went and what it was."""
@@ -515,6 +577,7 @@ class Trainer:
             "best_epoch": self.best_epoch,
             "elapsed": self.budget.elapsed(),
             "planned_steps": self.planned_steps,
+            "figure_s": self.figure_s,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -533,6 +596,7 @@ class Trainer:
         self.plateau.load_state_dict(state["plateau"])
         self.stopper.load_state_dict(state["stopper"])
         self.budget.load_state_dict({"elapsed": state["elapsed"]})
+        self.figure_s = state.get("figure_s", 0.0)
         planned = state["planned_steps"]
         if self.cfg.time_budget:
             self.planned_steps = planned
@@ -548,8 +612,7 @@ class Trainer:
             torch.cuda.set_rng_state(rng["cuda_rng"], self.device)
 
     def save_last(self, epoch: int, next_batch: int) -> None:
-        state = {**self.state_dict(), "epoch": epoch, "next_batch": next_batch}
-        self.run.save_checkpoint("last", self.model, self.metadata(), state)
+        self.save("last", self.model, {**self.state_dict(), "epoch": epoch, "next_batch": next_batch})
 
     def load_last(self) -> tuple[int, int]:
         """Weights and state of last/; returns (epoch, next batch) to continue from."""

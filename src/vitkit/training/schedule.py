@@ -16,6 +16,10 @@ BUDGET_WARMUP_SHARE = 0.1
 # decays to its floor (a 3-minute CIFAR-10 run had stopped after its one whole epoch, at 127 s, 53 s
 # before the end of its decay); only a sliver is not worth its evaluation pass.
 LAST_EPOCH_MIN_SHARE = 0.1
+# Kept after the final figures for the process to write its last files and exit.
+EXIT_MARGIN_S = 1.0
+# An upper estimate of the disk's write rate, for a checkpoint's save time before one has been timed.
+SAVE_BYTES_PER_S = 200e6
 
 
 def lr_factor(step: int, total_steps: int | None, warmup_steps: int, schedule: str, min_ratio: float) -> float:
@@ -105,8 +109,25 @@ class TimeBudget:
     def training_time(self) -> float:
         return self.clock() - (self.t0 if self.t_train is None else self.t_train)
 
-    def exhausted(self) -> bool:
-        return self.enabled and self.elapsed() > self.training_seconds
+    def exhausted(self, step_s: float = 0.0) -> bool:
+        """Training must stop: stepping on (a step takes `step_s`) would end further past the training
+        time than stopping now ends before it."""
+        return self.enabled and self.elapsed() + step_s / 2 > self.training_seconds
+
+    def keep_for_finish(
+        self,
+        inference_s_per_image: float,
+        val_images: int,
+        report_images: int,
+        report_passes: float,
+        figures_s: float,
+        save_s: float,
+    ) -> None:
+        """Reserve what runs after training stops: the last epoch's validation pass and checkpoints
+        (`save_s`), `report_passes` inference passes over the reported split (its final evaluation, and
+        the bf16 agreement's two where it is measured), the report's figures and the process's exit."""
+        passes_s = inference_s_per_image * (val_images + report_passes * report_images)
+        self.reserve = passes_s + figures_s + save_s + EXIT_MARGIN_S
 
     def plan(self, steps_done: int) -> int | None:
         """Total optimizer steps that fit in the budget at the pace so far (None: not yet known)."""

@@ -9,6 +9,10 @@ from typing import Callable
 import torch
 
 PREDICTION_IMAGES = 16
+# The most figures a run's report draws (write_report: curves, confusion matrix, predictions, patches;
+# write_multilabel_report: curves, AP per label, precision-recall, predictions): a --time-budget keeps
+# time for this many.
+REPORT_FIGURES = 4
 
 
 def sample_images(split, count: int, seed: int = 0, stratified: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
