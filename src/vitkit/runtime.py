@@ -84,10 +84,10 @@ class InferenceOptions:
     )
     precision: str = option(
         "auto",
-        "auto: bf16 where the hardware runs it natively (AMX, AVX512-BF16, CUDA) unless the checkpoint's "
-        f"recorded bf16 agreement with fp32 is below {MIN_AGREEMENT:.1%}, else fp32; an .onnx file runs as "
-        "exported. vitkit eval (default fp32, which reproduces the run's metrics) reports bf16's top-1 "
-        "agreement with fp32 and records it in the checkpoint folder for auto",
+        "auto: bf16 where the hardware runs it natively (AMX, AVX512-BF16, CUDA) and the checkpoint's "
+        f"recorded bf16 agreement with fp32 on held-out images is at least {MIN_AGREEMENT:.1%} (vitkit train "
+        "records it), else fp32; an .onnx file runs as exported. vitkit eval (default fp32, which reproduces "
+        "the run's metrics) reports bf16's agreement with fp32 and records it in the checkpoint folder for auto",
         group="inference",
         choices=PRECISIONS,
         commands=("predict", "serve", "eval"),
