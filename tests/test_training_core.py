@@ -5,6 +5,7 @@ run folders written by earlier vitkit versions."""
 import dataclasses
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,7 @@ from vitkit.training.config import (
 )
 from vitkit.training.optim import param_groups
 from vitkit.training.rundir import RunDir
-from vitkit.training.schedule import FIRST_PLAN_STEPS, Plateau, TimeBudget, lr_factor
+from vitkit.training.schedule import EXIT_MARGIN_S, FIRST_PLAN_STEPS, Plateau, TimeBudget, lr_factor
 
 OLD_RUN = Path(__file__).parent / "fixtures" / "run-v0.1"  # written by vitkit before the engine redesign
 
@@ -91,6 +92,48 @@ def test_time_budget_plans_from_the_measured_pace():
     clock.now += 1.0
     assert resumed.elapsed() == pytest.approx(62.0)  # time before the resume counts
     assert TimeBudget(0.0, clock=clock).plan(20) is None and not TimeBudget(0.0).exhausted()
+
+
+def test_time_budget_keeps_every_pass_after_training_and_stops_at_the_nearest_step():
+    clock = FakeClock()
+    budget = TimeBudget(1.0, clock=clock)  # 60 s
+    # 0.01 s an image: the last epoch's validation (100 images) and 3 passes over a 200-image test split
+    # (final evaluation, then fp32 and bf16 for the agreement), 4 figures of 0.5 s, 2 s of checkpoints
+    budget.keep_for_finish(0.01, val_images=100, report_images=200, report_passes=3, figures_s=2.0, save_s=2.0)
+    assert budget.reserve == pytest.approx(1.0 + 6.0 + 2.0 + 2.0 + EXIT_MARGIN_S)
+    clock.now = budget.t0 + budget.training_seconds - 1.5
+    assert not budget.exhausted(step_s=2.0)  # a 2 s step ends 0.5 s past: closer than stopping 1.5 s early
+    clock.now = budget.t0 + budget.training_seconds - 0.5
+    assert budget.exhausted(step_s=2.0) and not budget.exhausted(step_s=0.5)
+
+
+def test_the_size_probe_times_a_whole_training_step_and_the_loading():
+    from vitkit.training.sizing import loading_seconds, training_rate
+
+    torch.manual_seed(0)
+    model = create_model("vit_micro_patch4_32", num_classes=3, image_size=8, depth=1, embed_dim=16, num_heads=1)
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    images, labels = torch.randint(0, 256, (8, 3, 8, 8), dtype=torch.uint8), torch.randint(3, (8,))
+    augmented = []
+
+    def augment(x):
+        augmented.append(x)
+        return x.float() / 255
+
+    args = (model, optimizer, images, labels, augment, torch.device("cpu"), False, False)
+    rate = training_rate(*args, loading_s=0.0)
+    assert len(augmented) == 7  # 2 untimed and 5 timed steps, each augmenting the batch
+    assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))  # the optimizer stepped
+    slow = training_rate(*args, loading_s=1.0)  # a second to load each batch bounds the rate at 8 images/s
+    assert slow < 8 < rate
+
+    def batches():
+        for _ in range(10):
+            time.sleep(0.02)
+            yield images, labels
+
+    assert loading_seconds(batches()) == pytest.approx(0.02, abs=0.015)
 
 
 def budget_run(tmp_path, warmup_epochs: float):

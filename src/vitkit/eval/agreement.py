@@ -12,9 +12,11 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..data.loader import BatchLoader
 from ..fileio import write_json
+from .metrics import MetricAccumulator
 from ..runtime import MIN_AGREEMENT as MIN_AGREEMENT
 from ..runtime import Bf16Autocast
 
@@ -67,16 +69,20 @@ def bf16_agreement(
     split: str,
     thresholds: list[float] | None = None,
     all_reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    fp32_metrics: MetricAccumulator | None = None,
 ) -> dict:
     """bf16's agreement with fp32 over every image of a loader, each batch read once and run both ways:
     top-1 classes, or for a multi-label model (`thresholds` given) whole label sets at its thresholds.
-    `all_reduce_sum` adds up the counts of every rank's shard."""
+    `all_reduce_sum` adds up the counts of every rank's shard. `fp32_metrics` (single-label) also takes
+    the fp32 logits, so a final evaluation and its agreement share one pass over the data."""
     model.eval()
     bf16 = Bf16Autocast(model, loader.device)
     counts = torch.zeros(4, dtype=torch.float64, device=loader.device)  # images, agreeing, fp32 right, bf16 right
     for images, labels in loader.batches():
         x = normalize(images)
         reference, candidate = model(x).float(), bf16(x)
+        if fp32_metrics is not None:
+            fp32_metrics.update(reference, labels, F.cross_entropy(reference, labels, reduction="sum"))
         if thresholds is None:
             reference, candidate = reference.argmax(1), candidate.argmax(1)
             same, right_fp32, right_bf16 = reference == candidate, reference == labels, candidate == labels
@@ -88,6 +94,8 @@ def bf16_agreement(
         counts += torch.stack([torch.tensor(len(labels))] + [m.sum() for m in (same, right_fp32, right_bf16)]).to(counts)
     if all_reduce_sum is not None:
         counts = all_reduce_sum(counts)
+        if fp32_metrics is not None:
+            fp32_metrics.load_tensor(all_reduce_sum(fp32_metrics.as_tensor()))
     images, same, right_fp32, right_bf16 = counts.tolist()
     images = int(images)
     share = {"agreement": same / max(images, 1), "fp32": right_fp32 / max(images, 1), "bf16": right_bf16 / max(images, 1)}

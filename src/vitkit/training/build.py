@@ -23,7 +23,8 @@ from ..runtime import resolve_device, setup_threads, use_bf16
 from .config import TrainConfig, run_label, size_pending, with_budget_size
 from .distributed import DistContext, init_distributed
 from .losses import positive_weights
-from .sizing import choose_size, training_rate
+from .optim import build_optimizer, param_groups
+from .sizing import choose_size, loading_seconds, training_rate
 
 
 @dataclass
@@ -128,9 +129,7 @@ def build(cfg: TrainConfig, runtime: Runtime, budget=None) -> Setup:
 
     if size_pending(cfg):
         minutes_left = (budget.seconds - budget.elapsed()) / 60 if budget else cfg.time_budget
-        cfg = with_budget_size(
-            cfg, choose_budget_size(cfg, runtime, new_model, local_batch, image_size, data, minutes_left)
-        )
+        cfg = with_budget_size(cfg, choose_budget_size(cfg, runtime, new_model, local_batch, decode, data, minutes_left))
     model = new_model(cfg.model_args)
     channels = model.config.in_chans
     workers = resolve_workers(cfg.workers)
@@ -241,17 +240,40 @@ def whiten_first_conv(model: nn.Module, split, augment: BatchAugment, device: to
 
 
 def choose_budget_size(
-    cfg: TrainConfig, runtime: Runtime, new_model, batch: int, image_size: int, data, minutes_left: float
+    cfg: TrainConfig, runtime: Runtime, new_model, batch: int, decode: Preprocessing, data: Dataset, minutes_left: float
 ) -> dict:
-    """The preset size for this --time-budget on this machine (training/sizing.py): measured by rank 0
-    and shared, so every process builds the same model."""
+    """The preset size for this --time-budget on this machine (training/sizing.py), from real training
+    steps on a batch of the run's own images with its augmentation and optimizer, plus their measured
+    loading time (which dominates on streamed photos): measured by rank 0 and shared, so every process
+    builds the same model."""
     record = None
     if runtime.ctx.is_main:
+        loader = BatchLoader(
+            data.train, batch, shuffle=True, seed=cfg.seed, device=runtime.device, workers=resolve_workers(cfg.workers)
+        )
+        loading_s = loading_seconds(loader.batches())
+        images, labels = next(loader.batches())
+        channels = 1 if data.channels == 1 else 3
+        # the normalisation statistics are not computed yet; their values do not change the augmentation's cost
+        probe = dataclasses.replace(decode, channels=channels, decode_size=data.train.stored_size)
+        augment = probe.batch_augment(part_of(AugmentSpec, cfg))
+        gen = torch.Generator(device=runtime.device).manual_seed(cfg.seed)
+        targets = labels.float() if data.multi_label else labels
 
         def rate_of(size: dict) -> float:
             model = new_model({**cfg.model_args, **size})
+            groups = param_groups(model, cfg.weight_decay, cfg.layer_decay)
+            optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, groups, cfg.nesterov)
             return training_rate(
-                model, batch, image_size, data.num_classes, runtime.device, runtime.bf16, cfg.channels_last
+                model,
+                optimizer,
+                images,
+                targets,
+                lambda x: augment.for_training(x, gen),
+                runtime.device,
+                runtime.bf16,
+                cfg.channels_last,
+                loading_s,
             )
 
         sizes = [(c["min_epochs"], c["model_args"]) for c in cfg.budget_size["candidates"]]

@@ -269,7 +269,8 @@ class Trainer:
             self.inference_s_per_image,
             len(setup.val_loader.split),
             len(setup.eval_loader.split),
-            3 if self.measures_bf16 else 1,  # the agreement runs every batch in fp32 and in bf16
+            # the agreement runs every batch in fp32 (for single-label also the final evaluation) and in bf16
+            (3 if self.multi_label else 2) if self.measures_bf16 else 1,
             REPORT_FIGURES * self.figure_s if self.cfg.plots else 0.0,
             save_s,
         )
@@ -375,8 +376,10 @@ class Trainer:
         results.json and the plots."""
         setup = self.setup
         t_finish, training_s = self.budget.clock(), self.budget.training_time()
-        metrics, draw, summary, best, thresholds = self.final_multilabel() if self.multi_label else self.final_single()
-        agreement = self.measure_bf16(best, thresholds) if self.measures_bf16 else None
+        if self.multi_label:
+            metrics, draw, summary, agreement = self.final_multilabel()
+        else:
+            metrics, draw, summary, agreement = self.final_single()
         if self.ctx.is_main and self.cfg.plots:
             draw()  # before results.json, whose wall time includes the figures
         split = setup.eval_split
@@ -418,7 +421,12 @@ class Trainer:
         if ctx.enabled:  # every rank evaluates its shard with rank 0's best weights
             state = {k: v.cpu() for k, v in best.state_dict().items()} if ctx.is_main else None
             best.load_state_dict(ctx.broadcast_object(state))
-        m = self.evaluate(best, setup.eval_loader, self.data.class_names)
+        if self.measures_bf16:  # the final evaluation's fp32 pass is also the agreement's reference
+            accumulator = MetricAccumulator(self.data.num_classes, device=self.device)
+            agreement = self.measure_bf16(best, None, accumulator)
+            m = accumulator.compute(self.data.class_names)
+        else:
+            m, agreement = self.evaluate(best, setup.eval_loader, self.data.class_names), None
         names, history = self.data.class_names, self.history
         title = split_title(setup.eval_split, setup.split_selected_checkpoint)
         top5 = f"  top-5 {m['top5']:.4f}" if self.data.num_classes > 5 else ""  # 1 by definition up to 5 classes
@@ -426,8 +434,7 @@ class Trainer:
             m,
             lambda: write_report(self.run.path, best, setup.eval_loader.split, self.augment, names, history, m, title),
             f"top-1 {m['top1']:.4f}{top5}  f1-macro {m['f1_macro']:.4f}",
-            best,
-            None,
+            agreement,
         )
 
     def final_multilabel(self):
@@ -448,16 +455,15 @@ class Trainer:
             ),
             f"mAP macro {m['map_macro']:.4f}  micro {m['map_micro']:.4f}  f1-macro {m['f1_macro']:.4f}  "
             f"f1-micro {m['f1_micro']:.4f}",
-            best,
-            meta["thresholds"],
+            self.measure_bf16(best, meta["thresholds"]) if self.measures_bf16 else None,
         )
 
-    def measure_bf16(self, best: nn.Module, thresholds: list[float] | None) -> dict:
+    def measure_bf16(self, best: nn.Module, thresholds: list[float] | None, fp32_metrics=None) -> dict:
         """bf16's agreement with fp32 (top-1, or label sets) on the reported split, recorded in best/ so
-        that '--precision auto' is guarded from the first prediction."""
+        that '--precision auto' is guarded from the first prediction; `fp32_metrics` as in bf16_agreement."""
         setup, reduce = self.setup, self.ctx.all_reduce_sum if self.ctx.enabled else None
         report = bf16_agreement(
-            best, setup.eval_loader, self.augment.for_inference, setup.eval_split, thresholds, reduce
+            best, setup.eval_loader, self.augment.for_inference, setup.eval_split, thresholds, reduce, fp32_metrics
         )
         if self.ctx.is_main:
             record = {**report, "data": self.cfg.data}

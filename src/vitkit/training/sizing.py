@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -22,42 +22,56 @@ import torch.nn.functional as F
 
 from ..runtime import autocast
 
-# Timed forward+backward steps per candidate, after untimed ones (allocation, kernel choice); the
-# median step counts, so that one step slowed by the rest of the machine does not move the choice.
+# Timed training steps per candidate, after untimed ones (allocation, kernel choice); the median step
+# counts, so that one step slowed by the rest of the machine does not move the choice.
 WARMUP_STEPS, PROBE_STEPS = 2, 5
+
+
+def loading_seconds(batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    """Median seconds to load a batch of the run's own images (decoding from disk when streamed), the same
+    for every candidate size; the first batch (the loader's start-up) is not counted."""
+    times, start = [], time.perf_counter()
+    for i, _ in zip(range(WARMUP_STEPS + PROBE_STEPS), batches):
+        now = time.perf_counter()
+        if i:
+            times.append(now - start)
+        start = now
+    return statistics.median(times) if times else 0.0
 
 
 def training_rate(
     model: nn.Module,
-    batch: int,
-    image_size: int,
-    num_classes: int,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    augment: Callable[[torch.Tensor], torch.Tensor],
     device: torch.device,
     bf16: bool,
     channels_last: bool,
+    loading_s: float,
 ) -> float:
-    """Images/s of `model`'s forward and backward on a random batch, as the training step runs them
-    (same precision and memory layout). The model's weights and statistics are spent: build anew."""
-    channels = model.config.in_chans
-    x = torch.randn(batch, channels, image_size, image_size, device=device)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(num_classes, (batch,), device=device)
+    """Images/s of `model`'s training step as the run takes it: augmentation of a batch of the run's own
+    uint8 images, forward, backward and the optimizer's update (same precision and memory layout), plus
+    `loading_s`, a batch's measured loading time. The model's weights and statistics are spent: build anew."""
     model.train()
 
     def timed_step() -> float:
         start = time.perf_counter()
+        x = augment(images)
+        if channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, bf16):
-            loss = F.cross_entropy(model(x), y)
+            loss = F.cross_entropy(model(x).float(), labels)
         loss.backward()
-        model.zero_grad(set_to_none=True)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
         if device.type == "cuda":  # sync point: the GPU must finish the step
             torch.cuda.synchronize(device)
         return time.perf_counter() - start
 
     for _ in range(WARMUP_STEPS):
         timed_step()
-    return batch / statistics.median(timed_step() for _ in range(PROBE_STEPS))
+    return len(images) / (statistics.median(timed_step() for _ in range(PROBE_STEPS)) + loading_s)
 
 
 def choose_size(
