@@ -139,13 +139,20 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 
 def add_evaluation_arguments(p: argparse.ArgumentParser) -> None:
     """The flags `evaluation_options` reads."""
-    p.add_argument("--data", help="dataset name or folder (default: what the checkpoint was trained on)")
-    p.add_argument("--data-dir")
+    p.add_argument(
+        "--data",
+        help="dataset name or folder (default: what the checkpoint was trained on); other data than the run's is "
+        "scored whole: every image of a folder or label table, a named dataset's test split",
+    )
+    p.add_argument("--data-dir", help="download cache of built-in datasets (default: $VITKIT_DATA, else ~/.cache/vitkit)")
     p.add_argument("--labels", help="label table of --data's images (default: the checkpoint's, if it had one)")
     p.add_argument(
-        "--split", choices=["train", "val", "test"], help="default: the split the run reported (test, else val)"
+        "--split",
+        choices=["all", "train", "val", "test"],
+        help="on the run's own data, default: the split the run reported (test, else val); on other data, one of "
+        "its own splits, or all (the default for a folder or table)",
     )
-    p.add_argument("--batch-size", type=at_least(1), default=256)
+    p.add_argument("--batch-size", type=at_least(1), default=256, help="images per batch (default: 256)")
     p.add_argument(
         "--flip-tta",
         action="store_true",
@@ -172,6 +179,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         tta = [name for name, on in (("flip", metrics["flip_tta"]), ("crop", metrics.get("crop_tta"))) if on]
         split = f"{metrics['split']}, {' + '.join(tta)} TTA" if tta else metrics["split"]
         print(f"{metrics['data']} [{split}] {metrics['count']} images, {metrics['precision']}")
+        if not metrics["run_data"]:
+            print(f"  scored: {metrics['source']} (not the run's data)")
         if "map_macro" in metrics:
             from .eval.multilabel import label_table
 
@@ -197,6 +206,8 @@ def cmd_top_losses(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
         return 0
     print(f"{report['data']} [{report['split']}]: {report['mistakes']} mistakes in {report['images']} images")
+    if not report["run_data"]:
+        print(f"  scored: {report['source']} (not the run's data)")
     for rank, item in enumerate(report["items"], 1):
         where = item.get("path", f"#{item['index']}")
         print(

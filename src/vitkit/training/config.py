@@ -312,9 +312,28 @@ RESUMABLE = names_where(TrainConfig, resumable=True)
 LR_FIND_OPTIONS = for_command(TrainConfig, "lr-find")
 
 
+# Where a run goes, not what it computes: never recorded in args.yaml, and ignored in a --config file
+# (args.yaml of earlier versions has them), so that `--config args.yaml --out NEW` repeats a run.
+NOT_RECORDED = ("out", "resume")
+# Options naming local files or folders: recorded absolute, so a run folder works from any directory.
+PATH_OPTIONS = ("data", "labels", "data_dir", "pretrained")
+
+
 def explicit_values(config_file: str | Path | None, flags: dict[str, Any]) -> dict[str, Any]:
-    """What the user asked for: a YAML config file's values under the flags."""
-    return {**(read_yaml_options(config_file, TrainConfig) if config_file else {}), **flags}
+    """What the user asked for: a YAML config file's values (but where the run goes) under the flags."""
+    from_file = read_yaml_options(config_file, TrainConfig) if config_file else {}
+    return {**{k: v for k, v in from_file.items() if k not in NOT_RECORDED}, **flags}
+
+
+def absolute_paths(values: dict[str, Any]) -> dict[str, Any]:
+    """`values` with the local paths among PATH_OPTIONS made absolute (built-in names, hf: sources and
+    hub ids, which are no local path, as given)."""
+    absolute = {}
+    for key in PATH_OPTIONS:
+        value = values.get(key)
+        if isinstance(value, str) and value not in BUILTIN and not value.startswith(HUB_PREFIX) and Path(value).exists():
+            absolute[key] = str(Path(value).resolve())
+    return {**values, **absolute}
 
 
 def dataset_layer(data: str, pretrained: str | None) -> dict[str, Any]:
@@ -364,7 +383,7 @@ def make_config(config: str | Path | None = None, **values: Any) -> TrainConfig:
             layers.setdefault("budget_size", {"candidates": candidates})
     elif preset:  # the user's model, trained with the preset's values: its own arguments only
         layers["model_args"] = own_args
-    return TrainConfig.from_dict(layers)
+    return TrainConfig.from_dict(absolute_paths(layers))
 
 
 def size_pending(cfg: TrainConfig) -> bool:
