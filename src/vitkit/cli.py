@@ -501,10 +501,17 @@ def build_parser() -> argparse.ArgumentParser:
         "predict", help="top-k labels for images, folders or globs (multi-label: every label above its threshold)"
     )
     p.add_argument("checkpoint")
-    p.add_argument("images", nargs="+")
-    p.add_argument("--topk", type=at_least(1), default=5)
-    p.add_argument("--format", default="table", choices=["table", "json", "csv"])
-    p.add_argument("--batch-size", type=at_least(1), default=32)
+    p.add_argument("images", nargs="+", help="image files, folders or globs")
+    p.add_argument(
+        "--topk", type=at_least(1), default=5, help="labels per image, best first (default: 5; not for multi-label)"
+    )
+    p.add_argument(
+        "--format",
+        default="table",
+        choices=["table", "json", "csv"],
+        help="table: one line per image; json: every result with the runtime; csv: one row per label (default: table)",
+    )
+    p.add_argument("--batch-size", type=at_least(1), default=32, help="images per batch (default: 32)")
     add_inference_arguments(p, "predict")
     p.set_defaults(func=cmd_predict)
 
@@ -518,8 +525,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint")
     p.add_argument("images", nargs="+", help="image files, folders or globs")
     p.add_argument("--out", required=True, help="PNG file for one image, else a folder (one IMAGE_NAME.png each)")
-    p.add_argument("--method", default="auto", choices=["auto", "rollout", "gradcam", "saliency"])
-    p.add_argument("--topk", type=at_least(1), default=5)
+    p.add_argument(
+        "--method",
+        default="auto",
+        choices=["auto", "rollout", "gradcam", "saliency"],
+        help="heat map (default: auto, as above)",
+    )
+    p.add_argument("--topk", type=at_least(1), default=5, help="predictions listed beside the map (default: 5)")
     add_inference_arguments(p, "explain")
     p.set_defaults(func=cmd_explain)
 
@@ -531,7 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--host", default="127.0.0.1", help="interface to bind (default: loopback only; the API has no authentication)"
     )
-    p.add_argument("--port", type=at_least(0), default=8000)
+    p.add_argument("--port", type=at_least(0), default=8000, help="TCP port (default: 8000; 0: any free port)")
     add_inference_arguments(p, "serve")
     p.add_argument("--topk", type=at_least(1), default=5, help="labels returned per image")
     limits = p.add_argument_group("limits (each protects the server from one abusive or broken client)")
@@ -570,8 +582,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("checkpoint")
     p.add_argument("out")
-    p.add_argument("--format", default="onnx", choices=["onnx", "hf"])
-    p.add_argument("--opset", type=at_least(7), default=18)
+    p.add_argument(
+        "--format",
+        default="onnx",
+        choices=["onnx", "hf"],
+        help="onnx: one .onnx file; hf: a Hugging Face folder with a model card (default: onnx)",
+    )
+    p.add_argument("--opset", type=at_least(7), default=18, help="ONNX opset version (default: 18)")
     quant = p.add_argument_group(
         "INT8 quantization (ONNX): calibrated on the run's own training images, checked on the split it reported"
     )
@@ -585,7 +602,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     quant.add_argument("--force", action="store_true", help="write the export even below --min-agreement")
     quant.add_argument("--data", help="data to calibrate and check on (default: what the checkpoint was trained on)")
-    quant.add_argument("--data-dir")
+    quant.add_argument("--data-dir", help="download cache of built-in datasets (default: $VITKIT_DATA, else ~/.cache/vitkit)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(
