@@ -137,9 +137,12 @@ class Classifier:
             "precision_reason": self.precision_reason,
         }
 
-    def predict(self, inputs, topk: int = 5, batch_size: int = 32) -> dict | list[dict]:
+    def predict(
+        self, inputs, topk: int = 5, batch_size: int = 32, threshold: float | None = None
+    ) -> dict | list[dict]:
         """Top-k labels for images, decoded, resized and cropped exactly as `vitkit predict` does it; for a
-        multi-label classifier every label whose score reaches its threshold, best first (`topk` unused).
+        multi-label classifier every label whose score reaches its threshold, best first (`topk` unused):
+        the thresholds tuned on its validation split, or `threshold` for every label.
 
         `inputs`: a file path, a folder (searched for images) or a glob; a PIL image; a numpy array of
         uint8 pixels (HxWx3 RGB or HxW grey); a uint8 torch tensor (CxHxW, or NxCxHxW for several); or a
@@ -151,7 +154,8 @@ class Classifier:
         """
         from .predict import collect_images, is_one_image, predict_images
 
-        results = predict_images(self, collect_images(inputs, self.preprocessing), topk, batch_size, progress=False)
+        images = collect_images(inputs, self.preprocessing)
+        results = predict_images(self, images, topk, batch_size, progress=False, threshold=threshold)
         single = not isinstance(inputs, (list, tuple)) and is_one_image(inputs)
         return results[0] if single else results
 

@@ -101,7 +101,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         result = api.train(started=args.started, **options)
     metrics, split = result["metrics"], result["split"]
     if "map_macro" in metrics:
-        keys = ["map_macro", "map_micro", "f1_macro"]
+        keys = ["map_macro", "map_micro", "f1_macro", "f1_micro", "f1_micro@0.5"]
+        keys += ["mean_predicted_labels", "mean_true_labels"]
     else:  # top-5 of 5 classes or fewer is 1 by definition
         keys = ["top1", "top5"] if len(metrics["class_names"]) > 5 else ["top1"]
     summary = {"run_dir": result["run_dir"], "split": split, **{f"{split}_{key}": metrics[key] for key in keys}}
@@ -184,8 +185,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if "map_macro" in metrics:
             from .eval.multilabel import label_table
 
-            for key in ("map_macro", "map_micro", "f1_macro", "f1_micro", "f1_macro@0.5", "loss"):
+            for key in ("map_macro", "map_micro", "f1_macro", "f1_micro", "f1_macro@0.5", "f1_micro@0.5", "loss"):
                 print(f"  {key:<16} {metrics[key]:.4f}")
+            print(
+                f"  labels per image: {metrics['mean_predicted_labels']:.2f} predicted at the tuned thresholds, "
+                f"{metrics['mean_predicted_labels@0.5']:.2f} at 0.5, {metrics['mean_true_labels']:.2f} true"
+            )
             print(label_table(metrics))
             return 0
         keys = ["top1", "top5", "loss", "precision_macro", "recall_macro", "f1_macro", "f1_weighted"]
@@ -276,12 +281,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from . import api
     from .predict import expand_paths, predict_paths
 
+    from .predict import check_threshold
+
     options = inference_options(args)
     paths = expand_paths(args.images)
     if not paths:
         raise VitkitError("no images found in the given paths")
     clf = api.load(args.checkpoint, **options, notice=lambda line: print(f"vitkit predict: {line}", file=sys.stderr))
-    results = predict_paths(clf, paths, args.topk, args.batch_size, progress=sys.stderr.isatty())
+    check_threshold(clf, args.threshold)
+    progress = sys.stderr.isatty()
+    results = predict_paths(clf, paths, args.topk, args.batch_size, progress, args.threshold)
     if args.format == "json":
         print(json.dumps({"model": clf.name, **clf.runtime, "results": results}, indent=2))
     else:
@@ -512,6 +521,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="table: one line per image; json: every result with the runtime; csv: one row per label (default: table)",
     )
     p.add_argument("--batch-size", type=at_least(1), default=32, help="images per batch (default: 32)")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        help="multi-label: predict every label whose score reaches this (0-1) instead of the thresholds tuned "
+        "on the run's validation split",
+    )
     add_inference_arguments(p, "predict")
     p.set_defaults(func=cmd_predict)
 

@@ -192,7 +192,7 @@ class Trainer:
         cfg, ctx = self.cfg, self.ctx
         net.train()
         if self.multi_label:
-            acc = LossAccumulator(device=self.device)
+            acc = LossAccumulator(self.data.num_classes, device=self.device)
         else:
             acc = MetricAccumulator(self.data.num_classes, device=self.device)
         first_bad_step = torch.full((), -1, device=self.device)  # kept on the device: no sync per step
@@ -388,15 +388,17 @@ class Trainer:
         from ..eval.multilabel import write_label_table
         from ..viz.report import write_multilabel_report
 
-        split = self.setup.eval_loader
+        split, setup = self.setup.eval_loader, self.setup
         best, meta = load_model(self.run.checkpoint("best"))
         best = best.to(self.device)
         m, scores, targets = evaluate_multilabel(best, split, self.augment, self.data.class_names, meta["thresholds"])
         write_label_table(self.run.path / "per_label.csv", m)
+        title = split_title(setup.eval_split, setup.split_selected_checkpoint)
         return (
             {**m, "thresholds_from": "val"},
             lambda: write_multilabel_report(
-                self.run.path, best, split.split, self.augment, self.history, m, scores, targets
+                self.run.path, best, split.split, self.augment, self.history, m, scores, targets, title,
+                self.cfg.multilabel_loss,
             ),
             f"mAP macro {m['map_macro']:.4f}  micro {m['map_micro']:.4f}  f1-macro {m['f1_macro']:.4f}  "
             f"f1-micro {m['f1_micro']:.4f}",
