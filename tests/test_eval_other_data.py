@@ -1,6 +1,7 @@
-"""`vitkit eval RUN --data OTHER` and `top-losses --data OTHER` score every image of other data (a folder,
-a label table), not a validation slice held out of it as if for training; --split picks one of its own
-splits. A run folder works from any working directory."""
+"""Evaluation to take at its word: `vitkit eval RUN --data OTHER` and `top-losses --data OTHER` score every
+image of other data (a folder, a label table), not a validation slice held out of it as if for training;
+--split picks one of its own splits. A run folder works from any working directory and `--config args.yaml`
+repeats it; top-5 is left out where it is 1 by definition, and a changed preset model is named so."""
 
 from __future__ import annotations
 
@@ -102,3 +103,24 @@ def test_config_args_yaml_repeats_a_run_into_a_new_folder(folder_run, tmp_path):
     repeated = run_vitkit("train", "--config", str(earlier), "--out", str(tmp_path / "again"), "--quiet")
     assert repeated.returncode == 0, repeated.stderr
     assert json.loads(repeated.stdout)["run_dir"] == str(tmp_path / "again")
+
+
+def test_top5_is_nowhere_with_five_classes_or_fewer(folder_run):
+    """Three classes: top-5 is 1 by definition, so no file or report carries it."""
+    run, _ = folder_run
+    header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert "train_top1" in header and not [column for column in header if "top5" in column]
+    assert "top5" not in json.loads((run / "results.json").read_text())["metrics"]
+    assert "top5" not in vitkit.evaluate(run)
+
+
+def test_a_preset_whose_architecture_a_model_arg_changed_is_named_with_the_change(tmp_path):
+    from vitkit.training.config import make_config, model_label
+
+    photos = write_class_folders(tmp_path / "photos", per_class=3)
+    assert model_label(make_config(preset="folder-cct", data=str(photos)).to_dict()) == "folder-cct"
+    changed = make_config(preset="folder-cct", data=str(photos), model_args={"stem": "patch", "pool": "cls"})
+    assert model_label(changed.to_dict()) == "folder-cct with stem=patch, pool=cls"
+    # the size a --time-budget picks among the preset's own keeps the preset's name
+    budget = make_config(preset="folder-cct", data=str(photos), time_budget=1.0)
+    assert model_label(budget.to_dict()) == "folder-cct"

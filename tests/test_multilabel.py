@@ -242,7 +242,8 @@ def test_a_label_with_few_validation_positives_keeps_little_of_its_own_threshold
     negatives); shrunk toward the pooled best-F1 threshold, by its positives against SHRINK_POSITIVES."""
     gen = torch.Generator().manual_seed(0)
     common = (torch.rand(200, generator=gen) < 0.5).double()
-    scores = torch.stack([0.3 + 0.4 * common + 0.1 * torch.rand(200, generator=gen), torch.rand(200, generator=gen) * 0.3], 1)
+    noise = torch.rand(200, 2, generator=gen)
+    scores = torch.stack([0.3 + 0.4 * common + 0.1 * noise[:, 0], 0.3 * noise[:, 1]], 1)
     rare = torch.zeros(200, dtype=torch.float64)
     rare[int(scores[:, 1].argmin())] = 1  # its one positive scores lowest: only a threshold below all fits it
     targets = torch.stack([common, rare], 1)
@@ -353,6 +354,17 @@ def test_predict_returns_every_label_above_its_threshold(poster_run):
         "predict", str(out), *map(str, images), "--format", "json", "--backend", "torch", "--precision", "fp32"
     )
     assert [r["predictions"] for r in json.loads(printed.stdout)["results"]] == [r["predictions"] for r in results]
+    # one threshold for every label instead of the tuned ones, from Python and the command line
+    lower = classifier.predict([str(p) for p in images], threshold=0.3)
+    for row, result in zip(scores, lower):
+        assert {p["label"] for p in result["predictions"]} == {
+            classifier.class_names[k] for k in (row >= 0.3).nonzero().flatten().tolist()
+        }
+    printed = run_vitkit("predict", str(out), *map(str, images), "--format", "json", "--threshold", "0.3",
+                         "--backend", "torch", "--precision", "fp32")  # fmt: skip
+    assert [r["predictions"] for r in json.loads(printed.stdout)["results"]] == [r["predictions"] for r in lower]
+    refused = run_vitkit("predict", str(out), str(images[0]), "--threshold", "1.5")
+    assert refused.returncode == 2 and "use a score between 0 and 1" in refused.stderr
 
 
 @pytest.mark.slow

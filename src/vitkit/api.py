@@ -122,8 +122,10 @@ class Classifier:
     @property
     def summary(self) -> str:
         """The recipe or model it was trained as (when recorded), family, input size and classes."""
+        from .training.config import model_label
+
         trained = self.meta.get("train_config") or {}
-        parts = [trained.get("preset") or trained.get("model"), self.meta.get("family")]
+        parts = [model_label(trained) if trained.get("preset") else trained.get("model"), self.meta.get("family")]
         parts += [f"{self.image_size} px", f"{len(self.class_names)} classes"]
         return ", ".join(str(part) for part in parts if part)
 
@@ -315,8 +317,8 @@ def _checkpoint_split(clf: Classifier, data: str | None, split: str | None, data
 
 
 def _scored_images(clf: Classifier, data: str | None, split: str | None, data_options: dict):
-    """(data, dataset, split name, split, source, own) a checkpoint is judged on; `own`: its run's data. On its run's own data (the
-    default), the run's split: by default the one it reported on (test, or val when the data has no test).
+    """(data, dataset, split name, split, source, own) a checkpoint is judged on; `own`: its run's data.
+    On its run's own data (the default), the run's split: by default the one it reported on (test, or val when the data has no test).
     On other data, the data's own splits and nothing held out: by default every image of a folder or
     table ("all"), a named dataset's test split. `source` says which images, for people."""
     from .data.builtin import BUILTIN

@@ -138,6 +138,9 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- eval / predict
 
 
+DATA_DIR_HELP = "cache of downloaded and decoded datasets (default: $VITKIT_DATA, else ~/.cache/vitkit)"
+
+
 def add_evaluation_arguments(p: argparse.ArgumentParser) -> None:
     """The flags `evaluation_options` reads."""
     p.add_argument(
@@ -145,7 +148,7 @@ def add_evaluation_arguments(p: argparse.ArgumentParser) -> None:
         help="dataset name or folder (default: what the checkpoint was trained on); other data than the run's is "
         "scored whole: every image of a folder or label table, a named dataset's test split",
     )
-    p.add_argument("--data-dir", help="download cache of built-in datasets (default: $VITKIT_DATA, else ~/.cache/vitkit)")
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--labels", help="label table of --data's images (default: the checkpoint's, if it had one)")
     p.add_argument(
         "--split",
@@ -617,7 +620,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     quant.add_argument("--force", action="store_true", help="write the export even below --min-agreement")
     quant.add_argument("--data", help="data to calibrate and check on (default: what the checkpoint was trained on)")
-    quant.add_argument("--data-dir", help="download cache of built-in datasets (default: $VITKIT_DATA, else ~/.cache/vitkit)")
+    quant.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(

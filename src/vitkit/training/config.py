@@ -331,7 +331,8 @@ def absolute_paths(values: dict[str, Any]) -> dict[str, Any]:
     absolute = {}
     for key in PATH_OPTIONS:
         value = values.get(key)
-        if isinstance(value, str) and value not in BUILTIN and not value.startswith(HUB_PREFIX) and Path(value).exists():
+        local = isinstance(value, str) and value not in BUILTIN and not value.startswith(HUB_PREFIX)
+        if local and Path(value).exists():
             absolute[key] = str(Path(value).resolve())
     return {**values, **absolute}
 
@@ -405,6 +406,23 @@ def run_label(cfg: TrainConfig) -> str:
         return cfg.model
     source = Path(cfg.pretrained)
     return f"finetuned-{source.parent.name if source.name in ('best', 'last') else source.name}"
+
+
+def model_label(values: dict[str, Any]) -> str:
+    """What summaries, results.json and model cards call a run's model (`values`: a training configuration
+    as a dict, e.g. a checkpoint's train_config): `run_label`, and for a preset's model whose architecture a
+    --model-arg changed, the changes after it ("folder-cct with stem=patch, pool=cls"); the size a
+    --time-budget chose among the preset's own is the preset's."""
+    cfg = TrainConfig(**{k: v for k, v in values.items() if k in FIELDS})
+    label = run_label(cfg)
+    if not cfg.preset or label != cfg.preset:
+        return label
+    preset = get_preset(cfg.preset)
+    chosen = (cfg.budget_size or {}).get("model_args") or {}
+    _, base = resolve_model_config(preset.model, **{**preset.model_args, **chosen})
+    _, mine = resolve_model_config(cfg.model or preset.model, **cfg.model_args)
+    changed = [f"{k}={v}" for k, v in cfg.model_args.items() if getattr(mine, k, v) != getattr(base, k, None)]
+    return f"{label} with {', '.join(changed)}" if changed else label
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:

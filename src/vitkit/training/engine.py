@@ -239,7 +239,7 @@ class Trainer:
             acc.load_tensor(ctx.all_reduce_sum(acc.as_tensor()))
         train = acc.compute()
         rate = seen * ctx.world_size / max(time.perf_counter() - t_start, 1e-9)
-        accuracy = {} if self.multi_label else {"train_top1": train["top1"], "train_top5": train["top5"]}
+        accuracy = {} if self.multi_label else {f"train_{k}": train[k] for k in ("top1", "top5") if k in train}
         return {"train_loss": train["loss"], **accuracy, "lr": self.lr, "images_per_s": rate}
 
     def check_finite(self, first_bad_step: int) -> None:
@@ -443,7 +443,7 @@ class Trainer:
         model, loader = self.eval_model(), self.setup.val_loader
         if not self.multi_label:
             val = self.evaluate(model, loader)
-            return {"val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"]}
+            return {"val_loss": val["loss"], **{f"val_{k}": val[k] for k in ("top1", "top5") if k in val}}
         val, _, _ = evaluate_multilabel(model, loader, self.augment, self.data.class_names, tune=True)
         self.thresholds = val["thresholds"]
         return {
