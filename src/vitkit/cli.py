@@ -312,7 +312,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     from . import api
     from .predict import expand_paths
-    from .viz.explain import explain_image, method_note
+    from .viz.explain import explain_image
 
     paths = expand_paths(args.images)
     if not paths:
@@ -325,8 +325,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     for path in paths:
         figure = out if out.suffix.lower() == ".png" else out / f"{Path(path).stem}.png"
         figure.parent.mkdir(parents=True, exist_ok=True)
-        top, method = explain_image(clf, path, figure, topk=args.topk, method=args.method)
-        note = method_note(clf.model, method)
+        top, method, note = explain_image(clf, path, figure, topk=args.topk, method=args.method)
         print(
             json.dumps({"path": str(path), "predictions": top, "method": method, "note": note, "figure": str(figure)})
         )

@@ -70,7 +70,11 @@ class DataOptions:
     )
     data_dir: str | None = _data(None, "download cache (default: $VITKIT_DATA, else ~/.cache/vitkit)")
     val_split: float = _data(
-        0.1, "fraction of train held out for validation when the data has no val split", above=0, below=1
+        0.1,
+        "fraction of train held out for validation when the data has no val split (image folders and their "
+        "presets: 0.2)",
+        above=0,
+        below=1,
     )
     labels: str | None = _data(
         None,
