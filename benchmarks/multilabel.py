@@ -182,7 +182,9 @@ def label_set_summary(results: list[dict], truth: dict[str, set[str]]) -> dict:
 
 
 def pipeline_parity(run: Path, export: Path, images: list[Path]) -> dict:
-    """`vitkit export --format hf`, then transformers' pipeline against vitkit on every image."""
+    """`vitkit export --format hf`, then transformers' pipeline against vitkit on every image. The label
+    sets must match, but for labels whose score is within SCORE_TOLERANCE of their threshold: the pipeline
+    resizes in one step, so its scores may differ by that much, and such a label may fall either side."""
     from PIL import Image
     from transformers import pipeline
 
@@ -192,7 +194,8 @@ def pipeline_parity(run: Path, export: Path, images: list[Path]) -> dict:
     classifier = vitkit.load(run, backend="torch")
     hf = pipeline("image-classification", model=str(export), device="cpu")
     thresholds = dict(zip(classifier.class_names, classifier.thresholds))
-    same_labels, worst, problem = 0, 0.0, json.loads((export / "config.json").read_text()).get("problem_type")
+    same_labels, near_threshold, worst = 0, 0, 0.0
+    problem = json.loads((export / "config.json").read_text()).get("problem_type")
     for start in range(0, len(images), 64):
         chunk = images[start : start + 64]
         ours = classifier.predict([str(p) for p in chunk])
@@ -200,7 +203,9 @@ def pipeline_parity(run: Path, export: Path, images: list[Path]) -> dict:
         for mine, other in zip(ours, theirs):
             scores = {p["label"]: p["score"] for p in other}
             above = {label for label, score in scores.items() if score >= thresholds[label]}
-            same_labels += above == {p["label"] for p in mine["predictions"]}
+            differ = above ^ {p["label"] for p in mine["predictions"]}
+            same_labels += not differ
+            near_threshold += bool(differ) and all(abs(scores[n] - thresholds[n]) <= SCORE_TOLERANCE for n in differ)
             worst = max([worst] + [abs(p["score"] - scores[p["label"]]) for p in mine["predictions"]])
         all_scores = classifier.predict_tensor(
             torch.stack([classifier.preprocessing.load_tensor(p) for p in chunk])
@@ -212,8 +217,9 @@ def pipeline_parity(run: Path, export: Path, images: list[Path]) -> dict:
         "images": len(images),
         "problem_type": problem,
         "same_labels_above_threshold": same_labels,
+        "differ_only_within_tolerance_of_a_threshold": near_threshold,
         "max_abs_score_diff": worst,
-        "agrees": same_labels == len(images) and worst <= SCORE_TOLERANCE,
+        "agrees": same_labels + near_threshold == len(images) and worst <= SCORE_TOLERANCE,
     }
 
 
