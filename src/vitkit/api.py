@@ -318,9 +318,10 @@ def _checkpoint_split(clf: Classifier, data: str | None, split: str | None, data
 
 def _scored_images(clf: Classifier, data: str | None, split: str | None, data_options: dict):
     """(data, dataset, split name, split, source, own) a checkpoint is judged on; `own`: its run's data.
-    On its run's own data (the default), the run's split: by default the one it reported on (test, or val when the data has no test).
-    On other data, the data's own splits and nothing held out: by default every image of a folder or
-    table ("all"), a named dataset's test split. `source` says which images, for people."""
+    On its run's own data (the default), the run's split: by default the one it reported on (test, or val
+    when the data has no test). On other data, the data's own splits and nothing held out: by default
+    every image of a folder or table ("all"), a named dataset's test split. `source` says which images,
+    for people."""
     from .data.builtin import BUILTIN
     from .data.hf import is_hf_source
     from .data.splits import join_splits
