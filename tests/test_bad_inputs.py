@@ -438,7 +438,7 @@ def test_out_is_refused_for_the_right_reason(tmp_path, capsys, monkeypatch):
     for out in (photos, photos / "runs" / "first"):
         one_line_error(capsys, ("train", "--data", str(photos), "--out", str(out)), "is inside --data")
     monkeypatch.chdir(photos)  # the default runs/ folder under the working directory
-    one_line_error(capsys, ("train", "--data", "."), "the default run folder", "is inside --data .")
+    one_line_error(capsys, ("train", "--data", "."), "the default run folder", f"is inside --data {photos}")
     assert sorted(p.name for p in photos.iterdir()) == ["cat", "dog", "fox"]
 
 

@@ -190,6 +190,9 @@ def multilabel(tmp_path):
     for row in data["rows"]:
         assert 0 < row["map_macro"] <= 1 and 0 < row["map_micro"] <= 1
     assert data["hf_pipeline_parity"]["agrees"] is True
+    strategies = {row["thresholds"]: row for row in data["thresholds"]["rows"]}
+    assert sum(row["default"] for row in strategies.values()) == 1 and "flat 0.5" in strategies
+    assert all(row["mean_predicted_labels"] >= 0 and row["mean_true_labels"] > 0 for row in strategies.values())
 
 
 def report(tmp_path):

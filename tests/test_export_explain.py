@@ -177,3 +177,15 @@ def test_hybrid_models_get_grad_cam_on_their_token_grid_and_the_reason():
     assert choose_method(model) == "gradcam" and choose_method(create_model("vit_micro_patch4_32")) == "rollout"
     assert "not where the evidence is" in method_note(model, "rollout")
     assert set(explain_tensor(clf, images, "rollout")[1]) == {"rollout"}  # still available by flag
+
+
+def test_a_blank_grad_cam_map_comes_with_the_reason():
+    """Where no token raises the predicted class, ReLU clears every cell: the figure says so, not just blank."""
+    from vitkit.viz.explain import BLANK_GRADCAM_NOTE, method_note
+
+    model = create_model("cifar-hybrid", num_classes=3).eval()
+    assert method_note(model, "gradcam", {"gradcam": torch.zeros(1, 32, 32)}) == BLANK_GRADCAM_NOTE
+    drawn = torch.zeros(1, 32, 32)
+    drawn[0, 3, 4] = 1.0
+    assert method_note(model, "gradcam", {"gradcam": drawn}) == method_note(model, "gradcam")
+    assert "Grad-CAM on the 4x4 token grid" in method_note(model, "gradcam")

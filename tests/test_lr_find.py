@@ -53,6 +53,10 @@ def test_the_command_takes_train_s_data_and_model_flags_and_prints_the_suggestio
     printed = json.loads(out)
     assert printed["method"] == "steepest descent of the smoothed loss" and printed["plot"] == str(plot)
     assert printed["steps"] == 4
+    # it says what it is doing while it works: preparing, the sweep, then every tenth of the steps
+    progress = [line for line in err.splitlines() if line.startswith("vitkit lr-find: ") and "warning" not in line]
+    assert progress[0].startswith("vitkit lr-find: preparing ") and "sweeping the learning rate" in progress[1]
+    assert [line.split(":")[1] for line in progress[2:]] == [" step 1/4", " step 2/4", " step 3/4", " step 4/4"]
     # four steps over eight decades show no descent to read: no rate, and a warning saying why
     assert printed["suggested_lr"] is None and printed["warning"] in err and "vitkit lr-find: warning:" in err
     assert_real_plot(plot)

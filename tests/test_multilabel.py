@@ -19,7 +19,14 @@ from sklearn.metrics import average_precision_score, f1_score, log_loss
 from vitkit.data.augment import mix_batch, soft_targets
 from vitkit.data.preprocess import Preprocessing
 from vitkit.data.table import BadRowError, load_table
-from vitkit.eval.multilabel import average_precision, f1_scores, multilabel_report, tune_thresholds
+from vitkit.eval.multilabel import (
+    SHRINK_POSITIVES,
+    average_precision,
+    best_f1_threshold,
+    f1_scores,
+    multilabel_report,
+    tune_thresholds,
+)
 from vitkit.training.losses import asymmetric_loss, binary_cross_entropy, positive_weights
 
 # ----------------------------------------------------------------------------- tables
@@ -218,16 +225,45 @@ def test_a_label_without_positives_is_left_out_of_macro_map():
     assert report["map_macro"] == pytest.approx(average_precision_score([1, 0, 1], [0.9, 0.1, 0.7]))
 
 
-def test_tuned_thresholds_give_each_label_its_best_f1():
+def test_unshrunk_thresholds_give_each_label_its_best_f1():
     logits, targets = random_multilabel(n=120, k=4, seed=5)
     scores = logits.sigmoid().float()
-    thresholds = tune_thresholds(scores, targets)
+    thresholds = tune_thresholds(scores, targets, shrink=0)
     for k in range(4):
         y, s = targets[:, k].numpy(), scores[:, k].numpy()
         best = max(f1_score(y, s >= t, zero_division=0) for t in np.unique(s))
         assert f1_score(y, s >= thresholds[k].item(), zero_division=0) == pytest.approx(best)
         assert not np.any(np.isclose(s, thresholds[k].item()))  # halfway between scores, never on one
     assert tune_thresholds(scores, torch.zeros_like(targets)).tolist() == [0.5] * 4
+
+
+def test_a_label_with_few_validation_positives_keeps_little_of_its_own_threshold():
+    """A label with one positive would get the threshold that fits that one image (here 0.15, below most
+    negatives); shrunk toward the pooled best-F1 threshold, by its positives against SHRINK_POSITIVES."""
+    gen = torch.Generator().manual_seed(0)
+    common = (torch.rand(200, generator=gen) < 0.5).double()
+    noise = torch.rand(200, 2, generator=gen)
+    scores = torch.stack([0.3 + 0.4 * common + 0.1 * noise[:, 0], 0.3 * noise[:, 1]], 1)
+    rare = torch.zeros(200, dtype=torch.float64)
+    rare[int(scores[:, 1].argmin())] = 1  # its one positive scores lowest: only a threshold below all fits it
+    targets = torch.stack([common, rare], 1)
+    pooled = tune_thresholds(scores, targets, shrink=float("inf"))
+    assert pooled[0] == pooled[1] == pytest.approx(best_f1_threshold(scores.flatten(), targets.flatten()))
+    own = tune_thresholds(scores, targets, shrink=0)
+    assert own[1] < scores[:, 1].min() + 1e-6  # every image predicted with the rare label
+    shrunk = tune_thresholds(scores, targets)
+    assert abs(shrunk[1] - pooled[1]) < abs(shrunk[1] - own[1]) / 10  # one positive: mostly the pooled threshold
+    weight = 1 / (1 + SHRINK_POSITIVES)
+    assert shrunk[1].item() == pytest.approx(weight * own[1].item() + (1 - weight) * pooled[1].item(), rel=1e-5)
+    positives = common.sum().item()
+    assert shrunk[0].item() == pytest.approx(
+        (positives * own[0].item() + SHRINK_POSITIVES * pooled[0].item()) / (positives + SHRINK_POSITIVES), rel=1e-5
+    )
+    report = multilabel_report(scores, targets, None, shrunk, loss_sum=float(scores.numel()))
+    assert report["mean_true_labels"] == pytest.approx(float(targets.sum(1).mean()))
+    assert report["mean_predicted_labels"] == pytest.approx(float((scores >= shrunk).sum(1).double().mean()))
+    assert report["mean_predicted_labels@0.5"] == pytest.approx(float((scores >= 0.5).sum(1).double().mean()))
+    assert report["loss"] == 1.0  # the summed loss is reported as a mean per (image, label)
 
 
 def test_mixup_and_cutmix_mix_label_sets_by_pixels():
@@ -318,6 +354,17 @@ def test_predict_returns_every_label_above_its_threshold(poster_run):
         "predict", str(out), *map(str, images), "--format", "json", "--backend", "torch", "--precision", "fp32"
     )
     assert [r["predictions"] for r in json.loads(printed.stdout)["results"]] == [r["predictions"] for r in results]
+    # one threshold for every label instead of the tuned ones, from Python and the command line
+    lower = classifier.predict([str(p) for p in images], threshold=0.3)
+    for row, result in zip(scores, lower):
+        assert {p["label"] for p in result["predictions"]} == {
+            classifier.class_names[k] for k in (row >= 0.3).nonzero().flatten().tolist()
+        }
+    printed = run_vitkit("predict", str(out), *map(str, images), "--format", "json", "--threshold", "0.3",
+                         "--backend", "torch", "--precision", "fp32")  # fmt: skip
+    assert [r["predictions"] for r in json.loads(printed.stdout)["results"]] == [r["predictions"] for r in lower]
+    refused = run_vitkit("predict", str(out), str(images[0]), "--threshold", "1.5")
+    assert refused.returncode == 2 and "use a score between 0 and 1" in refused.stderr
 
 
 @pytest.mark.slow

@@ -250,3 +250,9 @@ def test_models_lists_every_model_and_preset_with_published_sizes():
     code, stdout, _ = vitkit_main("models", "--presets")
     assert code == 0
     assert [line.split()[0] for line in stdout.splitlines()[1:] if not line.startswith(" ")] == sorted(PRESETS)
+
+
+def test_threshold_is_for_multi_label_checkpoints_and_refused_in_one_line(digits_run, digit_images):
+    out, _ = digits_run
+    code, _, stderr = predict(out, str(digit_images[0][0]), "--threshold", "0.5", "--backend", "torch")
+    assert code == 2 and "is single-label; --topk picks its labels" in stderr and len(stderr.splitlines()) == 1

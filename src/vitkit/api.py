@@ -122,8 +122,10 @@ class Classifier:
     @property
     def summary(self) -> str:
         """The recipe or model it was trained as (when recorded), family, input size and classes."""
+        from .training.config import model_label
+
         trained = self.meta.get("train_config") or {}
-        parts = [trained.get("preset") or trained.get("model"), self.meta.get("family")]
+        parts = [model_label(trained) if trained.get("preset") else trained.get("model"), self.meta.get("family")]
         parts += [f"{self.image_size} px", f"{len(self.class_names)} classes"]
         return ", ".join(str(part) for part in parts if part)
 
@@ -137,9 +139,12 @@ class Classifier:
             "precision_reason": self.precision_reason,
         }
 
-    def predict(self, inputs, topk: int = 5, batch_size: int = 32) -> dict | list[dict]:
+    def predict(
+        self, inputs, topk: int = 5, batch_size: int = 32, threshold: float | None = None
+    ) -> dict | list[dict]:
         """Top-k labels for images, decoded, resized and cropped exactly as `vitkit predict` does it; for a
-        multi-label classifier every label whose score reaches its threshold, best first (`topk` unused).
+        multi-label classifier every label whose score reaches its threshold, best first (`topk` unused):
+        the thresholds tuned on its validation split, or `threshold` for every label.
 
         `inputs`: a file path, a folder (searched for images) or a glob; a PIL image; a numpy array of
         uint8 pixels (HxWx3 RGB or HxW grey); a uint8 torch tensor (CxHxW, or NxCxHxW for several); or a
@@ -151,7 +156,8 @@ class Classifier:
         """
         from .predict import collect_images, is_one_image, predict_images
 
-        results = predict_images(self, collect_images(inputs, self.preprocessing), topk, batch_size, progress=False)
+        images = collect_images(inputs, self.preprocessing)
+        results = predict_images(self, images, topk, batch_size, progress=False, threshold=threshold)
         single = not isinstance(inputs, (list, tuple)) and is_one_image(inputs)
         return results[0] if single else results
 
@@ -290,22 +296,51 @@ def onnx_cache_path(checkpoint_dir: Path) -> Path:
     return cache_dir() / "onnx" / f"{digest.hexdigest()[:32]}.onnx"
 
 
+# what the data to evaluate on keeps of the run's data options when it is other data
+KEPT_FOR_OTHER_DATA = ("data_dir", "memory_limit_gb", "skip_bad_images", "seed")
+
+
+def _same_source(given: str | None, saved: str | None) -> bool:
+    """Whether a --data or --labels value names what the run recorded (paths compared resolved)."""
+    if given is None or given == saved:
+        return True
+    return saved is not None and Path(given).exists() and Path(given).resolve() == Path(saved).resolve()
+
+
 def _checkpoint_split(clf: Classifier, data: str | None, split: str | None, data_options: dict):
-    """(dataset, split name, split) a checkpoint is judged on: its training data and options unless
-    given, and by default the split its run reported on (test, or val when the data has no test)."""
+    """(data, dataset, split name, split) a checkpoint is judged on: see `_scored_images`."""
+    return _scored_images(clf, data, split, data_options)[:4]
+
+
+def _scored_images(clf: Classifier, data: str | None, split: str | None, data_options: dict):
+    """(data, dataset, split name, split, source, own) a checkpoint is judged on; `own`: its run's data.
+    On its run's own data (the default), the run's split: by default the one it reported on (test, or val
+    when the data has no test). On other data, the data's own splits and nothing held out: by default
+    every image of a folder or table ("all"), a named dataset's test split. `source` says which images,
+    for people."""
+    from .data.builtin import BUILTIN
+    from .data.hf import is_hf_source
+    from .data.splits import join_splits
+
     fields = {f.name for f in dataclasses.fields(DataOptions)}
     check_known(data_options, DataOptions, "data options")
     saved = clf.meta.get("train_config", {})
-    options = {k: saved[k] for k in fields if k in saved}
-    options.update({k: v for k, v in data_options.items() if v is not None})
+    given = {k: v for k, v in data_options.items() if v is not None}
+    other = not (_same_source(data, saved.get("data")) and _same_source(given.get("labels"), saved.get("labels")))
+    options = {k: saved[k] for k in (KEPT_FOR_OTHER_DATA if other else fields) if k in saved}
+    if other and given.get("labels"):
+        options["multi_label"] = clf.multi_label
+    options.update(given)
     if data is not None:
         options["data"] = data
     if "data" not in options:
         raise VitkitError("--data is required: the checkpoint does not say which data it was trained on")
-    if split not in (None, "train", "val", "test"):
-        raise VitkitError(f"--split {split!r}: use train, val or test")
+    if split not in (None, "all", "train", "val", "test"):
+        raise VitkitError(f"--split {split!r}: use all, train, val or test")
+    if split == "all" and not other:
+        raise VitkitError("--split all is for other data than the run's: its own data has a held-out split to score")
     options.setdefault("val_split", dataset_defaults(options["data"]).get("val_split", 0.1))
-    dataset, _ = prepare_data(DataOptions(**typed_values(options, DataOptions)), clf.preprocessing)
+    dataset, _ = prepare_data(DataOptions(**typed_values(options, DataOptions)), clf.preprocessing, not other)
     if dataset.num_classes != len(clf.class_names):
         raise VitkitError(
             f"the checkpoint has {len(clf.class_names)} classes but {options['data']} has "
@@ -317,11 +352,25 @@ def _checkpoint_split(clf: Classifier, data: str | None, split: str | None, data
             f"the checkpoint is {kinds[clf.multi_label]} but {options['data']} is {kinds[dataset.multi_label]}: "
             "evaluate on the data it was trained for"
         )
-    split = split or ("test" if dataset.test is not None else "val")
-    part = {"train": dataset.train, "val": dataset.val, "test": dataset.test}[split]
-    if part is None:
-        raise VitkitError(f"{options['data']} has no {split} split")
-    return options["data"], dataset, split, part
+    parts = {"train": dataset.train, "val": dataset.val, "test": dataset.test}
+    parts = {name: part for name, part in parts.items() if part is not None and len(part)}
+    named = options["data"] in BUILTIN or (is_hf_source(options["data"]) and not options.get("labels"))
+    if split is None:
+        split = "test" if "test" in parts and (named or not other) else ("all" if other else "val")
+    if split == "all":
+        part = join_splits(list(parts.values()))
+    elif split not in parts:
+        raise VitkitError(f"{options['data']} has no {split} split: pass --split {' or '.join(['all', *parts])}")
+    else:
+        part = parts[split]
+    where = options["data"] + (f" labelled by {options['labels']}" if options.get("labels") else "")
+    if not other:
+        source = f"{where}, the run's own {split} split"
+    elif split == "all":
+        source = f"every image of {where}" + (f" ({' + '.join(parts)} splits)" if len(parts) > 1 else "")
+    else:
+        source = f"the {split} split of {where}"
+    return options["data"], dataset, split, part, source, not other
 
 
 def evaluate(
@@ -335,8 +384,10 @@ def evaluate(
     crop_tta: bool = False,
     **data_options: Any,
 ) -> dict[str, Any]:
-    """Recompute the metrics of a checkpoint on a split (train, val or test) of a dataset; by default
-    the split its run reported on (test, or val when the data has no test split). `flip_tta` averages
+    """Recompute the metrics of a checkpoint on its run's data, by default on the split the run reported
+    on (test, or val when the data has no test split); or score it on other `data`: by default every
+    image of a folder or label table (split "all"), a named dataset's test split; `split` picks one of
+    the data's own splits (train, val, test). The report's `source` says which images. `flip_tta` averages
     each image's logits with its mirror image's (for data whose classes survive a horizontal flip);
     `crop_tta` adds two crops moved a pixel diagonally (multi-crop TTA, single-label models).
 
@@ -348,7 +399,8 @@ def evaluate(
     from .eval.agreement import bf16_agreement, record_bf16_agreement
 
     clf = load(checkpoint, device, backend="torch", precision=precision)
-    data, dataset, split, part = _checkpoint_split(clf, data, split, data_options)
+    data, dataset, split, part, source, own = _scored_images(clf, data, split, data_options)
+    scored = {"split": split, "data": data, "source": source, "run_data": own}
     loader = BatchLoader(part, batch_size, shuffle=False, device=clf.device, workers=AUTO_WORKERS)
     if clf.multi_label:  # mAP, and F1 at the thresholds the checkpoint was tuned to on its validation split
         from .eval.multilabel import evaluate_multilabel
@@ -359,12 +411,12 @@ def evaluate(
         metrics, _, _ = evaluate_multilabel(
             clf.runner, loader, clf.input_transform, clf.class_names, clf.thresholds, flip_tta
         )
-        report = {"split": split, "data": data, "flip_tta": flip_tta, "precision": clf.precision, **metrics}
+        report = {**scored, "flip_tta": flip_tta, "precision": clf.precision, **metrics}
     else:
         metrics = evaluate_loader(
             clf.runner, loader, clf.input_transform, dataset.num_classes, flip_tta=flip_tta, crop_tta=crop_tta
         )
-        report = {"split": split, "data": data, "flip_tta": flip_tta, "crop_tta": crop_tta, "precision": clf.precision}
+        report = {**scored, "flip_tta": flip_tta, "crop_tta": crop_tta, "precision": clf.precision}
         report.update(metrics.compute(dataset.class_names))
     if clf.precision == "bf16":
         agreement = bf16_agreement(clf.model, loader, clf.input_transform.for_inference, split, clf.thresholds)
@@ -386,7 +438,8 @@ def top_losses(
     flip_tta: bool = False,
     **data_options: Any,
 ) -> dict[str, Any]:
-    """The checkpoint's most confident mistakes on a split (by default the one its run reported on):
+    """The checkpoint's most confident mistakes on a split (by default the one its run reported on; on
+    other `data`, the images `evaluate` scores there):
     the `count` misclassified images with the highest loss, highest first. Each item has the image's
     `index` in the split (and `path` when the split is read from files), the true and predicted class,
     the predicted class's probability, the true class's probability and the loss; `out` is the image
@@ -398,7 +451,7 @@ def top_losses(
     clf = load(checkpoint, device, backend="torch", precision="fp32")
     if clf.multi_label:
         raise VitkitError(f"{checkpoint} is multi-label: top-losses ranks single-label mistakes; use vitkit eval")
-    data, dataset, split, part = _checkpoint_split(clf, data, split, data_options)
+    data, dataset, split, part, source, own = _scored_images(clf, data, split, data_options)
     loader = BatchLoader(part, batch_size, shuffle=False, device=clf.device, workers=AUTO_WORKERS)
     losses, probs = per_sample_predictions(clf.runner, loader, clf.input_transform, flip_tta)
     labels = part.labels
@@ -429,6 +482,8 @@ def top_losses(
     return {
         "data": data,
         "split": split,
+        "source": source,
+        "run_data": own,
         "images": len(part),
         "mistakes": len(wrong),
         "items": items,

@@ -101,7 +101,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         result = api.train(started=args.started, **options)
     metrics, split = result["metrics"], result["split"]
     if "map_macro" in metrics:
-        keys = ["map_macro", "map_micro", "f1_macro"]
+        keys = ["map_macro", "map_micro", "f1_macro", "f1_micro", "f1_micro@0.5"]
+        keys += ["mean_predicted_labels", "mean_true_labels"]
     else:  # top-5 of 5 classes or fewer is 1 by definition
         keys = ["top1", "top5"] if len(metrics["class_names"]) > 5 else ["top1"]
     summary = {"run_dir": result["run_dir"], "split": split, **{f"{split}_{key}": metrics[key] for key in keys}}
@@ -137,15 +138,25 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- eval / predict
 
 
+DATA_DIR_HELP = "cache of downloaded and decoded datasets (default: $VITKIT_DATA, else ~/.cache/vitkit)"
+
+
 def add_evaluation_arguments(p: argparse.ArgumentParser) -> None:
     """The flags `evaluation_options` reads."""
-    p.add_argument("--data", help="dataset name or folder (default: what the checkpoint was trained on)")
-    p.add_argument("--data-dir")
+    p.add_argument(
+        "--data",
+        help="dataset name or folder (default: what the checkpoint was trained on); other data than the run's is "
+        "scored whole: every image of a folder or label table, a named dataset's test split",
+    )
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--labels", help="label table of --data's images (default: the checkpoint's, if it had one)")
     p.add_argument(
-        "--split", choices=["train", "val", "test"], help="default: the split the run reported (test, else val)"
+        "--split",
+        choices=["all", "train", "val", "test"],
+        help="on the run's own data, default: the split the run reported (test, else val); on other data, one of "
+        "its own splits, or all (the default for a folder or table)",
     )
-    p.add_argument("--batch-size", type=at_least(1), default=256)
+    p.add_argument("--batch-size", type=at_least(1), default=256, help="images per batch (default: 256)")
     p.add_argument(
         "--flip-tta",
         action="store_true",
@@ -172,11 +183,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
         tta = [name for name, on in (("flip", metrics["flip_tta"]), ("crop", metrics.get("crop_tta"))) if on]
         split = f"{metrics['split']}, {' + '.join(tta)} TTA" if tta else metrics["split"]
         print(f"{metrics['data']} [{split}] {metrics['count']} images, {metrics['precision']}")
+        if not metrics["run_data"]:
+            print(f"  scored: {metrics['source']} (not the run's data)")
         if "map_macro" in metrics:
             from .eval.multilabel import label_table
 
-            for key in ("map_macro", "map_micro", "f1_macro", "f1_micro", "f1_macro@0.5", "loss"):
+            for key in ("map_macro", "map_micro", "f1_macro", "f1_micro", "f1_macro@0.5", "f1_micro@0.5", "loss"):
                 print(f"  {key:<16} {metrics[key]:.4f}")
+            print(
+                f"  labels per image: {metrics['mean_predicted_labels']:.2f} predicted at the tuned thresholds, "
+                f"{metrics['mean_predicted_labels@0.5']:.2f} at 0.5, {metrics['mean_true_labels']:.2f} true"
+            )
             print(label_table(metrics))
             return 0
         keys = ["top1", "top5", "loss", "precision_macro", "recall_macro", "f1_macro", "f1_weighted"]
@@ -197,6 +214,8 @@ def cmd_top_losses(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
         return 0
     print(f"{report['data']} [{report['split']}]: {report['mistakes']} mistakes in {report['images']} images")
+    if not report["run_data"]:
+        print(f"  scored: {report['source']} (not the run's data)")
     for rank, item in enumerate(report["items"], 1):
         where = item.get("path", f"#{item['index']}")
         print(
@@ -265,12 +284,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from . import api
     from .predict import expand_paths, predict_paths
 
+    from .predict import check_threshold
+
     options = inference_options(args)
     paths = expand_paths(args.images)
     if not paths:
         raise VitkitError("no images found in the given paths")
     clf = api.load(args.checkpoint, **options, notice=lambda line: print(f"vitkit predict: {line}", file=sys.stderr))
-    results = predict_paths(clf, paths, args.topk, args.batch_size, progress=sys.stderr.isatty())
+    check_threshold(clf, args.threshold)
+    progress = sys.stderr.isatty()
+    results = predict_paths(clf, paths, args.topk, args.batch_size, progress, args.threshold)
     if args.format == "json":
         print(json.dumps({"model": clf.name, **clf.runtime, "results": results}, indent=2))
     else:
@@ -289,7 +312,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     from . import api
     from .predict import expand_paths
-    from .viz.explain import explain_image, method_note
+    from .viz.explain import explain_image
 
     paths = expand_paths(args.images)
     if not paths:
@@ -302,8 +325,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     for path in paths:
         figure = out if out.suffix.lower() == ".png" else out / f"{Path(path).stem}.png"
         figure.parent.mkdir(parents=True, exist_ok=True)
-        top, method = explain_image(clf, path, figure, topk=args.topk, method=args.method)
-        note = method_note(clf.model, method)
+        top, method, note = explain_image(clf, path, figure, topk=args.topk, method=args.method)
         print(
             json.dumps({"path": str(path), "predictions": top, "method": method, "note": note, "figure": str(figure)})
         )
@@ -490,10 +512,23 @@ def build_parser() -> argparse.ArgumentParser:
         "predict", help="top-k labels for images, folders or globs (multi-label: every label above its threshold)"
     )
     p.add_argument("checkpoint")
-    p.add_argument("images", nargs="+")
-    p.add_argument("--topk", type=at_least(1), default=5)
-    p.add_argument("--format", default="table", choices=["table", "json", "csv"])
-    p.add_argument("--batch-size", type=at_least(1), default=32)
+    p.add_argument("images", nargs="+", help="image files, folders or globs")
+    p.add_argument(
+        "--topk", type=at_least(1), default=5, help="labels per image, best first (default: 5; not for multi-label)"
+    )
+    p.add_argument(
+        "--format",
+        default="table",
+        choices=["table", "json", "csv"],
+        help="table: one line per image; json: every result with the runtime; csv: one row per label (default: table)",
+    )
+    p.add_argument("--batch-size", type=at_least(1), default=32, help="images per batch (default: 32)")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        help="multi-label: predict every label whose score reaches this (0-1) instead of the thresholds tuned "
+        "on the run's validation split",
+    )
     add_inference_arguments(p, "predict")
     p.set_defaults(func=cmd_predict)
 
@@ -507,8 +542,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint")
     p.add_argument("images", nargs="+", help="image files, folders or globs")
     p.add_argument("--out", required=True, help="PNG file for one image, else a folder (one IMAGE_NAME.png each)")
-    p.add_argument("--method", default="auto", choices=["auto", "rollout", "gradcam", "saliency"])
-    p.add_argument("--topk", type=at_least(1), default=5)
+    p.add_argument(
+        "--method",
+        default="auto",
+        choices=["auto", "rollout", "gradcam", "saliency"],
+        help="heat map (default: auto, as above)",
+    )
+    p.add_argument("--topk", type=at_least(1), default=5, help="predictions listed beside the map (default: 5)")
     add_inference_arguments(p, "explain")
     p.set_defaults(func=cmd_explain)
 
@@ -520,7 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--host", default="127.0.0.1", help="interface to bind (default: loopback only; the API has no authentication)"
     )
-    p.add_argument("--port", type=at_least(0), default=8000)
+    p.add_argument("--port", type=at_least(0), default=8000, help="TCP port (default: 8000; 0: any free port)")
     add_inference_arguments(p, "serve")
     p.add_argument("--topk", type=at_least(1), default=5, help="labels returned per image")
     limits = p.add_argument_group("limits (each protects the server from one abusive or broken client)")
@@ -559,8 +599,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("checkpoint")
     p.add_argument("out")
-    p.add_argument("--format", default="onnx", choices=["onnx", "hf"])
-    p.add_argument("--opset", type=at_least(7), default=18)
+    p.add_argument(
+        "--format",
+        default="onnx",
+        choices=["onnx", "hf"],
+        help="onnx: one .onnx file; hf: a Hugging Face folder with a model card (default: onnx)",
+    )
+    p.add_argument("--opset", type=at_least(7), default=18, help="ONNX opset version (default: 18)")
     quant = p.add_argument_group(
         "INT8 quantization (ONNX): calibrated on the run's own training images, checked on the split it reported"
     )
@@ -574,7 +619,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     quant.add_argument("--force", action="store_true", help="write the export even below --min-agreement")
     quant.add_argument("--data", help="data to calibrate and check on (default: what the checkpoint was trained on)")
-    quant.add_argument("--data-dir")
+    quant.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(

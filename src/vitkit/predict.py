@@ -96,11 +96,24 @@ def above_thresholds(probs: torch.Tensor, class_names: list[str], thresholds: li
     return results
 
 
-def classifier_predictions(classifier, probs: torch.Tensor, k: int) -> list[list[dict]]:
+def check_threshold(classifier, threshold: float | None) -> None:
+    """Refuse a threshold a classifier cannot take, in one line: it is for multi-label classifiers, in (0, 1)."""
+    if threshold is None:
+        return
+    if not getattr(classifier, "multi_label", False):
+        raise VitkitError(f"--threshold {threshold}: {classifier.name} is single-label; --topk picks its labels")
+    if not 0 < threshold < 1:
+        raise VitkitError(f"--threshold {threshold}: use a score between 0 and 1, e.g. 0.5")
+
+
+def classifier_predictions(
+    classifier, probs: torch.Tensor, k: int, threshold: float | None = None
+) -> list[list[dict]]:
     """What a classifier reports for a batch of scores: the top k, or for a multi-label classifier every
-    label above its threshold."""
+    label above its threshold (`threshold`: one for every label instead of the tuned ones)."""
     if getattr(classifier, "multi_label", False):
-        return above_thresholds(probs, classifier.class_names, classifier.thresholds)
+        thresholds = classifier.thresholds if threshold is None else [threshold] * len(classifier.class_names)
+        return above_thresholds(probs, classifier.class_names, thresholds)
     return top_k(probs, classifier.class_names, k)
 
 
@@ -110,12 +123,14 @@ def predict_images(
     topk: int = 5,
     batch_size: int = 32,
     progress: bool = True,
+    threshold: float | None = None,
 ) -> list[dict]:
     """One result per (identity, decode) pair, in order: the identity ({"path": ...} or {"input": n}) with
     "predictions" [{"label", "score"}, ...] best first (see `classifier_predictions`), or with "error" when
     decode raises BadImageError, so one unreadable image never stops the batch."""
     if topk < 1 or batch_size < 1:
         raise VitkitError(f"topk={topk}, batch_size={batch_size}: both must be at least 1")
+    check_threshold(classifier, threshold)
     results: list[dict] = []
     bar = tqdm(total=len(images), unit="img", disable=not progress or len(images) < 2 * batch_size, leave=False)
     for start in range(0, len(images), batch_size):
@@ -130,7 +145,7 @@ def predict_images(
                 results.append({**identity, "error": str(e)})
         if tensors:
             probs = classifier.predict_tensor(torch.stack(tensors))
-            for index, preds in zip(decoded, classifier_predictions(classifier, probs, topk)):
+            for index, preds in zip(decoded, classifier_predictions(classifier, probs, topk, threshold)):
                 results[index]["predictions"] = preds
         bar.update(len(chunk))
     bar.close()
@@ -138,11 +153,16 @@ def predict_images(
 
 
 def predict_paths(
-    classifier, paths: list[Path], topk: int = 5, batch_size: int = 32, progress: bool = True
+    classifier,
+    paths: list[Path],
+    topk: int = 5,
+    batch_size: int = 32,
+    progress: bool = True,
+    threshold: float | None = None,
 ) -> list[dict]:
     """[{"path": ..., "predictions": [{"label", "score"}, ...]}] best first, as `vitkit predict` prints it."""
-    load = classifier.preprocessing.load_tensor
-    return predict_images(classifier, [({"path": str(p)}, partial(load, p)) for p in paths], topk, batch_size, progress)
+    images = [({"path": str(p)}, partial(classifier.preprocessing.load_tensor, p)) for p in paths]
+    return predict_images(classifier, images, topk, batch_size, progress, threshold)
 
 
 def image_from_pixels(pixels: np.ndarray, name: str) -> Image.Image:

@@ -207,10 +207,12 @@ def load_listed(
     data_dir: str | os.PathLike | None = None,
     memory_limit_gb: float | None = None,
     multi_label: bool = False,
+    for_training: bool = True,
 ) -> tuple[Dataset, list[str]]:
     """{split: [(image file, label)]} as a dataset, decoded into memory (cached under `fingerprint`,
     which must cover the files and their labels) or streamed, as `load_folder` describes. A label is a
-    class index, or with `multi_label` a 0/1 vector over `class_names`."""
+    class index, or with `multi_label` a 0/1 vector over `class_names`. Without `for_training` the train
+    split may be empty (data to evaluate on)."""
     size = preprocessing.square_size
     total = sum(len(items) for items in listed.values())
     label_type = torch.float32 if multi_label else torch.long
@@ -220,7 +222,7 @@ def load_listed(
         return torch.tensor([y for _, y in items], dtype=label_type).reshape(shape)
 
     def dataset(parts) -> Dataset:
-        if len(parts["train"]) == 0:
+        if for_training and len(parts["train"]) == 0:
             raise VitkitError(f"no readable training images in {name}")
         return Dataset(name, parts["train"], parts.get("test"), class_names, parts.get("val"), multi_label)
 

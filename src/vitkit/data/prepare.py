@@ -70,7 +70,11 @@ class DataOptions:
     )
     data_dir: str | None = _data(None, "download cache (default: $VITKIT_DATA, else ~/.cache/vitkit)")
     val_split: float = _data(
-        0.1, "fraction of train held out for validation when the data has no val split", above=0, below=1
+        0.1,
+        "fraction of train held out for validation when the data has no val split (image folders and their "
+        "presets: 0.2)",
+        above=0,
+        below=1,
     )
     labels: str | None = _data(
         None,
@@ -107,12 +111,16 @@ class DataOptions:
     seed: int = option(0, "seed of weights, data order, splits and augmentation", group="run")
 
 
-def prepare_data(options: DataOptions, preprocessing: Preprocessing) -> tuple[Dataset, list[str]]:
+def prepare_data(
+    options: DataOptions, preprocessing: Preprocessing, for_training: bool = True
+) -> tuple[Dataset, list[str]]:
     """Load a built-in dataset, a Hugging Face dataset (`hf:NAME`, a save_to_disk or parquet folder)
     or an image folder (decoded with `preprocessing`, streamed from disk when larger than
     `memory_limit_gb`; labelled by its class sub-folders, or by the table `labels`: see data/table.py),
     apply the limits and hold a stratified validation split out of train when the
-    data has none. Returns the dataset and the skipped bad images."""
+    data has none. Without `for_training` (data to evaluate a model on) the splits are the data's own:
+    nothing is held out or limited, and a table may have no train rows. Returns the dataset and the
+    skipped bad images."""
     o = options
     data, data_dir, seed, memory_limit_gb = o.data, o.data_dir, o.seed, o.memory_limit_gb
     image_column, label_column, skip_bad = o.image_column, o.label_column, o.skip_bad_images
@@ -130,6 +138,7 @@ def prepare_data(options: DataOptions, preprocessing: Preprocessing) -> tuple[Da
             skip_bad=skip_bad,
             data_dir=data_dir,
             memory_limit_gb=memory_limit_gb,
+            for_training=for_training,
         )
     elif data in BUILTIN:
         dataset, bad = load_builtin(data, data_dir, seed), []
@@ -141,6 +150,8 @@ def prepare_data(options: DataOptions, preprocessing: Preprocessing) -> tuple[Da
         dataset, bad = load_folder(
             data, preprocessing, skip_bad=skip_bad, data_dir=data_dir, memory_limit_gb=memory_limit_gb
         )
+    if not for_training:
+        return dataset, bad
     dataset.train = limit_split(dataset.train, o.train_limit, seed)
     if dataset.test is not None:
         dataset.test = limit_split(dataset.test, o.test_limit, seed)

@@ -106,6 +106,20 @@ class Dataset:
         return self.train.channels
 
 
+def join_splits(parts: list) -> "Split | FileSplit":
+    """Several splits of one dataset as one, in order (every image of a folder or table, for evaluation)."""
+    parts = [p for p in parts if p is not None and len(p)]
+    if len(parts) == 1:
+        return parts[0]
+    labels = torch.cat([p.labels for p in parts])
+    if all(isinstance(p, Split) for p in parts):
+        paths = None if any(p.paths is None for p in parts) else [path for p in parts for path in p.paths]
+        return Split(torch.cat([p.images for p in parts]), labels, paths)
+    if all(isinstance(p, FileSplit) for p in parts):
+        return FileSplit([path for p in parts for path in p.paths], labels, parts[0].preprocessing)
+    raise VitkitError("these splits cannot be scored as one: pass --split train, val or test")
+
+
 def rarest_label(labels: torch.Tensor) -> torch.Tensor:
     """For (N, K) multi-label 0/1 labels: each image's rarest label (by its count in `labels`), the key a
     multi-label split is stratified on, so that even rare labels reach every part; -1 for none."""

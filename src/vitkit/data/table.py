@@ -202,10 +202,12 @@ def load_table(
     cache: bool = True,
     data_dir: str | os.PathLike | None = None,
     memory_limit_gb: float | None = None,
+    for_training: bool = True,
 ) -> tuple[Dataset, list[str]]:
     """The images of `folder` labelled by the table `labels`: single-label (class indices) or multi-label
     (0/1 vectors; `multi_label` None decides from the table). Returns the dataset and the bad rows and
-    images that `skip_bad` left out."""
+    images that `skip_bad` left out. Without `for_training` a table need not have train rows (one to
+    evaluate on)."""
     folder, table = Path(folder), Path(labels)
     if not folder.is_dir():
         raise VitkitError(f"--data {folder}: with --labels, --data is the folder the table's image paths are under")
@@ -282,13 +284,13 @@ def load_table(
     listed: dict[str, list[tuple[Path, Any]]] = {"train": []}
     for split, path, names in parsed:
         listed.setdefault(split, []).append((path, target(names)))
-    if not listed["train"]:
+    if for_training and not listed["train"]:
         raise VitkitError(f"--labels {table}: no row is in the train split")
     digest = hashlib.sha256(table.read_bytes()).hexdigest()
     key = f" table={digest} {image_column} {single_column} {binary_columns} {label_separator} multi={multi}"
     files = {split: {"": [p for p, _ in items]} for split, items in listed.items()}
     fingerprint = _fingerprint(files, preprocessing, skip_bad, key)
-    where = dict(cache=cache, data_dir=data_dir, memory_limit_gb=memory_limit_gb)
+    where = dict(cache=cache, data_dir=data_dir, memory_limit_gb=memory_limit_gb, for_training=for_training)
     name = folder.resolve().name
     dataset, unreadable = load_listed(
         listed, class_names, name, fingerprint, preprocessing, skip_bad=skip_bad, multi_label=multi, **where

@@ -59,7 +59,8 @@ def classification_report(
     class_names: list[str] | None = None,
     topk: int = 5,
 ) -> dict:
-    """top-1/top-k, precision/recall/F1 (macro and weighted), per-class scores and the matrix.
+    """top-1/top-k (top-k only with more than k classes: with k or fewer it is 1 by definition),
+    precision/recall/F1 (macro and weighted), per-class scores and the matrix.
     Rows of `confusion` are true classes, columns predictions. Classes never predicted have precision 0
     (scikit-learn's zero_division=0 convention)."""
     cm = confusion.double()
@@ -88,7 +89,7 @@ def classification_report(
         "confusion_matrix": confusion.long().tolist(),
         "class_names": names,
     }
-    if topk_hits is not None:
+    if topk_hits is not None and cm.shape[0] > topk:
         result[f"top{topk}"] = topk_hits / max(total, 1)
     if loss_sum is not None:
         result["loss"] = loss_sum / max(total, 1)

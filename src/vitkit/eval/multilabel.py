@@ -19,21 +19,25 @@ from .loop import eval_logits
 from .metrics import MetricAccumulator
 
 DEFAULT_THRESHOLD = 0.5
+# validation positives a label needs for its own tuned threshold to weigh as much as the shared one
+SHRINK_POSITIVES = 20.0
 
 
 class LossAccumulator(MetricAccumulator):
     """The training loss of multi-label batches, summed on the device as `MetricAccumulator` sums it for
-    single-label ones (top-k and the confusion matrix mean nothing for label sets)."""
+    single-label ones (top-k and the confusion matrix mean nothing for label sets); reported as a mean
+    per label, the unit of the validation loss (`multilabel_report`)."""
 
-    def __init__(self, device: torch.device | str = "cpu"):
+    def __init__(self, num_labels: int, device: torch.device | str = "cpu"):
         super().__init__(1, device=device)
+        self.num_labels = num_labels
 
     def update(self, logits: torch.Tensor, targets: torch.Tensor, loss_sum: torch.Tensor) -> None:
         self.sums[0] += loss_sum.detach()
         self.sums[1] += targets.shape[0]
 
     def compute(self) -> dict:
-        return {"loss": self.loss_sum / max(self.count, 1)}
+        return {"loss": self.loss_sum / max(self.count * self.num_labels, 1)}
 
 
 def _ranked(scores: torch.Tensor, targets: torch.Tensor):
@@ -63,20 +67,39 @@ def precision_recall_curve(scores: torch.Tensor, targets: torch.Tensor) -> tuple
     return tp / predicted, tp / max(float(targets.sum()), 1.0)
 
 
-def tune_thresholds(scores: torch.Tensor, targets: torch.Tensor, default: float = DEFAULT_THRESHOLD) -> torch.Tensor:
-    """Per label, the threshold (predict score >= t) with the highest F1 on these images: halfway between
-    the lowest score kept and the next lower one, so that scores seen here keep their decision and new
-    ones near the edge fall either side evenly. `default` for a label without positives here."""
-    thresholds = torch.full((scores.shape[1],), default, dtype=torch.float64)
+def best_f1_threshold(scores: torch.Tensor, targets: torch.Tensor, default: float = DEFAULT_THRESHOLD) -> float:
+    """The threshold (predict score >= t) with the highest F1 over these scores: halfway between the lowest
+    score kept and the next lower one, so that scores seen here keep their decision and new ones near the
+    edge fall either side evenly. `default` without positives."""
+    positives = float(targets.sum())
+    if positives == 0:
+        return default
+    distinct, tp, predicted = _ranked(scores, targets)
+    f1 = 2 * tp / (predicted + positives)
+    best = int(f1.argmax())
+    below = float(distinct[best + 1]) if best + 1 < len(distinct) else 0.0
+    return (float(distinct[best]) + below) / 2
+
+
+def tune_thresholds(
+    scores: torch.Tensor, targets: torch.Tensor, shrink: float = SHRINK_POSITIVES, default: float = DEFAULT_THRESHOLD
+) -> torch.Tensor:
+    """Per label, a threshold tuned on these images (the validation split) that does not overfit rare labels:
+    the label's own best-F1 threshold shrunk toward the one best-F1 threshold of all (image, label) pairs
+    pooled (micro F1), weighted by the label's positives n against `shrink`: (n t_label + shrink t_all) /
+    (n + shrink). A label with one positive here keeps little of its own threshold; shrink=0 is each
+    label's own best (which gives rare labels thresholds that fit a single image), shrink=inf one shared
+    threshold. The default is measured in benchmarks/multilabel.py (results/multilabel_thresholds.json)."""
+    pooled = best_f1_threshold(scores.flatten(), targets.flatten(), default)
+    thresholds = torch.full((scores.shape[1],), pooled, dtype=torch.float64)
+    if shrink == float("inf"):
+        return thresholds.float()
     for k in range(scores.shape[1]):
         positives = float(targets[:, k].sum())
         if positives == 0:
             continue
-        distinct, tp, predicted = _ranked(scores[:, k], targets[:, k])
-        f1 = 2 * tp / (predicted + positives)
-        best = int(f1.argmax())
-        below = float(distinct[best + 1]) if best + 1 < len(distinct) else 0.0
-        thresholds[k] = (float(distinct[best]) + below) / 2
+        own = best_f1_threshold(scores[:, k], targets[:, k], default)
+        thresholds[k] = (positives * own + shrink * pooled) / (positives + shrink)
     return thresholds.float()
 
 
@@ -104,7 +127,9 @@ def multilabel_report(
     loss_sum: float | None = None,
 ) -> dict:
     """mAP (macro, micro), F1 at 0.5 and at the per-label `thresholds` (tuned on the validation split;
-    by default 0.5), and per label: AP, precision, recall, F1 at its threshold, and its positives."""
+    by default 0.5), the mean number of labels predicted per image at each beside the true mean, and per
+    label: AP, precision, recall, F1 at its threshold, and its positives. `loss_sum`: the summed binary
+    cross-entropy, reported as the mean per label."""
     scores, targets = scores.float().cpu(), targets.float().cpu()
     names = class_names or [str(i) for i in range(scores.shape[1])]
     tuned = torch.as_tensor(thresholds if thresholds is not None else [DEFAULT_THRESHOLD] * len(names)).float()
@@ -124,6 +149,11 @@ def multilabel_report(
         "f1_micro@0.5": at_half["f1_micro"],
         "f1_macro": at_tuned["f1_macro"],
         "f1_micro": at_tuned["f1_micro"],
+        "mean_true_labels": float(targets.sum(1).mean()) if len(targets) else float("nan"),
+        "mean_predicted_labels": float((scores >= tuned).sum(1).double().mean()) if len(scores) else float("nan"),
+        "mean_predicted_labels@0.5": float((scores >= DEFAULT_THRESHOLD).sum(1).double().mean())
+        if len(scores)
+        else float("nan"),
         "labels_without_positives": [n for n, a in zip(names, ap) if a != a],
         "per_label": {
             n: {
@@ -142,7 +172,7 @@ def multilabel_report(
         "class_names": names,
     }
     if loss_sum is not None:
-        result["loss"] = loss_sum / max(len(scores), 1)
+        result["loss"] = loss_sum / max(scores.numel(), 1)
     return result
 
 
@@ -180,8 +210,9 @@ def write_label_table(path, report: dict) -> None:
 def multilabel_outputs(
     model: nn.Module, loader: BatchLoader, augment: BatchAugment, flip_tta: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """(sigmoid scores, 0/1 targets, summed binary cross-entropy) of every image of a loader, in its
-    order, on the CPU; fp32 as in `evaluate_loader`. The loss is unweighted whatever training used."""
+    """(sigmoid scores, 0/1 targets, summed binary cross-entropy over images and labels) of every image of
+    a loader, in its order, on the CPU; fp32 as in `evaluate_loader`. The loss is unweighted whatever
+    training used."""
     model.eval()
     scores, targets, loss_sum = [], [], 0.0
     for images, labels in loader.batches():

@@ -20,7 +20,7 @@ from ..models import create_model
 from ..options import part_of
 from ..pretrained.result import Pretrained
 from ..runtime import resolve_device, setup_threads, use_bf16
-from .config import TrainConfig, run_label, size_pending, with_budget_size
+from .config import TrainConfig, model_label, size_pending, with_budget_size
 from .distributed import DistContext, init_distributed
 from .losses import positive_weights
 from .optim import build_optimizer, param_groups
@@ -177,7 +177,7 @@ def build(cfg: TrainConfig, runtime: Runtime, budget=None) -> Setup:
         data=data,
         bad_images=bad_images,
         model=model,
-        model_name=run_label(cfg),
+        model_name=model_label(cfg.to_dict()),
         image_size=image_size,
         augment=augment,
         train_loader=train_loader,

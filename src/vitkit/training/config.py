@@ -312,9 +312,29 @@ RESUMABLE = names_where(TrainConfig, resumable=True)
 LR_FIND_OPTIONS = for_command(TrainConfig, "lr-find")
 
 
+# Where a run goes, not what it computes: never recorded in args.yaml, and ignored in a --config file
+# (args.yaml of earlier versions has them), so that `--config args.yaml --out NEW` repeats a run.
+NOT_RECORDED = ("out", "resume")
+# Options naming local files or folders: recorded absolute, so a run folder works from any directory.
+PATH_OPTIONS = ("data", "labels", "data_dir", "pretrained")
+
+
 def explicit_values(config_file: str | Path | None, flags: dict[str, Any]) -> dict[str, Any]:
-    """What the user asked for: a YAML config file's values under the flags."""
-    return {**(read_yaml_options(config_file, TrainConfig) if config_file else {}), **flags}
+    """What the user asked for: a YAML config file's values (but where the run goes) under the flags."""
+    from_file = read_yaml_options(config_file, TrainConfig) if config_file else {}
+    return {**{k: v for k, v in from_file.items() if k not in NOT_RECORDED}, **flags}
+
+
+def absolute_paths(values: dict[str, Any]) -> dict[str, Any]:
+    """`values` with the local paths among PATH_OPTIONS made absolute (built-in names, hf: sources and
+    hub ids, which are no local path, as given)."""
+    absolute = {}
+    for key in PATH_OPTIONS:
+        value = values.get(key)
+        local = isinstance(value, str) and value not in BUILTIN and not value.startswith(HUB_PREFIX)
+        if local and Path(value).exists():
+            absolute[key] = str(Path(value).resolve())
+    return {**values, **absolute}
 
 
 def dataset_layer(data: str, pretrained: str | None) -> dict[str, Any]:
@@ -364,7 +384,7 @@ def make_config(config: str | Path | None = None, **values: Any) -> TrainConfig:
             layers.setdefault("budget_size", {"candidates": candidates})
     elif preset:  # the user's model, trained with the preset's values: its own arguments only
         layers["model_args"] = own_args
-    return TrainConfig.from_dict(layers)
+    return TrainConfig.from_dict(absolute_paths(layers))
 
 
 def size_pending(cfg: TrainConfig) -> bool:
@@ -386,6 +406,23 @@ def run_label(cfg: TrainConfig) -> str:
         return cfg.model
     source = Path(cfg.pretrained)
     return f"finetuned-{source.parent.name if source.name in ('best', 'last') else source.name}"
+
+
+def model_label(values: dict[str, Any]) -> str:
+    """What summaries, results.json and model cards call a run's model (`values`: a training configuration
+    as a dict, e.g. a checkpoint's train_config): `run_label`, and for a preset's model whose architecture a
+    --model-arg changed, the changes after it ("folder-cct with stem=patch, pool=cls"); the size a
+    --time-budget chose among the preset's own is the preset's."""
+    cfg = TrainConfig(**{k: v for k, v in values.items() if k in FIELDS})
+    label = run_label(cfg)
+    if not cfg.preset or label != cfg.preset:
+        return label
+    preset = get_preset(cfg.preset)
+    chosen = (cfg.budget_size or {}).get("model_args") or {}
+    _, base = resolve_model_config(preset.model, **{**preset.model_args, **chosen})
+    _, mine = resolve_model_config(cfg.model or preset.model, **cfg.model_args)
+    changed = [f"{k}={v}" for k, v in cfg.model_args.items() if getattr(mine, k, v) != getattr(base, k, None)]
+    return f"{label} with {', '.join(changed)}" if changed else label
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:

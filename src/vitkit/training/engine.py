@@ -199,7 +199,7 @@ class Trainer:
         cfg, ctx = self.cfg, self.ctx
         net.train()
         if self.multi_label:
-            acc = LossAccumulator(device=self.device)
+            acc = LossAccumulator(self.data.num_classes, device=self.device)
         else:
             acc = MetricAccumulator(self.data.num_classes, device=self.device)
         first_bad_step = torch.full((), -1, device=self.device)  # kept on the device: no sync per step
@@ -247,7 +247,7 @@ class Trainer:
             acc.load_tensor(ctx.all_reduce_sum(acc.as_tensor()))
         train = acc.compute()
         rate = seen * ctx.world_size / max(time.perf_counter() - t_start, 1e-9)
-        accuracy = {} if self.multi_label else {"train_top1": train["top1"], "train_top5": train["top5"]}
+        accuracy = {} if self.multi_label else {f"train_{k}": train[k] for k in ("top1", "top5") if k in train}
         return {"train_loss": train["loss"], **accuracy, "lr": self.lr, "images_per_s": rate}
 
     def check_finite(self, first_bad_step: int) -> None:
@@ -443,15 +443,17 @@ class Trainer:
         from ..eval.multilabel import write_label_table
         from ..viz.report import write_multilabel_report
 
-        split = self.setup.eval_loader
+        split, setup = self.setup.eval_loader, self.setup
         best, meta = load_model(self.run.checkpoint("best"))
         best = best.to(self.device)
         m, scores, targets = evaluate_multilabel(best, split, self.augment, self.data.class_names, meta["thresholds"])
         write_label_table(self.run.path / "per_label.csv", m)
+        title = split_title(setup.eval_split, setup.split_selected_checkpoint)
         return (
             {**m, "thresholds_from": "val"},
             lambda: write_multilabel_report(
-                self.run.path, best, split.split, self.augment, self.history, m, scores, targets
+                self.run.path, best, split.split, self.augment, self.history, m, scores, targets, title,
+                self.cfg.multilabel_loss,
             ),
             f"mAP macro {m['map_macro']:.4f}  micro {m['map_micro']:.4f}  f1-macro {m['f1_macro']:.4f}  "
             f"f1-micro {m['f1_micro']:.4f}",
@@ -509,7 +511,7 @@ class Trainer:
         model, loader = self.eval_model(), self.setup.val_loader
         if not self.multi_label:
             val = self.evaluate(model, loader)
-            return {"val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"]}
+            return {"val_loss": val["loss"], **{f"val_{k}": val[k] for k in ("top1", "top5") if k in val}}
         val, _, _ = evaluate_multilabel(model, loader, self.augment, self.data.class_names, tune=True)
         self.thresholds = val["thresholds"]
         return {

@@ -9,6 +9,8 @@ and leaves the caller's random state as it found it: nothing of it reaches a lat
 from __future__ import annotations
 
 import math
+import sys
+import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -87,11 +89,20 @@ def check_sweep(steps: int, start_lr: float, end_lr: float) -> None:
 
 def lr_find(cfg: TrainConfig, steps: int = 100, start_lr: float = 1e-7, end_lr: float = 10.0) -> LRFindResult:
     """Sweep the learning rate from start_lr to end_lr over `steps` optimizer steps (one batch each),
-    stopping early when the loss diverges."""
+    stopping early when the loss diverges. Progress goes to stderr: what it prepares, then a line about
+    every tenth of the steps."""
     check_sweep(steps, start_lr, end_lr)
     device = resolve_device(cfg.device)
+    started = time.perf_counter()
+
+    def say(line: str) -> None:
+        print(f"vitkit lr-find: {line} ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
+
+    say(f"preparing {cfg.data} and a fresh model")
     with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
         sweep = _Sweep(cfg, start_lr, end_lr, steps)
+        say(f"sweeping the learning rate from {start_lr:g} to {end_lr:g} over at most {steps} steps")
+        every = max(1, steps // 10)
         sweep.aug_gen.manual_seed(cfg.seed)
         sweep.model.train()
         lrs, losses, smoothed, average, diverged, epoch = [], [], [], 0.0, False, 0
@@ -108,6 +119,8 @@ def lr_find(cfg: TrainConfig, steps: int = 100, start_lr: float = 1e-7, end_lr: 
                 lrs.append(lr)
                 losses.append(loss)
                 smoothed.append(average / (1 - SMOOTHING ** len(lrs)))
+                if len(lrs) % every == 0:
+                    say(f"step {len(lrs)}/{steps}: lr {lr:.2e}, smoothed loss {smoothed[-1]:.4f}")
                 if len(lrs) >= steps or smoothed[-1] > DIVERGED * min(smoothed):
                     diverged = len(lrs) < steps
                     break

@@ -36,7 +36,7 @@ from ..errors import MissingFile, VitkitError
 from ..fileio import atomic_path, replace_dir, settled_dir, write_json
 from ..models import get_preset, save_model
 from ..options import name_list, read_yaml_options
-from .config import TrainConfig
+from .config import NOT_RECORDED, TrainConfig
 
 TRAINER_STATE = "trainer.pt"
 RUN_FILES = {"args.yaml", "run.json", "best", "last"}  # any of them: the folder holds a run
@@ -133,7 +133,8 @@ class RunDir:
 
     # -- status and records ----------------------------------------------------------------
     def write_config(self, cfg: TrainConfig, ran: tuple[int, str] | None = None) -> None:
-        """args.yaml: the configuration as requested, so that `--config args.yaml` repeats the run. A
+        """args.yaml: the configuration as requested, so that `--config args.yaml` repeats the run (where
+        the run went, NOT_RECORDED, is left out: a repeat goes to its own --out). A
         finished run adds a comment saying how many epochs it trained and why it stopped
         (`ran`: epochs, stop reason), as run.json and results.json record."""
         if not self.writer:
@@ -146,7 +147,8 @@ class RunDir:
                 "see epochs_run in run.json and results.json.\n"
             )
         with atomic_path(self.path / "args.yaml") as tmp:
-            tmp.write_text(header + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            recorded = {k: v for k, v in cfg.to_dict().items() if k not in NOT_RECORDED}
+            tmp.write_text(header + yaml.safe_dump(recorded, sort_keys=False))
 
     def write_status(self, status: str, info: dict[str, Any], error: str | None = None) -> None:
         if not self.writer:

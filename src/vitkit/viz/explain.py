@@ -103,8 +103,17 @@ def choose_method(model, method: str = "auto") -> str:
     return method
 
 
-def method_note(model, method: str) -> str:
-    """What the chosen map can and cannot show for this model, printed under the figure."""
+BLANK_GRADCAM_NOTE = (
+    "the Grad-CAM map is blank: no token's features raise the predicted class's score here (every cell's "
+    "gradient-weighted sum is negative, which ReLU clears), so it locates nothing; try --method saliency"
+)
+
+
+def method_note(model, method: str, maps: dict[str, torch.Tensor] | None = None) -> str:
+    """What the chosen map can and cannot show for this model, printed under the figure; with the `maps`
+    drawn, also why one of them is blank."""
+    if maps is not None and method == "gradcam" and float(maps["gradcam"].max()) == 0:
+        return BLANK_GRADCAM_NOTE
     if method == "rollout" and model.patch_size is None:
         return (
             "attention rollout over tokens made by convolutional stages: each token already mixes much of the "
@@ -220,9 +229,9 @@ def render_explanation(
 
 def explain_image(
     classifier, source, out: str | os.PathLike | io.BytesIO, topk: int = 5, method: str = "auto"
-) -> tuple[list[dict], str]:
+) -> tuple[list[dict], str, str]:
     """Write the explanation figure for one image file; return its top-k predictions (multi-label: the
-    labels above their thresholds) and the method used."""
+    labels above their thresholds), the method used and the note under the figure (see `method_note`)."""
     from pathlib import Path
 
     from PIL import Image
@@ -236,6 +245,7 @@ def explain_image(
     shown = display_images(images, classifier.input_transform)[0]
     shown = shown.expand(3, -1, -1) if shown.shape[0] == 1 else shown
     top = classifier_predictions(classifier, probs, topk)[0]
+    note = method_note(classifier.model, method, maps)
     with Image.open(source) as photo:
         photo.thumbnail((512, 512))
         original = np.asarray(photo.convert("RGB"))
@@ -246,7 +256,7 @@ def explain_image(
         out,
         original=original,
         name=Path(str(source)).name,
-        note=method_note(classifier.model, method),
+        note=note,
         bars_title="labels above their thresholds" if getattr(classifier, "multi_label", False) else None,
     )
-    return top, method
+    return top, method, note

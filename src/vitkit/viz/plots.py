@@ -37,21 +37,24 @@ def _finite(values) -> bool:
     return any(v is not None and not (isinstance(v, float) and math.isnan(v)) for v in values)
 
 
-def plot_curves(history: list[dict], num_classes: int, path) -> None:
+def plot_curves(history: list[dict], num_classes: int, path, losses: dict[str, str] | None = None) -> None:
     """Loss, top-1 (and top-5 when there are more than 5 classes) per epoch, train against validation,
-    and the learning rate each epoch ended with."""
+    and the learning rate each epoch ended with. `losses` names each split's loss in the legend where
+    they differ (multi-label: the training loss against the validation BCE, both means per label)."""
     epochs = [h["epoch"] for h in history]
+    losses = losses or {}
     panels = [("loss", "loss"), ("top1", "top-1 accuracy")]
     if num_classes >= TOP5_MIN_CLASSES:
         panels.append(("top5", "top-5 accuracy"))
     if any("val_map" in h for h in history):  # multi-label: mAP of the validation split
-        panels = [("loss", "loss"), ("map", "mAP (macro)"), ("map_micro", "mAP (micro)")]
+        panels = [("loss", "loss (mean per label)"), ("map", "mAP (macro)"), ("map_micro", "mAP (micro)")]
     fig, axes = plt.subplots(1, len(panels) + 1, figsize=(4.6 * (len(panels) + 1), 3.8), layout="constrained")
     for ax, (key, title) in zip(axes, panels):
         for split, style in (("train", "-o"), ("val", "-s")):
             values = [h.get(f"{split}_{key}") for h in history]
             if _finite(values):
-                ax.plot(epochs, [np.nan if v is None else v for v in values], style, label=split, markersize=3)
+                label = f"{split}: {losses[split]}" if key == "loss" and split in losses else split
+                ax.plot(epochs, [np.nan if v is None else v for v in values], style, label=label, markersize=3)
         ax.set_title(title)
         if ax.lines:
             ax.legend()
@@ -190,9 +193,9 @@ def plot_lr_find(lrs: list[float], losses: list[float], smoothed: list[float], s
     _save(fig, path)
 
 
-def plot_label_ap(report: dict, path) -> None:
-    """Average precision per label, most frequent label first, bars annotated with the label's positives;
-    macro and micro mAP as lines."""
+def plot_label_ap(report: dict, path, split_name: str) -> None:
+    """Average precision per label on a split (`split_name`), most frequent label first, bars annotated
+    with the label's positives; macro and micro mAP as lines."""
     items = sorted(report["per_label"].items(), key=lambda item: -item[1]["support"])
     names = [name for name, _ in items]
     ap = [np.nan if m["ap"] is None else m["ap"] for _, m in items]
@@ -205,15 +208,15 @@ def plot_label_ap(report: dict, path) -> None:
     ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("average precision")
-    ax.set_title("average precision per label (number above: positives)")
+    ax.set_title(f"average precision per label, {split_name} (number above: positives)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, axis="y")
     _save(fig, path)
 
 
-def plot_precision_recall(curves: dict[str, tuple], path) -> None:
-    """Precision against recall: {name: (precision, recall, average precision)}, e.g. all labels pooled
-    (micro) and the most frequent labels."""
+def plot_precision_recall(curves: dict[str, tuple], path, split_name: str) -> None:
+    """Precision against recall on a split (`split_name`): {name: (precision, recall, average precision)},
+    e.g. all labels pooled (micro) and the most frequent labels."""
     fig, ax = plt.subplots(figsize=(6, 5), layout="constrained")
     for i, (name, (precision, recall, ap)) in enumerate(curves.items()):
         style = dict(color="black", linewidth=2) if i == 0 else dict(linewidth=1, alpha=0.8)
@@ -222,7 +225,7 @@ def plot_precision_recall(curves: dict[str, tuple], path) -> None:
     ax.set_ylabel("precision")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
-    ax.set_title("precision-recall")
+    ax.set_title(f"precision-recall, {split_name}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     _save(fig, path)

@@ -67,19 +67,24 @@ def write_report(run_dir: Path, model, split, augment, class_names, history, met
 
 
 PR_CURVE_LABELS = 5  # the precision-recall figure draws the pooled curve and the most frequent labels
+MULTILABEL_LOSS_NAMES = {"bce": "BCE", "asymmetric": "asymmetric loss"}  # --multilabel-loss, as legends name it
 TITLE_LABELS = 3  # predicted labels named in a prediction's title, best first; the rest counted
 
 
 @torch.inference_mode()
-def write_multilabel_report(run_dir: Path, model, test_split, augment, history, report, scores, targets):
-    """The figures of a multi-label run: curves, AP per label, precision-recall and predictions (predicted
-    label sets against the true ones)."""
+def write_multilabel_report(
+    run_dir: Path, model, split, augment, history, report, scores, targets, split_name: str, training_loss: str
+):
+    """The figures of a multi-label run: curves (`training_loss` names the training loss beside the
+    validation BCE), AP per label, precision-recall and predictions (predicted label sets against the true
+    ones) on `split`, titled with its name (`split_name`)."""
     from ..eval.multilabel import precision_recall_curve
     from . import plots
 
     names = report["class_names"]
-    plots.plot_curves(history, len(names), run_dir / "curves.png")
-    plots.plot_label_ap(report, run_dir / "label_ap.png")
+    losses = {"train": MULTILABEL_LOSS_NAMES.get(training_loss, training_loss), "val": "BCE"}
+    plots.plot_curves(history, len(names), run_dir / "curves.png", losses)
+    plots.plot_label_ap(report, run_dir / "label_ap.png", split_name)
     curves = {"all labels (micro)": (*precision_recall_curve(scores.flatten(), targets.flatten()), report["map_micro"])}
     for k in targets.sum(0).argsort(descending=True)[:PR_CURVE_LABELS].tolist():
         if report["per_label"][names[k]]["ap"] is not None:
@@ -87,8 +92,8 @@ def write_multilabel_report(run_dir: Path, model, test_split, augment, history, 
                 *precision_recall_curve(scores[:, k], targets[:, k]),
                 report["per_label"][names[k]]["ap"],
             )
-    plots.plot_precision_recall(curves, run_dir / "precision_recall.png")
-    images, labels = sample_images(test_split, 16)
+    plots.plot_precision_recall(curves, run_dir / "precision_recall.png", split_name)
+    images, labels = sample_images(split, 16)
     device = next(model.parameters()).device
     model.eval()
     probs = model(augment.for_inference(images.to(device))).float().sigmoid().cpu()
@@ -102,7 +107,8 @@ def write_multilabel_report(run_dir: Path, model, test_split, augment, history, 
         titles.append(f"{shown_labels or '-'}{more}\ntrue: {', '.join(sorted(true))}")
         mistakes.append({names[k] for k in above} != true)
     shown = display_images(images, augment).numpy()
-    plots.plot_image_grid(shown, titles, run_dir / "predictions.png", "test label sets (red: not exact)", mistakes)
+    heading = f"label sets, {split_name} (red: not exact)"
+    plots.plot_image_grid(shown, titles, run_dir / "predictions.png", heading, mistakes)
 
 
 def target_title(target: torch.Tensor, class_names: list[str]) -> str:
