@@ -213,9 +213,8 @@ def test_translations_are_crops_of_the_zero_or_reflect_padded_image(mode):
         shifts.add(found[0])
     assert len(shifts) > 5  # a spread of shifts, edges included
     with pytest.raises(ValueError, match="--crop-padding 8 with reflect padding must be smaller than the 8 px image"):
-        BatchAugment(8, (0.0,) * 3, (1.0,) * 3, 3, AugmentSpec(crop_padding=8, crop_padding_mode="reflect")).for_training(
-            images, gen
-        )
+        too_far = AugmentSpec(crop_padding=8, crop_padding_mode="reflect")
+        BatchAugment(8, (0.0,) * 3, (1.0,) * 3, 3, too_far).for_training(images, gen)
 
 
 # ----------------------------------------------------------------------------- whitening

@@ -315,7 +315,9 @@ class TrainConfig(DataOptions, AugmentSpec):
             if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
                 raise VitkitError(f"--freeze-after {name}={epochs!r}: give the epochs as a whole number, 0 or more")
         if self.schedule == "triangle" and self.warmup_epochs:
-            raise VitkitError("--schedule triangle has its own warmup (--triangle-start, --triangle-peak): drop --warmup-epochs")
+            raise VitkitError(
+                "--schedule triangle has its own warmup (--triangle-start, --triangle-peak): drop --warmup-epochs"
+            )
         if self.nesterov and self.optimizer == "sgd" and self.momentum <= 0:
             raise VitkitError("--nesterov needs a positive --momentum")
         tracker_names(self.log)
