@@ -63,6 +63,7 @@ def test_triangle_schedule_is_airbenchs_piecewise_line():
     assert factor(5, None) == 0.2
 
 
+@pytest.mark.slow  # several training runs
 def test_triangle_schedule_drives_the_run_and_refuses_a_second_warmup(colours, tmp_path):
     """4 epochs of 4 steps, peak at int(0.5 * 16) = 8: metrics.csv logs the rate of each epoch's last step."""
     options = dict(SGD, schedule="triangle", triangle_start=0.25, triangle_peak=0.5, min_lr_ratio=0.1, epochs=4)
@@ -123,6 +124,7 @@ def test_lookahead_ema_averages_weights_and_batchnorm_statistics_with_a_ramped_d
     assert all(torch.equal(a, b) for a, b in zip(restored.average, average.average))
 
 
+@pytest.mark.slow  # several training runs
 def test_lookahead_ema_in_a_run_ends_at_the_average_of_its_updates(colours, tmp_path):
     """2 steps per epoch, an update every 2 steps from the start with decay 0.5 per step: the first
     update (step 2) copies w2, the second (step 4) leaves 0.5^2 * w2 + (1 - 0.5^2) * w4 in the model."""
