@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from conftest import write_class_folders
+from conftest import run_vitkit, write_class_folders
 from safetensors.torch import load_file
 from test_engine_options import TINY
 
@@ -168,6 +168,10 @@ def test_freeze_after_stops_a_module_training_after_its_epochs(colours, tmp_path
         Trainer(make_config(data=str(colours), **{**options, "freeze_after": {"neck": 1}}))
     with pytest.raises(ValueError, match=r"--freeze-after head=-1: give the epochs as a whole number"):
         make_config(data=str(colours), **{**options, "freeze_after": {"head": -1}})
+    # from the command line: repeated KEY=VALUE flags, each checked against the model
+    flags = ["--freeze-after", "head=1", "--freeze-after", "neck=2", "--batch-size", "6", "--out", str(tmp_path / "cli")]
+    cli = run_vitkit("train", "--data", str(colours), *flags)
+    assert cli.returncode == 2 and "--freeze-after neck=2: the model has no parameter" in cli.stderr, cli.stderr
 
 
 # ----------------------------------------------------------------------------- decay of norms and biases

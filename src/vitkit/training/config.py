@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import typing
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -359,6 +360,10 @@ FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 # learning-rate sweep does not take: both declared with the options.
 RESUMABLE = names_where(TrainConfig, resumable=True)
 LR_FIND_OPTIONS = for_command(TrainConfig, "lr-find")
+# The options given as repeatable KEY=VALUE flags (--model-arg, --freeze-after): mappings of names to values.
+MAPPING_OPTIONS = tuple(
+    name for name, kind in typing.get_type_hints(TrainConfig).items() if typing.get_origin(kind) is dict
+)
 
 
 def explicit_values(config_file: str | Path | None, flags: dict[str, Any]) -> dict[str, Any]:

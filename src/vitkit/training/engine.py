@@ -101,7 +101,9 @@ class Trainer:
             self.lookahead_ema = LookaheadEMA(
                 self.model, cfg.lookahead_ema, cfg.lookahead_ema_every, start, cfg.lookahead_ema_ramp
             )
-        self.frozen = frozen_parameters(self.model, cfg.freeze_after, 0)  # --freeze-after's, this epoch
+        # the parameters --freeze-after has stopped by the current epoch (set again as each epoch starts);
+        # computed here too so that a name the model lacks is refused before any work
+        self.frozen = frozen_parameters(self.model, cfg.freeze_after, 0)
         self.warmup_steps = int(cfg.warmup_epochs * self.steps_per_epoch)
         # with a time budget the length is unknown until steps have been timed: the schedule holds its peak
         self.planned_steps = None if cfg.time_budget else -(-self.steps_per_epoch // cfg.accum_steps) * cfg.epochs
@@ -122,14 +124,13 @@ class Trainer:
     # -- one step ----------------------------------------------------------------------------
     def scheduled_lr(self) -> float:
         """The learning rate of the current step: warmup, schedule and plateau reductions."""
-        warmup = self.warmup_steps
-        if self.cfg.time_budget and self.planned_steps:
+        cfg, warmup = self.cfg, self.warmup_steps
+        if cfg.time_budget and self.planned_steps:
             warmup = min(warmup, max(FIRST_PLAN_STEPS, int(BUDGET_WARMUP_SHARE * self.planned_steps)))
-        cfg = self.cfg
         factor = lr_factor(
             self.step, self.planned_steps, warmup, cfg.schedule, cfg.min_lr_ratio, cfg.triangle_start, cfg.triangle_peak
         )
-        return self.cfg.lr * factor * self.plateau.scale
+        return cfg.lr * factor * self.plateau.scale
 
     def set_lr(self) -> float:
         """Put the current step's rate into the optimizer; it is also `self.lr`, for the logs."""
