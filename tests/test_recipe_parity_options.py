@@ -169,8 +169,8 @@ def test_freeze_after_stops_a_module_training_after_its_epochs(colours, tmp_path
     with pytest.raises(ValueError, match=r"--freeze-after head=-1: give the epochs as a whole number"):
         make_config(data=str(colours), **{**options, "freeze_after": {"head": -1}})
     # from the command line: repeated KEY=VALUE flags, each checked against the model
-    flags = ["--freeze-after", "head=1", "--freeze-after", "neck=2", "--batch-size", "6", "--out", str(tmp_path / "cli")]
-    cli = run_vitkit("train", "--data", str(colours), *flags)
+    freeze = ["--freeze-after", "head=1", "--freeze-after", "neck=2"]
+    cli = run_vitkit("train", "--data", str(colours), *freeze, "--batch-size", "6", "--out", str(tmp_path / "cli"))
     assert cli.returncode == 2 and "--freeze-after neck=2: the model has no parameter" in cli.stderr, cli.stderr
 
 
