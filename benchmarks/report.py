@@ -331,6 +331,23 @@ def data_pipeline() -> list[str]:
     return out + dated_table(data, data["training"], columns)
 
 
+def recipe_parity() -> list[str]:
+    rows = [json.loads(path.read_text()) for path in sorted(RESULTS.glob("recipe_parity/*.json"))]
+    if not rows:
+        return []
+    rows.sort(key=lambda r: (r["machine"]["date"], r["recipe"]), reverse=True)
+    header = ["date", "machine", "recipe", "data", "epochs", "top-1", "multi-crop TTA", "source (TTA)", "seed"]
+    return table(
+        header,
+        [
+            dated(r)
+            + [r["recipe"], r["data"], str(r["epochs"]), f"{r['test_top1']:.4f}", f"{r['tta_top1']:.4f}"]
+            + [f"{r['source']['name']} {r['source']['top1']:.4f} ({r['source']['epochs']:g} epochs)", str(r["seed"])]
+            for r in rows
+        ],
+    )
+
+
 def serving() -> list[str]:
     data = load("serve_load.json")
     out: list[str] = []
@@ -371,6 +388,7 @@ measured side by side in one run; absolute rates drift on shared machines.
 | script | measures |
 |---|---|
 | `time_to_accuracy.py` | recipes side by side at equal wall clock (CSV and a PNG curve) |
+| `recipe_parity.py` | a recipe against its published source, epoch for epoch, and which fix buys what |
 | `throughput.py` | training (model alone, and end to end on real images) and inference images/s per preset |
 | `vs_keras.py` | the seed presets against the Keras 3 + JAX reference |
 | `vs_transformers.py` | vitkit's ViT against transformers' on identical configuration and weights |
@@ -406,6 +424,13 @@ def page() -> str:
             "trains in fp32; vitkit with its defaults and in fp32, so the second ratio is the implementation's "
             "alone.",
             vs_keras(),
+        ),
+        (
+            "Recipe parity",
+            "A recipe trained a fixed number of epochs beside the published number of the method it follows: "
+            "its last epoch's weights on the held-out split, as they are and with multi-crop TTA "
+            "(`python benchmarks/recipe_parity.py`).",
+            recipe_parity(),
         ),
         ("ViT against transformers", "", vs_transformers()),
         ("Inference", "", inference()),

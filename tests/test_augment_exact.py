@@ -208,7 +208,8 @@ def geometric_matrix(name: str, magnitude: float, sign: float) -> torch.Tensor:
     aug = identity_augment(AugmentSpec(auto_augment="rand"))
     one = torch.ones(1, 1)
     op = torch.full((1, 1), AUTO_OPS.index(name))
-    return aug._affine(1, torch.device("cpu"), gen(), op, one * magnitude, one * sign)[0]
+    theta, _ = aug._affine(1, torch.device("cpu"), gen(), op, one * magnitude, one * sign)
+    return theta[0]
 
 
 @pytest.mark.parametrize("sign", [1.0, -1.0])

@@ -195,6 +195,24 @@ def multilabel(tmp_path):
     assert all(row["mean_predicted_labels"] >= 0 and row["mean_true_labels"] > 0 for row in strategies.values())
 
 
+def recipe_parity(tmp_path):
+    out = tmp_path / "parity"
+    script(
+        "recipe_parity.py", "--data", folders(tmp_path), "--epochs", 2, "--set", "batch_size=8",
+        "--ablation", "schedule", "whitening_sample", "--out", out,
+    )  # fmt: skip
+    rows = {row["recipe"]: row for row in map(read, sorted(out.glob("*.json")))}
+    labels = ["before", "before + schedule", "before + whitening_sample", "all fixed"]
+    assert set(rows) == {f"cifar-fast {label} batch_size=8" for label in labels}
+    for row in rows.values():
+        assert row["epochs"] == 2 and [r["epoch"] for r in row["per_epoch"]] == [1, 2] and row["seed"] == 0
+        assert 0 <= row["test_top1"] <= 1 and 0 <= row["tta_top1"] <= 1 and row["split"] == "val"
+        assert row["source"]["name"] == "airbench94" and row["source"]["top1"] == 0.9401
+        assert row["machine"]["cpu"] and row["machine"]["flags_class"]
+    assert rows["cifar-fast all fixed batch_size=8"]["overrides"] == {"batch_size": 8}
+    assert rows["cifar-fast before + schedule batch_size=8"]["overrides"]["schedule"] == "triangle"
+
+
 def report(tmp_path):
     """The benchmarks page from the project's own results: every kind of saved JSON still renders."""
     page = tmp_path / "benchmarks.md"
@@ -317,6 +335,7 @@ CASES = {
     "inference.py": inference,
     "keras_parity.py": keras_parity,
     "multilabel.py": multilabel,
+    "recipe_parity.py": recipe_parity,
     "report.py": report,
     "serve_load.py": serve_load,
     "throughput.py": throughput,

@@ -222,5 +222,14 @@ def test_cifar_fast_preset_trains_end_to_end(colours, tmp_path):
     assert result["model"] == "cifar-fast" and result["epochs_run"] == 2
     assert result["architecture"].startswith("FastNet: 2x2 whitening convolution (24 filters)")
     saved = (tmp_path / "run" / "args.yaml").read_text()
-    for line in ("nesterov: true", "lookahead: 5", "alternate_flips: true", "whiten_init: true"):
+    for line in (
+        "nesterov: true",
+        "lookahead_ema: 0.95",
+        "schedule: triangle",
+        "crop_padding_mode: reflect",
+        "alternate_flips: true",
+        "whiten_init: true",
+        "  whiten.bias: 3",
+        "norm_bias_decay: true",
+    ):
         assert line in saved

@@ -439,7 +439,7 @@ def test_every_train_flag_has_help_in_a_group():
         flag = "--" + ("model-arg" if field.name == "model_args" else field.name.replace("_", "-"))
         assert flag in parser_lines, flag
         assert field.metadata["help"], f"{field.name} has no help text"
-    assert "(default: 0.001)" in out and "{cosine,linear,constant,plateau}" in out
+    assert "(default: 0.001)" in out and "{cosine,linear,constant,plateau,triangle}" in out
 
 
 @pytest.mark.slow

@@ -113,11 +113,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def training_options(args: argparse.Namespace, own: tuple[str, ...]) -> dict:
     """The training options of a command that takes train's flags: --config FILE.yaml under the flags."""
-    from .training.config import explicit_values
+    from .training.config import MAPPING_OPTIONS, explicit_values
 
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "func", "argv", "started", "config", *own)}
-    if "model_args" in flags:
-        flags["model_args"] = dict(flags["model_args"])
+    for name in MAPPING_OPTIONS:  # repeated KEY=VALUE flags arrive as a list of pairs
+        if name in flags:
+            flags[name] = dict(flags[name])
     return explicit_values(getattr(args, "config", None), flags)
 
 

@@ -36,7 +36,13 @@ class AugmentSpec:
     hflip: bool = _aug(False, "random horizontal flips")
     rotation: float = _aug(0.0, "max rotation as a fraction of a full turn (Keras RandomRotation factor)", at_least=0)
     zoom: float = _aug(0.0, "max zoom in/out per axis as a fraction (Keras RandomZoom factor)", at_least=0)
-    crop_padding: int = _aug(0, "random crop after zero-padding the stored image by this many pixels", at_least=0)
+    crop_padding: int = _aug(0, "random crop after padding the stored image by this many pixels", at_least=0)
+    crop_padding_mode: str = _aug(
+        "zeros",
+        "what --crop-padding pads with: zeros, or reflect (the image mirrored at its edge, the edge pixel "
+        "not repeated, as airbench)",
+        choices=("zeros", "reflect"),
+    )
     rrc_scale: float = _aug(0.0, "RandomResizedCrop minimum area fraction, e.g. 0.35 (0: off)", at_least=0, at_most=1)
     auto_augment: str = _aug("none", "automatic augmentation policy", choices=("none", "rand", "trivial"))
     ra_num_ops: int = _aug(2, "RandAugment: operations per image", at_least=0)
@@ -122,15 +128,18 @@ class BatchAugment:
                 else torch.full((k, n), s.ra_magnitude / 30.0, device=dev)
             )
             signs = torch.randint(0, 2, (k, n), generator=gen, device=dev) * 2.0 - 1.0
-        theta = self._affine(
+        theta, shifts = self._affine(
             n, dev, gen, ops, mags if ops is not None else None, signs if ops is not None else None, flips
         )
         if theta is not None:
             grid = F.affine_grid(theta, [n, x.shape[1], self.out_size, self.out_size], align_corners=False)
-            pad_mode = "zeros" if s.crop_padding or ops is not None else "reflection"
+            zero_crop = s.crop_padding and shifts is None
+            pad_mode = "zeros" if zero_crop or ops is not None else "reflection"
             x = F.grid_sample(x, grid, mode="bilinear", padding_mode=pad_mode, align_corners=False)
         else:
             x = self.resize(x)
+        if shifts is not None:
+            x = shift_reflected(x, shifts, s.crop_padding)
         if ops is not None:
             for slot in range(ops.shape[0]):
                 x = self._color_ops(x, ops[slot], mags[slot], signs[slot])
@@ -140,7 +149,9 @@ class BatchAugment:
         return x
 
     def _affine(self, n, dev, gen, ops, mags, signs, flips=None):
-        """(n, 2, 3) matrices mapping output to input coordinates, or None for a plain resize."""
+        """((n, 2, 3) matrices mapping output to input coordinates, or None for a plain resize; (n, 2)
+        integer (x, y) shifts to apply after them with reflected edges, or None: with zero padding the
+        shifts are part of the matrices)."""
         s = self.spec
         a = torch.eye(2, device=dev).repeat(n, 1, 1)
         t = torch.zeros(n, 2, device=dev)
@@ -183,15 +194,16 @@ class BatchAugment:
             a = torch.diag_embed(torch.stack([w, h], 1)) @ a
             t = t * torch.stack([w, h], 1) + torch.stack([cx, cy], 1)
             changed = True
+        shifts = None
         if s.crop_padding > 0:
             # integer shifts of the stored image, as padding then cropping does
-            size = self.out_size
-            shift = torch.randint(-s.crop_padding, s.crop_padding + 1, (n, 2), generator=gen, device=dev)
-            t = t + shift.float() * 2 / size
-            changed = True
+            shifts = torch.randint(-s.crop_padding, s.crop_padding + 1, (n, 2), generator=gen, device=dev)
+            if s.crop_padding_mode == "zeros":
+                t = t + shifts.float() * 2 / self.out_size
+                changed, shifts = True, None
         if not changed:
-            return None
-        return torch.cat([a, t.unsqueeze(2)], dim=2)
+            return None, shifts
+        return torch.cat([a, t.unsqueeze(2)], dim=2), shifts
 
     def _color_ops(self, x, op, mag, sign):
         out = x.clone()
@@ -248,6 +260,20 @@ class BatchAugment:
         )
         noise = torch.randn(x.shape, generator=gen, device=dev, dtype=x.dtype)
         return torch.where(mask.unsqueeze(1), noise, x)
+
+
+def shift_reflected(x: torch.Tensor, shifts: torch.Tensor, padding: int) -> torch.Tensor:
+    """Each image of NCHW `x` moved by its (x, y) pixel shift in [-padding, padding]: a crop of the image
+    reflect-padded by `padding` (mirrored at the edge, the edge pixel not repeated)."""
+    n, _, height, width = x.shape
+    if padding >= min(height, width):
+        raise VitkitError(f"--crop-padding {padding} with reflect padding must be smaller than the {height} px image")
+    padded = F.pad(x, (padding,) * 4, mode="reflect")
+    rows = (torch.arange(height, device=x.device) + padding + shifts[:, 1:]).view(n, 1, height, 1)
+    cols = (torch.arange(width, device=x.device) + padding + shifts[:, :1]).view(n, 1, 1, width)
+    images = torch.arange(n, device=x.device).view(n, 1, 1, 1)
+    channels = torch.arange(x.shape[1], device=x.device).view(1, -1, 1, 1)
+    return padded[images, channels, rows, cols]
 
 
 def one_hot_smooth(labels: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:

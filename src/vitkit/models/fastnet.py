@@ -2,7 +2,8 @@
 3.29 Seconds on a Single GPU", arXiv 2404.00498):
 
 image -> 2x2 convolution (no padding; its filters set by whitening the training patches, see
-`ImageClassifier.init_whitening`, and kept fixed) -> GELU
+`ImageClassifier.init_whitening`, and kept fixed; airbench trains its bias for 3 epochs, see
+--freeze-after) -> GELU
       -> one group per width: [3x3 conv -> 2x2 max-pool -> BN -> GELU -> 3x3 conv -> BN -> GELU]
       -> global max-pool -> Linear (no bias) -> logits scaled down by `logit_scale`
 
@@ -32,23 +33,24 @@ class FastNetConfig(ModelConfig):
     freeze_whitening: bool = True  # the first convolution's filters stay as whitening set them (bias trains)
     logit_scale: float = 1 / 9
     bn_momentum: float = 0.4  # torch's convention (weight of the new batch): fast, for short runs
+    bn_eps: float = 1e-5  # torch's default; airbench's is 1e-12 (the cifar-fast preset's)
 
 
-def batch_norm(width: int, momentum: float) -> nn.BatchNorm2d:
-    bn = nn.BatchNorm2d(width, momentum=momentum)
+def batch_norm(width: int, momentum: float, eps: float) -> nn.BatchNorm2d:
+    bn = nn.BatchNorm2d(width, eps=eps, momentum=momentum)
     bn.weight.requires_grad_(False)  # shift only: the scale stays 1
     return bn
 
 
 class ConvGroup(nn.Sequential):
-    def __init__(self, in_ch: int, width: int, momentum: float):
+    def __init__(self, in_ch: int, width: int, momentum: float, eps: float):
         super().__init__(
             nn.Conv2d(in_ch, width, 3, padding=1, bias=False),
             nn.MaxPool2d(2),
-            batch_norm(width, momentum),
+            batch_norm(width, momentum, eps),
             nn.GELU(),
             nn.Conv2d(width, width, 3, padding=1, bias=False),
-            batch_norm(width, momentum),
+            batch_norm(width, momentum, eps),
             nn.GELU(),
         )
         for conv in (self[0], self[4]):
@@ -69,7 +71,7 @@ class FastNet(ImageClassifier):
         self.act = nn.GELU()
         groups, in_ch = [], cfg.whiten_width
         for width in cfg.widths:
-            groups.append(ConvGroup(in_ch, width, cfg.bn_momentum))
+            groups.append(ConvGroup(in_ch, width, cfg.bn_momentum, cfg.bn_eps))
             in_ch = width
         self.blocks = nn.Sequential(*groups)
         self.init_head(in_ch)

@@ -11,6 +11,22 @@ from typing import Any
 
 
 @dataclass(frozen=True)
+class Source:
+    """The published recipe a preset follows, as data: where it is, the result it reports, its
+    architecture in the preset model's arguments, and what vitkit's version still does differently
+    (benchmarks/recipe_parity.py trains the preset beside `top1`)."""
+
+    name: str
+    reference: str
+    url: str
+    result: str  # what `top1` measures
+    top1: float
+    epochs: float
+    model_args: dict[str, Any] = field(default_factory=dict)
+    differences: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Preset:
     name: str
     model: str  # a registered model name
@@ -26,6 +42,7 @@ class Preset:
     # (training/sizing.py), so a short budget or a slow machine gets a model that converges in it and a
     # long one a model that can use it; otherwise, and without a budget, the preset's own model_args.
     budget_sizes: tuple[tuple[float, dict[str, Any]], ...] = ()
+    source: Source | None = None  # the published recipe it reproduces, where there is one
 
 
 KERAS_VIT_AUGMENT = dict(normalize="fit", hflip=True, rotation=0.02, zoom=0.2)
@@ -97,33 +114,71 @@ HYBRID_SIZES = ((12, HYBRID_WIDE), (15, HYBRID_RESNET_STAGES))
 # first convolution whitened from the training patches, alternating flips, label smoothing 0.2 and 2-pixel
 # translations. At a 5-minute budget the 2-pixel translations gave the gain and the other three were
 # neutral (benchmarks/results/time_to_accuracy/cifar10-train-5min.json).
-HYBRID_TRAIN = dict(SMALL_IMAGE_TRAIN, whiten_init=True, alternate_flips=True, label_smoothing=0.2, crop_padding=2)
+# The translations pad by reflection, as airbench's do (not measured apart on this recipe).
+HYBRID_TRAIN = dict(
+    SMALL_IMAGE_TRAIN,
+    whiten_init=True,
+    alternate_flips=True,
+    label_smoothing=0.2,
+    crop_padding=2,
+    crop_padding_mode="reflect",
+)
 
-# airbench94's techniques (Jordan, 2024) on vitkit's engine: the network of models/fastnet.py with its first
-# convolution whitened from the training patches, Nesterov SGD at a high rate (the logits are scaled down
-# by 9), the BatchNorm shifts at 64 times that rate, label smoothing 0.2, alternating flips, 2-pixel
-# translations, Lookahead; batch 512 with the rate and decay per image of its batch 1024. Its full widths
-# (64-256-256) cost about 0.7 GFLOP per training image; the narrower sizes are for budgets and machines
-# that would train the full one only a few epochs.
+# airbench94's method (Jordan, 2024) on vitkit's engine: the network of models/fastnet.py with its first
+# convolution whitened from a sample of the training patches and its bias trained for 3 epochs, Nesterov
+# SGD at airbench's rate and decay (11.5 and 0.0153 per 1024 images, momentum 0.85: lr 1.5 and decay
+# 0.0153 / 11.5 on the mean loss) with the BatchNorm shifts at 64 times the rate and every parameter
+# decayed alike, its triangular schedule, label smoothing 0.2, alternating flips, 2-pixel translations
+# with reflected edges, and its Lookahead: an average of the whole state every 5 steps from epoch 3,
+# its decay ramped with the cube of progress. Its full widths (64-256-256, `AIRBENCH94.model_args`)
+# cost about 0.7 GFLOP per training image; the preset's narrower ones are for CPUs, and its larger sizes
+# for budgets that train them at least 10 epochs.
 FAST_TRAIN = dict(
     image_size=32,
-    batch_size=512,
+    batch_size=1024,
     optimizer="sgd",
     nesterov=True,
     momentum=0.85,
-    lr=0.75,
-    weight_decay=1.3e-3,
-    schedule="linear",
-    warmup_epochs=0.5,
+    lr=1.5,
+    weight_decay=0.0153 / 11.5,
+    norm_lr_scale=64,
+    norm_bias_decay=True,
+    schedule="triangle",
+    triangle_start=0.2,
+    triangle_peak=0.23,
+    min_lr_ratio=0.07,
+    warmup_epochs=0,
     label_smoothing=0.2,
     hflip=True,
     alternate_flips=True,
     crop_padding=2,
+    crop_padding_mode="reflect",
     whiten_init=True,
-    lookahead=5,
-    norm_lr_scale=64,
+    freeze_after={"whiten.bias": 3},
+    lookahead_ema=0.95,
+    lookahead_ema_every=5,
+    lookahead_ema_start=3,
+    lookahead_ema_ramp=3,
     val_split=0.1,
     epochs=10,
+)
+AIRBENCH94 = Source(
+    name="airbench94",
+    reference="Jordan, 2024: 94% on CIFAR-10 in 3.29 Seconds on a Single GPU (arXiv 2404.00498)",
+    url="https://github.com/KellerJordan/cifar10-airbench/blob/main/airbench94.py",
+    result="CIFAR-10 official test top-1 with multi-crop TTA (mirror and two 1-pixel shifts), mean of 1000 runs",
+    top1=0.9401,
+    epochs=9.9,
+    model_args=dict(widths=(64, 256, 256)),
+    differences=(
+        "10 epochs, not 9.9 (vitkit trains whole epochs)",
+        "the preset's widths are 32-64-128 without a time budget; the source's are 64-256-256",
+        "trains on the 45,000 images left by a 10% validation split, not all 50,000",
+        "normalises by the training split's mean and std, not fixed CIFAR-10 constants",
+        "the whitening covariance is of centred patches; the source's is of raw normalised patches",
+        "bf16 autocast where the CPU has native bf16, else fp32; the source trains in fp16 on a GPU",
+        "reports best/ on the held-out split; the source reports its final model",
+    ),
 )
 FAST_SIZES = ((10, dict(widths=(64, 128, 256))), (10, dict(widths=(64, 256, 256))))
 
@@ -133,10 +188,11 @@ RECIPES = [
         "cifar-fast",
         "fastnet_cifar",
         "Recipe: airbench-style CNN (whitened 2x2 stem, 3 conv groups), SGD-Nesterov, alternating flips, 28-32 px",
-        model_args=dict(widths=(32, 64, 128)),
+        model_args=dict(widths=(32, 64, 128), bn_eps=1e-12),
         train=FAST_TRAIN,
         native_size=True,
         budget_sizes=FAST_SIZES,
+        source=AIRBENCH94,
     ),
     Preset(
         "cifar-hybrid",

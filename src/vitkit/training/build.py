@@ -144,7 +144,7 @@ def build(cfg: TrainConfig, runtime: Runtime, budget=None) -> Setup:
     )
     augment = preprocessing.batch_augment(part_of(AugmentSpec, cfg))
     if cfg.whiten_init and not cfg.resume and not pretrained:  # resumed and pretrained runs load their weights
-        whiten_first_conv(model, data.train, augment, runtime.device)
+        whiten_first_conv(model, data.train, augment, runtime.device, cfg.seed)
 
     common = dict(device=runtime.device, rank=ctx.rank, world_size=ctx.world_size, workers=workers)
     labels = data.train.labels
@@ -226,17 +226,18 @@ def input_size(cfg: TrainConfig, pretrained: Pretrained | None) -> tuple[int, st
 WHITENING_IMAGES = 5000
 
 
-def whiten_first_conv(model: nn.Module, split, augment: BatchAugment, device: torch.device) -> None:
-    """The model's first convolution set to whiten the patches of the first training images, as the
-    model sees them (normalised, at its input size)."""
-    loader = BatchLoader(split, 500, shuffle=False, device=device)
-    batches, count = [], 0
-    for images, _ in loader.batches():
-        batches.append(augment.for_inference(images))
-        count += images.shape[0]
-        if count >= WHITENING_IMAGES:
-            break
-    model.init_whitening(torch.cat(batches)[:WHITENING_IMAGES])
+def whitening_indices(size: int, seed: int) -> torch.Tensor:
+    """Which of a split's `size` images the whitening sees: a seeded random sample of the whole split
+    (its first images would be a class or two of a folder, whose splits are in class order)."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randperm(size, generator=generator)[:WHITENING_IMAGES].sort().values
+
+
+def whiten_first_conv(model: nn.Module, split, augment: BatchAugment, device: torch.device, seed: int) -> None:
+    """The model's first convolution set to whiten the patches of a seeded sample of the training
+    images (`whitening_indices`), as the model sees them (normalised, at its input size)."""
+    loader = BatchLoader(split.subset(whitening_indices(len(split), seed)), 500, shuffle=False, device=device)
+    model.init_whitening(torch.cat([augment.for_inference(images) for images, _ in loader.batches()]))
 
 
 def choose_budget_size(

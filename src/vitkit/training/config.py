@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import typing
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -78,6 +79,17 @@ class TrainConfig(DataOptions, AugmentSpec):
         "shifts), e.g. 64 for a network whose BatchNorms only shift, as in airbench",
         above=0,
     )
+    norm_bias_decay: bool = _model(
+        False,
+        "weight decay also on the normalisation layers' parameters and the biases, each decayed per step "
+        "as much as the weights whatever --norm-lr-scale (airbench); by default they are not decayed",
+    )
+    freeze_after: dict[str, Any] = _model(
+        None,
+        "stop training a parameter after this many epochs, repeatable: NAME=EPOCHS, NAME a parameter or a "
+        "module holding parameters, e.g. whiten.bias=3 (airbench's whitening bias)",
+        factory=dict,
+    )
     epochs: int = _optim(
         30,
         "passes over the training set (with --time-budget: as many as fit); with --resume, a larger value "
@@ -115,16 +127,47 @@ class TrainConfig(DataOptions, AugmentSpec):
         "toward where the optimizer took them, and the optimizer continues from there (0: off)",
         at_least=0,
     )
+    lookahead_ema: float = _optim(
+        0.0,
+        "airbench's Lookahead: a moving average of the model's whole state (weights and BatchNorm statistics) "
+        "that every --lookahead-ema-every optimizer steps takes a step toward the model, which then continues "
+        "from it, as it does at each epoch's end; this is its decay per optimizer step, e.g. 0.95 (0: off)",
+        at_least=0,
+        below=1,
+    )
+    lookahead_ema_every: int = _optim(5, "--lookahead-ema: optimizer steps between its updates", at_least=1)
+    lookahead_ema_start: float = _optim(
+        0.0, "--lookahead-ema: epochs trained before the average starts, as a copy of the model", at_least=0
+    )
+    lookahead_ema_ramp: float = _optim(
+        0.0,
+        "--lookahead-ema: the decay is scaled by the share of training done to this power, so the average "
+        "follows the model early and holds it late, e.g. 3 (0: a constant decay)",
+        at_least=0,
+    )
     schedule: str = _optim(
         "cosine",
-        "learning-rate schedule after warmup",
-        choices=("cosine", "linear", "constant", "plateau"),
+        "learning-rate schedule after warmup; triangle (airbench's) rises from --triangle-start to the peak "
+        "at --triangle-peak of training and falls to --min-lr-ratio at its end, in place of a warmup",
+        choices=("cosine", "linear", "constant", "plateau", "triangle"),
+        commands=("train",),
+    )
+    triangle_start: float = _optim(
+        0.2, "triangle schedule: the rate at the first step, as a fraction of --lr", at_least=0, commands=("train",)
+    )
+    triangle_peak: float = _optim(
+        0.23,
+        "triangle schedule: where the rate peaks, as a fraction of the training steps",
+        at_least=0,
+        below=1,
         commands=("train",),
     )
     warmup_epochs: float = _optim(
         0.0, "linear warmup length in epochs (fractions allowed)", at_least=0, commands=("train",)
     )
-    min_lr_ratio: float = _optim(0.01, "cosine floor as a fraction of --lr", at_least=0, commands=("train",))
+    min_lr_ratio: float = _optim(
+        0.01, "cosine floor, and the triangle's last rate, as a fraction of --lr", at_least=0, commands=("train",)
+    )
     plateau_factor: float = _optim(
         0.5,
         "plateau schedule: multiply the lr by this when the monitor stalls",
@@ -269,6 +312,13 @@ class TrainConfig(DataOptions, AugmentSpec):
                 )
         if self.alternate_flips and not self.hflip:
             raise VitkitError("--alternate-flips chooses which images --hflip mirrors: add --hflip")
+        for name, epochs in self.freeze_after.items():
+            if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+                raise VitkitError(f"--freeze-after {name}={epochs!r}: give the epochs as a whole number, 0 or more")
+        if self.schedule == "triangle" and self.warmup_epochs:
+            raise VitkitError(
+                "--schedule triangle has its own warmup (--triangle-start, --triangle-peak): drop --warmup-epochs"
+            )
         if self.nesterov and self.optimizer == "sgd" and self.momentum <= 0:
             raise VitkitError("--nesterov needs a positive --momentum")
         tracker_names(self.log)
@@ -310,6 +360,10 @@ FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 # learning-rate sweep does not take: both declared with the options.
 RESUMABLE = names_where(TrainConfig, resumable=True)
 LR_FIND_OPTIONS = for_command(TrainConfig, "lr-find")
+# The options given as repeatable KEY=VALUE flags (--model-arg, --freeze-after): mappings of names to values.
+MAPPING_OPTIONS = tuple(
+    name for name, kind in typing.get_type_hints(TrainConfig).items() if typing.get_origin(kind) is dict
+)
 
 
 # Where a run goes, not what it computes: never recorded in args.yaml, and ignored in a --config file

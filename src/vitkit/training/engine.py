@@ -32,7 +32,7 @@ from .build import Runtime, build
 from .callbacks import Callbacks, make_trackers
 from .config import TrainConfig
 from .losses import asymmetric_loss, binary_cross_entropy
-from .optim import Lookahead, build_optimizer, param_groups
+from .optim import Lookahead, LookaheadEMA, build_optimizer, frozen_parameters, param_groups
 from .rundir import RunDir, checkpoint_metadata
 from .schedule import BUDGET_WARMUP_SHARE, FIRST_PLAN_STEPS, SAVE_BYTES_PER_S, Plateau, TimeBudget, lr_factor
 
@@ -71,7 +71,13 @@ class Trainer:
         self.thresholds: list[float] | None = None  # per label, tuned on the validation split each epoch
         head_scale = cfg.head_lr / cfg.lr if cfg.head_lr else 1.0
         groups = param_groups(
-            self.model, cfg.weight_decay, cfg.layer_decay, head_scale, cfg.freeze_backbone, cfg.norm_lr_scale
+            self.model,
+            cfg.weight_decay,
+            cfg.layer_decay,
+            head_scale,
+            cfg.freeze_backbone,
+            cfg.norm_lr_scale,
+            cfg.norm_bias_decay,
         )
         self.optimizer = build_optimizer(
             self.model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, groups, cfg.nesterov
@@ -90,6 +96,15 @@ class Trainer:
         self.plateau = Plateau(mode, cfg.plateau_factor, cfg.plateau_patience)
         self.stopper = Plateau(mode, patience=cfg.early_stopping)  # best-so-far of the monitored metric
         self.steps_per_epoch = len(self.train_loader)
+        self.lookahead_ema = None
+        if cfg.lookahead_ema:
+            start = round(cfg.lookahead_ema_start * -(-self.steps_per_epoch // cfg.accum_steps))
+            self.lookahead_ema = LookaheadEMA(
+                self.model, cfg.lookahead_ema, cfg.lookahead_ema_every, start, cfg.lookahead_ema_ramp
+            )
+        # the parameters --freeze-after has stopped by the current epoch (set again as each epoch starts);
+        # computed here too so that a name the model lacks is refused before any work
+        self.frozen = frozen_parameters(self.model, cfg.freeze_after, 0)
         self.warmup_steps = int(cfg.warmup_epochs * self.steps_per_epoch)
         # with a time budget the length is unknown until steps have been timed: the schedule holds its peak
         self.planned_steps = None if cfg.time_budget else -(-self.steps_per_epoch // cfg.accum_steps) * cfg.epochs
@@ -116,11 +131,13 @@ class Trainer:
     # -- one step ----------------------------------------------------------------------------
     def scheduled_lr(self) -> float:
         """The learning rate of the current step: warmup, schedule and plateau reductions."""
-        warmup = self.warmup_steps
-        if self.cfg.time_budget and self.planned_steps:
+        cfg, warmup = self.cfg, self.warmup_steps
+        if cfg.time_budget and self.planned_steps:
             warmup = min(warmup, max(FIRST_PLAN_STEPS, int(BUDGET_WARMUP_SHARE * self.planned_steps)))
-        factor = lr_factor(self.step, self.planned_steps, warmup, self.cfg.schedule, self.cfg.min_lr_ratio)
-        return self.cfg.lr * factor * self.plateau.scale
+        factor = lr_factor(
+            self.step, self.planned_steps, warmup, cfg.schedule, cfg.min_lr_ratio, cfg.triangle_start, cfg.triangle_peak
+        )
+        return cfg.lr * factor * self.plateau.scale
 
     def set_lr(self) -> float:
         """Put the current step's rate into the optimizer; it is also `self.lr`, for the logs."""
@@ -171,6 +188,8 @@ class Trainer:
             loss = loss + part.detach()
         if boundary:
             self.set_lr()
+            for p in self.frozen:  # no gradient: no step, momentum or decay (DDP still reduces it)
+                p.grad = None
             if cfg.grad_clip > 0:
                 nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
             self.optimizer.step()
@@ -178,6 +197,8 @@ class Trainer:
             self.step += 1
             if self.lookahead is not None:
                 self.lookahead.after_step(self.step)
+            if self.lookahead_ema is not None:
+                self.lookahead_ema.after_step(self.step, self.planned_steps)
             if self.ema is not None:
                 self.ema.update_parameters(self.model)
         return torch.cat(all_logits), loss
@@ -197,6 +218,7 @@ class Trainer:
     # -- one epoch ---------------------------------------------------------------------------
     def train_epoch(self, net: nn.Module, epoch: int, start_batch: int) -> dict:
         cfg, ctx = self.cfg, self.ctx
+        self.frozen = frozen_parameters(self.model, cfg.freeze_after, epoch)
         net.train()
         if self.multi_label:
             acc = LossAccumulator(self.data.num_classes, device=self.device)
@@ -242,6 +264,8 @@ class Trainer:
             if cfg.time_budget and ctx.any(self.budget.exhausted(step_s)):
                 break
         bar.close()
+        if self.lookahead_ema is not None:
+            self.lookahead_ema.end_epoch()
         self.check_finite(int(first_bad_step))
         if ctx.enabled:
             acc.load_tensor(ctx.all_reduce_sum(acc.as_tensor()))
@@ -577,6 +601,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "ema": self.ema.state_dict() if self.ema else None,
             "lookahead": self.lookahead.state_dict() if self.lookahead else None,
+            "lookahead_ema": self.lookahead_ema.state_dict() if self.lookahead_ema else None,
             "rank_rngs": self.ctx.all_gather_object(rng),
             "global_batch": self.setup.global_batch,
             "plateau": self.plateau.state_dict(),
@@ -600,6 +625,8 @@ class Trainer:
             self.ema.load_state_dict(state["ema"])
         if self.lookahead is not None and state.get("lookahead") is not None:
             self.lookahead.load_state_dict(state["lookahead"])
+        if self.lookahead_ema is not None and state.get("lookahead_ema") is not None:
+            self.lookahead_ema.load_state_dict(state["lookahead_ema"])
         self.step, self.history, self.best_epoch = state["step"], state["history"], state["best_epoch"]
         self.plateau.load_state_dict(state["plateau"])
         self.stopper.load_state_dict(state["stopper"])

@@ -22,10 +22,27 @@ EXIT_MARGIN_S = 1.0
 SAVE_BYTES_PER_S = 200e6
 
 
-def lr_factor(step: int, total_steps: int | None, warmup_steps: int, schedule: str, min_ratio: float) -> float:
+def lr_factor(
+    step: int,
+    total_steps: int | None,
+    warmup_steps: int,
+    schedule: str,
+    min_ratio: float,
+    start_ratio: float = 0.2,
+    peak_at: float = 0.23,
+) -> float:
     """Linear warmup, then cosine decay to `min_ratio`, linear decay to zero, or constant. An unknown
-    length (`total_steps` None: a time budget not yet fitted) holds the peak. Plateau scaling is
+    length (`total_steps` None: a time budget not yet fitted) holds the peak. The triangle (airbench's
+    schedule) has its own warmup: from `start_ratio` up to 1 at `peak_at` of the steps, then down to
+    `min_ratio` at the last; while its length is unknown it holds `start_ratio`. Plateau scaling is
     applied apart."""
+    if schedule == "triangle":
+        if total_steps is None:
+            return start_ratio
+        peak = int(peak_at * total_steps)
+        if step < peak:
+            return start_ratio + (1 - start_ratio) * step / peak
+        return 1 + (min_ratio - 1) * min(1.0, (step - peak) / max(1, total_steps - peak))
     if warmup_steps and step < warmup_steps:
         return (step + 1) / warmup_steps
     if schedule not in ("cosine", "linear") or total_steps is None:
