@@ -15,6 +15,7 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from conftest import run_vitkit
 from serving import running_server
 from test_serve_abuse import multipart
 
@@ -32,12 +33,12 @@ LIMITS = {  # the flags, and what docs/export-serving.md's memory bound is made 
 
 def stated_bound_mib(at_rest_mib: float) -> float:
     """The bound docs/export-serving.md states: the server at rest, the in-flight and decoded budgets,
-    0.3 MB per connection, 9 bytes a pixel of one request's pixels per decoding thread and on the
-    heavy-image thread, and a batch of 32 images in the model at 9 times their decoded bytes."""
-    decoded_image = 3 * DECODE_SIZE**2
+    0.3 MB per connection, 9 bytes a pixel of an image on the heavy-image thread (up to --max-megapixels)
+    and on each decoding thread (up to 4 MP), and a batch of 32 images at 9 times their decoded bytes."""
+    request_pixels = LIMITS["max_megapixels"] * 1e6
     work = 0.3e6 * LIMITS["max_connections"]
-    work += 9 * LIMITS["max_megapixels"] * 1e6 * (LIMITS["decode_threads"] + 1)
-    work += 9 * 32 * decoded_image
+    work += 9 * (request_pixels + min(4e6, request_pixels) * LIMITS["decode_threads"])
+    work += 9 * 32 * 3 * DECODE_SIZE**2
     return at_rest_mib + LIMITS["max_inflight_mb"] + LIMITS["max_decoded_mb"] + work / MIB
 
 
@@ -142,3 +143,10 @@ def test_a_crowd_of_many_image_requests_stays_within_the_memory_bound(digits_run
     assert set(statuses) <= {200, 503} and statuses.count(200) > 0 and statuses.count(503) > 0, statuses
     assert all(retry_after == "1" for status, retry_after in answers if status == 503)
     assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
+
+
+def test_a_decoded_budget_that_cannot_hold_one_request_is_refused_at_start(digits_run, tmp_path):
+    checkpoint = decoding_at(digits_run[0], tmp_path / "decode224", DECODE_SIZE)
+    proc = run_vitkit("serve", str(checkpoint), "--port", "0", "--max-decoded-mb", "4", "--max-files", "32")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "--max-decoded-mb 4 cannot hold one request of --max-files 32 images decoded at 224 px" in proc.stderr
