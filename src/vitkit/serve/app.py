@@ -361,7 +361,9 @@ def explain_loader(classifier):
 def own_model(classifier):
     """The classifier with a PyTorch model of its own (fp32), for /explain: rollout switches attention
     capture on the model's modules and Grad-CAM hooks them, which would change /predict's forward passes
-    running on the same modules at the same time (and theirs its maps)."""
+    running on the same modules at the same time (and theirs its maps). A copy rather than one lock around
+    both: /predict then keeps answering while a map is drawn, for one more model's weights in memory
+    (benchmarks/results/serve_isolation.json)."""
     from ..api import Classifier
 
     return Classifier(
