@@ -208,6 +208,8 @@ def test_explain_endpoint(server, digit_images):
     assert response.status_code == 200
     body = response.json()
     assert len(body["predictions"]) == 5 and body["overlay"].startswith("data:image/png;base64,")
+    # the page says which map it shows: attention rollout, which `vitkit explain` picks for a patch ViT
+    assert "<figcaption>where it looked: attention rollout</figcaption>" in httpx.get(base + "/").text
 
 
 def test_serve_refuses_a_missing_checkpoint(tmp_path):

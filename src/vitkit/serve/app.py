@@ -1,8 +1,8 @@
 """HTTP API and web page for a trained classifier (FastAPI + uvicorn).
 
 POST /predict   multipart/form-data, field `file` (repeat it for several images) -> top-k per image
-POST /explain   one image -> top-k, the image as the model sees it and the attention/saliency overlay on it
-                (PNG data URLs), and the part of the photo they show
+POST /explain   one image -> top-k as /predict scores it, the image as the model sees it and the overlay of
+                the map `vitkit explain` picks for the model (PNG data URLs), and the part of the photo they show
 GET  /health    GET /labels    GET /  (a page to drop an image on)
 
 `vitkit serve` prints its address once it accepts connections and logs every request (client, method,
@@ -11,13 +11,15 @@ path, status, milliseconds) at info level on the `vitkit.serve` logger.
 Concurrent requests are micro-batched: images wait up to `max_wait_ms` for company and then go
 through the model in one forward pass (at most `max_batch` images). Uploads stream to the form parser
 and are decoded on worker threads, never on the event loop; `ServeLimits` bounds what one request (size,
-images, pixels, time) and all of them together (bytes in flight, connections) may cost.
+images, pixels, time) and all of them together (bytes in flight, decoded images waiting, connections)
+may cost.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import copy
 import html
 import io
 import ipaddress
@@ -26,7 +28,8 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +44,10 @@ from starlette.requests import ClientDisconnect
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ..data.images import BadImageError
+from ..errors import VitkitError
 from ..predict import classifier_predictions
 from ..runtime import available_cores
-from .limits import ServeLimits
+from .limits import MIB, ServeLimits
 
 PAGE = (Path(__file__).parent / "page.html").read_text()
 request_log = logging.getLogger("vitkit.serve")
@@ -143,16 +147,17 @@ def header_pixels(file) -> int:
         file.seek(0)
 
 
-class InflightBytes:
-    """A budget of request-body bytes being received or decoded at once, across all requests."""
+class ByteBudget:
+    """A budget of bytes held at once across all requests; a request that would go past it gets 503 and
+    Retry-After, saying `busy`."""
 
-    def __init__(self, limit: int):
-        self.limit, self.used = limit, 0
+    def __init__(self, limit: int, busy: str):
+        self.limit, self.busy, self.used = limit, busy, 0
 
     @asynccontextmanager
     async def reserve(self, size: int):
         if self.used + size > self.limit:
-            raise ClientError(503, "the server is busy with other uploads; retry in a moment", {"Retry-After": "1"})
+            raise ClientError(503, f"{self.busy}; retry in a moment", {"Retry-After": "1"})
         self.used += size
         try:
             yield
@@ -181,10 +186,10 @@ def limited_receive(receive, limit: int, timeout: float):
     return receive_within_limits
 
 
-async def read_images(
-    request: Request, limits: ServeLimits, load, decoder: Decoder, inflight: InflightBytes
-) -> list[tuple[str, Any]]:
-    """The request's images as `load(file, name)` decodes them, after checking them against `limits`."""
+@asynccontextmanager
+async def read_images(request: Request, limits: ServeLimits, load, decoder: Decoder, budgets: "Budgets"):
+    """The request's images as `load(file, name)` decodes them, after checking them against `limits`; their
+    decoded bytes stay reserved in `budgets.decoded` until the block that uses them ends."""
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
         raise ClientError(
@@ -196,25 +201,34 @@ async def read_images(
         raise ClientError(413, f"upload of {int(declared):,} bytes is over the limit of {limit:,} bytes")
     if declared == "0":
         raise ClientError(400, "empty request body: attach an image in the field 'file'")
-    # Bodies stream into the form parser, which keeps at most 1 MB of each file in memory (the rest in a
-    # temporary file), so an upload costs the server little memory while it is received and decoded.
-    async with inflight.reserve(int(declared) if declared and declared.isdigit() else limit):
-        body = Request(request.scope, limited_receive(request.receive, limit, limits.client_timeout))
-        try:
-            form = await body.form(max_files=limits.max_files, max_fields=limits.max_files, max_part_size=64 * 1024)
-        except HTTPException as e:  # Starlette's own refusals of a multipart body
-            if "Too many files" in str(e.detail):
-                raise ClientError(
-                    413, f"too many images in one request: send at most {limits.max_files} per request"
-                ) from None
-            raise ClientError(400, f"malformed multipart body ({e.detail})") from None
-        try:
-            return await decode_uploads(form, limits, load, decoder)
-        finally:
-            await form.close()
+    async with AsyncExitStack() as decoded_held:
+        # Bodies stream into the form parser, which keeps at most 1 MB of each file in memory (the rest in a
+        # temporary file), so an upload costs the server little memory while it is received and decoded.
+        async with budgets.inflight.reserve(int(declared) if declared and declared.isdigit() else limit):
+            body = Request(request.scope, limited_receive(request.receive, limit, limits.client_timeout))
+            try:
+                form = await body.form(
+                    max_files=limits.max_files, max_fields=limits.max_files, max_part_size=64 * 1024
+                )
+            except HTTPException as e:  # Starlette's own refusals of a multipart body
+                if "Too many files" in str(e.detail):
+                    raise ClientError(
+                        413, f"too many images in one request: send at most {limits.max_files} per request"
+                    ) from None
+                raise ClientError(400, f"malformed multipart body ({e.detail})") from None
+            try:
+                named, pixels = await checked_uploads(form, limits, decoder)
+                # the decoded images outlive their upload's bytes: they wait for the model, so they are
+                # reserved before they are decoded and held until the request is answered
+                await decoded_held.enter_async_context(budgets.decoded.reserve(len(named) * budgets.image_bytes))
+                images = await decode_uploads(named, pixels, load, decoder)
+            finally:
+                await form.close()
+        yield images
 
 
-async def decode_uploads(form, limits: ServeLimits, load, decoder: Decoder) -> list[tuple[str, Any]]:
+async def checked_uploads(form, limits: ServeLimits, decoder: Decoder) -> tuple[list[tuple[str, Any]], list[int]]:
+    """(name, file) of each image in the form and its pixel count, refused when over `limits`."""
     uploads = [f for f in form.getlist("file") if hasattr(f, "read")]
     if not uploads:
         raise ClientError(400, "no image in the field 'file'")
@@ -237,6 +251,10 @@ async def decode_uploads(form, limits: ServeLimits, load, decoder: Decoder) -> l
                 f"{name}: its {count:,} pixels bring the request to {total:,}, over the limit of "
                 f"{limits.max_pixels:,} pixels per request; send fewer or smaller images",
             )
+    return named, pixels
+
+
+async def decode_uploads(named, pixels: list[int], load, decoder: Decoder) -> list[tuple[str, Any]]:
     decoded = await asyncio.gather(
         *(decoder.decode(load, file, name, count) for (name, file), count in zip(named, pixels)),
         return_exceptions=True,
@@ -249,28 +267,50 @@ async def decode_uploads(form, limits: ServeLimits, load, decoder: Decoder) -> l
     return [(name, image) for (name, _), image in zip(named, decoded)]
 
 
+@dataclass
+class Budgets:
+    """What all requests together may hold: upload bytes being received or decoded (`inflight`) and
+    decoded images waiting for the model (`decoded`, `image_bytes` each)."""
+
+    inflight: ByteBudget
+    decoded: ByteBudget
+    image_bytes: int
+
+
 def png_data_url(pixels: np.ndarray, side: int = 256) -> str:
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(pixels)).resize((side, side), Image.Resampling.NEAREST).save(buffer, "PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def explanation(classifier, image: torch.Tensor) -> dict:
-    """Top-5, the image as the model sees it (the centre crop at its input size) and the attention or
-    saliency overlay on those same pixels, both as PNG data URLs of one size so that they line up."""
+def explanation(explainer, image: torch.Tensor, target: int) -> dict:
+    """The image as the model sees it (the centre crop at its input size) and the overlay of the map
+    `explain_tensor` picks for the model, explaining class `target`, on those same pixels: PNG data URLs of
+    one size, so that they line up."""
     from ..viz.explain import explain_tensor, overlay
     from ..viz.report import display_images
 
-    probs, maps = explain_tensor(classifier, image.unsqueeze(0))
-    shown = display_images(image.unsqueeze(0), classifier.input_transform)[0]
+    _, maps = explain_tensor(explainer, image.unsqueeze(0), target=torch.tensor([target]))
+    shown = display_images(image.unsqueeze(0), explainer.input_transform)[0]
     shown = (shown.expand(3, -1, -1) if shown.shape[0] == 1 else shown).permute(1, 2, 0).numpy()
     heat = next(iter(maps.values()))[0].numpy()
-    return {
-        "predictions": classifier_predictions(classifier, probs, 5)[0],
-        "multi_label": classifier.multi_label,
-        "input": png_data_url(shown),
-        "overlay": png_data_url(overlay(shown, heat)),
-    }
+    return {"input": png_data_url(shown), "overlay": png_data_url(overlay(shown, heat))}
+
+
+# what the overlay shows, by the map `explain_tensor` picks for the model (viz.explain.choose_method)
+MAP_CAPTIONS = {
+    "rollout": "where it looked: attention rollout",
+    "gradcam": "what raised its top class: Grad-CAM on the token grid",
+    "saliency": "the pixels that move its top class most: gradient saliency",
+}
+
+
+def map_caption(explainer) -> str:
+    from ..viz.explain import choose_method
+
+    if not isinstance(explainer.model, torch.nn.Module):
+        return "no map: explanations need the PyTorch model"
+    return MAP_CAPTIONS[choose_method(explainer.model)]
 
 
 class RequestLog:
@@ -318,6 +358,19 @@ def explain_loader(classifier):
     return load
 
 
+def own_model(classifier):
+    """The classifier with a PyTorch model of its own (fp32), for /explain: rollout switches attention
+    capture on the model's modules and Grad-CAM hooks them, which would change /predict's forward passes
+    running on the same modules at the same time (and theirs its maps). A copy rather than one lock around
+    both: /predict then keeps answering while a map is drawn, for one more model's weights in memory
+    (benchmarks/results/serve_isolation.json)."""
+    from ..api import Classifier
+
+    return Classifier(
+        copy.deepcopy(classifier.model), classifier.meta, str(classifier.device), name=classifier.name
+    )
+
+
 def create_app(
     classifier,
     explainer=None,
@@ -326,11 +379,27 @@ def create_app(
     max_batch: int = 32,
     max_wait_ms: float = 5.0,
 ) -> FastAPI:
-    """`classifier` answers /predict; `explainer` (a PyTorch-backed Classifier, default the same) /explain."""
+    """`classifier` answers /predict; `explainer` (a PyTorch-backed Classifier; default `classifier`) draws
+    /explain's maps, on a model of its own."""
     explainer = explainer or classifier
+    if explainer.model is classifier.model and isinstance(classifier.model, torch.nn.Module):
+        explainer = own_model(classifier)
     batcher = MicroBatcher(classifier.predict_tensor, max_batch, max_wait_ms)
     decoder = Decoder(limits.decode_threads)
-    inflight = InflightBytes(limits.max_inflight_bytes)
+    # files decode to RGB squares of the preprocessing's side, one byte a channel
+    image_bytes = 3 * classifier.preprocessing.square_size**2
+    if limits.max_decoded_bytes < limits.max_files * image_bytes:
+        side = classifier.preprocessing.square_size
+        raise VitkitError(
+            f"--max-decoded-mb {limits.max_decoded_bytes / MIB:g} cannot hold one request of --max-files "
+            f"{limits.max_files} images decoded at {side} px ({limits.max_files * image_bytes / MIB:.1f} MiB): "
+            "raise --max-decoded-mb or lower --max-files"
+        )
+    budgets = Budgets(
+        ByteBudget(limits.max_inflight_bytes, "the server is busy with other uploads"),
+        ByteBudget(limits.max_decoded_bytes, "the server is busy with other images"),
+        image_bytes,
+    )
     explain_lock = asyncio.Lock()
 
     @asynccontextmanager
@@ -355,6 +424,7 @@ def create_app(
         PAGE.replace("{{model}}", html.escape(classifier.name))
         .replace("{{summary}}", html.escape(classifier.summary))
         .replace("{{shows}}", shows)
+        .replace("{{map}}", html.escape(map_caption(explainer)))
     )
 
     @app.exception_handler(ClientError)
@@ -390,18 +460,29 @@ def create_app(
 
     @app.post("/predict")
     async def predict(request: Request):
-        images = await read_images(request, limits, image_loader(classifier), decoder, inflight)
-        probs = await batcher.submit([img for _, img in images])
+        async with read_images(request, limits, image_loader(classifier), decoder, budgets) as images:
+            probs = await batcher.submit([img for _, img in images])
         preds = classifier_predictions(classifier, torch.stack(probs), topk)
         return [{"path": name, "predictions": p} for (name, _), p in zip(images, preds)]
 
     @app.post("/explain")
     async def explain(request: Request):
-        images = await read_images(request, limits, explain_loader(explainer), decoder, inflight)
-        name, (image, crop) = images[0]
-        async with explain_lock:  # gradients and attention capture are not re-entrant
-            shown = await asyncio.get_running_loop().run_in_executor(None, explanation, explainer, image)
-        return {"path": name, **shown, "crop": dict(zip(("left", "top", "right", "bottom"), crop))}
+        async with read_images(request, limits, explain_loader(explainer), decoder, budgets) as images:
+            name, (image, crop) = images[0]
+            # the scores come the way /predict's do (its backend, precision and batches), and the map
+            # explains the class they rank first
+            (probs,) = await batcher.submit([image])
+            async with explain_lock:  # gradients and attention capture are not re-entrant
+                shown = await asyncio.get_running_loop().run_in_executor(
+                    None, explanation, explainer, image, int(probs.argmax())
+                )
+        return {
+            "path": name,
+            "predictions": classifier_predictions(classifier, probs.unsqueeze(0), 5)[0],
+            "multi_label": classifier.multi_label,
+            **shown,
+            "crop": dict(zip(("left", "top", "right", "bottom"), crop)),
+        }
 
     return app
 

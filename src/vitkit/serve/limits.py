@@ -31,6 +31,14 @@ class ServeLimits:
         flag="max_inflight_mb",
         unit=MIB,
     )
+    # Decoded images wait for the model after their upload's bytes are released: 147 KiB each at 224 px, so
+    # without this budget many connections of many tiny files would fill memory with them.
+    max_decoded_bytes: int = limit(
+        128 * MIB,
+        "decoded images waiting for the model, all requests together; more get 503 and Retry-After",
+        flag="max_decoded_mb",
+        unit=MIB,
+    )
     client_timeout: float = limit(30.0, "seconds to send a request's headers, then its body", flag="client_timeout")
     keep_alive: int = limit(5, "seconds an idle connection stays open", flag="keep_alive", at_least=1)
     max_connections: int = limit(512, "open connections; more get 503", flag="max_connections", at_least=1)

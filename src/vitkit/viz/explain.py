@@ -137,10 +137,11 @@ def _unit(maps: torch.Tensor) -> torch.Tensor:
 
 
 def explain_tensor(
-    classifier, images: torch.Tensor, method: str = "auto"
+    classifier, images: torch.Tensor, method: str = "auto", target: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Probabilities and heat maps (each (B, H, W) at the model's input size) for uint8 images, by
-    `method` (see `choose_method`)."""
+    `method` (see `choose_method`). Grad-CAM and saliency explain class `target` (one per image; default:
+    each image's top class here), e.g. the top class of a forward pass in another precision."""
     model = classifier.model
     if not isinstance(model, torch.nn.Module):
         raise VitkitError("explanations need the PyTorch model: load the checkpoint folder, not the .onnx file")
@@ -150,12 +151,13 @@ def explain_tensor(
         logits = model(x).float()
         probs = logits.sigmoid() if getattr(classifier, "multi_label", False) else logits.softmax(-1)
     method = choose_method(model, method)
+    target = probs.argmax(-1) if target is None else target.to(x.device)
     if method == "rollout":
         maps = attention_maps(model, x)
     elif method == "gradcam":
-        maps = {"gradcam": token_grad_cam(model, x, probs.argmax(-1))}
+        maps = {"gradcam": token_grad_cam(model, x, target)}
     else:
-        maps = {"saliency": gradient_saliency(model, x, probs.argmax(-1))}
+        maps = {"saliency": gradient_saliency(model, x, target)}
     size = x.shape[-1]
     maps = {
         k: F.interpolate(v.unsqueeze(1).float(), size=(size, size), mode="bilinear", align_corners=False)[:, 0]
