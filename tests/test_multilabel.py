@@ -131,6 +131,47 @@ def test_training_on_a_table_with_a_missing_image_is_one_line(image_folder, tmp_
     assert "Traceback" not in result.stderr
 
 
+def test_a_last_checkpoint_saved_before_the_first_validation_loads_at_untuned_thresholds(
+    image_folder, tmp_path, monkeypatch
+):
+    """Ctrl-C right after the first mid-epoch last/ (--save-every): no thresholds are tuned yet. The
+    checkpoint records 0.5 for every label as untuned, and loads saying so; so does one saved with none."""
+    import vitkit
+    from vitkit.training.engine import INTERRUPT_REQUESTED, Trainer
+
+    table = tmp_path / "labels.csv"
+    rows = [f"tt{i},\"{['a', 'b'] if i % 2 else ['b', 'c']}\"" for i in range(8)]
+    table.write_text("Id,Genre\n" + "\n".join(rows) + "\n")
+    save_last = Trainer.save_last
+
+    def save_then_interrupt(self, epoch, next_batch):
+        save_last(self, epoch, next_batch)
+        INTERRUPT_REQUESTED.set()  # as Ctrl-C does: the next batch stops the run
+
+    monkeypatch.setattr(Trainer, "save_last", save_then_interrupt)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        vitkit.train(
+            data=str(image_folder), labels=str(table), out=str(out), model="vit_micro_patch4_32",
+            model_args={"embed_dim": 32, "depth": 1, "num_heads": 2}, image_size=8, epochs=1, batch_size=2,
+            save_every=1, threads=1, progress=False, plots=False, quiet=True,
+        )  # fmt: skip
+    INTERRUPT_REQUESTED.clear()
+    meta = json.loads((out / "last" / "config.json").read_text())
+    assert meta["thresholds"] == [0.5] * 3 and meta["thresholds_tuned"] is False
+    untuned = "was saved before its first validation, so its thresholds are not tuned yet: every label is predicted at 0.5"
+    heard = []
+    classifier = vitkit.load(out / "last", backend="torch", notice=heard.append)
+    assert classifier.thresholds == [0.5] * 3 and heard == [f"run {untuned}"]
+    assert len(classifier.predict([str(image_folder / "Images" / "tt0.jpg")])) == 1
+    # as vitkit saved it before it recorded the untuned thresholds
+    meta.update(thresholds=None)
+    del meta["thresholds_tuned"]
+    (out / "last" / "config.json").write_text(json.dumps(meta))
+    with pytest.warns(UserWarning, match=untuned):
+        assert vitkit.load(out / "last", backend="torch").thresholds == [0.5] * 3
+
+
 def test_no_plots_leaves_the_figures_out_and_keeps_every_number(image_folder, tmp_path):
     table = tmp_path / "labels.csv"
     rows = [f'tt{i},"{["a", "b"] if i % 2 else ["a"]}"' for i in range(8)]

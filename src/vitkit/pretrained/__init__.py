@@ -23,6 +23,8 @@ from .result import Pretrained
 from .timm import heads_from_name, is_timm_state, load_timm_state
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# a multi-label classifier's threshold for every label until thresholds are tuned on validation data
+UNTUNED_THRESHOLD = 0.5
 # a cache that cannot take the download: said as such, not as a network or hub failure
 DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
 
@@ -197,7 +199,9 @@ def load_classifier_folder(folder: Path) -> tuple[nn.Module, dict]:
         "preprocessing": loaded.preprocessing.to_dict(),
     }
     if config.get("problem_type") == MULTI_LABEL_PROBLEM:
-        meta.update(multi_label=True, thresholds=config.get("thresholds") or [0.5] * model_config.num_classes)
+        meta.update(
+            multi_label=True, thresholds=config.get("thresholds") or [UNTUNED_THRESHOLD] * model_config.num_classes
+        )
     return loaded.model, meta
 
 
@@ -207,6 +211,7 @@ def download_checkpoint(repo_id: str) -> Path:
 
 
 __all__ = [
+    "UNTUNED_THRESHOLD",
     "Pretrained",
     "download_checkpoint",
     "is_hub_id",
