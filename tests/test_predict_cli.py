@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from conftest import shared_dataset, subprocess_env, vitkit_cmd
+from conftest import read_only, shared_dataset, subprocess_env, vitkit_cmd
 from PIL import Image
 from test_serve import free_port
 
@@ -139,6 +139,56 @@ def test_an_exported_onnx_file_predicts_like_the_checkpoint(digits_run, digit_im
     code, stdout, stderr = predict(onnx_path, *digit_images[0], "--format", "json")
     assert code == 0, stderr
     assert_same_predictions(predict_results(stdout), torch_predictions)
+
+
+def test_a_failed_first_onnx_export_leaves_auto_on_pytorch(digits_run, digit_images, tmp_path, monkeypatch):
+    """The first predict of a checkpoint exports it to ONNX in the user cache: with that cache read-only,
+    --backend auto predicts on PyTorch and says why; --backend onnxruntime, asked for, is a one-line error.
+    An exporter error falls back the same way from Python, as a warning."""
+    from vitkit.api import default_backend
+
+    if default_backend() != "onnxruntime":
+        pytest.skip("--backend auto takes PyTorch here (a GPU, or no ONNX Runtime): nothing is exported")
+    run, image = digits_run[0], str(digit_images[0][0])
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    env = {**subprocess_env(), "XDG_CACHE_HOME": str(cache)}
+    commands = {
+        backend: read_only(
+            cache, vitkit_cmd("predict", str(run), image, "--format", "json", "--backend", backend, "--precision", "fp32")
+        )
+        for backend in ("auto", "onnxruntime")
+    }
+    try:
+        auto, asked = (
+            subprocess.run(commands[b], capture_output=True, text=True, env=env, timeout=120)
+            for b in ("auto", "onnxruntime")
+        )
+    finally:
+        cache.chmod(0o755)
+    unwritable = f"cannot write the ONNX export of {run / 'best'} into {cache / 'vitkit' / 'onnx'} ("
+    advice = "): point XDG_CACHE_HOME at a writable folder, or use --backend torch"
+    assert auto.returncode == 0 and "Traceback" not in auto.stderr, auto.stderr[-2000:]
+    assert predict_results(auto.stdout)[0]["predictions"] and json.loads(auto.stdout)["backend"] == "torch"
+    fell_back = next(line for line in auto.stderr.splitlines() if "on PyTorch" in line)
+    assert fell_back.startswith(f"vitkit predict: running run on PyTorch: the ONNX export for ONNX Runtime failed "
+                                f"({unwritable}") and fell_back.endswith(advice + ")"), fell_back  # fmt: skip
+    assert asked.returncode == 2 and "Traceback" not in asked.stderr, asked.stderr[-2000:]
+    last = asked.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"vitkit predict: error: {unwritable}") and last.endswith(advice), last
+    assert not any(cache.rglob("*.onnx"))
+
+    import vitkit.export.onnx
+
+    def exporter_error(*args, **kwargs):
+        raise RuntimeError("the exporter met an operator it cannot write")
+
+    monkeypatch.setattr(vitkit.export.onnx, "export_onnx", exporter_error)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    with pytest.warns(UserWarning, match=r"running run on PyTorch: .*failed \(the exporter met an operator"):
+        assert vitkit.load(run, precision="fp32").backend == "torch"
+    with pytest.raises(RuntimeError, match="the exporter met an operator"):
+        vitkit.load(run, backend="onnxruntime")
 
 
 def test_python_predict_gives_the_cli_answers_for_files_and_images_in_memory(digits_run, digit_images):
