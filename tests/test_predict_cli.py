@@ -153,12 +153,8 @@ def test_a_failed_first_onnx_export_leaves_auto_on_pytorch(digits_run, digit_ima
     cache = tmp_path / "cache"
     cache.mkdir()
     env = {**subprocess_env(), "XDG_CACHE_HOME": str(cache)}
-    commands = {
-        backend: read_only(
-            cache, vitkit_cmd("predict", str(run), image, "--format", "json", "--backend", backend, "--precision", "fp32")
-        )
-        for backend in ("auto", "onnxruntime")
-    }
+    args = ("predict", str(run), image, "--format", "json", "--precision", "fp32", "--backend")
+    commands = {backend: read_only(cache, vitkit_cmd(*args, backend)) for backend in ("auto", "onnxruntime")}
     try:
         auto, asked = (
             subprocess.run(commands[b], capture_output=True, text=True, env=env, timeout=120)
