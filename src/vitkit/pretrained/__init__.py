@@ -9,6 +9,7 @@ SOURCE may be a Hugging Face hub id (`google/vit-base-patch16-224-in21k`), a tim
 from __future__ import annotations
 
 import errno
+import importlib
 import os
 from pathlib import Path
 
@@ -74,16 +75,20 @@ def _fetch(hub, repo_id: str, name: str, label: str) -> Path | None:
         if hub.try_to_load_from_cache(repo_id, name) is hub._CACHED_NO_EXIST:
             return None
         raise _download_error(e, name, label) from None
-    except (OSError, ValueError, _transport_error()) as e:
+    except (ValueError, *network_errors()) as e:
         raise _download_error(e, name, label) from None
 
 
-def _transport_error() -> type[Exception]:
-    """The base error of the HTTP client huggingface_hub uses (requests, httpx): a connection that drops
-    mid-download raises it. HfHubHTTPError derives from it first."""
-    from huggingface_hub.errors import HfHubHTTPError
-
-    return HfHubHTTPError.__mro__[1]
+def network_errors() -> tuple[type[BaseException], ...]:
+    """A connection that fails, as the HTTP client of the installed huggingface_hub raises it: httpx2
+    (2.x), httpx (1.x) or requests (0.x, whose errors are OSErrors)."""
+    errors: list[type[BaseException]] = [OSError]
+    for client in ("httpx2", "httpx"):
+        try:
+            errors.append(importlib.import_module(client).TransportError)
+        except ImportError:
+            pass
+    return tuple(errors)
 
 
 def _download_error(e: Exception, name: str, label: str) -> VitkitError:
@@ -217,6 +222,7 @@ __all__ = [
     "is_hub_id",
     "load_classifier_folder",
     "load_pretrained",
+    "network_errors",
     "hf_to_vitkit",
     "vit_config_from_hf",
 ]
