@@ -565,7 +565,7 @@ class Trainer:
             )
         saved, meta = load_model(last)
         self.model.load_state_dict(saved.state_dict())
-        if self.multi_label and meta.get("thresholds_tuned", True):  # tuned at the last validation before
+        if self.multi_label and meta.get("thresholds_tuned", True):  # kept for the next mid-epoch last/
             self.thresholds = meta.get("thresholds")
         state = self.run.load_trainer_state(last)
         self.load_state_dict(state)
