@@ -335,7 +335,7 @@ def check_budget_size(record: Any, source: str) -> None:
     numbers = "min_epochs and affordable_epochs (numbers)" if chosen else "min_epochs (a number)"
     candidates = record.get("candidates")
     problem = None
-    if not isinstance(candidates, list) or not candidates:
+    if not isinstance(candidates, list):
         problem = "needs candidates: a list of {min_epochs: N, model_args: {...}}"
     elif chosen and not isinstance(record["model_args"], dict):
         problem = f"model_args is {record['model_args']!r}, expected a mapping of model arguments"
