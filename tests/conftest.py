@@ -187,6 +187,16 @@ def run_vitkit(
     return subprocess.CompletedProcess(["vitkit", *args], code, stdout.getvalue(), stderr.getvalue())
 
 
+def read_only(folder: Path, command: list[str]) -> list[str]:
+    """`command` run with `folder` read-only: mounted so when the tests run as root (who writes into any
+    folder whatever its mode), else made so with chmod (the caller restores the mode)."""
+    if os.geteuid() == 0:
+        remount = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"'
+        return ["unshare", "--mount", "sh", "-c", remount, str(folder), *command]
+    folder.chmod(0o555)
+    return command
+
+
 def shared_by_workers(tmp_path_factory) -> Path:
     """A folder every pytest-xdist worker of this session sees (the base temporary folder's parent under
     xdist, the base folder itself without it)."""

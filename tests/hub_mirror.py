@@ -1,6 +1,7 @@
 """A minimal Hugging Face hub mirror on loopback, for huggingface_hub's real download and upload code.
 
-Downloads: the resolve API (HEAD for metadata, GET for content, 404 with the hub's error codes).
+Downloads: the resolve API (HEAD for metadata, GET for content, 404 with the hub's error codes; `failures`
+makes a file answer with another status, as a hub that refuses or fails would).
 Uploads: repo creation, README metadata validation, the preupload check (weights go through git LFS, as
 the hub's default .gitattributes sends them), the LFS batch API with basic single-PUT transfers, and
 ndjson commits; what is committed is stored under root/<owner>/<name>/ and served by the resolve API.
@@ -28,6 +29,7 @@ class HubMirror:
         self.requests: list[str] = []
         self.commits: dict[str, str] = {}  # "owner/name" -> its latest commit
         self.lfs: dict[str, bytes] = {}  # uploaded LFS objects by sha256
+        self.failures: dict[str, int] = {}  # file name -> the HTTP status its downloads answer with instead
         mirror = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -44,12 +46,20 @@ class HubMirror:
                     return None, "RepoNotFound", None
                 path = repo / "/".join(parts[4:])
                 commit = mirror.commits.get(f"{parts[0]}/{parts[1]}", COMMIT)
-                return (path, None, commit) if path.is_file() else (None, "EntryNotFound", None)
+                return (path, None, commit) if path.is_file() else (None, "EntryNotFound", commit)
 
             def _headers(self, path, code, commit):
+                failure = mirror.failures.get(self.path.split("?")[0].rsplit("/", 1)[-1])
+                if failure is not None:
+                    self.send_response(failure)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return None
                 if path is None:
                     self.send_response(404)
                     self.send_header("X-Error-Code", code)
+                    if commit is not None:  # as the hub says which revision lacks the file
+                        self.send_header("X-Repo-Commit", commit)
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return None

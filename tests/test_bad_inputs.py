@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
-from conftest import run_vitkit, subprocess_env, vitkit_cmd, write_class_folders
+from conftest import read_only, run_vitkit, subprocess_env, vitkit_cmd, write_class_folders
 from corpus import write_corpus
 from safetensors.torch import load_file, save_file
 from serving import running_server
@@ -440,16 +440,6 @@ def test_out_is_refused_for_the_right_reason(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(photos)  # the default runs/ folder under the working directory
     one_line_error(capsys, ("train", "--data", "."), "the default run folder", f"is inside --data {photos}")
     assert sorted(p.name for p in photos.iterdir()) == ["cat", "dog", "fox"]
-
-
-def read_only(folder: Path, command: list[str]) -> list[str]:
-    """`command` run with `folder` read-only: mounted so when the tests run as root (who writes into any
-    folder whatever its mode), else made so with chmod (the caller restores the mode)."""
-    if os.geteuid() == 0:
-        remount = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"'
-        return ["unshare", "--mount", "sh", "-c", remount, str(folder), *command]
-    folder.chmod(0o555)
-    return command
 
 
 def test_export_into_a_read_only_run_folder_is_one_line(digits_run, tmp_path):

@@ -97,6 +97,19 @@ def test_a_non_onnx_file_is_refused(tmp_path, onnxruntime):
         vitkit.load(bad)
 
 
+def test_export_into_a_folder_names_the_file_after_the_checkpoint(tmp_path, onnxruntime):
+    """As cp does: OUT an existing folder takes the export as CHECKPOINT.onnx."""
+    _, ckpt = checkpoint(tmp_path, "vit_micro_patch4_32", depth=1, embed_dim=32)
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    proc = run_vitkit("export", str(ckpt), str(folder))
+    assert proc.returncode == 0, proc.stderr
+    written = folder / f"{ckpt.name}.onnx"
+    assert json.loads(proc.stdout)["onnx"] == str(written)
+    assert [p.name for p in folder.iterdir()] == [written.name]
+    assert vitkit.load(written).class_names == list("abcde")
+
+
 @pytest.mark.parametrize("pool,class_token", [("cls", True), ("mean", True), ("mean", False), ("flatten", False)])
 def test_attention_rollout_every_pooling(pool, class_token):
     model = create_model("vit_micro_patch4_32", pool=pool, class_token=class_token).eval()

@@ -92,6 +92,27 @@ def test_resuming_a_finished_run_with_more_epochs_replans_its_schedule(tmp_path)
     assert json.loads((out / "results.json").read_text())["epochs_run"] == 4
 
 
+def test_a_malformed_budget_size_in_a_config_file_is_one_line(tmp_path):
+    """budget_size is what --time-budget records in args.yaml; a config file (a copied args.yaml, edited)
+    with one that lacks its parts is refused naming the file, before any work."""
+    config = tmp_path / "config.yaml"
+    folder = write_class_folders(tmp_path / "photos", per_class=4)
+    for record, problem in [
+        ("{foo: 1}", "budget_size needs candidates: a list of {min_epochs: N, model_args: {...}}"),
+        ("{candidates: [{depth: 8}]}", "budget_size candidate 1 is {'depth': 8}: each needs min_epochs (a number)"),
+        ("{model_args: {}, candidates: [{min_epochs: 4, model_args: {}}]}", "min_epochs and affordable_epochs"),
+    ]:
+        config.write_text(f"budget_size: {record}\n")
+        proc = run_vitkit(
+            "train", "--config", str(config), "--data", str(folder), "--preset", "cifar-fast", "--time-budget", "1",
+            "--out", str(tmp_path / "run"), "--no-progress",
+        )  # fmt: skip
+        (line,) = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and line.startswith(f"vitkit train: error: --config {config}: "), proc.stderr
+        assert problem in line and line.endswith("remove it to let --time-budget choose again"), line
+    assert not (tmp_path / "run").exists()
+
+
 def test_old_preset_names_still_build_the_same_models_under_honest_names():
     hybrid, old = create_model("cifar-hybrid"), create_model("cifar-vit")
     assert hybrid.config == old.config and make_config(preset="cifar-vit").preset == "cifar-hybrid"

@@ -4,6 +4,7 @@ predict, serve, ONNX and the Hugging Face pipeline."""
 
 from __future__ import annotations
 
+import codecs
 import json
 import re
 
@@ -128,6 +129,66 @@ def test_a_label_list_is_read_as_literals_never_run(image_folder, tmp_path):
     assert not marker.exists()
 
 
+def test_utf16_and_bom_tables_are_read_and_other_encodings_are_named(image_folder, tmp_path):
+    """Excel's "Unicode text" is UTF-16 with a byte-order mark, its "CSV UTF-8" has a UTF-8 one: both read.
+    UTF-16 without its mark, or a legacy code page, is a one-line error saying how to save the file."""
+    from vitkit.errors import VitkitError
+
+    table = tmp_path / "labels.csv"
+    content = "Id,Genre\ntt0,café\ntt1,dog\n"
+    for encoding in ("utf-16", "utf-16-be", "utf-32", "utf-8-sig"):
+        data = content.encode(encoding)
+        table.write_bytes(data if encoding in ("utf-16", "utf-32", "utf-8-sig") else codecs.BOM_UTF16_BE + data)
+        loaded, _ = load(image_folder, table)
+        assert loaded.class_names == ["café", "dog"] and loaded.train.labels.tolist() == [0, 1], encoding
+    save_as = "save it as UTF-8 (Excel: CSV UTF-8), or as UTF-16 with its byte-order mark"
+    table.write_bytes(content.encode("utf-16-le"))
+    with pytest.raises(VitkitError, match=re.escape(f"--labels {table}: holds NUL bytes, as UTF-16 without")):
+        load(image_folder, table)
+    table.write_bytes(content.encode("cp1252"))
+    with pytest.raises(VitkitError) as refused:
+        load(image_folder, table)
+    assert str(refused.value) == f"--labels {table}: not UTF-8 text (line 2 has byte 0xe9); {save_as}"
+
+
+def test_an_image_listed_twice_keeps_one_row_or_is_refused(image_folder, tmp_path):
+    """A repeated row (the same labels and split) is a bad row, or with --skip-bad-images the image is
+    used once; an image listed with different labels is refused naming both rows, or left out entirely."""
+    table = tmp_path / "labels.csv"
+    table.write_text("Id,Genre\ntt0,cat\ntt1,dog\ntt0.jpg,cat\n")
+    with pytest.raises(BadRowError, match=r"labels.csv row 3 \(Id 'tt0.jpg'\): repeats row 1 \(the same image, labels"):
+        load(image_folder, table)
+    data, bad = load(image_folder, table, skip_bad=True)
+    assert data.train.labels.tolist() == [0, 1] and len(bad) == 1 and "row 3" in bad[0]
+
+    table.write_text("Id,Genre\ntt0,cat\ntt1,dog\nImages/tt0.jpg,dog\n")
+    conflict = (
+        "the image is listed more than once with different labels or splits (row 1: cat (train); row 3: dog (train))"
+    )
+    with pytest.raises(BadRowError, match=re.escape(f"labels.csv row 1 (Id 'tt0'): {conflict}. Fix the row")):
+        load(image_folder, table)
+    data, bad = load(image_folder, table, skip_bad=True)
+    assert data.class_names == ["dog"] and len(data.train) == 1
+    assert [re.search(r"row \d \(Id '[\w/.]+'\)", line).group() for line in bad] == [
+        "row 1 (Id 'tt0')",
+        "row 3 (Id 'Images/tt0.jpg')",
+    ]
+
+
+def test_a_label_a_spreadsheet_reads_as_a_formula_is_refused(image_folder, tmp_path):
+    table = tmp_path / "labels.csv"
+    for cell in ("=HYPERLINK(1)", "+cmd", "-2+3", "@SUM(A1)", "\"['a', '=1+1']\""):
+        table.write_text(f"Id,Genre\ntt0,dog\ntt1,{cell}\n")
+        label = "=1+1" if cell.startswith('"') else cell
+        with pytest.raises(BadRowError) as refused:
+            load(image_folder, table)
+        assert str(refused.value).startswith(
+            f"{table} row 2 (Id 'tt1'): label {label!r} is a spreadsheet formula, not a class name."
+        ), cell
+    table.write_text("Id,Genre\ntt0,-1\ntt1,+2\ntt2,0.5\n")  # numbers, not formulas
+    assert load(image_folder, table)[0].class_names == ["-1", "+2", "0.5"]
+
+
 def test_training_on_a_table_with_a_missing_image_is_one_line(image_folder, tmp_path):
     table = tmp_path / "labels.csv"
     table.write_text("Id,Genre\ntt0,\"['a']\"\nnope,\"['b']\"\n")
@@ -136,6 +197,49 @@ def test_training_on_a_table_with_a_missing_image_is_one_line(image_folder, tmp_
     lines = result.stderr.strip().splitlines()
     assert lines[-1].startswith("vitkit train: error: ") and "row 2 (Id 'nope')" in lines[-1]
     assert "Traceback" not in result.stderr
+
+
+def test_a_last_checkpoint_saved_before_the_first_validation_loads_at_untuned_thresholds(
+    image_folder, tmp_path, monkeypatch
+):
+    """Ctrl-C right after the first mid-epoch last/ (--save-every): no thresholds are tuned yet. The
+    checkpoint records 0.5 for every label as untuned, and loads saying so; so does one saved with none."""
+    import vitkit
+    from vitkit.training.engine import INTERRUPT_REQUESTED, Trainer
+
+    table = tmp_path / "labels.csv"
+    rows = [f"tt{i},\"{['a', 'b'] if i % 2 else ['b', 'c']}\"" for i in range(8)]
+    table.write_text("Id,Genre\n" + "\n".join(rows) + "\n")
+    save_last = Trainer.save_last
+
+    def save_then_interrupt(self, epoch, next_batch):
+        save_last(self, epoch, next_batch)
+        INTERRUPT_REQUESTED.set()  # as Ctrl-C does: the next batch stops the run
+
+    monkeypatch.setattr(Trainer, "save_last", save_then_interrupt)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        vitkit.train(
+            data=str(image_folder), labels=str(table), out=str(out), model="vit_micro_patch4_32",
+            model_args={"embed_dim": 32, "depth": 1, "num_heads": 2}, image_size=8, epochs=1, batch_size=2,
+            save_every=1, threads=1, progress=False, plots=False, quiet=True,
+        )  # fmt: skip
+    INTERRUPT_REQUESTED.clear()
+    meta = json.loads((out / "last" / "config.json").read_text())
+    assert meta["thresholds"] == [0.5] * 3 and meta["thresholds_tuned"] is False
+    untuned = (
+        "was saved before its first validation, so its thresholds are not tuned yet: every label is predicted at 0.5"
+    )
+    heard = []
+    classifier = vitkit.load(out / "last", backend="torch", notice=heard.append)
+    assert classifier.thresholds == [0.5] * 3 and heard == [f"run {untuned}"]
+    assert len(classifier.predict([str(image_folder / "Images" / "tt0.jpg")])) == 1
+    # as vitkit saved it before it recorded the untuned thresholds
+    meta.update(thresholds=None)
+    del meta["thresholds_tuned"]
+    (out / "last" / "config.json").write_text(json.dumps(meta))
+    with pytest.warns(UserWarning, match=untuned):
+        assert vitkit.load(out / "last", backend="torch").thresholds == [0.5] * 3
 
 
 def test_no_plots_leaves_the_figures_out_and_keeps_every_number(image_folder, tmp_path):

@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from conftest import shared_dataset, subprocess_env, vitkit_cmd
+from conftest import read_only, shared_dataset, subprocess_env, vitkit_cmd
 from PIL import Image
 from test_serve import free_port
 
@@ -139,6 +139,58 @@ def test_an_exported_onnx_file_predicts_like_the_checkpoint(digits_run, digit_im
     code, stdout, stderr = predict(onnx_path, *digit_images[0], "--format", "json")
     assert code == 0, stderr
     assert_same_predictions(predict_results(stdout), torch_predictions)
+
+
+def test_a_failed_first_onnx_export_leaves_auto_on_pytorch(digits_run, digit_images, tmp_path, monkeypatch):
+    """The first predict of a checkpoint exports it to ONNX in the user cache: with that cache read-only,
+    --backend auto predicts on PyTorch and says why; --backend onnxruntime, asked for, is a one-line error
+    when the cache cannot be written. An exporter error falls back the same way from Python, as a warning."""
+    from vitkit.api import default_backend
+
+    if default_backend() != "onnxruntime":
+        pytest.skip("--backend auto takes PyTorch here (a GPU, or no ONNX Runtime): nothing is exported")
+    run, image = digits_run[0], str(digit_images[0][0])
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    env = {**subprocess_env(), "XDG_CACHE_HOME": str(cache)}
+    command = read_only(cache, vitkit_cmd("predict", str(run), image, "--format", "json", "--precision", "fp32"))
+    try:
+        auto = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    finally:
+        cache.chmod(0o755)
+    advice = "): point XDG_CACHE_HOME at a writable folder, or use --backend torch"
+    assert auto.returncode == 0 and "Traceback" not in auto.stderr, auto.stderr[-2000:]
+    assert predict_results(auto.stdout)[0]["predictions"] and json.loads(auto.stdout)["backend"] == "torch"
+    fell_back = next(line for line in auto.stderr.splitlines() if "on PyTorch" in line)
+    assert fell_back.startswith(
+        "vitkit predict: running run on PyTorch: the ONNX export for ONNX Runtime failed (cannot write the ONNX "
+        f"export of {run / 'best'} into {cache / 'vitkit' / 'onnx'} ("
+    ) and fell_back.endswith(advice + ")"), fell_back
+    assert not any(cache.rglob("*.onnx"))
+
+    not_a_folder = tmp_path / "not-a-folder"  # a cache this process cannot write, as root can write read-only folders
+    not_a_folder.write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(not_a_folder))
+    code, _, stderr = predict(run, image, "--backend", "onnxruntime")
+    onnx_cache = not_a_folder / "vitkit" / "onnx"
+    assert code == 2 and stderr.strip() == (
+        f"vitkit predict: exporting {run / 'best'} to ONNX for ONNX Runtime, once per checkpoint (cached in "
+        f"{onnx_cache}; --backend torch runs without it)\n"
+        f"vitkit predict: error: cannot write the ONNX export of {run / 'best'} into {onnx_cache} (Not a directory"
+        + advice
+    ), stderr
+
+    import vitkit.export.onnx
+
+    def exporter_error(*args, **kwargs):
+        raise RuntimeError("the exporter met an operator it cannot write")
+
+    monkeypatch.setattr(vitkit.export.onnx, "export_onnx", exporter_error)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    with pytest.warns(UserWarning, match=r"running run on PyTorch: .*failed \(the exporter met an operator"):
+        assert vitkit.load(run, precision="fp32").backend == "torch"
+    with pytest.raises(RuntimeError, match="the exporter met an operator"):
+        vitkit.load(run, backend="onnxruntime")
 
 
 def test_python_predict_gives_the_cli_answers_for_files_and_images_in_memory(digits_run, digit_images):

@@ -353,9 +353,12 @@ def test_predict_cli_on_an_onnx_file_uses_its_preprocessing(runs, tmp_path):
 def test_thin_and_oversized_images_are_refused_before_resizing(tmp_path):
     thin = tmp_path / "thin.png"
     Image.new("RGB", (1, 1000), (9, 9, 9)).save(thin)
-    with pytest.raises(BadImageError, match=r"thin.png: 1x1000 pixels is more than 50 times longer") as info:
+    with pytest.raises(BadImageError, match=r"thin.png: 1x1000 pixels is more than 50 times taller than wide") as info:
         open_image(thin)
     assert info.value.kind == "shape"
+    Image.new("RGB", (1000, 1), (9, 9, 9)).save(thin)
+    with pytest.raises(BadImageError, match=r"thin.png: 1000x1 pixels is more than 50 times wider than tall"):
+        open_image(thin)
     wide = Image.new("RGB", (40, 1), (9, 9, 9))  # allowed ratio, but at 700 px it would be 28000x700
     with pytest.raises(BadImageError, match=r"wide: 40x1 pixels would be resized to 28000x700"):
         Preprocessing(700).fit(wide, "wide")
@@ -412,5 +415,5 @@ def test_a_one_by_a_million_png_is_refused_under_a_memory_cap(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.splitlines()[-1])
-    assert "1x1000000 pixels is more than 50 times longer" in report["predict"]["error"]
+    assert "1x1000000 pixels is more than 50 times taller than wide" in report["predict"]["error"]
     assert report["status"] == 400 and "1x1000000 pixels" in report["body"]["error"]

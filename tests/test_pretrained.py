@@ -5,6 +5,7 @@ layouts: test_pretrained_layouts.py)."""
 import contextlib
 import io
 import json
+import os
 import pickle
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from safetensors.torch import save_file
 
 import vitkit
 from vitkit.cli import main as cli_main
+from vitkit.errors import VitkitError
 from vitkit.models import create_model, save_model
 from vitkit.pretrained import load_pretrained
 from vitkit.training.optim import param_groups
@@ -200,6 +202,63 @@ def test_hub_errors_are_clear(hub, tmp_path):
         )
         assert proc.returncode == 2, (source, proc.stderr[-2000:])
         assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+
+
+@pytest.fixture
+def hub_here(hub, tmp_path, monkeypatch):
+    """huggingface_hub in this process downloading from the loopback mirror into its own cache: what
+    HF_ENDPOINT and HF_HOME set in a fresh process, without the seconds a fresh process costs."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", hub.url)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    return hub
+
+
+def test_a_repo_without_a_preprocessor_config_is_read_with_a_note(hub_here, tmp_path, monkeypatch, capsys):
+    """The hub says the file is absent (404): ViTImageProcessor's defaults, and a note saying so; offline
+    later, the cache remembers the file is absent."""
+    files = hf_repo_files(tmp_path, tiny_hf_model())
+    del files["preprocessor_config.json"]
+    publish(hub_here.root, "acme/vit-bare", files)
+    capsys.readouterr()  # transformers' progress bars while saving
+    for offline in (False, True):
+        monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", offline)
+        loaded = load_pretrained("acme/vit-bare")
+        assert loaded.preprocessing.mean == (0.5, 0.5, 0.5) and loaded.preprocessing.std == (0.5, 0.5, 0.5)
+        assert capsys.readouterr().err == (
+            "note: acme/vit-bare has no preprocessor_config.json: assuming ViTImageProcessor's defaults "
+            "(stretched to 32 px, bilinear, mean = std = 0.5)\n"
+        )
+
+
+def test_hub_failures_are_said_as_they_happened(hub_here, tmp_path, monkeypatch):
+    """A refused or failed download of the preprocessing or the weights is an error saying so, never
+    the defaults taken in silence nor "the repo has no weights"."""
+    import errno
+
+    from huggingface_hub import file_download
+
+    publish(hub_here.root, "acme/vit-mini", hf_repo_files(tmp_path, tiny_hf_model()))
+    for name in ("preprocessor_config.json", "model.safetensors"):
+        for status in (401, 403):
+            hub_here.failures = {name: status}
+            with pytest.raises(VitkitError) as refused:
+                load_pretrained("acme/vit-mini")
+            message = str(refused.value)
+            assert message.startswith(f"--pretrained acme/vit-mini: the hub refused {name} (HTTP {status}): log in")
+            assert "\n" not in message
+    hub_here.failures = {}
+
+    def disk_full(url, temp_file, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(temp_file.name))
+
+    monkeypatch.setattr(file_download, "http_get", disk_full)
+    with pytest.raises(VitkitError, match=r"cannot store model\.safetensors in the Hugging Face cache "
+                       r"\(.*: No space left on device\); free some space or point HF_HOME"):  # fmt: skip
+        load_pretrained("acme/vit-mini")
 
 
 # Loads a pushed repo back in a fresh process, so that HF_ENDPOINT and HF_HOME take effect: once as

@@ -213,8 +213,11 @@ def load(
     choice and its reason are `Classifier.precision` and `.precision_reason`. An .onnx file runs in the
     precision it was exported in. backend="auto" takes PyTorch for bf16 and ONNX Runtime (when
     installed) for fp32 on a CPU, whichever `default_backend` says; "onnxruntime" exports a checkpoint
-    folder once into the user cache folder (`onnx_cache_path`). threads: CPU threads (0: every core).
-    notice: called with a line before that one-time export, which takes seconds."""
+    folder once into the user cache folder (`onnx_cache_path`); with "auto", a failed export (a read-only
+    cache folder, an exporter error) leaves the model on PyTorch. threads: CPU threads (0: every core).
+    A multi-label checkpoint saved before its first validation (a run's early last/) predicts at 0.5 for
+    every label until its thresholds are tuned. notice: called with a line before that one-time export,
+    which takes seconds, and with what was assumed or fallen back to (default: a warning)."""
     from .eval.agreement import bf16_guard
     from .export.onnx import OnnxModel
     from .models.io import check_preprocessing
@@ -249,13 +252,50 @@ def load(
     if chosen == "bf16" and precision == "auto":
         trusted, guard = bf16_guard(path, str(checkpoint))
         chosen, why = ("bf16", f"{why}; {guard}") if trusted else ("fp32", f"auto: fp32, as {guard}")
+    asked_backend = backend
     if backend == "auto":
         backend = "torch" if chosen == "bf16" else default_backend()
     model, meta = load_classifier_folder(path)
+    meta = _with_thresholds(meta, model.config.num_classes, name, notice)
     if backend == "onnxruntime":
-        onnx_path = cached_onnx_export(path, Classifier(model, meta, "cpu"), notice)
-        return Classifier(OnnxModel(onnx_path, threads), meta, name=name, precision_reason=why, folder=path)
+        try:
+            onnx_path = cached_onnx_export(path, Classifier(model, meta, "cpu"), notice)
+            return Classifier(OnnxModel(onnx_path, threads), meta, name=name, precision_reason=why, folder=path)
+        except Exception as e:  # with auto, PyTorch runs the same model: the notice says why it does
+            if asked_backend != "auto":
+                raise
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            _tell(notice, f"running {name} on PyTorch: the ONNX export for ONNX Runtime failed ({reason})")
     return Classifier(model, meta, device, chosen, name, why, path)
+
+
+def _tell(notice: Callable[[str], None] | None, line: str) -> None:
+    """`line` to the caller's notice, else as a warning (a Python caller sees it once)."""
+    if notice is not None:
+        notice(line)
+    else:
+        import warnings
+
+        warnings.warn(line, stacklevel=3)
+
+
+def _with_thresholds(meta: dict, num_classes: int, name: str, notice: Callable[[str], None] | None) -> dict:
+    """A multi-label checkpoint's metadata with a threshold per label: one saved before its first
+    validation has none tuned yet (recorded as 0.5 and thresholds_tuned false, or, before vitkit recorded
+    that, as none) and predicts at 0.5, which `notice` hears."""
+    from .pretrained import UNTUNED_THRESHOLD
+
+    if not meta.get("multi_label"):
+        return meta
+    if meta.get("thresholds") is None:
+        meta = {**meta, "thresholds": [UNTUNED_THRESHOLD] * num_classes, "thresholds_tuned": False}
+    if meta.get("thresholds_tuned") is False:
+        _tell(
+            notice,
+            f"{name} was saved before its first validation, so its thresholds are not tuned yet: every label "
+            f"is predicted at {UNTUNED_THRESHOLD}",
+        )
+    return meta
 
 
 def cached_onnx_export(checkpoint_dir: Path, clf: Classifier, notice: Callable[[str], None] | None = None) -> Path:
@@ -270,7 +310,13 @@ def cached_onnx_export(checkpoint_dir: Path, clf: Classifier, notice: Callable[[
                 f"exporting {checkpoint_dir} to ONNX for ONNX Runtime, once per checkpoint (cached in "
                 f"{onnx_path.parent}; --backend torch runs without it)"
             )
-        export_onnx(clf, onnx_path)
+        try:
+            export_onnx(clf, onnx_path)
+        except OSError as e:
+            raise VitkitError(
+                f"cannot write the ONNX export of {checkpoint_dir} into {onnx_path.parent} ({e.strerror}): point "
+                "XDG_CACHE_HOME at a writable folder, or use --backend torch"
+            ) from None
     return onnx_path
 
 

@@ -347,8 +347,13 @@ def check_writable(out: str, what: str) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from . import api
 
+    if args.format == "onnx" and os.path.isdir(args.out):  # as cp takes a folder: into it, named after the checkpoint
+        name = api.checkpoint_name(Path(args.checkpoint)) + ("-int8" if args.quantize else "")
+        args.out = os.path.join(args.out, f"{name}.onnx")
     check_writable(args.out, "file" if args.format == "onnx" else "folder")
     if args.quantize and args.format != "onnx":
         raise VitkitError("--quantize int8 applies to --format onnx")
@@ -372,8 +377,6 @@ def cmd_export(args: argparse.Namespace) -> int:
         )
         print(json.dumps({"onnx": args.out, "max_abs_logit_diff": report}))
     else:
-        from pathlib import Path
-
         from .export.hub import write_hf_folder
 
         clf = api.load(args.checkpoint, device="cpu", backend="torch", precision="fp32")
@@ -599,7 +602,10 @@ def build_parser() -> argparse.ArgumentParser:
         "export", help="export a checkpoint as ONNX or as a Hugging Face folder (with a model card README.md)"
     )
     p.add_argument("checkpoint")
-    p.add_argument("out")
+    p.add_argument(
+        "out",
+        help="the .onnx file, or a folder to write RUN.onnx (RUN-int8.onnx) into; with --format hf, the folder",
+    )
     p.add_argument(
         "--format",
         default="onnx",

@@ -66,9 +66,10 @@ def check_image_size(width: int, height: int, name: str, max_pixels: int = MAX_I
             "bomb",
         )
     if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        shape = "wider than tall" if width > height else "taller than wide"
         raise BadImageError(
-            f"{name}: {width}x{height} pixels is more than {MAX_ASPECT_RATIO} times longer than "
-            "wide; crop it to the part to classify",
+            f"{name}: {width}x{height} pixels is more than {MAX_ASPECT_RATIO} times {shape}; crop it to the part "
+            "to classify",
             "shape",
         )
 

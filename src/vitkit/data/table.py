@@ -7,13 +7,20 @@ id `tt0091203` finds `Images/tt0091203.jpg` when no other file has that name). T
 joined by `--label-separator`), or a set of 0/1 columns, one per label. Data with several labels per image,
 or 0/1 columns, is multi-label. A `split` column (train/val/test) assigns rows to splits.
 
-Rows whose image is missing or which have no label are bad inputs: the run stops naming the table, the
-row and the image, or with --skip-bad-images leaves them out and lists them, as it does unreadable images.
+Rows whose image is missing, which have no label, whose label a spreadsheet would read as a formula
+(a cell starting with = + - @ that is not a number, such as `=HYPERLINK(...)`), or which list an image
+again are bad inputs: the run stops naming the table, the row and the image, or with --skip-bad-images
+leaves them out and lists them, as it does unreadable images. An image listed again with the same labels
+and split keeps its first row; listed with other labels or another split, every row of it is bad.
+
+CSV and TSV files are UTF-8, or UTF-16/UTF-32 with their byte-order mark (as Excel's "Unicode text"
+writes them); a UTF-8 byte-order mark is skipped.
 """
 
 from __future__ import annotations
 
 import ast
+import codecs
 import csv
 import hashlib
 import json
@@ -40,6 +47,16 @@ IMAGE_COLUMNS = ("image", "image_path", "path", "file", "filename", "file_name",
 LABEL_COLUMNS = ("labels", "label", "tags", "classes", "class", "categories", "category", "genres", "genre", "target")
 SPLIT_COLUMN = "split"
 BINARY_VALUES = {"0": 0, "1": 1, "0.0": 0, "1.0": 1, "false": 0, "true": 1}
+# byte-order marks and the encodings they start (UTF-32's before UTF-16's, whose mark begins it)
+BYTE_ORDER_MARKS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+# how a spreadsheet starts a formula (OWASP's CSV injection list, less tab and CR, which cells strip)
+FORMULA_STARTS = ("=", "+", "-", "@")
 
 
 class BadRowError(VitkitError):
@@ -63,7 +80,7 @@ def read_table(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
         except Exception as e:  # pyarrow raises its own error types for damaged files
             raise VitkitError(f"--labels {path}: not a readable parquet file ({str(e).splitlines()[0]})") from None
         return list(table.column_names), table.to_pylist()
-    text = path.read_text(encoding="utf-8-sig")
+    text = read_text(path)
     if kind == "jsonl":
         rows = []
         for number, line in enumerate(text.splitlines(), 1):
@@ -83,6 +100,32 @@ def read_table(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
     reader = csv.DictReader(text.splitlines(), delimiter="\t" if kind == "tsv" else ",")
     rows = [row for row in reader if any((value or "").strip() for value in row.values() if isinstance(value, str))]
     return list(reader.fieldnames or []), rows
+
+
+def read_text(path: Path) -> str:
+    """A text table's content: UTF-8, or the encoding its byte-order mark names."""
+    data = path.read_bytes()
+    encoding = next((name for mark, name in BYTE_ORDER_MARKS if data.startswith(mark)), "utf-8")
+    save_as = "save it as UTF-8 (Excel: CSV UTF-8), or as UTF-16 with its byte-order mark"
+    if encoding == "utf-8" and b"\x00" in data:
+        raise VitkitError(f"--labels {path}: holds NUL bytes, as UTF-16 without a byte-order mark does; {save_as}")
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as e:
+        shown, line = encoding.removesuffix("-sig").upper(), data[: e.start].count(b"\n") + 1
+        problem = f"not {shown} text (line {line} has byte {data[e.start]:#04x})"
+        raise VitkitError(f"--labels {path}: {problem}; {save_as}") from None
+
+
+def _formula(name: str) -> bool:
+    """Whether a spreadsheet reads `name` as a formula: it starts as one and is not a number (-1, +2.5)."""
+    if not name.startswith(FORMULA_STARTS):
+        return False
+    try:
+        float(name)
+    except ValueError:
+        return True
+    return False
 
 
 def _missing(value: Any) -> bool:
@@ -185,6 +228,27 @@ def _label_columns(columns, rows, image_column, label_column, table) -> tuple[st
     )
 
 
+def _one_row_per_image(usable: list, reject) -> list[tuple[str, Path, list[str]]]:
+    """(split, image, labels) once per image, in table order. A later row that repeats an image's labels
+    and split is rejected as a repeat; an image listed with other labels or in another split has every
+    one of its rows rejected, each naming the others."""
+    by_image: dict[Path, list] = {}
+    for entry in usable:
+        by_image.setdefault(entry[3].resolve(), []).append(entry)
+    kept = []
+    for entries in by_image.values():
+        first_number, _, split, path, names = entries[0]
+        if all((e[2], set(e[4])) == (split, set(names)) for e in entries):
+            kept.append((split, path, names))
+            for number, row, *_ in entries[1:]:
+                reject(number, row, f"repeats row {first_number} (the same image, labels and split)")
+            continue
+        for number, row, *_ in entries:
+            others = "; ".join(f"row {n}: {', '.join(labels)} ({where})" for n, _, where, _, labels in entries)
+            reject(number, row, f"the image is listed more than once with different labels or splits ({others})")
+    return kept
+
+
 def _sort_names(names: set[str]) -> list[str]:
     return sorted(names, key=lambda n: (0, int(n), "") if n.lstrip("-").isdigit() else (1, 0, n))
 
@@ -233,7 +297,7 @@ def load_table(
             raise BadRowError(f"{message}. Fix the row or remove it, or pass --skip-bad-images")
         bad.append(message)
 
-    parsed: list[tuple[str, Path, list[str]]] = []
+    usable: list[tuple[int, dict, str, Path, list[str]]] = []  # row number, row, split, image, labels
     for number, row in enumerate(rows, 1):
         value = row.get(image_column)
         path = None if _missing(value) else images.find(value)
@@ -256,11 +320,16 @@ def load_table(
         if not names:
             reject(number, row, "no label")
             continue
+        formula = next((name for name in names if _formula(name)), None)
+        if formula is not None:
+            reject(number, row, f"label {formula!r} is a spreadsheet formula, not a class name")
+            continue
         split = SPLIT_ALIASES.get(str(row.get(split_column, "")).strip().lower(), None) if split_column else "train"
         if split is None:
             reject(number, row, f"{split_column} {row.get(split_column)!r} is not train, val or test")
             continue
-        parsed.append((split, path, list(dict.fromkeys(names))))
+        usable.append((number, row, split, path, list(dict.fromkeys(names))))
+    parsed = _one_row_per_image(usable, reject)
     if not parsed:
         raise VitkitError(f"--labels {table}: no usable rows")
 

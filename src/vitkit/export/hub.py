@@ -7,7 +7,6 @@ loads and the model card explains."""
 
 from __future__ import annotations
 
-import importlib
 import os
 import shutil
 import tempfile
@@ -17,7 +16,7 @@ from ..api import checkpoint_folder, load
 from ..errors import VitkitError
 from ..fileio import write_json
 from ..models.io import CONFIG_NAME, WEIGHTS_NAME
-from ..pretrained import is_hub_id
+from ..pretrained import is_hub_id, network_errors
 from ..pretrained.hf import hf_export_error, hf_incompatibilities, save_hf_folder
 from .card import local_name, model_card
 
@@ -60,18 +59,6 @@ def write_vitkit_folder(classifier, checkpoint: Path, out: Path, title: str, loa
     blockers = transformers_blockers(classifier.model)
     (out / "README.md").write_text(model_card(classifier, checkpoint, title, load_as, False, blockers))
     return out
-
-
-def network_errors() -> tuple[type[BaseException], ...]:
-    """A connection that fails, as the HTTP client of the installed huggingface_hub raises it: httpx2
-    (2.x), httpx (1.x) or requests (0.x, whose errors are OSErrors)."""
-    errors: list[type[BaseException]] = [OSError]
-    for client in ("httpx2", "httpx"):
-        try:
-            errors.append(importlib.import_module(client).TransportError)
-        except ImportError:
-            pass
-    return tuple(errors)
 
 
 def push(checkpoint: str | os.PathLike, repo_id: str, private: bool = False, message: str | None = None) -> dict:

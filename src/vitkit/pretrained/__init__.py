@@ -8,6 +8,8 @@ SOURCE may be a Hugging Face hub id (`google/vit-base-patch16-224-in21k`), a tim
 
 from __future__ import annotations
 
+import errno
+import importlib
 import os
 from pathlib import Path
 
@@ -22,6 +24,10 @@ from .result import Pretrained
 from .timm import heads_from_name, is_timm_state, load_timm_state
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# a multi-label classifier's threshold for every label until thresholds are tuned on validation data
+UNTUNED_THRESHOLD = 0.5
+# a cache that cannot take the download: said as such, not as a network or hub failure
+DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
 
 
 def is_hub_id(source: str | os.PathLike) -> bool:
@@ -38,38 +44,96 @@ def is_hub_id(source: str | os.PathLike) -> bool:
 
 def _hub_download(repo_id: str, label: str | None = None) -> Path:
     """Fetch config, preprocessing and weights of a hub repo into the huggingface_hub cache. `label` starts
-    the error messages (default: the --pretrained flag)."""
+    the error messages (default: the --pretrained flag). Only a file the hub says the repo lacks is taken
+    as absent; any other failure (network, token, disk) is an error saying what happened."""
     label = label or f"--pretrained {repo_id}"
     try:
-        from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+        import huggingface_hub
     except ImportError:
         raise VitkitError(f"{label}: downloading needs huggingface_hub (pip install 'vitkit[hf]')") from None
-    try:
-        config = Path(hf_hub_download(repo_id, "config.json"))
-    except LocalEntryNotFoundError:
-        raise MissingFile(
-            f"{label}: not in the local Hugging Face cache and the hub cannot be "
-            "reached (offline?). Download it once online, or pass a local folder"
-        ) from None
-    except (HfHubHTTPError, EntryNotFoundError, OSError, ValueError) as e:
-        reason = str(e).splitlines()[0]
-        raise MissingFile(f"{label}: no such model on the hub or it has no config.json ({reason})") from None
-    for name in ("preprocessor_config.json",):
-        try:
-            hf_hub_download(repo_id, name)
-        except Exception:  # optional file: absent in many repos
-            pass
+    config = _fetch(huggingface_hub, repo_id, "config.json", label)
+    if config is None:
+        raise MissingFile(f"{label}: the repo has no config.json, so it holds no model vitkit can load")
+    if "model_type" in read_json(config):  # transformers' layout keeps the preprocessing apart
+        _fetch(huggingface_hub, repo_id, "preprocessor_config.json", label)
     for name in WEIGHT_FILES:
-        try:
-            hf_hub_download(repo_id, name)
+        if _fetch(huggingface_hub, repo_id, name, label) is not None:
             return config.parent
-        except Exception:
-            continue
     raise MissingFile(f"{label}: the repo has neither model.safetensors nor pytorch_model.bin")
 
 
-def _from_folder(folder: Path, num_heads: int | None) -> Pretrained:
+def _fetch(hub, repo_id: str, name: str, label: str) -> Path | None:
+    """`name` of the hub repo in the local cache, or None when the repo does not have it: the hub answered
+    that it has no such file, now or (offline) when it was last asked."""
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    try:
+        return Path(hub.hf_hub_download(repo_id, name))
+    except EntryNotFoundError as e:
+        if not isinstance(e, LocalEntryNotFoundError):
+            return None
+        if hub.try_to_load_from_cache(repo_id, name) is hub._CACHED_NO_EXIST:
+            return None
+        raise _download_error(e, name, label) from None
+    except (ValueError, *network_errors()) as e:
+        raise _download_error(e, name, label) from None
+
+
+def network_errors() -> tuple[type[BaseException], ...]:
+    """A connection that fails, as the HTTP client of the installed huggingface_hub raises it: httpx2
+    (2.x), httpx (1.x) or requests (0.x, whose errors are OSErrors)."""
+    errors: list[type[BaseException]] = [OSError]
+    for client in ("httpx2", "httpx"):
+        try:
+            errors.append(importlib.import_module(client).TransportError)
+        except ImportError:
+            pass
+    return tuple(errors)
+
+
+def _download_error(e: Exception, name: str, label: str) -> VitkitError:
+    """What went wrong fetching `name`, as one line: offline, no such repo, the token, the hub, the disk."""
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    if isinstance(e, LocalEntryNotFoundError) and isinstance(e.__cause__, HfHubHTTPError):
+        e = e.__cause__  # the hub answered, with an error, and no copy was cached: say what it answered
+    reason = _first_line(e)
+    if isinstance(e, LocalEntryNotFoundError):
+        cause = f" ({_first_line(e.__cause__)})" if e.__cause__ is not None else ""
+        return MissingFile(
+            f"{label}: {name} is not in the local Hugging Face cache and the hub cannot be reached{cause}. "
+            "Download it once online, or pass a local folder"
+        )
+    if isinstance(e, RepositoryNotFoundError):
+        return MissingFile(
+            f"{label}: no such model on the hub, or it is private or gated and needs a token that can read it "
+            f"(hf auth login, or HF_TOKEN) ({reason})"
+        )
+    if isinstance(e, HfHubHTTPError):
+        status = getattr(e.response, "status_code", None)
+        if status in (401, 403):
+            return VitkitError(
+                f"{label}: the hub refused {name} (HTTP {status}): log in with a token that can read the repo "
+                f"(hf auth login, or HF_TOKEN) ({reason})"
+            )
+        return VitkitError(f"{label}: the hub failed to send {name} and no copy is cached ({reason}); try again later")
+    if isinstance(e, OSError) and e.errno in DISK_ERRORS:
+        where = e.filename or "the Hugging Face cache"
+        return VitkitError(
+            f"{label}: cannot store {name} in the Hugging Face cache ({where}: {e.strerror}); free some space or "
+            "point HF_HOME at a writable folder"
+        )
+    if isinstance(e, ValueError):
+        return VitkitError(f"{label}: not a hub repo id the hub accepts ({reason})")
+    return VitkitError(f"{label}: fetching {name} from the hub failed ({type(e).__name__}: {reason}); try again")
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def _from_folder(folder: Path, num_heads: int | None, source: str | None = None) -> Pretrained:
+    """What the checkpoint folder holds; `source` is what notes call it (a hub id; default: the folder)."""
     config = read_json(folder / "config.json")
     if "family" in config:  # a vitkit checkpoint
         from ..models.io import load_model
@@ -86,7 +150,7 @@ def _from_folder(folder: Path, num_heads: int | None) -> Pretrained:
             state, num_heads or heads_from_name(config["architecture"]), config.get("pretrained_cfg")
         )
     if is_hf_vit_folder(folder):
-        return load_hf_folder(folder)
+        return load_hf_folder(folder, source)
     raise VitkitError(f"{folder}/config.json is neither a vitkit, timm nor Hugging Face ViT config")
 
 
@@ -113,7 +177,7 @@ def load_pretrained(source: str | os.PathLike, num_heads: int | None = None) -> 
             f"{', '.join(list(state)[:5])})"
         )
     if is_hub_id(source):
-        return _from_folder(_hub_download(str(source)), num_heads)
+        return _from_folder(_hub_download(str(source)), num_heads, str(source))
     raise MissingFile(f"--pretrained {source}: no such file or folder, and not a hub id (owner/name)")
 
 
@@ -140,7 +204,9 @@ def load_classifier_folder(folder: Path) -> tuple[nn.Module, dict]:
         "preprocessing": loaded.preprocessing.to_dict(),
     }
     if config.get("problem_type") == MULTI_LABEL_PROBLEM:
-        meta.update(multi_label=True, thresholds=config.get("thresholds") or [0.5] * model_config.num_classes)
+        meta.update(
+            multi_label=True, thresholds=config.get("thresholds") or [UNTUNED_THRESHOLD] * model_config.num_classes
+        )
     return loaded.model, meta
 
 
@@ -150,11 +216,13 @@ def download_checkpoint(repo_id: str) -> Path:
 
 
 __all__ = [
+    "UNTUNED_THRESHOLD",
     "Pretrained",
     "download_checkpoint",
     "is_hub_id",
     "load_classifier_folder",
     "load_pretrained",
+    "network_errors",
     "hf_to_vitkit",
     "vit_config_from_hf",
 ]

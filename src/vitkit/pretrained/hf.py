@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -201,13 +202,20 @@ def _side(size, default: int) -> int:
     return int(size or default)
 
 
-def preprocessing_from_hf(folder: Path, cfg: ViTConfig) -> Preprocessing:
+def preprocessing_from_hf(folder: Path, cfg: ViTConfig, source: str | None = None) -> Preprocessing:
     """The checkpoint's own preprocessing from preprocessor_config.json: a `size` of height/width
     stretches (ViTImageProcessor; DeiTImageProcessor then centre-crops `crop_size`), a shortest_edge size
     resizes the shorter side (CLIP/BiT-style processors), with their filter and statistics. Without the
-    file, ViTImageProcessor's defaults (stretch, bilinear, mean = std = 0.5)."""
+    file, ViTImageProcessor's defaults (stretch, bilinear, mean = std = 0.5), said on stderr naming
+    `source` (default: the folder)."""
     path = folder / "preprocessor_config.json"
     proc = read_json(path) if path.is_file() else {}
+    if not path.is_file():
+        print(
+            f"note: {source or folder} has no preprocessor_config.json: assuming ViTImageProcessor's defaults "
+            f"(stretched to {cfg.image_size} px, bilinear, mean = std = 0.5)",
+            file=sys.stderr,
+        )
     size = proc.get("size", cfg.image_size)
     mode = "crop" if isinstance(size, dict) and "shortest_edge" in size else "stretch"
     resized = _side(size, cfg.image_size)
@@ -271,8 +279,9 @@ def image_processor_config(pre: Preprocessing) -> dict:
     return {"image_processor_type": "ViTImageProcessor", "size": size, **common}
 
 
-def load_hf_folder(folder: Path) -> Pretrained:
-    """The model, its preprocessing and (with a classifier) class names from a save_pretrained folder."""
+def load_hf_folder(folder: Path, source: str | None = None) -> Pretrained:
+    """The model, its preprocessing and (with a classifier) class names from a save_pretrained folder;
+    `source` is what notes call it (a hub id; default: the folder)."""
     hf = read_json(folder / "config.json")
     cfg = vit_config_from_hf(hf)
     weights = next((folder / n for n in ("model.safetensors", "pytorch_model.bin") if (folder / n).is_file()), None)
@@ -289,7 +298,7 @@ def load_hf_folder(folder: Path) -> Pretrained:
         raise VitkitError(f"weights do not fit the architecture: missing {missing}, unexpected {unexpected}")
     labels = hf.get("id2label") or {}
     names = [labels.get(str(i), labels.get(i)) for i in range(len(labels))] if has_head and labels else None
-    return Pretrained(model, preprocessing_from_hf(folder, cfg), names, has_head)
+    return Pretrained(model, preprocessing_from_hf(folder, cfg, source), names, has_head)
 
 
 def save_hf_folder(

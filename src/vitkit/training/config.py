@@ -327,6 +327,7 @@ class TrainConfig(DataOptions, AugmentSpec):
                 raise VitkitError(f"--labels needs --data to be the folder its image paths are under, got {self.data}")
             if not Path(self.labels).is_file():
                 raise MissingFile(f"--labels {self.labels}: no such file")
+        check_budget_size(self.budget_size, "budget_size")
         if self.model:  # an unknown or mistyped --model-arg, refused before any work
             resolve_model_config(self.model, **self.model_args)
         if self.data not in BUILTIN and not self.data.startswith(HUB_PREFIX) and not Path(self.data).exists():
@@ -376,6 +377,7 @@ PATH_OPTIONS = ("data", "labels", "data_dir", "pretrained")
 def explicit_values(config_file: str | Path | None, flags: dict[str, Any]) -> dict[str, Any]:
     """What the user asked for: a YAML config file's values (but where the run goes) under the flags."""
     from_file = read_yaml_options(config_file, TrainConfig) if config_file else {}
+    check_budget_size(from_file.get("budget_size"), f"--config {config_file}: budget_size")
     return {**{k: v for k, v in from_file.items() if k not in NOT_RECORDED}, **flags}
 
 
@@ -389,6 +391,40 @@ def absolute_paths(values: dict[str, Any]) -> dict[str, Any]:
         if local and Path(value).exists():
             absolute[key] = str(Path(value).resolve())
     return {**values, **absolute}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_budget_size(record: Any, source: str) -> None:
+    """Refuse a `budget_size` (from a YAML file, e.g. a copied args.yaml) that is not what --time-budget
+    records: `candidates`, each {min_epochs, model_args}, and once the size is chosen the chosen
+    `model_args` and each candidate's `affordable_epochs`. An empty one is no record."""
+    if not record:
+        return
+    chosen = "model_args" in record
+    needed = ("min_epochs", "affordable_epochs") if chosen else ("min_epochs",)
+    numbers = "min_epochs and affordable_epochs (numbers)" if chosen else "min_epochs (a number)"
+    candidates = record.get("candidates")
+    problem = None
+    if not isinstance(candidates, list):
+        problem = "needs candidates: a list of {min_epochs: N, model_args: {...}}"
+    elif chosen and not isinstance(record["model_args"], dict):
+        problem = f"model_args is {record['model_args']!r}, expected a mapping of model arguments"
+    else:
+        for number, candidate in enumerate(candidates, 1):
+            if not (
+                isinstance(candidate, dict)
+                and isinstance(candidate.get("model_args"), dict)
+                and all(_is_number(candidate.get(key)) for key in needed)
+            ):
+                problem = f"candidate {number} is {candidate!r}: each needs {numbers} and model_args (a mapping)"
+                break
+    if problem:
+        raise VitkitError(
+            f"{source} {problem}. It records the size --time-budget chose: remove it to let --time-budget choose again"
+        )
 
 
 def dataset_layer(data: str, pretrained: str | None) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from ..eval.metrics import MetricAccumulator
 from ..eval.multilabel import LossAccumulator, evaluate_multilabel
 from ..models import count_parameters
 from ..models.io import load_model
+from ..pretrained import UNTUNED_THRESHOLD
 from ..runtime import autocast, choose_precision
 from ..viz.report import REPORT_FIGURES
 from .build import Runtime, build
@@ -559,7 +560,10 @@ class Trainer:
     def metadata(self) -> dict:
         meta = checkpoint_metadata(self.cfg, self.setup)
         if self.multi_label:
-            meta.update(multi_label=True, thresholds=self.thresholds)
+            # a last/ saved before the first validation: 0.5 for every label, recorded as not tuned yet
+            tuned = self.thresholds is not None
+            thresholds = self.thresholds if tuned else [UNTUNED_THRESHOLD] * self.data.num_classes
+            meta.update(multi_label=True, thresholds=thresholds, thresholds_tuned=tuned)
         return meta
 
     def run_info(self) -> dict:
@@ -657,7 +661,10 @@ class Trainer:
                 f"nothing to resume in {self.run.path}: no last/ checkpoint (the run never "
                 "finished one); start it again without --resume"
             )
-        self.model.load_state_dict(load_model(last)[0].state_dict())
+        saved, meta = load_model(last)
+        self.model.load_state_dict(saved.state_dict())
+        if self.multi_label and meta.get("thresholds_tuned", True):  # kept for the next mid-epoch last/
+            self.thresholds = meta.get("thresholds")
         state = self.run.load_trainer_state(last)
         self.load_state_dict(state)
         return state["epoch"], state["next_batch"]
