@@ -248,6 +248,18 @@ def serve_load(tmp_path):
     assert abuse["key"] == "tiny/thin" and abuse["abusive_status"] and all(s >= 400 for s in abuse["abusive_status"])
 
 
+def serve_isolation(tmp_path):
+    out = tmp_path / "serve_isolation.json"
+    script(
+        "serve_isolation.py", "--label", "tiny", "--model", "vit_micro_patch4_32", "--photos", folders(tmp_path, 2),
+        "--predict-clients", 2, "--explain-clients", 1, "--seconds", 0.5, "--out", out,
+    )  # fmt: skip
+    rows = {r["explain_clients"]: r for r in read(out)["rows"]}
+    assert set(rows) == {0, 1} and all(r["failures"] == 0 and r["label"] == "tiny" for r in rows.values())
+    assert rows[1]["explain_per_s"] > 0 and rows[0]["rss_high_water_mib"] >= rows[0]["rss_at_rest_mib"] > 0
+    positive(rows[0], "predict_per_s", "predict_p50_ms")
+
+
 def throughput(tmp_path):
     out = tmp_path / "throughput.json"
     script(
@@ -337,6 +349,7 @@ CASES = {
     "multilabel.py": multilabel,
     "recipe_parity.py": recipe_parity,
     "report.py": report,
+    "serve_isolation.py": serve_isolation,
     "serve_load.py": serve_load,
     "throughput.py": throughput,
     "time_to_accuracy.py": time_to_accuracy,
