@@ -3,6 +3,6 @@ image classifiers."""
 
 __version__ = "0.1.0"
 
-from .api import Classifier, evaluate, load, lr_find, top_losses, train  # noqa: E402
+from .api import Classifier, check, evaluate, load, lr_find, top_losses, train  # noqa: E402
 
-__all__ = ["train", "lr_find", "evaluate", "top_losses", "load", "Classifier", "__version__"]
+__all__ = ["train", "lr_find", "check", "evaluate", "top_losses", "load", "Classifier", "__version__"]
