@@ -9,7 +9,7 @@ planted duplicates found (target >= 95%) and the pairs found that were not plant
 whose two files are byte-identical in the source are counted apart: CIFAR-10 has real duplicates), and
 whether every broken file is named.
 
-    flock /work/bench.lock python benchmarks/check.py --data ../shared/data/cifar10-train --minutes 15
+    python benchmarks/check.py --data ../shared/data/cifar10-train --minutes 15
     python benchmarks/check.py --data ../shared/data/cifar10-dev/train --minutes 4 --name check-dev
 """
 

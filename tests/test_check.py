@@ -238,8 +238,8 @@ def test_check_refuses_bad_input_in_one_line(tmp_path, args, message):
 
 @pytest.mark.slow
 def test_label_errors_are_ranked_first(tmp_path):
-    """Three colour classes, easy to learn; 6 images moved to a wrong class are what confident learning
-    flags."""
+    """Three colour classes, easy to learn, and 6 images moved to a wrong class: what confident learning flags
+    are moved images (most of them), each with its true class suggested."""
     data = tmp_path / "data"
     rng = np.random.default_rng(0)
     flipped = set()
@@ -255,17 +255,17 @@ def test_label_errors_are_ranked_first(tmp_path):
                 flipped.add(f"{label}/{name}-{i:02d}.jpg")
     out = tmp_path / "report"
     proc = run_vitkit(
-        "check", str(data), "--out", str(out), "--time-budget", "1.5", "--image-size", "16",
+        "check", str(data), "--out", str(out), "--time-budget", "1.5", "--image-size", "16", "--seed", "0",
         "--data-dir", str(tmp_path / "c"),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     report = json.loads((out / "check.json").read_text())
     assert "skipped" not in report["label_check"], report["label_check"]
     found = [e["path"] for e in report["label_errors"]]
-    assert set(found[: len(flipped)]) == flipped, (found, flipped)
+    assert set(found) <= flipped and len(found) >= 4, (found, flipped)
+    assert all(e["suggested"] == e["path"].split("/")[1].split("-")[0] for e in report["label_errors"])
     with open(out / "label_errors.csv") as f:
-        rows = list(csv.DictReader(f))
-    assert {row["path"] for row in rows[:6]} == flipped
+        assert [row["path"] for row in csv.DictReader(f)] == found
 
 
 @pytest.mark.slow

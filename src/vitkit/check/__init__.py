@@ -18,7 +18,7 @@ import numpy as np
 from ..data.prepare import DataOptions
 from ..errors import VitkitError
 from ..options import option
-from .duplicates import exact_groups, near_pairs, pair_kind
+from .duplicates import SIGNATURE_SIDE, exact_groups, near_pairs, pair_kind
 from .files import FactsCache, file_findings, inspect_files
 from .labels import MIN_TRAIN_SECONDS, balance, likely_label_errors, out_of_fold_probabilities
 from .source import Source, open_source
@@ -41,12 +41,15 @@ def _say(quiet: bool, text: str) -> None:
         print(f"vitkit check: {text}", file=sys.stderr, flush=True)
 
 
-def duplicate_findings(source: Source, digests: list[str], hashes, signatures, usable: list[int]) -> list[dict]:
+def duplicate_findings(
+    source: Source, digests: list[str], hashes, signatures, usable: list[int], sides: list[int]
+) -> list[dict]:
     """Exact groups, then near-duplicate pairs among one image of each exact group and every other usable
-    image; each with its kind (leak, conflict, duplicate)."""
+    image at least SIGNATURE_SIDE pixels on its shorter side (smaller ones, 8x8 digits say, are too alike
+    for their thumbnails to tell a copy from a neighbour); each with its kind (leak, conflict, duplicate)."""
     entries = source.entries
     findings = []
-    represented = set(usable)
+    represented = {i for i in usable if sides[i] >= SIGNATURE_SIDE}
     for group in exact_groups(digests):
         first = group[0]
         for other in group[1:]:
@@ -124,21 +127,24 @@ def run_check(options: CheckOptions, *, started: float | None = None, quiet: boo
         usable = [i for i, f in enumerate(facts) if not f.fatal]
         digests = [f.digest for f in facts]
         hashes, signatures = [f.phash for f in facts], [f.signature for f in facts]
+        sides = [min(f.width, f.height) for f in facts]
     else:
         from PIL import Image, ImageOps
 
         from .duplicates import perceptual_hash, thumbnail_signature
 
         files, usable, digests, hashes, signatures, pixels = [], list(range(len(entries))), [], [], [], []
+        sides = []
         for entry in entries:
             array = np.ascontiguousarray(source.pixels(entry))
+            sides.append(min(array.shape[:2]))
             image = Image.fromarray(array)
             digests.append(hashlib.blake2b(array.tobytes(), digest_size=16).hexdigest())
             hashes.append(f"{perceptual_hash(image):016x}")
             signatures.append(thumbnail_signature(image).tobytes().hex())
             pixels.append(np.asarray(ImageOps.fit(image, (size, size), Image.Resampling.BICUBIC)))
     _say(quiet, f"{len(files)} file problem(s); looking for duplicates")
-    duplicates = duplicate_findings(source, digests, hashes, signatures, usable)
+    duplicates = duplicate_findings(source, digests, hashes, signatures, usable, sides)
     report = {
         "data": options.data,
         "labels": options.labels,

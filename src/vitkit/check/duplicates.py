@@ -50,7 +50,7 @@ def _popcount(x: np.ndarray) -> np.ndarray:
     return np.unpackbits(bytes_, axis=-1).sum(-1)
 
 
-def near_pairs(hashes: np.ndarray, signatures: np.ndarray, chunk: int = 1024) -> list[tuple[int, int, int, float]]:
+def near_pairs(hashes: np.ndarray, signatures: np.ndarray, chunk: int = 256) -> list[tuple[int, int, int, float]]:
     """(i, j, hash distance, thumbnail correlation) for i < j whose hashes are within NEAR_BITS bits and
     whose thumbnails agree. `hashes`: (N,) uint64; `signatures`: (N, 256) uint8."""
     found = []

@@ -154,7 +154,7 @@ def inspect_file(path: Path, decode: bool, train_size: int | None = None) -> tup
 
 
 class FactsCache:
-    """FileFacts of a folder's files, in one JSON file under the data cache, keyed by resolved path; an
+    """FileFacts of a folder's files, in one JSON file under the data cache, keyed by absolute path; an
     entry counts only while its file's size and modification time are unchanged."""
 
     def __init__(self, root: Path, data_dir: str | os.PathLike | None = None):
@@ -169,21 +169,21 @@ class FactsCache:
         except Exception:  # no cache yet, or a damaged one: start afresh
             pass
 
-    def get(self, path: Path, need_decode: bool) -> FileFacts | None:
-        entry = self.entries.get(str(path))
-        if entry is None:
+    def get(self, key: str, need_decode: bool) -> FileFacts | None:
+        """The facts of the file at absolute path `key`, if cached and the file is unchanged."""
+        entry = self.entries.get(key)
+        if entry is None or (need_decode and not entry["decoded"]):
             return None
         try:
-            st = path.stat()
+            st = os.stat(key)
         except OSError:
             return None
-        facts = FileFacts(**entry)
-        if facts.size != st.st_size or facts.mtime_ns != st.st_mtime_ns or (need_decode and not facts.decoded):
+        if entry["size"] != st.st_size or entry["mtime_ns"] != st.st_mtime_ns:
             return None
-        return facts
+        return FileFacts(**entry)
 
-    def put(self, path: Path, facts: FileFacts) -> None:
-        self.entries[str(path)] = asdict(facts)
+    def put(self, key: str, facts: FileFacts) -> None:
+        self.entries[key] = asdict(facts)
         self.changed = True
 
     def save(self) -> None:
@@ -204,28 +204,31 @@ def inspect_files(
     train_size: int | None = None,
     progress=None,
 ) -> tuple[list[FileFacts], list[np.ndarray | None]]:
-    """Facts of every file (from `cache` when current) and, with `train_size`, their pixels (decoded even
-    when the facts are cached); on threads, as Pillow releases the GIL while decoding."""
+    """Facts of every file (from `cache` when current) and, with `train_size`, their pixels (then every file
+    is decoded); on threads, as Pillow releases the GIL while decoding."""
+    keys = [os.path.abspath(p) for p in paths]  # not resolve(): a syscall per path component
+    facts: list[FileFacts | None] = [None] * len(paths)
+    pixels: list[np.ndarray | None] = [None] * len(paths)
+    todo = []
+    for i, key in enumerate(keys):
+        cached = cache.get(key, decode) if cache and not train_size else None
+        if cached is None:
+            todo.append(i)
+        facts[i] = cached
 
-    def one(path: Path):
-        facts = cache.get(path.resolve(), decode) if cache else None
-        if facts is not None and not (train_size and not facts.fatal):
-            return facts, None, False
-        fresh, pixels = inspect_file(path, decode, train_size)
-        return fresh, pixels, True
+    def one(i: int):
+        return inspect_file(paths[i], decode, train_size)
 
-    results = []
     with ThreadPoolExecutor(max_workers=min(8, available_cores() * 2)) as pool:
-        for done, result in enumerate(pool.map(one, paths), 1):
-            results.append(result)
+        for done, (i, (fresh, array)) in enumerate(zip(todo, pool.map(one, todo)), 1):
+            facts[i], pixels[i] = fresh, array
+            if cache:
+                cache.put(keys[i], fresh)
             if progress and done % 5000 == 0:
                 progress(done)
     if cache:
-        for path, (facts, _, fresh) in zip(paths, results):
-            if fresh:
-                cache.put(path.resolve(), facts)
         cache.save()
-    return [facts for facts, _, _ in results], [pixels for _, pixels, _ in results]
+    return facts, pixels
 
 
 def file_findings(names: list[str], facts: list[FileFacts]) -> list[dict]:

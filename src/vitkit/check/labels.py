@@ -22,9 +22,11 @@ from ..runtime import autocast, use_bf16
 
 MIN_VAL_IMAGES = 5  # a class (or a label's positives) with fewer in validation is judged on noise
 MIN_TRAIN_SECONDS = 20  # less time than this for the k-fold training is no judgement worth giving
-MIN_STEPS = 30  # nor are fewer optimizer steps a fold
-MAX_EPOCHS = 40  # a small dataset is not trained longer than this, however long the budget
+MIN_STEPS = 30  # nor are fewer optimizer steps a fold (or, for small data, MIN_EPOCHS)
+MIN_EPOCHS = 5
+MAX_EPOCHS = 100  # a small dataset is not trained longer than this, however long the budget
 BATCH = 256
+BF16_FROM_IMAGES = 10_000
 
 
 def balance(entries, class_names: list[str], multi_label: bool, val_split: float, splits_given: bool) -> dict:
@@ -104,8 +106,11 @@ def _new_model(num_classes: int, side: int, sample: torch.Tensor) -> torch.nn.Mo
     return model.to(memory_format=torch.channels_last)
 
 
-def _train_fold(model, images, targets, steps: int, multi_label: bool, bf16: bool, seed: int) -> None:
-    device = torch.device("cpu")
+def _train_fold(model, images, targets, seconds: float, max_steps: int, multi_label: bool, bf16: bool, seed: int) -> int:
+    """Train for `seconds` or `max_steps`, whichever ends first; the learning rate follows the progress
+    through both (warmup over the first tenth, then a linear decay to 0), so a machine slower than
+    measured shortens the run instead of overrunning the budget. Returns the steps taken. No label
+    smoothing: confident learning reads the probabilities' margins, which smoothing compresses."""
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:
@@ -117,28 +122,32 @@ def _train_fold(model, images, targets, steps: int, multi_label: bool, bf16: boo
         momentum=0.9,
         nesterov=True,
     )
-    warmup = max(1, steps // 10)
     gen = torch.Generator().manual_seed(seed)
     model.train()
     order = torch.randperm(len(images), generator=gen)
-    cursor = 0
-    for step in range(steps):
+    cursor = step = 0
+    start = time.perf_counter()
+    while True:
+        progress = max(step / max_steps, (time.perf_counter() - start) / seconds)
+        if progress >= 1:
+            return step
         for group in opt.param_groups:
-            group["lr"] = peak * min((step + 1) / warmup, (steps - step) / max(steps - warmup, 1))
+            group["lr"] = peak * min((progress + 0.01) / 0.1, (1 - progress) / 0.9)
         if cursor + BATCH > len(order):
             order, cursor = torch.randperm(len(images), generator=gen), 0
         index = order[cursor : cursor + BATCH]
         cursor += BATCH
         x = _augment(images[index], gen).contiguous(memory_format=torch.channels_last)
-        with autocast(device, bf16):
+        with autocast(torch.device("cpu"), bf16):
             logits = model(x).float()
         if multi_label:
             loss = F.binary_cross_entropy_with_logits(logits, targets[index])
         else:
-            loss = F.cross_entropy(logits, targets[index], label_smoothing=0.2)
+            loss = F.cross_entropy(logits, targets[index])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        step += 1
 
 
 @torch.no_grad()
@@ -166,6 +175,7 @@ def out_of_fold_probabilities(
     """(N, K) probabilities of each image from a model trained on the other folds, and how they were made
     (None and why, when `seconds` allows too few steps). `pixels`: (N, S, S, 3) uint8; the training shares
     `seconds` equally between the folds."""
+    began = time.perf_counter()
     torch.manual_seed(seed)
     x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div_(255)
     mean, std = x.mean((0, 2, 3), keepdim=True), x.std((0, 2, 3), keepdim=True).clamp(min=1e-3)
@@ -179,42 +189,46 @@ def out_of_fold_probabilities(
         targets = torch.tensor(labels, dtype=torch.long)
         keys = np.array(labels)
     fold_of = _stratified_folds(keys, folds, seed)
-    bf16 = use_bf16("auto", torch.device("cpu"))
+    # bf16 kernels cost seconds of set-up in their first steps, which pays off only over a long training
+    bf16 = use_bf16("auto", torch.device("cpu")) and len(x) >= BF16_FROM_IMAGES
     side = x.shape[-1]
 
-    # the rate of this machine, measured on a throwaway model, sets every fold's number of steps
-    probe = _new_model(num_classes, side, x[:2048])
-    _train_fold(probe, x[:BATCH * 2], targets[: BATCH * 2], 2, multi_label, bf16, seed)
-    t0 = time.perf_counter()
-    _train_fold(probe, x[:BATCH * 4], targets[: BATCH * 4], 4, multi_label, bf16, seed)
-    step_s = (time.perf_counter() - t0) / 4
-    predict_s = step_s * len(x) / BATCH / 2  # a forward pass is about a third of a step; two (flip) per image
-    per_fold = (seconds - predict_s) / folds
-    steps = min(int(per_fold / step_s), MAX_EPOCHS * len(x) // BATCH + 1)
-    if steps < MIN_STEPS:
-        return None, {
-            "skipped": f"the time budget left {max(seconds, 0):.0f} s to train {folds} models on {len(x)} images, "
-            f"{steps} steps each here; raise --time-budget"
-        }
+    deadline = began + seconds
+    epoch_steps = math.ceil(len(x) * (folds - 1) / folds / BATCH)
+    max_steps = MAX_EPOCHS * epoch_steps
     probabilities = np.zeros((len(x), num_classes), np.float32)
+    steps: list[int] = []
+    predict_s = 0.1 * seconds / folds  # a guess for the first fold; then measured
     for fold in range(folds):
         held = torch.from_numpy(np.flatnonzero(fold_of == fold))
         kept = torch.from_numpy(np.flatnonzero(fold_of != fold))
         model = _new_model(num_classes, side, x[kept[:4096]])
-        _train_fold(model, x[kept], targets[kept], steps, multi_label, bf16, seed + fold)
+        # each fold gets an equal share of what is left, so one slowed by a busy machine takes its excess
+        # from those after it instead of overrunning the budget
+        train_s = (deadline - time.perf_counter()) / (folds - fold) - predict_s
+        taken = _train_fold(model, x[kept], targets[kept], max(train_s, 0.0), max_steps, multi_label, bf16, seed + fold)
+        if taken < min(MIN_STEPS, MIN_EPOCHS * epoch_steps):
+            return None, {
+                "skipped": f"the time budget left {max(seconds, 0):.0f} s to train {folds} models on {len(x)} images: "
+                f"{taken} steps for the first here, too few to judge labels; raise --time-budget"
+            }
+        steps.append(taken)
+        predict_started = time.perf_counter()
         probabilities[held.numpy()] = _predict(model, x[held], multi_label, bf16)
+        predict_s = time.perf_counter() - predict_started
         if progress:
             progress(fold + 1, folds)
     if multi_label:
         accuracy = float(((probabilities > 0.5) == targets.numpy().astype(bool)).mean())
     else:
         accuracy = float((probabilities.argmax(1) == keys).mean())
-    epochs = steps * BATCH / max(len(x) * (folds - 1) / folds, 1)
+    epochs = sum(steps) / len(steps) / epoch_steps
     how = {
         "model": "fastnet_cifar widths 32-64-128",
         "image_size": side,
         "folds": folds,
         "steps_per_fold": steps,
+        "seconds": round(time.perf_counter() - began, 1),
         "epochs_per_fold": round(epochs, 2),
         "bf16": bf16,
         "out_of_fold_accuracy" if not multi_label else "out_of_fold_label_accuracy": round(accuracy, 4),
