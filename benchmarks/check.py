@@ -65,14 +65,19 @@ def plant(source: Path, dest: Path, seed: int, flip_share: float, leaks: int, te
         image.resize((side, side), Image.Resampling.BICUBIC).save(copy, quality=int(rng.integers(60, 86)))
         pairs.append((original.relative_to(dest).as_posix(), copy.relative_to(dest).as_posix()))
     broken_dir = dest / "train" / classes[0]
-    some = Image.open(placed[0]).convert("RGB")
+
+    def picture() -> Image.Image:  # none of the data's pictures, so the broken files duplicate nothing in it
+        pattern = rng.uniform(0, 255, (4, 4, 3)).astype(np.uint8)
+        return Image.fromarray(pattern).resize((32, 32), Image.Resampling.BICUBIC)
+
+    some = picture()
     buffer = io.BytesIO()
     some.save(buffer, "JPEG", quality=90)
     (broken_dir / "truncated.jpg").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
     (broken_dir / "empty.jpg").write_bytes(b"")
     (broken_dir / "text.jpg").write_text("not an image\n")
-    some.convert("CMYK").save(broken_dir / "cmyk.jpg", quality=90)
-    grey = (np.asarray(some.convert("L"), np.uint16) * 257).astype(np.uint16)
+    picture().convert("CMYK").save(broken_dir / "cmyk.jpg", quality=90)
+    grey = (np.asarray(picture().convert("L"), np.uint16) * 257).astype(np.uint16)
     Image.fromarray(grey).save(broken_dir / "deep.png")
     broken = [f"train/{classes[0]}/{name}" for name in BROKEN]
     return {"flipped": flipped, "pairs": pairs, "broken": broken, "images": len(files) + leaks + len(BROKEN)}
@@ -84,7 +89,6 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=15.0, help="vitkit check's --time-budget")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", default="check", help="benchmarks/results/NAME.json")
-    parser.add_argument("--folds", type=int, default=3)
     args = parser.parse_args()
 
     import vitkit
@@ -99,7 +103,6 @@ def main() -> int:
             str(planted_dir),
             out=str(Path(tmp) / "report"),
             time_budget=args.minutes,
-            folds=args.folds,
             data_dir=str(Path(tmp) / "cache"),
             seed=args.seed,
             started=started,

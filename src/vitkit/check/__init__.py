@@ -31,7 +31,12 @@ REPORT_SECONDS = 15  # kept back from the time budget for the report
 class CheckOptions(DataOptions):
     out: str = _check("check", "the report's folder: check.html, check.json and CSVs")
     time_budget: float = _check(10.0, "minutes for the whole check; the label-error training gets what is left", above=0)
-    folds: int = _check(3, "folds of the out-of-fold training that judges the labels", at_least=2)
+    folds: int = _check(
+        2,
+        "folds of the out-of-fold training that judges the labels (under a time budget, fewer folds give each "
+        "model more of it)",
+        at_least=2,
+    )
     image_size: int = _check(32, "side of the images the label-judging model sees", at_least=8)
     label_errors: bool = _check(True, "judge the labels with a quick k-fold training (--no-label-errors: skip it)")
 
