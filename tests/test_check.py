@@ -303,3 +303,32 @@ def test_movie_posters_report_rare_labels_and_duplicates(tmp_path):
     rare = {r["label"] for r in report["balance"]["too_few_for_validation"]}
     assert "News" in rare and "Drama" not in rare
     assert report["duplicates"], "the posters hold duplicates"
+
+
+def test_exclude_leaves_table_rows_out_and_refuses_what_it_cannot_apply(tmp_path):
+    from vitkit.data.prepare import read_exclude
+    from vitkit.data.table import list_table
+
+    data = write_split_folder(tmp_path / "data", per_class=(3, 0))
+    rows = [f"train/{name}/{i:03d}.jpg,{name}" for name in COLOURS for i in range(3)]
+    (tmp_path / "labels.csv").write_text("image,label\n" + "\n".join(rows) + "\n")
+    (tmp_path / "exclude.txt").write_text("train/cat/000.jpg\n" + str(data / "train" / "dog" / "002.jpg") + "\n")
+    exclude = read_exclude(tmp_path / "exclude.txt", str(data))
+    listing = list_table(data, tmp_path / "labels.csv", exclude=exclude)
+    kept = {p.relative_to(data).as_posix() for p, _ in listing.listed["train"]}
+    assert len(kept) == 7 and "train/cat/000.jpg" not in kept and "train/dog/002.jpg" not in kept
+    for n, (args, message) in enumerate(
+        (
+            (["--data", "digits", "--exclude", str(tmp_path / "exclude.txt")], "applies to an image folder"),
+            (["--data", str(data), "--exclude", str(tmp_path / "none.csv")], "no such file"),
+        )
+    ):
+        proc = run_vitkit("train", *args, "--out", str(tmp_path / f"run{n}"), "--epochs", "1")
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_vitkit_check_stays_the_function_beside_its_package():
+    import vitkit
+    import vitkit.check.report  # noqa: F401  (a submodule's import must not rebind vitkit.check)
+
+    assert callable(vitkit.check) and vitkit.check.__module__ == "vitkit.api"
