@@ -340,7 +340,7 @@ def dataset_check() -> list[str]:
             f"{data['minutes']:g} min ({data['check_seconds']:.0f} s)",
             f"{data['label_error_recall']:.2f} / {data['label_error_precision']:.2f}",
             f"{data['planted_pairs_found']} of {data['planted_pairs']}",
-            f"{data['pairs_not_planted']} ({data['pairs_not_planted_byte_identical']})",
+            f"{data['pairs_not_planted_false']} ({data['pairs_not_planted_in_source']})",
             f"{data['broken_found']} of {data['broken_planted']}",
         ]
         for data, _ in result_files("check")
@@ -348,7 +348,7 @@ def dataset_check() -> list[str]:
     if not rows:
         return []
     header = ["date", "machine", "data", "images", "budget (used)", "label errors: recall / precision"]
-    header += ["planted duplicates found", "other pairs (byte-identical)", "broken files found"]
+    header += ["planted duplicates found", "false pairs (pairs in the source)", "broken files found"]
     return ["`python benchmarks/check.py --data ../shared/data/cifar10-train --minutes 15`", ""] + table(header, rows)
 
 
@@ -436,8 +436,8 @@ def page() -> str:
             "Dataset check",
             "`vitkit check` on a planted copy (5% of labels flipped, 50 resized and re-encoded test images copied "
             "into train, five broken files): label errors flagged by confident learning on out-of-fold "
-            "predictions within the budget; other pairs are found pairs that were not planted, those whose "
-            "files are byte-identical (duplicates in CIFAR-10 itself) in brackets.",
+            "predictions within the budget; false pairs are found pairs involving a planted file that were not "
+            "planted, and in brackets the pairs of two unchanged source images (CIFAR-10's own near-duplicates).",
             dataset_check(),
         ),
     ]
