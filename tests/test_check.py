@@ -332,3 +332,30 @@ def test_vitkit_check_stays_the_function_beside_its_package():
     import vitkit.check.report  # noqa: F401  (a submodule's import must not rebind vitkit.check)
 
     assert callable(vitkit.check) and vitkit.check.__module__ == "vitkit.api"
+
+
+@pytest.mark.slow
+def test_multi_label_label_errors_skip_labels_every_image_has(tmp_path):
+    """Drama on every poster leaves nothing to judge (cleanlab refuses such a label); Comedy (red posters)
+    and Action (green ones) are learnt, and the two blue posters labelled Comedy are flagged."""
+    data = tmp_path / "posters"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    rows, wrong = [], {"p01.jpg", "p04.jpg"}
+    colours = [(220, 40, 40), (40, 40, 220), (40, 200, 40)]
+    for i in range(90):
+        smooth_image(rng, colours[i % 3]).save(data / f"p{i:02d}.jpg")
+        comedy = i % 3 == 0 or f"p{i:02d}.jpg" in wrong
+        genres = ["Drama"] + (["Comedy"] if comedy else []) + (["Action"] if i % 3 == 2 else [])
+        rows.append(f"p{i:02d},\"{genres}\"")
+    (data / "train.csv").write_text("Id,Genre\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "report"
+    proc = run_vitkit(
+        "check", str(data), "--labels", str(data / "train.csv"), "--out", str(out), "--time-budget", "0.8",
+        "--image-size", "16", "--data-dir", str(tmp_path / "c"),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "check.json").read_text())
+    assert "out_of_fold_label_accuracy" in report["label_check"], report["label_check"]
+    found = {e["path"] for e in report["label_errors"]}
+    assert wrong <= found and len(found) <= 6, found

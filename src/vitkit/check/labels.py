@@ -246,7 +246,16 @@ def likely_label_errors(labels: list, probabilities: np.ndarray, multi_label: bo
     if multi_label:
         from cleanlab.multilabel_classification.rank import get_label_quality_scores as multilabel_scores
 
-        given = [list(label) for label in labels]
+        # a label every image has (or none has) leaves nothing to judge, and cleanlab refuses it
+        positives = np.zeros(probabilities.shape[1], np.int64)
+        for label in labels:
+            positives[list(label)] += 1
+        judged = np.flatnonzero((positives > 0) & (positives < len(labels)))
+        if len(judged) < 2:  # cleanlab's multi-label ranking needs two labels at least
+            return []
+        column = {c: i for i, c in enumerate(judged.tolist())}
+        given = [[column[c] for c in label if c in column] for label in labels]
+        probabilities = probabilities[:, judged]
         ranked = find_label_issues(given, probabilities, multi_label=True, return_indices_ranked_by="self_confidence")
         scores = multilabel_scores(given, probabilities)
     else:
