@@ -2,7 +2,7 @@
 
 The copy (a temporary folder; the source is never changed) holds out a seeded test split, then plants:
   - label errors: a seeded 5% of all images moved to another class, chosen at random;
-  - leaks: 50 test images copied into train, each resized by +-10% and re-encoded at another JPEG quality;
+  - leaks: 50 test images (--leaks) copied into train, each resized by +-10% and re-encoded at another JPEG quality;
   - broken files: a truncated JPEG, a zero-byte file, a text file named .jpg, a CMYK JPEG and a 16-bit PNG.
 It reports label-error recall and precision (target: recall >= 0.7 at precision >= 0.7), the share of
 planted duplicates found (target >= 95%), the pairs found that were not planted, split into those between
@@ -10,7 +10,7 @@ two unchanged source images (CIFAR-10 holds near-duplicates of its own; they are
 look at) and false ones involving a planted file (target <= 5), and whether every broken file is named.
 
     python benchmarks/check.py --data ../shared/data/cifar10-train --minutes 15
-    python benchmarks/check.py --data ../shared/data/cifar10-dev/train --minutes 4 --name check-dev
+    python benchmarks/check.py --data ../shared/data/cifar10-dev/train --minutes 4 --out /tmp/check-dev.json
 """
 
 from __future__ import annotations
@@ -99,7 +99,8 @@ def main() -> int:
     parser.add_argument("--data", default=str(SHARED_DATA / "cifar10-train"), help="a folder of class folders")
     parser.add_argument("--minutes", type=float, default=15.0, help="vitkit check's --time-budget")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--name", default="check", help="benchmarks/results/NAME.json")
+    parser.add_argument("--leaks", type=int, default=50, help="test images copied into train, resized and re-encoded")
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "check.json"), help="the JSON to write")
     args = parser.parse_args()
 
     import vitkit
@@ -107,7 +108,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="vitkit-check-bench-") as tmp:
         planted_dir = Path(tmp) / "planted"
         t0 = time.monotonic()
-        planted = plant(Path(args.data), planted_dir, args.seed, 0.05, 50, 0.1)
+        planted = plant(Path(args.data), planted_dir, args.seed, 0.05, args.leaks, 0.1)
         plant_s = time.monotonic() - t0
         # what vitkit train's start-up check costs on these files: with no cache, then cached
         from vitkit.check import train_check
@@ -187,7 +188,7 @@ def main() -> int:
         {"what": "train's start-up check, seconds (cached)", "value": train_check_s[1], "target": "a few"},
     ]
     print_table(rows, [("what", "measure", "s"), ("value", "value", ".3f"), ("target", "target", "s")])
-    write_json(REPO / "benchmarks" / "results" / f"{args.name}.json", result)
+    write_json(args.out, result)
     return 0
 
 
