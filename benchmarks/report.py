@@ -348,6 +348,27 @@ def recipe_parity() -> list[str]:
     )
 
 
+def dataset_check() -> list[str]:
+    rows = [
+        dated(data)
+        + [
+            f"`{data['data']}`",
+            f"{data['images']:,}",
+            f"{data['minutes']:g} min ({data['check_seconds']:.0f} s)",
+            f"{data['label_error_recall']:.2f} / {data['label_error_precision']:.2f}",
+            f"{data['planted_pairs_found']} of {data['planted_pairs']}",
+            f"{data['pairs_not_planted_false']} ({data['pairs_not_planted_in_source']})",
+            f"{data['broken_found']} of {data['broken_planted']}",
+        ]
+        for data, _ in result_files("check")
+    ]
+    if not rows:
+        return []
+    header = ["date", "machine", "data", "images", "budget (used)", "label errors: recall / precision"]
+    header += ["planted duplicates found", "false pairs (pairs in the source)", "broken files found"]
+    return ["`python benchmarks/check.py --data ../shared/data/cifar10-train --minutes 15`", ""] + table(header, rows)
+
+
 def serving() -> list[str]:
     data = load("serve_load.json")
     out: list[str] = []
@@ -436,6 +457,14 @@ def page() -> str:
         ("Inference", "", inference()),
         ("Data pipeline", "", data_pipeline()),
         ("Serving", "", serving()),
+        (
+            "Dataset check",
+            "`vitkit check` on a planted copy (5% of labels flipped, 50 resized and re-encoded test images copied "
+            "into train, five broken files): label errors flagged by confident learning on out-of-fold "
+            "predictions within the budget; false pairs are found pairs involving a planted file that were not "
+            "planted, and in brackets the pairs of two unchanged source images (CIFAR-10's own near-duplicates).",
+            dataset_check(),
+        ),
     ]
     out = [INTRO, "## Machines", ""] + machines()
     for title, text, body in sections:

@@ -61,6 +61,20 @@ def cifar_array(tmp_path):
     assert "already unpacked" in again
 
 
+def check(tmp_path):
+    out = tmp_path / "check.json"
+    source = write_class_folders(tmp_path / "images", per_class=20, size=32)  # the seeded test split has every class
+    script("check.py", "--data", source, "--minutes", 0.2, "--leaks", 2, "--out", out)
+    data = read(out)
+    assert data["planted_pairs"] == 2 and data["broken_planted"] == data["broken_found"] == 5
+    assert data["broken_kinds"] == {
+        "truncated.jpg": "corrupt", "empty.jpg": "empty", "text.jpg": "not-an-image", "cmyk.jpg": "cmyk",
+        "deep.png": "16-bit",
+    }  # fmt: skip
+    for key in ("label_error_recall", "label_error_precision", "pairs_not_planted_false", "train_start_check_seconds"):
+        assert key in data
+
+
 def data_pipeline(tmp_path):
     out = tmp_path / "data_pipeline.json"
     script(
@@ -339,6 +353,7 @@ def vs_transformers(tmp_path):
 
 
 CASES = {
+    "check.py": check,
     "cifar_array.py": cifar_array,
     "data_pipeline.py": data_pipeline,
     "decode_pool.py": decode_pool,

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ROOT, run_vitkit, shared_dataset, subprocess_env, vitkit_cmd
+from browser import artifacts_dir, headless_chromium
+from conftest import run_vitkit, shared_dataset, subprocess_env, vitkit_cmd
 from PIL import Image
 
 
@@ -221,31 +222,12 @@ def test_web_page_in_headless_chromium(server):
     """A wide real photo on the page at desktop and phone widths: the model's name, a loading indicator while
     the request is in flight, the photo undistorted with the crop box, the model's view and its overlay the same
     square size, and no horizontal scroll at 420 px. Screenshots go to test-artifacts/ to look at."""
-    webdriver = pytest.importorskip("selenium.webdriver")
+    photo = shared_dataset("flowers-mini") / "train" / "daisy" / "4694730335_2553e77aa5_z.jpg"  # 160x58
+    driver = headless_chromium()
+    artifacts = artifacts_dir()
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    if not (Path("/usr/bin/chromium").exists() and Path("/usr/bin/chromedriver").exists()):
-        pytest.skip("Debian chromium and chromium-driver are not installed")
-    photo = shared_dataset("flowers-mini") / "train" / "daisy" / "4694730335_2553e77aa5_z.jpg"  # 160x58
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--hide-scrollbars",
-        "--window-size=1280,1000",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path="/usr/bin/chromedriver"), options=options)
-    artifacts = Path(os.environ.get("VITKIT_TEST_ARTIFACTS", ROOT / "test-artifacts"))
-    artifacts.mkdir(parents=True, exist_ok=True)
     try:
         driver.get(server.base + "/")
         assert "vitkit" in driver.title

@@ -44,6 +44,20 @@ def train(
     return run_training(cfg, callbacks, started)
 
 
+def check(data: str, started: float | None = None, quiet: bool = False, **options: Any) -> dict[str, Any]:
+    """Find what is wrong with a dataset before it is trained on, and write the report to `out` (default
+    ./check): file problems, exact and near duplicates (leaks between splits first), balance, and likely
+    label errors from a quick k-fold training within `time_budget` minutes. Takes `vitkit check`'s options
+    (`labels`, `time_budget`, `out`, `folds`, `label_errors`, ...); returns check.json's content plus `out`."""
+    from .check import CheckOptions, run_check
+    from .options import check_options
+
+    check_known(options, CheckOptions, "check options")
+    config = CheckOptions(data=str(data), **typed_values(options, CheckOptions))
+    check_options(config)
+    return run_check(config, started=started, quiet=quiet)
+
+
 def lr_find(
     steps: int = 100,
     start_lr: float = 1e-7,

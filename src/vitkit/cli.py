@@ -416,6 +416,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- parser
 
 
+# ----------------------------------------------------------------------------- check
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from . import api
+
+    options = {k: v for k, v in vars(args).items() if k not in ("command", "func", "argv", "started")}
+    report = api.check(started=args.started, **options)
+    leaks = sum(d["kind"] == "leak" for d in report["duplicates"])
+    fatal = sum(f["fatal"] for f in report["files"])
+    print(
+        f"{report['images']} images: {len(report['files'])} file problem(s) ({fatal} that stop training), "
+        f"{len(report['duplicates'])} duplicate pair(s) ({leaks} leak(s) between splits), "
+        f"{len(report['balance']['too_few_for_validation'])} class(es) too small for validation, "
+        f"{len(report['label_errors'])} likely label error(s)"
+    )
+    out = report["out"]
+    print(f"-> {out}/check.html (also check.json; exclude.csv for vitkit train --exclude)")
+    return 0
+
+
 # ----------------------------------------------------------------------------- data
 
 
@@ -577,6 +598,22 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"{f.metadata['help']} (default: %(default)g)",
         )
     p.set_defaults(func=cmd_serve)
+
+    from .check import CheckOptions
+
+    p = sub.add_parser(
+        "check",
+        help="find what is wrong with a dataset before training: broken files, duplicates and leaks, balance, "
+        "likely label errors",
+        description="Read DATA as vitkit train would (an image folder, a folder with --labels TABLE, a built-in "
+        "or hf:NAME dataset), never changing it, and write a report to --out: check.html (with thumbnails), "
+        "check.json, and CSVs, among them exclude.csv for vitkit train --exclude.",
+    )
+    p.add_argument("data", help="an image folder, a folder with --labels TABLE, a built-in dataset or hf:NAME")
+    add_dataclass_options(
+        p, CheckOptions, {"data": "the data", "run": "seed", "check": "the check"}, command="check", defaults={}
+    )
+    p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("data", help="dataset tools")
     data_sub = p.add_subparsers(dest="data_command", required=True)

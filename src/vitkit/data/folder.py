@@ -172,12 +172,19 @@ def load_folder(
     cache: bool = True,
     data_dir: str | os.PathLike | None = None,
     memory_limit_gb: float | None = None,
+    exclude: set[Path] | None = None,
 ) -> tuple[Dataset, list[str]]:
     """Decode an image folder with `preprocessing` (to its square size), or keep it as files to stream
     when the decoded images would exceed `memory_limit_gb` (see `memory_limit_bytes`). Bad files stop
     with their name, or with `skip_bad` are left out (a streamed folder's are found by a decoding pass
-    first). Returns the dataset (val/test may be None) and the skipped bad images' errors."""
+    first); files in `exclude` (resolved paths) are never read. Returns the dataset (val/test may be None)
+    and the skipped bad images' errors."""
     splits = scan_folder(root)
+    if exclude:
+        splits = {
+            s: {c: [p for p in files if p.resolve() not in exclude] for c, files in classes.items()}
+            for s, classes in splits.items()
+        }
     class_names = sorted(splits["train"])
     index = {c: i for i, c in enumerate(class_names)}
     listed = {s: [(p, index[c]) for c, files in classes.items() for p in files] for s, classes in splits.items()}

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import csv
+import os
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..errors import MissingFile, VitkitError
 from ..options import option
 from .augment import IMAGENET_MEAN, IMAGENET_STD, to_channels
 from .builtin import BUILTIN, load_builtin
@@ -56,6 +60,8 @@ def typical_side(data: str) -> int | None:
 
 
 _data = partial(option, group="data")
+# the data options `vitkit check` takes too (its data is an argument, not --data)
+_shared = partial(_data, commands=("train", "lr-find", "check"))
 
 
 @dataclass
@@ -68,37 +74,42 @@ class DataOptions:
         f"built-in dataset ({', '.join(BUILTIN)}), an image folder, a folder of parquet shards or of "
         "save_to_disk, or hf:NAME[:CONFIG] (a Hugging Face hub dataset)",
     )
-    data_dir: str | None = _data(None, "download cache (default: $VITKIT_DATA, else ~/.cache/vitkit)")
-    val_split: float = _data(
+    data_dir: str | None = _shared(None, "download cache (default: $VITKIT_DATA, else ~/.cache/vitkit)")
+    val_split: float = _shared(
         0.1,
         "fraction of train held out for validation when the data has no val split (image folders and their "
         "presets: 0.2)",
         above=0,
         below=1,
     )
-    labels: str | None = _data(
+    labels: str | None = _shared(
         None,
         "a table (.csv, .tsv, .jsonl, .parquet) of the images under --data (a folder) and their label or labels, "
         "one row per image; a split column (train/val/test) assigns rows to splits",
     )
-    image_column: str | None = _data(
+    image_column: str | None = _shared(
         None,
         "the image column: of Hugging Face data (default: the one Image feature), or of --labels (paths relative "
         "to --data, with or without extension; default: a column named image, path, file, id, ...)",
     )
-    label_column: str | None = _data(
+    label_column: str | None = _shared(
         None,
         "the label column: of Hugging Face data (default: the ClassLabel feature), or of --labels: one column "
         "(a class, a list such as ['a', 'b'], or names joined by --label-separator) or comma-separated 0/1 "
         "columns (default: the table's 0/1 columns, else a column named label(s), tags, genre, ...)",
     )
-    label_separator: str | None = _data(None, "--labels: the separator of several labels in one cell, e.g. '|'")
-    multi_label: bool | None = _data(
+    label_separator: str | None = _shared(None, "--labels: the separator of several labels in one cell, e.g. '|'")
+    multi_label: bool | None = _shared(
         None,
         "any number of labels per image: sigmoid outputs, thresholds per label, mAP (default: when --labels has "
         "rows with several labels, or 0/1 label columns)",
     )
     skip_bad_images: bool = _data(False, "skip unreadable images (listed in skipped_images.txt) instead of failing")
+    exclude: str | None = _data(
+        None,
+        "a list of images under --data to leave out, never read: a text file with one path a line, or a CSV with a "
+        "path column (such as the exclude.csv vitkit check writes); paths relative to --data or absolute",
+    )
     train_limit: int = _data(0, "use only this many training images, stratified (0: all)", at_least=0)
     test_limit: int = _data(0, "use only this many test images, stratified (0: all)", at_least=0)
     memory_limit_gb: float | None = _data(
@@ -108,7 +119,25 @@ class DataOptions:
         at_least=0,
         resumable=True,
     )
-    seed: int = option(0, "seed of weights, data order, splits and augmentation", group="run")
+    seed: int = option(
+        0, "seed of weights, data order, splits and augmentation", group="run", commands=("train", "lr-find", "check")
+    )
+
+
+def read_exclude(listing: str | os.PathLike, data: str) -> set[Path]:
+    """The resolved paths an --exclude list names: one a line, or a CSV's `path` column (its first column
+    when none is named so); relative paths are under the folder `data`."""
+    path = Path(listing)
+    if not path.is_file():
+        raise MissingFile(f"--exclude {path}: no such file")
+    rows = list(csv.reader(path.read_text(encoding="utf-8-sig").splitlines()))
+    rows = [row for row in rows if row and row[0].strip()]
+    column = 0
+    if rows and "path" in [cell.strip().lower() for cell in rows[0]]:
+        column = [cell.strip().lower() for cell in rows[0]].index("path")
+        rows = rows[1:]
+    root = Path(data)
+    return {(root / row[column].strip()).resolve() for row in rows if len(row) > column}
 
 
 def prepare_data(
@@ -124,6 +153,9 @@ def prepare_data(
     o = options
     data, data_dir, seed, memory_limit_gb = o.data, o.data_dir, o.seed, o.memory_limit_gb
     image_column, label_column, skip_bad = o.image_column, o.label_column, o.skip_bad_images
+    exclude = read_exclude(o.exclude, data) if o.exclude else None
+    if exclude is not None and (data in BUILTIN or is_hf_source(data)):
+        raise VitkitError(f"--exclude {o.exclude}: lists image files, so it applies to an image folder --data, not {data}")
     if o.labels:
         from .table import load_table
 
@@ -136,6 +168,7 @@ def prepare_data(
             label_separator=o.label_separator,
             multi_label=o.multi_label,
             skip_bad=skip_bad,
+            exclude=exclude,
             data_dir=data_dir,
             memory_limit_gb=memory_limit_gb,
             for_training=for_training,
@@ -148,7 +181,12 @@ def prepare_data(
         bad = []
     else:
         dataset, bad = load_folder(
-            data, preprocessing, skip_bad=skip_bad, data_dir=data_dir, memory_limit_gb=memory_limit_gb
+            data,
+            preprocessing,
+            skip_bad=skip_bad,
+            data_dir=data_dir,
+            memory_limit_gb=memory_limit_gb,
+            exclude=exclude,
         )
     if not for_training:
         return dataset, bad

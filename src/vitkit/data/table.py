@@ -27,7 +27,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..errors import MissingFile, VitkitError
 from .folder import SPLIT_ALIASES, _fingerprint, load_listed
@@ -253,24 +253,31 @@ def _sort_names(names: set[str]) -> list[str]:
     return sorted(names, key=lambda n: (0, int(n), "") if n.lstrip("-").isdigit() else (1, 0, n))
 
 
-def load_table(
+class TableListing(NamedTuple):
+    """What a label table says, before any image is decoded."""
+
+    listed: dict[str, list[tuple[Path, Any]]]  # {split: [(image file, class index or 0/1 vector)]}
+    class_names: list[str]
+    multi_label: bool
+    bad: list[str]  # the rows `skip_bad` left out
+    key: str  # what besides the files decides the labels (the table's content, the columns), for cache keys
+
+
+def list_table(
     folder: str | os.PathLike,
     labels: str | os.PathLike,
-    preprocessing: Preprocessing,
     *,
     image_column: str | None = None,
     label_column: str | None = None,
     label_separator: str | None = None,
     multi_label: bool | None = None,
     skip_bad: bool = False,
-    cache: bool = True,
-    data_dir: str | os.PathLike | None = None,
-    memory_limit_gb: float | None = None,
+    exclude: set[Path] | None = None,
     for_training: bool = True,
-) -> tuple[Dataset, list[str]]:
-    """The images of `folder` labelled by the table `labels`: single-label (class indices) or multi-label
-    (0/1 vectors; `multi_label` None decides from the table). Returns the dataset and the bad rows and
-    images that `skip_bad` left out. Without `for_training` a table need not have train rows (one to
+) -> TableListing:
+    """The images of `folder` the table `labels` names, with their labels: single-label (class indices) or
+    multi-label (0/1 vectors; `multi_label` None decides from the table). Rows whose image is in `exclude`
+    (resolved paths) are left out. Without `for_training` a table need not have train rows (one to
     evaluate on)."""
     folder, table = Path(folder), Path(labels)
     if not folder.is_dir():
@@ -352,16 +359,57 @@ def load_table(
 
     listed: dict[str, list[tuple[Path, Any]]] = {"train": []}
     for split, path, names in parsed:
+        if exclude and path.resolve() in exclude:
+            continue
         listed.setdefault(split, []).append((path, target(names)))
     if for_training and not listed["train"]:
         raise VitkitError(f"--labels {table}: no row is in the train split")
     digest = hashlib.sha256(table.read_bytes()).hexdigest()
     key = f" table={digest} {image_column} {single_column} {binary_columns} {label_separator} multi={multi}"
-    files = {split: {"": [p for p, _ in items]} for split, items in listed.items()}
-    fingerprint = _fingerprint(files, preprocessing, skip_bad, key)
-    where = dict(cache=cache, data_dir=data_dir, memory_limit_gb=memory_limit_gb, for_training=for_training)
-    name = folder.resolve().name
-    dataset, unreadable = load_listed(
-        listed, class_names, name, fingerprint, preprocessing, skip_bad=skip_bad, multi_label=multi, **where
+    return TableListing(listed, class_names, multi, bad, key)
+
+
+def load_table(
+    folder: str | os.PathLike,
+    labels: str | os.PathLike,
+    preprocessing: Preprocessing,
+    *,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    label_separator: str | None = None,
+    multi_label: bool | None = None,
+    skip_bad: bool = False,
+    exclude: set[Path] | None = None,
+    cache: bool = True,
+    data_dir: str | os.PathLike | None = None,
+    memory_limit_gb: float | None = None,
+    for_training: bool = True,
+) -> tuple[Dataset, list[str]]:
+    """The images of `folder` labelled by the table `labels` (see `list_table`), decoded or streamed. Returns
+    the dataset and the bad rows and images that `skip_bad` left out."""
+    listing = list_table(
+        folder,
+        labels,
+        image_column=image_column,
+        label_column=label_column,
+        label_separator=label_separator,
+        multi_label=multi_label,
+        skip_bad=skip_bad,
+        exclude=exclude,
+        for_training=for_training,
     )
-    return dataset, bad + unreadable
+    files = {split: {"": [p for p, _ in items]} for split, items in listing.listed.items()}
+    fingerprint = _fingerprint(files, preprocessing, skip_bad, listing.key)
+    where = dict(cache=cache, data_dir=data_dir, memory_limit_gb=memory_limit_gb, for_training=for_training)
+    name = Path(folder).resolve().name
+    dataset, unreadable = load_listed(
+        listing.listed,
+        listing.class_names,
+        name,
+        fingerprint,
+        preprocessing,
+        skip_bad=skip_bad,
+        multi_label=listing.multi_label,
+        **where,
+    )
+    return dataset, listing.bad + unreadable

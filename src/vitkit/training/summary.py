@@ -35,6 +35,11 @@ def data_lines(trainer) -> list[str]:
     lines.append(f"         {where}; the model sees {setup.image_size} px")
     if setup.bad_images:
         lines.append(f"         {len(setup.bad_images)} unreadable image(s) skipped (skipped_images.txt)")
+    paths = {name: split.paths for name, split in splits if split is not None and getattr(split, "paths", None)}
+    if paths:
+        from ..check import train_check
+
+        lines += train_check(trainer.cfg.data, paths, trainer.cfg.data_dir)
     return lines
 
 
