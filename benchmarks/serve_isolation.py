@@ -22,25 +22,9 @@ from pathlib import Path
 
 import httpx
 from common import REPO, SHARED_DATA, machine, merge_rows, print_table, write_json
-from serve_load import cpu_seconds, exchange, photos, start_server
+from serve_load import cpu_seconds, exchange, multipart_request, photos, start_server
 
 RESULTS = REPO / "benchmarks" / "results" / "serve_isolation.json"
-
-
-def post_request(host: str, port: int, path: str, data: bytes) -> bytes:
-    """A whole keep-alive POST of one image to `path`, built once."""
-    boundary = "vitkit-load"
-    body = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="photo.jpg"\r\n'
-        "Content-Type: image/jpeg\r\n\r\n".encode()
-        + data
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
-    head = (
-        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: multipart/form-data; "
-        f"boundary={boundary}\r\nContent-Length: {len(body)}\r\n\r\n"
-    )
-    return head.encode() + body
 
 
 def memory_mib(pid: int) -> dict[str, float]:
@@ -57,7 +41,7 @@ async def mixed_load(base: str, payloads: list[bytes], predictors: int, explaine
 
     async def client_loop(path: str, index: int, step: int) -> None:
         nonlocal failures
-        requests = [post_request(host, int(port), path, p) for p in payloads]
+        requests = [multipart_request(host, int(port), p, path) for p in payloads]
         reader, writer = await asyncio.open_connection(host, int(port))
         i = index
         while time.perf_counter() < stop:

@@ -111,8 +111,8 @@ def start_server(checkpoint: str, backend: str, precision: str) -> tuple[subproc
     raise RuntimeError("the server did not start within 300 s")
 
 
-def multipart_request(host: str, port: int, data: bytes) -> bytes:
-    """A whole keep-alive POST /predict with one image, built once: the load generator then only writes
+def multipart_request(host: str, port: int, data: bytes, path: str = "/predict") -> bytes:
+    """A whole keep-alive POST of one image to `path`, built once: the load generator then only writes
     bytes and reads responses, so it takes little of the cores it shares with the server."""
     boundary = "vitkit-load"
     body = (
@@ -122,7 +122,7 @@ def multipart_request(host: str, port: int, data: bytes) -> bytes:
         + f"\r\n--{boundary}--\r\n".encode()
     )
     head = (
-        f"POST /predict HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: multipart/form-data; "
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: multipart/form-data; "
         f"boundary={boundary}\r\nContent-Length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
