@@ -105,6 +105,12 @@ def test_time_budget_keeps_every_pass_after_training_and_stops_at_the_nearest_st
     assert not budget.exhausted(step_s=2.0)  # a 2 s step ends 0.5 s past: closer than stopping 1.5 s early
     clock.now = budget.t0 + budget.training_seconds - 0.5
     assert budget.exhausted(step_s=2.0) and not budget.exhausted(step_s=0.5)
+    # an epoch the budget cut short is the last, even where the time left would seem to allow one more:
+    # another epoch would train at least one step past the budget, then validate again
+    fresh = TimeBudget(1.0, clock=clock)
+    clock.now = fresh.t0 + 10.0  # an epoch of 10 s, 50 s left
+    assert fresh.another_epoch_fits(1)
+    assert fresh.exhausted(step_s=200.0) and not fresh.another_epoch_fits(1)
 
 
 def test_the_size_probe_times_a_whole_training_step_and_the_loading():

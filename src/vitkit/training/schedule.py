@@ -105,6 +105,7 @@ class TimeBudget:
         self.reserve = 0.0  # seconds kept after training: final evaluation and plots
         self.t_train: float | None = None  # when training began in this process (pace is measured from it)
         self.steps_at_train = self.epochs_at_train = 0
+        self.cut_short = False  # set when exhausted() has ended training inside an epoch
 
     @property
     def enabled(self) -> bool:
@@ -129,7 +130,9 @@ class TimeBudget:
     def exhausted(self, step_s: float = 0.0) -> bool:
         """Training must stop: stepping on (a step takes `step_s`) would end further past the training
         time than stopping now ends before it."""
-        return self.enabled and self.elapsed() + step_s / 2 > self.training_seconds
+        done = self.enabled and self.elapsed() + step_s / 2 > self.training_seconds
+        self.cut_short = self.cut_short or done
+        return done
 
     def keep_for_finish(
         self,
@@ -159,6 +162,8 @@ class TimeBudget:
         an epoch's time is left."""
         if not self.enabled:
             return True
+        if self.cut_short:  # the time ran out inside the last epoch: another would train a step past it
+            return False
         epoch_time = self.training_time() / max(1, epochs_done - self.epochs_at_train)
         return self.elapsed() + LAST_EPOCH_MIN_SHARE * epoch_time <= self.training_seconds
 
