@@ -59,7 +59,8 @@ class Classifier:
     @property
     def summary(self) -> str:
         """The recipe or model it was trained as (when recorded), family, input size and classes."""
-        from ..training.config import model_label  # the one training import, for a recipe's name
+        # a recipe's label is computed from its TrainConfig; only serve's banner and page ask for it
+        from ..training.config import model_label
 
         trained = self.meta.get("train_config") or {}
         parts = [model_label(trained) if trained.get("preset") else trained.get("model"), self.meta.get("family")]
