@@ -24,11 +24,11 @@ import torch
 from common import hf_twin, machine, print_table, project_path, write_json
 
 import vitkit
-from vitkit.api import Classifier, _checkpoint_split, cached_onnx_export
 from vitkit.data.loader import BatchLoader
 from vitkit.eval.agreement import agreement_report, predicted_classes
-from vitkit.export.onnx import OnnxModel
+from vitkit.eval.checkpoint import _checkpoint_split
 from vitkit.export.quantize import calibration_batches, quantize_int8
+from vitkit.inference import Classifier, OnnxModel, cached_onnx_export
 from vitkit.models import create_model
 
 

@@ -105,7 +105,7 @@ def run_scores(run: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """{split: (sigmoid scores, 0/1 targets)} of a run's best checkpoint on its validation split (the one
     that tuned its thresholds) and its test split (the held-out posters)."""
     import vitkit
-    from vitkit.api import _checkpoint_split
+    from vitkit.eval.checkpoint import _checkpoint_split
     from vitkit.data.loader import BatchLoader
     from vitkit.eval.multilabel import multilabel_outputs
 

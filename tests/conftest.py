@@ -118,9 +118,9 @@ def onnx_exports(tmp_path_factory) -> Path:
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path_factory, monkeypatch, onnx_exports):
     """Every test gets its own dataset/folder cache so nothing leaks between tests or from the user. Only
-    the ONNX exports are shared: their cache is keyed by the checkpoint's content (api.onnx_cache_path), so
-    a test can only reuse the export of identical weights, and the session-wide checkpoints are exported
-    once rather than once per test."""
+    the ONNX exports are shared: their cache is keyed by the checkpoint's content
+    (vitkit.inference.onnx_cache_path), so a test can only reuse the export of identical weights, and the
+    session-wide checkpoints are exported once rather than once per test."""
     monkeypatch.setenv("VITKIT_DATA", str(tmp_path_factory.mktemp("vitkit-data")))
     cache = tmp_path_factory.mktemp("xdg-cache")
     (cache / "vitkit").mkdir()

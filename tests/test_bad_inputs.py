@@ -17,13 +17,13 @@ from corpus import write_corpus
 from safetensors.torch import load_file, save_file
 from serving import running_server
 
-from vitkit.api import onnx_cache_path
 from vitkit.cli import main
 from vitkit.data.pack import pack_folder
 from vitkit.errors import VitkitError
 from vitkit.fileio import write_json
+from vitkit.inference import onnx_cache_path
+from vitkit.inference.predict import expand_paths
 from vitkit.models import create_model, save_model
-from vitkit.predict import expand_paths
 from vitkit.pretrained import load_pretrained
 from vitkit.serve.app import warn_if_exposed
 

@@ -10,8 +10,8 @@ from conftest import run_vitkit
 from PIL import Image
 
 import vitkit
-from vitkit.api import Classifier
-from vitkit.export.onnx import OnnxModel, export_onnx
+from vitkit.export.onnx import export_onnx
+from vitkit.inference import Classifier, OnnxModel
 from vitkit.models import create_model, save_model
 from vitkit.viz.explain import attention_maps, explain_tensor
 

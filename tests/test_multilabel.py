@@ -427,7 +427,7 @@ def test_a_multilabel_run_records_map_thresholds_and_figures(poster_run):
     assert json.loads(evaluated.stdout)["map_macro"] == pytest.approx(results["metrics"]["map_macro"])
     # the stored thresholds are the best checkpoint's, tuned on the validation split
     import vitkit
-    from vitkit.api import _checkpoint_split
+    from vitkit.eval.checkpoint import _checkpoint_split
     from vitkit.data.loader import BatchLoader
     from vitkit.eval.multilabel import multilabel_outputs
 

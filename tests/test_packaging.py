@@ -1,6 +1,6 @@
 """What an installed vitkit carries and what its inference path costs: the digits ship inside the
 package with scikit-learn's exact values, the wheel includes them, and loading a model and predicting
-import neither matplotlib nor scikit-learn."""
+(vitkit.inference) import neither matplotlib nor scikit-learn, nor any training code."""
 
 import shutil
 import subprocess
@@ -57,13 +57,17 @@ def test_the_wheel_ships_the_digits(tmp_path):
 def test_inference_imports_neither_matplotlib_nor_scikit_learn(digits_run):
     run, _ = digits_run
     code = (
-        "import sys, torch, vitkit, vitkit.predict, vitkit.serve.app\n"
-        "clf = vitkit.load(sys.argv[1])\n"
+        "import sys, numpy, torch, vitkit, vitkit.inference, vitkit.serve.app\n"
+        "clf = vitkit.inference.load(sys.argv[1])\n"
         "clf.predict_tensor(torch.zeros(2, 1, 8, 8, dtype=torch.uint8))\n"
+        "clf.predict(numpy.zeros((8, 8), numpy.uint8))\n"
         "print(' '.join(m for m in ('matplotlib', 'sklearn', 'scipy') if m in sys.modules) or 'none')\n"
+        "print(' '.join(m for m in sys.modules if m.startswith('vitkit.training')) or 'none')\n"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code, str(run)], capture_output=True, text=True, env=subprocess_env(), timeout=120
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.split() == ["none"]
+    heavy, training = proc.stdout.splitlines()
+    assert heavy == "none"
+    assert training == "none", "inference imported training code"

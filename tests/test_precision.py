@@ -40,11 +40,11 @@ def measured_copy(digits_run, tmp_path, agreement=0.999, split="test") -> Path:
     "kind, precision, backend", [("AMX", "bf16", "torch"), ("AVX512-BF16", "bf16", "torch"), (None, "fp32", None)]
 )
 def test_auto_precision_follows_the_cpu_probe(digits_run, tmp_path, monkeypatch, kind, precision, backend):
-    monkeypatch.setattr("vitkit.runtime.cpu_bf16_kind", lambda: kind)
+    monkeypatch.setattr("vitkit.inference.precision.cpu_bf16_kind", lambda: kind)
     ckpt = measured_copy(digits_run, tmp_path)
     clf = vitkit.load(ckpt, device="cpu")
     assert clf.precision == precision
-    assert clf.backend == (backend or vitkit.api.default_backend())
+    assert clf.backend == (backend or vitkit.inference.default_backend())
     assert (kind or "no native bf16") in clf.precision_reason
     # asked for explicitly, a precision is taken whatever the probe says
     assert vitkit.load(ckpt, device="cpu", precision="fp32").precision == "fp32"
@@ -166,7 +166,7 @@ def test_eval_in_bf16_records_its_agreement_and_auto_obeys_the_record(digits_run
     assert agreement["top1"] == pytest.approx(report["top1"], abs=1e-9)
     assert json.loads((ckpt / BF16_RECORD).read_text())["top1_agreement"] == agreement["top1_agreement"]
 
-    monkeypatch.setattr("vitkit.runtime.cpu_bf16_kind", lambda: "AMX")
+    monkeypatch.setattr("vitkit.inference.precision.cpu_bf16_kind", lambda: "AMX")
     chosen = vitkit.load(ckpt, device="cpu")
     assert chosen.precision == ("bf16" if agreement["top1_agreement"] >= 0.995 else "fp32")
     assert f"{agreement['top1_agreement']:.2%}" in chosen.precision_reason

@@ -145,7 +145,7 @@ def test_a_failed_first_onnx_export_leaves_auto_on_pytorch(digits_run, digit_ima
     """The first predict of a checkpoint exports it to ONNX in the user cache: with that cache read-only,
     --backend auto predicts on PyTorch and says why; --backend onnxruntime, asked for, is a one-line error
     when the cache cannot be written. An exporter error falls back the same way from Python, as a warning."""
-    from vitkit.api import default_backend
+    from vitkit.inference import default_backend
 
     if default_backend() != "onnxruntime":
         pytest.skip("--backend auto takes PyTorch here (a GPU, or no ONNX Runtime): nothing is exported")

@@ -21,8 +21,8 @@ import vitkit
 from vitkit.cli import main as vitkit_main
 from vitkit.data.images import BadImageError, open_image
 from vitkit.data.preprocess import Preprocessing
+from vitkit.inference.predict import expand_paths, predict_paths
 from vitkit.models import create_model, save_model
-from vitkit.predict import expand_paths, predict_paths
 
 TINY_VIT = dict(model="vit_tiny_patch16_224", image_size=32, model_args={"patch_size": 8, "depth": 2})
 QUICK = dict(epochs=1, train_limit=40, batch_size=16, progress=False, plots=False, threads=2)
@@ -379,7 +379,7 @@ def test_large_jpegs_are_decoded_at_a_reduced_scale(tmp_path):
 BOUNDED_SCRIPT = r"""
 import json, resource, sys
 import vitkit
-from vitkit.predict import predict_paths
+from vitkit.inference.predict import predict_paths
 from vitkit.serve.app import create_app
 from starlette.testclient import TestClient
 

@@ -171,11 +171,11 @@ def evaluation_options(args: argparse.Namespace) -> dict:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from . import api
     from .eval.agreement import describe
+    from .eval.checkpoint import evaluate
 
     inference_options(args)
-    metrics = api.evaluate(
+    metrics = evaluate(
         args.checkpoint, precision=args.precision, crop_tta=args.crop_tta, **evaluation_options(args)
     )
     if args.json:
@@ -208,9 +208,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_top_losses(args: argparse.Namespace) -> int:
-    from . import api
+    from .eval.checkpoint import top_losses
 
-    report = api.top_losses(args.run, count=args.count, out=args.out, **evaluation_options(args))
+    report = top_losses(args.run, count=args.count, out=args.out, **evaluation_options(args))
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -262,7 +262,7 @@ def format_predictions(results: list[dict], fmt: str) -> str:
 def add_inference_arguments(p: argparse.ArgumentParser, command: str, **defaults) -> None:
     """The flags of `InferenceOptions` that `command` takes (with its own `defaults`, where they differ)."""
     from .options import add_dataclass_options
-    from .runtime import InferenceOptions
+    from .inference import InferenceOptions
 
     add_dataclass_options(p, InferenceOptions, INFERENCE_GROUP, command=command, defaults=defaults)
 
@@ -274,7 +274,7 @@ def inference_options(args: argparse.Namespace) -> dict:
     """The inference flags a command was given, checked before any work."""
     import dataclasses
 
-    from .runtime import InferenceOptions
+    from .inference import InferenceOptions
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(InferenceOptions) if hasattr(args, f.name)}
     InferenceOptions(**values).validate()
@@ -282,16 +282,14 @@ def inference_options(args: argparse.Namespace) -> dict:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from . import api
-    from .predict import expand_paths, predict_paths
-
-    from .predict import check_threshold
+    from .inference import load
+    from .inference.predict import check_threshold, expand_paths, predict_paths
 
     options = inference_options(args)
     paths = expand_paths(args.images)
     if not paths:
         raise VitkitError("no images found in the given paths")
-    clf = api.load(args.checkpoint, **options, notice=lambda line: print(f"vitkit predict: {line}", file=sys.stderr))
+    clf = load(args.checkpoint, **options, notice=lambda line: print(f"vitkit predict: {line}", file=sys.stderr))
     check_threshold(clf, args.threshold)
     progress = sys.stderr.isatty()
     results = predict_paths(clf, paths, args.topk, args.batch_size, progress, args.threshold)
@@ -311,8 +309,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from . import api
-    from .predict import expand_paths
+    from .inference import load
+    from .inference.predict import expand_paths
     from .viz.explain import explain_image
 
     paths = expand_paths(args.images)
@@ -322,7 +320,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if len(paths) > 1 and out.suffix.lower() == ".png":
         raise VitkitError(f"--out {out} is one PNG file but {len(paths)} images were given: pass a folder")
     # one process for many photos: loading torch, the model and matplotlib is most of a single explanation
-    clf = api.load(args.checkpoint, backend="torch", **inference_options(args))
+    clf = load(args.checkpoint, backend="torch", **inference_options(args))
     for path in paths:
         figure = out if out.suffix.lower() == ".png" else out / f"{Path(path).stem}.png"
         figure.parent.mkdir(parents=True, exist_ok=True)
@@ -349,16 +347,18 @@ def check_writable(out: str, what: str) -> None:
 def cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from . import api
+    from .inference import checkpoint_name, load
 
     if args.format == "onnx" and os.path.isdir(args.out):  # as cp takes a folder: into it, named after the checkpoint
-        name = api.checkpoint_name(Path(args.checkpoint)) + ("-int8" if args.quantize else "")
+        name = checkpoint_name(Path(args.checkpoint)) + ("-int8" if args.quantize else "")
         args.out = os.path.join(args.out, f"{name}.onnx")
     check_writable(args.out, "file" if args.format == "onnx" else "folder")
     if args.quantize and args.format != "onnx":
         raise VitkitError("--quantize int8 applies to --format onnx")
     if args.quantize:
-        report = api.export_int8(
+        from .export.int8 import export_int8
+
+        report = export_int8(
             args.checkpoint,
             args.out,
             data=args.data,
@@ -373,13 +373,13 @@ def cmd_export(args: argparse.Namespace) -> int:
         from .export.onnx import export_onnx
 
         report = export_onnx(
-            api.load(args.checkpoint, device="cpu", backend="torch", precision="fp32"), args.out, opset=args.opset
+            load(args.checkpoint, device="cpu", backend="torch", precision="fp32"), args.out, opset=args.opset
         )
         print(json.dumps({"onnx": args.out, "max_abs_logit_diff": report}))
     else:
         from .export.hub import write_hf_folder
 
-        clf = api.load(args.checkpoint, device="cpu", backend="torch", precision="fp32")
+        clf = load(args.checkpoint, device="cpu", backend="torch", precision="fp32")
         write_hf_folder(clf, Path(args.checkpoint), args.out, title=clf.name, load_as=args.out)
         if clf.preprocessing.decode_size is not None:
             print(

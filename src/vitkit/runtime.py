@@ -1,15 +1,13 @@
-"""Where and how models run: device, threads and precision, shared by training and inference."""
+"""Where models run: device, threads, the CPU's bf16 support and autocast, shared by training and inference."""
 
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
 
 import torch
 
 from .errors import VitkitError
-from .options import check_options, option
 
 
 def resolve_device(name: str) -> torch.device:
@@ -62,58 +60,8 @@ def use_bf16(amp: str, device: torch.device) -> bool:
     return device.type == "cpu" and cpu_bf16_kind() is not None
 
 
-PRECISIONS = ("auto", "fp32", "bf16")
-BACKENDS = ("auto", "torch", "onnxruntime")
 # The least top-1 agreement with fp32 at which a reduced precision is trusted (see eval/agreement.py)
 MIN_AGREEMENT = 0.995
-_MODEL_USERS = ("predict", "serve", "eval", "top-losses", "explain")
-
-
-@dataclass(frozen=True)
-class InferenceOptions:
-    """Where and how a trained model runs, declared once for `vitkit.load` and the commands that load a
-    checkpoint (`commands`: which of them take each flag); `validate` is the one check of them all."""
-
-    device: str = option("auto", "auto, cpu, cuda or cuda:N", group="inference", commands=_MODEL_USERS)
-    backend: str = option(
-        "auto",
-        "auto: PyTorch for bf16; for fp32 on a CPU, ONNX Runtime when installed (exact), else PyTorch",
-        group="inference",
-        choices=BACKENDS,
-        commands=("predict", "serve"),
-    )
-    precision: str = option(
-        "auto",
-        "auto: bf16 where the hardware runs it natively (AMX, AVX512-BF16, CUDA) and the checkpoint's "
-        f"recorded bf16 agreement with fp32 on held-out images is at least {MIN_AGREEMENT:.1%} (vitkit train "
-        "records it), else fp32; an .onnx file runs as exported. vitkit eval (default fp32, which reproduces "
-        "the run's metrics) reports bf16's agreement with fp32 and records it in the checkpoint folder for auto",
-        group="inference",
-        choices=PRECISIONS,
-        commands=("predict", "serve", "eval"),
-    )
-    threads: int = option(
-        0, "CPU threads for the model (0: every core)", group="inference", at_least=0, commands=("predict", "serve")
-    )
-
-    def validate(self) -> "InferenceOptions":
-        check_options(self)
-        return self
-
-
-def choose_precision(requested: str, device: torch.device) -> tuple[str, str]:
-    """(precision, why) for inference: 'auto' takes bf16 where the hardware runs it natively (a CUDA GPU
-    with bf16, a CPU with AMX or AVX512-BF16) and fp32 elsewhere; fp32 and bf16 are taken as asked."""
-    if requested != "auto":
-        return requested, f"{requested} as asked"
-    if device.type == "cuda":
-        if torch.cuda.is_bf16_supported():
-            return "bf16", "auto: bf16, the GPU runs it natively"
-        return "fp32", "auto: fp32, the GPU has no native bf16"
-    kind = cpu_bf16_kind()
-    if kind is not None:
-        return "bf16", f"auto: bf16, the CPU multiplies it natively ({kind})"
-    return "fp32", "auto: fp32, the CPU has no native bf16 (AMX or AVX512-BF16), where it would run slower"
 
 
 def autocast(device: torch.device, enabled: bool):

@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..api import checkpoint_folder, load
+from ..inference import checkpoint_folder, load
 from ..errors import VitkitError
 from ..fileio import write_json
 from ..models.io import CONFIG_NAME, WEIGHTS_NAME

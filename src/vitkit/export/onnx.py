@@ -1,4 +1,4 @@
-"""ONNX export (dynamic batch) validated against PyTorch, and an ONNX Runtime classifier."""
+"""ONNX export (dynamic batch) validated against PyTorch; `vitkit.inference.OnnxModel` runs the exports."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import torch
 
 from ..errors import VitkitError
 from ..fileio import atomic_path
-from ..runtime import available_cores
 
 DEFAULT_OPSET = 18
 PARITY_TOLERANCE = 1e-4
@@ -90,27 +89,3 @@ def validate_onnx(path, model, channels: int, size: int, batches=(1, 7)) -> dict
             )
         report[f"batch_{b}"] = diff
     return report
-
-
-class OnnxModel:
-    """Callable like the PyTorch model (float NCHW tensor in, logits out) on ONNX Runtime."""
-
-    def __init__(self, path: str | os.PathLike, threads: int = 0):
-        ort = _require("onnxruntime", "export")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or available_cores()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as e:  # onnxruntime raises its own exception types for unreadable files
-            raise VitkitError(f"{path} is not a loadable ONNX model ({e})") from None
-        self.input_name = self.session.get_inputs()[0].name
-        meta = self.session.get_modelmeta().custom_metadata_map
-        self.meta = json.loads(meta.get("vitkit", "{}"))
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.session.run(None, {self.input_name: x.float().cpu().numpy()})[0])
-
-    def eval(self) -> OnnxModel:
-        """An ONNX Runtime session has no training mode; like nn.Module.eval, for the shared loops."""
-        return self

@@ -45,7 +45,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ..data.images import BadImageError
 from ..errors import VitkitError
-from ..predict import classifier_predictions
+from ..inference.predict import classifier_predictions
 from ..runtime import available_cores
 from .limits import MIB, ServeLimits
 
@@ -364,7 +364,7 @@ def own_model(classifier):
     running on the same modules at the same time (and theirs its maps). A copy rather than one lock around
     both: /predict then keeps answering while a map is drawn, for one more model's weights in memory
     (benchmarks/results/serve_isolation.json)."""
-    from ..api import Classifier
+    from ..inference import Classifier
 
     return Classifier(
         copy.deepcopy(classifier.model), classifier.meta, str(classifier.device), name=classifier.name
@@ -582,7 +582,7 @@ def serve(
     topk: int = 5,
     limits: ServeLimits = ServeLimits(),
 ) -> None:
-    from ..api import load
+    from ..inference import load
 
     # With --backend auto the server answers at once with PyTorch, which loads in a fraction of a second,
     # while the faster backend load() would pick (ONNX Runtime, exported once into the cache: seconds on a

@@ -24,10 +24,11 @@ from ..eval.agreement import MIN_AGREEMENT, bf16_agreement, describe, record_agr
 from ..eval.loop import eval_logits, evaluate_loader
 from ..eval.metrics import MetricAccumulator
 from ..eval.multilabel import LossAccumulator, evaluate_multilabel
+from ..inference.precision import choose_precision
 from ..models import count_parameters
 from ..models.io import load_model
 from ..pretrained import UNTUNED_THRESHOLD
-from ..runtime import autocast, choose_precision
+from ..runtime import autocast
 from ..viz.report import REPORT_FIGURES
 from .build import Runtime, build
 from .callbacks import Callbacks, make_trackers

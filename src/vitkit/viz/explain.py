@@ -238,7 +238,7 @@ def explain_image(
 
     from PIL import Image
 
-    from ..predict import classifier_predictions
+    from ..inference.predict import classifier_predictions
     from .report import display_images
 
     images = classifier.preprocessing.load_tensor(source).unsqueeze(0)

@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .data.images import BadImageError, is_image_file
-from .errors import MissingFile, VitkitError
+from ..data.images import BadImageError, is_image_file
+from ..errors import MissingFile, VitkitError
 
 
 def walk_files(root: Path) -> Iterator[Path]:
