@@ -600,7 +600,14 @@ def serve(
 
         def upgrade() -> None:
             try:
-                faster = load(checkpoint, device=device, backend="auto", precision=precision, threads=threads)
+                faster = load(
+                    checkpoint,
+                    device=device,
+                    backend="auto",
+                    precision=precision,
+                    threads=threads,
+                    notice=lambda line: print(f"vitkit serve: {line}", file=sys.stderr, flush=True),
+                )
             except Exception as e:  # the PyTorch model keeps answering
                 print(f"vitkit serve: staying on PyTorch: the faster backend failed ({e})", file=sys.stderr)
                 return
