@@ -28,6 +28,8 @@ from vitkit.data.loader import AUTO_WORKERS, BatchLoader, auto_workers
 from vitkit.data.pack import pack_folder
 from vitkit.data.prepare import DataOptions, prepare_data
 from vitkit.data.preprocess import Preprocessing
+from vitkit.training.budget import TimeBudget
+from vitkit.training.build import Runtime
 from vitkit.training.config import make_config
 from vitkit.training.engine import Trainer
 
@@ -71,7 +73,8 @@ def training_rates(data: str, size: int, model: str, batch: int, steps: int, rou
     for source, limit in (("streamed", 0.0), ("in_memory", None)):
         options = dict(data=data, image_size=size, batch_size=batch, memory_limit_gb=limit, progress=False)
         options["preset" if model.startswith("folder-") else "model"] = model
-        trainer = Trainer(make_config(**options))
+        cfg = make_config(**options)
+        trainer = Trainer(cfg, Runtime.create(cfg), TimeBudget(cfg.time_budget))
         batches = (b for epoch in range(10**6) for b in trainer.train_loader.batches(epoch))
         feeds[source] = trainer, batches
         if fixed is None:

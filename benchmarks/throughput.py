@@ -27,6 +27,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from vitkit.data.augment import one_hot_smooth
 from vitkit.models import PRESETS, count_parameters
+from vitkit.training.budget import TimeBudget
+from vitkit.training.build import Runtime
 from vitkit.training.config import make_config
 from vitkit.training.engine import Trainer
 
@@ -48,7 +50,8 @@ def build_trainer(
         options["batch_size"] = batch_size
     if image_size:
         options["image_size"] = image_size
-    trainer = Trainer(make_config(**options))
+    cfg = make_config(**options)
+    trainer = Trainer(cfg, Runtime.create(cfg), TimeBudget(cfg.time_budget))
     return trainer
 
 
@@ -104,7 +107,7 @@ def measure(
             try:
                 imgs, labs = next(stream)
             except StopIteration:
-                stream = trainer.train_loader.batches(trainer.step)
+                stream = trainer.train_loader.batches(trainer.state.step)
                 imgs, labs = next(stream)
             trainer.train_step(net, imgs, labs)
 

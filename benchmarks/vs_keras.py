@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 from common import REPO, SHARED_DATA, machine, print_table, project_path, sync, write_json
 
+from vitkit.training.budget import TimeBudget
+from vitkit.training.build import Runtime
 from vitkit.training.config import make_config
 from vitkit.training.engine import Trainer
 
@@ -130,7 +132,8 @@ def main() -> int:
 
         def trainer_with(amp: str) -> Trainer:
             options = dict(data=args.data, batch_size=args.batch_size, progress=False, val_split=0.1)
-            return Trainer(make_config(preset=preset, amp=amp, compile=args.compile, **options))
+            cfg = make_config(preset=preset, amp=amp, compile=args.compile, **options)
+            return Trainer(cfg, Runtime.create(cfg), TimeBudget(cfg.time_budget))
 
         trainer = trainer_with("auto")
         keras = None if args.skip_keras else keras_reference(args, trainer, family)

@@ -204,6 +204,16 @@ def shared_by_workers(tmp_path_factory) -> Path:
     return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
+def new_trainer(cfg, budget=None):
+    """A Trainer as `vitkit.training.train` builds one: on the configuration's Runtime, with the command's
+    TimeBudget (by default one started now)."""
+    from vitkit.training.budget import TimeBudget
+    from vitkit.training.build import Runtime
+    from vitkit.training.engine import Trainer
+
+    return Trainer(cfg, Runtime.create(cfg), budget or TimeBudget(cfg.time_budget))
+
+
 @pytest.fixture(scope="session")
 def digits_run(tmp_path_factory):
     """A short real training run on digits, shared by the tests that need a checkpoint: trained once per

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_vitkit, subprocess_env, write_class_folders
+from conftest import new_trainer, run_vitkit, subprocess_env, write_class_folders
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -209,13 +209,12 @@ def test_compile_trains_the_same_model(colours, tmp_path):
 def test_channels_last_feeds_nhwc_batches_and_trains_the_same_weights(colours, tmp_path):
     """--channels-last (the default) hands the model NHWC batches; the weights after an epoch are the
     NCHW run's up to float rounding, and the checkpoint's tensors are ordinary contiguous ones."""
-    from vitkit.training import Trainer
     from vitkit.training.config import make_config
 
     conv_stem = dict(TINY["model_args"], stem="conv", conv_layers=1, stem_width=8)
     layouts = []
     for flag in (True, False):
-        trainer = Trainer(make_config(data=str(colours), **{**TINY, "model_args": conv_stem, "channels_last": flag}))
+        trainer = new_trainer(make_config(data=str(colours), **{**TINY, "model_args": conv_stem, "channels_last": flag}))
         hook = trainer.model.patch_embed.register_forward_pre_hook(
             lambda _, inputs: layouts.append(inputs[0].is_contiguous(memory_format=torch.channels_last))
         )

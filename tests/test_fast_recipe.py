@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import write_class_folders
+from conftest import new_trainer, write_class_folders
 from safetensors.torch import load_file
 from test_engine_options import TINY as ENGINE_TINY
 
@@ -17,7 +17,6 @@ import vitkit
 from vitkit.cli import main
 from vitkit.data.builtin import load_digits_dataset
 from vitkit.models import create_model
-from vitkit.training import Trainer
 from vitkit.training.config import make_config
 
 TINY = dict(ENGINE_TINY, threads=1)  # the engine tests' tiny ViT, in one thread
@@ -58,7 +57,7 @@ def test_whiten_init_decorrelates_the_training_patches_and_the_filters_stay_fixe
         amp="off",
         threads=1,
     )
-    trainer = Trainer(make_config(**options))
+    trainer = new_trainer(make_config(**options))
     conv = trainer.model.whiten
     # digits are one channel: 2x2 patches have 4 dimensions, so 4 whitening filters and their negatives
     outputs = F.conv2d(trainer.augment.for_inference(trainer.data.train.images), conv.weight)
@@ -92,7 +91,7 @@ def test_first_conv_is_the_stem_and_models_without_one_say_so():
 
 
 def test_alternate_flips_mirror_each_image_on_every_other_epoch(colours):
-    trainer = Trainer(make_config(data=str(colours), **{**TINY, "hflip": True}, alternate_flips=True))
+    trainer = new_trainer(make_config(data=str(colours), **{**TINY, "hflip": True}, alternate_flips=True))
     everyone = torch.arange(24)
     first = trainer.epoch_flips(0, everyone)
     assert 0 < int(first.sum()) < 24  # a random half in the first epoch
@@ -133,7 +132,7 @@ def test_lookahead_pulls_the_weights_halfway_back_every_n_steps(colours, tmp_pat
     the four plain steps took them."""
     options = {**TINY, "optimizer": "sgd", "momentum": 0.0, "weight_decay": 0.0, "schedule": "constant", "lr": 0.1}
     start = {
-        k: v.detach().clone() for k, v in Trainer(make_config(data=str(colours), **options)).model.state_dict().items()
+        k: v.detach().clone() for k, v in new_trainer(make_config(data=str(colours), **options)).model.state_dict().items()
     }
     vitkit.train(data=str(colours), out=str(tmp_path / "plain"), epochs=1, **options)
     vitkit.train(data=str(colours), out=str(tmp_path / "lookahead"), epochs=1, lookahead=4, **options)
@@ -149,7 +148,7 @@ def test_norm_lr_scale_multiplies_the_step_of_the_normalisation_parameters_only(
     options = {**TINY, "optimizer": "sgd", "momentum": 0.0, "weight_decay": 0.0, "schedule": "constant", "lr": 0.1}
     moves = {}
     for scale in (1.0, 64.0):
-        trainer = Trainer(make_config(data=str(colours), **options, norm_lr_scale=scale))
+        trainer = new_trainer(make_config(data=str(colours), **options, norm_lr_scale=scale))
         start = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
         images, labels = next(trainer.train_loader.batches(1))
         x, targets = trainer.augmented_batch(images, labels, torch.Generator().manual_seed(0))

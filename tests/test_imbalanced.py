@@ -7,11 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import write_class_folders
+from conftest import new_trainer, write_class_folders
 
 from vitkit.data.loader import BatchLoader
 from vitkit.training.config import make_config
-from vitkit.training.engine import Trainer
 
 TRAIN_COUNTS = [32, 8, 4]
 TINY = dict(
@@ -36,8 +35,8 @@ def drawn_frequencies(loader: BatchLoader, epochs: int) -> torch.Tensor:
 
 
 def test_balanced_sampler_draws_every_class_about_equally(imbalanced):
-    plain = Trainer(make_config(data=str(imbalanced), **TINY)).train_loader
-    balanced = Trainer(make_config(data=str(imbalanced), sampler="balanced", **TINY)).train_loader
+    plain = new_trainer(make_config(data=str(imbalanced), **TINY)).train_loader
+    balanced = new_trainer(make_config(data=str(imbalanced), sampler="balanced", **TINY)).train_loader
     assert torch.bincount(plain.split.labels).tolist() == TRAIN_COUNTS
     assert len(balanced) == len(plain) == sum(TRAIN_COUNTS) // 4  # an epoch is as long as before
     # 20 epochs: 880 draws, each class's share within 0.06 of 1/3 (about 4 standard deviations)
@@ -53,7 +52,7 @@ def test_balanced_sampler_draws_every_class_about_equally(imbalanced):
 
 
 def test_balanced_class_weights_reach_the_training_loss(imbalanced):
-    trainer = Trainer(make_config(data=str(imbalanced), class_weights="balanced", label_smoothing=0.0, **TINY))
+    trainer = new_trainer(make_config(data=str(imbalanced), class_weights="balanced", label_smoothing=0.0, **TINY))
     n, k = sum(TRAIN_COUNTS), 3
     weights = torch.tensor([n / (k * count) for count in TRAIN_COUNTS])
     assert torch.allclose(trainer.setup.class_weights, weights)

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from conftest import run_vitkit, write_class_folders
+from conftest import new_trainer, run_vitkit, write_class_folders
 from safetensors.torch import load_file
 from test_engine_options import TINY
 
@@ -23,7 +23,7 @@ import vitkit
 from vitkit.data.augment import AugmentSpec, BatchAugment
 from vitkit.models import create_model
 from vitkit.models.base import ImageClassifier
-from vitkit.training import Trainer, build
+from vitkit.training import build
 from vitkit.training.config import make_config
 from vitkit.training.optim import LookaheadEMA
 from vitkit.training.schedule import lr_factor
@@ -165,7 +165,7 @@ def test_freeze_after_stops_a_module_training_after_its_epochs(colours, tmp_path
     for key in one:
         assert torch.equal(one[key], two[key]) == key.startswith("head."), key
     with pytest.raises(ValueError, match=r"--freeze-after neck=1: the model has no parameter or module of that name"):
-        Trainer(make_config(data=str(colours), **{**options, "freeze_after": {"neck": 1}}))
+        new_trainer(make_config(data=str(colours), **{**options, "freeze_after": {"neck": 1}}))
     with pytest.raises(ValueError, match=r"--freeze-after head=-1: give the epochs as a whole number"):
         make_config(data=str(colours), **{**options, "freeze_after": {"head": -1}})
     # from the command line: repeated KEY=VALUE flags, each checked against the model
@@ -183,7 +183,7 @@ def test_norm_bias_decay_decays_every_parameter_alike_whatever_its_rate(colours,
     (the BatchNorm shifts at 64 times the rate included) shrinks by the same factor 1 - lr * decay, as in
     airbench; without it the 1-D ones stay."""
     options = dict(SGD, **FASTNET, weight_decay=0.01, norm_lr_scale=64, norm_bias_decay=norm_bias_decay)
-    trainer = Trainer(make_config(data=str(colours), **options))
+    trainer = new_trainer(make_config(data=str(colours), **options))
     trained = {k: p for k, p in trainer.model.named_parameters() if p.requires_grad}
     with torch.no_grad():
         for p in trained.values():
@@ -240,7 +240,7 @@ def test_whitening_sees_a_seeded_sample_of_the_whole_split(colours, monkeypatch)
     monkeypatch.setattr(ImageClassifier, "init_whitening", recording)
     samples = []
     for seed in (0, 0, 1):
-        trainer = Trainer(make_config(data=str(colours), **{**SGD, **FASTNET}, whiten_init=True, seed=seed))
+        trainer = new_trainer(make_config(data=str(colours), **{**SGD, **FASTNET}, whiten_init=True, seed=seed))
         train = trainer.data.train
         everyone = trainer.augment.for_inference(train.images)
         # each whitened image is one of the split's: which ones

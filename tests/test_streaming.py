@@ -234,7 +234,7 @@ from vitkit.training.config import make_config
 cfg = make_config(data=sys.argv[1], memory_limit_gb=0, image_size=8, batch_size=8, workers=1, threads=1,
                   val_split=0.25, progress=False)
 runtime = Runtime.create(cfg)
-setup = build(cfg, runtime)
+_, setup = build(cfg, runtime)
 assert not setup.data.train.in_memory and runtime.ctx.world_size == 2
 seen = {}
 for name, loader, epochs in (("train", setup.train_loader, 2), ("val", setup.val_loader, 1)):

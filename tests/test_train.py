@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_vitkit, shared_dataset, subprocess_env, vitkit_cmd, write_class_folders
+from conftest import new_trainer, run_vitkit, shared_dataset, subprocess_env, vitkit_cmd, write_class_folders
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -370,7 +370,6 @@ def test_recipes_train_at_the_data_s_own_size():
 def test_micro_batches_give_the_whole_batch_update():
     """Chunked forward/backward is an execution detail: the update equals the whole-batch one."""
     from vitkit.training.config import make_config
-    from vitkit.training.engine import Trainer
 
     weights, initial = [], None
     for micro in (0, 16):
@@ -385,7 +384,7 @@ def test_micro_batches_give_the_whole_batch_update():
             lr=0.1,
             warmup_epochs=0,
         )
-        trainer = Trainer(cfg)
+        trainer = new_trainer(cfg)
         initial = {k: v.clone() for k, v in trainer.model.state_dict().items()}
         images, labels = next(trainer.train_loader.batches(0))
         trainer.aug_gen.manual_seed(0)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import MODEL_FAMILIES, run_vitkit
+from conftest import MODEL_FAMILIES, new_trainer, run_vitkit
 
 import vitkit
 from vitkit.data.prepare import DATASET_DEFAULTS, DataOptions
@@ -19,7 +19,8 @@ from vitkit.errors import VitkitError
 from vitkit.models import count_parameters, create_model, get_preset
 from vitkit.models.io import load_model
 from vitkit.models.presets import Preset
-from vitkit.training import TrainConfig, Trainer, resume_config
+from vitkit.training import TrainConfig, resume_config
+from vitkit.training.budget import EXIT_MARGIN_S, FIRST_PLAN_STEPS, TimeBudget
 from vitkit.training.config import (
     GROUPS,
     LR_FIND_OPTIONS,
@@ -30,7 +31,7 @@ from vitkit.training.config import (
 )
 from vitkit.training.optim import param_groups
 from vitkit.training.rundir import RunDir
-from vitkit.training.schedule import EXIT_MARGIN_S, FIRST_PLAN_STEPS, Plateau, TimeBudget, lr_factor
+from vitkit.training.schedule import Plateau, lr_factor
 
 OLD_RUN = Path(__file__).parent / "fixtures" / "run-v0.1"  # written by vitkit before the engine redesign
 
@@ -156,13 +157,13 @@ def budget_run(tmp_path, warmup_epochs: float):
         progress=False,
         batch_size=32,
     )
-    trainer = Trainer(cfg)
-    trainer.budget = TimeBudget(cfg.time_budget, clock=lambda: trainer.step * 0.1)
+    trainer = None
+    trainer = new_trainer(cfg, TimeBudget(cfg.time_budget, clock=lambda: trainer.state.step * 0.1 if trainer else 0.0))
     seen_lrs = []
     step = trainer.set_lr
 
     def recording_set_lr():
-        seen_lrs.append((trainer.step, step()))
+        seen_lrs.append((trainer.state.step, step()))
         return seen_lrs[-1][1]
 
     trainer.set_lr = recording_set_lr
@@ -179,12 +180,12 @@ def test_time_budget_run_fits_the_schedule_to_the_clock(tmp_path):
     lr = 2e-3
     trainer, seen_lrs, result, run = budget_run(tmp_path, warmup_epochs=0)
     cfg = trainer.cfg
-    assert 72 - trainer.steps_per_epoch <= trainer.step <= 72 + trainer.steps_per_epoch
+    assert 72 - trainer.steps_per_epoch <= trainer.state.step <= 72 + trainer.steps_per_epoch
     assert all(
         value == pytest.approx(lr) for s, value in seen_lrs if s < min(FIRST_PLAN_STEPS, trainer.steps_per_epoch)
     )
     assert seen_lrs[-1][1] < 0.1 * lr
-    assert result["epochs_run"] == len(trainer.history) >= 3
+    assert result["epochs_run"] == len(trainer.state.history) >= 3
     # the budget, not --epochs, ended the run, and the run folder says so beside the request
     assert result["stopped_by"] == "time_budget" and result["epochs_run"] != cfg.epochs
     status = json.loads((run.path / "run.json").read_text())
@@ -194,7 +195,7 @@ def test_time_budget_run_fits_the_schedule_to_the_clock(tmp_path):
         f"# As requested. The run trained {result['epochs_run']} epoch(s), stopped by the --time-budget"
     )
     assert yaml.safe_load(args)["epochs"] == cfg.epochs
-    lrs = [row["lr"] for row in trainer.history]
+    lrs = [row["lr"] for row in trainer.state.history]
     assert lrs[0] > 0.8 * lr and all(a >= b for a, b in zip(lrs, lrs[1:]))
 
 
@@ -312,17 +313,17 @@ def test_time_budget_takes_the_largest_size_it_can_train_long_enough(tmp_path, m
     assert (len(saved.blocks), saved.config.embed_dim) == (2, 48)
 
     resumed = resume_config(out)
-    assert count_parameters(build(resumed, Runtime.create(resumed)).model) == count_parameters(saved)
+    assert count_parameters(build(resumed, Runtime.create(resumed))[1].model) == count_parameters(saved)
     extended = resume_config(out, epochs=50)  # trained longer by epochs: no budget now, the same size
     assert extended.time_budget == 0 and extended.epochs == 50
-    assert count_parameters(build(extended, Runtime.create(extended)).model) == count_parameters(saved)
+    assert count_parameters(build(extended, Runtime.create(extended))[1].model) == count_parameters(saved)
     # args.yaml of a version that recorded the choice in run.json only: the size comes from there
     args = yaml.safe_load((out / "args.yaml").read_text())
     args.update(model=None, model_args={}, budget_size=None)
     del args["budget_size"]
     (out / "args.yaml").write_text(yaml.safe_dump(args))
     old = resume_config(out)
-    assert count_parameters(build(old, Runtime.create(old)).model) == count_parameters(saved)
+    assert count_parameters(build(old, Runtime.create(old))[1].model) == count_parameters(saved)
     status = json.loads((out / "run.json").read_text())
     del status["budget_size"]
     (out / "run.json").write_text(json.dumps(status))
@@ -334,24 +335,24 @@ def test_the_trainers_state_round_trips_through_state_dict(tmp_path):
     """state_dict / load_state_dict carry what a resume continues from: the optimizer, the schedule and
     best-so-far state, the history and the random generators; a second trainer then steps identically."""
     cfg = make_config(train_limit=200, batch_size=32, epochs=2, threads=1, progress=False, ema=0.9)
-    first = Trainer(cfg)
+    first = new_trainer(cfg)
     images, labels = next(first.train_loader.batches(0))
     first.aug_gen.manual_seed(3)
     for _ in range(3):
         first.train_step(first.model, images, labels)
-    first.history, first.best_epoch = [{"epoch": 1, "val_top1": 0.5}], 1
-    first.plateau.step(0.5)
-    first.stopper.step(0.5)
+    first.state.history, first.state.best_epoch = [{"epoch": 1, "val_top1": 0.5}], 1
+    first.state.plateau.step(0.5)
+    first.state.stopper.step(0.5)
     state = first.state_dict()
     saved = {k: v.clone() for k, v in first.model.state_dict().items()}
 
-    second = Trainer(cfg)
+    second = new_trainer(cfg)
     second.model.load_state_dict(saved)
     second.load_state_dict(torch.load(_round_trip(state, tmp_path), weights_only=True))
-    assert (second.step, second.history, second.best_epoch) == (3, first.history, 1)
-    assert second.plateau.state_dict() == first.plateau.state_dict()
-    assert second.stopper.state_dict() == first.stopper.state_dict()
-    assert second.planned_steps == first.planned_steps
+    assert (second.state.step, second.state.history, second.state.best_epoch) == (3, first.state.history, 1)
+    assert second.state.plateau.state_dict() == first.state.plateau.state_dict()
+    assert second.state.stopper.state_dict() == first.state.stopper.state_dict()
+    assert second.state.planned_steps == first.state.planned_steps
     for a, b in zip(first.optimizer.state.values(), second.optimizer.state.values()):
         assert all(torch.equal(a[k], b[k]) for k in a)
     assert all(torch.equal(a, b) for a, b in zip(first.ema.state_dict().values(), second.ema.state_dict().values()))
@@ -374,8 +375,8 @@ def _round_trip(state: dict, tmp_path: Path) -> Path:
 def test_drop_last_keeps_or_trains_the_last_short_batch():
     """--drop-last (the default) drops each epoch's last incomplete batch; --no-drop-last trains on it."""
     options = dict(train_limit=100, batch_size=32, threads=1, progress=False)  # 90 training images
-    assert len(Trainer(make_config(**options)).train_loader) == 2
-    loader = Trainer(make_config(**options, drop_last=False)).train_loader
+    assert len(new_trainer(make_config(**options)).train_loader) == 2
+    loader = new_trainer(make_config(**options, drop_last=False)).train_loader
     assert len(loader) == 3 and sum(len(labels) for _, labels in loader.batches(0)) == 90
     assert "--no-drop-last" in run_vitkit("train", "--help").stdout and "drop_last" not in RESUMABLE
 

@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import VitkitError
+from .budget import TimeBudget
 from .build import Runtime
 from .config import TrainConfig, default_run_dir, resume_changes
 from .distributed import shutdown
 from .engine import INTERRUPT_REQUESTED, Trainer
 from .rundir import RunDir, saved_config
-from .schedule import TimeBudget
 
 
 def _raise_interrupt(signum, frame):

@@ -46,7 +46,6 @@ class Runtime:
 
 @dataclass(kw_only=True)
 class Setup:
-    config: TrainConfig  # the resolved configuration, with the --time-budget size choice when one was made
     data: Dataset
     bad_images: list[str]
     model: nn.Module
@@ -68,8 +67,9 @@ class Setup:
         """The reported split is the validation split, which also chose best/: its numbers are optimistic."""
         return self.eval_split == "val"
 
-    def run_info(self, world_size: int, device: torch.device) -> dict:
-        """How the run executes, for run.json."""
+    def run_info(self, world_size: int, device: torch.device, budget_size: dict | None) -> dict:
+        """How the run executes, for run.json (`budget_size`: the configuration's record of a --time-budget
+        size choice)."""
         return {
             "world_size": world_size,
             "global_batch_size": self.global_batch,
@@ -77,7 +77,7 @@ class Setup:
             "device": str(device),
             "data_streamed": not self.data.train.in_memory,
             "loader_workers": self.train_loader.workers,
-            **({"budget_size": self.config.budget_size} if self.config.budget_size else {}),
+            **({"budget_size": budget_size} if budget_size else {}),
         }
 
 
@@ -97,10 +97,10 @@ def batch_sizes(cfg: TrainConfig, world_size: int, train_images: int) -> tuple[i
     return local_batch, global_batch
 
 
-def build(cfg: TrainConfig, runtime: Runtime, budget=None) -> Setup:
+def build(cfg: TrainConfig, runtime: Runtime, budget=None) -> tuple[TrainConfig, Setup]:
     """The run's parts from a resolved configuration; `budget` (the command's TimeBudget) tells the size
     probe how much time is left. A size still to be chosen for --time-budget is chosen here, once the data
-    is ready, and recorded in `Setup.config`."""
+    is ready: returns the configuration as built (with that choice recorded) beside the parts."""
     pretrained = None
     if cfg.pretrained:
         from ..pretrained import load_pretrained
@@ -172,8 +172,7 @@ def build(cfg: TrainConfig, runtime: Runtime, budget=None) -> Setup:
     eval_loader = (
         BatchLoader(data.test, cfg.eval_batch_size, shuffle=False, **common) if data.test is not None else val_loader
     )
-    return Setup(
-        config=cfg,
+    return cfg, Setup(
         data=data,
         bad_images=bad_images,
         model=model,

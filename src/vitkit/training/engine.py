@@ -1,7 +1,10 @@
-"""The training loop (`vitkit.training.train` claims a run folder and calls `Trainer.fit`). Per step:
-lr -> augment on the device -> forward/backward (micro-batched) -> optimizer -> metrics accumulated on
-the device. Per log interval: the one host synchronisation (progress, non-finite loss check). Per
-epoch: evaluate -> best/ when the monitored metric improves -> refit the time budget -> last/."""
+"""The training loop, top to bottom: `Trainer.fit` trains epoch after epoch, then finishes the run
+(finish.py); below it one epoch and one step. `vitkit.training.train` claims a run folder, builds the
+Runtime and the TimeBudget and calls `Trainer.fit`. Per step: lr -> augment on the device ->
+forward/backward (micro-batched) -> optimizer -> metrics accumulated on the device. Per log interval:
+the one host synchronisation (progress, non-finite loss check). Per epoch: evaluate -> best/ when the
+monitored metric improves -> refit the time budget -> last/. What a resume continues from is
+`self.state` (state.py)."""
 
 from __future__ import annotations
 
@@ -13,56 +16,49 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from ..data.augment import mix_batch
-from ..data.loader import BatchLoader, epoch_seed
-from ..errors import MissingFile, TrainingDiverged, VitkitError
-from ..eval.agreement import MIN_AGREEMENT, bf16_agreement, describe, record_agreement, record_bf16_agreement
-from ..eval.loop import eval_logits, evaluate_loader
+from ..data.loader import epoch_seed
+from ..errors import TrainingDiverged, VitkitError
+from ..eval.loop import evaluate_loader
 from ..eval.metrics import MetricAccumulator
 from ..eval.multilabel import LossAccumulator, evaluate_multilabel
 from ..inference.precision import choose_precision
-from ..models import count_parameters
-from ..models.io import load_model
 from ..pretrained import UNTUNED_THRESHOLD
 from ..runtime import autocast
-from ..viz.report import REPORT_FIGURES
+from .budget import BUDGET_WARMUP_SHARE, FIRST_PLAN_STEPS, TimeBudget, reserve_for_finish
 from .build import Runtime, build
-from .callbacks import Callbacks, make_trackers
+from .callbacks import Callbacks
 from .config import TrainConfig
-from .losses import asymmetric_loss, binary_cross_entropy
-from .optim import Lookahead, LookaheadEMA, build_optimizer, frozen_parameters, param_groups
+from .finish import finish
+from .losses import training_loss
+from .optim import frozen_parameters, training_optimizer
 from .rundir import RunDir, checkpoint_metadata
-from .schedule import BUDGET_WARMUP_SHARE, FIRST_PLAN_STEPS, SAVE_BYTES_PER_S, Plateau, TimeBudget, lr_factor
+from .schedule import Plateau, lr_factor
+from .start import start_run
+from .state import TrainState
+from .summary import epoch_line
 
 LOG_EVERY = 25  # optimizer steps between host synchronisations for progress and the loss check
 # Set by train()'s Ctrl-C/SIGTERM handler beside the KeyboardInterrupt it raises: Python prints and drops a
 # KeyboardInterrupt raised inside a finalizer (an object's __del__), so the loop raises it again at its next step.
 INTERRUPT_REQUESTED = threading.Event()
-# Images of the validation split timed before training, for the budget's first estimate of an evaluation pass.
-TIMED_INFERENCE_IMAGES = 32
-TRAIN_BATCH_PLOT = "train_batch.png"
-
-
-def split_title(split: str, selected_checkpoint: bool) -> str:
-    """How figures and messages name the split the final metrics are from."""
-    name = {"val": "validation", "test": "test", "train": "training"}[split]
-    return f"{name} split" + (" (it also chose the best epoch)" if selected_checkpoint else "")
 
 
 class Trainer:
-    """A run's model, optimizer and schedule state, fully built from the configuration."""
+    """A run's model, optimizer and schedule, fully built from the configuration on `runtime`'s device;
+    `budget` is the command's clock, started by the caller when the command began, so data preparation
+    counts."""
 
-    def __init__(self, cfg: TrainConfig, runtime: Runtime | None = None, budget: TimeBudget | None = None):
-        # the command's clock: started by the caller when the command began, so data preparation counts
-        self.budget = budget or TimeBudget(cfg.time_budget)
-        runtime = runtime or Runtime.create(cfg)
-        self.device, self.ctx, self.bf16 = runtime.device, runtime.ctx, runtime.bf16
-        self.setup = build(cfg, runtime, self.budget)
-        cfg = self.cfg  # as built: with the --time-budget size choice, when one was made
+    def __init__(self, cfg: TrainConfig, runtime: Runtime, budget: TimeBudget):
+        self.budget, self.device, self.ctx, self.bf16 = budget, runtime.device, runtime.ctx, runtime.bf16
+        # the configuration as built: with the --time-budget size choice, when one was made
+        self.cfg, self.setup = build(cfg, runtime, budget)
+        cfg, setup = self.cfg, self.setup
+        self.model, self.data, self.augment = setup.model, setup.data, setup.augment
+        self.train_loader, self.image_size = setup.train_loader, setup.image_size
         self.multi_label = self.data.multi_label
         if self.multi_label and self.ctx.enabled:
             raise VitkitError("multi-label data trains in one process for now: drop --nproc")
@@ -71,21 +67,6 @@ class Trainer:
         if self.monitor == "val_map" and not self.multi_label:
             raise VitkitError("--monitor val_map is for multi-label data: use val_top1 or val_loss")
         self.thresholds: list[float] | None = None  # per label, tuned on the validation split each epoch
-        head_scale = cfg.head_lr / cfg.lr if cfg.head_lr else 1.0
-        groups = param_groups(
-            self.model,
-            cfg.weight_decay,
-            cfg.layer_decay,
-            head_scale,
-            cfg.freeze_backbone,
-            cfg.norm_lr_scale,
-            cfg.norm_bias_decay,
-        )
-        self.optimizer = build_optimizer(
-            self.model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, groups, cfg.nesterov
-        )
-        trained = [p for group in groups for p in group["params"]]
-        self.lookahead = Lookahead(trained, cfg.lookahead) if cfg.lookahead else None
         # --alternate-flips: each training image's flip in the first epoch, drawn once from the seed
         self.first_flips = None
         if cfg.alternate_flips:
@@ -94,52 +75,139 @@ class Trainer:
         ema_fn = get_ema_multi_avg_fn(cfg.ema) if cfg.ema else None
         self.ema = AveragedModel(self.model, multi_avg_fn=ema_fn, use_buffers=True) if cfg.ema else None
         self.aug_gen = torch.Generator(device=self.device)
-        mode = "min" if self.monitor == "val_loss" else "max"
-        self.plateau = Plateau(mode, cfg.plateau_factor, cfg.plateau_patience)
-        self.stopper = Plateau(mode, patience=cfg.early_stopping)  # best-so-far of the monitored metric
         self.steps_per_epoch = len(self.train_loader)
-        self.lookahead_ema = None
-        if cfg.lookahead_ema:
-            start = round(cfg.lookahead_ema_start * -(-self.steps_per_epoch // cfg.accum_steps))
-            self.lookahead_ema = LookaheadEMA(
-                self.model, cfg.lookahead_ema, cfg.lookahead_ema_every, start, cfg.lookahead_ema_ramp
-            )
+        self.optimizer, self.lookahead, self.lookahead_ema = training_optimizer(self.model, cfg, self.steps_per_epoch)
         # the parameters --freeze-after has stopped by the current epoch (set again as each epoch starts);
         # computed here too so that a name the model lacks is refused before any work
         self.frozen = frozen_parameters(self.model, cfg.freeze_after, 0)
         self.warmup_steps = int(cfg.warmup_epochs * self.steps_per_epoch)
-        # with a time budget the length is unknown until steps have been timed: the schedule holds its peak
-        self.planned_steps = None if cfg.time_budget else -(-self.steps_per_epoch // cfg.accum_steps) * cfg.epochs
-        self.step, self.history, self.best_epoch = 0, [], -1
+        mode = "min" if self.monitor == "val_loss" else "max"
+        self.state = TrainState(
+            optimizer=self.optimizer, ema=self.ema, lookahead=self.lookahead, lookahead_ema=self.lookahead_ema,
+            aug_gen=self.aug_gen, budget=budget, ctx=self.ctx, device=self.device, global_batch=setup.global_batch,
+            plateau=Plateau(mode, cfg.plateau_factor, cfg.plateau_patience),
+            stopper=Plateau(mode, patience=cfg.early_stopping),
+            # with a time budget the length is unknown until steps have been timed: the schedule holds its peak
+            planned_steps=None if cfg.time_budget else -(-self.steps_per_epoch // cfg.accum_steps) * cfg.epochs,
+        )
         self.lr = cfg.lr  # the rate of the latest step (set_lr)
-        self.replanned_from: int | None = None  # a resumed schedule's earlier length, when --epochs changed it
+        self.run: RunDir | None = None  # the run folder fit() trains into
         self.callbacks = Callbacks()
         self.stopped_by = "epochs"  # or time_budget, early_stopping: what ended the run, for its records
         # where '--precision auto' would run the model in bf16, the run measures bf16's agreement with fp32
         self.measures_bf16 = choose_precision("auto", self.device)[0] == "bf16"
-        # what a --time-budget keeps for the end of the run, measured as the run goes (see reserve_for_finish)
-        self.figure_s = 0.0  # one figure's drawing time
+        # what a --time-budget keeps for the end of the run, measured as the run goes (budget.reserve_for_finish)
         self.inference_s_per_image = 0.0  # of an evaluation pass
+        self.bf16_pass_share = 1.0  # a bf16 pass's time over an fp32 evaluation pass's (budget.time_inference)
         self.save_s = {"best": None, "last": None}  # each checkpoint's latest saving time
 
-    # the run's parts, owned by its Setup
-    cfg = property(lambda self: self.setup.config)
-    model = property(lambda self: self.setup.model)
-    data = property(lambda self: self.setup.data)
-    augment = property(lambda self: self.setup.augment)
-    train_loader = property(lambda self: self.setup.train_loader)
-    image_size = property(lambda self: self.setup.image_size)
+    # -- the run -----------------------------------------------------------------------------
+    def fit(self, run: RunDir, callbacks=()) -> dict[str, Any]:
+        """Train into `run`, then finish it (finish.py); `callbacks` (see callbacks.py) and the --log
+        trackers are called on the process that writes the run folder."""
+        cfg, ctx, state, budget = self.cfg, self.ctx, self.state, self.budget
+        start_epoch, start_batch = start_run(self, run, callbacks)
+        net = self.wrap_model()
+        epoch = start_epoch
+        budget.start_training(state.step, start_epoch)
+        self.stopped_by = "time_budget" if cfg.time_budget else "epochs"
+        while cfg.time_budget or epoch < cfg.epochs:
+            if start_batch == 0 or epoch != start_epoch:
+                torch.manual_seed(epoch_seed(cfg.seed, epoch, 1))
+                self.aug_gen.manual_seed(epoch_seed(cfg.seed, epoch, 2 + ctx.rank))
+            row = {"epoch": epoch + 1, **self.train_epoch(net, epoch, start_batch if epoch == start_epoch else 0)}
+            t_val = budget.clock()
+            row.update(self.validate())
+            self.inference_s_per_image = (budget.clock() - t_val) / max(1, len(self.setup.val_loader.split))
+            row["time_s"] = round(budget.elapsed(), 2)
+            state.history.append(row)
+            if state.stopper.step(row[self.monitor]):
+                state.best_epoch = epoch + 1
+                self.save("best", self.eval_model())
+            if cfg.schedule == "plateau":
+                state.plateau.step(row[self.monitor])
+                state.plateau.reduce_if_stalled()
+            reserve_for_finish(self)
+            self.refit_budget()
+            epoch += 1
+            self.save_last(epoch, 0)
+            run.write_metrics(state.history)
+            self.callbacks.call("on_epoch_end", row["epoch"], dict(row))
+            self.log(row)
+            if cfg.early_stopping and state.stopper.wait >= cfg.early_stopping:
+                self.log(f"early stopping: no {self.monitor} improvement for {cfg.early_stopping} epochs")
+                self.stopped_by = "early_stopping"
+                break
+            if ctx.any(not budget.another_epoch_fits(len(state.history))):
+                break
+        return finish(self)
+
+    # -- one epoch ---------------------------------------------------------------------------
+    def train_epoch(self, net: nn.Module, epoch: int, start_batch: int) -> dict:
+        cfg, ctx, state = self.cfg, self.ctx, self.state
+        self.frozen = frozen_parameters(self.model, cfg.freeze_after, epoch)
+        net.train()
+        if self.multi_label:
+            acc = LossAccumulator(self.data.num_classes, device=self.device)
+        else:
+            acc = MetricAccumulator(self.data.num_classes, device=self.device)
+        first_bad_step = torch.full((), -1, device=self.device)  # kept on the device: no sync per step
+        show = cfg.progress and ctx.is_main and sys.stderr.isatty()  # no bar frames in log files
+        bar = tqdm(total=self.steps_per_epoch, initial=start_batch, desc=f"epoch {epoch + 1}", leave=False,
+                   disable=not show, file=sys.stderr, dynamic_ncols=True)
+        self.set_lr()
+        seen, t_start, t_epoch = 0, time.perf_counter(), self.budget.clock()
+        loader = self.train_loader
+        batches = zip(loader.batches(epoch, start_batch), loader.batch_indices(epoch, start_batch))
+        for b, ((images, labels), index) in enumerate(batches, start=start_batch):
+            if INTERRUPT_REQUESTED.is_set():
+                raise KeyboardInterrupt
+            boundary = (b + 1) % cfg.accum_steps == 0 or b + 1 == self.steps_per_epoch
+            logits, loss = self.train_step(net, images, labels, boundary, self.epoch_flips(epoch, index))
+            acc.update(logits, labels, loss * labels.shape[0])
+            first_bad_step = torch.where((first_bad_step < 0) & ~loss.isfinite(), state.step, first_bad_step)
+            seen += labels.shape[0]
+            bar.update(1)
+            if b % LOG_EVERY == 0 or b + 1 == self.steps_per_epoch:  # sync point: read the device's sums
+                self.check_finite(int(first_bad_step))
+                accuracy = {} if self.multi_label else {"acc": f"{acc.correct / acc.count:.3f}"}
+                rate = seen * ctx.world_size / (time.perf_counter() - t_start)
+                loss_so_far = f"{acc.loss_sum / acc.count:.3f}"
+                bar.set_postfix(loss=loss_so_far, **accuracy, lr=f"{self.lr:.2e}", img_s=f"{rate:.0f}")
+            if boundary and not state.history and state.step == FIRST_PLAN_STEPS:
+                self.refit_budget()  # a first estimate, so the decay does not end with the first epoch
+            if boundary and cfg.save_every and state.step % cfg.save_every == 0 and b + 1 < self.steps_per_epoch:
+                self.save_last(epoch, b + 1)
+            step_s = (self.budget.clock() - t_epoch) / (b + 1 - start_batch)
+            if cfg.time_budget and ctx.any(self.budget.exhausted(step_s)):
+                break
+        bar.close()
+        if self.lookahead_ema is not None:
+            self.lookahead_ema.end_epoch()
+        self.check_finite(int(first_bad_step))
+        if ctx.enabled:
+            acc.load_tensor(ctx.all_reduce_sum(acc.as_tensor()))
+        train = acc.compute()
+        rate = seen * ctx.world_size / max(time.perf_counter() - t_start, 1e-9)
+        accuracy = {} if self.multi_label else {f"train_{k}": train[k] for k in ("top1", "top5") if k in train}
+        return {"train_loss": train["loss"], **accuracy, "lr": self.lr, "images_per_s": rate}
+
+    def check_finite(self, first_bad_step: int) -> None:
+        if first_bad_step >= 0:
+            raise TrainingDiverged(
+                f"the training loss became non-finite (NaN or inf) at step {first_bad_step}: lower --lr "
+                f"(now {self.cfg.lr}), add --grad-clip 1.0 or --warmup-epochs, or check the data and --mean/--std"
+            )
 
     # -- one step ----------------------------------------------------------------------------
     def scheduled_lr(self) -> float:
         """The learning rate of the current step: warmup, schedule and plateau reductions."""
         cfg, warmup = self.cfg, self.warmup_steps
-        if cfg.time_budget and self.planned_steps:
-            warmup = min(warmup, max(FIRST_PLAN_STEPS, int(BUDGET_WARMUP_SHARE * self.planned_steps)))
-        factor = lr_factor(
-            self.step, self.planned_steps, warmup, cfg.schedule, cfg.min_lr_ratio, cfg.triangle_start, cfg.triangle_peak
-        )
-        return cfg.lr * factor * self.plateau.scale
+        if cfg.time_budget and self.state.planned_steps:
+            warmup = min(warmup, max(FIRST_PLAN_STEPS, int(BUDGET_WARMUP_SHARE * self.state.planned_steps)))
+        step, planned = self.state.step, self.state.planned_steps
+        factor = lr_factor(step, planned, warmup, cfg.schedule, cfg.min_lr_ratio, cfg.triangle_start, cfg.triangle_peak)
+        return cfg.lr * factor * self.state.plateau.scale
 
     def set_lr(self) -> float:
         """Put the current step's rate into the optimizer; it is also `self.lr`, for the logs."""
@@ -196,123 +264,17 @@ class Trainer:
                 nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-            self.step += 1
+            self.state.step += 1
             if self.lookahead is not None:
-                self.lookahead.after_step(self.step)
+                self.lookahead.after_step(self.state.step)
             if self.lookahead_ema is not None:
-                self.lookahead_ema.after_step(self.step, self.planned_steps)
+                self.lookahead_ema.after_step(self.state.step, self.state.planned_steps)
             if self.ema is not None:
                 self.ema.update_parameters(self.model)
         return torch.cat(all_logits), loss
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """The training loss of soft targets: cross-entropy, or for multi-label data BCE or the asymmetric
-        loss on sigmoid outputs (training/losses.py); all are means over the images."""
-        cfg, weights = self.cfg, self.setup.class_weights
-        if not self.multi_label:
-            # with soft targets torch divides the (class-weighted) sum by the chunk's size, not by
-            # its weights' sum, so the chunks still add up to the whole batch's loss
-            return F.cross_entropy(logits, targets, weight=weights)
-        if cfg.multilabel_loss == "asymmetric":
-            return asymmetric_loss(logits, targets, cfg.asl_gamma_neg, cfg.asl_gamma_pos, cfg.asl_clip, weights)
-        return binary_cross_entropy(logits, targets, weights)
-
-    # -- one epoch ---------------------------------------------------------------------------
-    def train_epoch(self, net: nn.Module, epoch: int, start_batch: int) -> dict:
-        cfg, ctx = self.cfg, self.ctx
-        self.frozen = frozen_parameters(self.model, cfg.freeze_after, epoch)
-        net.train()
-        if self.multi_label:
-            acc = LossAccumulator(self.data.num_classes, device=self.device)
-        else:
-            acc = MetricAccumulator(self.data.num_classes, device=self.device)
-        first_bad_step = torch.full((), -1, device=self.device)  # kept on the device: no sync per step
-        bar = tqdm(
-            total=self.steps_per_epoch,
-            initial=start_batch,
-            desc=f"epoch {epoch + 1}",
-            leave=False,
-            disable=not (cfg.progress and ctx.is_main and sys.stderr.isatty()),  # no bar frames in log files
-            file=sys.stderr,
-            dynamic_ncols=True,
-        )
-        self.set_lr()
-        seen, t_start, t_epoch = 0, time.perf_counter(), self.budget.clock()
-        loader = self.train_loader
-        batches = zip(loader.batches(epoch, start_batch), loader.batch_indices(epoch, start_batch))
-        for b, ((images, labels), index) in enumerate(batches, start=start_batch):
-            if INTERRUPT_REQUESTED.is_set():
-                raise KeyboardInterrupt
-            boundary = (b + 1) % cfg.accum_steps == 0 or b + 1 == self.steps_per_epoch
-            logits, loss = self.train_step(net, images, labels, boundary, self.epoch_flips(epoch, index))
-            acc.update(logits, labels, loss * labels.shape[0])
-            first_bad_step = torch.where((first_bad_step < 0) & ~loss.isfinite(), self.step, first_bad_step)
-            seen += labels.shape[0]
-            bar.update(1)
-            if b % LOG_EVERY == 0 or b + 1 == self.steps_per_epoch:  # sync point: read the device's sums
-                self.check_finite(int(first_bad_step))
-                accuracy = {} if self.multi_label else {"acc": f"{acc.correct / acc.count:.3f}"}
-                bar.set_postfix(
-                    loss=f"{acc.loss_sum / acc.count:.3f}",
-                    **accuracy,
-                    lr=f"{self.lr:.2e}",
-                    img_s=f"{seen * ctx.world_size / (time.perf_counter() - t_start):.0f}",
-                )
-            if boundary and not self.history and self.step == FIRST_PLAN_STEPS:
-                self.refit_budget()  # a first estimate, so the decay does not end with the first epoch
-            if boundary and cfg.save_every and self.step % cfg.save_every == 0 and b + 1 < self.steps_per_epoch:
-                self.save_last(epoch, b + 1)
-            step_s = (self.budget.clock() - t_epoch) / (b + 1 - start_batch)
-            if cfg.time_budget and ctx.any(self.budget.exhausted(step_s)):
-                break
-        bar.close()
-        if self.lookahead_ema is not None:
-            self.lookahead_ema.end_epoch()
-        self.check_finite(int(first_bad_step))
-        if ctx.enabled:
-            acc.load_tensor(ctx.all_reduce_sum(acc.as_tensor()))
-        train = acc.compute()
-        rate = seen * ctx.world_size / max(time.perf_counter() - t_start, 1e-9)
-        accuracy = {} if self.multi_label else {f"train_{k}": train[k] for k in ("top1", "top5") if k in train}
-        return {"train_loss": train["loss"], **accuracy, "lr": self.lr, "images_per_s": rate}
-
-    def check_finite(self, first_bad_step: int) -> None:
-        if first_bad_step >= 0:
-            raise TrainingDiverged(
-                f"the training loss became non-finite (NaN or inf) at step {first_bad_step}: lower --lr "
-                f"(now {self.cfg.lr}), add --grad-clip 1.0 or --warmup-epochs, or check the data and --mean/--std"
-            )
-
-    def reserve_for_finish(self) -> None:
-        """Keep what runs after training stops out of the training budget, at the latest measured costs:
-        the last epoch's validation and checkpoints, the final evaluation (and bf16 agreement) of the
-        reported split and the report's figures."""
-        setup = self.setup
-        bytes_per_copy = 4 * count_parameters(self.model)  # last/ also holds the optimizer's state: 3 copies
-        estimate = {"best": bytes_per_copy / SAVE_BYTES_PER_S, "last": 3 * bytes_per_copy / SAVE_BYTES_PER_S}
-        save_s = sum(estimate[kind] if s is None else s for kind, s in self.save_s.items())
-        self.budget.keep_for_finish(
-            self.inference_s_per_image,
-            len(setup.val_loader.split),
-            len(setup.eval_loader.split),
-            # the agreement runs every batch in fp32 (for single-label also the final evaluation) and in bf16
-            (3 if self.multi_label else 2) if self.measures_bf16 else 1,
-            REPORT_FIGURES * self.figure_s if self.cfg.plots else 0.0,
-            save_s,
-        )
-
-    def time_inference(self) -> float:
-        """Seconds per image of an evaluation pass (loading included), from a few validation images: the
-        budget's estimate until a whole validation pass has been timed, so that a budget ending inside the
-        first epoch still keeps time for what follows it."""
-        split = self.setup.val_loader.split
-        count = min(len(split), TIMED_INFERENCE_IMAGES)
-        model = self.eval_model().eval()
-        t = self.budget.clock()
-        with torch.inference_mode():
-            for images, _ in BatchLoader(split.subset(torch.arange(count)), count, shuffle=False, device=self.device).batches():
-                eval_logits(model, self.augment.for_inference(images))
-        return (self.budget.clock() - t) / max(1, count)
+        return training_loss(logits, targets, self.cfg, self.multi_label, self.setup.class_weights)
 
     def save(self, kind: str, model: nn.Module, state: dict | None = None) -> None:
         """Save best/ or last/, timing it for the budget's reserve."""
@@ -324,208 +286,8 @@ class Trainer:
         """Fit the schedule length to the time left; every rank takes rank 0's plan so that their
         learning rates agree."""
         if self.cfg.time_budget:
-            self.planned_steps = self.ctx.broadcast_object(self.budget.plan(self.step))
+            self.state.planned_steps = self.ctx.broadcast_object(self.budget.plan(self.state.step))
 
-    # -- the run -----------------------------------------------------------------------------
-    def fit(self, run: RunDir, callbacks=()) -> dict[str, Any]:
-        """Train into `run`; `callbacks` (see callbacks.py) and the --log trackers are called on the
-        process that writes the run folder."""
-        cfg, ctx = self.cfg, self.ctx
-        self.run = run
-        start_epoch, start_batch = self.load_last() if cfg.resume else (0, 0)
-        if ctx.is_main and not cfg.quiet:
-            from .summary import startup_summary
-
-            print(startup_summary(self, start_epoch), file=sys.stderr, flush=True)
-        run.write_config(cfg)
-        run.write_status("running", self.run_info())
-        run.write_skipped(self.setup.bad_images)
-        self.callbacks = Callbacks([*make_trackers(cfg.log), *callbacks] if ctx.is_main else [])
-        self.callbacks.call("on_train_begin", run.path, cfg.to_dict(), [dict(row) for row in self.history])
-        t_figure = self.budget.clock()
-        draws_train_batch = ctx.is_main and cfg.plots and not (run.path / TRAIN_BATCH_PLOT).exists()
-        if draws_train_batch:
-            from ..viz.report import write_train_batch
-
-            write_train_batch(
-                run.path / TRAIN_BATCH_PLOT,
-                self.data.train,
-                self.augment,
-                self.augmented_batch,
-                self.data.class_names,
-                cfg.seed,
-                self.device,
-            )
-        if draws_train_batch:  # else resumed: the time measured when it was drawn came back with the state
-            # one figure's time (matplotlib's import included) stands for each of the report's figures
-            self.figure_s = self.budget.clock() - t_figure
-        if cfg.time_budget:
-            self.inference_s_per_image = self.time_inference()
-            self.reserve_for_finish()
-        net = self.wrap_model()
-        epoch = start_epoch
-        self.budget.start_training(self.step, start_epoch)
-        self.stopped_by = "time_budget" if cfg.time_budget else "epochs"
-        while cfg.time_budget or epoch < cfg.epochs:
-            if start_batch == 0 or epoch != start_epoch:
-                torch.manual_seed(epoch_seed(cfg.seed, epoch, 1))
-                self.aug_gen.manual_seed(epoch_seed(cfg.seed, epoch, 2 + ctx.rank))
-            row = {"epoch": epoch + 1, **self.train_epoch(net, epoch, start_batch if epoch == start_epoch else 0)}
-            t_val = self.budget.clock()
-            row.update(self.validate())
-            self.inference_s_per_image = (self.budget.clock() - t_val) / max(1, len(self.setup.val_loader.split))
-            row["time_s"] = round(self.budget.elapsed(), 2)
-            self.history.append(row)
-            if self.stopper.step(row[self.monitor]):
-                self.best_epoch = epoch + 1
-                self.save("best", self.eval_model())
-            if cfg.schedule == "plateau":
-                self.plateau.step(row[self.monitor])
-                self.plateau.reduce_if_stalled()
-            self.reserve_for_finish()
-            self.refit_budget()
-            epoch += 1
-            self.save_last(epoch, 0)
-            run.write_metrics(self.history)
-            self.callbacks.call("on_epoch_end", row["epoch"], dict(row))
-            self.log(row)
-            if cfg.early_stopping and self.stopper.wait >= cfg.early_stopping:
-                self.log(f"early stopping: no {self.monitor} improvement for {cfg.early_stopping} epochs")
-                self.stopped_by = "early_stopping"
-                break
-            if ctx.any(not self.budget.another_epoch_fits(len(self.history))):
-                break
-        return self.finish()
-
-    def finish(self) -> dict[str, Any]:
-        """Evaluate the best checkpoint on the reported split (test, else validation), write
-        results.json and the plots."""
-        setup = self.setup
-        t_finish, training_s = self.budget.clock(), self.budget.training_time()
-        if self.multi_label:
-            metrics, draw, summary, agreement = self.final_multilabel()
-        else:
-            metrics, draw, summary, agreement = self.final_single()
-        if self.ctx.is_main and self.cfg.plots:
-            draw()  # before results.json, whose wall time includes the figures
-        split = setup.eval_split
-        results = {
-            "split": split,
-            # the validation split also picked best/ (and early stopping): its numbers are optimistic
-            "split_selected_checkpoint": setup.split_selected_checkpoint,
-            "metrics": metrics,
-            **({"bf16_agreement": agreement} if agreement else {}),
-            **self.run_summary(training_s),
-        }
-        self.run.write_results(results)
-        self.callbacks.call("on_train_end", {**results, "run_dir": str(self.run.path)})
-        self.end_run()
-        chose = "; it also chose the best epoch, so it is optimistic" if setup.split_selected_checkpoint else ""
-        images = len(setup.eval_loader.split)
-        self.log(
-            f"{split_title(split, False)} ({images} images, epoch {self.best_epoch}'s weights{chose}): "
-            f"{summary}  ->  {self.run.path}"
-        )
-        if agreement:
-            verdict = "runs bf16" if record_agreement(agreement) >= MIN_AGREEMENT else f"stays in fp32 (below {MIN_AGREEMENT:.1%})"
-            self.log(f"{describe(agreement)}: --precision auto {verdict}")
-        if self.budget.enabled:
-            self.log(
-                f"time: {self.budget.elapsed():.0f} s of the {self.budget.seconds:.0f} s budget (start-up "
-                f"{self.budget.elapsed() - training_s - (self.budget.clock() - t_finish):.0f} s, training "
-                f"{training_s:.0f} s, final evaluation and figures {self.budget.clock() - t_finish:.0f} s)"
-            )
-        return {**results, "run_dir": str(self.run.path)}
-
-    def final_single(self):
-        """(metrics, figure drawing, summary line) of the best checkpoint; every rank evaluates its shard."""
-        from ..viz.report import write_report
-
-        ctx, setup = self.ctx, self.setup
-        best = load_model(self.run.checkpoint("best"))[0] if ctx.is_main else self.eval_model()
-        best = best.to(self.device)
-        if ctx.enabled:  # every rank evaluates its shard with rank 0's best weights
-            state = {k: v.cpu() for k, v in best.state_dict().items()} if ctx.is_main else None
-            best.load_state_dict(ctx.broadcast_object(state))
-        if self.measures_bf16:  # the final evaluation's fp32 pass is also the agreement's reference
-            accumulator = MetricAccumulator(self.data.num_classes, device=self.device)
-            agreement = self.measure_bf16(best, None, accumulator)
-            m = accumulator.compute(self.data.class_names)
-        else:
-            m, agreement = self.evaluate(best, setup.eval_loader, self.data.class_names), None
-        names, history = self.data.class_names, self.history
-        title = split_title(setup.eval_split, setup.split_selected_checkpoint)
-        top5 = f"  top-5 {m['top5']:.4f}" if self.data.num_classes > 5 else ""  # 1 by definition up to 5 classes
-        return (
-            m,
-            lambda: write_report(self.run.path, best, setup.eval_loader.split, self.augment, names, history, m, title),
-            f"top-1 {m['top1']:.4f}{top5}  f1-macro {m['f1_macro']:.4f}",
-            agreement,
-        )
-
-    def final_multilabel(self):
-        """`final_single` for multi-label data: the best checkpoint at its own thresholds (tuned on the
-        validation split when it was saved): mAP, F1 and the per-label table (per_label.csv), and the figures."""
-        from ..eval.multilabel import write_label_table
-        from ..viz.report import write_multilabel_report
-
-        split, setup = self.setup.eval_loader, self.setup
-        best, meta = load_model(self.run.checkpoint("best"))
-        best = best.to(self.device)
-        m, scores, targets = evaluate_multilabel(best, split, self.augment, self.data.class_names, meta["thresholds"])
-        write_label_table(self.run.path / "per_label.csv", m)
-        title = split_title(setup.eval_split, setup.split_selected_checkpoint)
-        return (
-            {**m, "thresholds_from": "val"},
-            lambda: write_multilabel_report(
-                self.run.path, best, split.split, self.augment, self.history, m, scores, targets, title,
-                self.cfg.multilabel_loss,
-            ),
-            f"mAP macro {m['map_macro']:.4f}  micro {m['map_micro']:.4f}  f1-macro {m['f1_macro']:.4f}  "
-            f"f1-micro {m['f1_micro']:.4f}",
-            self.measure_bf16(best, meta["thresholds"]) if self.measures_bf16 else None,
-        )
-
-    def measure_bf16(self, best: nn.Module, thresholds: list[float] | None, fp32_metrics=None) -> dict:
-        """bf16's agreement with fp32 (top-1, or label sets) on the reported split, recorded in best/ so
-        that '--precision auto' is guarded from the first prediction; `fp32_metrics` as in bf16_agreement."""
-        setup, reduce = self.setup, self.ctx.all_reduce_sum if self.ctx.enabled else None
-        report = bf16_agreement(
-            best, setup.eval_loader, self.augment.for_inference, setup.eval_split, thresholds, reduce, fp32_metrics
-        )
-        if self.ctx.is_main:
-            record = {**report, "data": self.cfg.data}
-            record_bf16_agreement(self.run.checkpoint("best"), record, notice=lambda line: self.log(line))
-        return report
-
-    def run_summary(self, training_s: float) -> dict[str, Any]:
-        """results.json beside the metrics: how the run went and what it was."""
-        ctx, setup = self.ctx, self.setup
-        return {
-            "best_epoch": self.best_epoch,
-            "epochs_run": len(self.history),
-            "stopped_by": self.stopped_by,
-            "monitor": self.monitor,
-            "train_time_s": round(training_s, 1),
-            "wall_time_s": round(self.budget.elapsed(), 1),
-            **({"time_budget_s": self.budget.seconds} if self.budget.enabled else {}),
-            "parameters": count_parameters(self.model),
-            "model": setup.model_name,
-            "architecture": self.model.architecture,
-            "preset": self.cfg.preset,
-            "data": self.cfg.data,
-            "skipped_images": len(setup.bad_images),
-            "world_size": ctx.world_size,
-            "global_batch_size": setup.global_batch,
-            "per_device_batch_size": setup.local_batch,
-            "lr": self.cfg.lr,
-        }
-
-    def end_run(self) -> None:
-        self.run.write_config(self.cfg, ran=(len(self.history), self.stopped_by))
-        self.run.write_status(
-            "complete", {**self.run_info(), "epochs_run": len(self.history), "stopped_by": self.stopped_by}
-        )
 
     # -- helpers -----------------------------------------------------------------------------
     def evaluate(self, model: nn.Module, loader, class_names=None) -> dict:
@@ -540,12 +302,8 @@ class Trainer:
             return {"val_loss": val["loss"], **{f"val_{k}": val[k] for k in ("top1", "top5") if k in val}}
         val, _, _ = evaluate_multilabel(model, loader, self.augment, self.data.class_names, tune=True)
         self.thresholds = val["thresholds"]
-        return {
-            "val_loss": val["loss"],
-            "val_map": val["map_macro"],
-            "val_map_micro": val["map_micro"],
-            "val_f1": val["f1_macro"],
-        }
+        return {"val_loss": val["loss"], "val_map": val["map_macro"], "val_map_micro": val["map_micro"],
+                "val_f1": val["f1_macro"]}
 
     def eval_model(self) -> nn.Module:
         return self.ema.module if self.ema is not None else self.model
@@ -568,104 +326,23 @@ class Trainer:
         return meta
 
     def run_info(self) -> dict:
-        return self.setup.run_info(self.ctx.world_size, self.device)
+        return self.setup.run_info(self.ctx.world_size, self.device, self.cfg.budget_size)
 
     def log(self, row: dict | str) -> None:
-        """An epoch's line (top-5 only when there are more than 5 classes: else it is 1 by definition)."""
+        """A line on stderr: an epoch's row (summary.epoch_line) or a message."""
         if not self.ctx.is_main or self.cfg.quiet:
             return
-        if isinstance(row, dict) and self.multi_label:
-            row = (
-                f"epoch {row['epoch']:>3}  loss {row['train_loss']:.4f}  val_loss {row['val_loss']:.4f}  "
-                f"val_mAP {row['val_map']:.4f}  val_mAP_micro {row['val_map_micro']:.4f}  lr {row['lr']:.2e}  "
-                f"{row['images_per_s']:.0f} img/s"
-            )
-        elif isinstance(row, dict):
-            row = (
-                f"epoch {row['epoch']:>3}  loss {row['train_loss']:.4f}  val_loss {row['val_loss']:.4f}  "
-                f"val_top1 {row['val_top1']:.4f}  "
-                + (f"val_top5 {row['val_top5']:.4f}  " if self.data.num_classes > 5 else "")
-                + f"lr {row['lr']:.2e}  "
-                f"{row['images_per_s']:.0f} img/s"
-            )
+        if isinstance(row, dict):
+            row = epoch_line(row, self.multi_label, self.data.num_classes)
         print(row, file=sys.stderr)
 
     # -- resuming ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """The resumable state besides the weights: optimizer, EMA, schedule, best-so-far and time budget,
-        the history, and every rank's random generators (augmentation is seeded per rank); a collective,
-        as every rank contributes its generators."""
-        rng = {
-            "torch_rng": torch.get_rng_state(),
-            "aug_rng": self.aug_gen.get_state().cpu(),
-            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
-        }
-        return {
-            "step": self.step,
-            "world_size": self.ctx.world_size,
-            "optimizer": self.optimizer.state_dict(),
-            "ema": self.ema.state_dict() if self.ema else None,
-            "lookahead": self.lookahead.state_dict() if self.lookahead else None,
-            "lookahead_ema": self.lookahead_ema.state_dict() if self.lookahead_ema else None,
-            "rank_rngs": self.ctx.all_gather_object(rng),
-            "global_batch": self.setup.global_batch,
-            "plateau": self.plateau.state_dict(),
-            "stopper": self.stopper.state_dict(),
-            "history": self.history,
-            "best_epoch": self.best_epoch,
-            "elapsed": self.budget.elapsed(),
-            "planned_steps": self.planned_steps,
-            "figure_s": self.figure_s,
-        }
+        """trainer.pt: the resumable state (state.py); a collective."""
+        return self.state.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Put a `state_dict` back (trainer.pt of any vitkit version)."""
-        if state["world_size"] != self.ctx.world_size:
-            raise VitkitError(
-                f"the run was trained with {state['world_size']} process(es) but is resumed with "
-                f"{self.ctx.world_size}: resume with --nproc {state['world_size']} so the batches and results match"
-            )
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.ema is not None and state["ema"] is not None:
-            self.ema.load_state_dict(state["ema"])
-        if self.lookahead is not None and state.get("lookahead") is not None:
-            self.lookahead.load_state_dict(state["lookahead"])
-        if self.lookahead_ema is not None and state.get("lookahead_ema") is not None:
-            self.lookahead_ema.load_state_dict(state["lookahead_ema"])
-        self.step, self.history, self.best_epoch = state["step"], state["history"], state["best_epoch"]
-        self.plateau.load_state_dict(state["plateau"])
-        self.stopper.load_state_dict(state["stopper"])
-        self.budget.load_state_dict({"elapsed": state["elapsed"]})
-        self.figure_s = state.get("figure_s", 0.0)
-        planned = state["planned_steps"]
-        if self.cfg.time_budget:
-            self.planned_steps = planned
-        elif planned != self.planned_steps:
-            # --epochs changed (a finished run extended): the schedule is re-planned over the new length, as if
-            # it had been asked for from the start, so the extension decays afresh from where that schedule
-            # stands now instead of running at the old schedule's floor
-            self.replanned_from = planned
-        rng = state["rank_rngs"][self.ctx.rank]
-        torch.set_rng_state(rng["torch_rng"])
-        self.aug_gen.set_state(rng["aug_rng"])
-        if rng["cuda_rng"] is not None:
-            torch.cuda.set_rng_state(rng["cuda_rng"], self.device)
+        self.state.load_state_dict(state)
 
     def save_last(self, epoch: int, next_batch: int) -> None:
         self.save("last", self.model, {**self.state_dict(), "epoch": epoch, "next_batch": next_batch})
-
-    def load_last(self) -> tuple[int, int]:
-        """Weights and state of last/; returns (epoch, next batch) to continue from."""
-        last = self.run.find_last()
-        if last is None:
-            raise MissingFile(
-                f"nothing to resume in {self.run.path}: no last/ checkpoint (the run never "
-                "finished one); start it again without --resume"
-            )
-        saved, meta = load_model(last)
-        self.model.load_state_dict(saved.state_dict())
-        if self.multi_label and meta.get("thresholds_tuned", True):  # kept for the next mid-epoch last/
-            self.thresholds = meta.get("thresholds")
-        state = self.run.load_trainer_state(last)
-        self.load_state_dict(state)
-        return state["epoch"], state["next_batch"]

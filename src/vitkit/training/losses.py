@@ -1,4 +1,5 @@
-"""Multi-label training losses on sigmoid outputs: binary cross-entropy and the asymmetric loss.
+"""Training losses: `training_loss` picks a run's; the multi-label ones on sigmoid outputs are binary
+cross-entropy and the asymmetric loss.
 
 Both sum over the labels and average over the images, so that a batch's loss has the scale of the
 single-label cross-entropy (a sum over the classes of the one-hot target) and the same learning rates fit.
@@ -61,3 +62,17 @@ def positive_weights(labels: torch.Tensor) -> torch.Tensor:
     positives = labels.sum(0)
     negatives = len(labels) - positives
     return torch.where(positives > 0, negatives / positives.clamp(min=1), 1.0).float()
+
+
+def training_loss(
+    logits: torch.Tensor, targets: torch.Tensor, cfg, multi_label: bool, weights: torch.Tensor | None
+) -> torch.Tensor:
+    """The training loss of soft targets under a run's configuration (a TrainConfig): cross-entropy, or for
+    multi-label data BCE or the asymmetric loss on sigmoid outputs; all are means over the images."""
+    if not multi_label:
+        # with soft targets torch divides the (class-weighted) sum by the chunk's size, not by
+        # its weights' sum, so the chunks still add up to the whole batch's loss
+        return F.cross_entropy(logits, targets, weight=weights)
+    if cfg.multilabel_loss == "asymmetric":
+        return asymmetric_loss(logits, targets, cfg.asl_gamma_neg, cfg.asl_gamma_pos, cfg.asl_clip, weights)
+    return binary_cross_entropy(logits, targets, weights)

@@ -19,6 +19,8 @@ import torch
 from ..data.loader import epoch_seed
 from ..errors import VitkitError
 from ..runtime import resolve_device
+from .budget import TimeBudget
+from .build import Runtime
 from .config import TrainConfig
 from .engine import Trainer
 
@@ -51,11 +53,11 @@ class _Sweep(Trainer):
     schedule."""
 
     def __init__(self, cfg: TrainConfig, start_lr: float, end_lr: float, steps: int):
-        super().__init__(cfg)
+        super().__init__(cfg, Runtime.create(cfg), TimeBudget(cfg.time_budget))
         self.start_lr, self.end_lr, self.steps = start_lr, end_lr, steps
 
     def scheduled_lr(self) -> float:
-        return self.start_lr * (self.end_lr / self.start_lr) ** (self.step / max(self.steps - 1, 1))
+        return self.start_lr * (self.end_lr / self.start_lr) ** (self.state.step / max(self.steps - 1, 1))
 
 
 def suggest(lrs: list[float], smoothed: list[float]) -> tuple[float | None, str | None]:

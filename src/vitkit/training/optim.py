@@ -67,6 +67,23 @@ def build_optimizer(
     return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov, **fast)
 
 
+def training_optimizer(model: nn.Module, cfg, steps_per_epoch: int):
+    """(optimizer, Lookahead or None, LookaheadEMA or None) of a run's configuration (a TrainConfig)."""
+    head_scale = cfg.head_lr / cfg.lr if cfg.head_lr else 1.0
+    groups = param_groups(
+        model, cfg.weight_decay, cfg.layer_decay, head_scale, cfg.freeze_backbone, cfg.norm_lr_scale,
+        cfg.norm_bias_decay,
+    )
+    optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, groups, cfg.nesterov)
+    trained = [p for group in groups for p in group["params"]]
+    lookahead = Lookahead(trained, cfg.lookahead) if cfg.lookahead else None
+    lookahead_ema = None
+    if cfg.lookahead_ema:
+        start = round(cfg.lookahead_ema_start * -(-steps_per_epoch // cfg.accum_steps))
+        lookahead_ema = LookaheadEMA(model, cfg.lookahead_ema, cfg.lookahead_ema_every, start, cfg.lookahead_ema_ramp)
+    return optimizer, lookahead, lookahead_ema
+
+
 class Lookahead:
     """Lookahead (Zhang et al., 2019, "Lookahead Optimizer: k steps forward, 1 step back"): a slow copy of
     the trained weights; every `every` steps it moves `alpha` of the way to the fast (optimizer's) weights

@@ -1,5 +1,6 @@
-"""What a run is about to do, printed before its first epoch: the data found, the model, where and in
-which precision it runs, and the plan (schedule, time budget, a resumed run's re-planned schedule)."""
+"""What a run prints: before its first epoch what it is about to do (the data found, the model, where and
+in which precision it runs, and the plan: schedule, time budget, a resumed run's re-planned schedule),
+then a line per epoch."""
 
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ def model_lines(trainer) -> list[str]:
     ]
     if setup.size_note:
         lines.append(f"         {setup.size_note}")
-    record = setup.config.budget_size
+    record = trainer.cfg.budget_size
     if record:
         chosen = record["model_args"]
         estimates = "; ".join(
@@ -96,10 +97,10 @@ def run_lines(trainer, start_epoch: int) -> list[str]:
             )
     if cfg.resume:
         lines.append(f"resume   from epoch {start_epoch} of {cfg.epochs if not budget.enabled else 'the budget'}")
-        if trainer.replanned_from is not None and trainer.planned_steps:
+        if trainer.state.replanned_from is not None and trainer.state.planned_steps:
             lines.append(
-                f"         the schedule was {trainer.replanned_from} steps long and is re-planned over "
-                f"{cfg.epochs} epochs ({trainer.planned_steps} steps): lr {trainer.scheduled_lr():.2e} now, "
+                f"         the schedule was {trainer.state.replanned_from} steps long and is re-planned over "
+                f"{cfg.epochs} epochs ({trainer.state.planned_steps} steps): lr {trainer.scheduled_lr():.2e} now, "
                 f"decaying to {cfg.lr * cfg.min_lr_ratio if cfg.schedule == 'cosine' else 0:.2e}"
             )
     return lines
@@ -109,3 +110,20 @@ def startup_summary(trainer, start_epoch: int) -> str:
     """The lines printed (stderr) before the first epoch."""
     head = f"vitkit train -> {trainer.run.path}"
     return "\n".join([head, *data_lines(trainer), *model_lines(trainer), *run_lines(trainer, start_epoch)])
+
+
+def epoch_line(row: dict, multi_label: bool, num_classes: int) -> str:
+    """An epoch's log line (top-5 only when there are more than 5 classes: else it is 1 by definition)."""
+    if multi_label:
+        return (
+            f"epoch {row['epoch']:>3}  loss {row['train_loss']:.4f}  val_loss {row['val_loss']:.4f}  "
+            f"val_mAP {row['val_map']:.4f}  val_mAP_micro {row['val_map_micro']:.4f}  lr {row['lr']:.2e}  "
+            f"{row['images_per_s']:.0f} img/s"
+        )
+    return (
+        f"epoch {row['epoch']:>3}  loss {row['train_loss']:.4f}  val_loss {row['val_loss']:.4f}  "
+        f"val_top1 {row['val_top1']:.4f}  "
+        + (f"val_top5 {row['val_top5']:.4f}  " if num_classes > 5 else "")
+        + f"lr {row['lr']:.2e}  "
+        f"{row['images_per_s']:.0f} img/s"
+    )
