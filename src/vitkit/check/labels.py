@@ -24,7 +24,9 @@ MIN_VAL_IMAGES = 5  # a class (or a label's positives) with fewer in validation 
 MIN_TRAIN_SECONDS = 20  # less time than this for the k-fold training is no judgement worth giving
 MIN_STEPS = 30  # nor are fewer optimizer steps a fold (or, for small data, MIN_EPOCHS)
 MIN_EPOCHS = 5
-MAX_EPOCHS = 40  # a small dataset is not trained longer: further epochs fit the few mislabelled images of the other folds, and confident learning then misses them
+# A small dataset is not trained longer, however long the budget: further epochs fit the few mislabelled
+# images of the other folds, and confident learning then misses them.
+MAX_EPOCHS = 40
 BATCH = 256
 BF16_FROM_IMAGES = 10_000
 
