@@ -10,7 +10,7 @@ two unchanged source images (CIFAR-10 holds near-duplicates of its own; they are
 look at) and false ones involving a planted file (target <= 5), and whether every broken file is named.
 
     python benchmarks/check.py --data ../shared/data/cifar10-train --minutes 15
-    python benchmarks/check.py --data ../shared/data/cifar10-dev/train --minutes 4 --out /tmp/check-dev.json
+    python benchmarks/check.py --data ../shared/data/cifar10-dev/train --minutes 4 --out check-dev.json
 """
 
 from __future__ import annotations
