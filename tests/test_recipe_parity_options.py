@@ -9,15 +9,14 @@ class order, as folders are."""
 
 import csv
 import itertools
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from conftest import new_trainer, run_vitkit, write_class_folders
-from safetensors.torch import load_file
+from conftest import new_trainer, run_vitkit
 from test_engine_options import TINY
+from test_fast_recipe import colours, last_weights  # noqa: F401  (colours: the fixture, shared)
 
 import vitkit
 from vitkit.data.augment import AugmentSpec, BatchAugment
@@ -30,18 +29,6 @@ from vitkit.training.schedule import lr_factor
 
 SGD = dict(TINY, optimizer="sgd", momentum=0.0, weight_decay=0.0, schedule="constant", lr=0.1)
 FASTNET = dict(model="fastnet_cifar", model_args={"widths": (8, 16), "whiten_width": 12}, image_size=16)
-
-
-@pytest.fixture(scope="module")
-def colours(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("colours")
-    write_class_folders(root / "train", per_class=8, size=16, seed=0)
-    write_class_folders(root / "val", per_class=4, size=16, seed=1)
-    return root
-
-
-def last_weights(out: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(out / "last" / "model.safetensors"))
 
 
 # ----------------------------------------------------------------------------- the schedule
