@@ -130,3 +130,16 @@ def merge_rows(path: str | os.PathLike, rows: list[dict], key: str, field: str, 
     new = {r[key] for r in rows}
     saved = [r for r in json.loads(path.read_text())[field] if r[key] not in new]
     return saved + [dict(r, remeasured=mark and bool(saved)) for r in rows]
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """`--set` KEY=VALUE pairs; values read as YAML (numbers, booleans, strings, {mappings})."""
+    import yaml
+
+    overrides: dict = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {pair!r}: write KEY=VALUE, e.g. epochs=5")
+        overrides[key] = yaml.safe_load(value)
+    return overrides

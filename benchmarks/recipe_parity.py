@@ -24,8 +24,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-import yaml
-from common import SHARED_DATA, machine, print_table, project_path, write_json
+from common import SHARED_DATA, machine, parse_overrides, print_table, project_path, write_json
 
 import vitkit
 from vitkit.models import PRESETS
@@ -173,17 +172,6 @@ def run_row(label: str, recipe: str, args, overrides: dict, stored_order: bool, 
         },
         "machine": machine_info,
     }
-
-
-def parse_overrides(pairs: list[str]) -> dict:
-    """KEY=VALUE pairs; values read as YAML (numbers, booleans, strings, {mappings})."""
-    overrides: dict = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"--set {pair!r}: write KEY=VALUE, e.g. epochs=5")
-        overrides[key] = yaml.safe_load(value)
-    return overrides
 
 
 def slug(text: str) -> str:

@@ -25,7 +25,6 @@ import tempfile
 from pathlib import Path
 
 import matplotlib
-import yaml
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -34,6 +33,7 @@ from common import (  # noqa: E402
     machine,
     matmul_peak,
     merge_rows,
+    parse_overrides,
     print_table,
     training_flops_per_image,
     write_json,
@@ -99,17 +99,6 @@ def run(recipe: str, data: str, minutes: float, out: Path, extra: dict, label: s
         "params_m": result["parameters"] / 1e6,
         "curve": curve,
     }
-
-
-def parse_overrides(pairs: list[str]) -> dict:
-    """KEY=VALUE pairs; values read as YAML scalars (numbers, booleans, strings)."""
-    overrides = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"--set {pair!r}: write KEY=VALUE, e.g. mixup=0.8")
-        overrides[key] = yaml.safe_load(value)
-    return overrides
 
 
 def seed_summary(results: list[dict]) -> list[dict]:
