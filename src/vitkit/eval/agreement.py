@@ -41,23 +41,38 @@ def agreement_report(
     reference: torch.Tensor, candidate: torch.Tensor, labels: torch.Tensor, precision: str, split: str
 ) -> dict:
     """Top-1 agreement of `candidate` predictions with the fp32 `reference` ones and both accuracies."""
-    # exact counts over a Python int: a float32 mean rounds in the 8th digit, and these numbers are
-    # compared with the run's reported metrics, which are exact fractions
-    def share(matches: torch.Tensor) -> float:
-        return int(matches.sum()) / len(labels)
+    counts = [int(m.sum()) for m in (reference == candidate, reference == labels, candidate == labels)]
+    return counts_report(precision, split, len(labels), *counts)
 
-    fp32_top1, top1 = share(reference == labels), share(candidate == labels)
-    agreement = share(reference == candidate)
+
+def counts_report(
+    precision: str, split: str, images: int, same: float, right_fp32: float, right: float, label_sets: bool = False
+) -> dict:
+    """The agreement report from counts of images: agreeing with fp32, and right in fp32 and in `precision`
+    (top-1 classes, or whole label sets). Shares are exact fractions of the counts: a float32 mean rounds
+    in the 8th digit, and these numbers are compared with the run's reported metrics."""
+    def share(count: float) -> float:
+        return count / max(images, 1)
+
+    agreement, fp32, reduced = share(same), share(right_fp32), share(right)
+    report = {"precision": precision, "split": split, "images": images}
+    if label_sets:
+        return {
+            **report,
+            "measure": "label sets",
+            "agreement": agreement,
+            "exact_match_fp32": fp32,
+            "exact_match": reduced,
+            "exact_match_delta": reduced - fp32,
+        }
     return {
-        "precision": precision,
-        "split": split,
-        "images": len(labels),
+        **report,
         "measure": "top-1",
         "agreement": agreement,
         "top1_agreement": agreement,
-        "top1_fp32": fp32_top1,
-        "top1": top1,
-        "top1_delta": top1 - fp32_top1,
+        "top1_fp32": fp32,
+        "top1": reduced,
+        "top1_delta": reduced - fp32,
     }
 
 
@@ -91,33 +106,14 @@ def bf16_agreement(
             reference, candidate, truth = reference.sigmoid() >= cut, candidate.sigmoid() >= cut, labels >= 0.5
             same = (reference == candidate).all(1)
             right_fp32, right_bf16 = (reference == truth).all(1), (candidate == truth).all(1)
-        counts += torch.stack([torch.tensor(len(labels))] + [m.sum() for m in (same, right_fp32, right_bf16)]).to(counts)
+        sums = [torch.tensor(len(labels))] + [m.sum() for m in (same, right_fp32, right_bf16)]
+        counts += torch.stack(sums).to(counts)
     if all_reduce_sum is not None:
         counts = all_reduce_sum(counts)
         if fp32_metrics is not None:
             fp32_metrics.load_tensor(all_reduce_sum(fp32_metrics.as_tensor()))
     images, same, right_fp32, right_bf16 = counts.tolist()
-    images = int(images)
-    share = {"agreement": same / max(images, 1), "fp32": right_fp32 / max(images, 1), "bf16": right_bf16 / max(images, 1)}
-    report = {"precision": "bf16", "split": split, "images": images}
-    if thresholds is None:
-        return {
-            **report,
-            "measure": "top-1",
-            "agreement": share["agreement"],
-            "top1_agreement": share["agreement"],
-            "top1_fp32": share["fp32"],
-            "top1": share["bf16"],
-            "top1_delta": share["bf16"] - share["fp32"],
-        }
-    return {
-        **report,
-        "measure": "label sets",
-        "agreement": share["agreement"],
-        "exact_match_fp32": share["fp32"],
-        "exact_match": share["bf16"],
-        "exact_match_delta": share["bf16"] - share["fp32"],
-    }
+    return counts_report("bf16", split, int(images), same, right_fp32, right_bf16, label_sets=thresholds is not None)
 
 
 def record_agreement(record: dict) -> float:
@@ -163,7 +159,8 @@ def bf16_guard(checkpoint_dir: Path, checkpoint: str) -> tuple[bool, str]:
     if record is None:
         return False, f"its bf16 agreement with fp32 is not measured ({measure})"
     if record.get("split") not in HELD_OUT_SPLITS:
-        return False, f"its bf16 agreement was measured on the {record.get('split')} split, not held-out images ({measure})"
+        split = record.get("split")
+        return False, f"its bf16 agreement was measured on the {split} split, not held-out images ({measure})"
     if record_agreement(record) < MIN_AGREEMENT:
         return False, f"{describe(record)}, below {MIN_AGREEMENT:.1%}"
     return True, describe(record)
@@ -176,7 +173,10 @@ def record_bf16_agreement(folder: Path | None, record: dict, notice: Callable[[s
     if folder is None:
         return False
     if record["split"] not in HELD_OUT_SPLITS:
-        notice(f"note: bf16's agreement on the {record['split']} split is not recorded for --precision auto (held-out splits only)")
+        notice(
+            f"note: bf16's agreement on the {record['split']} split is not recorded for --precision auto "
+            "(held-out splits only)"
+        )
         return False
     try:
         write_json(folder / BF16_RECORD, record)
