@@ -21,7 +21,7 @@ from vitkit.data.preprocess import Preprocessing
 
 
 def decode(data: bytes, size: int):
-    """What the server does with one upload (`image_loader` in vitkit.serve.app)."""
+    """What the server does with one upload (`image_loader` in vitkit.serve.decoding)."""
     return Preprocessing(size).load_tensor(io.BytesIO(data), "upload")
 
 

@@ -25,7 +25,7 @@ from vitkit.inference import onnx_cache_path
 from vitkit.inference.predict import expand_paths
 from vitkit.models import create_model, save_model
 from vitkit.pretrained import load_pretrained
-from vitkit.serve.app import warn_if_exposed
+from vitkit.serve.server import warn_if_exposed
 
 OLD_RUN = Path(__file__).parent / "fixtures" / "run-v0.1"
 
