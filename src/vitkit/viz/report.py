@@ -86,9 +86,9 @@ TITLE_LABELS = 3  # predicted labels named in a prediction's title, best first; 
 def write_multilabel_report(
     run_dir: Path, model, split, augment, history, report, scores, targets, split_name: str, training_loss: str
 ):
-    """The figures of a multi-label run (`MULTI_LABEL_FIGURES`): curves (`training_loss` names the training loss beside the
-    validation BCE), AP per label, precision-recall and predictions (predicted label sets against the true
-    ones) on `split`, titled with its name (`split_name`)."""
+    """The figures of a multi-label run (`MULTI_LABEL_FIGURES`): curves (`training_loss` names the
+    training loss beside the validation BCE), AP per label, precision-recall and predictions (predicted
+    label sets against the true ones) on `split`, titled with its name (`split_name`)."""
     from ..eval.multilabel import precision_recall_curve
     from . import plots
 
