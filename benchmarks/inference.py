@@ -26,7 +26,7 @@ from common import hf_twin, machine, print_table, project_path, write_json
 import vitkit
 from vitkit.data.loader import BatchLoader
 from vitkit.eval.agreement import agreement_report, predicted_classes
-from vitkit.eval.checkpoint import _checkpoint_split
+from vitkit.eval.checkpoint import checkpoint_split
 from vitkit.export.quantize import calibration_batches, quantize_int8
 from vitkit.inference import Classifier, OnnxModel, cached_onnx_export
 from vitkit.models import create_model
@@ -82,7 +82,7 @@ def measure_agreement(checkpoint: str, calibration_images: int) -> tuple[dict, d
     """{path name: agreement report} of every vitkit path of a trained checkpoint on its reported split,
     and what that checkpoint is and the default path (`vitkit.load` with no options) chose for it."""
     reference = vitkit.load(checkpoint, device="cpu", backend="torch", precision="fp32")
-    data, dataset, split, part = _checkpoint_split(reference, None, None, {})
+    data, dataset, split, part = checkpoint_split(reference, None, None, {})
     calibration = calibration_batches(
         dataset.train, reference.input_transform.for_inference, calibration_images, seed=0
     )

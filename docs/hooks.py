@@ -4,7 +4,8 @@
   (src/vitkit/cli.py, and the TrainConfig declarations in src/vitkit/training/config.py);
 - benchmarks.md: `benchmarks/report.py`'s page from benchmarks/results/*.json, with the curves it links;
 - the model and preset tables, from the registry and the presets, wherever a page (or README.md) has
-  `<!-- vitkit:models -->` or `<!-- vitkit:presets -->`.
+  `<!-- vitkit:models -->` or `<!-- vitkit:presets -->`; the presets' sources and rationale where a page
+  has `<!-- vitkit:recipe-notes -->`.
 
 `python docs/hooks.py` rewrites README.md's copies of those tables (between `<!-- vitkit:NAME:start -->`
 and `<!-- vitkit:NAME:end -->`); a test checks that they are current.
@@ -192,7 +193,31 @@ def presets_table() -> str:
     return "\n".join(["| preset | family | parameters | input | what it is |", "|---|---|---|---|---|", *rows])
 
 
-TABLES = {"models": models_table, "presets": presets_table}
+def recipe_notes() -> str:
+    """Per preset, the published recipe it follows (`Preset.source`) and why its values are what they are
+    (`Preset.rationale`)."""
+    _on_path("src")
+    from vitkit.models import PRESETS
+
+    out = []
+    for name, preset in PRESETS.items():
+        source = preset.source
+        if source is None and not preset.rationale:
+            continue
+        out += [f"**`{name}`**", ""]
+        if source is not None:
+            out.append(
+                f"- Follows [{source.name}]({source.url}) ({_markdown(source.reference)}), which reports "
+                f"{source.top1:.2%} ({_markdown(source.result)}) in {source.epochs:g} epochs. What vitkit's "
+                "version does differently:"
+            )
+            out += [f"    - {_markdown(difference)}" for difference in source.differences]
+        out += [f"- {_markdown(line)}" for line in preset.rationale]
+        out.append("")
+    return "\n".join(out).rstrip("\n")
+
+
+TABLES = {"models": models_table, "presets": presets_table, "recipe-notes": recipe_notes}
 
 
 def fill_tables(markdown: str) -> str:

@@ -427,12 +427,12 @@ def test_a_multilabel_run_records_map_thresholds_and_figures(poster_run):
     assert json.loads(evaluated.stdout)["map_macro"] == pytest.approx(results["metrics"]["map_macro"])
     # the stored thresholds are the best checkpoint's, tuned on the validation split
     import vitkit
-    from vitkit.eval.checkpoint import _checkpoint_split
+    from vitkit.eval.checkpoint import checkpoint_split
     from vitkit.data.loader import BatchLoader
     from vitkit.eval.multilabel import multilabel_outputs
 
     classifier = vitkit.load(out, backend="torch", precision="fp32")
-    _, _, _, val = _checkpoint_split(classifier, None, "val", {})
+    _, _, _, val = checkpoint_split(classifier, None, "val", {})
     scores, targets, _ = multilabel_outputs(
         classifier.model, BatchLoader(val, 64, shuffle=False), classifier.input_transform
     )

@@ -18,7 +18,7 @@ from serving import running_server
 import vitkit
 from vitkit.data.builtin import load_digits_dataset
 from vitkit.errors import VitkitError
-from vitkit.eval.agreement import BF16_RECORD
+from vitkit.runfiles import BF16_AGREEMENT as BF16_RECORD
 
 
 def checkpoint_copy(digits_run, tmp_path):

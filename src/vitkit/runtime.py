@@ -49,8 +49,8 @@ def cpu_bf16_kind() -> str | None:
 
 
 def use_bf16(amp: str, device: torch.device) -> bool:
-    """bf16 autocast where the hardware has fast bf16 (training and inference speed-ups measured in
-    benchmarks/results/throughput*.json and inference.json): CUDA GPUs that support it, CPUs with native bf16."""
+    """bf16 autocast where the hardware has fast bf16, where it speeds up training and inference: CUDA GPUs
+    that support it, CPUs with native bf16."""
     if amp == "bf16":
         return True
     if amp != "auto":

@@ -48,7 +48,6 @@ FASHION_CLASSES = [
     "Bag",
     "Ankle boot",
 ]
-CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 MNIST_STYLE = {
     "mnist": (

@@ -16,13 +16,11 @@ import torch.nn.functional as F
 
 from ..data.loader import BatchLoader
 from ..fileio import write_json
+from ..runfiles import BF16_AGREEMENT
 from .metrics import MetricAccumulator
 from ..runtime import MIN_AGREEMENT as MIN_AGREEMENT
 from ..runtime import Bf16Autocast
 
-# A checkpoint folder's record of its bf16 agreement, written at the end of training and by
-# `vitkit eval --precision bf16`, and read by `--precision auto`.
-BF16_RECORD = "agreement-bf16.json"
 # The splits whose images the weights were not trained on: only a record measured on one of them counts.
 HELD_OUT_SPLITS = ("val", "test")
 
@@ -141,7 +139,7 @@ def describe(report: dict) -> str:
 def read_bf16_record(checkpoint_dir: Path) -> dict | None:
     """The bf16 agreement recorded in a checkpoint folder, or None when it was never measured (or the
     record cannot be read: the guard then treats it as unmeasured)."""
-    path = checkpoint_dir / BF16_RECORD
+    path = checkpoint_dir / BF16_AGREEMENT
     if not path.is_file():
         return None
     try:
@@ -179,7 +177,7 @@ def record_bf16_agreement(folder: Path | None, record: dict, notice: Callable[[s
         )
         return False
     try:
-        write_json(folder / BF16_RECORD, record)
+        write_json(folder / BF16_AGREEMENT, record)
     except OSError as e:
         notice(f"note: could not record the bf16 agreement in {folder} ({e.strerror})")
         return False

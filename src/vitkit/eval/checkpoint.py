@@ -29,8 +29,11 @@ def _same_source(given: str | None, saved: str | None) -> bool:
     return saved is not None and Path(given).exists() and Path(given).resolve() == Path(saved).resolve()
 
 
-def _checkpoint_split(clf: Classifier, data: str | None, split: str | None, data_options: dict):
-    """(data, dataset, split name, split) a checkpoint is judged on: see `_scored_images`."""
+def checkpoint_split(clf: Classifier, data: str | None, split: str | None, data_options: dict):
+    """The images a checkpoint is judged on, as four values: (data, the prepared dataset, the split's name,
+    the split). `data`, `split` and `data_options` as `vitkit.evaluate` takes them. By default, the run's
+    own data and the split it reported on; on other data, every image of a folder or table, or a named
+    dataset's test split (`_scored_images` chooses, and refuses a mismatch with a VitkitError)."""
     return _scored_images(clf, data, split, data_options)[:4]
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from ..data.loader import AUTO_WORKERS, BatchLoader
 from ..errors import VitkitError
 from ..eval.agreement import MIN_AGREEMENT, agreement_report, describe, predicted_classes
-from ..eval.checkpoint import _checkpoint_split
+from ..eval.checkpoint import checkpoint_split
 from ..fileio import write_json
 from ..inference import OnnxModel, load
 from .quantize import calibration_batches, quantize_int8, read_metadata, save_with_metadata
@@ -43,7 +43,7 @@ def export_int8(
             f"{checkpoint} is multi-label: --quantize int8 is checked by top-1 agreement, which single-label "
             "classifiers have; export it in fp32"
         )
-    data, dataset, split, part = _checkpoint_split(clf, data, None, data_options)
+    data, dataset, split, part = checkpoint_split(clf, data, None, data_options)
     calibration = calibration_batches(dataset.train, clf.input_transform.for_inference, calibration_images, seed)
     loader = BatchLoader(part, 256, shuffle=False, workers=AUTO_WORKERS)
     with tempfile.TemporaryDirectory(prefix="vitkit-int8-") as tmp:

@@ -4,8 +4,7 @@ training images.
 Static (activation scales fixed from calibration) rather than dynamic quantization, so no scale is
 computed per batch at run time; QDQ format, which ONNX Runtime fuses into integer kernels. Only the
 matrix multiplications are quantized: they hold nearly all the arithmetic, while quantizing the
-softmax, normalisation and residual additions costs agreement for little speed
-(benchmarks/results/inference.json measures the outcome).
+softmax, normalisation and residual additions costs agreement for little speed.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ import torch
 
 from ..errors import MissingFile, VitkitError
 from ..fileio import settled_dir
+from ..runfiles import BEST, CHECKPOINTS, CONFIG_NAME
 from ..runtime import resolve_device
 from .classifier import Classifier
 from .onnx_cache import cached_onnx_export
@@ -24,13 +25,13 @@ def checkpoint_name(path: Path) -> str:
     path = path.resolve()
     if path.suffix == ".onnx":
         return path.stem
-    return path.parent.name if path.name in ("best", "last") else path.name
+    return path.parent.name if path.name in CHECKPOINTS else path.name
 
 
 def checkpoint_folder(path: Path) -> Path:
     """The folder holding the weights: a run's best/ when given the run, else `path`."""
-    best = settled_dir(path / "best")
-    return best if (best / "config.json").is_file() else path
+    best = settled_dir(path / BEST)
+    return best if (best / CONFIG_NAME).is_file() else path
 
 
 def load(

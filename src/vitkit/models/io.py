@@ -15,10 +15,8 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import MissingFile, VitkitError
 from ..fileio import atomic_path, read_json, write_json
+from ..runfiles import CONFIG_NAME, WEIGHTS_NAME
 from .registry import FAMILIES, build_config, model_from_config
-
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
 
 
 def save_model(model: nn.Module, directory: str | os.PathLike, **metadata: Any) -> Path:

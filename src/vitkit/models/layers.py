@@ -216,8 +216,8 @@ class Attention(nn.Module):
             scale = self.log_scale.exp()
             mask = ~torch.eye(N, dtype=torch.bool, device=x.device)
         # Training on CPU takes the explicit matmul path: at the recipes' 16-64 tokens PyTorch's CPU
-        # flash-attention backward took a large share of a small ViT's step; the explicit path trains faster
-        # (benchmarks/throughput.py). Other devices and inference use SDPA.
+        # flash-attention backward takes a large share of a small ViT's step, more than the explicit path.
+        # Other devices and inference use SDPA.
         if self.keep_attention or (x.device.type == "cpu" and torch.is_grad_enabled()):
             logits = q @ k.transpose(-2, -1) * scale
             attn = (logits if mask is None else logits.masked_fill(~mask, float("-inf"))).softmax(dim=-1)

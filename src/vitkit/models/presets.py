@@ -14,7 +14,7 @@ from typing import Any
 class Source:
     """The published recipe a preset follows, as data: where it is, the result it reports, its
     architecture in the preset model's arguments, and what vitkit's version still does differently
-    (benchmarks/recipe_parity.py trains the preset beside `top1`)."""
+    (the recipe-parity benchmark trains the preset beside `top1`)."""
 
     name: str
     reference: str
@@ -34,8 +34,7 @@ class Preset:
     model_args: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
     # Train at a built-in dataset's own size and crop padding (28 px for Fashion-MNIST) instead of
-    # `train`'s: upsampling 28 px images to 32 costs more tokens and trained worse at equal time
-    # (benchmarks/results/time_to_accuracy/fashion-mnist-*.json, the image_size=32 rows).
+    # `train`'s: upsampling 28 px images to 32 costs more tokens for no gain in accuracy.
     native_size: bool = False
     # Larger sizes for --time-budget: (epochs, architecture changes), ascending. A run takes the largest
     # size that its budget lets train for at least those epochs at the rate measured on its machine
@@ -43,6 +42,9 @@ class Preset:
     # long one a model that can use it; otherwise, and without a budget, the preset's own model_args.
     budget_sizes: tuple[tuple[float, dict[str, Any]], ...] = ()
     source: Source | None = None  # the published recipe it reproduces, where there is one
+    # Why the recipe is what it is: what the comparisons that chose its values found, in words (the
+    # benchmarks page has the measurements). The docs' recipe page lists them.
+    rationale: tuple[str, ...] = ()
 
 
 KERAS_VIT_AUGMENT = dict(normalize="fit", hflip=True, rotation=0.02, zoom=0.2)
@@ -73,11 +75,8 @@ KERAS_MLP_TRAIN = dict(
     **KERAS_MLP_AUGMENT,
 )
 
-# Recipes for training from scratch on small images (28-32 px) and on folders (64 px), tuned on
-# measurements (benchmarks/time_to_accuracy.py): short warmup, cosine decay, label smoothing, light
-# augmentation, batch 64. For ViTs the convolutional tokenizer with sequence pooling (CCT) trained
-# better than plain patches at equal time on cifar10-dev; shifted patches with locality attention
-# did not, so they stay options rather than defaults.
+# Recipes for training from scratch on small images (28-32 px) and on folders (64 px): short warmup,
+# cosine decay, label smoothing, light augmentation, batch 64 (`SMALL_IMAGE_RATIONALE`).
 # On built-in 28 px data the small-image recipes train at 28 px (see `Preset.native_size`).
 SMALL_IMAGE_TRAIN = dict(
     image_size=32,
@@ -94,27 +93,24 @@ SMALL_IMAGE_TRAIN = dict(
     epochs=30,
 )
 FOLDER_TRAIN = dict(SMALL_IMAGE_TRAIN, image_size=64, crop_padding=0, rrc_scale=0.35, val_split=0.2, lr=1e-3)
+SMALL_IMAGE_RATIONALE = (
+    "Warmup, cosine decay, label smoothing, light augmentation and batch 64 were chosen by comparing "
+    "recipes by the accuracy they reach in equal training time.",
+    "On built-in 28 px datasets it trains at 28 px: upsampled to 32 px the images cost more tokens and "
+    "trained worse in the same time.",
+)
 # The ViT paper's hybrid at 32 px (`vit_hybrid_micro_32`): ResNet stages (one basic block each,
 # 16-32-64-128 wide) to a 4x4 grid, then 4 transformer blocks of width 128 over those 16 tokens, sequence
-# pooling. It is the size for short budgets and slow machines, where the larger sizes below train too few
-# epochs to catch up (benchmarks/results/time_to_accuracy/cifar10-train-*.json).
-# Larger sizes, for budgets that train them these epochs (`Preset.budget_sizes`). Double width (4x the
-# FLOPs) trailed the small size when a budget trained it a few epochs and led it when it trained about
-# 20; the 12-epoch line lies between those measurements (benchmarks/results/time_to_accuracy/
-# cifar10-train-{3,10}min.json, cifar10-train-30min-2026-12-03.json, cifar10-train-30min-xeon-amx-2026-12-05.json).
+# pooling; the size for short budgets and slow machines. Larger sizes, for budgets that train them these
+# epochs (`Preset.budget_sizes`): double width, and the ViT paper's own hybrid design on the ResNet
+# recipe: its first three stages (two blocks each, 32-64-128), a strided 3x3 projection to 16 tokens in
+# place of its last stage, 4 transformer blocks of width 256.
 HYBRID_WIDE = dict(stem_width=32, embed_dim=256, num_heads=8, mlp_dim=512)
-# The ViT paper's own hybrid design on the ResNet recipe: its first three stages (two blocks each,
-# 32-64-128), a strided 3x3 projection to 16 tokens in place of its last stage, 4 transformer blocks of
-# width 256. Where a budget trains it 15 epochs it trains about as fast as the ResNet recipe and ends
-# close to it, ahead of the double width; the ResNet's four stages under 2 transformer blocks ended
-# level with it (benchmarks/results/time_to_accuracy/cifar10-train-30min.json).
 HYBRID_RESNET_STAGES = dict(HYBRID_WIDE, stem_blocks=2, stem_token_stride=2)
 HYBRID_SIZES = ((12, HYBRID_WIDE), (15, HYBRID_RESNET_STAGES))
 # What carries over from the fast CNN recipe below to the hybrid's ResNet stem and schedule: the stem's
 # first convolution whitened from the training patches, alternating flips, label smoothing 0.2 and 2-pixel
-# translations. At a 5-minute budget the 2-pixel translations gave the gain and the other three were
-# neutral (benchmarks/results/time_to_accuracy/cifar10-train-5min.json).
-# The translations pad by reflection, as airbench's do (not measured apart on this recipe).
+# translations with reflected edges (`HYBRID_RATIONALE`).
 HYBRID_TRAIN = dict(
     SMALL_IMAGE_TRAIN,
     whiten_init=True,
@@ -122,6 +118,27 @@ HYBRID_TRAIN = dict(
     label_smoothing=0.2,
     crop_padding=2,
     crop_padding_mode="reflect",
+)
+HYBRID_RATIONALE = (
+    SMALL_IMAGE_RATIONALE[0],
+    "The small size is for short budgets and slow machines, where the larger sizes train too few epochs "
+    "to catch up.",
+    "Double width (four times the arithmetic) trailed the small size where a budget trained it a few "
+    "epochs and led it where a budget trained it about 20; a budget takes it from 12 epochs, between "
+    "those comparisons.",
+    "The ResNet-stage size, where a budget trains it 15 epochs, trained about as fast as the ResNet "
+    "recipe and ended close to it, ahead of the double width; the ResNet's four stages under 2 "
+    "transformer blocks ended level with it.",
+    "From the fast CNN recipe, the whitened first convolution, alternating flips, label smoothing 0.2 and "
+    "2-pixel translations carry over: in a 5-minute budget the translations gave the gain and the other "
+    "three were neutral. The translations pad by reflection, as airbench's do (not compared apart on "
+    "this recipe).",
+    SMALL_IMAGE_RATIONALE[1],
+)
+CCT_RATIONALE = (
+    "For ViTs the convolutional tokenizer with sequence pooling (CCT) trained better than plain patches "
+    "in equal time on a CIFAR-10 development split; shifted patches with locality attention did not, so "
+    "they stay options rather than defaults.",
 )
 
 # airbench94's method (Jordan, 2024) on vitkit's engine: the network of models/fastnet.py with its first
@@ -201,6 +218,7 @@ RECIPES = [
         train=HYBRID_TRAIN,
         native_size=True,
         budget_sizes=HYBRID_SIZES,
+        rationale=HYBRID_RATIONALE,
     ),
     Preset(
         "cifar-cct",
@@ -208,12 +226,32 @@ RECIPES = [
         "Recipe: ViT with convolutional tokenizer and sequence pooling (CCT), 28-32 px",
         train=SMALL_IMAGE_TRAIN,
         native_size=True,
+        rationale=SMALL_IMAGE_RATIONALE + CCT_RATIONALE,
     ),
     Preset(
-        "cifar-mixer", "mixer_micro_patch4_32", "Recipe: MLP-Mixer, 28-32 px", train=SMALL_IMAGE_TRAIN, native_size=True
+        "cifar-mixer",
+        "mixer_micro_patch4_32",
+        "Recipe: MLP-Mixer, 28-32 px",
+        train=SMALL_IMAGE_TRAIN,
+        native_size=True,
+        rationale=SMALL_IMAGE_RATIONALE,
     ),
-    Preset("cifar-fnet", "fnet_micro_patch4_32", "Recipe: FNet, 28-32 px", train=SMALL_IMAGE_TRAIN, native_size=True),
-    Preset("cifar-gmlp", "gmlp_micro_patch4_32", "Recipe: gMLP, 28-32 px", train=SMALL_IMAGE_TRAIN, native_size=True),
+    Preset(
+        "cifar-fnet",
+        "fnet_micro_patch4_32",
+        "Recipe: FNet, 28-32 px",
+        train=SMALL_IMAGE_TRAIN,
+        native_size=True,
+        rationale=SMALL_IMAGE_RATIONALE,
+    ),
+    Preset(
+        "cifar-gmlp",
+        "gmlp_micro_patch4_32",
+        "Recipe: gMLP, 28-32 px",
+        train=SMALL_IMAGE_TRAIN,
+        native_size=True,
+        rationale=SMALL_IMAGE_RATIONALE,
+    ),
     Preset(
         "cifar-resnet",
         "resnet18_cifar",
@@ -221,6 +259,7 @@ RECIPES = [
         model_args=dict(widths=(32, 64, 128, 256)),
         train=SMALL_IMAGE_TRAIN,
         native_size=True,
+        rationale=SMALL_IMAGE_RATIONALE,
     ),
     Preset(
         "folder-cct",
@@ -228,6 +267,7 @@ RECIPES = [
         "Recipe: ViT with 3-layer convolutional tokenizer (CCT), folders at 64 px",
         model_args=dict(conv_layers=3, image_size=64),
         train=FOLDER_TRAIN,
+        rationale=SMALL_IMAGE_RATIONALE[:1] + CCT_RATIONALE,
     ),
     Preset(
         "folder-resnet",
@@ -235,6 +275,7 @@ RECIPES = [
         "Recipe: ResNet-18 (half width), folders at 64 px",
         model_args=dict(widths=(32, 64, 128, 256), image_size=64),
         train=FOLDER_TRAIN,
+        rationale=SMALL_IMAGE_RATIONALE[:1],
     ),
 ]
 
@@ -256,8 +297,7 @@ HF_VIT_FINETUNE = dict(
 # published defaults: negatives focused with gamma 4 and shifted by 0.05), per-label thresholds tuned on
 # the validation split, best/ by validation mAP; no label smoothing. From scratch: the CIFAR recipe's
 # hybrid at 32 px (16 tokens), and a half-width ResNet-18 at 64 px whose strided stem leaves the 16x16 map
-# that the CIFAR ResNet's stages see at 32 px. On a CPU the hybrid at 64 px (a fourth ResNet stage, 16
-# tokens) trained at a third of its 32 px rate and reached a lower validation mAP in the same time.
+# that the CIFAR ResNet's stages see at 32 px.
 MULTI_LABEL = dict(multi_label=True, multilabel_loss="asymmetric", monitor="val_map", label_smoothing=0.0)
 MULTI_LABEL_TRAIN = dict(FOLDER_TRAIN, **MULTI_LABEL, val_split=0.15, lr=2e-3)
 MULTI_LABEL_RECIPES = [
@@ -266,6 +306,10 @@ MULTI_LABEL_RECIPES = [
         "vit_hybrid_micro_32",
         "Recipe: multi-label, hybrid ViT (ResNet stages, 4 transformer blocks on 16 tokens), tables at 32 px",
         train=dict(MULTI_LABEL_TRAIN, image_size=32),
+        rationale=(
+            "32 px rather than 64: on a CPU the hybrid at 64 px (a fourth ResNet stage, 16 tokens) trained at "
+            "a fraction of its 32 px rate and reached a lower validation mAP in the same time.",
+        ),
     ),
     Preset(
         "multilabel-resnet",

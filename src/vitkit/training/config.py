@@ -231,7 +231,6 @@ class TrainConfig(DataOptions, AugmentSpec):
         "auto", "bf16 autocast: auto uses it where the hardware has native bf16", choices=("auto", "bf16", "off")
     )
     compile: bool = _optim(False, "torch.compile the model (compile time is reported apart)")
-    # The gain per preset: the channels_last_gain column of benchmarks/results/throughput*.json.
     channels_last: bool = _optim(
         True,
         "feed training batches channels-last (NHWC), faster for convolutional stems and ResNets on CPU; "

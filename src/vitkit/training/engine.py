@@ -239,7 +239,7 @@ class Trainer:
         """Forward, backward and (at accumulation boundaries) the optimizer update. With
         `micro_batch_size` the batch goes through in chunks whose gradients add up to the whole
         batch's: the same update, with activations small enough to stay in cache (the Keras ViT preset
-        uses it at batch 256; its rate is in benchmarks/results/vs_keras*.json)."""
+        uses it at batch 256)."""
         cfg = self.cfg
         if cfg.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)

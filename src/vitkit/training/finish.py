@@ -13,6 +13,7 @@ from ..eval.metrics import MetricAccumulator
 from ..eval.multilabel import evaluate_multilabel
 from ..models import count_parameters
 from ..models.io import load_model
+from ..runfiles import BEST, PER_LABEL
 
 if TYPE_CHECKING:
     from .engine import Trainer
@@ -69,7 +70,7 @@ def final_single(trainer: Trainer):
     from ..viz.report import write_report
 
     ctx, setup, data = trainer.ctx, trainer.setup, trainer.data
-    best = load_model(trainer.run.checkpoint("best"))[0] if ctx.is_main else trainer.eval_model()
+    best = load_model(trainer.run.checkpoint(BEST))[0] if ctx.is_main else trainer.eval_model()
     best = best.to(trainer.device)
     if ctx.enabled:  # every rank evaluates its shard with rank 0's best weights
         state = {k: v.cpu() for k, v in best.state_dict().items()} if ctx.is_main else None
@@ -99,10 +100,10 @@ def final_multilabel(trainer: Trainer):
 
     setup, path = trainer.setup, trainer.run.path
     split = setup.eval_loader
-    best, meta = load_model(trainer.run.checkpoint("best"))
+    best, meta = load_model(trainer.run.checkpoint(BEST))
     best = best.to(trainer.device)
     m, scores, targets = evaluate_multilabel(best, split, trainer.augment, trainer.data.class_names, meta["thresholds"])
-    write_label_table(path / "per_label.csv", m)
+    write_label_table(path / PER_LABEL, m)
     title = split_title(setup.eval_split, setup.split_selected_checkpoint)
     return (
         {**m, "thresholds_from": "val"},
@@ -126,7 +127,7 @@ def measure_bf16(trainer: Trainer, best: nn.Module, thresholds: list[float] | No
     )
     if ctx.is_main:
         record = {**report, "data": trainer.cfg.data}
-        record_bf16_agreement(trainer.run.checkpoint("best"), record, notice=lambda line: trainer.log(line))
+        record_bf16_agreement(trainer.run.checkpoint(BEST), record, notice=lambda line: trainer.log(line))
     return report
 
 

@@ -60,7 +60,7 @@ def build_optimizer(
 ) -> torch.optim.Optimizer:
     device = next(model.parameters()).device.type
     # One fused kernel per step where torch has one (CUDA, CPU): fewer passes over the weights than the
-    # multi-tensor path, which a small model's CPU step feels (benchmarks/throughput.py measures it).
+    # multi-tensor path, which a small model's CPU step feels.
     fast = {"fused": True} if device in ("cuda", "cpu") else {"foreach": True}
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, **fast)

@@ -1,16 +1,5 @@
 """The run folder: claimed by one process before any work, every file written atomically, its
-status honest (running | complete | failed with the reason).
-
-run folder/
-  args.yaml            resolved configuration as requested (every value, presets expanded)
-  run.json             status and provenance (times, versions, host, device; epochs run, stop reason)
-  metrics.csv          one row per epoch
-  results.json         metrics of the best checkpoint on the reported split, epochs run, stop reason
-  best/ last/          checkpoints (safetensors + config.json; last/ adds trainer.pt for --resume)
-  curves.png confusion_matrix.png predictions.png train_batch.png patches.png (patch models only),
-                       unless --no-plots
-  tensorboard/ mlruns/ with --log
-"""
+status honest (running | complete | failed with the reason). What it holds: `vitkit.runfiles`."""
 
 from __future__ import annotations
 
@@ -36,11 +25,9 @@ from ..errors import MissingFile, VitkitError
 from ..fileio import atomic_path, replace_dir, settled_dir, write_json
 from ..models import get_preset, save_model
 from ..options import name_list, read_yaml_options
+from ..runfiles import ARGS, LAST, LOCK, METRICS, RESULTS, RUN_MARKERS, RUN_RECORD, SKIPPED_IMAGES, TRAINER_STATE
 from .config import NOT_RECORDED, TrainConfig
 
-TRAINER_STATE = "trainer.pt"
-RUN_FILES = {"args.yaml", "run.json", "best", "last"}  # any of them: the folder holds a run
-LOCK_FILE = ".lock"
 LOCK_WAIT_S = 5.0
 
 
@@ -109,17 +96,17 @@ class RunDir:
             if path.exists() and not path.is_dir():
                 raise VitkitError(f"--out {path} is a file, not a folder: choose a new folder for the run")
             path.mkdir(parents=True, exist_ok=True)
-            held = sorted(p.name for p in path.iterdir() if p.name != LOCK_FILE)
-            if not resume and held and not RUN_FILES & set(held):  # refused before the lock file is left there
+            held = sorted(p.name for p in path.iterdir() if p.name != LOCK)
+            if not resume and held and not RUN_MARKERS & set(held):  # refused before the lock file is left there
                 raise VitkitError(
                     f"--out {path} already holds files that are not a vitkit run ({name_list(held, 3)}): "
                     "choose a new or empty folder for the run"
                 )
-        lock = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        lock = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         if not _lock_within(lock, LOCK_WAIT_S):
             os.close(lock)
             raise VitkitError(f"run folder {path} is in use by another vitkit process: choose another --out")
-        if not resume and any(p.name != LOCK_FILE for p in path.iterdir()):
+        if not resume and any(p.name != LOCK for p in path.iterdir()):
             os.close(lock)
             raise VitkitError(
                 f"run folder {path} already holds a run: pass --resume to continue it, or choose another --out"
@@ -146,7 +133,7 @@ class RunDir:
                 f"# As requested. The run trained {epochs} epoch(s), stopped by {STOP_REASONS[stopped_by]}; "
                 "see epochs_run in run.json and results.json.\n"
             )
-        with atomic_path(self.path / "args.yaml") as tmp:
+        with atomic_path(self.path / ARGS) as tmp:
             recorded = {k: v for k, v in cfg.to_dict().items() if k not in NOT_RECORDED}
             tmp.write_text(header + yaml.safe_dump(recorded, sort_keys=False))
 
@@ -165,12 +152,12 @@ class RunDir:
         }
         if error:
             record["error"] = error
-        write_json(self.path / "run.json", record)
+        write_json(self.path / RUN_RECORD, record)
         self.status_written = True
 
     def write_skipped(self, bad_images: list[str]) -> None:
         if self.writer and bad_images:
-            with atomic_path(self.path / "skipped_images.txt") as tmp:
+            with atomic_path(self.path / SKIPPED_IMAGES) as tmp:
                 tmp.write_text("\n".join(bad_images) + "\n")
 
     def write_metrics(self, history: list[dict]) -> None:
@@ -183,12 +170,12 @@ class RunDir:
         writer = csv.DictWriter(buffer, fieldnames=fields)
         writer.writeheader()
         writer.writerows(history)
-        with atomic_path(self.path / "metrics.csv") as tmp:
+        with atomic_path(self.path / METRICS) as tmp:
             tmp.write_text(buffer.getvalue())
 
     def write_results(self, results: dict) -> None:
         if self.writer:
-            write_json(self.path / "results.json", results)
+            write_json(self.path / RESULTS, results)
 
     # -- checkpoints -----------------------------------------------------------------------
     def save_checkpoint(self, kind: str, model: nn.Module, meta: dict, trainer_state: dict | None = None) -> None:
@@ -207,7 +194,7 @@ class RunDir:
         return settled_dir(self.path / kind)
 
     def find_last(self) -> Path | None:
-        last = self.checkpoint("last")
+        last = self.checkpoint(LAST)
         return last if (last / TRAINER_STATE).is_file() else None
 
     def load_trainer_state(self, last: Path) -> dict:
@@ -232,9 +219,9 @@ def checkpoint_metadata(cfg: TrainConfig, setup) -> dict:
 
 def saved_config(run_dir: str | os.PathLike) -> TrainConfig:
     """The configuration a run folder was started with (args.yaml of any vitkit version)."""
-    path = Path(run_dir) / "args.yaml"
+    path = Path(run_dir) / ARGS
     if not path.is_file():
-        raise MissingFile(f"{run_dir} is not a vitkit run folder (no args.yaml): nothing to resume")
+        raise MissingFile(f"{run_dir} is not a vitkit run folder (no {ARGS}): nothing to resume")
     try:
         saved = read_yaml_options(path, TrainConfig, str(path))
         return TrainConfig.from_dict(with_recorded_size(saved, Path(run_dir)))
@@ -249,7 +236,7 @@ def with_recorded_size(saved: dict, run_dir: Path) -> dict:
     if "budget_size" in saved or preset is None or not preset.budget_sizes:
         return saved
     try:
-        record = json.loads((run_dir / "run.json").read_text()).get("budget_size")
+        record = json.loads((run_dir / RUN_RECORD).read_text()).get("budget_size")
     except (OSError, ValueError):
         record = None
     if not record and saved.get("time_budget"):

@@ -1,11 +1,10 @@
 """`--time-budget` picks a preset's size by this machine's measured speed.
 
-How many epochs a budget buys depends on the hardware: in the same 30 minutes the same model trained
-four times the epochs on one 2-core CPU as on another (benchmarks/results/time_to_accuracy/
-cifar10-train-30min-*.json). A size is worth
-taking only when the budget lets it train long enough, so a preset's sizes are keyed by epochs, not
-minutes: a few timed steps of each candidate measure its training rate here, and the run takes the
-largest size whose budget affords at least its epochs. The choice is recorded in the run's configuration
+How many epochs a budget buys depends on the hardware: in the same minutes the same model trains
+several times the epochs on one CPU as on another of the same core count. A size is worth taking only
+when the budget lets it train long enough, so a preset's sizes are keyed by epochs, not minutes: a few
+timed steps of each candidate measure its training rate here, and the run takes the largest size whose
+budget affords at least its epochs. The choice is recorded in the run's configuration
 (args.yaml's budget_size, also in run.json), so a resumed or repeated run rebuilds the architecture it
 started with.
 """

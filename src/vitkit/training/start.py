@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import MissingFile
 from ..models.io import load_model
+from ..runfiles import TRAIN_BATCH_FIGURE
 from .budget import reserve_for_finish, time_inference
 from .callbacks import Callbacks, make_trackers
 from .rundir import RunDir
@@ -16,9 +17,6 @@ from .summary import startup_summary
 
 if TYPE_CHECKING:
     from .engine import Trainer
-
-TRAIN_BATCH_PLOT = "train_batch.png"
-
 
 def start_run(trainer: Trainer, run: RunDir, callbacks) -> tuple[int, int]:
     """What comes before the first epoch: last/ loaded when resuming, the start-up summary, the run folder's
@@ -38,11 +36,11 @@ def start_run(trainer: Trainer, run: RunDir, callbacks) -> tuple[int, int]:
         from ..viz import plots  # noqa: F401
     t_figure = trainer.budget.clock()
     # else resumed: the figure's time, measured when it was drawn, came back with the state
-    if ctx.is_main and cfg.plots and not (run.path / TRAIN_BATCH_PLOT).exists():
+    if ctx.is_main and cfg.plots and not (run.path / TRAIN_BATCH_FIGURE).exists():
         from ..viz.report import write_train_batch
 
         write_train_batch(
-            run.path / TRAIN_BATCH_PLOT, trainer.data.train, trainer.augment, trainer.augmented_batch,
+            run.path / TRAIN_BATCH_FIGURE, trainer.data.train, trainer.augment, trainer.augmented_batch,
             trainer.data.class_names, cfg.seed, trainer.device,
         )
         # one figure's drawing time stands for each of the report's figures

@@ -8,11 +8,21 @@ from typing import Callable
 
 import torch
 
+from ..runfiles import (
+    CONFUSION_MATRIX_FIGURE,
+    CURVES_FIGURE,
+    LABEL_AP_FIGURE,
+    MULTI_LABEL_FIGURES,
+    PATCHES_FIGURE,
+    PRECISION_RECALL_FIGURE,
+    PREDICTIONS_FIGURE,
+    SINGLE_LABEL_FIGURES,
+)
+
 PREDICTION_IMAGES = 16
-# The most figures a run's report draws (write_report: curves, confusion matrix, predictions, patches;
-# write_multilabel_report: curves, AP per label, precision-recall, predictions): a --time-budget keeps
-# time for this many.
-REPORT_FIGURES = 4
+# The most figures a run's report draws (write_report's or write_multilabel_report's): a --time-budget
+# keeps time for this many.
+REPORT_FIGURES = max(len(SINGLE_LABEL_FIGURES), len(MULTI_LABEL_FIGURES))
 
 
 def sample_images(split, count: int, seed: int = 0, stratified: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,13 +55,14 @@ def display_images(images: torch.Tensor, augment) -> torch.Tensor:
 
 @torch.inference_mode()
 def write_report(run_dir: Path, model, split, augment, class_names, history, metrics, split_name: str):
-    """curves.png, confusion_matrix.png and predictions.png (images of every class) of the reported
-    split, titled with its name (`split_name`)."""
+    """The figures of a single-label run (`SINGLE_LABEL_FIGURES`): curves, confusion matrix, predictions
+    (images of every class) of the reported split, titled with its name (`split_name`), and the patch grid
+    of a patch model."""
     from . import plots
 
-    plots.plot_curves(history, len(class_names), run_dir / "curves.png")
+    plots.plot_curves(history, len(class_names), run_dir / CURVES_FIGURE)
     plots.plot_confusion_matrix(
-        metrics["confusion_matrix"], class_names, run_dir / "confusion_matrix.png", f"{split_name}, best weights"
+        metrics["confusion_matrix"], class_names, run_dir / CONFUSION_MATRIX_FIGURE, f"{split_name}, best weights"
     )
     images, labels = sample_images(split, PREDICTION_IMAGES, stratified=True)
     device = next(model.parameters()).device
@@ -60,10 +71,10 @@ def write_report(run_dir: Path, model, split, augment, class_names, history, met
     scores, pred = probs.max(dim=1)
     shown = display_images(images, augment).numpy()
     plots.plot_predictions(
-        shown, labels.tolist(), pred.tolist(), scores.tolist(), class_names, run_dir / "predictions.png", split_name
+        shown, labels.tolist(), pred.tolist(), scores.tolist(), class_names, run_dir / PREDICTIONS_FIGURE, split_name
     )
     if model.patch_size is not None:
-        plots.plot_patches(shown[0], model.patch_size, run_dir / "patches.png")
+        plots.plot_patches(shown[0], model.patch_size, run_dir / PATCHES_FIGURE)
 
 
 PR_CURVE_LABELS = 5  # the precision-recall figure draws the pooled curve and the most frequent labels
@@ -75,16 +86,16 @@ TITLE_LABELS = 3  # predicted labels named in a prediction's title, best first; 
 def write_multilabel_report(
     run_dir: Path, model, split, augment, history, report, scores, targets, split_name: str, training_loss: str
 ):
-    """The figures of a multi-label run: curves (`training_loss` names the training loss beside the
-    validation BCE), AP per label, precision-recall and predictions (predicted label sets against the true
-    ones) on `split`, titled with its name (`split_name`)."""
+    """The figures of a multi-label run (`MULTI_LABEL_FIGURES`): curves (`training_loss` names the
+    training loss beside the validation BCE), AP per label, precision-recall and predictions (predicted
+    label sets against the true ones) on `split`, titled with its name (`split_name`)."""
     from ..eval.multilabel import precision_recall_curve
     from . import plots
 
     names = report["class_names"]
     losses = {"train": MULTILABEL_LOSS_NAMES.get(training_loss, training_loss), "val": "BCE"}
-    plots.plot_curves(history, len(names), run_dir / "curves.png", losses)
-    plots.plot_label_ap(report, run_dir / "label_ap.png", split_name)
+    plots.plot_curves(history, len(names), run_dir / CURVES_FIGURE, losses)
+    plots.plot_label_ap(report, run_dir / LABEL_AP_FIGURE, split_name)
     curves = {"all labels (micro)": (*precision_recall_curve(scores.flatten(), targets.flatten()), report["map_micro"])}
     for k in targets.sum(0).argsort(descending=True)[:PR_CURVE_LABELS].tolist():
         if report["per_label"][names[k]]["ap"] is not None:
@@ -92,7 +103,7 @@ def write_multilabel_report(
                 *precision_recall_curve(scores[:, k], targets[:, k]),
                 report["per_label"][names[k]]["ap"],
             )
-    plots.plot_precision_recall(curves, run_dir / "precision_recall.png", split_name)
+    plots.plot_precision_recall(curves, run_dir / PRECISION_RECALL_FIGURE, split_name)
     images, labels = sample_images(split, 16)
     device = next(model.parameters()).device
     model.eval()
@@ -108,7 +119,7 @@ def write_multilabel_report(
         mistakes.append({names[k] for k in above} != true)
     shown = display_images(images, augment).numpy()
     heading = f"label sets, {split_name} (red: not exact)"
-    plots.plot_image_grid(shown, titles, run_dir / "predictions.png", heading, mistakes)
+    plots.plot_image_grid(shown, titles, run_dir / PREDICTIONS_FIGURE, heading, mistakes)
 
 
 def target_title(target: torch.Tensor, class_names: list[str]) -> str:

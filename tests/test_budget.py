@@ -1,0 +1,150 @@
+"""training/budget.py: the --time-budget arithmetic with made-up timings on a fake clock (no training):
+what is reserved for the end of the run, how many steps fit, when training stops and whether another
+epoch starts."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch.nn as nn
+
+from vitkit.training.budget import (
+    EXIT_MARGIN_S,
+    LAST_EPOCH_MIN_SHARE,
+    SAVE_BYTES_PER_S,
+    TimeBudget,
+    reserve_for_finish,
+)
+from vitkit.viz.report import REPORT_FIGURES
+
+
+class Clock:
+    def __init__(self, now: float = 500.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def budget_at(minutes: float = 10.0) -> tuple[TimeBudget, Clock]:
+    clock = Clock()
+    return TimeBudget(minutes, clock=clock), clock
+
+
+# ----------------------------------------------------------------------------- the reserve
+
+
+def fake_trainer(budget: TimeBudget, **overrides) -> SimpleNamespace:
+    """What reserve_for_finish reads of a trainer: its measured costs, the split sizes, the model's size."""
+    values = dict(
+        budget=budget,
+        model=nn.Linear(99, 10),  # 1,000 parameters: 4,000 bytes a copy
+        setup=SimpleNamespace(
+            val_loader=SimpleNamespace(split=range(300)), eval_loader=SimpleNamespace(split=range(500))
+        ),
+        save_s={"best": 0.25, "last": 0.75},
+        inference_s_per_image=0.002,
+        measures_bf16=False,
+        multi_label=False,
+        bf16_pass_share=0.5,
+        cfg=SimpleNamespace(plots=True),
+        state=SimpleNamespace(figure_s=0.5),
+    )
+    return SimpleNamespace(**{**values, **overrides})
+
+
+def test_the_reserve_adds_the_passes_figures_saves_and_exit_at_the_measured_costs():
+    budget, _ = budget_at()
+    reserve_for_finish(fake_trainer(budget))
+    validation, report = 0.002 * 300, 0.002 * 500  # one pass each
+    assert budget.reserve == pytest.approx(validation + report + REPORT_FIGURES * 0.5 + 0.25 + 0.75 + EXIT_MARGIN_S)
+    assert budget.training_seconds == pytest.approx(600 - budget.reserve)
+
+
+def test_the_bf16_agreement_adds_its_passes_over_the_reported_split():
+    single, _ = budget_at()
+    reserve_for_finish(fake_trainer(single, measures_bf16=True, cfg=SimpleNamespace(plots=False)))
+    # single-label: the final evaluation doubles as the agreement's fp32 pass; the bf16 pass takes half its time
+    assert single.reserve == pytest.approx(0.002 * 300 + 1.5 * 0.002 * 500 + 1.0 + EXIT_MARGIN_S)
+    multi, _ = budget_at()
+    reserve_for_finish(fake_trainer(multi, measures_bf16=True, multi_label=True, cfg=SimpleNamespace(plots=False)))
+    assert multi.reserve == pytest.approx(0.002 * 300 + 2.5 * 0.002 * 500 + 1.0 + EXIT_MARGIN_S)
+
+
+def test_checkpoints_not_yet_timed_are_estimated_from_the_model_size():
+    budget, _ = budget_at()
+    reserve_for_finish(fake_trainer(budget, save_s={"best": None, "last": None}, cfg=SimpleNamespace(plots=False)))
+    # best/ holds the weights; last/ the weights and the optimizer's two moments
+    saves = (4_000 + 3 * 4_000) / SAVE_BYTES_PER_S
+    assert budget.reserve == pytest.approx(0.002 * 800 + saves + EXIT_MARGIN_S)
+
+
+# ----------------------------------------------------------------------------- steps that fit
+
+
+def test_setup_spends_the_budget_but_the_pace_is_measured_from_the_start_of_training():
+    budget, clock = budget_at(10.0)  # 600 s
+    budget.reserve = 60.0  # training must end at 540 s
+    clock.now += 90.0  # data preparation and the size probe
+    budget.start_training(steps_done=0, epochs_done=0)
+    assert budget.plan(0) is None  # nothing timed yet
+    clock.now += 45.0  # 100 steps in 45 s: 0.45 s a step; 540 - 135 = 405 s left -> 900 more steps
+    assert budget.plan(100) == 1000
+
+
+def test_a_resumed_budget_counts_the_earlier_time_and_measures_its_own_pace():
+    first, clock = budget_at(10.0)
+    clock.now += 200.0
+    resumed = TimeBudget(10.0, clock=clock)
+    resumed.load_state_dict(first.state_dict())  # 200 s spent before the resume
+    clock.now += 20.0  # loading the checkpoint
+    resumed.start_training(steps_done=400, epochs_done=4)
+    assert resumed.plan(400) is None  # no step of this process timed yet
+    clock.now += 30.0  # 60 steps in 30 s: 0.5 s a step; 600 - 250 = 350 s left -> 700 more
+    assert resumed.elapsed() == pytest.approx(250.0) and resumed.plan(460) == 1160
+    # the epoch's time is this process's epochs over its training time: 30 s for 1 epoch
+    assert resumed.another_epoch_fits(5)
+
+
+def test_past_the_budget_the_plan_ends_at_the_steps_already_done():
+    budget, clock = budget_at(1.0)
+    budget.start_training(0, 0)
+    clock.now += 90.0
+    assert budget.plan(50) == 50 and budget.exhausted()
+
+
+# ----------------------------------------------------------------------------- stopping rules
+
+
+def test_training_stops_at_whichever_side_of_the_deadline_is_nearer():
+    budget, clock = budget_at(1.0)  # 60 s, no reserve
+    clock.now += 59.0  # 1 s left
+    assert not budget.exhausted(step_s=1.9)  # the step ends 0.9 s past: nearer than stopping 1 s early
+    assert not budget.cut_short
+    assert budget.exhausted(step_s=2.1)  # 1.1 s past: stopping now is nearer
+    assert budget.cut_short
+
+
+def test_another_epoch_starts_unless_only_a_sliver_of_one_is_left():
+    budget, clock = budget_at(1.0)  # 60 s
+    budget.start_training(0, 0)
+    # two epochs so far: an epoch takes half the training time; another starts while at least a tenth
+    # of one is left, elapsed * (1 + LAST_EPOCH_MIN_SHARE / 2) <= 60, up to 57.14 s
+    assert LAST_EPOCH_MIN_SHARE == 0.1
+    clock.now = budget.t0 + 57.1
+    assert budget.another_epoch_fits(2)
+    clock.now = budget.t0 + 57.2
+    assert not budget.another_epoch_fits(2)
+    assert budget.another_epoch_fits(10)  # ten epochs of 5.72 s in the same time: 2.8 s is more than a tenth
+    # once the time-out has cut an epoch short, that epoch is the last
+    clock.now = budget.t0 + 30.0
+    assert budget.exhausted(step_s=100.0) and not budget.another_epoch_fits(1)
+
+
+def test_without_a_budget_nothing_stops_and_nothing_is_planned():
+    budget, clock = budget_at(0.0)
+    budget.start_training(0, 0)
+    clock.now += 1e6
+    assert not budget.enabled and budget.plan(10_000) is None
+    assert not budget.exhausted(step_s=1e6) and budget.another_epoch_fits(1)
