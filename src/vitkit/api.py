@@ -10,6 +10,7 @@ from .eval.checkpoint import evaluate, top_losses
 from .export.int8 import export_int8
 from .inference import Classifier, load
 from .options import check_known, typed_values
+from .training.lr_find import LRFindOptions
 
 __all__ = ["train", "check", "lr_find", "evaluate", "top_losses", "load", "Classifier", "export_int8"]
 
@@ -52,10 +53,10 @@ def check(data: str, started: float | None = None, quiet: bool = False, **option
 
 
 def lr_find(
-    steps: int = 100,
-    start_lr: float = 1e-7,
-    end_lr: float = 10.0,
-    plot: str | os.PathLike | None = "lr_find.png",
+    steps: int = LRFindOptions.steps,
+    start_lr: float = LRFindOptions.start_lr,
+    end_lr: float = LRFindOptions.end_lr,
+    plot: str | os.PathLike | None = LRFindOptions.plot,
     **options: Any,
 ) -> dict[str, Any]:
     """Learning-rate range test on a fresh model built from training options (as `train` takes them):
