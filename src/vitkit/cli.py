@@ -238,11 +238,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_data_pack(args: argparse.Namespace) -> int:
-    from .data.pack import pack_folder
+    from .data.pack import PackOptions, pack_folder
 
-    report = pack_folder(
-        args.folder, args.out, size=args.size, quality=args.quality, shard_mb=args.shard_mb, skip_bad=args.skip_bad_images
-    )
+    options = given(args, PackOptions, "data pack")
+    report = pack_folder(args.folder, args.out, skip_bad=options.pop("skip_bad_images"), **options)
     for line in report.skipped:
         print(f"skipped {line}", file=sys.stderr)
     print(f"{report.images} images in {report.shards} shards ({report.bytes / (1 << 20):.1f} MiB) -> {args.out}")
@@ -341,13 +340,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_inference_arguments(p, "explain")
     p.set_defaults(func=cmd_explain)
 
-    from .serve.limits import ServeLimits, ServeOptions
+    from .serve.limits import LIMITS_GROUP, ServeLimits, ServeOptions
 
     p = sub.add_parser("serve", help="HTTP API and web page for a checkpoint")
     p.add_argument("checkpoint")
     add_command_options(p, ServeOptions, "serve")
     add_inference_arguments(p, "serve")
-    add_command_options(p, ServeLimits, "serve", {"limits": "each protects the server from one abusive or broken client"})
+    add_command_options(p, ServeLimits, "serve", LIMITS_GROUP)
     p.set_defaults(func=cmd_serve)
 
     from .check import CheckOptions

@@ -298,9 +298,7 @@ def add_dataclass_options(
     --flag. The help shows the default. `bounds_in_parser`: the parser refuses a value out of bounds, for
     options that no configuration file or later check completes."""
     hints = typing.get_type_hints(cls)
-    groups = {
-        name: parser if title is None else parser.add_argument_group(name, title) for name, title in group_titles.items()
-    }
+    groups = {name: parser.add_argument_group(name, title) if title else parser for name, title in group_titles.items()}
     order = list(group_titles)
     names = for_command(cls, command) if command else [f.name for f in dataclasses.fields(cls)]
     fields = [f for f in dataclasses.fields(cls) if f.name in names]

@@ -17,7 +17,10 @@ from .onnx import DEFAULT_OPSET
 
 INT8_GROUP = "INT8 quantization (ONNX)"
 # the flags' groups: export's own options, and the INT8 ones with what they are checked on
-GROUP_TITLES = {"export": None, INT8_GROUP: "calibrated on the run's own training images, checked on the split it reported"}
+GROUP_TITLES = {
+    "export": None,
+    INT8_GROUP: "calibrated on the run's own training images, checked on the split it reported",
+}
 _export = partial(option, group="export", commands=("export",))
 _int8 = partial(option, group=INT8_GROUP, commands=("export",))
 
@@ -32,7 +35,9 @@ class ExportOptions:
     opset: int = _export(DEFAULT_OPSET, "ONNX opset version", at_least=7)
     quantize: str | None = _int8(None, "static post-training INT8 quantization", choices=("int8",))
     calibration_images: int = _int8(256, "training images", at_least=1)
-    min_agreement: float = _int8(MIN_AGREEMENT, "refuse an export whose top-1 agreement with fp32 is below this fraction")
+    min_agreement: float = _int8(
+        MIN_AGREEMENT, "refuse an export whose top-1 agreement with fp32 is below this fraction"
+    )
     force: bool = _int8(False, "write the export even below --min-agreement")
     data: str | None = _int8(None, "data to calibrate and check on (default: what the checkpoint was trained on)")
     data_dir: str | None = _int8(None, DATA_DIR_HELP)

@@ -12,6 +12,7 @@ from ..options import option
 MIB = 1 << 20
 _serve = partial(option, group="serve", commands=("serve",))
 _limit = partial(option, group="limits", commands=("serve",))
+LIMITS_GROUP = {"limits": "each protects the server from one abusive or broken client"}
 
 
 @dataclass
