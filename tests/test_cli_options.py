@@ -12,6 +12,7 @@ import pytest
 from conftest import run_vitkit
 
 import vitkit
+from vitkit.api import LRFindOptions
 from vitkit.cli import build_parser
 from vitkit.data.pack import PackOptions, pack_folder
 from vitkit.eval.checkpoint import EvaluationOptions
@@ -20,7 +21,6 @@ from vitkit.export.int8 import export_int8
 from vitkit.inference import Classifier
 from vitkit.inference.predict import PredictOptions, predict_paths
 from vitkit.serve.limits import MIB, ServeLimits
-from vitkit.training.lr_find import LRFindOptions
 from vitkit.viz.explain import ExplainOptions, explain_image
 
 # (the command line that parses with every default, the function, its parameter, the declaring class and field)

@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from .eval.checkpoint import evaluate, top_losses
 from .export.int8 import export_int8
 from .inference import Classifier, load
-from .options import check_known, typed_values
-from .training.lr_find import LRFindOptions
+from .options import check_known, option, typed_values
 
 __all__ = ["train", "check", "lr_find", "evaluate", "top_losses", "load", "Classifier", "export_int8"]
 
@@ -50,6 +51,20 @@ def check(data: str, started: float | None = None, quiet: bool = False, **option
     config = CheckOptions(data=str(data), **typed_values(options, CheckOptions))
     check_options(config)
     return run_check(config, started=started, quiet=quiet)
+
+
+_sweep = partial(option, group="sweep", commands=("lr-find",))
+
+
+@dataclass
+class LRFindOptions:
+    """The sweep's own options of `vitkit lr-find` and `lr_find` (the others are training options); here,
+    not in vitkit.training, as the API's defaults must not import the training code."""
+
+    steps: int = _sweep(100, "optimizer steps at most", at_least=2)
+    start_lr: float = _sweep(1e-7, "first learning rate", above=0)
+    end_lr: float = _sweep(10.0, "last learning rate", above=0)
+    plot: str = _sweep("lr_find.png", "PNG file to write")
 
 
 def lr_find(

@@ -83,7 +83,7 @@ def training_options(args: argparse.Namespace) -> dict:
 def cmd_lr_find(args: argparse.Namespace) -> int:
     from . import api
     from .training.config import LR_FIND_OPTIONS
-    from .training.lr_find import LRFindOptions
+    from .api import LRFindOptions
 
     options = {k: v for k, v in training_options(args).items() if k in LR_FIND_OPTIONS}  # a --config has others
     result = api.lr_find(**given(args, LRFindOptions, "lr-find"), **options)
@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .options import add_dataclass_options
     from .training.config import GROUPS, TrainConfig
-    from .training.lr_find import LRFindOptions
+    from .api import LRFindOptions
 
     p = sub.add_parser(
         "train",

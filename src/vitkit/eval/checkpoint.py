@@ -19,8 +19,7 @@ from .agreement import bf16_agreement, record_bf16_agreement
 from .loop import evaluate_loader, per_sample_predictions
 
 DATA_DIR_HELP = "cache of downloaded and decoded datasets (default: $VITKIT_DATA, else ~/.cache/vitkit)"
-_EVAL_COMMANDS = ("eval", "top-losses")
-_evaluation = partial(option, group="evaluation", commands=_EVAL_COMMANDS)
+_evaluation = partial(option, group="evaluation", commands=("eval", "top-losses"))
 
 
 @dataclasses.dataclass

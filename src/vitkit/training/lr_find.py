@@ -12,14 +12,12 @@ import math
 import sys
 import time
 from dataclasses import asdict, dataclass
-from functools import partial
 
 import numpy as np
 import torch
 
 from ..data.loader import epoch_seed
 from ..errors import VitkitError
-from ..options import option
 from ..runtime import resolve_device
 from .budget import TimeBudget
 from .build import Runtime
@@ -33,20 +31,6 @@ MIN_DROP = 0.05
 MIN_LEAD = 3  # points of descent before the minimum that a suggestion needs
 DIVERGED = 4.0  # the sweep stops once the smoothed loss exceeds this many times its minimum
 METHOD = "steepest descent of the smoothed loss"
-
-
-_sweep = partial(option, group="sweep", commands=("lr-find",))
-
-
-@dataclass
-class LRFindOptions:
-    """The sweep's options (the rest are training options), declared once for `vitkit lr-find` and the
-    defaults of `lr_find` and `vitkit.lr_find`."""
-
-    steps: int = _sweep(100, "optimizer steps at most", at_least=2)
-    start_lr: float = _sweep(1e-7, "first learning rate", above=0)
-    end_lr: float = _sweep(10.0, "last learning rate", above=0)
-    plot: str = _sweep("lr_find.png", "PNG file to write")
 
 
 @dataclass
@@ -105,12 +89,7 @@ def check_sweep(steps: int, start_lr: float, end_lr: float) -> None:
         raise VitkitError(f"--start-lr ({start_lr}) must be positive and below --end-lr ({end_lr})")
 
 
-def lr_find(
-    cfg: TrainConfig,
-    steps: int = LRFindOptions.steps,
-    start_lr: float = LRFindOptions.start_lr,
-    end_lr: float = LRFindOptions.end_lr,
-) -> LRFindResult:
+def lr_find(cfg: TrainConfig, steps: int, start_lr: float, end_lr: float) -> LRFindResult:
     """Sweep the learning rate from start_lr to end_lr over `steps` optimizer steps (one batch each),
     stopping early when the loss diverges. Progress goes to stderr: what it prepares, then a line about
     every tenth of the steps."""
