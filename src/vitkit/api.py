@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from .eval.checkpoint import evaluate, top_losses
 from .export.int8 import export_int8
 from .inference import Classifier, load
-from .options import check_known, typed_values
+from .options import check_known, option, typed_values
 
 __all__ = ["train", "check", "lr_find", "evaluate", "top_losses", "load", "Classifier", "export_int8"]
 
@@ -51,11 +53,25 @@ def check(data: str, started: float | None = None, quiet: bool = False, **option
     return run_check(config, started=started, quiet=quiet)
 
 
+_sweep = partial(option, group="sweep", commands=("lr-find",))
+
+
+@dataclass
+class LRFindOptions:
+    """The sweep's own options of `vitkit lr-find` and `lr_find` (the others are training options); here,
+    not in vitkit.training, as the API's defaults must not import the training code."""
+
+    steps: int = _sweep(100, "optimizer steps at most", at_least=2)
+    start_lr: float = _sweep(1e-7, "first learning rate", above=0)
+    end_lr: float = _sweep(10.0, "last learning rate", above=0)
+    plot: str = _sweep("lr_find.png", "PNG file to write")
+
+
 def lr_find(
-    steps: int = 100,
-    start_lr: float = 1e-7,
-    end_lr: float = 10.0,
-    plot: str | os.PathLike | None = "lr_find.png",
+    steps: int = LRFindOptions.steps,
+    start_lr: float = LRFindOptions.start_lr,
+    end_lr: float = LRFindOptions.end_lr,
+    plot: str | os.PathLike | None = LRFindOptions.plot,
     **options: Any,
 ) -> dict[str, Any]:
     """Learning-rate range test on a fresh model built from training options (as `train` takes them):

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import errno
-import io
 import json
-import os
 import sys
 import time
 
@@ -16,69 +13,29 @@ from . import __version__
 from .errors import VitkitError
 
 
-def within(low: int, high: int | None = None):
-    """An argparse type for whole numbers from low to high (no upper bound: None), refused in one line
-    naming the flag."""
+def add_command_options(p: argparse.ArgumentParser, cls, command: str, groups: dict | None = None) -> None:
+    """The flags of dataclass `cls` that `command` takes, with their declared defaults, a value out of bounds
+    refused by the parser; among the command's own options unless `groups` titles their groups."""
+    from .options import add_dataclass_options
 
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"{value} is below the minimum of {low}")
-        if high is not None and value > high:
-            raise argparse.ArgumentTypeError(f"{value} is above the maximum of {high}")
-        return value
-
-    parse.__name__ = f"whole number >= {low}" if high is None else f"whole number from {low} to {high}"
-    return parse
+    groups = groups or {f.metadata["group"]: None for f in dataclasses.fields(cls)}
+    add_dataclass_options(p, cls, groups, command=command, defaults={}, bounds_in_parser=True)
 
 
-def at_least(low: int):
-    """An argparse type for whole numbers >= low."""
-    return within(low)
+def given(args: argparse.Namespace, cls, command: str) -> dict:
+    """The values of the flags of `cls` that `command` takes."""
+    from .options import for_command
 
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text} must be a positive number")
-    return value
+    return {name: getattr(args, name) for name in for_command(cls, command)}
 
 
 # ----------------------------------------------------------------------------- models
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    import torch
+    from .models import models_table
 
-    from .models import PRESETS, count_parameters, create_model, list_models
-
-    names = list_models("presets" if args.presets else "all")
-    width = max(map(len, names))
-    print(f"{'name':<{width}}  {'family':<7} {'params':>9}  {'size':>5}  description")
-    for name in names:
-        with torch.device("meta"):  # shapes only: no memory, no initialisation
-            model = create_model(name)
-        kind = "preset" if name in PRESETS else model.family
-        desc = PRESETS[name].description if name in PRESETS else ""
-        print(
-            f"{name:<{width}}  {kind:<7} {count_parameters(model) / 1e6:8.2f}M  "
-            f"{model.config.image_size:>3}px  {desc}".rstrip()
-        )
-        sizes = PRESETS[name].budget_sizes if name in PRESETS else ()
-        for epochs, changes in sizes:
-            with torch.device("meta"):
-                sized = create_model(PRESETS[name].model, **{**PRESETS[name].model_args, **changes})
-            what = ", ".join(f"{key}={value}" for key, value in changes.items())
-            print(
-                f"{'':<{width}}  {'':<7} {count_parameters(sized) / 1e6:8.2f}M         "
-                f"with a --time-budget that trains it {epochs:g}+ epochs here: {what}"
-            )
+    print(models_table("presets" if args.presets else "all"))
     return 0
 
 
@@ -92,7 +49,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         from .training.launch import launch_torchrun
 
         return launch_torchrun(args.nproc, args.argv)
-    options = training_options(args, ("nproc",))
+    options = training_options(args)
     if options.pop("resume", False):
         if not options.get("out"):
             raise VitkitError("--resume needs --out RUN_DIR (the run folder to continue)")
@@ -111,11 +68,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def training_options(args: argparse.Namespace, own: tuple[str, ...]) -> dict:
+def training_options(args: argparse.Namespace) -> dict:
     """The training options of a command that takes train's flags: --config FILE.yaml under the flags."""
-    from .training.config import MAPPING_OPTIONS, explicit_values
+    from .options import for_command
+    from .training.config import MAPPING_OPTIONS, TrainConfig, explicit_values
 
-    flags = {k: v for k, v in vars(args).items() if k not in ("command", "func", "argv", "started", "config", *own)}
+    flags = {k: v for k, v in vars(args).items() if k in for_command(TrainConfig, args.command)}
     for name in MAPPING_OPTIONS:  # repeated KEY=VALUE flags arrive as a list of pairs
         if name in flags:
             flags[name] = dict(flags[name])
@@ -125,10 +83,10 @@ def training_options(args: argparse.Namespace, own: tuple[str, ...]) -> dict:
 def cmd_lr_find(args: argparse.Namespace) -> int:
     from . import api
     from .training.config import LR_FIND_OPTIONS
+    from .api import LRFindOptions
 
-    options = training_options(args, ("steps", "start_lr", "end_lr", "plot"))
-    options = {k: v for k, v in options.items() if k in LR_FIND_OPTIONS}  # a --config file has the others too
-    result = api.lr_find(steps=args.steps, start_lr=args.start_lr, end_lr=args.end_lr, plot=args.plot, **options)
+    options = {k: v for k, v in training_options(args).items() if k in LR_FIND_OPTIONS}  # a --config has others
+    result = api.lr_find(**given(args, LRFindOptions, "lr-find"), **options)
     summary = {k: result[k] for k in ("suggested_lr", "method", "min_loss_lr", "diverged", "plot", "warning")}
     if result["warning"]:
         print(f"vitkit lr-find: warning: {result['warning']}", file=sys.stderr)
@@ -139,130 +97,40 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- eval / predict
 
 
-DATA_DIR_HELP = "cache of downloaded and decoded datasets (default: $VITKIT_DATA, else ~/.cache/vitkit)"
+def evaluation_options(args: argparse.Namespace, command: str) -> tuple[dict, bool]:
+    """The data and passes a checkpoint is evaluated with, as `eval` and `top-losses` take them, and --json."""
+    from .eval.checkpoint import EvaluationOptions
 
-
-def add_evaluation_arguments(p: argparse.ArgumentParser) -> None:
-    """The flags `evaluation_options` reads."""
-    p.add_argument(
-        "--data",
-        help="dataset name or folder (default: what the checkpoint was trained on); other data than the run's is "
-        "scored whole: every image of a folder or label table, a named dataset's test split",
-    )
-    p.add_argument("--data-dir", help=DATA_DIR_HELP)
-    p.add_argument("--labels", help="label table of --data's images (default: the checkpoint's, if it had one)")
-    p.add_argument(
-        "--split",
-        choices=["all", "train", "val", "test"],
-        help="on the run's own data, default: the split the run reported (test, else val); on other data, one of "
-        "its own splits, or all (the default for a folder or table)",
-    )
-    p.add_argument("--batch-size", type=at_least(1), default=256, help="images per batch (default: 256)")
-    p.add_argument(
-        "--flip-tta",
-        action="store_true",
-        help="average each image's logits with its mirror image's (test-time flip augmentation; twice the compute)",
-    )
-
-
-def evaluation_options(args: argparse.Namespace) -> dict:
-    """The data a checkpoint is evaluated on, as `eval` and `top-losses` both take it."""
-    return {k: getattr(args, k) for k in ("data", "split", "batch_size", "device", "data_dir", "flip_tta", "labels")}
+    options = given(args, EvaluationOptions, command)
+    as_json = options.pop("json")
+    return {**options, "device": args.device}, as_json
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .eval.agreement import describe
     from .eval.checkpoint import evaluate
+    from .eval.summary import evaluation_text
 
     inference_options(args)
-    metrics = evaluate(
-        args.checkpoint, precision=args.precision, crop_tta=args.crop_tta, **evaluation_options(args)
-    )
-    if args.json:
-        print(json.dumps(metrics, indent=2))
-    else:
-        tta = [name for name, on in (("flip", metrics["flip_tta"]), ("crop", metrics.get("crop_tta"))) if on]
-        split = f"{metrics['split']}, {' + '.join(tta)} TTA" if tta else metrics["split"]
-        print(f"{metrics['data']} [{split}] {metrics['count']} images, {metrics['precision']}")
-        if not metrics["run_data"]:
-            print(f"  scored: {metrics['source']} (not the run's data)")
-        if "map_macro" in metrics:
-            from .eval.multilabel import label_table
-
-            for key in ("map_macro", "map_micro", "f1_macro", "f1_micro", "f1_macro@0.5", "f1_micro@0.5", "loss"):
-                print(f"  {key:<16} {metrics[key]:.4f}")
-            print(
-                f"  labels per image: {metrics['mean_predicted_labels']:.2f} predicted at the tuned thresholds, "
-                f"{metrics['mean_predicted_labels@0.5']:.2f} at 0.5, {metrics['mean_true_labels']:.2f} true"
-            )
-            print(label_table(metrics))
-            return 0
-        keys = ["top1", "top5", "loss", "precision_macro", "recall_macro", "f1_macro", "f1_weighted"]
-        if len(metrics["class_names"]) <= 5:  # top-5 of 5 classes or fewer is 1 by definition
-            keys.remove("top5")
-        for key in keys:
-            print(f"  {key:<16} {metrics[key]:.4f}")
-        if "agreement" in metrics:
-            print(f"  {describe(metrics['agreement'])}")
+    options, as_json = evaluation_options(args, "eval")
+    metrics = evaluate(args.checkpoint, precision=args.precision, **options)
+    print(json.dumps(metrics, indent=2) if as_json else evaluation_text(metrics))
     return 0
 
 
 def cmd_top_losses(args: argparse.Namespace) -> int:
     from .eval.checkpoint import top_losses
+    from .eval.summary import top_losses_text
 
-    report = top_losses(args.run, count=args.count, out=args.out, **evaluation_options(args))
-    if args.json:
-        print(json.dumps(report, indent=2))
-        return 0
-    print(f"{report['data']} [{report['split']}]: {report['mistakes']} mistakes in {report['images']} images")
-    if not report["run_data"]:
-        print(f"  scored: {report['source']} (not the run's data)")
-    for rank, item in enumerate(report["items"], 1):
-        where = item.get("path", f"#{item['index']}")
-        print(
-            f"{rank:>3}  loss {item['loss']:.3f}  predicted {item['predicted']} ({item['probability']:.3f})  "
-            f"true {item['true']} ({item['true_probability']:.3f})  {where}"
-        )
-    if report["figure"]:
-        print(f"-> {report['figure']}")
+    options, as_json = evaluation_options(args, "top-losses")
+    report = top_losses(args.run, **options)
+    print(json.dumps(report, indent=2) if as_json else top_losses_text(report))
     return 0
-
-
-# What a spreadsheet reads as the start of a formula (OWASP, CSV injection).
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
-def spreadsheet_text(cell: str) -> str:
-    """A text cell a spreadsheet shows as text: one that would start a formula gets a leading quote."""
-    return "'" + cell if cell.startswith(FORMULA_STARTS) else cell
-
-
-def format_predictions(results: list[dict], fmt: str) -> str:
-    if fmt == "csv":
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        writer.writerow(["path", "rank", "label", "score"])
-        for r in results:
-            path = spreadsheet_text(str(r["path"]))
-            for rank, p in enumerate(r.get("predictions", []), 1):
-                writer.writerow([path, rank, spreadsheet_text(p["label"]), p["score"]])
-            if "error" in r:
-                writer.writerow([path, "", "ERROR", spreadsheet_text(r["error"])])
-        return buffer.getvalue().rstrip("\n")
-    lines = []
-    for r in results:
-        if "error" in r:
-            lines.append(f"{r['path']}: ERROR {r['error']}")
-            continue
-        preds = "  ".join(f"{p['label']} {p['score']:.3f}" for p in r["predictions"])
-        lines.append(f"{r['path']}: {preds}")
-    return "\n".join(lines)
 
 
 def add_inference_arguments(p: argparse.ArgumentParser, command: str, **defaults) -> None:
     """The flags of `InferenceOptions` that `command` takes (with its own `defaults`, where they differ)."""
-    from .options import add_dataclass_options
     from .inference import InferenceOptions
+    from .options import add_dataclass_options
 
     add_dataclass_options(p, InferenceOptions, INFERENCE_GROUP, command=command, defaults=defaults)
 
@@ -272,8 +140,6 @@ INFERENCE_GROUP = {"inference": "where and how the model runs"}
 
 def inference_options(args: argparse.Namespace) -> dict:
     """The inference flags a command was given, checked before any work."""
-    import dataclasses
-
     from .inference import InferenceOptions
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(InferenceOptions) if hasattr(args, f.name)}
@@ -283,7 +149,7 @@ def inference_options(args: argparse.Namespace) -> dict:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .inference import load
-    from .inference.predict import check_threshold, expand_paths, predict_paths
+    from .inference.predict import check_threshold, expand_paths, format_predictions, predict_paths
 
     options = inference_options(args)
     paths = expand_paths(args.images)
@@ -331,64 +197,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
-def check_writable(out: str, what: str) -> None:
-    """Refuse, before any work, an output whose nearest existing folder this process cannot write to
-    (a read-only run folder, a mounted dataset)."""
-    from pathlib import Path
-
-    target = Path(out).absolute()
-    if target.is_file() and what == "folder":
-        raise VitkitError(f"{out} is a file: the {what} to write must be a new or existing folder")
-    folder = next(p for p in (target if target.is_dir() else target.parent, *target.parents) if p.exists())
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise VitkitError(f"cannot write {out}: {folder} is read-only; write the {what} somewhere else")
-
-
 def cmd_export(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from .export.checkpoint import ExportOptions, export_checkpoint
 
-    from .inference import checkpoint_name, load
-
-    if args.format == "onnx" and os.path.isdir(args.out):  # as cp takes a folder: into it, named after the checkpoint
-        name = checkpoint_name(Path(args.checkpoint)) + ("-int8" if args.quantize else "")
-        args.out = os.path.join(args.out, f"{name}.onnx")
-    check_writable(args.out, "file" if args.format == "onnx" else "folder")
-    if args.quantize and args.format != "onnx":
-        raise VitkitError("--quantize int8 applies to --format onnx")
-    if args.quantize:
-        from .export.int8 import export_int8
-
-        report = export_int8(
-            args.checkpoint,
-            args.out,
-            data=args.data,
-            data_dir=args.data_dir,
-            min_agreement=args.min_agreement,
-            force=args.force,
-            calibration_images=args.calibration_images,
-        )
-        print(f"vitkit export: {report['summary']} -> {report['report']}", file=sys.stderr)
-        print(json.dumps({"onnx": report["onnx"], "agreement": report["agreement"]}))
-    elif args.format == "onnx":
-        from .export.onnx import export_onnx
-
-        report = export_onnx(
-            load(args.checkpoint, device="cpu", backend="torch", precision="fp32"), args.out, opset=args.opset
-        )
-        print(json.dumps({"onnx": args.out, "max_abs_logit_diff": report}))
-    else:
-        from .export.hub import write_hf_folder
-
-        clf = load(args.checkpoint, device="cpu", backend="torch", precision="fp32")
-        write_hf_folder(clf, Path(args.checkpoint), args.out, title=clf.name, load_as=args.out)
-        if clf.preprocessing.decode_size is not None:
-            print(
-                f"vitkit export: note: {args.checkpoint} decodes images at {clf.preprocessing.decode_size} px and "
-                f"resizes them to {clf.image_size} px on the device; the exported processor resizes in one step, "
-                "so its scores differ slightly from vitkit's",
-                file=sys.stderr,
-            )
-        print(json.dumps({"hf": args.out}))
+    options = ExportOptions(**given(args, ExportOptions, "export"))
+    print(json.dumps(export_checkpoint(args.checkpoint, args.out, options)))
     return 0
 
 
@@ -401,19 +214,11 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from .serve.app import serve
-    from .serve.limits import ServeLimits
+    from .serve.limits import ServeLimits, ServeOptions
 
     limits = ServeLimits.from_flags(vars(args))
-    if limits.max_inflight_bytes < limits.max_upload_bytes:
-        raise VitkitError(
-            f"--max-inflight-mb {args.max_inflight_mb:g} is below --max-upload-mb {args.max_upload_mb:g}: "
-            "a single full-size upload could never be accepted"
-        )
-    serve(args.checkpoint, host=args.host, port=args.port, topk=args.topk, limits=limits, **inference_options(args))
+    serve(args.checkpoint, **given(args, ServeOptions, "serve"), limits=limits, **inference_options(args))
     return 0
-
-
-# ----------------------------------------------------------------------------- parser
 
 
 # ----------------------------------------------------------------------------- check
@@ -421,19 +226,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from . import api
+    from .check.report import summary_text
 
     options = {k: v for k, v in vars(args).items() if k not in ("command", "func", "argv", "started")}
     report = api.check(started=args.started, **options)
-    leaks = sum(d["kind"] == "leak" for d in report["duplicates"])
-    fatal = sum(f["fatal"] for f in report["files"])
-    print(
-        f"{report['images']} images: {len(report['files'])} file problem(s) ({fatal} that stop training), "
-        f"{len(report['duplicates'])} duplicate pair(s) ({leaks} leak(s) between splits), "
-        f"{len(report['balance']['too_few_for_validation'])} class(es) too small for validation, "
-        f"{len(report['label_errors'])} likely label error(s)"
-    )
-    out = report["out"]
-    print(f"-> {out}/check.html (also check.json; exclude.csv for vitkit train --exclude)")
+    print(summary_text(report))
     return 0
 
 
@@ -441,16 +238,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_data_pack(args: argparse.Namespace) -> int:
-    from .data.pack import pack_folder
+    from .data.pack import PackOptions, pack_folder
 
-    report = pack_folder(
-        args.folder,
-        args.out,
-        size=args.size,
-        quality=args.quality,
-        shard_mb=args.shard_mb,
-        skip_bad=args.skip_bad_images,
-    )
+    options = given(args, PackOptions, "data pack")
+    report = pack_folder(args.folder, args.out, skip_bad=options.pop("skip_bad_images"), **options)
     for line in report.skipped:
         print(f"skipped {line}", file=sys.stderr)
     print(f"{report.images} images in {report.shards} shards ({report.bytes / (1 << 20):.1f} MiB) -> {args.out}")
@@ -473,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .options import add_dataclass_options
     from .training.config import GROUPS, TrainConfig
+    from .api import LRFindOptions
 
     p = sub.add_parser(
         "train",
@@ -498,24 +290,16 @@ def build_parser() -> argparse.ArgumentParser:
         argument_default=argparse.SUPPRESS,
     )
     p.add_argument("--config", metavar="FILE.yaml", help="options from a YAML file (e.g. a run's args.yaml); flags win")
-    p.add_argument("--steps", type=at_least(2), default=100, help="optimizer steps at most (default: 100)")
-    p.add_argument("--start-lr", type=positive_float, default=1e-7, help="first learning rate (default: 1e-7)")
-    p.add_argument("--end-lr", type=positive_float, default=10.0, help="last learning rate (default: 10)")
-    p.add_argument("--plot", default="lr_find.png", help="PNG file to write (default: lr_find.png)")
+    add_command_options(p, LRFindOptions, "lr-find")
     add_dataclass_options(p, TrainConfig, GROUPS, command="lr-find")
     p.set_defaults(func=cmd_lr_find)
 
+    from .eval.checkpoint import EvaluationOptions
+
     p = sub.add_parser("eval", help="recompute a checkpoint's metrics on a dataset split")
     p.add_argument("checkpoint")
-    add_evaluation_arguments(p)
+    add_command_options(p, EvaluationOptions, "eval")
     add_inference_arguments(p, "eval", precision="fp32")
-    p.add_argument(
-        "--crop-tta",
-        action="store_true",
-        help="multi-crop test-time augmentation: also two crops moved one pixel diagonally, weighted a quarter "
-        "each (with --flip-tta each with its mirror: six passes)",
-    )
-    p.add_argument("--json", action="store_true", help="print every metric as JSON")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser(
@@ -526,36 +310,22 @@ def build_parser() -> argparse.ArgumentParser:
         "titled predicted (probability) / true / loss.",
     )
     p.add_argument("run", help="run folder or checkpoint folder")
-    p.add_argument("--count", type=at_least(1), default=16, help="mistakes to show (default: 16)")
-    p.add_argument("--out", default="top_losses.png", help="PNG file to write (default: top_losses.png)")
-    add_evaluation_arguments(p)
+    add_command_options(p, EvaluationOptions, "top-losses")
     add_inference_arguments(p, "top-losses")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_top_losses)
+
+    from .inference.predict import PredictOptions
 
     p = sub.add_parser(
         "predict", help="top-k labels for images, folders or globs (multi-label: every label above its threshold)"
     )
     p.add_argument("checkpoint")
     p.add_argument("images", nargs="+", help="image files, folders or globs")
-    p.add_argument(
-        "--topk", type=at_least(1), default=5, help="labels per image, best first (default: 5; not for multi-label)"
-    )
-    p.add_argument(
-        "--format",
-        default="table",
-        choices=["table", "json", "csv"],
-        help="table: one line per image; json: every result with the runtime; csv: one row per label (default: table)",
-    )
-    p.add_argument("--batch-size", type=at_least(1), default=32, help="images per batch (default: 32)")
-    p.add_argument(
-        "--threshold",
-        type=float,
-        help="multi-label: predict every label whose score reaches this (0-1) instead of the thresholds tuned "
-        "on the run's validation split",
-    )
+    add_command_options(p, PredictOptions, "predict")
     add_inference_arguments(p, "predict")
     p.set_defaults(func=cmd_predict)
+
+    from .viz.explain import ExplainOptions
 
     p = sub.add_parser(
         "explain",
@@ -566,37 +336,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("checkpoint")
     p.add_argument("images", nargs="+", help="image files, folders or globs")
-    p.add_argument("--out", required=True, help="PNG file for one image, else a folder (one IMAGE_NAME.png each)")
-    p.add_argument(
-        "--method",
-        default="auto",
-        choices=["auto", "rollout", "gradcam", "saliency"],
-        help="heat map (default: auto, as above)",
-    )
-    p.add_argument("--topk", type=at_least(1), default=5, help="predictions listed beside the map (default: 5)")
+    add_command_options(p, ExplainOptions, "explain")
     add_inference_arguments(p, "explain")
     p.set_defaults(func=cmd_explain)
 
-    from .eval.agreement import MIN_AGREEMENT
-    from .serve.limits import ServeLimits
+    from .serve.limits import LIMITS_GROUP, ServeLimits, ServeOptions
 
     p = sub.add_parser("serve", help="HTTP API and web page for a checkpoint")
     p.add_argument("checkpoint")
-    p.add_argument(
-        "--host", default="127.0.0.1", help="interface to bind (default: loopback only; the API has no authentication)"
-    )
-    p.add_argument("--port", type=at_least(0), default=8000, help="TCP port (default: 8000; 0: any free port)")
+    add_command_options(p, ServeOptions, "serve")
     add_inference_arguments(p, "serve")
-    p.add_argument("--topk", type=at_least(1), default=5, help="labels returned per image")
-    limits = p.add_argument_group("limits (each protects the server from one abusive or broken client)")
-    for f in dataclasses.fields(ServeLimits):
-        low, unit = f.metadata["at_least"], f.metadata["unit"]
-        limits.add_argument(
-            "--" + f.metadata["flag"].replace("_", "-"),
-            type=positive_float if low is None else at_least(low),
-            default=f.default / unit if unit != 1 else f.default,
-            help=f"{f.metadata['help']} (default: %(default)g)",
-        )
+    add_command_options(p, ServeLimits, "serve", LIMITS_GROUP)
     p.set_defaults(func=cmd_serve)
 
     from .check import CheckOptions
@@ -617,6 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("data", help="dataset tools")
     data_sub = p.add_subparsers(dest="data_command", required=True)
+    from .data.pack import PackOptions
+
     p = data_sub.add_parser(
         "pack",
         help="an image folder as parquet shards (Hugging Face layout) that stream well",
@@ -625,15 +377,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("folder")
     p.add_argument("out")
-    p.add_argument(
-        "--size", type=at_least(1), help="shrink larger images to this shorter side (default: keep every image)"
-    )
-    p.add_argument(
-        "--quality", type=within(1, 100), default=95, help="JPEG quality of resized images, 1-100 (default: 95)"
-    )
-    p.add_argument("--shard-mb", type=positive_float, default=256, help="image bytes per shard (default: 256)")
-    p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images instead of failing")
+    add_command_options(p, PackOptions, "data pack")
     p.set_defaults(func=cmd_data_pack)
+
+    from .export.checkpoint import GROUP_TITLES, ExportOptions
 
     p = sub.add_parser(
         "export", help="export a checkpoint as ONNX or as a Hugging Face folder (with a model card README.md)"
@@ -643,27 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
         "out",
         help="the .onnx file, or a folder to write RUN.onnx (RUN-int8.onnx) into; with --format hf, the folder",
     )
-    p.add_argument(
-        "--format",
-        default="onnx",
-        choices=["onnx", "hf"],
-        help="onnx: one .onnx file; hf: a Hugging Face folder with a model card (default: onnx)",
-    )
-    p.add_argument("--opset", type=at_least(7), default=18, help="ONNX opset version (default: 18)")
-    quant = p.add_argument_group(
-        "INT8 quantization (ONNX): calibrated on the run's own training images, checked on the split it reported"
-    )
-    quant.add_argument("--quantize", choices=["int8"], help="static post-training INT8 quantization")
-    quant.add_argument("--calibration-images", type=at_least(1), default=256, help="training images (default: 256)")
-    quant.add_argument(
-        "--min-agreement",
-        type=float,
-        default=MIN_AGREEMENT,
-        help="refuse an export whose top-1 agreement with fp32 is below this fraction (default: %(default)g)",
-    )
-    quant.add_argument("--force", action="store_true", help="write the export even below --min-agreement")
-    quant.add_argument("--data", help="data to calibrate and check on (default: what the checkpoint was trained on)")
-    quant.add_argument("--data-dir", help=DATA_DIR_HELP)
+    add_command_options(p, ExportOptions, "export", GROUP_TITLES)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(

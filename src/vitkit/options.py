@@ -37,11 +37,15 @@ def option(
     below: float | None = None,
     resumable: bool = False,
     commands: tuple[str, ...] = COMMANDS,
+    flag: str | None = None,
+    unit: float = 1,
 ):
     """A dataclass field with its documentation and rules: `choices`, bounds (`at_least`/`above` below,
     `at_most`/`below` above; None values are not checked), whether `--resume` may change it (`resumable`:
     how the run executes, never what it computes) and the `commands` that take it as a flag (none: a value
-    vitkit records, e.g. a choice it made). `check_options` enforces choices and bounds."""
+    vitkit records, e.g. a choice it made). `check_options` enforces choices and bounds. A `flag` named
+    otherwise than the field takes the value in `unit`s (e.g. --max-upload-mb for a byte count, unit MiB).
+    `default=dataclasses.MISSING`: a value the caller must give (a required flag)."""
     metadata = {
         "help": help,
         "group": group,
@@ -49,6 +53,8 @@ def option(
         "bounds": (at_least, above, at_most, below),
         "resumable": resumable,
         "commands": commands,
+        "flag": flag,
+        "unit": unit,
     }
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=metadata)
@@ -72,6 +78,15 @@ def _range_text(at_least, above, at_most, below) -> str:
     return f"must be in {low}, {high}"
 
 
+def _outside(value, at_least, above, at_most, below) -> bool:
+    return (
+        (at_least is not None and value < at_least)
+        or (above is not None and value <= above)
+        or (at_most is not None and value > at_most)
+        or (below is not None and value >= below)
+    )
+
+
 def check_options(config) -> None:
     """Every field holds one of its `choices` and lies within its bounds; the error names the flag and
     what it allows."""
@@ -82,12 +97,7 @@ def check_options(config) -> None:
         at_least, above, at_most, below = f.metadata.get("bounds", (None,) * 4)
         if value is None or (at_least, above, at_most, below) == (None,) * 4:
             continue
-        if (
-            (at_least is not None and value < at_least)
-            or (above is not None and value <= above)
-            or (at_most is not None and value > at_most)
-            or (below is not None and value >= below)
-        ):
+        if _outside(value, at_least, above, at_most, below):
             raise VitkitError(f"{flag(f.name)} {_range_text(at_least, above, at_most, below)}, got {value}")
 
 
@@ -244,44 +254,84 @@ def _parse_key_value(text: str) -> tuple[str, Any]:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _refusal(text: str, value, whole: bool, bounds: tuple) -> str | None:
+    """Why a flag's value is refused, in the words argparse puts after the flag's name; None: accepted."""
+    at_least, _, at_most, _ = bounds
+    if whole and at_least is not None and value < at_least:
+        return f"{value} is below the minimum of {at_least}"
+    if whole and at_most is not None and value > at_most:
+        return f"{value} is above the maximum of {at_most}"
+    if math.isfinite(value) and not _outside(value, *bounds):
+        return None
+    return f"{text} must be a positive number" if bounds == (None, 0, None, None) else f"{text} {_range_text(*bounds)}"
+
+
+def _bounded(kind, bounds: tuple):
+    """An argparse type for numbers of `kind` within `bounds`: a value outside is a usage error naming the flag."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole ' if kind is int else ''}number") from None
+        refusal = _refusal(text, value, kind is int, bounds)
+        if refusal:
+            raise argparse.ArgumentTypeError(refusal)
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
 def add_dataclass_options(
     parser: argparse.ArgumentParser,
     cls,
-    group_titles: dict[str, str],
+    group_titles: dict[str, str | None],
     command: str | None = None,
     defaults: dict[str, Any] | None = None,
+    bounds_in_parser: bool = False,
 ) -> None:
-    """One flag per field (per field that `command` takes, when given), in argument groups. Without
-    `defaults` each flag defaults to 'not given' (argparse.SUPPRESS), so that the caller's own precedence
-    rules fill the rest; with them, to the declared default or the one `defaults` gives for this command.
-    The help shows the default."""
+    """One flag per field (per field that `command` takes, when given), in argument groups (a group titled
+    None: the parser's own options). Without `defaults` each flag defaults to 'not given'
+    (argparse.SUPPRESS), so that the caller's own precedence rules fill the rest; with them, to the
+    declared default or the one `defaults` gives for this command, and a switch off by default is a plain
+    --flag. The help shows the default. `bounds_in_parser`: the parser refuses a value out of bounds, for
+    options that no configuration file or later check completes."""
     hints = typing.get_type_hints(cls)
-    groups = {name: parser.add_argument_group(name, title) for name, title in group_titles.items()}
+    groups = {name: parser.add_argument_group(name, title) if title else parser for name, title in group_titles.items()}
     order = list(group_titles)
     names = for_command(cls, command) if command else [f.name for f in dataclasses.fields(cls)]
     fields = [f for f in dataclasses.fields(cls) if f.name in names]
     for f in sorted(fields, key=lambda f: order.index(f.metadata["group"])):
         group = groups[f.metadata["group"]]
-        kind = _base_type(hints[f.name])
+        kind, unit, name = _base_type(hints[f.name]), f.metadata.get("unit", 1), flag(f.metadata.get("flag") or f.name)
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         default = (defaults or {}).get(f.name, default)
+        if unit != 1:  # the flag's value is in units, a fraction of one allowed
+            kind, default = float, default / unit
         help_text = f.metadata["help"]
-        if default not in (None, "", (), {}, 0, False):
-            help_text += f" (default: {default})"
+        if default not in (None, "", (), {}, 0, False, dataclasses.MISSING):
+            help_text += f" (default: {default:g})" if unit != 1 else f" (default: {default})"
         common = dict(default=argparse.SUPPRESS if defaults is None else default, help=help_text.replace("%", "%%"))
+        if default is dataclasses.MISSING:
+            common.update(default=None, required=True)
         if typing.get_origin(kind) is dict:
             name = f.name.removesuffix("s")
             group.add_argument(
                 flag(name), dest=f.name, action="append", type=_parse_key_value, metavar="KEY=VALUE", **common
             )
         elif kind is bool:
-            group.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, **common)
+            switch = defaults is not None and default is False
+            group.add_argument(name, action="store_true" if switch else argparse.BooleanOptionalAction, **common)
         elif typing.get_origin(kind) is tuple:
-            group.add_argument(flag(f.name), type=float, nargs="+", metavar="X", **common)
+            group.add_argument(name, type=float, nargs="+", metavar="X", **common)
         elif f.metadata.get("choices"):
-            group.add_argument(flag(f.name), type=kind, choices=f.metadata["choices"], **common)
+            group.add_argument(name, type=kind, choices=f.metadata["choices"], **common)
         else:
-            group.add_argument(flag(f.name), type=kind, metavar=f.name.split("_")[-1].upper(), **common)
+            bounds = f.metadata.get("bounds", (None,) * 4)
+            if bounds_in_parser and bounds != (None,) * 4:
+                kind = _bounded(kind, bounds)
+            group.add_argument(name, type=kind, metavar=name.split("-")[-1].upper(), **common)
 
 
 def read_yaml_options(path: str | Path, cls, source: str | None = None) -> dict[str, Any]:

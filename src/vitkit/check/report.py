@@ -177,6 +177,19 @@ def render_html(report: dict, source: Source) -> str:
     return PAGE.format(title=_esc(f"vitkit check: {report['data']}"), summary=_esc(summary), body="".join(parts))
 
 
+def summary_text(report: dict) -> str:
+    """What `vitkit check` prints: how many problems of each kind, and where the report is."""
+    leaks = sum(d["kind"] == "leak" for d in report["duplicates"])
+    fatal = sum(f["fatal"] for f in report["files"])
+    return (
+        f"{report['images']} images: {len(report['files'])} file problem(s) ({fatal} that stop training), "
+        f"{len(report['duplicates'])} duplicate pair(s) ({leaks} leak(s) between splits), "
+        f"{len(report['balance']['too_few_for_validation'])} class(es) too small for validation, "
+        f"{len(report['label_errors'])} likely label error(s)\n"
+        f"-> {report['out']}/check.html (also check.json; exclude.csv for vitkit train --exclude)"
+    )
+
+
 def write_report(report: dict, source: Source, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "check.json") as tmp:

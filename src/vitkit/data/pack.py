@@ -13,11 +13,13 @@ import io
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from PIL import Image
 
 from ..errors import VitkitError
+from ..options import option
 from ..runtime import available_cores
 from .folder import scan_folder
 from .hf import require_datasets
@@ -25,6 +27,19 @@ from .images import SKIP_BAD_HINT, BadImageError, open_image
 
 KEPT_FORMATS = {"JPEG", "PNG"}
 SPLIT_NAMES = {"train": "train", "val": "validation", "test": "test"}  # the hub's split names
+
+
+_pack = partial(option, group="pack", commands=("data pack",))
+
+
+@dataclass
+class PackOptions:
+    """The options of `vitkit data pack`, declared once for it and for `pack_folder`'s defaults."""
+
+    size: int | None = _pack(None, "shrink larger images to this shorter side (default: keep every image)", at_least=1)
+    quality: int = _pack(95, "JPEG quality of resized images, 1-100", at_least=1, at_most=100)
+    shard_mb: float = _pack(256.0, "image bytes per shard", above=0)
+    skip_bad_images: bool = _pack(False, "skip unreadable images instead of failing")
 
 
 @dataclass
@@ -57,10 +72,10 @@ def pack_folder(
     folder: str | os.PathLike,
     out: str | os.PathLike,
     *,
-    size: int | None = None,
-    quality: int = 95,
-    shard_mb: float = 256.0,
-    skip_bad: bool = False,
+    size: int | None = PackOptions.size,
+    quality: int = PackOptions.quality,
+    shard_mb: float = PackOptions.shard_mb,
+    skip_bad: bool = PackOptions.skip_bad_images,
 ) -> PackReport:
     if size is not None and size < 1:
         raise VitkitError(f"--size {size}: the shorter side must be at least 1 pixel")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +14,46 @@ from ..data.loader import AUTO_WORKERS, BatchLoader
 from ..data.prepare import DataOptions, dataset_defaults, prepare_data
 from ..errors import VitkitError
 from ..inference import Classifier, load
-from ..options import check_known, typed_values
+from ..options import check_known, option, typed_values
 from .agreement import bf16_agreement, record_bf16_agreement
 from .loop import evaluate_loader, per_sample_predictions
+
+DATA_DIR_HELP = "cache of downloaded and decoded datasets (default: $VITKIT_DATA, else ~/.cache/vitkit)"
+_evaluation = partial(option, group="evaluation", commands=("eval", "top-losses"))
+
+
+@dataclasses.dataclass
+class EvaluationOptions:
+    """The options of `vitkit eval` and `vitkit top-losses` (`commands`: which takes each), declared once
+    for them and for `evaluate` and `top_losses`, whose defaults they are."""
+
+    count: int = _evaluation(16, "mistakes to show", at_least=1, commands=("top-losses",))
+    out: str = _evaluation("top_losses.png", "PNG file to write", commands=("top-losses",))
+    data: str | None = _evaluation(
+        None,
+        "dataset name or folder (default: what the checkpoint was trained on); other data than the run's is "
+        "scored whole: every image of a folder or label table, a named dataset's test split",
+    )
+    data_dir: str | None = _evaluation(None, DATA_DIR_HELP)
+    labels: str | None = _evaluation(None, "label table of --data's images (default: the checkpoint's, if it had one)")
+    split: str | None = _evaluation(
+        None,
+        "on the run's own data, default: the split the run reported (test, else val); on other data, one of "
+        "its own splits, or all (the default for a folder or table)",
+        choices=("all", "train", "val", "test"),
+    )
+    batch_size: int = _evaluation(256, "images per batch", at_least=1)
+    flip_tta: bool = _evaluation(
+        False,
+        "average each image's logits with its mirror image's (test-time flip augmentation; twice the compute)",
+    )
+    crop_tta: bool = _evaluation(
+        False,
+        "multi-crop test-time augmentation: also two crops moved one pixel diagonally, weighted a quarter "
+        "each (with --flip-tta each with its mirror: six passes)",
+        commands=("eval",),
+    )
+    json: bool = _evaluation(False, "print the whole report as JSON")
 
 
 # what the data to evaluate on keeps of the run's data options when it is other data
@@ -102,11 +140,11 @@ def evaluate(
     checkpoint: str | os.PathLike,
     data: str | None = None,
     split: str | None = None,
-    batch_size: int = 256,
+    batch_size: int = EvaluationOptions.batch_size,
     device: str = "auto",
-    flip_tta: bool = False,
+    flip_tta: bool = EvaluationOptions.flip_tta,
     precision: str = "fp32",
-    crop_tta: bool = False,
+    crop_tta: bool = EvaluationOptions.crop_tta,
     **data_options: Any,
 ) -> dict[str, Any]:
     """Recompute the metrics of a checkpoint on its run's data, by default on the split the run reported
@@ -152,13 +190,13 @@ def evaluate(
 
 def top_losses(
     checkpoint: str | os.PathLike,
-    count: int = 16,
-    out: str | os.PathLike | None = "top_losses.png",
+    count: int = EvaluationOptions.count,
+    out: str | os.PathLike | None = EvaluationOptions.out,
     data: str | None = None,
     split: str | None = None,
-    batch_size: int = 256,
+    batch_size: int = EvaluationOptions.batch_size,
     device: str = "auto",
-    flip_tta: bool = False,
+    flip_tta: bool = EvaluationOptions.flip_tta,
     **data_options: Any,
 ) -> dict[str, Any]:
     """The checkpoint's most confident mistakes on a split (by default the one its run reported on; on

@@ -14,6 +14,7 @@ from ..eval.agreement import MIN_AGREEMENT, agreement_report, describe, predicte
 from ..eval.checkpoint import checkpoint_split
 from ..fileio import write_json
 from ..inference import OnnxModel, load
+from .checkpoint import ExportOptions
 from .quantize import calibration_batches, quantize_int8, read_metadata, save_with_metadata
 
 
@@ -23,7 +24,7 @@ def export_int8(
     data: str | None = None,
     min_agreement: float | None = None,
     force: bool = False,
-    calibration_images: int = 256,
+    calibration_images: int = ExportOptions.calibration_images,
     seed: int = 0,
     **data_options: Any,
 ) -> dict[str, Any]:

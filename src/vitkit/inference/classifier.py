@@ -9,7 +9,7 @@ import torch
 from ..data.preprocess import Preprocessing
 from ..errors import VitkitError
 from ..runtime import Bf16Autocast, resolve_device
-from .predict import collect_images, is_one_image, predict_images
+from .predict import PredictOptions, collect_images, is_one_image, predict_images
 
 
 class Classifier:
@@ -78,7 +78,11 @@ class Classifier:
         }
 
     def predict(
-        self, inputs, topk: int = 5, batch_size: int = 32, threshold: float | None = None
+        self,
+        inputs,
+        topk: int = PredictOptions.topk,
+        batch_size: int = PredictOptions.batch_size,
+        threshold: float | None = None,
     ) -> dict | list[dict]:
         """Top-k labels for images, decoded, resized and cropped exactly as `vitkit predict` does it; for a
         multi-label classifier every label whose score reaches its threshold, best first (`topk` unused):

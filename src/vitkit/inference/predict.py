@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import csv
 import fnmatch
 import glob
+import io
 import os
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -16,6 +19,28 @@ from tqdm.auto import tqdm
 
 from ..data.images import BadImageError, is_image_file
 from ..errors import MissingFile, VitkitError
+from ..options import option
+
+_predict = partial(option, group="predict", commands=("predict",))
+
+
+@dataclass
+class PredictOptions:
+    """What `vitkit predict` reports and how it batches, declared once for it and for `predict_images`,
+    `predict_paths` and `Classifier.predict`, whose defaults they are."""
+
+    topk: int = _predict(5, "labels per image, best first (not for multi-label)", at_least=1)
+    format: str = _predict(
+        "table",
+        "table: one line per image; json: every result with the runtime; csv: one row per label",
+        choices=("table", "json", "csv"),
+    )
+    batch_size: int = _predict(32, "images per batch", at_least=1)
+    threshold: float | None = _predict(
+        None,
+        "multi-label: predict every label whose score reaches this (0-1) instead of the thresholds tuned "
+        "on the run's validation split",
+    )
 
 
 def walk_files(root: Path) -> Iterator[Path]:
@@ -120,8 +145,8 @@ def classifier_predictions(
 def predict_images(
     classifier,
     images: list[tuple[dict, Callable[[], torch.Tensor]]],
-    topk: int = 5,
-    batch_size: int = 32,
+    topk: int = PredictOptions.topk,
+    batch_size: int = PredictOptions.batch_size,
     progress: bool = True,
     threshold: float | None = None,
 ) -> list[dict]:
@@ -155,14 +180,47 @@ def predict_images(
 def predict_paths(
     classifier,
     paths: list[Path],
-    topk: int = 5,
-    batch_size: int = 32,
+    topk: int = PredictOptions.topk,
+    batch_size: int = PredictOptions.batch_size,
     progress: bool = True,
     threshold: float | None = None,
 ) -> list[dict]:
     """[{"path": ..., "predictions": [{"label", "score"}, ...]}] best first, as `vitkit predict` prints it."""
     images = [({"path": str(p)}, partial(classifier.preprocessing.load_tensor, p)) for p in paths]
     return predict_images(classifier, images, topk, batch_size, progress, threshold)
+
+
+# What a spreadsheet reads as the start of a formula (OWASP, CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_text(cell: str) -> str:
+    """A text cell a spreadsheet shows as text: one that would start a formula gets a leading quote."""
+    return "'" + cell if cell.startswith(FORMULA_STARTS) else cell
+
+
+def format_predictions(results: list[dict], fmt: str) -> str:
+    """`predict_paths`' results as `vitkit predict --format` prints them: csv (one row per label) or table
+    (one line per image)."""
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["path", "rank", "label", "score"])
+        for r in results:
+            path = spreadsheet_text(str(r["path"]))
+            for rank, p in enumerate(r.get("predictions", []), 1):
+                writer.writerow([path, rank, spreadsheet_text(p["label"]), p["score"]])
+            if "error" in r:
+                writer.writerow([path, "", "ERROR", spreadsheet_text(r["error"])])
+        return buffer.getvalue().rstrip("\n")
+    lines = []
+    for r in results:
+        if "error" in r:
+            lines.append(f"{r['path']}: ERROR {r['error']}")
+            continue
+        preds = "  ".join(f"{p['label']} {p['score']:.3f}" for p in r["predictions"])
+        lines.append(f"{r['path']}: {preds}")
+    return "\n".join(lines)
 
 
 def image_from_pixels(pixels: np.ndarray, name: str) -> Image.Image:

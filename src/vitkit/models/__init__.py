@@ -69,6 +69,34 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def models_table(kind: str = "all") -> str:
+    """The models and presets of `list_models(kind)` as `vitkit models` prints them: name, family, parameters,
+    input size and description, and under a preset the larger sizes a --time-budget may train."""
+    import torch
+
+    names = list_models(kind)
+    width = max(map(len, names))
+    lines = [f"{'name':<{width}}  {'family':<7} {'params':>9}  {'size':>5}  description"]
+    for name in names:
+        with torch.device("meta"):  # shapes only: no memory, no initialisation
+            model = create_model(name)
+        family = "preset" if name in PRESETS else model.family
+        description = PRESETS[name].description if name in PRESETS else ""
+        lines.append(
+            f"{name:<{width}}  {family:<7} {count_parameters(model) / 1e6:8.2f}M  "
+            f"{model.config.image_size:>3}px  {description}".rstrip()
+        )
+        for epochs, changes in PRESETS[name].budget_sizes if name in PRESETS else ():
+            with torch.device("meta"):
+                sized = create_model(PRESETS[name].model, **{**PRESETS[name].model_args, **changes})
+            what = ", ".join(f"{key}={value}" for key, value in changes.items())
+            lines.append(
+                f"{'':<{width}}  {'':<7} {count_parameters(sized) / 1e6:8.2f}M         "
+                f"with a --time-budget that trains it {epochs:g}+ epochs here: {what}"
+            )
+    return "\n".join(lines)
+
+
 __all__ = [
     "create_model",
     "list_models",
@@ -77,6 +105,7 @@ __all__ = [
     "save_model",
     "load_model",
     "count_parameters",
+    "models_table",
     "PRESETS",
     "FAMILIES",
 ]

@@ -89,7 +89,7 @@ def check_sweep(steps: int, start_lr: float, end_lr: float) -> None:
         raise VitkitError(f"--start-lr ({start_lr}) must be positive and below --end-lr ({end_lr})")
 
 
-def lr_find(cfg: TrainConfig, steps: int = 100, start_lr: float = 1e-7, end_lr: float = 10.0) -> LRFindResult:
+def lr_find(cfg: TrainConfig, steps: int, start_lr: float, end_lr: float) -> LRFindResult:
     """Sweep the learning rate from start_lr to end_lr over `steps` optimizer steps (one batch each),
     stopping early when the loss diverges. Progress goes to stderr: what it prepares, then a line about
     every tenth of the steps."""

@@ -13,14 +13,17 @@ usual choice for CNN features. For models without tokens, |d logit / d pixel| (S
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
+from functools import partial
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..errors import VitkitError
+from ..options import option
 
 
 @torch.no_grad()
@@ -84,6 +87,16 @@ def token_grad_cam(model, x: torch.Tensor, target: torch.Tensor | None = None) -
 
 
 METHODS = ("auto", "rollout", "gradcam", "saliency")
+_explain = partial(option, group="explain", commands=("explain",))
+
+
+@dataclasses.dataclass
+class ExplainOptions:
+    """The options of `vitkit explain`, declared once for it and for `explain_image`'s defaults."""
+
+    out: str = _explain(dataclasses.MISSING, "PNG file for one image, else a folder (one IMAGE_NAME.png each)")
+    method: str = _explain("auto", "heat map (auto: as above)", choices=METHODS)
+    topk: int = _explain(5, "predictions listed beside the map", at_least=1)
 
 
 def choose_method(model, method: str = "auto") -> str:
@@ -230,7 +243,11 @@ def render_explanation(
 
 
 def explain_image(
-    classifier, source, out: str | os.PathLike | io.BytesIO, topk: int = 5, method: str = "auto"
+    classifier,
+    source,
+    out: str | os.PathLike | io.BytesIO,
+    topk: int = ExplainOptions.topk,
+    method: str = ExplainOptions.method,
 ) -> tuple[list[dict], str, str]:
     """Write the explanation figure for one image file; return its top-k predictions (multi-label: the
     labels above their thresholds), the method used and the note under the figure (see `method_note`)."""
