@@ -29,7 +29,7 @@ from ..inference.predict import classifier_predictions
 from .batching import MicroBatcher
 from .decoding import Decoder, image_and_crop_loader, image_loader
 from .explain import explanation, own_model
-from .limits import ServeLimits
+from .limits import ServeLimits, ServeOptions
 from .page import render_page
 from .request_log import RequestLog, log_requests_to_stderr
 from .server import AnnouncingServer, guarded_protocol, warn_if_exposed
@@ -134,13 +134,13 @@ def create_app(
 
 def serve(
     checkpoint: str,
-    host: str = "127.0.0.1",
-    port: int = 8000,
+    host: str = ServeOptions.host,
+    port: int = ServeOptions.port,
     backend: str = "auto",
     device: str = "auto",
     precision: str = "auto",
     threads: int = 0,
-    topk: int = 5,
+    topk: int = ServeOptions.topk,
     limits: ServeLimits = ServeLimits(),
 ) -> None:
     from ..inference import load
