@@ -30,7 +30,7 @@ from vitkit.data.prepare import DataOptions, prepare_data
 from vitkit.data.preprocess import Preprocessing
 from vitkit.training.budget import TimeBudget
 from vitkit.training.build import Runtime
-from vitkit.training.config import make_config
+from vitkit.training.resolve import make_config
 from vitkit.training.engine import Trainer
 
 CASES = [  # (shared dataset, stored size, models compared)

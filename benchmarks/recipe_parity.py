@@ -81,7 +81,7 @@ def combined(*overrides: dict) -> dict:
 def check_fixes_add_up(recipe: str, data: str, before: dict, fixes: dict) -> None:
     """The recipe as it was, with every fix, must be the preset as it is: else the ablation's "all fixed"
     row would measure something the fixes do not explain."""
-    from vitkit.training.config import make_config
+    from vitkit.training.resolve import make_config
 
     everything = combined(before, *(fix for fix in fixes.values() if fix))
     fixed, preset = make_config(preset=recipe, data=data, **everything), make_config(preset=recipe, data=data)

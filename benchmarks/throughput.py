@@ -29,7 +29,7 @@ from vitkit.data.augment import one_hot_smooth
 from vitkit.models import PRESETS, count_parameters
 from vitkit.training.budget import TimeBudget
 from vitkit.training.build import Runtime
-from vitkit.training.config import make_config
+from vitkit.training.resolve import make_config
 from vitkit.training.engine import Trainer
 
 

@@ -109,7 +109,7 @@ def test_a_bug_keeps_its_traceback_while_a_mistake_is_one_line(monkeypatch, tmp_
     is a bug and reaches the caller with its traceback."""
     import traceback
 
-    import vitkit.training.config as config
+    import vitkit.training.resolve as resolve
 
     assert main(["train", "--lr", "-1", "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
@@ -118,7 +118,7 @@ def test_a_bug_keeps_its_traceback_while_a_mistake_is_one_line(monkeypatch, tmp_
     def broken(data):
         raise ValueError("internal: a dataset default went missing")
 
-    monkeypatch.setattr(config, "dataset_defaults", broken)
+    monkeypatch.setattr(resolve, "dataset_defaults", broken)
     with pytest.raises(ValueError, match="internal: a dataset default") as caught:
         main(["train", "--out", str(tmp_path / "run")])
     assert not isinstance(caught.value, VitkitError)
@@ -298,7 +298,7 @@ def test_a_saved_args_yaml_is_read_as_safely(tmp_path, capsys):
 
 
 def test_whole_floats_are_taken_and_model_args_are_typed(tmp_path, capsys):
-    from vitkit.training.config import make_config
+    from vitkit.training.resolve import make_config
 
     assert make_config(epochs=2.0).epochs == 2 and isinstance(make_config(epochs=2.0).epochs, int)
     out = str(tmp_path / "run")

@@ -209,7 +209,7 @@ def test_compile_trains_the_same_model(colours, tmp_path):
 def test_channels_last_feeds_nhwc_batches_and_trains_the_same_weights(colours, tmp_path):
     """--channels-last (the default) hands the model NHWC batches; the weights after an epoch are the
     NCHW run's up to float rounding, and the checkpoint's tensors are ordinary contiguous ones."""
-    from vitkit.training.config import make_config
+    from vitkit.training.resolve import make_config
 
     conv_stem = dict(TINY["model_args"], stem="conv", conv_layers=1, stem_width=8)
     layouts = []

@@ -115,12 +115,13 @@ def test_top5_is_nowhere_with_five_classes_or_fewer(folder_run):
 
 
 def test_a_preset_whose_architecture_a_model_arg_changed_is_named_with_the_change(tmp_path):
-    from vitkit.training.config import make_config, model_label
+    from vitkit.models.naming import model_label
+    from vitkit.training.resolve import make_config
 
     photos = write_class_folders(tmp_path / "photos", per_class=3)
-    assert model_label(make_config(preset="folder-cct", data=str(photos)).to_dict()) == "folder-cct"
+    assert model_label(**make_config(preset="folder-cct", data=str(photos)).to_dict()) == "folder-cct"
     changed = make_config(preset="folder-cct", data=str(photos), model_args={"stem": "patch", "pool": "cls"})
-    assert model_label(changed.to_dict()) == "folder-cct with stem=patch, pool=cls"
+    assert model_label(**changed.to_dict()) == "folder-cct with stem=patch, pool=cls"
     # the size a --time-budget picks among the preset's own keeps the preset's name
     budget = make_config(preset="folder-cct", data=str(photos), time_budget=1.0)
-    assert model_label(budget.to_dict()) == "folder-cct"
+    assert model_label(**budget.to_dict()) == "folder-cct"

@@ -17,7 +17,7 @@ import vitkit
 from vitkit.cli import main
 from vitkit.data.builtin import load_digits_dataset
 from vitkit.models import create_model
-from vitkit.training.config import make_config
+from vitkit.training.resolve import make_config
 
 TINY = dict(ENGINE_TINY, threads=1)  # the engine tests' tiny ViT, in one thread
 ONE_STEP = dict(optimizer="sgd", weight_decay=0.0, schedule="constant", epochs=1, batch_size=24)

@@ -15,7 +15,7 @@ from vitkit.data.splits import Split
 from vitkit.models import create_model
 from vitkit.pretrained.result import Pretrained
 from vitkit.training.budget import TimeBudget
-from vitkit.training.config import make_config
+from vitkit.training.resolve import make_config
 from vitkit.viz.report import sample_images
 
 TINY = ["--epochs", "1", "--threads", "1", "--batch-size", "8", "--model-arg", "depth=1", "--model-arg", "embed_dim=32"]

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from conftest import new_trainer, write_class_folders
 
 from vitkit.data.loader import BatchLoader
-from vitkit.training.config import make_config
+from vitkit.training.resolve import make_config
 
 TRAIN_COUNTS = [32, 8, 4]
 TINY = dict(

@@ -23,7 +23,7 @@ from vitkit.data.augment import AugmentSpec, BatchAugment
 from vitkit.models import create_model
 from vitkit.models.base import ImageClassifier
 from vitkit.training import build
-from vitkit.training.config import make_config
+from vitkit.training.resolve import make_config
 from vitkit.training.optim import LookaheadEMA
 from vitkit.training.schedule import lr_factor
 

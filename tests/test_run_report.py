@@ -17,7 +17,7 @@ import vitkit
 from vitkit.data.augment import BatchAugment
 from vitkit.data.splits import Split
 from vitkit.models import create_model
-from vitkit.training.rundir import saved_config
+from vitkit.training.resolve import saved_config
 from vitkit.viz import plots
 from vitkit.viz.report import write_report
 

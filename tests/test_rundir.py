@@ -15,8 +15,8 @@ from vitkit.errors import MissingFile, VitkitError
 from vitkit.models import create_model
 from vitkit.runfiles import ARGS, LAST, LOCK, METRICS, RESULTS, RUN_RECORD, TRAINER_STATE
 from vitkit.training import resume_config, rundir
-from vitkit.training.config import make_config
-from vitkit.training.rundir import RunDir, saved_config
+from vitkit.training.resolve import make_config, saved_config
+from vitkit.training.rundir import RunDir
 
 
 @pytest.fixture(scope="module")

@@ -229,7 +229,7 @@ RANK_SCRIPT = """
 import json, sys
 from pathlib import Path
 from vitkit.training.build import Runtime, build
-from vitkit.training.config import make_config
+from vitkit.training.resolve import make_config
 
 cfg = make_config(data=sys.argv[1], memory_limit_gb=0, image_size=8, batch_size=8, workers=1, threads=1,
                   val_split=0.25, progress=False)
@@ -289,7 +289,7 @@ def test_two_processes_read_disjoint_samples_that_cover_a_streamed_split(tmp_pat
     ],
 )
 def test_loader_settings_are_validated(values, message):
-    from vitkit.training.config import make_config
+    from vitkit.training.resolve import make_config
 
     with pytest.raises(ValueError, match=message):
         make_config(**values)

@@ -11,7 +11,7 @@ import pytest
 from conftest import write_class_folders
 
 import vitkit
-from vitkit.training.config import make_config
+from vitkit.training.resolve import make_config
 
 TINY = dict(
     image_size=16,

@@ -355,7 +355,7 @@ def test_interrupted_run_says_so(tmp_path):
 
 def test_recipes_train_at_the_data_s_own_size():
     """Small-image recipes keep built-in 28 px data at 28 px; folders and seeds keep their sizes."""
-    from vitkit.training.config import make_config
+    from vitkit.training.resolve import make_config
 
     fashion = make_config(preset="cifar-gmlp", data="fashion-mnist")
     assert (fashion.image_size, fashion.crop_padding, fashion.lr, fashion.label_smoothing) == (28, 2, 2e-3, 0.1)
@@ -369,7 +369,7 @@ def test_recipes_train_at_the_data_s_own_size():
 
 def test_micro_batches_give_the_whole_batch_update():
     """Chunked forward/backward is an execution detail: the update equals the whole-batch one."""
-    from vitkit.training.config import make_config
+    from vitkit.training.resolve import make_config
 
     weights, initial = [], None
     for micro in (0, 16):

@@ -21,15 +21,9 @@ from vitkit.models.io import load_model
 from vitkit.models.presets import Preset
 from vitkit.training import TrainConfig, resume_config
 from vitkit.training.budget import EXIT_MARGIN_S, FIRST_PLAN_STEPS, TimeBudget
-from vitkit.training.config import (
-    GROUPS,
-    LR_FIND_OPTIONS,
-    RESUMABLE,
-    make_config,
-    size_pending,
-    with_budget_size,
-)
+from vitkit.training.config import GROUPS, LR_FIND_OPTIONS, RESUMABLE
 from vitkit.training.optim import param_groups
+from vitkit.training.resolve import make_config, size_pending, with_budget_size
 from vitkit.training.rundir import RunDir
 from vitkit.training.schedule import Plateau, lr_factor
 

@@ -27,13 +27,13 @@ def train(
 
     `vitkit.train(data="cifar10", model="vit_tiny_patch4_32", epochs=20)`; any TrainConfig field is an
     option, a `preset` fills in the seed's values, `config` is a YAML file of options under the ones given
-    here (see `vitkit.training.config` for the precedence). `resume=RUN_DIR` continues an interrupted run.
+    here (see `vitkit.training.resolve` for the precedence). `resume=RUN_DIR` continues an interrupted run.
     `callbacks`: objects with any of on_train_begin(run_dir, config, history), on_epoch_end(epoch,
     metrics), on_train_end(results), on_train_failed(error) (see vitkit.training.callbacks).
     """
-    from .training import resume_config
     from .training import train as run_training
-    from .training.config import explicit_values, make_config
+    from .training.config import explicit_values
+    from .training.resolve import make_config, resume_config
 
     cfg = resume_config(resume, **explicit_values(config, options)) if resume else make_config(config, **options)
     return run_training(cfg, callbacks, started)
@@ -78,8 +78,8 @@ def lr_find(
     the rate grows exponentially from start_lr to end_lr over at most `steps` steps, stopping when the
     loss diverges. Returns the rates, losses and `suggested_lr` (steepest descent of the smoothed
     loss); `plot` is the loss-against-rate figure to write (None: none)."""
-    from .training.config import make_config
     from .training.lr_find import lr_find as sweep
+    from .training.resolve import make_config
 
     result = sweep(make_config(**options), steps, start_lr, end_lr)
     if plot is not None:

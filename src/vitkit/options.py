@@ -39,13 +39,16 @@ def option(
     commands: tuple[str, ...] = COMMANDS,
     flag: str | None = None,
     unit: float = 1,
+    path: bool = False,
+    card: int | None = None,
 ):
     """A dataclass field with its documentation and rules: `choices`, bounds (`at_least`/`above` below,
     `at_most`/`below` above; None values are not checked), whether `--resume` may change it (`resumable`:
-    how the run executes, never what it computes) and the `commands` that take it as a flag (none: a value
-    vitkit records, e.g. a choice it made). `check_options` enforces choices and bounds. A `flag` named
-    otherwise than the field takes the value in `unit`s (e.g. --max-upload-mb for a byte count, unit MiB).
-    `default=dataclasses.MISSING`: a value the caller must give (a required flag)."""
+    how the run executes, never what it computes), the `commands` that take it as a flag (none: a value
+    vitkit records, e.g. a choice it made), whether it may hold a local file or folder (`path`) and its row
+    in a model card's training table (`card`: 1 first; None: not shown). `check_options` enforces choices
+    and bounds. A `flag` named otherwise than the field takes the value in `unit`s (e.g. --max-upload-mb for
+    a byte count, unit MiB). `default=dataclasses.MISSING`: a value the caller must give (a required flag)."""
     metadata = {
         "help": help,
         "group": group,
@@ -55,6 +58,8 @@ def option(
         "commands": commands,
         "flag": flag,
         "unit": unit,
+        "path": path,
+        "card": card,
     }
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=metadata)
@@ -104,6 +109,12 @@ def check_options(config) -> None:
 def names_where(cls, **metadata: Any) -> tuple[str, ...]:
     """The fields of dataclass `cls` whose metadata has these values (e.g. resumable=True)."""
     return tuple(f.name for f in dataclasses.fields(cls) if all(f.metadata.get(k) == v for k, v in metadata.items()))
+
+
+def ranked(cls, key: str) -> tuple[str, ...]:
+    """The fields of dataclass `cls` that rank a place in `key` (e.g. card=3), in that order."""
+    ranks = {f.name: f.metadata[key] for f in dataclasses.fields(cls) if f.metadata.get(key) is not None}
+    return tuple(sorted(ranks, key=ranks.get))
 
 
 def for_command(cls, command: str) -> tuple[str, ...]:

@@ -33,21 +33,31 @@ class AugmentSpec:
     """What to do to a training batch; evaluation only resizes and normalises. The training
     configuration extends this class, so these fields (and their flags) are declared only here."""
 
-    hflip: bool = _aug(False, "random horizontal flips")
-    rotation: float = _aug(0.0, "max rotation as a fraction of a full turn (Keras RandomRotation factor)", at_least=0)
-    zoom: float = _aug(0.0, "max zoom in/out per axis as a fraction (Keras RandomZoom factor)", at_least=0)
-    crop_padding: int = _aug(0, "random crop after padding the stored image by this many pixels", at_least=0)
+    hflip: bool = _aug(False, "random horizontal flips", card=14)
+    rotation: float = _aug(
+        0.0, "max rotation as a fraction of a full turn (Keras RandomRotation factor)", at_least=0, card=15
+    )
+    zoom: float = _aug(0.0, "max zoom in/out per axis as a fraction (Keras RandomZoom factor)", at_least=0, card=16)
+    crop_padding: int = _aug(
+        0, "random crop after padding the stored image by this many pixels", at_least=0, card=17
+    )
     crop_padding_mode: str = _aug(
         "zeros",
         "what --crop-padding pads with: zeros, or reflect (the image mirrored at its edge, the edge pixel "
         "not repeated, as airbench)",
         choices=("zeros", "reflect"),
     )
-    rrc_scale: float = _aug(0.0, "RandomResizedCrop minimum area fraction, e.g. 0.35 (0: off)", at_least=0, at_most=1)
-    auto_augment: str = _aug("none", "automatic augmentation policy", choices=("none", "rand", "trivial"))
+    rrc_scale: float = _aug(
+        0.0, "RandomResizedCrop minimum area fraction, e.g. 0.35 (0: off)", at_least=0, at_most=1, card=18
+    )
+    auto_augment: str = _aug(
+        "none", "automatic augmentation policy", choices=("none", "rand", "trivial"), card=19
+    )
     ra_num_ops: int = _aug(2, "RandAugment: operations per image", at_least=0)
     ra_magnitude: int = _aug(9, "RandAugment: magnitude out of 30", at_least=0, at_most=30)
-    random_erasing: float = _aug(0.0, "probability of erasing a random box per image", at_least=0, at_most=1)
+    random_erasing: float = _aug(
+        0.0, "probability of erasing a random box per image", at_least=0, at_most=1, card=20
+    )
 
 
 def to_channels(x: torch.Tensor, channels: int) -> torch.Tensor:

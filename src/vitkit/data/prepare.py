@@ -73,8 +73,9 @@ class DataOptions:
         "digits",
         f"built-in dataset ({', '.join(BUILTIN)}), an image folder, a folder of parquet shards or of "
         "save_to_disk, or hf:NAME[:CONFIG] (a Hugging Face hub dataset)",
+        path=True,
     )
-    data_dir: str | None = _shared(None, "download cache (default: $VITKIT_DATA, else ~/.cache/vitkit)")
+    data_dir: str | None = _shared(None, "download cache (default: $VITKIT_DATA, else ~/.cache/vitkit)", path=True)
     val_split: float = _shared(
         0.1,
         "fraction of train held out for validation when the data has no val split (image folders and their "
@@ -86,6 +87,7 @@ class DataOptions:
         None,
         "a table (.csv, .tsv, .jsonl, .parquet) of the images under --data (a folder) and their label or labels, "
         "one row per image; a split column (train/val/test) assigns rows to splits",
+        path=True,
     )
     image_column: str | None = _shared(
         None,
@@ -120,7 +122,11 @@ class DataOptions:
         resumable=True,
     )
     seed: int = option(
-        0, "seed of weights, data order, splits and augmentation", group="run", commands=("train", "lr-find", "check")
+        0,
+        "seed of weights, data order, splits and augmentation",
+        group="run",
+        commands=("train", "lr-find", "check"),
+        card=22,
     )
 
 

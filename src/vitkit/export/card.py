@@ -10,32 +10,11 @@ import yaml
 
 from ..fileio import read_json
 from ..models.base import FAMILY_TITLES
+from ..options import ranked
+from ..training.config import TrainConfig
 
-# Training options worth a line in the card, in this order, when the run recorded them.
-TRAINING_OPTIONS = (
-    "pretrained",
-    "epochs",
-    "batch_size",
-    "optimizer",
-    "lr",
-    "weight_decay",
-    "schedule",
-    "warmup_epochs",
-    "label_smoothing",
-    "layer_decay",
-    "freeze_backbone",
-    "mixup",
-    "cutmix",
-    "hflip",
-    "rotation",
-    "zoom",
-    "crop_padding",
-    "rrc_scale",
-    "auto_augment",
-    "random_erasing",
-    "ema",
-    "seed",
-)
+# Training options worth a line in the card, in their declared `card` order, when the run recorded them.
+TRAINING_OPTIONS = ranked(TrainConfig, "card")
 METRICS = (
     ("top1", "top-1 accuracy"),
     ("top5", "top-5 accuracy"),

@@ -16,12 +16,14 @@ from ..inference import checkpoint_folder, load
 from ..errors import VitkitError
 from ..fileio import write_json
 from ..models.io import CONFIG_NAME, WEIGHTS_NAME
+from ..options import names_where
 from ..pretrained import is_hub_id, network_errors
 from ..pretrained.hf import hf_export_error, hf_incompatibilities, save_hf_folder
+from ..training.config import TrainConfig
 from .card import local_name, model_card
 
 # Recorded training options that hold local paths; a published checkpoint keeps only their last part.
-PATH_OPTIONS = ("data", "data_dir", "pretrained")
+PATH_OPTIONS = names_where(TrainConfig, path=True)
 
 
 def transformers_blockers(model) -> list[str]:

@@ -8,6 +8,7 @@ import torch
 
 from ..data.preprocess import Preprocessing
 from ..errors import VitkitError
+from ..models.naming import model_label
 from ..runtime import Bf16Autocast, resolve_device
 from .predict import PredictOptions, collect_images, is_one_image, predict_images
 
@@ -59,11 +60,8 @@ class Classifier:
     @property
     def summary(self) -> str:
         """The recipe or model it was trained as (when recorded), family, input size and classes."""
-        # a recipe's label is computed from its TrainConfig; only serve's banner and page ask for it
-        from ..training.config import model_label
-
         trained = self.meta.get("train_config") or {}
-        parts = [model_label(trained) if trained.get("preset") else trained.get("model"), self.meta.get("family")]
+        parts = [model_label(**trained) if trained.get("preset") else trained.get("model"), self.meta.get("family")]
         parts += [f"{self.image_size} px", f"{len(self.class_names)} classes"]
         return ", ".join(str(part) for part in parts if part)
 

@@ -125,7 +125,7 @@ def check_threshold(classifier, threshold: float | None) -> None:
     """Refuse a threshold a classifier cannot take, in one line: it is for multi-label classifiers, in (0, 1)."""
     if threshold is None:
         return
-    if not getattr(classifier, "multi_label", False):
+    if not classifier.multi_label:
         raise VitkitError(f"--threshold {threshold}: {classifier.name} is single-label; --topk picks its labels")
     if not 0 < threshold < 1:
         raise VitkitError(f"--threshold {threshold}: use a score between 0 and 1, e.g. 0.5")
@@ -136,7 +136,7 @@ def classifier_predictions(
 ) -> list[list[dict]]:
     """What a classifier reports for a batch of scores: the top k, or for a multi-label classifier every
     label above its threshold (`threshold`: one for every label instead of the tuned ones)."""
-    if getattr(classifier, "multi_label", False):
+    if classifier.multi_label:
         thresholds = classifier.thresholds if threshold is None else [threshold] * len(classifier.class_names)
         return above_thresholds(probs, classifier.class_names, thresholds)
     return top_k(probs, classifier.class_names, k)

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 import threading
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from ..errors import VitkitError
 from .budget import TimeBudget
 from .build import Runtime
-from .config import TrainConfig, default_run_dir, resume_changes
+from .config import TrainConfig
 from .distributed import shutdown
 from .engine import INTERRUPT_REQUESTED, Trainer
-from .rundir import RunDir, saved_config
+from .resolve import default_run_dir, resume_config
+from .rundir import RunDir
 
 
 def _raise_interrupt(signum, frame):
@@ -87,15 +86,6 @@ def train(cfg: TrainConfig, callbacks=(), started: float | None = None) -> dict[
         run.release()
         trainer = None  # the DDP wrapper's reducer holds gloo work: shutdown frees it before the process exits
         shutdown(ctx)
-
-
-def resume_config(run_dir: str | os.PathLike, **changes: Any) -> TrainConfig:
-    """The saved configuration of a run with `resume` set and the allowed changes applied."""
-    saved = saved_config(run_dir)
-    changes = resume_changes(saved, changes)
-    if "epochs" in changes and saved.time_budget and "time_budget" not in changes:
-        changes["time_budget"] = 0.0  # a budget run extended to --epochs: the epochs, not the clock, end it
-    return replace(saved, **changes, resume=True, out=str(run_dir)).validate()
 
 
 __all__ = ["train", "resume_config", "Trainer", "TrainConfig"]

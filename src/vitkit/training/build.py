@@ -17,13 +17,15 @@ from ..data.preprocess import Preprocessing, run_preprocessing
 from ..data.splits import Dataset
 from ..errors import VitkitError
 from ..models import create_model
+from ..models.naming import model_label
 from ..options import part_of
 from ..pretrained.result import Pretrained
 from ..runtime import resolve_device, setup_threads, use_bf16
-from .config import TrainConfig, model_label, size_pending, with_budget_size
+from .config import TrainConfig
 from .distributed import DistContext, init_distributed
 from .losses import positive_weights
 from .optim import build_optimizer, param_groups
+from .resolve import size_pending, with_budget_size
 from .sizing import choose_size, loading_seconds, training_rate
 
 
@@ -176,7 +178,7 @@ def build(cfg: TrainConfig, runtime: Runtime, budget=None) -> tuple[TrainConfig,
         data=data,
         bad_images=bad_images,
         model=model,
-        model_name=model_label(cfg.to_dict()),
+        model_name=model_label(**cfg.to_dict()),
         image_size=image_size,
         augment=augment,
         train_loader=train_loader,

@@ -1,11 +1,7 @@
 """The training configuration: every option declared once (type, default, group, help, bounds, whether
-`--resume` may change it, which commands take it), and resolved once by `make_config`.
-
-Precedence, lowest first: declared defaults < dataset defaults < preset < YAML config file < flags. A
-preset is complete on its own: it sets every option the dataset suggests (those it does not name to
-their declared defaults), except that a native-size preset leaves a built-in dataset's own input size
-and crop padding to the data. The resolved configuration is plain: the model and its arguments filled
-in, nothing left to look up in a preset; it is what args.yaml records and what `--resume` reads."""
+`--resume` may change it, which commands take it, whether it holds a path, its row in a model card) and
+its validation. resolve.py layers a run's values into one (defaults, dataset, preset, --config file, flags).
+"""
 
 from __future__ import annotations
 
@@ -20,7 +16,7 @@ from typing import Any
 from ..data.augment import AugmentSpec
 from ..data.builtin import BUILTIN
 from ..data.hf import HUB_PREFIX
-from ..data.prepare import DATASET_DEFAULTS, NORMALIZE, DataOptions, dataset_defaults
+from ..data.prepare import NORMALIZE, DataOptions
 from ..errors import MissingFile, VitkitError
 from ..models import get_preset, resolve_model_config
 from ..options import (
@@ -64,14 +60,18 @@ class TrainConfig(DataOptions, AugmentSpec):
     model: str | None = _model(None, f"registered model name (default: the preset's, else {DEFAULT_MODEL})")
     preset: str | None = _model(None, "named recipe: a model plus its training values (see `vitkit models --presets`)")
     model_args: dict[str, Any] = _model(None, "architecture override, repeatable, e.g. depth=6", factory=dict)
-    pretrained: str | None = _model(None, "start from: hub id, HF/timm/DeiT checkpoint or a vitkit run folder")
-    freeze_backbone: bool = _model(False, "train the classifier only (linear probe)")
+    pretrained: str | None = _model(
+        None, "start from: hub id, HF/timm/DeiT checkpoint or a vitkit run folder", path=True, card=1
+    )
+    freeze_backbone: bool = _model(False, "train the classifier only (linear probe)", card=11)
     whiten_init: bool = _model(
         False,
         "set the model's first convolution to the whitening transform of training-image patches (eigenvectors "
         "of their covariance) before training (a new model only: not a --pretrained or resumed one)",
     )
-    layer_decay: float = _model(0.0, "layer-wise lr decay per layer from the top, e.g. 0.75 (0: off)", at_least=0)
+    layer_decay: float = _model(
+        0.0, "layer-wise lr decay per layer from the top, e.g. 0.75 (0: off)", at_least=0, card=10
+    )
     head_lr: float = _model(0.0, "learning rate of the classifier (0: same as --lr)", at_least=0)
     norm_lr_scale: float = _model(
         1.0,
@@ -97,6 +97,7 @@ class TrainConfig(DataOptions, AugmentSpec):
         at_least=1,
         resumable=True,
         commands=("train",),
+        card=2,
     )
     time_budget: float = _optim(
         0.0,
@@ -106,7 +107,7 @@ class TrainConfig(DataOptions, AugmentSpec):
         resumable=True,
         commands=("train",),
     )
-    batch_size: int = _optim(128, "images per optimizer step (see --batch-scope)", at_least=1)
+    batch_size: int = _optim(128, "images per optimizer step (see --batch-scope)", at_least=1, card=3)
     batch_scope: str = _optim(
         "global", "global: --batch-size is split across processes; device: per process", choices=("global", "device")
     )
@@ -114,10 +115,10 @@ class TrainConfig(DataOptions, AugmentSpec):
         True, "drop each epoch's last incomplete training batch (--no-drop-last trains on it, a smaller batch)"
     )
     eval_batch_size: int = _optim(256, "images per evaluation batch", at_least=1, resumable=True, commands=("train",))
-    optimizer: str = _optim("adamw", "optimizer", choices=("adamw", "sgd"))
-    lr: float = _optim(1e-3, "peak learning rate", above=0, commands=("train",))
+    optimizer: str = _optim("adamw", "optimizer", choices=("adamw", "sgd"), card=4)
+    lr: float = _optim(1e-3, "peak learning rate", above=0, commands=("train",), card=5)
     weight_decay: float = _optim(
-        0.05, "decoupled weight decay (never on norms, biases, position embeddings)", at_least=0
+        0.05, "decoupled weight decay (never on norms, biases, position embeddings)", at_least=0, card=6
     )
     momentum: float = _optim(0.9, "SGD momentum", at_least=0)
     nesterov: bool = _optim(False, "SGD: Nesterov momentum")
@@ -151,6 +152,7 @@ class TrainConfig(DataOptions, AugmentSpec):
         "at --triangle-peak of training and falls to --min-lr-ratio at its end, in place of a warmup",
         choices=("cosine", "linear", "constant", "plateau", "triangle"),
         commands=("train",),
+        card=7,
     )
     triangle_start: float = _optim(
         0.2, "triangle schedule: the rate at the first step, as a fraction of --lr", at_least=0, commands=("train",)
@@ -163,7 +165,7 @@ class TrainConfig(DataOptions, AugmentSpec):
         commands=("train",),
     )
     warmup_epochs: float = _optim(
-        0.0, "linear warmup length in epochs (fractions allowed)", at_least=0, commands=("train",)
+        0.0, "linear warmup length in epochs (fractions allowed)", at_least=0, commands=("train",), card=8
     )
     min_lr_ratio: float = _optim(
         0.01, "cosine floor, and the triangle's last rate, as a fraction of --lr", at_least=0, commands=("train",)
@@ -196,6 +198,7 @@ class TrainConfig(DataOptions, AugmentSpec):
         "to 1 - s/2 and s/2",
         at_least=0,
         below=1,
+        card=9,
     )
     class_weights: str = _optim(
         "none",
@@ -213,8 +216,8 @@ class TrainConfig(DataOptions, AugmentSpec):
     asl_gamma_neg: float = _optim(4.0, "asymmetric loss: focusing exponent of the negatives", at_least=0)
     asl_gamma_pos: float = _optim(0.0, "asymmetric loss: focusing exponent of the positives", at_least=0)
     asl_clip: float = _optim(0.05, "asymmetric loss: probability shift of the negatives (0: off)", at_least=0, below=1)
-    mixup: float = _optim(0.0, "MixUp Beta alpha (0: off)", at_least=0)
-    cutmix: float = _optim(0.0, "CutMix Beta alpha (0: off)", at_least=0)
+    mixup: float = _optim(0.0, "MixUp Beta alpha (0: off)", at_least=0, card=12)
+    cutmix: float = _optim(0.0, "CutMix Beta alpha (0: off)", at_least=0, card=13)
     grad_clip: float = _optim(0.0, "max gradient norm (0: off)", at_least=0)
     accum_steps: int = _optim(1, "batches whose gradients add up to one optimizer step", at_least=1)
     micro_batch_size: int = _optim(
@@ -226,6 +229,7 @@ class TrainConfig(DataOptions, AugmentSpec):
         at_least=0,
         below=1,
         commands=("train",),
+        card=21,
     )
     amp: str = _optim(
         "auto", "bf16 autocast: auto uses it where the hardware has native bf16", choices=("auto", "bf16", "off")
@@ -369,8 +373,6 @@ MAPPING_OPTIONS = tuple(
 # Where a run goes, not what it computes: never recorded in args.yaml, and ignored in a --config file
 # (args.yaml of earlier versions has them), so that `--config args.yaml --out NEW` repeats a run.
 NOT_RECORDED = ("out", "resume")
-# Options naming local files or folders: recorded absolute, so a run folder works from any directory.
-PATH_OPTIONS = ("data", "labels", "data_dir", "pretrained")
 
 
 def explicit_values(config_file: str | Path | None, flags: dict[str, Any]) -> dict[str, Any]:
@@ -378,18 +380,6 @@ def explicit_values(config_file: str | Path | None, flags: dict[str, Any]) -> di
     from_file = read_yaml_options(config_file, TrainConfig) if config_file else {}
     check_budget_size(from_file.get("budget_size"), f"--config {config_file}: budget_size")
     return {**{k: v for k, v in from_file.items() if k not in NOT_RECORDED}, **flags}
-
-
-def absolute_paths(values: dict[str, Any]) -> dict[str, Any]:
-    """`values` with the local paths among PATH_OPTIONS made absolute (built-in names, hf: sources and
-    hub ids, which are no local path, as given)."""
-    absolute = {}
-    for key in PATH_OPTIONS:
-        value = values.get(key)
-        local = isinstance(value, str) and value not in BUILTIN and not value.startswith(HUB_PREFIX)
-        if local and Path(value).exists():
-            absolute[key] = str(Path(value).resolve())
-    return {**values, **absolute}
 
 
 def _is_number(value: Any) -> bool:
@@ -424,109 +414,3 @@ def check_budget_size(record: Any, source: str) -> None:
         raise VitkitError(
             f"{source} {problem}. It records the size --time-budget chose: remove it to let --time-budget choose again"
         )
-
-
-def dataset_layer(data: str, pretrained: str | None) -> dict[str, Any]:
-    """The values the dataset suggests; a folder's input size is left to the checkpoint when fine-tuning
-    (build.input_size decides from the checkpoint and the photos)."""
-    values = dataset_defaults(data)
-    if pretrained and data not in BUILTIN:
-        values = {k: v for k, v in values.items() if k != "image_size"}
-    return values
-
-
-def preset_layer(preset, data: str, suggested: dict[str, Any]) -> dict[str, Any]:
-    """The preset's values: every option the dataset suggested (`suggested`) set to the preset's or the
-    declared default, so no dataset value leaks into a recipe or a seed reproduction; but a native-size
-    preset leaves a built-in dataset's own size and crop padding in place."""
-    if preset is None:
-        return {}
-    declared = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name in suggested}
-    values = {**declared, **preset.train, "model": preset.model, "preset": preset.name}
-    if preset.native_size:
-        native = DATASET_DEFAULTS.get(data, {})
-        values = {k: v for k, v in values.items() if k not in ("image_size", "crop_padding") or k not in native}
-    return values
-
-
-def make_config(config: str | Path | None = None, **values: Any) -> TrainConfig:
-    """The resolved configuration of a new run: declared defaults < dataset defaults < preset < the YAML
-    file `config` < `values` (the flags). The model and its arguments are filled in; with a --time-budget
-    and a preset that has sizes, `budget_size` holds the candidates, which `build` measures and chooses
-    among once the data is ready (`choose_budget_size`)."""
-    check_known(values, TrainConfig, "training options")
-    values = explicit_values(config, values)
-    preset = get_preset(values["preset"]) if values.get("preset") else None
-    if preset is not None:
-        values = {**values, "preset": preset.name}  # an earlier name of it (PRESET_ALIASES) recorded as today's
-    data = values.get("data") or (preset.train.get("data") if preset else None) or TrainConfig.data
-    suggested = dataset_layer(data, values.get("pretrained"))
-    layers = {**suggested, **preset_layer(preset, data, suggested), **values}
-    own_args = dict(values.get("model_args") or {})
-    if preset and not values.get("model"):
-        layers["model_args"] = {**preset.model_args, **own_args}
-        if layers.get("time_budget") and preset.budget_sizes and not layers.get("pretrained"):
-            candidates = [
-                {"min_epochs": epochs, "model_args": {k: v for k, v in changes.items() if k not in own_args}}
-                for epochs, changes in preset.budget_sizes
-            ]
-            layers.setdefault("budget_size", {"candidates": candidates})
-    elif preset:  # the user's model, trained with the preset's values: its own arguments only
-        layers["model_args"] = own_args
-    return TrainConfig.from_dict(absolute_paths(layers))
-
-
-def size_pending(cfg: TrainConfig) -> bool:
-    """The --time-budget size choice is still to be made (a new run; a resumed or repeated run has it)."""
-    return bool(cfg.budget_size) and "model_args" not in cfg.budget_size
-
-
-def with_budget_size(cfg: TrainConfig, record: dict[str, Any]) -> TrainConfig:
-    """`cfg` with the chosen size (`record`, see sizing.choose_size) in its model arguments and recorded."""
-    return dataclasses.replace(cfg, model_args={**cfg.model_args, **record["model_args"]}, budget_size=record)
-
-
-def run_label(cfg: TrainConfig) -> str:
-    """What a run calls its model: the preset, or the named model, else the checkpoint it fine-tunes
-    (whose architecture it takes)."""
-    if cfg.preset and (not cfg.model or cfg.model == get_preset(cfg.preset).model):
-        return cfg.preset
-    if cfg.model:
-        return cfg.model
-    source = Path(cfg.pretrained)
-    return f"finetuned-{source.parent.name if source.name in ('best', 'last') else source.name}"
-
-
-def model_label(values: dict[str, Any]) -> str:
-    """What summaries, results.json and model cards call a run's model (`values`: a training configuration
-    as a dict, e.g. a checkpoint's train_config): `run_label`, and for a preset's model whose architecture a
-    --model-arg changed, the changes after it ("folder-cct with stem=patch, pool=cls"); the size a
-    --time-budget chose among the preset's own is the preset's."""
-    cfg = TrainConfig(**{k: v for k, v in values.items() if k in FIELDS})
-    label = run_label(cfg)
-    if not cfg.preset or label != cfg.preset:
-        return label
-    preset = get_preset(cfg.preset)
-    chosen = (cfg.budget_size or {}).get("model_args") or {}
-    _, base = resolve_model_config(preset.model, **{**preset.model_args, **chosen})
-    _, mine = resolve_model_config(cfg.model or preset.model, **cfg.model_args)
-    changed = [f"{k}={v}" for k, v in cfg.model_args.items() if getattr(mine, k, v) != getattr(base, k, None)]
-    return f"{label} with {', '.join(changed)}" if changed else label
-
-
-def default_run_dir(cfg: TrainConfig) -> Path:
-    return Path("runs") / (cfg.name or f"{run_label(cfg)}-{Path(cfg.data).name}")
-
-
-def resume_changes(saved: TrainConfig, changes: dict[str, Any]) -> dict[str, Any]:
-    """The changes a resumed run may take; any other option that differs from the saved run is an
-    error naming it (the run would no longer compute what it started computing)."""
-    refused = sorted(k for k, v in changes.items() if k not in RESUMABLE and getattr(saved, k, v) != v)
-    if refused:
-        names = ", ".join(flag(k) for k in refused)
-        raise VitkitError(
-            f"{names} cannot change when resuming (the run was started with "
-            f"{', '.join(f'{k}={getattr(saved, k)!r}' for k in refused)}); only {', '.join(map(flag, RESUMABLE))} "
-            "can. Start a new run to change the others"
-        )
-    return {k: v for k, v in changes.items() if k in RESUMABLE}

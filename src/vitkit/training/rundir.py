@@ -7,7 +7,6 @@ import csv
 import datetime
 import fcntl
 import io
-import json
 import os
 import platform
 import shutil
@@ -21,10 +20,10 @@ import torch.nn as nn
 import yaml
 
 from .. import __version__
-from ..errors import MissingFile, VitkitError
+from ..errors import VitkitError
 from ..fileio import atomic_path, replace_dir, settled_dir, write_json
-from ..models import get_preset, save_model
-from ..options import name_list, read_yaml_options
+from ..models import save_model
+from ..options import name_list
 from ..runfiles import ARGS, LAST, LOCK, METRICS, RESULTS, RUN_MARKERS, RUN_RECORD, SKIPPED_IMAGES, TRAINER_STATE
 from .config import NOT_RECORDED, TrainConfig
 
@@ -215,36 +214,3 @@ def checkpoint_metadata(cfg: TrainConfig, setup) -> dict:
         "preprocessing": setup.preprocessing.to_dict(),
         "train_config": cfg.to_dict(),
     }
-
-
-def saved_config(run_dir: str | os.PathLike) -> TrainConfig:
-    """The configuration a run folder was started with (args.yaml of any vitkit version)."""
-    path = Path(run_dir) / ARGS
-    if not path.is_file():
-        raise MissingFile(f"{run_dir} is not a vitkit run folder (no {ARGS}): nothing to resume")
-    try:
-        saved = read_yaml_options(path, TrainConfig, str(path))
-        return TrainConfig.from_dict(with_recorded_size(saved, Path(run_dir)))
-    except VitkitError as e:
-        raise VitkitError(f"{path}: {e}; restore it from a backup") from None
-
-
-def with_recorded_size(saved: dict, run_dir: Path) -> dict:
-    """args.yaml from before the --time-budget size choice was recorded in it: the choice as run.json
-    recorded it, with the architecture it gave, so the run resumes as the size it started with."""
-    preset = get_preset(saved["preset"]) if saved.get("preset") and not saved.get("model") else None
-    if "budget_size" in saved or preset is None or not preset.budget_sizes:
-        return saved
-    try:
-        record = json.loads((run_dir / RUN_RECORD).read_text()).get("budget_size")
-    except (OSError, ValueError):
-        record = None
-    if not record and saved.get("time_budget"):
-        raise VitkitError(
-            "it does not record the model size this --time-budget run chose, so its architecture cannot be "
-            "rebuilt: start a new run, or give the size with --model-arg"
-        )
-    if not record:
-        return saved
-    model_args = {**preset.model_args, **record["model_args"], **(saved.get("model_args") or {})}
-    return {**saved, "model": preset.model, "model_args": model_args, "budget_size": record}

@@ -17,6 +17,9 @@ from .distributed import DistContext
 from .optim import Lookahead, LookaheadEMA
 from .schedule import Plateau
 
+# The optimizer's optional companions, each saved under its field's name (None when it is off).
+COMPANIONS = ("ema", "lookahead", "lookahead_ema")
+
 
 @dataclass(kw_only=True)
 class TrainState:
@@ -49,9 +52,7 @@ class TrainState:
             "step": self.step,
             "world_size": self.ctx.world_size,
             "optimizer": self.optimizer.state_dict(),
-            "ema": self.ema.state_dict() if self.ema else None,
-            "lookahead": self.lookahead.state_dict() if self.lookahead else None,
-            "lookahead_ema": self.lookahead_ema.state_dict() if self.lookahead_ema else None,
+            **{name: part.state_dict() if (part := getattr(self, name)) else None for name in COMPANIONS},
             "rank_rngs": self.ctx.all_gather_object(rng),
             "global_batch": self.global_batch,
             "plateau": self.plateau.state_dict(),
@@ -72,12 +73,9 @@ class TrainState:
                 f"{self.ctx.world_size}: resume with --nproc {state['world_size']} so the batches and results match"
             )
         self.optimizer.load_state_dict(state["optimizer"])
-        if self.ema is not None and state["ema"] is not None:
-            self.ema.load_state_dict(state["ema"])
-        if self.lookahead is not None and state.get("lookahead") is not None:
-            self.lookahead.load_state_dict(state["lookahead"])
-        if self.lookahead_ema is not None and state.get("lookahead_ema") is not None:
-            self.lookahead_ema.load_state_dict(state["lookahead_ema"])
+        for name in COMPANIONS:
+            if (part := getattr(self, name)) is not None and state.get(name) is not None:
+                part.load_state_dict(state[name])
         self.step, self.history, self.best_epoch = state["step"], state["history"], state["best_epoch"]
         self.plateau.load_state_dict(state["plateau"])
         self.stopper.load_state_dict(state["stopper"])

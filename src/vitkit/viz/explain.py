@@ -162,7 +162,7 @@ def explain_tensor(
     model.eval()
     with torch.inference_mode():
         logits = model(x).float()
-        probs = logits.sigmoid() if getattr(classifier, "multi_label", False) else logits.softmax(-1)
+        probs = logits.sigmoid() if classifier.multi_label else logits.softmax(-1)
     method = choose_method(model, method)
     target = probs.argmax(-1) if target is None else target.to(x.device)
     if method == "rollout":
@@ -276,6 +276,6 @@ def explain_image(
         original=original,
         name=Path(str(source)).name,
         note=note,
-        bars_title="labels above their thresholds" if getattr(classifier, "multi_label", False) else None,
+        bars_title="labels above their thresholds" if classifier.multi_label else None,
     )
     return top, method, note
