@@ -102,7 +102,7 @@ def _scored_images(clf: Classifier, data: str | None, split: str | None, data_op
         raise VitkitError(f"--split {split!r}: use all, train, val or test")
     if split == "all" and not other:
         raise VitkitError("--split all is for other data than the run's: its own data has a held-out split to score")
-    options.setdefault("val_split", dataset_defaults(options["data"]).get("val_split", 0.1))
+    options.setdefault("val_split", dataset_defaults(options["data"]).get("val_split", DataOptions.val_split))
     dataset, _ = prepare_data(DataOptions(**typed_values(options, DataOptions)), clf.preprocessing, not other)
     if dataset.num_classes != len(clf.class_names):
         raise VitkitError(

@@ -359,7 +359,6 @@ class TrainConfig(DataOptions, AugmentSpec):
         return cls(**values).validate()
 
 
-FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 # What `--resume` may change (how the rest of the run executes, never what it computes) and what a
 # learning-rate sweep does not take: both declared with the options.
 RESUMABLE = names_where(TrainConfig, resumable=True)

@@ -154,6 +154,6 @@ def resume_config(run_dir: str | os.PathLike, **changes: Any) -> TrainConfig:
     """The saved configuration of a run with `resume` set and the allowed changes applied."""
     saved = saved_config(run_dir)
     changes = resume_changes(saved, changes)
-    if "epochs" in changes and saved.time_budget and "time_budget" not in changes:
-        changes["time_budget"] = 0.0  # a budget run extended to --epochs: the epochs, not the clock, end it
+    if "epochs" in changes and saved.time_budget:
+        changes.setdefault("time_budget", 0.0)  # a budget run extended to --epochs: the epochs, not the clock, end it
     return dataclasses.replace(saved, **changes, resume=True, out=str(run_dir)).validate()
