@@ -90,10 +90,11 @@ def option_name_literals() -> Counter:
 
     An option name is the name of a compound option (one with an underscore in it, as `batch_size`; a
     single word such as `data` or `lr` is ordinary English and not counted) among the fields of the classes
-    declared through `option()` (TrainConfig, DataOptions, AugmentSpec, InferenceOptions, CheckOptions, and
-    any later one). A literal counts when it is a whole quoted string, single or double quotes, plain or raw,
-    equal to such a name in underscore form (`"batch_size"`) or as its flag (`"--batch-size"`); text inside
-    a longer string or an f-string is not counted. Left out: the occurrences in NOT_VITKITS, keys of formats
+    declared through `option()`: TrainConfig with DataOptions and AugmentSpec, and each command's options
+    (InferenceOptions, CheckOptions, ServeOptions, EvaluationOptions, ...), found by `option_classes`. A
+    literal counts when it is a whole quoted string, single or double quotes, plain or raw, equal to such a
+    name in underscore form (`"batch_size"`) or as its flag (`"--batch-size"`); text inside a longer string
+    or an f-string is not counted. Left out: the occurrences in NOT_VITKITS, keys of formats
     that vitkit does not own (Hugging Face and timm configurations, PyTorch's optimizer param groups)."""
     names = {
         f.name for cls in option_classes() for f in dataclasses.fields(cls) if "group" in f.metadata and "_" in f.name

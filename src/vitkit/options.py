@@ -41,14 +41,17 @@ def option(
     unit: float = 1,
     path: bool = False,
     card: int | None = None,
+    other_data: bool = False,
 ):
     """A dataclass field with its documentation and rules: `choices`, bounds (`at_least`/`above` below,
     `at_most`/`below` above; None values are not checked), whether `--resume` may change it (`resumable`:
     how the run executes, never what it computes), the `commands` that take it as a flag (none: a value
     vitkit records, e.g. a choice it made), whether it may hold a local file or folder (`path`) and its row
-    in a model card's training table (`card`: 1 first; None: not shown). `check_options` enforces choices
-    and bounds. A `flag` named otherwise than the field takes the value in `unit`s (e.g. --max-upload-mb for
-    a byte count, unit MiB). `default=dataclasses.MISSING`: a value the caller must give (a required flag)."""
+    in a model card's training table (`card`: 1 first; None: not shown) and whether a checkpoint evaluated on
+    other data than its run's keeps the run's value (`other_data`: how images are read, not which).
+    `check_options` enforces choices and bounds. A `flag` named otherwise than the field takes the value in
+    `unit`s (e.g. --max-upload-mb for a byte count, unit MiB). `default=dataclasses.MISSING`: a value the
+    caller must give (a required flag)."""
     metadata = {
         "help": help,
         "group": group,
@@ -60,6 +63,7 @@ def option(
         "unit": unit,
         "path": path,
         "card": card,
+        "other_data": other_data,
     }
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=metadata)

@@ -75,7 +75,9 @@ class DataOptions:
         "save_to_disk, or hf:NAME[:CONFIG] (a Hugging Face hub dataset)",
         path=True,
     )
-    data_dir: str | None = _shared(None, "download cache (default: $VITKIT_DATA, else ~/.cache/vitkit)", path=True)
+    data_dir: str | None = _shared(
+        None, "download cache (default: $VITKIT_DATA, else ~/.cache/vitkit)", path=True, other_data=True
+    )
     val_split: float = _shared(
         0.1,
         "fraction of train held out for validation when the data has no val split (image folders and their "
@@ -106,7 +108,9 @@ class DataOptions:
         "any number of labels per image: sigmoid outputs, thresholds per label, mAP (default: when --labels has "
         "rows with several labels, or 0/1 label columns)",
     )
-    skip_bad_images: bool = _data(False, "skip unreadable images (listed in skipped_images.txt) instead of failing")
+    skip_bad_images: bool = _data(
+        False, "skip unreadable images (listed in skipped_images.txt) instead of failing", other_data=True
+    )
     exclude: str | None = _data(
         None,
         "a list of images under --data to leave out, never read: a text file with one path a line, or a CSV with a "
@@ -120,6 +124,7 @@ class DataOptions:
         "(default: $VITKIT_MEMORY_LIMIT_GB, else 4; 0: always stream)",
         at_least=0,
         resumable=True,
+        other_data=True,
     )
     seed: int = option(
         0,
@@ -127,6 +132,7 @@ class DataOptions:
         group="run",
         commands=("train", "lr-find", "check"),
         card=22,
+        other_data=True,
     )
 
 

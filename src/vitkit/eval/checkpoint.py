@@ -14,7 +14,7 @@ from ..data.loader import AUTO_WORKERS, BatchLoader
 from ..data.prepare import DataOptions, dataset_defaults, prepare_data
 from ..errors import VitkitError
 from ..inference import Classifier, load
-from ..options import check_known, option, typed_values
+from ..options import check_known, names_where, option, typed_values
 from .agreement import bf16_agreement, record_bf16_agreement
 from .loop import evaluate_loader, per_sample_predictions
 
@@ -57,7 +57,7 @@ class EvaluationOptions:
 
 
 # what the data to evaluate on keeps of the run's data options when it is other data
-KEPT_FOR_OTHER_DATA = ("data_dir", "memory_limit_gb", "skip_bad_images", "seed")
+KEPT_FOR_OTHER_DATA = names_where(DataOptions, other_data=True)
 
 
 def _same_source(given: str | None, saved: str | None) -> bool:
