@@ -343,12 +343,12 @@ def test_the_trainers_state_round_trips_through_state_dict(tmp_path):
     first.state.history, first.state.best_epoch = [{"epoch": 1, "val_top1": 0.5}], 1
     first.state.plateau.step(0.5)
     first.state.stopper.step(0.5)
-    state = first.state_dict()
+    state = first.state.state_dict()
     saved = {k: v.clone() for k, v in first.model.state_dict().items()}
 
     second = new_trainer(cfg)
     second.model.load_state_dict(saved)
-    second.load_state_dict(torch.load(_round_trip(state, tmp_path), weights_only=True))
+    second.state.load_state_dict(torch.load(_round_trip(state, tmp_path), weights_only=True))
     assert (second.state.step, second.state.history, second.state.best_epoch) == (3, first.state.history, 1)
     assert second.state.plateau.state_dict() == first.state.plateau.state_dict()
     assert second.state.stopper.state_dict() == first.state.stopper.state_dict()
@@ -361,8 +361,16 @@ def test_the_trainers_state_round_trips_through_state_dict(tmp_path):
         torch.set_rng_state(shared)
         trainer.train_step(trainer.model, images, labels)
     assert all(torch.equal(a, b) for a, b in zip(first.model.state_dict().values(), second.model.state_dict().values()))
-    with pytest.raises(VitkitError, match="resume with --nproc 2"):
-        second.load_state_dict({**state, "world_size": 2})
+    # saved by two processes, loaded by one: everything but the per-rank augmentation stream carries over,
+    # and that one is drawn from the saved state, the same at every load
+    two_ranks = {**state, "world_size": 2, "rank_rngs": state["rank_rngs"] * 2, "images_trained": 96}
+    augmentation = []
+    for _ in range(2):
+        second.state.load_state_dict(two_ranks)
+        augmentation.append(second.aug_gen.get_state())
+    assert second.state.resumed_world_size == 2 and second.state.images_trained == 96 and second.state.step == 3
+    assert torch.equal(*augmentation) and not torch.equal(augmentation[0], state["rank_rngs"][0]["aug_rng"])
+    assert torch.equal(torch.get_rng_state(), state["rank_rngs"][0]["torch_rng"])
 
 
 def _round_trip(state: dict, tmp_path: Path) -> Path:
