@@ -80,6 +80,9 @@ def train(cfg: TrainConfig, callbacks=(), started: float | None = None) -> dict[
                     file=sys.stderr,
                 )
             raise
+        unsaved = trainer.checkpoints.settle() if trainer else None
+        if unsaved is not None and ctx.is_main:
+            print(f"the last last/ was not written ({type(unsaved).__name__}: {unsaved})", file=sys.stderr)
         info = trainer.run_info() if trainer else {"world_size": ctx.world_size}
         run.write_status("failed", info, error=reason)
         if trainer:

@@ -87,9 +87,14 @@ class Checkpoints:
 
     def wait(self) -> None:
         """Until the pending last/ is written; its failure is raised here."""
+        error = self.settle()
+        if error is not None:
+            raise error
+
+    def settle(self) -> BaseException | None:
+        """Until the pending last/ is written (a run that fails still leaves it whole); returns its failure."""
         if self.writer is not None:
             self.writer.join()
             self.writer = None
-        if self.error is not None:
-            error, self.error = self.error, None
-            raise error
+        error, self.error = self.error, None
+        return error
