@@ -554,3 +554,47 @@ def test_logs_suit_files_epoch_lines_without_progress_frames(tmp_path):
     assert "\r" not in logged.stderr and "it/s" not in logged.stderr
     quiet = run_vitkit("train", "--out", str(tmp_path / "b"), "--quiet", *common)
     assert quiet.returncode == 0 and "epoch" not in quiet.stderr
+
+
+# ----------------------------------------------------------------------------- elastic runs
+
+
+def test_mid_epoch_checkpoints_are_due_by_steps_or_minutes_and_written_from_a_copy(tmp_path, monkeypatch):
+    from vitkit.training import checkpointing
+    from vitkit.training.distributed import DistContext
+
+    clock = [0.0]
+    monkeypatch.setattr(checkpointing.time, "monotonic", lambda: clock[0])
+    by_steps = checkpointing.Checkpoints(4, 0.0, DistContext())
+    assert [s for s in range(1, 13) if by_steps.due(s, mid_epoch=True)] == [4, 8, 12]
+    assert not by_steps.due(8, mid_epoch=False)  # the epoch's end writes its own
+    by_minutes = checkpointing.Checkpoints(0, 2.0, DistContext())
+    clock[0] = 119.0
+    assert not any(by_minutes.due(s, True) for s in range(1, 30))
+    clock[0] = 120.0  # checked every TIME_CHECK_STEPS steps, so that the ranks agree
+    assert [s for s in range(1, 30) if by_minutes.due(s, True)] == [10, 20]
+
+    cfg = make_config(train_limit=100, batch_size=32, epochs=1, threads=1, progress=False)
+    trainer = new_trainer(cfg)
+    trainer.run = RunDir(tmp_path)
+    trainer.save_last(0, 2)
+    live = next(iter(trainer.model.parameters()))
+    before = live.detach().clone()
+    with torch.no_grad():
+        live.add_(1.0)  # the next step, while the copy is being written
+    trainer.checkpoints.wait()
+    saved = load_model(tmp_path / "last")[0]
+    assert torch.equal(next(iter(saved.parameters())), before)
+    state = torch.load(tmp_path / "last" / "trainer.pt", weights_only=True)
+    assert (state["epoch"], state["next_batch"], state["images_trained"]) == (0, 2, 0)
+
+
+def test_restarts_need_a_fresh_rendezvous_store_for_each_start(monkeypatch):
+    """torchrun's shared store keeps the failed start's addresses: refused in a line before any connection."""
+    from vitkit.training.distributed import init_distributed
+
+    for name, value in dict(WORLD_SIZE="2", RANK="0", TORCHELASTIC_USE_AGENT_STORE="True").items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "1")
+    with pytest.raises(VitkitError, match="TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1"):
+        init_distributed("cpu")
