@@ -3,7 +3,7 @@ resumed run to: the configuration of their runs (COMMON there: digits, vit_micro
 random augmentation) trained in one process with several seeds; the spread is the range of the final
 test top-1 (and of the multi-label test's mAP, on its synthetic colour labels).
 
-    python benchmarks/elastic_seed_spread.py [--seeds 5]
+    python benchmarks/elastic_seed_spread.py [--seeds 5] [--out benchmarks/results/elastic_seed_spread.json]
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ MULTI_LABEL = dict(batch_size=32, image_size=16)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "elastic_seed_spread.json")
     args = parser.parse_args()
     from elastic_data import colour_labels  # noqa: PLC0415  (tests/: the multi-label test's data)
 
@@ -57,7 +58,7 @@ def main() -> None:
         "colours_map": maps,
         "colours_map_spread": max(maps) - min(maps),
     }
-    write_json(REPO / "benchmarks" / "results" / "elastic_seed_spread.json", record)
+    write_json(args.out, record)
     print(record)
 
 
