@@ -75,6 +75,13 @@ def check(tmp_path):
         assert key in data
 
 
+def elastic_seed_spread(tmp_path):
+    out = tmp_path / "spread.json"
+    script("elastic_seed_spread.py", "--seeds", 1, "--out", out)
+    data = read(out)
+    assert data["digits_top1_spread"] == data["colours_map_spread"] == 0 and 0 < data["colours_map"][0] <= 1
+
+
 def data_pipeline(tmp_path):
     out = tmp_path / "data_pipeline.json"
     script(
@@ -356,6 +363,7 @@ CASES = {
     "check.py": check,
     "cifar_array.py": cifar_array,
     "data_pipeline.py": data_pipeline,
+    "elastic_seed_spread.py": elastic_seed_spread,
     "decode_pool.py": decode_pool,
     "gpu.sh": gpu_sh,
     "gpu_collect.py": gpu_collect,

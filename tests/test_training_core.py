@@ -337,12 +337,12 @@ def test_the_trainers_state_round_trips_through_state_dict(tmp_path):
     first.state.history, first.state.best_epoch = [{"epoch": 1, "val_top1": 0.5}], 1
     first.state.plateau.step(0.5)
     first.state.stopper.step(0.5)
-    state = first.state_dict()
+    state = first.state.state_dict()
     saved = {k: v.clone() for k, v in first.model.state_dict().items()}
 
     second = new_trainer(cfg)
     second.model.load_state_dict(saved)
-    second.load_state_dict(torch.load(_round_trip(state, tmp_path), weights_only=True))
+    second.state.load_state_dict(torch.load(_round_trip(state, tmp_path), weights_only=True))
     assert (second.state.step, second.state.history, second.state.best_epoch) == (3, first.state.history, 1)
     assert second.state.plateau.state_dict() == first.state.plateau.state_dict()
     assert second.state.stopper.state_dict() == first.state.stopper.state_dict()
@@ -355,8 +355,16 @@ def test_the_trainers_state_round_trips_through_state_dict(tmp_path):
         torch.set_rng_state(shared)
         trainer.train_step(trainer.model, images, labels)
     assert all(torch.equal(a, b) for a, b in zip(first.model.state_dict().values(), second.model.state_dict().values()))
-    with pytest.raises(VitkitError, match="resume with --nproc 2"):
-        second.load_state_dict({**state, "world_size": 2})
+    # saved by two processes, loaded by one: everything but the per-rank augmentation stream carries over,
+    # and that one is drawn from the saved state, the same at every load
+    two_ranks = {**state, "world_size": 2, "rank_rngs": state["rank_rngs"] * 2, "images_trained": 96}
+    augmentation = []
+    for _ in range(2):
+        second.state.load_state_dict(two_ranks)
+        augmentation.append(second.aug_gen.get_state())
+    assert second.state.resumed_world_size == 2 and second.state.images_trained == 96 and second.state.step == 3
+    assert torch.equal(*augmentation) and not torch.equal(augmentation[0], state["rank_rngs"][0]["aug_rng"])
+    assert torch.equal(torch.get_rng_state(), state["rank_rngs"][0]["torch_rng"])
 
 
 def _round_trip(state: dict, tmp_path: Path) -> Path:
@@ -540,3 +548,47 @@ def test_logs_suit_files_epoch_lines_without_progress_frames(tmp_path):
     assert "\r" not in logged.stderr and "it/s" not in logged.stderr
     quiet = run_vitkit("train", "--out", str(tmp_path / "b"), "--quiet", *common)
     assert quiet.returncode == 0 and "epoch" not in quiet.stderr
+
+
+# ----------------------------------------------------------------------------- elastic runs
+
+
+def test_mid_epoch_checkpoints_are_due_by_steps_or_minutes_and_written_from_a_copy(tmp_path, monkeypatch):
+    from vitkit.training import checkpointing
+    from vitkit.training.distributed import DistContext
+
+    clock = [0.0]
+    monkeypatch.setattr(checkpointing.time, "monotonic", lambda: clock[0])
+    by_steps = checkpointing.Checkpoints(4, 0.0, DistContext())
+    assert [s for s in range(1, 13) if by_steps.due(s, mid_epoch=True)] == [4, 8, 12]
+    assert not by_steps.due(8, mid_epoch=False)  # the epoch's end writes its own
+    by_minutes = checkpointing.Checkpoints(0, 2.0, DistContext())
+    clock[0] = 119.0
+    assert not any(by_minutes.due(s, True) for s in range(1, 30))
+    clock[0] = 120.0  # checked every TIME_CHECK_STEPS steps, so that the ranks agree
+    assert [s for s in range(1, 30) if by_minutes.due(s, True)] == [10, 20]
+
+    cfg = make_config(train_limit=100, batch_size=32, epochs=1, threads=1, progress=False)
+    trainer = new_trainer(cfg)
+    trainer.run = RunDir(tmp_path)
+    trainer.save_last(0, 2)
+    live = next(iter(trainer.model.parameters()))
+    before = live.detach().clone()
+    with torch.no_grad():
+        live.add_(1.0)  # the next step, while the copy is being written
+    trainer.checkpoints.wait()
+    saved = load_model(tmp_path / "last")[0]
+    assert torch.equal(next(iter(saved.parameters())), before)
+    state = torch.load(tmp_path / "last" / "trainer.pt", weights_only=True)
+    assert (state["epoch"], state["next_batch"], state["images_trained"]) == (0, 2, 0)
+
+
+def test_restarts_need_a_fresh_rendezvous_store_for_each_start(monkeypatch):
+    """torchrun's shared store keeps the failed start's addresses: refused in a line before any connection."""
+    from vitkit.training.distributed import init_distributed
+
+    for name, value in dict(WORLD_SIZE="2", RANK="0", TORCHELASTIC_USE_AGENT_STORE="True").items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "1")
+    with pytest.raises(VitkitError, match="TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1"):
+        init_distributed("cpu")

@@ -45,10 +45,10 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from . import api
 
-    if getattr(args, "nproc", 0) > 1:
+    if getattr(args, "nproc", 0) > 1 or getattr(args, "nproc", 0) and getattr(args, "max_restarts", 0):
         from .training.launch import launch_torchrun
 
-        return launch_torchrun(args.nproc, args.argv)
+        return launch_torchrun(args.nproc, args.argv, getattr(args, "max_restarts", 0))
     options = training_options(args)
     if options.pop("resume", False):
         if not options.get("out"):

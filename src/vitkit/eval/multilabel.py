@@ -232,10 +232,14 @@ def evaluate_multilabel(
     thresholds: torch.Tensor | list[float] | None = None,
     flip_tta: bool = False,
     tune: bool = False,
+    gather=None,
 ) -> tuple[dict, torch.Tensor, torch.Tensor]:
     """(report, scores, targets) of a loader's images: the report at `thresholds`, or with `tune` at
-    thresholds tuned on these images (the validation split); the report's "thresholds" are those used."""
+    thresholds tuned on these images (the validation split); the report's "thresholds" are those used.
+    `gather` pools every rank's (scores, targets, loss sum) when each evaluates its shard of the loader."""
     scores, targets, loss_sum = multilabel_outputs(model, loader, augment, flip_tta)
+    if gather is not None:
+        scores, targets, loss_sum = gather(scores, targets, loss_sum)
     if tune:
         thresholds = tune_thresholds(scores, targets)
     return multilabel_report(scores, targets, class_names, thresholds, loss_sum), scores, targets

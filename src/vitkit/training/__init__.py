@@ -10,6 +10,7 @@ from typing import Any
 
 from ..errors import VitkitError
 from .budget import TimeBudget
+from . import elastic
 from .build import Runtime
 from .config import TrainConfig
 from .distributed import shutdown
@@ -42,16 +43,21 @@ def train(cfg: TrainConfig, callbacks=(), started: float | None = None) -> dict[
     budget = TimeBudget(cfg.time_budget, started=started)
     runtime = Runtime.create(cfg)
     ctx = runtime.ctx
+    run = None
     if ctx.is_main:
         check_out_outside_data(cfg)
-    run = RunDir.claim(cfg.out, default_run_dir(cfg), cfg.resume) if ctx.is_main else None
-    path = ctx.broadcast_object(str(run.path) if run else None)
+        cfg, run, runtime.global_batch = elastic.claim(cfg, ctx.world_size)
+    # every rank trains what rank 0 claimed: a restarted elastic job continues its own run (elastic.py)
+    path, cfg, runtime.global_batch = ctx.broadcast_object((str(run.path), cfg, runtime.global_batch) if run else None)
     run = run or RunDir(path, writer=False)
+    marker = elastic.enter(run, ctx)
     on_main_thread = threading.current_thread() is threading.main_thread()
     INTERRUPT_REQUESTED.clear()
-    handled = [signal.SIGTERM]  # SIGTERM ends a run as Ctrl-C does; Ctrl-C only where it raises KeyboardInterrupt
+    # SIGTERM ends a run as Ctrl-C does, on every rank: an elastic agent stops a failure's survivors with it, and
+    # they end through `finally` (their markers removed); Ctrl-C only where it raises KeyboardInterrupt
+    handled = [signal.SIGTERM]
     handled += [signal.SIGINT] if signal.getsignal(signal.SIGINT) is signal.default_int_handler else []
-    previous = {sig: signal.signal(sig, _raise_interrupt) for sig in handled} if ctx.is_main and on_main_thread else {}
+    previous = {sig: signal.signal(sig, _raise_interrupt) for sig in handled} if on_main_thread else {}
     trainer = None
     if ctx.is_main and not cfg.quiet:  # decoding a large folder takes a while: say what is happening
         print(f"vitkit train: preparing {cfg.data} and the model", file=sys.stderr, flush=True)
@@ -61,9 +67,11 @@ def train(cfg: TrainConfig, callbacks=(), started: float | None = None) -> dict[
         # Rank 0 still writes results and plots after the last collective; a rank that tore down its gloo
         # connections meanwhile could abort ("terminate called without an active exception") and fail the run.
         ctx.barrier()
+        elastic.leave(marker)
         return result
     except BaseException as e:
         reason = "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
+        elastic.leave(marker, reason)
         if cfg.resume and not run.status_written:  # the attempt never began: the folder keeps its run's status
             if ctx.is_main:
                 print(
@@ -71,6 +79,9 @@ def train(cfg: TrainConfig, callbacks=(), started: float | None = None) -> dict[
                     file=sys.stderr,
                 )
             raise
+        unsaved = trainer.checkpoints.settle() if trainer else None
+        if unsaved is not None and ctx.is_main:
+            print(f"the last last/ was not written ({type(unsaved).__name__}: {unsaved})", file=sys.stderr)
         info = trainer.run_info() if trainer else {"world_size": ctx.world_size}
         run.write_status("failed", info, error=reason)
         if trainer:

@@ -34,6 +34,7 @@ class Runtime:
     device: torch.device
     ctx: DistContext
     bf16: bool
+    global_batch: int | None = None  # a resumed run's own, kept whatever the world size now (elastic.py)
 
     @classmethod
     def create(cls, cfg: TrainConfig) -> "Runtime":
@@ -83,8 +84,16 @@ class Setup:
         }
 
 
-def batch_sizes(cfg: TrainConfig, world_size: int, train_images: int) -> tuple[int, int]:
-    """(per-process batch, global batch) of --batch-size and --batch-scope across `world_size` processes."""
+def batch_sizes(cfg: TrainConfig, world_size: int, train_images: int, kept: int | None = None) -> tuple[int, int]:
+    """(per-process batch, global batch) of --batch-size and --batch-scope across `world_size` processes;
+    a resumed run `kept` its global batch, split across the processes it has now."""
+    if kept and kept % world_size:
+        raise VitkitError(
+            f"the run's global batch of {kept} does not divide across {world_size} processes: continue it with a "
+            f"number of processes that divides {kept}"
+        )
+    if kept:
+        return kept // world_size, kept
     if cfg.batch_scope == "global" and cfg.batch_size % world_size:
         raise VitkitError(
             f"--batch-size {cfg.batch_size} (global) does not divide across {world_size} processes: "
@@ -118,7 +127,7 @@ def build(cfg: TrainConfig, runtime: Runtime, budget=None) -> tuple[TrainConfig,
             "needs at least two class folders"
         )
     ctx = runtime.ctx
-    local_batch, global_batch = batch_sizes(cfg, ctx.world_size, len(data.train))
+    local_batch, global_batch = batch_sizes(cfg, ctx.world_size, len(data.train), runtime.global_batch)
 
     def new_model(model_args: dict) -> nn.Module:
         torch.manual_seed(cfg.seed)

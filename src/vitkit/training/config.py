@@ -268,6 +268,22 @@ class TrainConfig(DataOptions, AugmentSpec):
         resumable=True,
         commands=("train",),
     )
+    save_every_minutes: float = _run(
+        0.0,
+        "also write last/ when this many minutes have passed since the last one (0: off); with --save-every, "
+        "whichever comes first",
+        at_least=0,
+        resumable=True,
+        commands=("train",),
+    )
+    max_restarts: int = _run(
+        0,
+        "with --nproc: restart the processes up to this many times when one fails; each restart continues "
+        "from the latest last/ (runs under torchrun's elastic agent)",
+        at_least=0,
+        resumable=True,
+        commands=("train",),
+    )
     device: str = _run("auto", "auto, cpu, cuda or cuda:N", resumable=True)
     threads: int = _run(0, "torch CPU threads (0: every core)", at_least=0, resumable=True)
     workers: int = _run(

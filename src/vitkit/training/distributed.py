@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..errors import VitkitError
+
 # A rank that dies must not leave the others waiting forever in a collective.
 DEFAULT_TIMEOUT_S = int(os.environ.get("VITKIT_DIST_TIMEOUT", "300"))
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -59,9 +61,32 @@ class DistContext:
         dist.all_gather_object(out, obj)
         return out
 
+    def gather_rows(self, index: torch.Tensor, *rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Every rank's rows (of an evaluation's shard) together, in the split's order: `index` holds the
+        split index of each of this rank's rows."""
+        if not self.enabled:
+            return rows
+        parts = self.all_gather_object([t.cpu() for t in (index, *rows)])
+        order = torch.cat([part[0] for part in parts]).argsort()
+        return tuple(torch.cat([part[i] for part in parts])[order] for i in range(1, len(rows) + 1))
+
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()
+
+
+def shard_gatherer(ctx: DistContext, loader):
+    """For evaluate_multilabel under several processes: every rank's (scores, targets, loss sum) of its
+    shard of `loader` pooled, in the loader's order, on every rank (None in one process)."""
+    if not ctx.enabled:
+        return None
+    index = torch.cat(loader.batch_indices())
+
+    def gather(scores: torch.Tensor, targets: torch.Tensor, loss_sum: float):
+        scores, targets = ctx.gather_rows(index, scores, targets)
+        return scores, targets, float(ctx.all_reduce_sum(torch.tensor([loss_sum], dtype=torch.float64)))
+
+    return gather
 
 
 def init_distributed(device_type: str) -> DistContext:
@@ -70,6 +95,12 @@ def init_distributed(device_type: str) -> DistContext:
     if world_size <= 1:
         return DistContext()
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    restarts = int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0"))
+    if restarts and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        raise VitkitError(
+            "torchrun --max-restarts needs TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in its environment (every node's): "
+            "with its shared store, restarted processes find the failed ones' addresses and cannot connect"
+        )
     die_with_launcher()
     if not dist.is_initialized():
         backend = "gloo"

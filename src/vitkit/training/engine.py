@@ -31,7 +31,9 @@ from ..runtime import autocast
 from .budget import BUDGET_WARMUP_SHARE, FIRST_PLAN_STEPS, TimeBudget, reserve_for_finish
 from .build import Runtime, build
 from .callbacks import Callbacks
+from .checkpointing import Checkpoints
 from .config import TrainConfig
+from .distributed import shard_gatherer
 from .finish import finish
 from .losses import training_loss
 from .optim import frozen_parameters, training_optimizer
@@ -60,8 +62,6 @@ class Trainer:
         self.model, self.data, self.augment = setup.model, setup.data, setup.augment
         self.train_loader, self.image_size = setup.train_loader, setup.image_size
         self.multi_label = self.data.multi_label
-        if self.multi_label and self.ctx.enabled:
-            raise VitkitError("multi-label data trains in one process for now: drop --nproc")
         # what best/, plateau and early stopping follow: top-1 means nothing for label sets, mAP does
         self.monitor = "val_map" if self.multi_label and cfg.monitor == "val_top1" else cfg.monitor
         if self.monitor == "val_map" and not self.multi_label:
@@ -100,6 +100,7 @@ class Trainer:
         self.inference_s_per_image = 0.0  # of an evaluation pass
         self.bf16_pass_share = 1.0  # a bf16 pass's time over an fp32 evaluation pass's (budget.time_inference)
         self.save_s = {"best": None, "last": None}  # each checkpoint's latest saving time
+        self.checkpoints = Checkpoints(cfg.save_every, cfg.save_every_minutes, self.ctx)
 
     # -- the run -----------------------------------------------------------------------------
     def fit(self, run: RunDir, callbacks=()) -> dict[str, Any]:
@@ -167,6 +168,7 @@ class Trainer:
             acc.update(logits, labels, loss * labels.shape[0])
             first_bad_step = torch.where((first_bad_step < 0) & ~loss.isfinite(), state.step, first_bad_step)
             seen += labels.shape[0]
+            state.images_trained += min(loader.global_batch, len(loader.split) - b * loader.global_batch)
             bar.update(1)
             if b % LOG_EVERY == 0 or b + 1 == self.steps_per_epoch:  # sync point: read the device's sums
                 self.check_finite(int(first_bad_step))
@@ -176,7 +178,7 @@ class Trainer:
                 bar.set_postfix(loss=loss_so_far, **accuracy, lr=f"{self.lr:.2e}", img_s=f"{rate:.0f}")
             if boundary and not state.history and state.step == FIRST_PLAN_STEPS:
                 self.refit_budget()  # a first estimate, so the decay does not end with the first epoch
-            if boundary and cfg.save_every and state.step % cfg.save_every == 0 and b + 1 < self.steps_per_epoch:
+            if boundary and self.checkpoints.due(state.step, b + 1 < self.steps_per_epoch):
                 self.save_last(epoch, b + 1)
             step_s = (self.budget.clock() - t_epoch) / (b + 1 - start_batch)
             if cfg.time_budget and ctx.any(self.budget.exhausted(step_s)):
@@ -288,7 +290,6 @@ class Trainer:
         if self.cfg.time_budget:
             self.state.planned_steps = self.ctx.broadcast_object(self.budget.plan(self.state.step))
 
-
     # -- helpers -----------------------------------------------------------------------------
     def evaluate(self, model: nn.Module, loader, class_names=None) -> dict:
         reduce = self.ctx.all_reduce_sum if self.ctx.enabled else None
@@ -300,7 +301,8 @@ class Trainer:
         if not self.multi_label:
             val = self.evaluate(model, loader)
             return {"val_loss": val["loss"], **{f"val_{k}": val[k] for k in ("top1", "top5") if k in val}}
-        val, _, _ = evaluate_multilabel(model, loader, self.augment, self.data.class_names, tune=True)
+        gather = shard_gatherer(self.ctx, loader)
+        val, _, _ = evaluate_multilabel(model, loader, self.augment, self.data.class_names, tune=True, gather=gather)
         self.thresholds = val["thresholds"]
         return {"val_loss": val["loss"], "val_map": val["map_macro"], "val_map_micro": val["map_micro"],
                 "val_f1": val["f1_macro"]}
@@ -337,12 +339,6 @@ class Trainer:
         print(row, file=sys.stderr)
 
     # -- resuming ----------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        """trainer.pt: the resumable state (state.py); a collective."""
-        return self.state.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.state.load_state_dict(state)
-
     def save_last(self, epoch: int, next_batch: int) -> None:
-        self.save("last", self.model, {**self.state_dict(), "epoch": epoch, "next_batch": next_batch})
+        """last/ with trainer.pt, the resumable state (state.py): a collective."""
+        self.checkpoints.save_last(self, epoch, next_batch)

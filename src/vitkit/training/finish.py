@@ -14,6 +14,7 @@ from ..eval.multilabel import evaluate_multilabel
 from ..models import count_parameters
 from ..models.io import load_model
 from ..runfiles import BEST, PER_LABEL
+from .distributed import shard_gatherer
 
 if TYPE_CHECKING:
     from .engine import Trainer
@@ -29,6 +30,7 @@ def finish(trainer: Trainer) -> dict[str, Any]:
     """Evaluate the best checkpoint on the reported split, write results.json and the plots, mark the run
     folder complete; returns the results with the run folder."""
     setup, budget, run = trainer.setup, trainer.budget, trainer.run
+    trainer.checkpoints.wait()  # the last last/ is written before the run is marked complete
     t_finish, training_s = budget.clock(), budget.training_time()
     final = final_multilabel if trainer.multi_label else final_single
     metrics, draw, summary, agreement = final(trainer)
@@ -98,12 +100,19 @@ def final_multilabel(trainer: Trainer):
     from ..eval.multilabel import write_label_table
     from ..viz.report import write_multilabel_report
 
-    setup, path = trainer.setup, trainer.run.path
+    setup, path, ctx = trainer.setup, trainer.run.path, trainer.ctx
     split = setup.eval_loader
-    best, meta = load_model(trainer.run.checkpoint(BEST))
+    best, meta = load_model(trainer.run.checkpoint(BEST)) if ctx.is_main else (trainer.eval_model(), None)
     best = best.to(trainer.device)
-    m, scores, targets = evaluate_multilabel(best, split, trainer.augment, trainer.data.class_names, meta["thresholds"])
-    write_label_table(path / PER_LABEL, m)
+    if ctx.enabled:  # every rank evaluates its shard with rank 0's best weights and thresholds
+        weights = {k: v.cpu() for k, v in best.state_dict().items()} if ctx.is_main else None
+        weights, meta = ctx.broadcast_object((weights, meta))
+        best.load_state_dict(weights)
+    gather = shard_gatherer(ctx, split)
+    names = trainer.data.class_names
+    m, scores, targets = evaluate_multilabel(best, split, trainer.augment, names, meta["thresholds"], gather=gather)
+    if ctx.is_main:
+        write_label_table(path / PER_LABEL, m)
     title = split_title(setup.eval_split, setup.split_selected_checkpoint)
     return (
         {**m, "thresholds_from": "val"},
@@ -149,10 +158,19 @@ def run_summary(trainer: Trainer, training_s: float) -> dict[str, Any]:
         "data": cfg.data,
         "skipped_images": len(setup.bad_images),
         "world_size": trainer.ctx.world_size,
+        "images_trained": state.images_trained,
+        **({"images_planned": planned_images(trainer)} if not budget.enabled else {}),
         "global_batch_size": setup.global_batch,
         "per_device_batch_size": setup.local_batch,
         "lr": cfg.lr,
     }
+
+
+def planned_images(trainer: Trainer) -> int:
+    """The training images --epochs asks for, over all ranks: what images_trained reaches unless the run
+    stopped early, whatever processes it lost or gained on the way."""
+    loader = trainer.train_loader
+    return trainer.cfg.epochs * min(len(loader.split), len(loader) * loader.global_batch)
 
 
 def end_run(trainer: Trainer) -> None:

@@ -75,6 +75,8 @@ class RunDir:
         self.status_written = False  # by this process: until then a resumed folder holds only its earlier run
         self.started = _now()
         self.git_commit = _git_commit() if writer else None
+        # what run.json keeps across the starts of an elastic run: its job's id, its nodes, its restarts (elastic.py)
+        self.elastic: dict[str, Any] = {}
 
     @classmethod
     def claim(cls, out: str | None, default: Path, resume: bool) -> "RunDir":
@@ -143,6 +145,7 @@ class RunDir:
             "status": status,
             "run_dir": str(self.path),
             **info,
+            **self.elastic,
             "started": self.started,
             "updated": _now(),
             "versions": {"vitkit": __version__, "torch": torch.__version__, "python": platform.python_version()},

@@ -12,6 +12,7 @@ from ..models.io import load_model
 from ..runfiles import TRAIN_BATCH_FIGURE
 from .budget import reserve_for_finish, time_inference
 from .callbacks import Callbacks, make_trackers
+from .elastic import continued_from
 from .rundir import RunDir
 from .summary import startup_summary
 
@@ -64,5 +65,6 @@ def load_last(trainer: Trainer) -> tuple[int, int]:
     if trainer.multi_label and meta.get("thresholds_tuned", True):  # kept for the next mid-epoch last/
         trainer.thresholds = meta.get("thresholds")
     state = trainer.run.load_trainer_state(last)
-    trainer.load_state_dict(state)
+    trainer.state.load_state_dict(state)
+    continued_from(trainer, state["epoch"], state["next_batch"])
     return state["epoch"], state["next_batch"]
