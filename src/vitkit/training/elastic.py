@@ -18,7 +18,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import RESUMABLE, TrainConfig, default_run_dir
+from .config import RESUMABLE, TrainConfig
+from .resolve import default_run_dir
 from .distributed import DistContext
 from .rundir import RunDir
 
