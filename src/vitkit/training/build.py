@@ -26,7 +26,7 @@ from .distributed import DistContext, init_distributed
 from .losses import positive_weights
 from .optim import build_optimizer, param_groups
 from .resolve import size_pending, with_budget_size
-from .sizing import choose_size, loading_seconds, training_rate
+from .sizing import BudgetSize, choose_size, loading_seconds, training_rate
 
 
 @dataclass
@@ -69,7 +69,7 @@ class Setup:
         """The reported split is the validation split, which also chose best/: its numbers are optimistic."""
         return self.eval_split == "val"
 
-    def run_info(self, world_size: int, device: torch.device, budget_size: dict | None) -> dict:
+    def run_info(self, world_size: int, device: torch.device, budget_size: BudgetSize | None) -> dict:
         """How the run executes, for run.json (`budget_size`: the configuration's record of a --time-budget
         size choice)."""
         return {
@@ -79,7 +79,7 @@ class Setup:
             "device": str(device),
             "data_streamed": not self.data.train.in_memory,
             "loader_workers": self.train_loader.workers,
-            **({"budget_size": budget_size} if budget_size else {}),
+            **({"budget_size": budget_size.to_dict()} if budget_size else {}),
         }
 
 
@@ -243,7 +243,7 @@ def whiten_first_conv(model: nn.Module, split, augment: BatchAugment, device: to
 
 def choose_budget_size(
     cfg: TrainConfig, runtime: Runtime, new_model, batch: int, decode: Preprocessing, data: Dataset, minutes_left: float
-) -> dict:
+) -> BudgetSize:
     """The preset size for this --time-budget on this machine (training/sizing.py), from real training
     steps on a batch of the run's own images with its augmentation and optimizer, plus their measured
     loading time (which dominates on streamed photos): measured by rank 0 and shared, so every process
@@ -278,8 +278,7 @@ def choose_budget_size(
                 loading_s,
             )
 
-        sizes = [(c["min_epochs"], c["model_args"]) for c in cfg.budget_size["candidates"]]
-        record = choose_size(sizes, rate_of, minutes_left, len(data.train))
+        record = choose_size(cfg.budget_size.candidates, rate_of, minutes_left, len(data.train))
     return runtime.ctx.broadcast_object(record)
 
 
