@@ -124,9 +124,9 @@ def build(cfg: TrainConfig, runtime: Runtime, budget=None) -> tuple[TrainConfig,
         torch.manual_seed(cfg.seed)
         if pretrained:
             return adapt_pretrained(pretrained, image_size=image_size, class_names=data.class_names)
-        args = {k: v for k, v in model_args.items() if k not in ("num_classes", "image_size", "in_chans")}
         in_chans = model_args.get("in_chans") or (1 if data.channels == 1 else 3)
-        model = create_model(cfg.model, num_classes=data.num_classes, image_size=image_size, in_chans=in_chans, **args)
+        run_args = dict(num_classes=data.num_classes, image_size=image_size, in_chans=in_chans)
+        model = create_model(cfg.model, **{**model_args, **run_args})  # the run's data decides these
         return model.to(runtime.device)
 
     if size_pending(cfg):

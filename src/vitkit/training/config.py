@@ -362,7 +362,8 @@ class TrainConfig(DataOptions, AugmentSpec):
             return self.validate()
         preset = get_preset(self.preset) if self.preset else None
         model_args = {**(preset.model_args if preset else {}), **self.model_args}
-        return dataclasses.replace(self, model=preset.model if preset else DEFAULT_MODEL, model_args=model_args).validate()
+        model = preset.model if preset else DEFAULT_MODEL
+        return dataclasses.replace(self, model=model, model_args=model_args).validate()
 
 
 # What `--resume` may change (how the rest of the run executes, never what it computes) and what a
