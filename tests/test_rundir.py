@@ -208,8 +208,46 @@ def test_a_sized_budget_run_without_its_recorded_size_is_refused(tmp_path):
     (tmp_path / ARGS).write_text(yaml.safe_dump(values))  # args.yaml from before the size was recorded
     with pytest.raises(VitkitError, match="does not record the model size this --time-budget run chose"):
         saved_config(tmp_path)
-    chosen = {**sized.budget_size, "model_args": {"embed_dim": 256}}
+    chosen = {**sized.budget_size.to_dict(), "model_args": {"embed_dim": 256}}
     chosen["candidates"] = [{**c, "affordable_epochs": 20.0} for c in chosen["candidates"]]
     (tmp_path / RUN_RECORD).write_text(json.dumps({"budget_size": chosen}))
     restored = saved_config(tmp_path)  # run.json recorded the choice: the architecture it gave
     assert restored.model == "vit_hybrid_micro_32" and restored.model_args["embed_dim"] == 256
+
+
+# args.yaml's budget_size as --time-budget has written it since the choice was recorded there: the
+# chosen changes, then each candidate with its measured epochs.
+RECORDED_SIZE = """\
+budget_size:
+  model_args:
+    embed_dim: 256
+    num_heads: 8
+  candidates:
+  - model_args:
+      embed_dim: 256
+      num_heads: 8
+    min_epochs: 12
+    affordable_epochs: 14.2
+  - model_args:
+      depth: 3
+    min_epochs: 15
+    affordable_epochs: 9.8
+"""
+
+
+def test_a_recorded_budget_size_loads_and_is_written_back_unchanged(tmp_path):
+    """A run folder's recorded size choice resumes as the architecture it gave, and the configuration
+    writes the record back exactly as it was read (run.json carries the same record)."""
+    values = make_config(data="digits", preset="cifar-hybrid").to_dict()
+    values = {k: v for k, v in values.items() if k not in ("out", "resume", "budget_size")}
+    values["model_args"].update(embed_dim=256, num_heads=8)  # the chosen size, as the run was built
+    (tmp_path / ARGS).write_text(yaml.safe_dump(values, sort_keys=False) + RECORDED_SIZE)
+    restored = resume_config(tmp_path)
+    assert restored.budget_size.model_args == {"embed_dim": 256, "num_heads": 8}
+    assert restored.model == "vit_hybrid_micro_32" and restored.model_args["embed_dim"] == 256
+    assert [c.affordable_epochs for c in restored.budget_size.candidates] == [14.2, 9.8]
+    out = tmp_path / "again"
+    out.mkdir()
+    RunDir(out).write_config(restored)
+    assert (out / ARGS).read_text().split("budget_size:\n")[1] == RECORDED_SIZE.split("budget_size:\n")[1]
+    assert restored.budget_size.to_dict() == yaml.safe_load(RECORDED_SIZE)["budget_size"]

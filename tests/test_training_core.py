@@ -24,6 +24,7 @@ from vitkit.training.budget import EXIT_MARGIN_S, FIRST_PLAN_STEPS, TimeBudget
 from vitkit.training.config import GROUPS, LR_FIND_OPTIONS, RESUMABLE
 from vitkit.training.optim import param_groups
 from vitkit.training.resolve import make_config, size_pending, with_budget_size
+from vitkit.training.sizing import BudgetSize
 from vitkit.training.rundir import RunDir
 from vitkit.training.schedule import Plateau, lr_factor
 
@@ -212,12 +213,12 @@ def test_a_budget_size_sits_between_the_preset_and_the_users_arguments():
     plain = make_config(preset="cifar-hybrid")
     assert (plain.model, plain.model_args, plain.budget_size) == (preset.model, preset.model_args, None)
     budget = make_config(preset="cifar-hybrid", time_budget=3)
-    assert [c["model_args"] for c in budget.budget_size["candidates"]] == [c for _, c in preset.budget_sizes]
+    assert [c.model_args for c in budget.budget_size.candidates] == [c for _, c in preset.budget_sizes]
     assert size_pending(budget)
-    chosen = with_budget_size(budget, {"model_args": {"embed_dim": 256, "depth": 6}, "candidates": []})
+    chosen = with_budget_size(budget, BudgetSize(model_args={"embed_dim": 256, "depth": 6}, candidates=[]))
     assert chosen.model_args == {**preset.model_args, "embed_dim": 256, "depth": 6} and not size_pending(chosen)
     mine = make_config(preset="cifar-hybrid", time_budget=3, model_args={"embed_dim": 96})
-    assert all("embed_dim" not in c["model_args"] for c in mine.budget_size["candidates"])  # --model-arg wins
+    assert all("embed_dim" not in c.model_args for c in mine.budget_size.candidates)  # --model-arg wins
     assert mine.model_args["embed_dim"] == 96
     # the resolved configuration is plain: read back from its own values it is the same, no size pending
     again = TrainConfig.from_dict(yaml.safe_load(yaml.safe_dump(chosen.to_dict())))

@@ -225,6 +225,8 @@ def typed_value(kind, value: Any, name: str) -> Any:
     args = typing.get_args(kind)
     if type(None) in args:
         return None if value is None else typed_value(_base_type(kind), value, name)
+    if dataclasses.is_dataclass(kind):  # a record vitkit writes into a configuration (budget_size)
+        return value if isinstance(value, kind) else kind.from_dict(value, name)
     origin = typing.get_origin(kind)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):

@@ -46,9 +46,8 @@ def resolve_model_config(
         family, base = lookup_model(name)
     else:
         raise unknown_name_error("model", name, list_models())
-    for key, value in (("num_classes", num_classes), ("image_size", image_size), ("in_chans", in_chans)):
-        if value is not None:
-            overrides[key] = value
+    given = dict(num_classes=num_classes, image_size=image_size, in_chans=in_chans)
+    overrides = {**overrides, **{key: value for key, value in given.items() if value is not None}}
     return family, build_config(family, base, overrides)
 
 

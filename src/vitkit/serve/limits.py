@@ -69,9 +69,10 @@ class ServeLimits:
         for f in fields(cls):
             value = values[f.metadata["flag"] or f.name] * f.metadata["unit"]
             limits[f.name] = int(value) if f.type in (int, "int") else float(value)
-        if limits["max_inflight_bytes"] < limits["max_upload_bytes"]:
+        limits = cls(**limits)
+        if limits.max_inflight_bytes < limits.max_upload_bytes:
             raise VitkitError(
                 f"--max-inflight-mb {values['max_inflight_mb']:g} is below --max-upload-mb "
                 f"{values['max_upload_mb']:g}: a single full-size upload could never be accepted"
             )
-        return cls(**limits)
+        return limits

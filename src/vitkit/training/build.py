@@ -26,7 +26,7 @@ from .distributed import DistContext, init_distributed
 from .losses import positive_weights
 from .optim import build_optimizer, param_groups
 from .resolve import size_pending, with_budget_size
-from .sizing import choose_size, loading_seconds, training_rate
+from .sizing import BudgetSize, choose_size, loading_seconds, training_rate
 
 
 @dataclass
@@ -70,7 +70,7 @@ class Setup:
         """The reported split is the validation split, which also chose best/: its numbers are optimistic."""
         return self.eval_split == "val"
 
-    def run_info(self, world_size: int, device: torch.device, budget_size: dict | None) -> dict:
+    def run_info(self, world_size: int, device: torch.device, budget_size: BudgetSize | None) -> dict:
         """How the run executes, for run.json (`budget_size`: the configuration's record of a --time-budget
         size choice)."""
         return {
@@ -80,7 +80,7 @@ class Setup:
             "device": str(device),
             "data_streamed": not self.data.train.in_memory,
             "loader_workers": self.train_loader.workers,
-            **({"budget_size": budget_size} if budget_size else {}),
+            **({"budget_size": budget_size.to_dict()} if budget_size else {}),
         }
 
 
@@ -133,9 +133,9 @@ def build(cfg: TrainConfig, runtime: Runtime, budget=None) -> tuple[TrainConfig,
         torch.manual_seed(cfg.seed)
         if pretrained:
             return adapt_pretrained(pretrained, image_size=image_size, class_names=data.class_names)
-        args = {k: v for k, v in model_args.items() if k not in ("num_classes", "image_size", "in_chans")}
         in_chans = model_args.get("in_chans") or (1 if data.channels == 1 else 3)
-        model = create_model(cfg.model, num_classes=data.num_classes, image_size=image_size, in_chans=in_chans, **args)
+        run_args = dict(num_classes=data.num_classes, image_size=image_size, in_chans=in_chans)
+        model = create_model(cfg.model, **{**model_args, **run_args})  # the run's data decides these
         return model.to(runtime.device)
 
     if size_pending(cfg):
@@ -252,7 +252,7 @@ def whiten_first_conv(model: nn.Module, split, augment: BatchAugment, device: to
 
 def choose_budget_size(
     cfg: TrainConfig, runtime: Runtime, new_model, batch: int, decode: Preprocessing, data: Dataset, minutes_left: float
-) -> dict:
+) -> BudgetSize:
     """The preset size for this --time-budget on this machine (training/sizing.py), from real training
     steps on a batch of the run's own images with its augmentation and optimizer, plus their measured
     loading time (which dominates on streamed photos): measured by rank 0 and shared, so every process
@@ -287,8 +287,7 @@ def choose_budget_size(
                 loading_s,
             )
 
-        sizes = [(c["min_epochs"], c["model_args"]) for c in cfg.budget_size["candidates"]]
-        record = choose_size(sizes, rate_of, minutes_left, len(data.train))
+        record = choose_size(cfg.budget_size.candidates, rate_of, minutes_left, len(data.train))
     return runtime.ctx.broadcast_object(record)
 
 

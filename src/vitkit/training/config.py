@@ -30,6 +30,7 @@ from ..options import (
     typed_values,
 )
 from .callbacks import tracker_names
+from .sizing import BudgetSize
 
 DEFAULT_MODEL = "vit_micro_patch4_32"
 GROUPS = {
@@ -314,7 +315,7 @@ class TrainConfig(DataOptions, AugmentSpec):
         commands=("train",),
     )
 
-    budget_size: dict[str, Any] | None = _model(
+    budget_size: BudgetSize | None = _model(
         None,
         "the size --time-budget chose among the preset's (its model_args changes and each candidate's "
         "measured estimate), recorded by vitkit so that a resume or a repeat rebuilds it",
@@ -346,7 +347,6 @@ class TrainConfig(DataOptions, AugmentSpec):
                 raise VitkitError(f"--labels needs --data to be the folder its image paths are under, got {self.data}")
             if not Path(self.labels).is_file():
                 raise MissingFile(f"--labels {self.labels}: no such file")
-        check_budget_size(self.budget_size, "budget_size")
         if self.model:  # an unknown or mistyped --model-arg, refused before any work
             resolve_model_config(self.model, **self.model_args)
         if self.data not in BUILTIN and not self.data.startswith(HUB_PREFIX) and not Path(self.data).exists():
@@ -359,20 +359,27 @@ class TrainConfig(DataOptions, AugmentSpec):
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The values as plain data (args.yaml, a checkpoint's train_config); a record such as budget_size
+        as its own `to_dict` writes it."""
+        values = dataclasses.asdict(self)
+        return {k: v.to_dict() if dataclasses.is_dataclass(v := getattr(self, k)) else values[k] for k in values}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
         """A configuration from complete values (args.yaml of any vitkit version), validated; a model left
         to a preset or the default (args.yaml before configurations were resolved) is filled in."""
         check_known(values, cls, "training configuration")
-        values = typed_values(values, cls)
-        if not values.get("model") and (values.get("preset") or not values.get("pretrained")):
-            preset = get_preset(values["preset"]) if values.get("preset") else None
-            own = dict(values.get("model_args") or {})
-            values["model"] = preset.model if preset else DEFAULT_MODEL
-            values["model_args"] = {**(preset.model_args if preset else {}), **own}
-        return cls(**values).validate()
+        return cls(**typed_values(values, cls)).resolved()
+
+    def resolved(self) -> "TrainConfig":
+        """This configuration validated, with a model left to a preset or the default filled in (the
+        preset's model arguments under those given)."""
+        if self.model or (self.pretrained and not self.preset):
+            return self.validate()
+        preset = get_preset(self.preset) if self.preset else None
+        model_args = {**(preset.model_args if preset else {}), **self.model_args}
+        model = preset.model if preset else DEFAULT_MODEL
+        return dataclasses.replace(self, model=model, model_args=model_args).validate()
 
 
 # What `--resume` may change (how the rest of the run executes, never what it computes) and what a
@@ -393,39 +400,4 @@ NOT_RECORDED = ("out", "resume")
 def explicit_values(config_file: str | Path | None, flags: dict[str, Any]) -> dict[str, Any]:
     """What the user asked for: a YAML config file's values (but where the run goes) under the flags."""
     from_file = read_yaml_options(config_file, TrainConfig) if config_file else {}
-    check_budget_size(from_file.get("budget_size"), f"--config {config_file}: budget_size")
     return {**{k: v for k, v in from_file.items() if k not in NOT_RECORDED}, **flags}
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def check_budget_size(record: Any, source: str) -> None:
-    """Refuse a `budget_size` (from a YAML file, e.g. a copied args.yaml) that is not what --time-budget
-    records: `candidates`, each {min_epochs, model_args}, and once the size is chosen the chosen
-    `model_args` and each candidate's `affordable_epochs`. An empty one is no record."""
-    if not record:
-        return
-    chosen = "model_args" in record
-    needed = ("min_epochs", "affordable_epochs") if chosen else ("min_epochs",)
-    numbers = "min_epochs and affordable_epochs (numbers)" if chosen else "min_epochs (a number)"
-    candidates = record.get("candidates")
-    problem = None
-    if not isinstance(candidates, list):
-        problem = "needs candidates: a list of {min_epochs: N, model_args: {...}}"
-    elif chosen and not isinstance(record["model_args"], dict):
-        problem = f"model_args is {record['model_args']!r}, expected a mapping of model arguments"
-    else:
-        for number, candidate in enumerate(candidates, 1):
-            if not (
-                isinstance(candidate, dict)
-                and isinstance(candidate.get("model_args"), dict)
-                and all(_is_number(candidate.get(key)) for key in needed)
-            ):
-                problem = f"candidate {number} is {candidate!r}: each needs {numbers} and model_args (a mapping)"
-                break
-    if problem:
-        raise VitkitError(
-            f"{source} {problem}. It records the size --time-budget chose: remove it to let --time-budget choose again"
-        )

@@ -37,7 +37,7 @@ from .distributed import shard_gatherer
 from .finish import finish
 from .losses import training_loss
 from .optim import frozen_parameters, training_optimizer
-from .rundir import RunDir, checkpoint_metadata
+from .rundir import RunDir, StoppedBy, checkpoint_metadata
 from .schedule import Plateau, lr_factor
 from .start import start_run
 from .state import TrainState
@@ -93,7 +93,7 @@ class Trainer:
         self.lr = cfg.lr  # the rate of the latest step (set_lr)
         self.run: RunDir | None = None  # the run folder fit() trains into
         self.callbacks = Callbacks()
-        self.stopped_by = "epochs"  # or time_budget, early_stopping: what ended the run, for its records
+        self.stopped_by = StoppedBy.EPOCHS  # what ended the run, for its records
         # where '--precision auto' would run the model in bf16, the run measures bf16's agreement with fp32
         self.measures_bf16 = choose_precision("auto", self.device)[0] == "bf16"
         # what a --time-budget keeps for the end of the run, measured as the run goes (budget.reserve_for_finish)
@@ -111,7 +111,7 @@ class Trainer:
         net = self.wrap_model()
         epoch = start_epoch
         budget.start_training(state.step, start_epoch)
-        self.stopped_by = "time_budget" if cfg.time_budget else "epochs"
+        self.stopped_by = StoppedBy.TIME_BUDGET if cfg.time_budget else StoppedBy.EPOCHS
         while cfg.time_budget or epoch < cfg.epochs:
             if start_batch == 0 or epoch != start_epoch:
                 torch.manual_seed(epoch_seed(cfg.seed, epoch, 1))
@@ -137,7 +137,7 @@ class Trainer:
             self.log(row)
             if cfg.early_stopping and state.stopper.wait >= cfg.early_stopping:
                 self.log(f"early stopping: no {self.monitor} improvement for {cfg.early_stopping} epochs")
-                self.stopped_by = "early_stopping"
+                self.stopped_by = StoppedBy.EARLY_STOPPING
                 break
             if ctx.any(not budget.another_epoch_fits(len(state.history))):
                 break

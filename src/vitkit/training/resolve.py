@@ -24,6 +24,7 @@ from ..models.naming import run_label
 from ..options import check_known, flag, names_where, read_yaml_options
 from ..runfiles import ARGS, RUN_RECORD
 from .config import RESUMABLE, TrainConfig, explicit_values
+from .sizing import BudgetSize
 
 # Options naming local files or folders: recorded absolute, so a run folder works from any directory.
 PATH_OPTIONS = names_where(TrainConfig, path=True)
@@ -57,7 +58,7 @@ def preset_layer(preset, data: str, suggested: dict[str, Any]) -> dict[str, Any]
     if preset is None:
         return {}
     declared = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name in suggested}
-    values = {**declared, **preset.train, "model": preset.model, "preset": preset.name}
+    values = {**declared, **preset.train, "preset": preset.name}
     if preset.native_size:
         native = DATASET_DEFAULTS.get(data, {})
         values = {k: v for k, v in values.items() if k not in ("image_size", "crop_padding") or k not in native}
@@ -77,26 +78,22 @@ def make_config(config: str | Path | None = None, **values: Any) -> TrainConfig:
     data = values.get("data") or (preset.train.get("data") if preset else None) or TrainConfig.data
     suggested = dataset_layer(data, values.get("pretrained"))
     layers = {**suggested, **preset_layer(preset, data, suggested), **values}
-    own_args = dict(values.get("model_args") or {})
-    if preset and not values.get("model"):  # the preset's model; with the user's model, its arguments only
-        layers["model_args"] = {**preset.model_args, **own_args}
-        if layers.get("time_budget") and preset.budget_sizes and not layers.get("pretrained"):
-            candidates = [
-                {"min_epochs": epochs, "model_args": {k: v for k, v in changes.items() if k not in own_args}}
-                for epochs, changes in preset.budget_sizes
-            ]
-            layers.setdefault("budget_size", {"candidates": candidates})
-    return TrainConfig.from_dict(absolute_paths(layers))
+    cfg = TrainConfig.from_dict(absolute_paths(layers))
+    if preset and preset.budget_sizes and not values.get("model") and cfg.time_budget and not cfg.pretrained:
+        if cfg.budget_size is None:  # the user's --model-arg wins over every size
+            fixed = values.get("model_args") or {}
+            cfg = dataclasses.replace(cfg, budget_size=BudgetSize.among(preset.budget_sizes, fixed))
+    return cfg
 
 
 def size_pending(cfg: TrainConfig) -> bool:
     """The --time-budget size choice is still to be made (a new run; a resumed or repeated run has it)."""
-    return bool(cfg.budget_size) and "model_args" not in cfg.budget_size
+    return cfg.budget_size is not None and cfg.budget_size.pending
 
 
-def with_budget_size(cfg: TrainConfig, record: dict[str, Any]) -> TrainConfig:
+def with_budget_size(cfg: TrainConfig, record: BudgetSize) -> TrainConfig:
     """`cfg` with the chosen size (`record`, see sizing.choose_size) in its model arguments and recorded."""
-    return dataclasses.replace(cfg, model_args={**cfg.model_args, **record["model_args"]}, budget_size=record)
+    return dataclasses.replace(cfg, model_args={**cfg.model_args, **record.model_args}, budget_size=record)
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:
@@ -109,31 +106,32 @@ def saved_config(run_dir: str | os.PathLike) -> TrainConfig:
     if not path.is_file():
         raise MissingFile(f"{run_dir} is not a vitkit run folder (no {ARGS}): nothing to resume")
     try:
-        saved = read_yaml_options(path, TrainConfig, str(path))
-        return TrainConfig.from_dict(with_recorded_size(saved, Path(run_dir)))
+        saved = TrainConfig(**read_yaml_options(path, TrainConfig, str(path)))
+        return with_recorded_size(saved, Path(run_dir)).resolved()
     except VitkitError as e:
         raise VitkitError(f"{path}: {e}; restore it from a backup") from None
 
 
-def with_recorded_size(saved: dict, run_dir: Path) -> dict:
+def with_recorded_size(saved: TrainConfig, run_dir: Path) -> TrainConfig:
     """args.yaml from before the --time-budget size choice was recorded in it: the choice as run.json
     recorded it, with the architecture it gave, so the run resumes as the size it started with."""
-    preset = get_preset(saved["preset"]) if saved.get("preset") and not saved.get("model") else None
-    if "budget_size" in saved or preset is None or not preset.budget_sizes:
+    preset = get_preset(saved.preset) if saved.preset and not saved.model else None
+    if saved.budget_size or preset is None or not preset.budget_sizes:
         return saved
     try:
         record = json.loads((run_dir / RUN_RECORD).read_text()).get("budget_size")
     except (OSError, ValueError):
         record = None
-    if not record and saved.get("time_budget"):
+    if not record and saved.time_budget:
         raise VitkitError(
             "it does not record the model size this --time-budget run chose, so its architecture cannot be "
             "rebuilt: start a new run, or give the size with --model-arg"
         )
     if not record:
         return saved
-    model_args = {**preset.model_args, **record["model_args"], **(saved.get("model_args") or {})}
-    return {**saved, "model": preset.model, "model_args": model_args, "budget_size": record}
+    record = BudgetSize.from_dict(record, f"{RUN_RECORD}: budget_size")
+    model_args = {**preset.model_args, **record.model_args, **saved.model_args}
+    return dataclasses.replace(saved, model=preset.model, model_args=model_args, budget_size=record)
 
 
 def resume_changes(saved: TrainConfig, changes: dict[str, Any]) -> dict[str, Any]:

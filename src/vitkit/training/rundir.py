@@ -23,7 +23,7 @@ from .. import __version__
 from ..errors import VitkitError
 from ..fileio import atomic_path, replace_dir, settled_dir, write_json
 from ..models import save_model
-from ..options import name_list
+from ..options import flag, name_list
 from ..runfiles import ARGS, LAST, LOCK, METRICS, RESULTS, RUN_MARKERS, RUN_RECORD, SKIPPED_IMAGES, TRAINER_STATE
 from .config import NOT_RECORDED, TrainConfig
 
@@ -34,10 +34,19 @@ def _column_rank(name: str) -> int:
     return 0 if name == "epoch" else 1 if name.startswith("train_") else 2 if name.startswith("val_") else 3
 
 
+class StoppedBy:
+    """What ended a run, as run.json and results.json record it (`stopped_by`): --epochs, or the option
+    that ended it sooner."""
+
+    EPOCHS = "epochs"
+    TIME_BUDGET = "time_budget"
+    EARLY_STOPPING = "early_stopping"
+
+
 STOP_REASONS = {
-    "epochs": "reaching --epochs",
-    "time_budget": "the --time-budget clock",
-    "early_stopping": "--early-stopping",
+    StoppedBy.EPOCHS: "reaching --epochs",
+    StoppedBy.TIME_BUDGET: "the --time-budget clock",
+    StoppedBy.EARLY_STOPPING: flag(StoppedBy.EARLY_STOPPING),
 }
 
 

@@ -11,15 +11,115 @@ started with.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import statistics
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import VitkitError
 from ..runtime import autocast
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _known(cls, record: dict) -> dict[str, Any]:
+    """The entries of `record` that are fields of dataclass `cls`."""
+    return {f.name: record[f.name] for f in dataclasses.fields(cls) if f.name in record}
+
+
+def _present(record) -> dict[str, Any]:
+    """A record's fields as plain data of its own (YAML writes a shared mapping as an alias), those not set
+    yet (None) left out."""
+    values = {f.name: copy.deepcopy(getattr(record, f.name)) for f in dataclasses.fields(record)}
+    return {name: value for name, value in values.items() if value is not None}
+
+
+@dataclass(kw_only=True)
+class SizeCandidate:
+    """One of a preset's sizes: its changes to the preset's model arguments, the epochs the budget must
+    afford for it to be taken, and once measured the epochs it affords here."""
+
+    model_args: dict[str, Any]
+    min_epochs: float
+    affordable_epochs: float | None = None
+
+    @classmethod
+    def from_dict(cls, record: Any, measured: bool) -> SizeCandidate | None:
+        """The candidate `record` holds, None when it lacks a part (`affordable_epochs` once `measured`)."""
+        try:
+            candidate = cls(**_known(cls, record))
+        except TypeError:  # not a mapping, or a part missing
+            return None
+        epochs = (candidate.min_epochs, candidate.affordable_epochs) if measured else (candidate.min_epochs,)
+        return candidate if isinstance(candidate.model_args, dict) and all(map(_number, epochs)) else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return _present(self)
+
+
+@dataclass(kw_only=True)
+class BudgetSize:
+    """The --time-budget size record in a run's configuration (args.yaml's budget_size, also in run.json):
+    the candidates, and once chosen the chosen candidate's `model_args` ({} for the preset's own size)."""
+
+    model_args: dict[str, Any] | None = None
+    candidates: list[SizeCandidate]
+
+    @property
+    def pending(self) -> bool:
+        """The choice is still to be made (a new run; a resumed or repeated run has it)."""
+        return self.model_args is None
+
+    @classmethod
+    def among(cls, sizes: tuple[tuple[float, dict[str, Any]], ...], fixed: dict[str, Any]) -> BudgetSize:
+        """A choice to make among a preset's `sizes` (min epochs, changes), leaving out the model arguments
+        the user `fixed`."""
+        candidates = [
+            SizeCandidate(min_epochs=epochs, model_args={k: v for k, v in changes.items() if k not in fixed})
+            for epochs, changes in sizes
+        ]
+        return cls(candidates=candidates)
+
+    @classmethod
+    def from_dict(cls, record: Any, source: str) -> BudgetSize | None:
+        """The record as --time-budget writes it (`to_dict`), e.g. from a copied args.yaml: `candidates`, each
+        {min_epochs, model_args}, and once the size is chosen the chosen `model_args` and each candidate's
+        `affordable_epochs`; anything else is refused naming `source`. An empty one is no record."""
+        if not record:
+            return None
+        size = cls(**{"candidates": None, **(_known(cls, record) if isinstance(record, dict) else {})})
+        measured = not size.pending
+        numbers = "min_epochs and affordable_epochs (numbers)" if measured else "min_epochs (a number)"
+        problem = None
+        if not isinstance(size.candidates, list):
+            problem = "needs candidates: a list of {min_epochs: N, model_args: {...}}"
+        elif measured and not isinstance(size.model_args, dict):
+            problem = f"model_args is {size.model_args!r}, expected a mapping of model arguments"
+        else:
+            candidates = [SizeCandidate.from_dict(c, measured) for c in size.candidates]
+            if None in candidates:
+                number = candidates.index(None)
+                problem = (
+                    f"candidate {number + 1} is {size.candidates[number]!r}: each needs {numbers} and model_args "
+                    "(a mapping)"
+                )
+        if problem:
+            raise VitkitError(
+                f"{source} {problem}. It records the size --time-budget chose: remove it to let --time-budget "
+                "choose again"
+            )
+        return dataclasses.replace(size, candidates=candidates)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**_present(self), "candidates": [c.to_dict() for c in self.candidates]}
+
 
 # Timed training steps per candidate, after untimed ones (allocation, kernel choice); the median step
 # counts, so that one step slowed by the rest of the machine does not move the choice.
@@ -74,18 +174,18 @@ def training_rate(
 
 
 def choose_size(
-    sizes: tuple[tuple[float, dict[str, Any]], ...],
+    candidates: list[SizeCandidate],
     rate_of: Callable[[dict[str, Any]], float],
     budget_minutes: float,
     train_images: int,
-) -> dict[str, Any]:
-    """The record of the choice: `model_args` (the changes of the largest size whose budget affords
-    at least its epochs; {} for the preset's own size) and each candidate's estimate."""
+) -> BudgetSize:
+    """The record of the choice: the changes of the largest size whose budget affords at least its
+    epochs ({} for the preset's own size) and each candidate's estimate."""
     chosen: dict[str, Any] = {}
-    candidates = []
-    for min_epochs, changes in sizes:
-        epochs = budget_minutes * 60 * rate_of(changes) / train_images
-        candidates.append({"model_args": changes, "min_epochs": min_epochs, "affordable_epochs": round(epochs, 1)})
-        if epochs >= min_epochs:
-            chosen = changes
-    return {"model_args": chosen, "candidates": candidates}
+    measured = []
+    for candidate in candidates:
+        epochs = budget_minutes * 60 * rate_of(candidate.model_args) / train_images
+        measured.append(dataclasses.replace(candidate, affordable_epochs=round(epochs, 1)))
+        if epochs >= candidate.min_epochs:
+            chosen = candidate.model_args
+    return BudgetSize(model_args=chosen, candidates=measured)

@@ -54,12 +54,11 @@ def model_lines(trainer) -> list[str]:
         lines.append(f"         {setup.size_note}")
     record = trainer.cfg.budget_size
     if record:
-        chosen = record["model_args"]
         estimates = "; ".join(
-            f"{_args(c['model_args'])}: ~{c['affordable_epochs']:g} epochs (needs {c['min_epochs']:g})"
-            for c in record["candidates"]
+            f"{_args(c.model_args)}: ~{c.affordable_epochs:g} epochs (needs {c.min_epochs:g})"
+            for c in record.candidates
         )
-        lines.append(f"         size chosen by --time-budget: {_args(chosen)} (measured here: {estimates})")
+        lines.append(f"         size chosen by --time-budget: {_args(record.model_args)} (measured here: {estimates})")
     return lines
 
 
