@@ -45,11 +45,12 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from . import api
 
-    if getattr(args, "nproc", 0) > 1 or getattr(args, "nproc", 0) and getattr(args, "max_restarts", 0):
+    options = training_options(args)  # --max-restarts may come from a --config file
+    restarts = options.get("max_restarts", 0)
+    if args.nproc > 1 or (args.nproc and restarts):
         from .training.launch import launch_torchrun
 
-        return launch_torchrun(args.nproc, args.argv, getattr(args, "max_restarts", 0))
-    options = training_options(args)
+        return launch_torchrun(args.nproc, args.argv, restarts)
     if options.pop("resume", False):
         if not options.get("out"):
             raise VitkitError("--resume needs --out RUN_DIR (the run folder to continue)")
