@@ -133,6 +133,7 @@ class Trainer:
             epoch += 1
             self.save_last(epoch, 0)
             run.write_metrics(state.history)
+            self.checkpoints.wait()  # epoch-end callbacks may read the epoch's last/
             self.callbacks.call("on_epoch_end", row["epoch"], dict(row))
             self.log(row)
             if cfg.early_stopping and state.stopper.wait >= cfg.early_stopping:
