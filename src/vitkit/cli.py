@@ -207,6 +207,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from .eval.calibration import describe_calibration
+    from .eval.trust import calibrate
+
+    report = calibrate(args.checkpoint, device=inference_options(args)["device"])
+    print(json.dumps(report, indent=2) if args.json else f"{describe_calibration(report)}  ->  {report['checkpoint']}")
+    return 0
+
+
 def cmd_top_losses(args: argparse.Namespace) -> int:
     from .eval.checkpoint import top_losses
 
@@ -248,14 +257,17 @@ def format_predictions(results: list[dict], fmt: str) -> str:
                 writer.writerow([path, rank, spreadsheet_text(p["label"]), p["score"]])
             if "error" in r:
                 writer.writerow([path, "", "ERROR", spreadsheet_text(r["error"])])
+            if r.get("unknown"):  # --reject-unknown: the score that fell below the threshold
+                writer.writerow([path, "", "unknown", r["unknown_score"]])
         return buffer.getvalue().rstrip("\n")
     lines = []
     for r in results:
         if "error" in r:
             lines.append(f"{r['path']}: ERROR {r['error']}")
             continue
-        preds = "  ".join(f"{p['label']} {p['score']:.3f}" for p in r["predictions"])
-        lines.append(f"{r['path']}: {preds}")
+        preds = "  ".join(f"{p['label']} {p['score']:.3f}" for p in r["predictions"] or r.get("nearest", []))
+        unknown = f"unknown (score {r['unknown_score']:.3f}), nearest: " if r.get("unknown") else ""
+        lines.append(f"{r['path']}: {unknown}{preds}")
     return "\n".join(lines)
 
 
@@ -504,6 +516,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", default="lr_find.png", help="PNG file to write (default: lr_find.png)")
     add_dataclass_options(p, TrainConfig, GROUPS, command="lr-find")
     p.set_defaults(func=cmd_lr_find)
+
+    p = sub.add_parser("calibrate", help="fit a run's temperature and unknown-input thresholds on its validation split")
+    p.add_argument("checkpoint")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_inference_arguments(p, "calibrate")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("eval", help="recompute a checkpoint's metrics on a dataset split")
     p.add_argument("checkpoint")

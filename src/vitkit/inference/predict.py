@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from ..data.images import BadImageError, is_image_file
 from ..errors import MissingFile, VitkitError
+from .unknown import unknown_answers
 
 
 def walk_files(root: Path) -> Iterator[Path]:
@@ -110,11 +111,28 @@ def classifier_predictions(
     classifier, probs: torch.Tensor, k: int, threshold: float | None = None
 ) -> list[list[dict]]:
     """What a classifier reports for a batch of scores: the top k, or for a multi-label classifier every
-    label above its threshold (`threshold`: one for every label instead of the tuned ones)."""
+    label above its threshold (`threshold`: one for every label instead of the tuned ones). Scores beyond the
+    classes (an unknown-input score, `Classifier.outputs_tensor`) are left out."""
+    probs = probs[:, : len(classifier.class_names)]
     if getattr(classifier, "multi_label", False):
         thresholds = classifier.thresholds if threshold is None else [threshold] * len(classifier.class_names)
         return above_thresholds(probs, classifier.class_names, thresholds)
     return top_k(probs, classifier.class_names, k)
+
+
+def classifier_results(classifier, outputs: torch.Tensor, k: int, threshold: float | None = None) -> list[dict]:
+    """Per image, {"predictions": ...} (`classifier_predictions`) from `Classifier.outputs_tensor`'s rows;
+    when the classifier rejects unknown inputs, also whether the image is "unknown" and its "unknown_score",
+    and for an unknown one no predictions but the classes it is nearest to ("nearest", the top k)."""
+    predictions = classifier_predictions(classifier, outputs, k, threshold)
+    rejection = getattr(classifier, "rejection", None)
+    if rejection is None:
+        return [{"predictions": preds} for preds in predictions]
+    results = []
+    for preds, answer in zip(predictions, unknown_answers(rejection, outputs[:, len(classifier.class_names)])):
+        unknown = {"predictions": [], "nearest": preds} if answer["unknown"] else {"predictions": preds}
+        results.append({**unknown, **answer})
+    return results
 
 
 def predict_images(
@@ -144,9 +162,9 @@ def predict_images(
             except BadImageError as e:
                 results.append({**identity, "error": str(e)})
         if tensors:
-            probs = classifier.predict_tensor(torch.stack(tensors))
-            for index, preds in zip(decoded, classifier_predictions(classifier, probs, topk, threshold)):
-                results[index]["predictions"] = preds
+            outputs = classifier.outputs_tensor(torch.stack(tensors))
+            for index, result in zip(decoded, classifier_results(classifier, outputs, topk, threshold)):
+                results[index].update(result)
         bar.update(len(chunk))
     bar.close()
     return results

@@ -45,7 +45,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ..data.images import BadImageError
 from ..errors import VitkitError
-from ..inference.predict import classifier_predictions
+from ..inference.predict import classifier_predictions, classifier_results
 from ..runtime import available_cores
 from .limits import MIB, ServeLimits
 
@@ -384,7 +384,7 @@ def create_app(
     explainer = explainer or classifier
     if explainer.model is classifier.model and isinstance(classifier.model, torch.nn.Module):
         explainer = own_model(classifier)
-    batcher = MicroBatcher(classifier.predict_tensor, max_batch, max_wait_ms)
+    batcher = MicroBatcher(classifier.outputs_tensor, max_batch, max_wait_ms)
     decoder = Decoder(limits.decode_threads)
     # files decode to RGB squares of the preprocessing's side, one byte a channel
     image_bytes = 3 * classifier.preprocessing.square_size**2
@@ -415,7 +415,7 @@ def create_app(
 
     def answer_with(faster) -> None:
         """Answer /predict with `faster` (the same checkpoint on a faster backend) from the next batch on."""
-        batcher.predict, app.state.classifier = faster.predict_tensor, faster
+        batcher.predict, app.state.classifier = faster.outputs_tensor, faster
 
     app.state.answer_with = answer_with
     app.add_middleware(RequestLog)
@@ -462,8 +462,8 @@ def create_app(
     async def predict(request: Request):
         async with read_images(request, limits, image_loader(classifier), decoder, budgets) as images:
             probs = await batcher.submit([img for _, img in images])
-        preds = classifier_predictions(classifier, torch.stack(probs), topk)
-        return [{"path": name, "predictions": p} for (name, _), p in zip(images, preds)]
+        results = classifier_results(classifier, torch.stack(probs), topk)
+        return [{"path": name, **result} for (name, _), result in zip(images, results)]
 
     @app.post("/explain")
     async def explain(request: Request):
@@ -474,7 +474,7 @@ def create_app(
             (probs,) = await batcher.submit([image])
             async with explain_lock:  # gradients and attention capture are not re-entrant
                 shown = await asyncio.get_running_loop().run_in_executor(
-                    None, explanation, explainer, image, int(probs.argmax())
+                    None, explanation, explainer, image, int(probs[: len(classifier.class_names)].argmax())
                 )
         return {
             "path": name,
@@ -581,8 +581,14 @@ def serve(
     threads: int = 0,
     topk: int = 5,
     limits: ServeLimits = ServeLimits(),
+    reject_unknown: bool = False,
+    unknown_method: str = "auto",
 ) -> None:
-    from ..inference import load
+    from functools import partial
+
+    from ..inference import load as load_checkpoint
+
+    load = partial(load_checkpoint, reject_unknown=reject_unknown, unknown_method=unknown_method)
 
     # With --backend auto the server answers at once with PyTorch, which loads in a fraction of a second,
     # while the faster backend load() would pick (ONNX Runtime, exported once into the cache: seconds on a
