@@ -202,3 +202,24 @@ def test_reject_unknown_refuses_a_checkpoint_without_thresholds(calibrated):
     folder, paths, _ = calibrated
     proc = run_vitkit("predict", str(folder / "ckpt"), str(paths[0]), "--reject-unknown")
     assert proc.returncode != 0 and "vitkit calibrate" in proc.stderr
+
+
+def test_serve_rejects_unknown_inputs_as_load_does(digits_run, digit_images, tmp_path):
+    out, _ = digits_run
+    paths, _ = digit_images
+    noise = tmp_path / "noise.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(noise)
+    images = [*paths[:3], noise]
+    flags = ("--precision", "fp32", "--reject-unknown", "--unknown-method", "energy")
+    expected = vitkit.load(out, device="cpu", precision="fp32", reject_unknown=True, unknown_method="energy").predict(
+        list(map(str, images))
+    )
+    with running_server(out, *flags, log=tmp_path / "serve.log") as (base, _):
+        files = [("file", (p.name, p.read_bytes(), "image/png")) for p in images]
+        answer = httpx.post(base + "/predict", files=files, timeout=60).json()
+        explained = httpx.post(base + "/explain", files=files[-1:], timeout=60).json()
+    for got, want in zip(answer, expected, strict=True):
+        assert got["unknown"] == want["unknown"]
+        assert got["unknown_score"] == pytest.approx(want["unknown_score"], abs=1e-4)
+    assert explained["unknown"] == expected[-1]["unknown"]
+    assert explained["unknown_score"] == pytest.approx(expected[-1]["unknown_score"], abs=1e-4)

@@ -45,7 +45,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ..data.images import BadImageError
 from ..errors import VitkitError
-from ..inference.predict import classifier_predictions, classifier_results
+from ..inference.predict import classifier_results
 from ..runtime import available_cores
 from .limits import MIB, ServeLimits
 
@@ -478,7 +478,7 @@ def create_app(
                 )
         return {
             "path": name,
-            "predictions": classifier_predictions(classifier, probs.unsqueeze(0), 5)[0],
+            **classifier_results(classifier, probs.unsqueeze(0), 5)[0],
             "multi_label": classifier.multi_label,
             **shown,
             "crop": dict(zip(("left", "top", "right", "bottom"), crop)),
