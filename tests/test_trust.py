@@ -97,7 +97,7 @@ def test_load_and_predict_divide_the_logits_by_the_temperature(calibrated):
     for backend in ("torch", "onnxruntime"):
         clf = vitkit.load(folder / "ckpt", device="cpu", backend=backend, precision="fp32")
         # ONNX Runtime runs an export that divides in its graph, so the classifier does not again
-        assert clf.temperature == (TEMPERATURE if backend == "torch" else 1.0)
+        assert clf.temperature == TEMPERATURE and clf.logit_divisor == (TEMPERATURE if backend == "torch" else 1.0)
         assert_same(clf.predict(list(map(str, paths)), topk=3), expected)
     proc = run_vitkit(
         "predict", str(folder / "ckpt"), *map(str, paths), "--format", "json", "--topk", "3", "--precision", "fp32"
@@ -121,7 +121,7 @@ def test_onnx_export_holds_the_temperature_in_its_graph(calibrated, tmp_path):
     assert (probs - expected).abs().max() < 1e-4
     # and vitkit, loading the export, does not divide a second time
     exported = vitkit.load(tmp_path / "model.onnx")
-    assert exported.temperature == 1.0
+    assert exported.temperature == TEMPERATURE and exported.logit_divisor == 1.0
     assert_same(exported.predict(list(map(str, paths)), topk=3), expected)
 
 

@@ -11,7 +11,7 @@ from ..errors import VitkitError
 from ..runtime import Bf16Autocast, resolve_device
 from ..eval.trust import penultimate
 from .predict import collect_images, is_one_image, predict_images
-from .unknown import Rejection, checkpoint_temperature
+from .unknown import Rejection, checkpoint_temperature, divides_by_temperature
 
 
 class Classifier:
@@ -53,8 +53,10 @@ class Classifier:
             raise VitkitError(f"{name} is multi-label but has no threshold per label: re-export it from its run")
         # decoded uint8 batches -> the model's input (resize, scale, normalise): `input_transform.for_inference`
         self.input_transform = self.preprocessing.batch_augment()
-        # the calibration temperature fitted on the validation split (1: none, or the model applies it)
-        self.temperature = checkpoint_temperature(meta, model)
+        # the calibration temperature fitted on the validation split (1: none), and what the logits are divided
+        # by here: 1 when the model divides them itself
+        self.temperature = checkpoint_temperature(meta)
+        self.logit_divisor = 1.0 if divides_by_temperature(model) else self.temperature
         # set by `reject_unknown`: scores below its threshold answer "unknown"
         self.rejection: Rejection | None = None
 
@@ -136,7 +138,7 @@ class Classifier:
                 logits, features = penultimate(self.model, x)
         else:
             logits = self.runner(x).float()
-        logits = logits / self.temperature
+        logits = logits / self.logit_divisor
         probs = logits.sigmoid() if self.multi_label else logits.softmax(-1)
         if self.rejection is not None:
             scores = self.rejection.scores(logits.cpu(), None if features is None else features.float().cpu())

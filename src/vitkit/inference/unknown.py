@@ -15,13 +15,16 @@ from ..eval.ood import FEATURE_METHODS, KNN_K, METHODS, ood_scores
 UNKNOWN = "unknown"
 
 
-def checkpoint_temperature(meta: dict, model) -> float:
-    """The temperature a classifier divides its logits by: the checkpoint's calibration, unless the model
-    already does (an ONNX export folds it into its graph, and says so in its metadata)."""
-    own = getattr(model, "meta", None)
-    if isinstance(own, dict) and (own.get("calibration") or {}).get("in_graph"):
-        return 1.0
+def checkpoint_temperature(meta: dict) -> float:
+    """The calibration temperature a checkpoint records (1: none)."""
     return float((meta.get("calibration") or {}).get("temperature", 1.0))
+
+
+def divides_by_temperature(model) -> bool:
+    """Whether the model's own logits are already calibrated: an ONNX export divides in its graph, and says
+    so in its metadata (ONNX Runtime running a checkpoint folder runs such an export too)."""
+    own = getattr(model, "meta", None)
+    return isinstance(own, dict) and bool((own.get("calibration") or {}).get("in_graph"))
 
 
 @dataclass
