@@ -37,6 +37,7 @@ CIFAR100_TEST = SHARED_DATA / "cifar100-dev" / "data" / "test-00000-of-00001.par
 FASHION_DIRS = [Path("/usr/share/datasets/fashion-mnist"), SHARED_DATA]
 PARITY_MODEL = ["stem=patch", "class_token=true", "pool=cls", "patch_size=4"]  # transformers' ViT layout
 REJECT_POSTERS = 200
+FLOWERS_BATCH = 64
 
 # OpenOOD v1.5 (Zhang et al., 2023, arXiv:2306.09301), CIFAR-10, ResNet-18 trained 100 epochs, post-hoc methods,
 # mean of 3 checkpoints: near-OOD = CIFAR-100 + TinyImageNet, far-OOD = MNIST + SVHN + Textures + Places365.
@@ -220,6 +221,7 @@ def main() -> int:
     parser.add_argument("--cifar-run", type=Path, help="score this CIFAR-10 run (trained on --work's split)")
     parser.add_argument("--flowers-run", type=Path, help="score this flowers-mini run instead of training one")
     parser.add_argument("--limit", type=int, default=2000, help="images per OOD set at most")
+    parser.add_argument("--train-limit", type=int, default=0, help="CIFAR-10 training images (0: all 45,000)")
     parser.add_argument("--no-parity", action="store_true", help="leave out the transformers pipeline check")
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "ood-benchmark", help="split and run folders")
     parser.add_argument("--out", default="benchmarks/results/ood.json")
@@ -227,8 +229,11 @@ def main() -> int:
     import vitkit
 
     cifar = held_out_cifar10(args.work / "cifar10-heldout")
-    cifar_run = args.cifar_run or train("cifar-fast", cifar, args.cifar_minutes, args.work / "cifar")
-    flowers_run = args.flowers_run or train("cifar-fast", FLOWERS, args.flowers_minutes, args.work / "flowers")
+    limit = ["--train-limit", str(args.train_limit)] if args.train_limit else []
+    cifar_run = args.cifar_run or train("cifar-fast", cifar, args.cifar_minutes, args.work / "cifar", limit)
+    # flowers-mini's 300 training photos are fewer than the recipe's batch of 1024
+    small_batch = ["--batch-size", str(FLOWERS_BATCH)]
+    flowers_run = args.flowers_run or train("cifar-fast", FLOWERS, args.flowers_minutes, args.work / "flowers", small_batch)
 
     fashion = fashion_images(args.limit)
     posters = files(POSTERS, args.limit)
@@ -250,7 +255,7 @@ def main() -> int:
     parity = None
     if not args.no_parity:
         overrides = [a for pair in PARITY_MODEL for a in ("--model-arg", pair)]
-        parity_run = train("cifar-hybrid", cifar, args.parity_minutes, args.work / "parity-vit", overrides)
+        parity_run = train("cifar-hybrid", cifar, args.parity_minutes, args.work / "parity-vit", overrides + limit)
         parity = hf_parity(parity_run, args.work / "parity-vit-hf", cifar_test[:200])
 
     rows = rows_of("cifar10", cifar_table) + rows_of("flowers", flowers_table)
