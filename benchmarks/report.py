@@ -417,13 +417,15 @@ def ood() -> list[str]:
     out += [
         "",
         f"`--reject-unknown` with the flowers model: {reject['posters_rejected']:.1%} of {reject['posters']} movie "
-        f"posters rejected, {reject['validation_kept']:.1%} of its {reject['validation_photos']} validation photos kept.",
+        f"posters rejected ({reject.get('method', 'recorded')} score), {reject['validation_kept']:.1%} of its "
+        f"{reject['validation_photos']} validation photos kept.",
     ]
     if parity := data.get("hf_pipeline_parity"):
         out += [
             "",
             f"transformers' pipeline on the calibrated ViT's Hugging Face export (T = {parity['temperature']:.3f}) "
-            f"against vitkit: largest score difference {parity['max_abs_score_diff']:.1e} over {parity['images']} images.",
+            f"against vitkit: largest score difference {parity['max_abs_score_diff']:.1e} over {parity['images']} "
+            "images.",
         ]
     return out
 

@@ -81,7 +81,8 @@ def record_trust(folder: Path, fitted: dict) -> None:
     with atomic_path(folder / OOD_FEATURES) as tmp:
         save_file({"features": fitted["bank"].contiguous()}, str(tmp))
     meta = read_json(folder / CONFIG_NAME)
-    calibration = {k: v for k, v in fitted["calibration"].items() if k in ("method", "temperature", "fitted_on", "fit_images")}
+    kept = ("method", "temperature", "fitted_on", "fit_images")
+    calibration = {k: v for k, v in fitted["calibration"].items() if k in kept}
     write_json(folder / CONFIG_NAME, {**meta, "calibration": calibration, "ood": fitted["ood"]})
 
 

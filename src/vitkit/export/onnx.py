@@ -42,7 +42,8 @@ def export_onnx(
     """Write `out_path` with a dynamic batch axis and the checkpoint's labels and preprocessing (and a
     multi-label checkpoint's thresholds, also as the `thresholds` entry: {label: threshold}) in the model
     metadata; a calibrated checkpoint's temperature divides the logits in the graph (metadata: calibration
-    in_graph), and its unknown-input thresholds ("ood") travel in the metadata; check ONNX Runtime against PyTorch on a few batch sizes. Returns the max
+    in_graph), and its unknown-input thresholds ("ood") travel in the metadata; check ONNX Runtime against
+    PyTorch on a few batch sizes. Returns the max
     |logit difference| per batch size."""
     _require("onnxscript", "export")
     onnx = _require("onnx", "export")

@@ -60,11 +60,13 @@ class Rejection:
             )
         chosen = ood.get("method") if method == "auto" else method
         if chosen not in METHODS or chosen not in ood["thresholds"]:
-            raise VitkitError(f"--unknown-method {method}: {name} records thresholds for {', '.join(ood['thresholds'])}")
+            recorded = ", ".join(ood["thresholds"])
+            raise VitkitError(f"--unknown-method {method}: {name} records thresholds for {recorded}")
         bank = None
         if chosen in FEATURE_METHODS:
             bank = _read_bank(folder, ood.get("features"), name, chosen)
-        return cls(chosen, float(ood["thresholds"][chosen]), float(ood.get("keep", 0)), bank, int(ood.get("knn_k", KNN_K)))
+        threshold, keep = float(ood["thresholds"][chosen]), float(ood.get("keep", 0))
+        return cls(chosen, threshold, keep, bank, int(ood.get("knn_k", KNN_K)))
 
 
 def _read_bank(folder: Path | None, file: str | None, name: str, method: str) -> torch.Tensor:

@@ -9,7 +9,9 @@ import torch
 from ..eval.calibration import ECE_BINS, expected_calibration_error, reliability_bins
 
 
-def plot_reliability(logits: torch.Tensor, labels: torch.Tensor, temperature: float, title: str, path: str | os.PathLike):
+def plot_reliability(
+    logits: torch.Tensor, labels: torch.Tensor, temperature: float, title: str, path: str | os.PathLike
+) -> None:
     """Two panels (T = 1 and the fitted T): each bin's accuracy as a bar against the diagonal a perfectly
     calibrated model follows, with the bin's share of the images and the ECE."""
     from .plots import _save, plt
