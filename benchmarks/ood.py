@@ -53,11 +53,12 @@ def vitkit_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "vitkit", *args]
 
 
-def held_out_cifar10(folder: Path) -> Path:
-    """CIFAR-10's training images as train/ and test/ class folders of links: every tenth file of each
-    class (sorted by name) in test/."""
+def held_out_cifar10(folder: Path, per_class: int = 0) -> Path:
+    """CIFAR-10's training images (the first `per_class` of each class when given) as train/ and test/ class
+    folders of links: every tenth file of each class (sorted by name) in test/."""
     for name in sorted(os.listdir(CIFAR10)):
-        for i, file in enumerate(sorted(os.listdir(CIFAR10 / name))):
+        names = sorted(os.listdir(CIFAR10 / name))
+        for i, file in enumerate(names[:per_class] if per_class else names):
             link = folder / ("test" if i % 10 == 0 else "train") / name / file
             if not link.exists():
                 link.parent.mkdir(parents=True, exist_ok=True)
@@ -229,16 +230,16 @@ def main() -> int:
     parser.add_argument("--cifar-run", type=Path, help="score this CIFAR-10 run (trained on --work's split)")
     parser.add_argument("--flowers-run", type=Path, help="score this flowers-mini run instead of training one")
     parser.add_argument("--limit", type=int, default=2000, help="images per OOD set at most")
-    parser.add_argument("--train-limit", type=int, default=0, help="CIFAR-10 training images (0: all 45,000)")
+    parser.add_argument("--per-class", type=int, default=0, help="CIFAR-10 images per class (0: all 5,000)")
     parser.add_argument("--no-parity", action="store_true", help="leave out the transformers pipeline check")
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "ood-benchmark", help="split and run folders")
     parser.add_argument("--out", default="benchmarks/results/ood.json")
     args = parser.parse_args()
     import vitkit
 
-    cifar = held_out_cifar10(args.work / "cifar10-heldout")
-    # a limited training split may be smaller than the recipes' batches
-    limit = ["--train-limit", str(args.train_limit), "--batch-size", str(FLOWERS_BATCH)] if args.train_limit else []
+    cifar = held_out_cifar10(args.work / "cifar10-heldout", args.per_class)
+    # a few images per class are fewer than the recipes' batches
+    limit = ["--batch-size", str(FLOWERS_BATCH)] if args.per_class else []
     cifar_run = args.cifar_run or train("cifar-fast", cifar, args.cifar_minutes, args.work / "cifar", limit)
     # flowers-mini's 300 training photos are fewer than the recipe's batch of 1024
     small_batch = ["--batch-size", str(FLOWERS_BATCH)]

@@ -214,7 +214,7 @@ def ood(tmp_path):
         shared_dataset(name)
     out = tmp_path / "ood.json"
     script(
-        "ood.py", "--cifar-minutes", 0.05, "--flowers-minutes", 0.05, "--parity-minutes", 0.05, "--train-limit", 300,
+        "ood.py", "--cifar-minutes", 0.05, "--flowers-minutes", 0.05, "--parity-minutes", 0.05, "--per-class", 40,
         "--limit", 20, "--work", tmp_path / "work", "--out", out,
     )  # fmt: skip
     data = read(out)
