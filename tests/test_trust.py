@@ -63,7 +63,8 @@ def calibrated(tmp_path_factory):
         model.head.weight.mul_(40)
     pre = {"image_size": 32, "stored_size": 32, "channels": 3, "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3]}
     calibration = {"method": "temperature", "temperature": TEMPERATURE, "fitted_on": "val", "fit_images": 1}
-    save_model(model, folder / "ckpt", class_names=CLASSES, preprocessing=pre, calibration=calibration)
+    ood = {"method": "energy", "thresholds": {"msp": 0.5, "energy": 1.0}, "keep": 0.95, "fitted_on": "val"}
+    save_model(model, folder / "ckpt", class_names=CLASSES, preprocessing=pre, calibration=calibration, ood=ood)
     rng = np.random.default_rng(0)
     paths = []
     for i in range(6):
@@ -135,6 +136,17 @@ def test_hf_export_folds_the_temperature_into_the_classifier(calibrated, tmp_pat
         got = {p["label"]: p["score"] for p in pipe(str(path), top_k=3)}
         assert got == pytest.approx(want, abs=1e-4)
     assert_same(vitkit.load(tmp_path / "hf", device="cpu", precision="fp32").predict(list(map(str, paths))), expected)
+    # the export keeps the rejection thresholds, which its folded logits meet as the checkpoint's calibrated ones
+    for method in ("msp", "energy"):
+        answers = [
+            vitkit.load(where, device="cpu", precision="fp32", reject_unknown=True, unknown_method=method).predict(
+                list(map(str, paths))
+            )
+            for where in (folder / "ckpt", tmp_path / "hf")
+        ]
+        for ours, exported in zip(*answers, strict=True):
+            assert exported["unknown"] == ours["unknown"]
+            assert exported["unknown_score"] == pytest.approx(ours["unknown_score"], abs=1e-4)
 
 
 def test_serve_answers_with_calibrated_scores(calibrated, tmp_path):
@@ -198,9 +210,12 @@ def test_reject_unknown_answers_unknown_below_the_threshold(digits_run, digit_im
     assert proc.returncode == 0, proc.stderr
 
 
-def test_reject_unknown_refuses_a_checkpoint_without_thresholds(calibrated):
+def test_reject_unknown_refuses_a_checkpoint_without_thresholds(calibrated, tmp_path):
     folder, paths, _ = calibrated
-    proc = run_vitkit("predict", str(folder / "ckpt"), str(paths[0]), "--reject-unknown")
+    config = read_json(folder / "ckpt" / "config.json")
+    shutil.copytree(folder / "ckpt", tmp_path / "ckpt")
+    write_json(tmp_path / "ckpt" / "config.json", {k: v for k, v in config.items() if k != "ood"})
+    proc = run_vitkit("predict", str(tmp_path / "ckpt"), str(paths[0]), "--reject-unknown")
     assert proc.returncode != 0 and "vitkit calibrate" in proc.stderr
 
 

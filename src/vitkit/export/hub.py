@@ -15,7 +15,7 @@ from pathlib import Path
 from ..inference import checkpoint_folder, load
 from ..errors import VitkitError
 from ..eval.trust import OOD_FEATURES
-from ..fileio import write_json
+from ..fileio import read_json, write_json
 from ..models.io import CONFIG_NAME, WEIGHTS_NAME
 from ..pretrained import is_hub_id, network_errors
 from ..pretrained.hf import hf_export_error, hf_incompatibilities, save_hf_folder
@@ -43,6 +43,11 @@ def write_hf_folder(classifier, checkpoint: Path, out: str | os.PathLike, title:
         classifier.model, classifier.class_names, classifier.preprocessing, out, classifier.thresholds,
         classifier.temperature,
     )
+    if classifier.meta.get("ood"):  # thresholds of calibrated logits, which the folded weights give
+        write_json(out / "config.json", {**read_json(out / "config.json"), "vitkit_ood": classifier.meta["ood"]})
+        features = checkpoint_folder(checkpoint) / OOD_FEATURES
+        if features.is_file():
+            shutil.copyfile(features, out / OOD_FEATURES)
     card = model_card(classifier, checkpoint, title, load_as, transformers_ready=True)
     (out / "README.md").write_text(card)
     return out
