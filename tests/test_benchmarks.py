@@ -216,6 +216,24 @@ def multilabel(tmp_path):
     assert all(row["mean_predicted_labels"] >= 0 and row["mean_true_labels"] > 0 for row in strategies.values())
 
 
+def ood(tmp_path):
+    for name in ("cifar10-train", "cifar100-dev", "movie-posters", "flowers-mini"):
+        shared_dataset(name)
+    out = tmp_path / "ood.json"
+    script(
+        "ood.py", "--cifar-minutes", 0.05, "--flowers-minutes", 0.05, "--parity-minutes", 0.05, "--per-class", 40,
+        "--limit", 20, "--work", tmp_path / "work", "--out", out,
+    )  # fmt: skip
+    data = read(out)
+    cases = {(r["model"], r["ood"], r["method"]) for r in data["rows"]}
+    assert cases >= {("cifar10", "near", "knn"), ("cifar10", "far", "energy"), ("flowers", "far", "msp")}
+    for row in data["rows"]:
+        assert 0 <= row["auroc"] <= 1 and 0 <= row["fpr95"] <= 1
+    assert data["reject_unknown"]["posters"] == 20 and 0 <= data["reject_unknown"]["posters_rejected"] <= 1
+    assert data["hf_pipeline_parity"]["max_abs_score_diff"] < 1e-4
+    assert set(data["calibration"]["cifar10"]["after"]) == {"ece", "nll", "brier"}
+
+
 def recipe_parity(tmp_path):
     out = tmp_path / "parity"
     script(
@@ -370,6 +388,7 @@ CASES = {
     "inference.py": inference,
     "keras_parity.py": keras_parity,
     "multilabel.py": multilabel,
+    "ood.py": ood,
     "recipe_parity.py": recipe_parity,
     "report.py": report,
     "serve_isolation.py": serve_isolation,

@@ -146,10 +146,10 @@ def test_bf16_runs_under_autocast_and_fp32_does_not(digits_run):
     bf16 = vitkit.load(digits_run[0], device="cpu", backend="torch", precision="bf16")
     with torch.inference_mode():
         x = fp32.input_transform.for_inference(images)
-        expected_fp32 = fp32.model(x).float().softmax(-1)
+        expected_fp32 = (fp32.model(x).float() / fp32.temperature).softmax(-1)  # calibrated
         with torch.autocast("cpu", dtype=torch.bfloat16):
             bf16_logits = fp32.model(x)
-        expected_bf16 = bf16_logits.float().softmax(-1)
+        expected_bf16 = (bf16_logits.float() / bf16.temperature).softmax(-1)
     assert torch.equal(fp32.predict_tensor(images), expected_fp32)
     assert torch.equal(bf16.predict_tensor(images), expected_bf16)
     assert not torch.equal(expected_bf16, expected_fp32)

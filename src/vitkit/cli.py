@@ -118,6 +118,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from .eval.calibration import describe_calibration
+    from .eval.trust import calibrate
+
+    report = calibrate(args.checkpoint, device=inference_options(args)["device"])
+    print(json.dumps(report, indent=2) if args.json else f"{describe_calibration(report)}  ->  {report['checkpoint']}")
+    return 0
+
+
 def cmd_top_losses(args: argparse.Namespace) -> int:
     from .eval.checkpoint import top_losses
     from .eval.summary import top_losses_text
@@ -294,6 +303,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_command_options(p, LRFindOptions, "lr-find")
     add_dataclass_options(p, TrainConfig, GROUPS, command="lr-find")
     p.set_defaults(func=cmd_lr_find)
+
+    p = sub.add_parser("calibrate", help="fit a run's temperature and unknown-input thresholds on its validation split")
+    p.add_argument("checkpoint")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_inference_arguments(p, "calibrate")
+    p.set_defaults(func=cmd_calibrate)
 
     from .eval.checkpoint import EvaluationOptions
 

@@ -212,7 +212,7 @@ def top_losses(
         raise VitkitError(f"{checkpoint} is multi-label: top-losses ranks single-label mistakes; use vitkit eval")
     data, dataset, split, part, source, own = _scored_images(clf, data, split, data_options)
     loader = BatchLoader(part, batch_size, shuffle=False, device=clf.device, workers=AUTO_WORKERS)
-    losses, probs = per_sample_predictions(clf.runner, loader, clf.input_transform, flip_tta)
+    losses, probs = per_sample_predictions(clf.runner, loader, clf.input_transform, flip_tta, clf.logit_divisor)
     labels = part.labels
     predicted = probs.argmax(dim=1)
     wrong = (predicted != labels).nonzero().flatten()

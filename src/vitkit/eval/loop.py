@@ -54,14 +54,14 @@ def evaluate_loader(
 
 @torch.inference_mode()
 def per_sample_predictions(
-    model: nn.Module, loader: BatchLoader, augment: BatchAugment, flip_tta: bool = False
+    model: nn.Module, loader: BatchLoader, augment: BatchAugment, flip_tta: bool = False, temperature: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, class probabilities) of every image of a loader, in its order, on the CPU; fp32 as in
-    `evaluate_loader`."""
+    `evaluate_loader`, of the logits divided by the calibration `temperature`."""
     model.eval()
     losses, probs = [], []
     for images, labels in loader.batches():
-        logits = eval_logits(model, augment.for_inference(images), flip_tta)
+        logits = eval_logits(model, augment.for_inference(images), flip_tta) / temperature
         losses.append(F.cross_entropy(logits, labels, reduction="none").cpu())
         probs.append(logits.softmax(dim=1).cpu())
     return torch.cat(losses), torch.cat(probs)

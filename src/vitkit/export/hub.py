@@ -14,7 +14,8 @@ from pathlib import Path
 
 from ..inference import checkpoint_folder, load
 from ..errors import VitkitError
-from ..fileio import write_json
+from ..eval.trust import OOD_FEATURES
+from ..fileio import read_json, write_json
 from ..models.io import CONFIG_NAME, WEIGHTS_NAME
 from ..options import names_where
 from ..pretrained import is_hub_id, network_errors
@@ -40,7 +41,15 @@ def write_hf_folder(classifier, checkpoint: Path, out: str | os.PathLike, title:
         raise VitkitError("--format hf needs a checkpoint folder (a run, best/ or last/), not an .onnx file")
     if classifier.model.family == "vit" and hf_incompatibilities(classifier.model.config):
         raise hf_export_error(classifier.model.config)
-    out = save_hf_folder(classifier.model, classifier.class_names, classifier.preprocessing, out, classifier.thresholds)
+    out = save_hf_folder(
+        classifier.model, classifier.class_names, classifier.preprocessing, out, classifier.thresholds,
+        classifier.temperature,
+    )
+    if classifier.meta.get("ood"):  # thresholds of calibrated logits, which the folded weights give
+        write_json(out / "config.json", {**read_json(out / "config.json"), "vitkit_ood": classifier.meta["ood"]})
+        features = checkpoint_folder(checkpoint) / OOD_FEATURES
+        if features.is_file():
+            shutil.copyfile(features, out / OOD_FEATURES)
     card = model_card(classifier, checkpoint, title, load_as, transformers_ready=True)
     (out / "README.md").write_text(card)
     return out
@@ -52,6 +61,8 @@ def write_vitkit_folder(classifier, checkpoint: Path, out: Path, title: str, loa
     out.mkdir(parents=True, exist_ok=True)
     folder = checkpoint_folder(checkpoint)
     shutil.copyfile(folder / WEIGHTS_NAME, out / WEIGHTS_NAME)
+    if (folder / OOD_FEATURES).is_file():  # what --unknown-method knn compares with
+        shutil.copyfile(folder / OOD_FEATURES, out / OOD_FEATURES)
     meta = dict(classifier.meta)
     trained = {k: v for k, v in (meta.get("train_config") or {}).items() if k != "out"}
     trained.update({k: local_name(trained[k]) for k in PATH_OPTIONS if isinstance(trained.get(k), str)})

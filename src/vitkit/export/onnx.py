@@ -25,12 +25,25 @@ def _require(module: str, extra: str):
         raise VitkitError(f"{module} is not installed: pip install 'vitkit[{extra}]'") from None
 
 
+class TemperatureScaled(torch.nn.Module):
+    """A classifier whose logits are divided by its calibration temperature."""
+
+    def __init__(self, model: torch.nn.Module, temperature: float):
+        super().__init__()
+        self.model, self.temperature = model, temperature
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x) / self.temperature
+
+
 def export_onnx(
     classifier, out_path: str | os.PathLike, opset: int = DEFAULT_OPSET, validate_batches: tuple[int, ...] = (1, 7)
 ) -> dict:
     """Write `out_path` with a dynamic batch axis and the checkpoint's labels and preprocessing (and a
     multi-label checkpoint's thresholds, also as the `thresholds` entry: {label: threshold}) in the model
-    metadata; check ONNX Runtime against PyTorch on a few batch sizes. Returns the max
+    metadata; a calibrated checkpoint's temperature divides the logits in the graph (metadata: calibration
+    in_graph), and its unknown-input thresholds ("ood") travel in the metadata; check ONNX Runtime against
+    PyTorch on a few batch sizes. Returns the max
     |logit difference| per batch size."""
     _require("onnxscript", "export")
     onnx = _require("onnx", "export")
@@ -40,6 +53,8 @@ def export_onnx(
             "(vitkit.load(..., backend='torch'))"
         )
     model = classifier.model.float().eval().cpu()
+    if classifier.temperature != 1.0:  # the graph gives calibrated logits, as vitkit.load's Classifier does
+        model = TemperatureScaled(model, classifier.temperature)
     size, channels = classifier.image_size, classifier.channels
     example = torch.randn(2, channels, size, size)
     batch = torch.export.Dim("batch", min=1, max=4096)
@@ -60,6 +75,8 @@ def export_onnx(
         program.optimize()
         proto = program.model_proto
         carried = {k: v for k, v in classifier.meta.items() if k != "train_config"}
+        if classifier.temperature != 1.0:
+            carried["calibration"] = {**carried.get("calibration", {}), "in_graph": True}
         meta = {"vitkit": json.dumps({**carried, "preprocessing": classifier.preprocessing.to_dict()})}
         if classifier.multi_label:  # for any ONNX consumer: sigmoid the logits, keep labels at their threshold
             meta["thresholds"] = json.dumps(dict(zip(classifier.class_names, classifier.thresholds)))

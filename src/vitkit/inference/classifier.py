@@ -10,7 +10,9 @@ from ..data.preprocess import Preprocessing
 from ..errors import VitkitError
 from ..models.naming import model_label
 from ..runtime import Bf16Autocast, resolve_device
+from ..eval.trust import penultimate
 from .predict import PredictOptions, collect_images, is_one_image, predict_images
+from .unknown import Rejection, checkpoint_temperature, divides_by_temperature
 
 
 class Classifier:
@@ -52,6 +54,24 @@ class Classifier:
             raise VitkitError(f"{name} is multi-label but has no threshold per label: re-export it from its run")
         # decoded uint8 batches -> the model's input (resize, scale, normalise): `input_transform.for_inference`
         self.input_transform = self.preprocessing.batch_augment()
+        # the calibration temperature fitted on the validation split (1: none), and what the logits are divided
+        # by here: 1 when the model divides them itself
+        self.temperature = checkpoint_temperature(meta)
+        self.logit_divisor = 1.0 if divides_by_temperature(model) else self.temperature
+        # set by `reject_unknown`: scores below its threshold answer "unknown"
+        self.rejection: Rejection | None = None
+
+    def reject_unknown(self, method: str = "auto") -> "Classifier":
+        """Answer "unknown" for images unlike the training data, by the method and threshold the
+        checkpoint records (set on its validation split; `method` "auto": the one it recommends)."""
+        rejection = Rejection.from_checkpoint(self.meta, self.folder, method, self.name)
+        if rejection.needs_features and not self.backend == "torch":
+            raise VitkitError(
+                f"--unknown-method {rejection.method} reads the model's features, which {self.backend} does not "
+                "give: use --backend torch, or --unknown-method energy or msp"
+            )
+        self.rejection = rejection
+        return self
 
     @property
     def backend(self) -> str:
@@ -101,17 +121,36 @@ class Classifier:
 
     __call__ = predict
 
-    @torch.inference_mode()
     def predict_tensor(self, images: torch.Tensor) -> torch.Tensor:
         """Class probabilities (multi-label: each label's sigmoid score) for uint8 NCHW images already
         decoded to the preprocessing's square (`Preprocessing.load_tensor` or `image_tensor`), any channel
         count. Photos of any other size go through `predict`, which resizes and crops them first: resizing
         them here would squash them."""
+        return self.outputs_tensor(images)[:, : len(self.class_names)]
+
+    @torch.inference_mode()
+    def outputs_tensor(self, images: torch.Tensor) -> torch.Tensor:
+        """`predict_tensor`'s probabilities, with each image's unknown-input score as one more column when
+        the classifier rejects unknown inputs (`reject_unknown`); `predict.classifier_predictions` reads it."""
+        self._check_square(images)
+        x = self.input_transform.for_inference(images.to(self.device))
+        features = None
+        if self.rejection is not None and self.rejection.needs_features:
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+                logits, features = penultimate(self.model, x)
+        else:
+            logits = self.runner(x).float()
+        logits = logits / self.logit_divisor
+        probs = logits.sigmoid() if self.multi_label else logits.softmax(-1)
+        if self.rejection is not None:
+            scores = self.rejection.scores(logits.cpu(), None if features is None else features.float().cpu())
+            probs = torch.cat([probs.cpu(), scores.unsqueeze(1).to(probs.dtype)], dim=1)
+        return probs.cpu()
+
+    def _check_square(self, images: torch.Tensor) -> None:
         side = self.preprocessing.square_size
         if images.ndim != 4 or images.shape[-2:] not in ((side, side), (self.image_size, self.image_size)):
             raise VitkitError(
                 f"predict_tensor takes NxCx{side}x{side} images as preprocessing decodes them, got "
                 f"{tuple(images.shape)}; pass photos of any size to predict(), which resizes and crops them"
             )
-        logits = self.runner(self.input_transform.for_inference(images.to(self.device))).float()
-        return (logits.sigmoid() if self.multi_label else logits.softmax(-1)).cpu()

@@ -41,6 +41,8 @@ def load(
     precision: str = "auto",
     threads: int = 0,
     notice: Callable[[str], None] | None = None,
+    reject_unknown: bool = False,
+    unknown_method: str = "auto",
 ) -> Classifier:
     """Load a checkpoint folder (a run's best/ or last/, the run folder itself, or a Hugging Face folder
     `vitkit export --format hf` wrote), an exported .onnx file (fp32 or INT8), or a hub id (owner/name: a
@@ -58,12 +60,22 @@ def load(
     cache folder, an exporter error) leaves the model on PyTorch. threads: CPU threads (0: every core).
     A multi-label checkpoint saved before its first validation (a run's early last/) predicts at 0.5 for
     every label until its thresholds are tuned. notice: called with a line before that one-time export,
-    which takes seconds, and with what was assumed or fallen back to (default: a warning)."""
+    which takes seconds, and with what was assumed or fallen back to (default: a warning).
+
+    Probabilities are calibrated: the logits are divided by the temperature fitted on the checkpoint's
+    validation split (`Classifier.temperature`; 1 for a checkpoint without one). reject_unknown answers
+    "unknown" for images whose `unknown_method` score is below the threshold recorded with the checkpoint
+    (`Classifier.reject_unknown`); knn reads the model's features, so backend="auto" then runs PyTorch."""
+    InferenceOptions(device, backend, precision, threads, reject_unknown, unknown_method).validate()
+    classifier = _load(checkpoint, device, backend, precision, threads, notice, reject_unknown, unknown_method)
+    return classifier.reject_unknown(unknown_method) if reject_unknown else classifier
+
+
+def _load(checkpoint, device, backend, precision, threads, notice, reject_unknown, unknown_method) -> Classifier:
     # the model families and pretrained loaders load with the first checkpoint, not with `import vitkit`
     from ..models.io import check_preprocessing
     from ..pretrained import download_checkpoint, is_hub_id, load_classifier_folder
 
-    InferenceOptions(device, backend, precision, threads).validate()
     if threads:
         torch.set_num_threads(threads)
     path = Path(checkpoint)
@@ -85,6 +97,8 @@ def load(
     else:
         name, path = checkpoint_name(path), checkpoint_folder(path)
     asked_backend = backend
+    if reject_unknown and backend == "auto" and _rejects_with_features(path, unknown_method):
+        backend = "torch"  # ONNX Runtime gives no features
     chosen, why, backend = resolve_precision(precision, backend, resolve_device(device), path, str(checkpoint))
     model, meta = load_classifier_folder(path)
     meta = _with_thresholds(meta, model.config.num_classes, name, notice)
@@ -98,6 +112,15 @@ def load(
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             _tell(notice, f"running {name} on PyTorch: the ONNX export for ONNX Runtime failed ({reason})")
     return Classifier(model, meta, device, chosen, name, why, path)
+
+
+def _rejects_with_features(folder: Path, method: str) -> bool:
+    from ..eval.ood import FEATURE_METHODS
+    from ..fileio import read_json
+
+    config = folder / "config.json"
+    recorded = (read_json(config).get("ood") or {}).get("method") if config.is_file() else None
+    return (recorded if method == "auto" else method) in FEATURE_METHODS
 
 
 def _tell(notice: Callable[[str], None] | None, line: str) -> None:

@@ -11,12 +11,13 @@ import torch
 
 from ..errors import VitkitError
 from ..eval.agreement import bf16_guard
+from ..eval.ood import METHODS as OOD_METHODS
 from ..options import check_options, option
 from ..runtime import MIN_AGREEMENT, cpu_bf16_kind
 
 PRECISIONS = ("auto", "fp32", "bf16")
 BACKENDS = ("auto", "torch", "onnxruntime")
-_MODEL_USERS = ("predict", "serve", "eval", "top-losses", "explain")
+_MODEL_USERS = ("predict", "serve", "eval", "top-losses", "explain", "calibrate")
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,23 @@ class InferenceOptions:
     )
     threads: int = option(
         0, "CPU threads for the model (0: every core)", group="inference", at_least=0, commands=("predict", "serve")
+    )
+
+    reject_unknown: bool = option(
+        False,
+        "answer 'unknown' (with the score and the nearest classes) for images unlike the training data: a score "
+        "below the threshold that kept 95% of the validation images (set by vitkit train, or vitkit calibrate "
+        "for older runs)",
+        group="inference",
+        commands=("predict", "serve"),
+    )
+    unknown_method: str = option(
+        "auto",
+        "the score --reject-unknown compares: auto (the checkpoint's recorded choice), msp (maximum softmax "
+        "probability), energy, or knn (distance to the training images' features; PyTorch backend)",
+        group="inference",
+        choices=("auto", *OOD_METHODS),
+        commands=("predict", "serve"),
     )
 
     def validate(self) -> "InferenceOptions":

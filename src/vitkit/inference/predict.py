@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from ..data.images import BadImageError, is_image_file
 from ..errors import MissingFile, VitkitError
 from ..options import option
+from .unknown import unknown_answers
 
 _predict = partial(option, group="predict", commands=("predict",))
 
@@ -135,11 +136,28 @@ def classifier_predictions(
     classifier, probs: torch.Tensor, k: int, threshold: float | None = None
 ) -> list[list[dict]]:
     """What a classifier reports for a batch of scores: the top k, or for a multi-label classifier every
-    label above its threshold (`threshold`: one for every label instead of the tuned ones)."""
+    label above its threshold (`threshold`: one for every label instead of the tuned ones). Scores beyond the
+    classes (an unknown-input score, `Classifier.outputs_tensor`) are left out."""
+    probs = probs[:, : len(classifier.class_names)]
     if classifier.multi_label:
         thresholds = classifier.thresholds if threshold is None else [threshold] * len(classifier.class_names)
         return above_thresholds(probs, classifier.class_names, thresholds)
     return top_k(probs, classifier.class_names, k)
+
+
+def classifier_results(classifier, outputs: torch.Tensor, k: int, threshold: float | None = None) -> list[dict]:
+    """Per image, {"predictions": ...} (`classifier_predictions`) from `Classifier.outputs_tensor`'s rows;
+    when the classifier rejects unknown inputs, also whether the image is "unknown" and its "unknown_score",
+    and for an unknown one no predictions but the classes it is nearest to ("nearest", the top k)."""
+    predictions = classifier_predictions(classifier, outputs, k, threshold)
+    rejection = getattr(classifier, "rejection", None)
+    if rejection is None:
+        return [{"predictions": preds} for preds in predictions]
+    results = []
+    for preds, answer in zip(predictions, unknown_answers(rejection, outputs[:, len(classifier.class_names)])):
+        unknown = {"predictions": [], "nearest": preds} if answer["unknown"] else {"predictions": preds}
+        results.append({**unknown, **answer})
+    return results
 
 
 def predict_images(
@@ -169,9 +187,9 @@ def predict_images(
             except BadImageError as e:
                 results.append({**identity, "error": str(e)})
         if tensors:
-            probs = classifier.predict_tensor(torch.stack(tensors))
-            for index, preds in zip(decoded, classifier_predictions(classifier, probs, topk, threshold)):
-                results[index]["predictions"] = preds
+            outputs = classifier.outputs_tensor(torch.stack(tensors))
+            for index, result in zip(decoded, classifier_results(classifier, outputs, topk, threshold)):
+                results[index].update(result)
         bar.update(len(chunk))
     bar.close()
     return results
@@ -212,14 +230,17 @@ def format_predictions(results: list[dict], fmt: str) -> str:
                 writer.writerow([path, rank, spreadsheet_text(p["label"]), p["score"]])
             if "error" in r:
                 writer.writerow([path, "", "ERROR", spreadsheet_text(r["error"])])
+            if r.get("unknown"):  # --reject-unknown: the score that fell below the threshold
+                writer.writerow([path, "", "unknown", r["unknown_score"]])
         return buffer.getvalue().rstrip("\n")
     lines = []
     for r in results:
         if "error" in r:
             lines.append(f"{r['path']}: ERROR {r['error']}")
             continue
-        preds = "  ".join(f"{p['label']} {p['score']:.3f}" for p in r["predictions"])
-        lines.append(f"{r['path']}: {preds}")
+        preds = "  ".join(f"{p['label']} {p['score']:.3f}" for p in r["predictions"] or r.get("nearest", []))
+        unknown = f"unknown (score {r['unknown_score']:.3f}), nearest: " if r.get("unknown") else ""
+        lines.append(f"{r['path']}: {unknown}{preds}")
     return "\n".join(lines)
 
 

@@ -203,6 +203,8 @@ def load_classifier_folder(folder: Path) -> tuple[nn.Module, dict]:
         "class_names": loaded.class_names or [str(i) for i in range(model_config.num_classes)],
         "preprocessing": loaded.preprocessing.to_dict(),
     }
+    if config.get("vitkit_ood"):  # unknown-input thresholds a vitkit export kept (`vitkit.eval.trust`)
+        meta["ood"] = config["vitkit_ood"]
     if config.get("problem_type") == MULTI_LABEL_PROBLEM:
         meta.update(
             multi_label=True, thresholds=config.get("thresholds") or [UNTUNED_THRESHOLD] * model_config.num_classes

@@ -307,11 +307,14 @@ def save_hf_folder(
     preprocessing: Preprocessing,
     out: str | os.PathLike,
     thresholds: list[float] | None = None,
+    temperature: float = 1.0,
 ) -> Path:
     """A folder that transformers' from_pretrained and pipeline() load, preprocessing included. A model
     with a device resize (decode_size set) gets a processor that resizes in one step instead. With
     `thresholds` (a multi-label model) the config says problem_type multi_label_classification, so that
-    transformers scores with a sigmoid, and keeps the thresholds (in id order) for vitkit."""
+    transformers scores with a sigmoid, and keeps the thresholds (in id order) for vitkit. A calibration
+    `temperature` is folded into the classifier's weights and bias (logits / T), so that pipeline() gives
+    the calibrated scores vitkit gives."""
     from safetensors.torch import save_file
 
     if model.family != "vit":
@@ -322,6 +325,8 @@ def save_hf_folder(
     out = Path(out)
     cfg = model.config
     state = vitkit_to_hf({k: v.detach().cpu() for k, v in model.state_dict().items()}, cfg)
+    for name in ("classifier.weight", "classifier.bias"):
+        state[name] = state[name] / temperature
     with atomic_path(out / "model.safetensors") as tmp:
         save_file(state, str(tmp), metadata={"format": "pt"})
     config = hf_config_from_vitkit(cfg, class_names)

@@ -25,7 +25,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
-from ..inference.predict import classifier_predictions
+from ..inference.predict import classifier_results
 from .batching import MicroBatcher
 from .decoding import Decoder, image_and_crop_loader, image_loader
 from .explain import explanation, own_model
@@ -49,7 +49,7 @@ def create_app(
     explainer = explainer or classifier
     if explainer.model is classifier.model and isinstance(classifier.model, torch.nn.Module):
         explainer = own_model(classifier)
-    batcher = MicroBatcher(classifier.predict_tensor, max_batch, max_wait_ms)
+    batcher = MicroBatcher(classifier.outputs_tensor, max_batch, max_wait_ms)
     budgets = Budgets.within(limits, classifier.preprocessing.square_size)
     decoder = Decoder(limits.decode_threads)
     explain_lock = asyncio.Lock()
@@ -66,7 +66,7 @@ def create_app(
 
     def answer_with(faster) -> None:
         """Answer /predict with `faster` (the same checkpoint on a faster backend) from the next batch on."""
-        batcher.predict, app.state.classifier = faster.predict_tensor, faster
+        batcher.predict, app.state.classifier = faster.outputs_tensor, faster
 
     app.state.answer_with = answer_with
     app.add_middleware(RequestLog)
@@ -107,8 +107,8 @@ def create_app(
     async def predict(request: Request):
         async with read_images(request, limits, image_loader(classifier), decoder, budgets) as images:
             probs = await batcher.submit([img for _, img in images])
-        preds = classifier_predictions(classifier, torch.stack(probs), topk)
-        return [{"path": name, "predictions": p} for (name, _), p in zip(images, preds)]
+        results = classifier_results(classifier, torch.stack(probs), topk)
+        return [{"path": name, **result} for (name, _), result in zip(images, results)]
 
     @app.post("/explain")
     async def explain(request: Request):
@@ -119,11 +119,11 @@ def create_app(
             (probs,) = await batcher.submit([image])
             async with explain_lock:  # gradients and attention capture are not re-entrant
                 pictures = await asyncio.get_running_loop().run_in_executor(
-                    None, explanation, explainer, image, int(probs.argmax())
+                    None, explanation, explainer, image, int(probs[: len(classifier.class_names)].argmax())
                 )
         return {
             "path": name,
-            "predictions": classifier_predictions(classifier, probs.unsqueeze(0), 5)[0],
+            **classifier_results(classifier, probs.unsqueeze(0), 5)[0],
             "multi_label": classifier.multi_label,
             **pictures,
             "crop": dict(zip(("left", "top", "right", "bottom"), crop)),
@@ -142,8 +142,14 @@ def serve(
     threads: int = 0,
     topk: int = ServeOptions.topk,
     limits: ServeLimits = ServeLimits(),
+    reject_unknown: bool = False,
+    unknown_method: str = "auto",
 ) -> None:
-    from ..inference import load
+    from functools import partial
+
+    from ..inference import load as load_checkpoint
+
+    load = partial(load_checkpoint, reject_unknown=reject_unknown, unknown_method=unknown_method)
 
     # With --backend auto the server answers at once with PyTorch, which loads in a fraction of a second,
     # while the faster backend load() would pick (ONNX Runtime, exported once into the cache: seconds on a

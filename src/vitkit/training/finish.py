@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import torch.nn as nn
 
 from ..eval.agreement import MIN_AGREEMENT, bf16_agreement, describe, record_agreement, record_bf16_agreement
+from ..eval.calibration import describe_calibration
 from ..eval.metrics import MetricAccumulator
 from ..eval.multilabel import evaluate_multilabel
 from ..models import count_parameters
@@ -34,6 +35,7 @@ def finish(trainer: Trainer) -> dict[str, Any]:
     t_finish, training_s = budget.clock(), budget.training_time()
     final = final_multilabel if trainer.multi_label else final_single
     metrics, draw, summary, agreement = final(trainer)
+    calibration = fit_scores(trainer) if trainer.ctx.is_main and not trainer.multi_label else None
     if trainer.ctx.is_main and trainer.cfg.plots:
         draw()  # before results.json, whose wall time includes the figures
     split = setup.eval_split
@@ -42,6 +44,7 @@ def finish(trainer: Trainer) -> dict[str, Any]:
         # the validation split also picked best/ (and early stopping): its numbers are optimistic
         "split_selected_checkpoint": setup.split_selected_checkpoint,
         "metrics": metrics,
+        **({"calibration": calibration} if calibration else {}),
         **({"bf16_agreement": agreement} if agreement else {}),
         **run_summary(trainer, training_s),
     }
@@ -54,6 +57,8 @@ def finish(trainer: Trainer) -> dict[str, Any]:
         f"{split_title(split, False)} ({images} images, epoch {trainer.state.best_epoch}'s weights{chose}): "
         f"{summary}  ->  {run.path}"
     )
+    if calibration:
+        trainer.log(describe_calibration(calibration))
     if agreement:
         verdict = "runs bf16" if record_agreement(agreement) >= MIN_AGREEMENT else f"stays in fp32 (below {MIN_AGREEMENT:.1%})"
         trainer.log(f"{describe(agreement)}: --precision auto {verdict}")
@@ -92,6 +97,27 @@ def final_single(trainer: Trainer):
         f"top-1 {m['top1']:.4f}{top5}  f1-macro {m['f1_macro']:.4f}",
         agreement,
     )
+
+
+def fit_scores(trainer: Trainer) -> dict:
+    """Calibrate the best checkpoint and set its unknown-input thresholds on the validation split, kept in
+    best/ (`eval.trust`); the calibration report (temperature, ECE/NLL/Brier before and after on the
+    reported split) for results.json, and reliability.png when the run draws figures."""
+    from ..eval.trust import fit_trust, record_trust
+
+    setup, folder = trainer.setup, trainer.run.checkpoint("best")
+    best = load_model(folder)[0].to(trainer.device)
+    fitted = fit_trust(best, trainer.data, setup.eval_split, trainer.augment.for_inference, trainer.device,
+                       trainer.cfg.eval_batch_size)
+    record_trust(folder, fitted)
+    report = fitted["calibration"]
+    if trainer.cfg.plots:
+        from ..viz.calibration import plot_reliability
+
+        title = split_title(setup.eval_split, setup.split_selected_checkpoint)
+        plot_reliability(fitted["logits"], fitted["labels"], report["temperature"], title,
+                         trainer.run.path / "reliability.png")
+    return {**report, "ood": {k: fitted["ood"][k] for k in ("method", "thresholds", "keep", "fitted_on")}}
 
 
 def final_multilabel(trainer: Trainer):

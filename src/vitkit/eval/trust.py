@@ -1,0 +1,114 @@
+"""Scores a user can trust, fitted on a single-label checkpoint's validation split and kept with it: the
+calibration temperature (`calibration.py`) and the unknown-input rejection thresholds (`ood.py`), in its
+config.json under "calibration" and "ood", and the training features knn compares against in
+OOD_FEATURES. `vitkit train` fits them at the end of a run; `vitkit calibrate RUN` for a run made before."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from ..data.loader import BatchLoader
+from ..data.splits import limit_split
+from ..fileio import atomic_path, read_json, write_json
+from ..models.io import CONFIG_NAME
+from .calibration import calibration_report
+from .ood import DEFAULT_KEEP, DEFAULT_METHOD, KNN_K, MAX_BANK, METHODS, keep_threshold, normalise, ood_scores
+
+OOD_FEATURES = "ood_features.safetensors"
+
+
+def penultimate(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, the pooled features the head reads) of prepared images, in one pass."""
+    pooled = model.pool(model.forward_features(images))
+    return model.forward_head(pooled).float(), pooled.float()
+
+
+@torch.inference_mode()
+def model_outputs(model: nn.Module, loader: BatchLoader, transform) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logits, labels, penultimate features) of every image of a loader, in fp32 on the CPU."""
+    model.eval()
+    logits, labels, features = [], [], []
+    for images, targets in loader.batches():
+        out, pooled = penultimate(model, transform(images))
+        logits.append(out.cpu())
+        features.append(pooled.cpu())
+        labels.append(targets.cpu())
+    return torch.cat(logits), torch.cat(labels), torch.cat(features)
+
+
+def fit_trust(
+    model: nn.Module, data, eval_split: str, transform, device, batch_size: int = 256, keep: float = DEFAULT_KEEP
+) -> dict:
+    """Temperature, rejection thresholds and the training-feature bank of `model` on a Dataset `data` with
+    a validation split; the calibration measured on `eval_split` ("test" or "val"). Returns {"calibration",
+    "ood", "bank", and the logits and labels of the reported split for the reliability diagram}."""
+    loader = lambda split: BatchLoader(split, batch_size, shuffle=False, device=device)  # noqa: E731
+    val_logits, val_labels, val_features = model_outputs(model, loader(data.val), transform)
+    if eval_split == "val":
+        logits, labels = val_logits, val_labels
+    else:
+        logits, labels, _ = model_outputs(model, loader(data.test), transform)
+    calibration = calibration_report(val_logits, val_labels, logits, labels, eval_split)
+    bank_split = limit_split(data.train, MAX_BANK, seed=0)
+    _, _, train_features = model_outputs(model, loader(bank_split), transform)
+    bank = normalise(train_features).half()
+    temperature = calibration["temperature"]
+    thresholds = {
+        method: keep_threshold(ood_scores(method, val_logits, temperature, val_features, bank), keep)
+        for method in METHODS
+    }
+    ood = {
+        "method": DEFAULT_METHOD,
+        "thresholds": thresholds,
+        "keep": keep,
+        "fitted_on": "val",
+        "fit_images": len(val_labels),
+        "knn_k": KNN_K,
+        "bank_images": len(bank),
+        "features": OOD_FEATURES,
+    }
+    return {"calibration": calibration, "ood": ood, "bank": bank, "logits": logits, "labels": labels}
+
+
+def record_trust(folder: Path, fitted: dict) -> None:
+    """Keep the temperature and rejection thresholds in the checkpoint's config.json and the feature bank
+    beside it; each file replaced atomically, the bank first, so config.json never names a bank missing."""
+    from safetensors.torch import save_file
+
+    with atomic_path(folder / OOD_FEATURES) as tmp:
+        save_file({"features": fitted["bank"].contiguous()}, str(tmp))
+    meta = read_json(folder / CONFIG_NAME)
+    kept = ("method", "temperature", "fitted_on", "fit_images")
+    calibration = {k: v for k, v in fitted["calibration"].items() if k in kept}
+    write_json(folder / CONFIG_NAME, {**meta, "calibration": calibration, "ood": fitted["ood"]})
+
+
+def calibrate(checkpoint, batch_size: int = 256, device: str = "auto", keep: float = DEFAULT_KEEP) -> dict:
+    """`vitkit calibrate`: fit the temperature and the rejection thresholds of a single-label checkpoint
+    made before vitkit recorded them, on its run's validation split, and keep them in the checkpoint
+    folder; returns the calibration report (measured on the run's reported split: test, else val) with
+    "ood" and the folder. A run folder also gets reliability.png."""
+    from ..errors import VitkitError
+    from ..inference import load
+    from .checkpoint import _checkpoint_split
+
+    clf = load(checkpoint, device, backend="torch", precision="fp32")
+    if clf.folder is None or clf.meta.get("family") is None:
+        raise VitkitError(f"{checkpoint}: vitkit calibrate takes a run folder or a vitkit checkpoint folder")
+    if clf.multi_label:
+        raise VitkitError(f"{checkpoint} is multi-label: its scores are per-label sigmoids, left uncalibrated")
+    _, dataset, _, _ = _checkpoint_split(clf, None, None, {})
+    if dataset.val is None or not len(dataset.val):
+        raise VitkitError(f"{checkpoint}: its data has no validation split to calibrate on")
+    eval_split = "test" if dataset.test is not None and len(dataset.test) else "val"
+    fitted = fit_trust(clf.model, dataset, eval_split, clf.input_transform.for_inference, clf.device, batch_size, keep)
+    record_trust(clf.folder, fitted)
+    run_dir = clf.folder.parent if clf.folder.name in ("best", "last") else clf.folder
+    from ..viz.calibration import plot_reliability
+
+    plot_reliability(fitted["logits"], fitted["labels"], fitted["calibration"]["temperature"],
+                     f"{eval_split} split", run_dir / "reliability.png")
+    return {**fitted["calibration"], "ood": fitted["ood"], "checkpoint": str(clf.folder)}
