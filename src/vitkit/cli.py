@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import errno
 import json
+import os
 import sys
 import time
 
 from . import __version__
-from .errors import VitkitError
+from .errors import FILE_SYSTEM_REFUSALS, VitkitError
 
 
 def add_command_options(p: argparse.ArgumentParser, cls, command: str, groups: dict | None = None) -> None:
@@ -57,15 +57,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         result = api.train(resume=options.pop("out"), started=args.started, **options)
     else:
         result = api.train(started=args.started, **options)
-    metrics, split = result["metrics"], result["split"]
-    if "map_macro" in metrics:
-        keys = ["map_macro", "map_micro", "f1_macro", "f1_micro", "f1_micro@0.5"]
-        keys += ["mean_predicted_labels", "mean_true_labels"]
-    else:  # top-5 of 5 classes or fewer is 1 by definition
-        keys = ["top1", "top5"] if len(metrics["class_names"]) > 5 else ["top1"]
-    summary = {"run_dir": result["run_dir"], "split": split, **{f"{split}_{key}": metrics[key] for key in keys}}
-    summary["split_selected_checkpoint"] = result["split_selected_checkpoint"]
-    print(json.dumps(summary))
+    if int(os.environ.get("RANK", 0)) == 0:  # under torchrun, one line for the run, not one per process
+        from .training.summary import result_summary
+
+        print(json.dumps(result_summary(result)))
     return 0
 
 
@@ -423,15 +418,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--message", help="commit message (default: Upload RUN with vitkit)")
     p.set_defaults(func=cmd_push)
     return parser
-
-
-FILE_SYSTEM_REFUSALS = {
-    errno.EACCES: "permission denied; check its permissions",
-    errno.EPERM: "operation not permitted; check its permissions",
-    errno.EROFS: "read-only file system; write somewhere else",
-    errno.ENOSPC: "no space left on the device; free some or write somewhere else",
-    errno.EDQUOT: "disk quota exceeded; free some space or write somewhere else",
-}
 
 
 def main(argv: list[str] | None = None) -> int:

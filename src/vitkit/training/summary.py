@@ -126,3 +126,16 @@ def epoch_line(row: dict, multi_label: bool, num_classes: int) -> str:
         + f"lr {row['lr']:.2e}  "
         f"{row['images_per_s']:.0f} img/s"
     )
+
+
+def result_summary(result: dict) -> dict:
+    """What `vitkit train` prints when a run ends: the run folder and the headline metrics of the split it
+    reported on."""
+    metrics, split = result["metrics"], result["split"]
+    if "map_macro" in metrics:
+        keys = ["map_macro", "map_micro", "f1_macro", "f1_micro", "f1_micro@0.5"]
+        keys += ["mean_predicted_labels", "mean_true_labels"]
+    else:  # top-5 of 5 classes or fewer is 1 by definition
+        keys = ["top1", "top5"] if len(metrics["class_names"]) > 5 else ["top1"]
+    summary = {"run_dir": result["run_dir"], "split": split, **{f"{split}_{key}": metrics[key] for key in keys}}
+    return {**summary, "split_selected_checkpoint": result["split_selected_checkpoint"]}
