@@ -16,6 +16,7 @@ from vitkit.training.budget import (
     TimeBudget,
     reserve_for_finish,
 )
+from vitkit.eval.ood import MAX_BANK
 from vitkit.viz.report import REPORT_FIGURES
 
 
@@ -35,14 +36,21 @@ def budget_at(minutes: float = 10.0) -> tuple[TimeBudget, Clock]:
 # ----------------------------------------------------------------------------- the reserve
 
 
+# the calibration's passes in fake_trainer: validation, the reported (test) split, the feature bank's images
+CALIBRATION = 0.002 * (300 + 500 + MAX_BANK)
+
+
 def fake_trainer(budget: TimeBudget, **overrides) -> SimpleNamespace:
     """What reserve_for_finish reads of a trainer: its measured costs, the split sizes, the model's size."""
     values = dict(
         budget=budget,
         model=nn.Linear(99, 10),  # 1,000 parameters: 4,000 bytes a copy
         setup=SimpleNamespace(
-            val_loader=SimpleNamespace(split=range(300)), eval_loader=SimpleNamespace(split=range(500))
+            val_loader=SimpleNamespace(split=range(300)),
+            eval_loader=SimpleNamespace(split=range(500)),
+            eval_split="test",
         ),
+        data=SimpleNamespace(train=range(8_000)),
         save_s={"best": 0.25, "last": 0.75},
         inference_s_per_image=0.002,
         measures_bf16=False,
@@ -58,7 +66,9 @@ def test_the_reserve_adds_the_passes_figures_saves_and_exit_at_the_measured_cost
     budget, _ = budget_at()
     reserve_for_finish(fake_trainer(budget))
     validation, report = 0.002 * 300, 0.002 * 500  # one pass each
-    assert budget.reserve == pytest.approx(validation + report + REPORT_FIGURES * 0.5 + 0.25 + 0.75 + EXIT_MARGIN_S)
+    assert budget.reserve == pytest.approx(
+        validation + report + CALIBRATION + REPORT_FIGURES * 0.5 + 0.25 + 0.75 + EXIT_MARGIN_S
+    )
     assert budget.training_seconds == pytest.approx(600 - budget.reserve)
 
 
@@ -66,7 +76,7 @@ def test_the_bf16_agreement_adds_its_passes_over_the_reported_split():
     single, _ = budget_at()
     reserve_for_finish(fake_trainer(single, measures_bf16=True, cfg=SimpleNamespace(plots=False)))
     # single-label: the final evaluation doubles as the agreement's fp32 pass; the bf16 pass takes half its time
-    assert single.reserve == pytest.approx(0.002 * 300 + 1.5 * 0.002 * 500 + 1.0 + EXIT_MARGIN_S)
+    assert single.reserve == pytest.approx(0.002 * 300 + 1.5 * 0.002 * 500 + CALIBRATION + 1.0 + EXIT_MARGIN_S)
     multi, _ = budget_at()
     reserve_for_finish(fake_trainer(multi, measures_bf16=True, multi_label=True, cfg=SimpleNamespace(plots=False)))
     assert multi.reserve == pytest.approx(0.002 * 300 + 2.5 * 0.002 * 500 + 1.0 + EXIT_MARGIN_S)
@@ -77,7 +87,20 @@ def test_checkpoints_not_yet_timed_are_estimated_from_the_model_size():
     reserve_for_finish(fake_trainer(budget, save_s={"best": None, "last": None}, cfg=SimpleNamespace(plots=False)))
     # best/ holds the weights; last/ the weights and the optimizer's two moments
     saves = (4_000 + 3 * 4_000) / SAVE_BYTES_PER_S
-    assert budget.reserve == pytest.approx(0.002 * 800 + saves + EXIT_MARGIN_S)
+    assert budget.reserve == pytest.approx(0.002 * 800 + CALIBRATION + saves + EXIT_MARGIN_S)
+
+
+def test_calibration_counts_validation_the_reported_split_and_the_feature_bank():
+    budget, _ = budget_at()
+    big = SimpleNamespace(train=range(MAX_BANK * 3))
+    reserve_for_finish(fake_trainer(budget, data=big, cfg=SimpleNamespace(plots=False)))
+    assert budget.reserve == pytest.approx(0.002 * (300 + 500 + 300 + 500 + MAX_BANK) + 1.0 + EXIT_MARGIN_S)
+    on_val, _ = budget_at()
+    val = SimpleNamespace(split=range(300))
+    setup = SimpleNamespace(val_loader=val, eval_loader=val, eval_split="val")
+    reserve_for_finish(fake_trainer(on_val, setup=setup, cfg=SimpleNamespace(plots=False)))
+    # reported on validation: no pass of its own for the calibration
+    assert on_val.reserve == pytest.approx(0.002 * (300 + 300 + 300 + MAX_BANK) + 1.0 + EXIT_MARGIN_S)
 
 
 # ----------------------------------------------------------------------------- steps that fit

@@ -161,7 +161,7 @@ def test_serve_answers_with_calibrated_scores(calibrated, tmp_path):
 def test_run_calibration_and_rejection_come_from_the_validation_split(digits_run, tmp_path):
     """The training run records the temperature and thresholds fitted on val; `vitkit calibrate` fits the
     same on a copy of the run with them removed; the thresholds are the val split's quantiles, not test's."""
-    from vitkit.eval.checkpoint import _checkpoint_split
+    from vitkit.eval.checkpoint import checkpoint_split
 
     out, results = digits_run
     report = results["calibration"]
@@ -174,7 +174,7 @@ def test_run_calibration_and_rejection_come_from_the_validation_split(digits_run
     clf = vitkit.load(out, device="cpu", backend="torch", precision="fp32")
     ood = meta["ood"]
     for split in ("val", "test"):
-        _, _, _, part = _checkpoint_split(clf, None, split, {})
+        _, _, _, part = checkpoint_split(clf, None, split, {})
         msp = clf.predict_tensor(part.images).max(1).values
         threshold = keep_threshold(msp, ood["keep"])
         if split == "val":

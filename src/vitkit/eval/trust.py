@@ -14,6 +14,7 @@ from ..data.loader import BatchLoader
 from ..data.splits import limit_split
 from ..fileio import atomic_path, read_json, write_json
 from ..models.io import CONFIG_NAME
+from ..runfiles import RELIABILITY_FIGURE
 from .calibration import calibration_report
 from .ood import DEFAULT_KEEP, DEFAULT_METHOD, KNN_K, MAX_BANK, METHODS, keep_threshold, normalise, ood_scores
 
@@ -93,14 +94,14 @@ def calibrate(checkpoint, batch_size: int = 256, device: str = "auto", keep: flo
     "ood" and the folder. A run folder also gets reliability.png."""
     from ..errors import VitkitError
     from ..inference import load
-    from .checkpoint import _checkpoint_split
+    from .checkpoint import checkpoint_split
 
     clf = load(checkpoint, device, backend="torch", precision="fp32")
     if clf.folder is None or clf.meta.get("family") is None:
         raise VitkitError(f"{checkpoint}: vitkit calibrate takes a run folder or a vitkit checkpoint folder")
     if clf.multi_label:
         raise VitkitError(f"{checkpoint} is multi-label: its scores are per-label sigmoids, left uncalibrated")
-    _, dataset, _, _ = _checkpoint_split(clf, None, None, {})
+    _, dataset, _, _ = checkpoint_split(clf, None, None, {})
     if dataset.val is None or not len(dataset.val):
         raise VitkitError(f"{checkpoint}: its data has no validation split to calibrate on")
     eval_split = "test" if dataset.test is not None and len(dataset.test) else "val"
@@ -110,5 +111,5 @@ def calibrate(checkpoint, batch_size: int = 256, device: str = "auto", keep: flo
     from ..viz.calibration import plot_reliability
 
     plot_reliability(fitted["logits"], fitted["labels"], fitted["calibration"]["temperature"],
-                     f"{eval_split} split", run_dir / "reliability.png")
+                     f"{eval_split} split", run_dir / RELIABILITY_FIGURE)
     return {**fitted["calibration"], "ood": fitted["ood"], "checkpoint": str(clf.folder)}

@@ -11,6 +11,7 @@ import torch
 
 from ..data.loader import BatchLoader
 from ..eval.loop import eval_logits
+from ..eval.ood import MAX_BANK
 from ..models import count_parameters
 from ..runtime import Bf16Autocast
 from ..viz.report import REPORT_FIGURES
@@ -90,11 +91,14 @@ class TimeBudget:
         report_passes: float,
         figures_s: float,
         save_s: float,
+        calibration_images: int = 0,
     ) -> None:
         """Reserve what runs after training stops: the last epoch's validation pass and checkpoints
         (`save_s`), `report_passes` inference passes over the reported split (its final evaluation, and
-        the bf16 agreement's two where it is measured), the report's figures and the process's exit."""
-        passes_s = inference_s_per_image * (val_images + report_passes * report_images)
+        the bf16 agreement's two where it is measured), the calibration's passes over `calibration_images`,
+        the report's figures and the process's exit."""
+        images = val_images + report_passes * report_images + calibration_images
+        passes_s = inference_s_per_image * images
         self.reserve = passes_s + figures_s + save_s + EXIT_MARGIN_S
 
     def plan(self, steps_done: int) -> int | None:
@@ -138,7 +142,16 @@ def reserve_for_finish(trainer: Trainer) -> None:
         (1 + trainer.multi_label + trainer.bf16_pass_share) if trainer.measures_bf16 else 1,
         REPORT_FIGURES * trainer.state.figure_s if trainer.cfg.plots else 0.0,
         save_s,
+        0 if trainer.multi_label else calibration_images(setup, len(trainer.data.train)),
     )
+
+
+def calibration_images(setup, train_images: int) -> int:
+    """Images the calibration at the end of a single-label run passes through the model (eval.trust.fit_trust):
+    the validation split, the reported split when it is another, and the training images of the
+    unknown-input feature bank."""
+    reported = len(setup.eval_loader.split) if setup.eval_split != "val" else 0
+    return len(setup.val_loader.split) + reported + min(MAX_BANK, train_images)
 
 
 def time_inference(trainer: Trainer) -> float:

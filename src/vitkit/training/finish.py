@@ -14,7 +14,7 @@ from ..eval.metrics import MetricAccumulator
 from ..eval.multilabel import evaluate_multilabel
 from ..models import count_parameters
 from ..models.io import load_model
-from ..runfiles import BEST, PER_LABEL
+from ..runfiles import BEST, PER_LABEL, RELIABILITY_FIGURE
 from .distributed import shard_gatherer
 
 if TYPE_CHECKING:
@@ -116,7 +116,7 @@ def fit_scores(trainer: Trainer) -> dict:
 
         title = split_title(setup.eval_split, setup.split_selected_checkpoint)
         plot_reliability(fitted["logits"], fitted["labels"], report["temperature"], title,
-                         trainer.run.path / "reliability.png")
+                         trainer.run.path / RELIABILITY_FIGURE)
     return {**report, "ood": {k: fitted["ood"][k] for k in ("method", "thresholds", "keep", "fitted_on")}}
 
 
