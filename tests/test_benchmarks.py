@@ -221,8 +221,8 @@ def ood(tmp_path):
         shared_dataset(name)
     out = tmp_path / "ood.json"
     script(
-        "ood.py", "--cifar-minutes", 0.05, "--flowers-minutes", 0.05, "--parity-minutes", 0.05, "--per-class", 40,
-        "--limit", 20, "--work", tmp_path / "work", "--out", out,
+        "ood.py", "--cifar-minutes", 0.05, "--flowers-minutes", 0.05, "--per-class", 20, "--limit", 20, "--no-parity",
+        "--work", tmp_path / "work", "--out", out,
     )  # fmt: skip
     data = read(out)
     cases = {(r["model"], r["ood"], r["method"]) for r in data["rows"]}
@@ -230,7 +230,6 @@ def ood(tmp_path):
     for row in data["rows"]:
         assert 0 <= row["auroc"] <= 1 and 0 <= row["fpr95"] <= 1
     assert data["reject_unknown"]["posters"] == 20 and 0 <= data["reject_unknown"]["posters_rejected"] <= 1
-    assert data["hf_pipeline_parity"]["max_abs_score_diff"] < 1e-4
     assert set(data["calibration"]["cifar10"]["after"]) == {"ece", "nll", "brier"}
 
 

@@ -182,7 +182,7 @@ def test_a_resumed_run_keeps_the_lookahead_slow_weights(colours, tmp_path):
 @pytest.mark.slow
 def test_crop_tta_weighs_the_image_and_two_one_pixel_shifts(digits_run, capsys):
     run, _ = digits_run
-    clf = vitkit.load(run, precision="fp32")
+    clf = vitkit.load(run, precision="fp32", backend="torch")  # the raw logits (an ONNX graph is calibrated)
     test = load_digits_dataset(seed=0).test
     with torch.no_grad():
         x = clf.input_transform.for_inference(test.images)

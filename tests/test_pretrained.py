@@ -301,7 +301,9 @@ def test_push_to_the_hub_and_load_back(digits_run, digit_images, tmp_path):
         assert any(r.startswith("PUT /lfs-upload/") for r in hub.requests)  # the weights went through LFS
 
         stored = hub.root / "acme" / "digits"
-        assert sorted(p.name for p in stored.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+        # the checkpoint whole: its unknown-input feature bank too (--reject-unknown --unknown-method knn)
+        expected = ["README.md", "config.json", "model.safetensors", "ood_features.safetensors"]
+        assert sorted(p.name for p in stored.iterdir()) == expected
         card = (stored / "README.md").read_text()
         assert f"| top-1 accuracy | {results['metrics']['top1']:.4f} |" in card
         assert "10: `0`, `1`, `2`" in card and 'vitkit.load("acme/digits")' in card
