@@ -10,10 +10,12 @@ import pytest
 import torch.nn as nn
 
 from vitkit.training.budget import (
+    BANK_BUDGET_SHARE,
     EXIT_MARGIN_S,
     LAST_EPOCH_MIN_SHARE,
     SAVE_BYTES_PER_S,
     TimeBudget,
+    feature_bank_images,
     reserve_for_finish,
 )
 from vitkit.eval.ood import MAX_BANK
@@ -171,3 +173,11 @@ def test_without_a_budget_nothing_stops_and_nothing_is_planned():
     clock.now += 1e6
     assert not budget.enabled and budget.plan(10_000) is None
     assert not budget.exhausted(step_s=1e6) and budget.another_epoch_fits(1)
+
+
+def test_a_budget_caps_the_feature_bank_at_its_share_of_the_time():
+    budget, _ = budget_at()  # 600 s
+    slow = fake_trainer(budget, inference_s_per_image=0.02)
+    assert feature_bank_images(slow) == int(BANK_BUDGET_SHARE * 600 / 0.02)  # 1,500 of the 8,000 training images
+    unbounded = fake_trainer(TimeBudget(0), inference_s_per_image=0.02)
+    assert feature_bank_images(unbounded) == MAX_BANK

@@ -41,11 +41,19 @@ def model_outputs(model: nn.Module, loader: BatchLoader, transform) -> tuple[tor
 
 
 def fit_trust(
-    model: nn.Module, data, eval_split: str, transform, device, batch_size: int = 256, keep: float = DEFAULT_KEEP
+    model: nn.Module,
+    data,
+    eval_split: str,
+    transform,
+    device,
+    batch_size: int = 256,
+    keep: float = DEFAULT_KEEP,
+    bank_images: int = MAX_BANK,
 ) -> dict:
     """Temperature, rejection thresholds and the training-feature bank of `model` on a Dataset `data` with
     a validation split; the calibration measured on `eval_split` ("test" or "val"). Returns {"calibration",
-    "ood", "bank", and the logits and labels of the reported split for the reliability diagram}."""
+    "ood", "bank", and the logits and labels of the reported split for the reliability diagram}. The bank
+    holds the features of at most `bank_images` training images."""
     loader = lambda split: BatchLoader(split, batch_size, shuffle=False, device=device)  # noqa: E731
     val_logits, val_labels, val_features = model_outputs(model, loader(data.val), transform)
     if eval_split == "val":
@@ -53,7 +61,7 @@ def fit_trust(
     else:
         logits, labels, _ = model_outputs(model, loader(data.test), transform)
     calibration = calibration_report(val_logits, val_labels, logits, labels, eval_split)
-    bank_split = limit_split(data.train, MAX_BANK, seed=0)
+    bank_split = limit_split(data.train, min(bank_images, MAX_BANK), seed=0)
     _, _, train_features = model_outputs(model, loader(bank_split), transform)
     bank = normalise(train_features).half()
     temperature = calibration["temperature"]

@@ -32,6 +32,10 @@ LAST_EPOCH_MIN_SHARE = 0.1
 EXIT_MARGIN_S = 1.0
 # An upper estimate of the disk's write rate, for a checkpoint's save time before one has been timed.
 SAVE_BYTES_PER_S = 200e6
+# With a time budget, the knn feature bank takes at most this share of it (and at least MIN_BANK images):
+# extracting MAX_BANK images' features would be most of a short run's time.
+BANK_BUDGET_SHARE = 0.05
+MIN_BANK = 100
 # Images of the validation split timed before training, for the budget's first estimate of an evaluation pass.
 TIMED_INFERENCE_IMAGES = 32
 
@@ -142,16 +146,27 @@ def reserve_for_finish(trainer: Trainer) -> None:
         (1 + trainer.multi_label + trainer.bf16_pass_share) if trainer.measures_bf16 else 1,
         REPORT_FIGURES * trainer.state.figure_s if trainer.cfg.plots else 0.0,
         save_s,
-        0 if trainer.multi_label else calibration_images(setup, len(trainer.data.train)),
+        0 if trainer.multi_label else calibration_images(trainer),
     )
 
 
-def calibration_images(setup, train_images: int) -> int:
+def feature_bank_images(trainer: Trainer) -> int:
+    """Training images whose features the end of a single-label run keeps for knn rejection: MAX_BANK, but
+    with a time budget no more than BANK_BUDGET_SHARE of it buys at the measured inference pace."""
+    images = min(MAX_BANK, len(trainer.data.train))
+    if trainer.budget.enabled:
+        affordable = BANK_BUDGET_SHARE * trainer.budget.seconds / max(trainer.inference_s_per_image, 1e-9)
+        images = min(images, max(MIN_BANK, int(affordable)))
+    return images
+
+
+def calibration_images(trainer: Trainer) -> int:
     """Images the calibration at the end of a single-label run passes through the model (eval.trust.fit_trust):
     the validation split, the reported split when it is another, and the training images of the
     unknown-input feature bank."""
+    setup = trainer.setup
     reported = len(setup.eval_loader.split) if setup.eval_split != "val" else 0
-    return len(setup.val_loader.split) + reported + min(MAX_BANK, train_images)
+    return len(setup.val_loader.split) + reported + feature_bank_images(trainer)
 
 
 def time_inference(trainer: Trainer) -> float:

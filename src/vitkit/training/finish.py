@@ -15,6 +15,7 @@ from ..eval.multilabel import evaluate_multilabel
 from ..models import count_parameters
 from ..models.io import load_model
 from ..runfiles import BEST, PER_LABEL, RELIABILITY_FIGURE
+from .budget import feature_bank_images
 from .distributed import shard_gatherer
 
 if TYPE_CHECKING:
@@ -108,7 +109,7 @@ def fit_scores(trainer: Trainer) -> dict:
     setup, folder = trainer.setup, trainer.run.checkpoint("best")
     best = load_model(folder)[0].to(trainer.device)
     fitted = fit_trust(best, trainer.data, setup.eval_split, trainer.augment.for_inference, trainer.device,
-                       trainer.cfg.eval_batch_size)
+                       trainer.cfg.eval_batch_size, bank_images=feature_bank_images(trainer))
     record_trust(folder, fitted)
     report = fitted["calibration"]
     if trainer.cfg.plots:
