@@ -11,6 +11,7 @@ import yaml
 from ..fileio import read_json
 from ..models.base import FAMILY_TITLES
 from ..options import ranked
+from ..runfiles import RESULTS
 from ..training.config import TrainConfig
 
 # Training options worth a line in the card, in their declared `card` order, when the run recorded them.
@@ -30,8 +31,8 @@ def run_results(checkpoint: Path) -> dict:
     """results.json of the run a checkpoint folder belongs to (the folder itself, or the run holding its
     best/ or last/); empty for a checkpoint outside a run."""
     for folder in (checkpoint, checkpoint.parent):
-        if (folder / "results.json").is_file():
-            return read_json(folder / "results.json")
+        if (folder / RESULTS).is_file():
+            return read_json(folder / RESULTS)
     return {}
 
 

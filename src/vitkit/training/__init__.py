@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import VitkitError
-from .budget import TimeBudget
 from . import elastic
+from .budget import TimeBudget
 from .build import Runtime
 from .config import TrainConfig
 from .distributed import shutdown

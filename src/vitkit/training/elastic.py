@@ -18,9 +18,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..runfiles import RUN_RECORD
 from .config import RESUMABLE, TrainConfig
-from .resolve import default_run_dir
 from .distributed import DistContext
+from .resolve import default_run_dir
 from .rundir import RunDir
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ def elastic_run_id() -> str | None:
 
 def read_status(folder: Path) -> dict[str, Any]:
     try:
-        status = json.loads((folder / "run.json").read_text())
+        status = json.loads((folder / RUN_RECORD).read_text())
     except (OSError, ValueError):
         return {}
     return status if isinstance(status, dict) else {}
