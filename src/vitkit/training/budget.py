@@ -59,6 +59,7 @@ class TimeBudget:
         self.t_train: float | None = None  # when training began in this process (pace is measured from it)
         self.steps_at_train = self.epochs_at_train = 0
         self.cut_short = False  # set when exhausted() has ended training inside an epoch
+        self.stopped_at: float | None = None  # when exhausted() first ended training (the clock's time)
 
     @property
     def enabled(self) -> bool:
@@ -84,6 +85,8 @@ class TimeBudget:
         """Training must stop: stepping on (a step takes `step_s`) would end further past the training
         time than stopping now ends before it."""
         done = self.enabled and self.elapsed() + step_s / 2 > self.training_seconds
+        if done and not self.cut_short:
+            self.stopped_at = self.clock()
         self.cut_short = self.cut_short or done
         return done
 

@@ -68,6 +68,12 @@ def finish(trainer: Trainer) -> dict[str, Any]:
             f"time: {budget.elapsed():.0f} s of the {budget.seconds:.0f} s budget (start-up "
             f"{budget.elapsed() - training_s - (budget.clock() - t_finish):.0f} s, training "
             f"{training_s:.0f} s, final evaluation and figures {budget.clock() - t_finish:.0f} s)"
+            + (
+                f"; {budget.clock() - budget.stopped_at:.0f} s after the last training step, "
+                f"{budget.reserve:.0f} s kept for it"
+                if budget.stopped_at is not None
+                else ""
+            )
         )
     return {**results, "run_dir": str(run.path)}
 
