@@ -14,7 +14,7 @@ from ..data.loader import BatchLoader
 from ..data.splits import limit_split
 from ..fileio import atomic_path, read_json, write_json
 from ..models.io import CONFIG_NAME
-from ..runfiles import RELIABILITY_FIGURE
+from ..runfiles import BEST, LAST, RELIABILITY_FIGURE
 from .calibration import calibration_report
 from .ood import DEFAULT_KEEP, DEFAULT_METHOD, KNN_K, MAX_BANK, METHODS, keep_threshold, normalise, ood_scores
 
@@ -115,7 +115,7 @@ def calibrate(checkpoint, batch_size: int = 256, device: str = "auto", keep: flo
     eval_split = "test" if dataset.test is not None and len(dataset.test) else "val"
     fitted = fit_trust(clf.model, dataset, eval_split, clf.input_transform.for_inference, clf.device, batch_size, keep)
     record_trust(clf.folder, fitted)
-    run_dir = clf.folder.parent if clf.folder.name in ("best", "last") else clf.folder
+    run_dir = clf.folder.parent if clf.folder.name in (BEST, LAST) else clf.folder
     from ..viz.calibration import plot_reliability
 
     plot_reliability(fitted["logits"], fitted["labels"], fitted["calibration"]["temperature"],

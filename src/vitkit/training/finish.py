@@ -35,8 +35,8 @@ def finish(trainer: Trainer) -> dict[str, Any]:
     trainer.checkpoints.wait()  # the last last/ is written before the run is marked complete
     t_finish, training_s = budget.clock(), budget.training_time()
     final = final_multilabel if trainer.multi_label else final_single
-    metrics, draw, summary, agreement = final(trainer)
-    calibration = fit_scores(trainer) if trainer.ctx.is_main and not trainer.multi_label else None
+    metrics, draw, summary, agreement, best = final(trainer)
+    calibration = fit_scores(trainer, best) if trainer.ctx.is_main and not trainer.multi_label else None
     if trainer.ctx.is_main and trainer.cfg.plots:
         draw()  # before results.json, whose wall time includes the figures
     split = setup.eval_split
@@ -79,8 +79,8 @@ def finish(trainer: Trainer) -> dict[str, Any]:
 
 
 def final_single(trainer: Trainer):
-    """(metrics, figure drawing, summary line, bf16 agreement) of the best checkpoint; every rank evaluates
-    its shard."""
+    """(metrics, figure drawing, summary line, bf16 agreement, the model) of the best checkpoint; every rank
+    evaluates its shard."""
     from ..viz.report import write_report
 
     ctx, setup, data = trainer.ctx, trainer.setup, trainer.data
@@ -103,17 +103,18 @@ def final_single(trainer: Trainer):
         lambda: write_report(path, best, setup.eval_loader.split, augment, names, history, m, title),
         f"top-1 {m['top1']:.4f}{top5}  f1-macro {m['f1_macro']:.4f}",
         agreement,
+        best,
     )
 
 
-def fit_scores(trainer: Trainer) -> dict:
-    """Calibrate the best checkpoint and set its unknown-input thresholds on the validation split, kept in
-    best/ (`eval.trust`); the calibration report (temperature, ECE/NLL/Brier before and after on the
-    reported split) for results.json, and reliability.png when the run draws figures."""
+def fit_scores(trainer: Trainer, best: nn.Module) -> dict:
+    """Calibrate the best checkpoint (`best`, its model as the final evaluation loaded it) and set its
+    unknown-input thresholds on the validation split, kept in best/ (`eval.trust`); the calibration report
+    (temperature, ECE/NLL/Brier before and after on the reported split) for results.json, and
+    reliability.png when the run draws figures."""
     from ..eval.trust import fit_trust, record_trust
 
-    setup, folder = trainer.setup, trainer.run.checkpoint("best")
-    best = load_model(folder)[0].to(trainer.device)
+    setup, folder = trainer.setup, trainer.run.checkpoint(BEST)
     fitted = fit_trust(best, trainer.data, setup.eval_split, trainer.augment.for_inference, trainer.device,
                        trainer.cfg.eval_batch_size, bank_images=feature_bank_images(trainer))
     record_trust(folder, fitted)
@@ -156,6 +157,7 @@ def final_multilabel(trainer: Trainer):
         f"mAP macro {m['map_macro']:.4f}  micro {m['map_micro']:.4f}  f1-macro {m['f1_macro']:.4f}  "
         f"f1-micro {m['f1_micro']:.4f}",
         measure_bf16(trainer, best, meta["thresholds"]) if trainer.measures_bf16 else None,
+        best,
     )
 
 
