@@ -334,7 +334,7 @@ def test_interrupted_run_says_so(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen(
         vitkit_cmd("train", "--out", str(out), "--epochs", "50", "--no-progress"),
-        env=subprocess_env(),
+        env={**subprocess_env(), "PYTHONFAULTHANDLER": "1"},  # a crash prints every thread's stack
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -347,7 +347,7 @@ def test_interrupted_run_says_so(tmp_path):
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130
+    assert proc.returncode == 130, err
     status = json.loads((out / "run.json").read_text())
     assert status["status"] == "failed" and status["error"] == "interrupted"
     assert "--resume" in err and "Traceback" not in err

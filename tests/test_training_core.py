@@ -5,6 +5,8 @@ run folders written by earlier vitkit versions."""
 import dataclasses
 import json
 import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -582,6 +584,32 @@ def test_mid_epoch_checkpoints_are_due_by_steps_or_minutes_and_written_from_a_co
     assert torch.equal(next(iter(saved.parameters())), before)
     state = torch.load(tmp_path / "last" / "trainer.pt", weights_only=True)
     assert (state["epoch"], state["next_batch"], state["images_trained"]) == (0, 2, 0)
+
+
+def test_ctrl_c_while_waiting_for_last_leaves_the_writer_waited_for(tmp_path):
+    """Ctrl-C lands while the epoch's end waits for a slow last/ write: the failure path must still wait for
+    the write to end (the process once exited under a live writer and aborted)."""
+    gate = threading.Event()
+
+    class SlowDisk(RunDir):
+        def save_checkpoint(self, *args, **kwargs):
+            gate.wait()
+            super().save_checkpoint(*args, **kwargs)
+
+    trainer = new_trainer(make_config(train_limit=100, batch_size=32, epochs=1, threads=1, progress=False))
+    trainer.run = SlowDisk(tmp_path)
+    trainer.save_last(0, 2)
+    main = threading.main_thread().ident
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Timer(0.2, signal.pthread_kill, (main, signal.SIGINT)).start()
+        with pytest.raises(KeyboardInterrupt):
+            trainer.checkpoints.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    threading.Timer(0.3, gate.set).start()
+    assert trainer.checkpoints.settle() is None
+    assert trainer.run.find_last() is not None  # written before settle() returned
 
 
 def test_restarts_need_a_fresh_rendezvous_store_for_each_start(monkeypatch):

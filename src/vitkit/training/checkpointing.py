@@ -51,6 +51,10 @@ class Checkpoints:
         self.every_steps, self.every_s, self.ctx = save_every, save_every_minutes * 60, ctx
         self.last_saved = time.monotonic()
         self.writer: threading.Thread | None = None
+        # set by the writer when it is done. Waiting on it, not on Thread.join: a Ctrl-C that interrupts
+        # join() before Python 3.13 can mark the thread finished while it still writes (bpo-45274's fix),
+        # so a later join returns at once and the process exits under a live writer (an abort).
+        self.written = threading.Event()
         self.error: BaseException | None = None
         self.write_s = 0.0  # the latest background write's time
 
@@ -72,6 +76,7 @@ class Checkpoints:
         if trainer.run.writer:
             self.wait()
             snapshot = (trainer.run, WeightsSnapshot(trainer.model), trainer.metadata(), host_copy(state))
+            self.written.clear()
             self.writer = threading.Thread(target=self._write, args=snapshot, name="vitkit-last-checkpoint")
             self.writer.start()
         # what the end of a --time-budget run keeps for its last save: the copy and a whole write
@@ -83,7 +88,9 @@ class Checkpoints:
             run.save_checkpoint("last", weights, meta, state)
         except BaseException as e:  # raised in the training thread by the next wait()
             self.error = e
-        self.write_s = time.monotonic() - t
+        finally:
+            self.write_s = time.monotonic() - t
+            self.written.set()
 
     def wait(self) -> None:
         """Until the pending last/ is written; its failure is raised here."""
@@ -94,7 +101,7 @@ class Checkpoints:
     def settle(self) -> BaseException | None:
         """Until the pending last/ is written (a run that fails still leaves it whole); returns its failure."""
         if self.writer is not None:
-            self.writer.join()
+            self.written.wait()
             self.writer = None
         error, self.error = self.error, None
         return error
