@@ -154,7 +154,8 @@ def main() -> int:
         "check_seconds": round(check_s, 1),
         "plant_seconds": round(plant_s, 1),
         "train_start_check_seconds": {"uncached": train_check_s[0], "cached": train_check_s[1]},
-        "train_start_check": train_check_line,
+        # the planted copy's temporary folder, named as the usage line does: no path of this machine
+        "train_start_check": [line.replace(str(planted_dir), "PLANTED") for line in train_check_line],
         "label_check": report["label_check"],
         "flipped": len(flipped),
         "flagged": len(found_errors),

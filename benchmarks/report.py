@@ -348,6 +348,48 @@ def recipe_parity() -> list[str]:
     )
 
 
+def vs_airbench() -> list[str]:
+    runs = [json.loads(path.read_text()) for path in sorted(RESULTS.glob("vs_airbench/*.json"))]
+    header = ["date", "machine", "widths", "epochs", "held out", "transcription: top-1", "TTA"]
+    header += ["cifar-fast: top-1", "TTA", "cifar-fast - transcription (TTA)"]
+    rows = [
+        dated(r)
+        + ["-".join(map(str, r["widths"])), str(r["epochs"]), f"{r['held_out_images']:,}"]
+        + [f"{r['transcription']['test_top1']:.4f}", f"{r['transcription']['tta_top1']:.4f}"]
+        + [f"{r['vitkit']['test_top1']:.4f}", f"{r['vitkit']['tta_top1']:.4f}", f"{r['gap_tta_top1']:+.4f}"]
+        for r in runs
+    ]
+    if not rows:
+        return []
+    intro = (
+        "The same split and epochs for vitkit's `cifar-fast` and an independent transcription of airbench94's "
+        "method in plain PyTorch (`python benchmarks/vs_airbench.py`): what vitkit's recipe gives against "
+        "what the source's method gives on these images."
+    )
+    return [intro, ""] + table(header, rows)
+
+
+def jpeg_cost() -> list[str]:
+    runs = [json.loads(path.read_text()) for path in sorted(RESULTS.glob("jpeg_cost/*.json"))]
+    header = ["date", "machine", "recipe", "epochs", "PNG: top-1", "TTA", "JPEG 75: top-1", "TTA", "cost (TTA)"]
+    rows = []
+    for r in runs:
+        png, jpeg = r["rows"]["png"], r["rows"]["jpeg75"]
+        extra = "".join(f" {k}={v}" for k, v in r["overrides"].items())
+        rows.append(
+            dated(r)
+            + [r["recipe"] + extra, str(r["epochs"]), f"{png['test_top1']:.4f}", f"{png['tta_top1']:.4f}"]
+            + [f"{jpeg['test_top1']:.4f}", f"{jpeg['tta_top1']:.4f}", f"{r['cost_tta_top1']:+.4f}"]
+        )
+    if not rows:
+        return []
+    intro = (
+        "The CIFAR-10 copy here is JPEG (quality 75, 4:2:0 chroma). What that costs a recipe, measured on "
+        "CIFAR-100 (the only lossless CIFAR here) written out both ways (`python benchmarks/jpeg_cost.py`):"
+    )
+    return [intro, ""] + table(header, rows)
+
+
 def dataset_check() -> list[str]:
     rows = [
         dated(data)
@@ -445,6 +487,8 @@ measured side by side in one run; absolute rates drift on shared machines.
 |---|---|
 | `time_to_accuracy.py` | recipes side by side at equal wall clock (CSV and a PNG curve) |
 | `recipe_parity.py` | a recipe against its published source, epoch for epoch, and which fix buys what |
+| `vs_airbench.py` | cifar-fast beside an independent transcription of airbench94's method, same split |
+| `jpeg_cost.py` | what JPEG quality 75 costs a recipe at 32 px (CIFAR-100 as PNG and as JPEG) |
 | `throughput.py` | training (model alone, and end to end on real images) and inference images/s per preset |
 | `vs_keras.py` | the seed presets against the Keras 3 + JAX reference |
 | `vs_transformers.py` | vitkit's ViT against transformers' on identical configuration and weights |
@@ -487,7 +531,7 @@ def page() -> str:
             "A recipe trained a fixed number of epochs beside the published number of the method it follows: "
             "its last epoch's weights on the held-out split, as they are and with multi-crop TTA "
             "(`python benchmarks/recipe_parity.py`).",
-            recipe_parity(),
+            recipe_parity() + [""] + vs_airbench() + [""] + jpeg_cost(),
         ),
         (
             "Calibration and unknown inputs",

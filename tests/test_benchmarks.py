@@ -251,6 +251,31 @@ def recipe_parity(tmp_path):
     assert rows["cifar-fast before + schedule batch_size=8"]["overrides"]["schedule"] == "triangle"
 
 
+def jpeg_cost(tmp_path):
+    out = tmp_path / "jpeg"
+    script("jpeg_cost.py", "--data", shared_dataset("cifar100-dev") / "data", "--classes", 2, "--epochs", 1, "--set", "batch_size=32", "--out", out)
+    (path,) = out.glob("jpeg-cost-cifar-fast-batch-size-32-1ep-seed0-*.json")
+    data = read(path)
+    png, jpeg = data["rows"]["png"], data["rows"]["jpeg75"]
+    assert png["data"].endswith("written as png files") and jpeg["data"].endswith("written as jpeg75 files")
+    assert data["cost_top1"] == png["test_top1"] - jpeg["test_top1"] and png["split"] == jpeg["split"] == "test"
+    assert png["per_epoch"][0]["epoch"] == 1 and 0 <= jpeg["tta_top1"] <= 1
+
+
+def vs_airbench(tmp_path):
+    out = tmp_path / "airbench"
+    script(
+        "vs_airbench.py", "--data", folders(tmp_path), "--widths", 8, 16, 16, "--epochs", 2, "--batch-size", 8,
+        "--out", out,
+    )  # fmt: skip
+    (path,) = out.glob("vs-airbench-8-16-16-images-2ep-seed0-*.json")
+    data = read(path)
+    assert [r["epoch"] for r in data["transcription"]["per_epoch"]] == [1, 2]
+    assert [r["epoch"] for r in data["vitkit"]["per_epoch"]] == [1, 2]
+    assert data["vitkit"]["overrides"] == {"model_args": {"widths": [8, 16, 16]}, "batch_size": 8}
+    assert data["gap_tta_top1"] == data["vitkit"]["tta_top1"] - data["transcription"]["tta_top1"]
+
+
 def report(tmp_path):
     """The benchmarks page from the project's own results: every kind of saved JSON still renders."""
     page = tmp_path / "benchmarks.md"
@@ -385,6 +410,7 @@ CASES = {
     "gpu.sh": gpu_sh,
     "gpu_collect.py": gpu_collect,
     "inference.py": inference,
+    "jpeg_cost.py": jpeg_cost,
     "keras_parity.py": keras_parity,
     "multilabel.py": multilabel,
     "ood.py": ood,
@@ -394,6 +420,7 @@ CASES = {
     "serve_load.py": serve_load,
     "throughput.py": throughput,
     "time_to_accuracy.py": time_to_accuracy,
+    "vs_airbench.py": vs_airbench,
     "vs_keras.py": vs_keras,
     "vs_transformers.py": vs_transformers,
 }

@@ -12,7 +12,7 @@ import torch.nn as nn
 from vitkit.training.budget import (
     BANK_BUDGET_SHARE,
     EXIT_MARGIN_S,
-    LAST_EPOCH_MIN_SHARE,
+    LAST_EPOCH_MIN_STEPS,
     SAVE_BYTES_PER_S,
     TimeBudget,
     feature_bank_images,
@@ -112,7 +112,7 @@ def test_setup_spends_the_budget_but_the_pace_is_measured_from_the_start_of_trai
     budget, clock = budget_at(10.0)  # 600 s
     budget.reserve = 60.0  # training must end at 540 s
     clock.now += 90.0  # data preparation and the size probe
-    budget.start_training(steps_done=0, epochs_done=0)
+    budget.start_training(steps_done=0)
     assert budget.plan(0) is None  # nothing timed yet
     clock.now += 45.0  # 100 steps in 45 s: 0.45 s a step; 540 - 135 = 405 s left -> 900 more steps
     assert budget.plan(100) == 1000
@@ -124,17 +124,21 @@ def test_a_resumed_budget_counts_the_earlier_time_and_measures_its_own_pace():
     resumed = TimeBudget(10.0, clock=clock)
     resumed.load_state_dict(first.state_dict())  # 200 s spent before the resume
     clock.now += 20.0  # loading the checkpoint
-    resumed.start_training(steps_done=400, epochs_done=4)
+    resumed.start_training(steps_done=400)
     assert resumed.plan(400) is None  # no step of this process timed yet
     clock.now += 30.0  # 60 steps in 30 s: 0.5 s a step; 600 - 250 = 350 s left -> 700 more
     assert resumed.elapsed() == pytest.approx(250.0) and resumed.plan(460) == 1160
-    # the epoch's time is this process's epochs over its training time: 30 s for 1 epoch
-    assert resumed.another_epoch_fits(5)
+    # a step's time is this process's steps over its training time: 0.5 s; 349 s on, two steps still fit
+    assert resumed.another_epoch_fits(460)
+    clock.now += 349.0
+    assert resumed.another_epoch_fits(460 + 698)
+    clock.now += 0.2
+    assert not resumed.another_epoch_fits(460 + 698)
 
 
 def test_past_the_budget_the_plan_ends_at_the_steps_already_done():
     budget, clock = budget_at(1.0)
-    budget.start_training(0, 0)
+    budget.start_training(0)
     clock.now += 90.0
     assert budget.plan(50) == 50 and budget.exhausted()
 
@@ -151,17 +155,20 @@ def test_training_stops_at_whichever_side_of_the_deadline_is_nearer():
     assert budget.cut_short
 
 
-def test_another_epoch_starts_unless_only_a_sliver_of_one_is_left():
+def test_another_epoch_starts_while_a_few_steps_fit():
+    """Not starting an epoch ends the run early by the time left and by the validation pass the reserve
+    keeps for it: another starts while LAST_EPOCH_MIN_STEPS steps fit, however small a share of an epoch."""
     budget, clock = budget_at(1.0)  # 60 s
-    budget.start_training(0, 0)
-    # two epochs so far: an epoch takes half the training time; another starts while at least a tenth
-    # of one is left, elapsed * (1 + LAST_EPOCH_MIN_SHARE / 2) <= 60, up to 57.14 s
-    assert LAST_EPOCH_MIN_SHARE == 0.1
-    clock.now = budget.t0 + 57.1
-    assert budget.another_epoch_fits(2)
-    clock.now = budget.t0 + 57.2
-    assert not budget.another_epoch_fits(2)
-    assert budget.another_epoch_fits(10)  # ten epochs of 5.72 s in the same time: 2.8 s is more than a tenth
+    budget.start_training(0)
+    assert LAST_EPOCH_MIN_STEPS == 2
+    # 100 steps in 55 s (0.55 s a step, validation included): 5 s left, a sliver of an epoch, still fits
+    clock.now = budget.t0 + 55.0
+    assert budget.another_epoch_fits(100)
+    clock.now = budget.t0 + 58.8  # 1.2 s left: two steps of 0.588 s fit
+    assert budget.another_epoch_fits(100)
+    clock.now = budget.t0 + 59.0  # 1.0 s left: two steps of 0.59 s do not
+    assert not budget.another_epoch_fits(100)
+    assert budget.another_epoch_fits(1000)  # ten times faster steps: twenty of them fit
     # once the time-out has cut an epoch short, that epoch is the last
     clock.now = budget.t0 + 30.0
     assert budget.exhausted(step_s=100.0) and not budget.another_epoch_fits(1)
@@ -169,7 +176,7 @@ def test_another_epoch_starts_unless_only_a_sliver_of_one_is_left():
 
 def test_without_a_budget_nothing_stops_and_nothing_is_planned():
     budget, clock = budget_at(0.0)
-    budget.start_training(0, 0)
+    budget.start_training(0)
     clock.now += 1e6
     assert not budget.enabled and budget.plan(10_000) is None
     assert not budget.exhausted(step_s=1e6) and budget.another_epoch_fits(1)

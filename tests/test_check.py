@@ -268,6 +268,32 @@ def test_label_errors_are_ranked_first(tmp_path):
         assert [row["path"] for row in csv.DictReader(f)] == found
 
 
+def test_flags_as_many_as_the_calibrated_confident_joint_counts_lowest_quality_first():
+    """Out-of-fold predictions of a model sure of every answer and right on 80%: the flags are the
+    lowest-quality images, as many as cleanlab counts on the temperature-scaled probabilities (raw
+    over-confident ones count more: the model's own mistakes)."""
+    from cleanlab.count import num_label_issues
+    from cleanlab.rank import get_label_quality_scores
+
+    from vitkit.check.labels import calibrated, likely_label_errors
+
+    rng = np.random.default_rng(0)
+    n, classes = 900, 3
+    truth = rng.integers(0, classes, n)
+    predicted = np.where(rng.random(n) < 0.8, truth, (truth + rng.integers(1, classes, n)) % classes)
+    logits = rng.normal(0, 1, (n, classes))
+    logits[np.arange(n), predicted] += rng.uniform(3, 9, n)
+    probabilities = (np.exp(logits) / np.exp(logits).sum(1, keepdims=True)).astype(np.float32)
+    given = np.where(rng.random(n) < 0.1, (truth + 1) % classes, truth)
+    scaled = calibrated(probabilities, given)
+    confidence = probabilities[np.arange(n), predicted].mean()
+    assert confidence > 0.95 and scaled[np.arange(n), predicted].mean() < 0.75  # right only 4 times in 5
+    flagged = [i for i, _ in likely_label_errors(given.tolist(), probabilities, False)]
+    assert len(flagged) == num_label_issues(given, scaled) < num_label_issues(given, probabilities)
+    quality = get_label_quality_scores(given, scaled)
+    assert flagged == np.argsort(quality, kind="stable")[: len(flagged)].tolist()
+
+
 @pytest.mark.slow
 def test_train_reports_the_cheap_checks_and_takes_exclude(tmp_path):
     data = write_split_folder(tmp_path / "data", per_class=(8, 3))

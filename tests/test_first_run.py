@@ -55,7 +55,7 @@ def test_the_budget_counts_from_the_command_start_and_keeps_time_for_the_end():
     now = [100.0]
     budget = TimeBudget(1.0, clock=lambda: now[0], started=90.0)  # the command began 10 s ago
     assert budget.elapsed() == 10.0
-    budget.start_training(0, 0)
+    budget.start_training(0)
     budget.reserve = 5.0  # final evaluation and figures
     now[0] += 9.0  # 20 steps in 9 s: 0.45 s a step; 60 - 19 - 5 = 36 s of training left -> 80 more steps
     assert budget.plan(20) == 100

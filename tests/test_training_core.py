@@ -78,12 +78,12 @@ def test_time_budget_plans_from_the_measured_pace():
     assert budget.plan(0) is None  # nothing timed yet: hold the peak
     clock.now += 6.0  # 20 steps in 6 s: 0.3 s a step, 54 s left -> 180 more steps
     assert budget.plan(20) == 200
-    assert budget.another_epoch_fits(1)  # 6 s an epoch, 54 s left
-    clock.now += 50.0  # 56 s used, an epoch takes 28 s: the 4 s left still get a (cut) epoch
-    assert budget.another_epoch_fits(2)
-    clock.now += 3.0  # 59 s used: the 1 s left is under a tenth of an epoch (29.5 s)
-    assert not budget.another_epoch_fits(2) and not budget.exhausted()
-    clock.now += 2.0
+    assert budget.another_epoch_fits(20)  # 0.3 s a step, 54 s left
+    clock.now += 50.0  # 56 s used, 200 steps: the 4 s left still get a (cut) epoch
+    assert budget.another_epoch_fits(200)
+    clock.now += 3.5  # 59.5 s used: the 0.5 s left is less than two 0.3 s steps
+    assert not budget.another_epoch_fits(200) and not budget.exhausted()
+    clock.now += 1.5
     assert budget.exhausted() and budget.plan(200) == 200
     resumed = TimeBudget(1.0, clock=clock)
     resumed.load_state_dict(budget.state_dict())

@@ -32,9 +32,10 @@ class CheckOptions(DataOptions):
     out: str = _check("check", "the report's folder: check.html, check.json and CSVs")
     time_budget: float = _check(10.0, "minutes for the whole check; the label-error training gets what is left", above=0)
     folds: int = _check(
-        2,
-        "folds of the out-of-fold training that judges the labels (under a time budget, fewer folds give each "
-        "model more of it)",
+        4,
+        "folds of the out-of-fold training that judges the labels: each model learns from the other folds "
+        "(more folds: more images each, and a shorter training under the time budget, which learns fewer "
+        "wrong labels by heart)",
         at_least=2,
     )
     image_size: int = _check(32, "side of the images the label-judging model sees", at_least=8)

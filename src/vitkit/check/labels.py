@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data.augment import shift_reflected
 from ..errors import VitkitError
 from ..runtime import autocast, use_bf16
 
@@ -91,13 +92,10 @@ def _stratified_folds(keys: np.ndarray, folds: int, seed: int) -> np.ndarray:
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator, pad: int = 2) -> torch.Tensor:
-    """Random mirror and a random shift of up to `pad` pixels (reflect padding), per batch."""
+    """A random mirror and a random shift of up to `pad` pixels (reflect padding), each image its own."""
     flip = torch.rand(len(x), generator=gen) < 0.5
     x = torch.where(flip[:, None, None, None], x.flip(3), x)
-    side = x.shape[-1]
-    padded = F.pad(x, (pad,) * 4, mode="reflect")
-    dx, dy = (int(v) for v in torch.randint(0, 2 * pad + 1, (2,), generator=gen))
-    return padded[:, :, dy : dy + side, dx : dx + side]
+    return shift_reflected(x, torch.randint(-pad, pad + 1, (len(x), 2), generator=gen), pad)
 
 
 def _new_model(num_classes: int, side: int, sample: torch.Tensor) -> torch.nn.Module:
@@ -261,7 +259,23 @@ def likely_label_errors(labels: list, probabilities: np.ndarray, multi_label: bo
         ranked = find_label_issues(given, probabilities, multi_label=True, return_indices_ranked_by="self_confidence")
         scores = multilabel_scores(given, probabilities)
     else:
+        from cleanlab.count import num_label_issues
+
         given = np.asarray(labels)
-        ranked = find_label_issues(given, probabilities, return_indices_ranked_by="self_confidence")
+        probabilities = calibrated(probabilities, given)
         scores = get_label_quality_scores(given, probabilities)
+        # the lowest-quality images, as many as the confident joint's diagonal says are mislabelled:
+        # cleanlab's own estimate of the count, steadier than the size of find_label_issues' filter
+        ranked = np.argsort(scores, kind="stable")[: num_label_issues(given, probabilities)]
     return [(int(i), float(scores[i])) for i in ranked if math.isfinite(scores[i])]
+
+
+def calibrated(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Out-of-fold probabilities temperature-scaled to their NLL on the given labels. The fold models train
+    to a near-zero loss, and their over-confident wrong predictions pass confident learning's per-class
+    thresholds: the count of likely errors then takes in images the model gets wrong."""
+    from ..eval.calibration import fit_temperature
+
+    log_p = torch.from_numpy(probabilities).double().clamp_min(1e-12).log()
+    temperature = fit_temperature(log_p, torch.from_numpy(labels))
+    return torch.softmax(log_p / temperature, dim=1).float().numpy()

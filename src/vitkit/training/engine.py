@@ -110,7 +110,7 @@ class Trainer:
         start_epoch, start_batch = start_run(self, run, callbacks)
         net = self.wrap_model()
         epoch = start_epoch
-        budget.start_training(state.step, start_epoch)
+        budget.start_training(state.step)
         self.stopped_by = StoppedBy.TIME_BUDGET if cfg.time_budget else StoppedBy.EPOCHS
         while cfg.time_budget or epoch < cfg.epochs:
             if start_batch == 0 or epoch != start_epoch:
@@ -140,7 +140,7 @@ class Trainer:
                 self.log(f"early stopping: no {self.monitor} improvement for {cfg.early_stopping} epochs")
                 self.stopped_by = StoppedBy.EARLY_STOPPING
                 break
-            if ctx.any(not budget.another_epoch_fits(len(state.history))):
+            if ctx.any(not budget.another_epoch_fits(state.step)):
                 break
         return finish(self)
 
