@@ -18,6 +18,7 @@ import io
 import json
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -29,21 +30,23 @@ QUALITY = 75  # the shared CIFAR-10's: its luminance table is libjpeg's at 75
 FORMATS = {"png": dict(format="PNG"), f"jpeg{QUALITY}": dict(format="JPEG", quality=QUALITY, subsampling="4:2:0")}
 
 
-def write_folders(parquet_dir: Path, dest: Path, classes: int | None) -> dict[str, Path]:
+def write_folders(parquet_dir: Path, dest: Path, classes: int | None, per_class: int | None) -> dict[str, Path]:
     """The parquet shards (Hugging Face layout: `img` bytes, `fine_label`) as split/class/NNNNN files, once
-    per format in FORMATS, the first `classes` classes only when given; returns {format: folder}."""
+    per format in FORMATS, the first `classes` classes and `per_class` images of each per split only when
+    given; returns {format: folder}."""
     roots = {name: dest / name for name in FORMATS}
     for split in ("train", "test"):
         shards = sorted(parquet_dir.glob(f"{split}-*.parquet"))
         if not shards:
             raise SystemExit(f"--data {parquet_dir}: no {split}-*.parquet shards")
-        index = 0
+        index, written = 0, Counter()
         for shard in shards:
             table = pq.read_table(shard)
             names = json.loads(table.schema.metadata[b"huggingface"])["info"]["features"]["fine_label"]["names"]
             for image, label in zip(table.column("img").to_pylist(), table.column("fine_label").to_pylist()):
-                if classes and label >= classes:
+                if (classes and label >= classes) or (per_class and written[label] >= per_class):
                     continue
+                written[label] += 1
                 pixels = Image.open(io.BytesIO(image["bytes"])).convert("RGB")
                 for name, how in FORMATS.items():
                     folder = roots[name] / split / names[label]
@@ -61,13 +64,14 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="training overrides")
     parser.add_argument("--classes", type=int, help="the first N classes only (a quick try)")
+    parser.add_argument("--per-class", type=int, help="N images of each class per split at most (a quick try)")
     parser.add_argument("--out", default="benchmarks/results/jpeg_cost")
     args = parser.parse_args()
     overrides = parse_overrides(args.set)
     machine_info = {**machine(), "cpu": cpu_model(), "flags_class": flags_class()}
     rows = {}
     with tempfile.TemporaryDirectory(prefix="vitkit-jpeg-cost-") as tmp:
-        folders = write_folders(Path(args.data), Path(tmp), args.classes)
+        folders = write_folders(Path(args.data), Path(tmp), args.classes, args.per_class)
         for name, folder in folders.items():
             run_args = argparse.Namespace(data=str(folder), epochs=args.epochs, seed=args.seed)
             label = f"{args.recipe} on {name}" + "".join(f" {k}={v}" for k, v in overrides.items())
