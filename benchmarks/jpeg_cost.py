@@ -22,9 +22,9 @@ from collections import Counter
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from common import SHARED_DATA, machine, parse_overrides, print_table, project_path, write_json
+from common import SHARED_DATA, parse_overrides, print_table, project_path, write_json
 from PIL import Image
-from recipe_parity import cpu_model, flags_class, run_row, slug
+from recipe_parity import machine_record, run_row, slug
 
 QUALITY = 75  # the shared CIFAR-10's: its luminance table is libjpeg's at 75
 FORMATS = {"png": dict(format="PNG"), f"jpeg{QUALITY}": dict(format="JPEG", quality=QUALITY, subsampling="4:2:0")}
@@ -68,7 +68,7 @@ def main() -> int:
     parser.add_argument("--out", default="benchmarks/results/jpeg_cost")
     args = parser.parse_args()
     overrides = parse_overrides(args.set)
-    machine_info = {**machine(), "cpu": cpu_model(), "flags_class": flags_class()}
+    machine_info = machine_record()
     rows = {}
     with tempfile.TemporaryDirectory(prefix="vitkit-jpeg-cost-") as tmp:
         folders = write_folders(Path(args.data), Path(tmp), args.classes, args.per_class)

@@ -112,6 +112,11 @@ def flags_class() -> str:
     return "other"
 
 
+def machine_record() -> dict:
+    """What a parity result records of its machine: common.machine(), the CPU's model name and its class."""
+    return {**machine(), "cpu": cpu_model(), "flags_class": flags_class()}
+
+
 class HeldOutEachEpoch:
     """A callback: after every epoch, the weights the epoch ended with (last/, just written) on the split the
     run reports, as they are and with multi-crop TTA."""
@@ -220,7 +225,7 @@ def main() -> int:
             fix = fixes[name]
             runs.append((f"{args.recipe} before + {name}{suffix}", combined(before, fix or {}, extra), fix is not None))
         runs.append((f"{args.recipe} all fixed{suffix}", extra, False))
-    machine_info = {**machine(), "cpu": cpu_model(), "flags_class": flags_class()}
+    machine_info = machine_record()
     out = Path(args.out)
     rows = []
     for label, overrides, stored_order in runs:

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from common import SHARED_DATA, machine, print_table, write_json
-from recipe_parity import cpu_model, flags_class, run_row
+from common import SHARED_DATA, print_table, write_json
+from recipe_parity import machine_record, run_row
 
 from vitkit.data.prepare import DataOptions, prepare_data
 from vitkit.data.preprocess import Preprocessing
@@ -61,7 +61,9 @@ def norm(width: int) -> nn.BatchNorm2d:
 
 
 def group(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(conv(c_in, c_out), nn.MaxPool2d(2), norm(c_out), nn.GELU(), conv(c_out, c_out), norm(c_out), nn.GELU())
+    return nn.Sequential(
+        conv(c_in, c_out), nn.MaxPool2d(2), norm(c_out), nn.GELU(), conv(c_out, c_out), norm(c_out), nn.GELU()
+    )
 
 
 class Scale(nn.Module):
@@ -118,8 +120,10 @@ def evaluate(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, bf16: b
     return plain / len(labels), tta / len(labels)
 
 
-def transcription(train_x, train_y, test_x, test_y, classes: int, widths: list[int], epochs: int, seed: int, bf16: bool,
-                  batch: int = BATCH):
+def transcription(
+    train_x, train_y, test_x, test_y, classes: int, widths: list[int], epochs: int, seed: int, bf16: bool,
+    batch: int = BATCH,
+):  # fmt: skip
     """airbench94's training, step for step; the held-out split after every epoch."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -134,10 +138,15 @@ def transcription(train_x, train_y, test_x, test_y, classes: int, widths: list[i
     kilostep = BATCH * (1 + 1 / (1 - MOMENTUM))
     lr, wd = LR / kilostep, WEIGHT_DECAY * batch / kilostep
     lr_bias = lr * BIAS_SCALER
-    norm_biases = [p for n, p in net.named_parameters() if p.requires_grad and isinstance(net.get_submodule(n.rsplit(".", 1)[0]), nn.BatchNorm2d)]
-    others = [p for p in net.parameters() if p.requires_grad and all(p is not q for q in norm_biases)]
+    norms = {f"{m}.bias" for m, module in net.named_modules() if isinstance(module, nn.BatchNorm2d)}
+    trained = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
+    norm_biases = [p for n, p in trained if n in norms]
+    others = [p for n, p in trained if n not in norms]
     optimizer = torch.optim.SGD(
-        [dict(params=norm_biases, lr=lr_bias, weight_decay=wd / lr_bias), dict(params=others, lr=lr, weight_decay=wd / lr)],
+        [
+            dict(params=norm_biases, lr=lr_bias, weight_decay=wd / lr_bias),
+            dict(params=others, lr=lr, weight_decay=wd / lr),
+        ],
         momentum=MOMENTUM,
         nesterov=True,
     )
@@ -152,7 +161,8 @@ def transcription(train_x, train_y, test_x, test_y, classes: int, widths: list[i
     ema = [t.detach().clone() for t in net.state_dict().values() if t.is_floating_point()]
     loss_fn = nn.CrossEntropyLoss(label_smoothing=LABEL_SMOOTHING, reduction="none")
     flip_mask = torch.rand(len(train_x), generator=gen) < 0.5
-    padded = F.pad(torch.where(flip_mask[:, None, None, None], train_x.flip(-1), train_x), (TRANSLATE,) * 4, mode="reflect")
+    flipped = torch.where(flip_mask[:, None, None, None], train_x.flip(-1), train_x)
+    padded = F.pad(flipped, (TRANSLATE,) * 4, mode="reflect")
     side = train_x.shape[-1]
     rows, step, started = [], 0, time.perf_counter()
     for epoch in range(epochs):
@@ -184,7 +194,8 @@ def transcription(train_x, train_y, test_x, test_y, classes: int, widths: list[i
                         live.copy_(average)
         top1, tta = evaluate(net, test_x, test_y, bf16)
         rows.append({"epoch": epoch + 1, "top1": top1, "tta_top1": tta})
-        print(f"  transcription epoch {epoch + 1}: top-1 {top1:.4f}, multi-crop TTA {tta:.4f}", file=sys.stderr, flush=True)
+        print(f"  transcription epoch {epoch + 1}: top-1 {top1:.4f}, multi-crop TTA {tta:.4f}", file=sys.stderr,
+              flush=True)  # fmt: skip
     return rows, time.perf_counter() - started
 
 
@@ -206,7 +217,7 @@ def main() -> int:
         train.images.float().div(255), train.labels, held.images.float().div(255), held.labels,
         dataset.num_classes, args.widths, args.epochs, args.seed, bf16, args.batch_size,
     )  # fmt: skip
-    machine_info = {**machine(), "cpu": cpu_model(), "flags_class": flags_class()}
+    machine_info = machine_record()
     overrides = {"model_args": {"widths": args.widths}}
     if args.train_limit:
         overrides["train_limit"] = args.train_limit

@@ -253,7 +253,10 @@ def recipe_parity(tmp_path):
 
 def jpeg_cost(tmp_path):
     out = tmp_path / "jpeg"
-    script("jpeg_cost.py", "--data", shared_dataset("cifar100-dev") / "data", "--classes", 2, "--per-class", 60, "--epochs", 1, "--set", "batch_size=32", "--out", out)
+    script(
+        "jpeg_cost.py", "--data", shared_dataset("cifar100-dev") / "data", "--classes", 2, "--per-class", 60,
+        "--epochs", 1, "--set", "batch_size=32", "--out", out,
+    )  # fmt: skip
     (path,) = out.glob("jpeg-cost-cifar-fast-batch-size-32-1ep-seed0-*.json")
     data = read(path)
     png, jpeg = data["rows"]["png"], data["rows"]["jpeg75"]
