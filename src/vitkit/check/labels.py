@@ -264,9 +264,15 @@ def likely_label_errors(labels: list, probabilities: np.ndarray, multi_label: bo
         given = np.asarray(labels)
         probabilities = calibrated(probabilities, given)
         scores = get_label_quality_scores(given, probabilities)
-        # the lowest-quality images, as many as the confident joint's diagonal says are mislabelled:
-        # cleanlab's own estimate of the count, steadier than the size of find_label_issues' filter
-        ranked = np.argsort(scores, kind="stable")[: num_label_issues(given, probabilities)]
+        # Confident learning's "both" rule (Northcutt et al. 2021, section 3.2: pruned by class and by noise
+        # rate), with one count for the dataset: an image is flagged when its given label is among the
+        # least supported (self-confidence) and another class is among the most preferred over it (normalized
+        # margin), each as many as the confident joint says are mislabelled. One ranking alone also takes in
+        # the images a quick model is merely unsure about; cleanlab's per-class counts overshoot its own total.
+        count = num_label_issues(given, probabilities)
+        ranked = np.argsort(scores, kind="stable")[:count]
+        margin = get_label_quality_scores(given, probabilities, method="normalized_margin")
+        ranked = ranked[np.isin(ranked, np.argsort(margin, kind="stable")[:count])]
     return [(int(i), float(scores[i])) for i in ranked if math.isfinite(scores[i])]
 
 
