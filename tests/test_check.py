@@ -141,11 +141,14 @@ def test_check_finds_files_duplicates_and_leaks(checked):
     # the broken ones may pair with their source picture (the CMYK copy is the same picture); nothing else
     planted = {frozenset(p) for p in pairs.values()}
     others = [d for d in report["duplicates"] if frozenset(i["path"] for i in d["images"]) not in planted]
-    assert all(any("train/cat/" in i["path"] and i["path"].rsplit("/", 1)[1] in expected for i in d["images"]) for d in others)
+    assert all(
+        any("train/cat/" in i["path"] and i["path"].rsplit("/", 1)[1] in expected for i in d["images"]) for d in others
+    )
     assert report["duplicates"][0]["kind"] == "leak"  # the worst first
     with open(out / "exclude.csv") as f:
         excluded = {row["path"]: row["reason"] for row in csv.DictReader(f)}
-    assert {"train/cat/empty.jpg", "train/cat/text.jpg", "train/cat/truncated.jpg", "train/cat/strip.jpg"} <= set(excluded)
+    broken = {"train/cat/empty.jpg", "train/cat/text.jpg", "train/cat/truncated.jpg", "train/cat/strip.jpg"}
+    assert broken <= set(excluded)
     assert "train/cat/leak-exact.jpg" in excluded and "test/cat/000.jpg" not in excluded  # train's copy goes
     assert "train/dog/leak-near.jpg" in excluded
     assert (data / "train" / "cat" / "empty.jpg").stat().st_size == 0  # the data is never changed
@@ -292,7 +295,8 @@ def test_flags_as_many_as_the_calibrated_confident_joint_counts_lowest_quality_f
     count = num_label_issues(given, scaled)
     assert 0.9 * count <= len(flagged) <= count < num_label_issues(given, probabilities)
     quality = get_label_quality_scores(given, scaled)
-    assert flagged == [i for i in np.argsort(quality, kind="stable")[:count].tolist() if i in set(flagged)]
+    flagged_set = set(flagged)
+    assert flagged == [i for i in np.argsort(quality, kind="stable")[:count].tolist() if i in flagged_set]
 
 
 def test_an_image_the_model_is_merely_unsure_about_is_not_flagged():

@@ -25,10 +25,8 @@ FIRST_PLAN_STEPS = 20  # with a time budget, optimizer steps timed before the sc
 BUDGET_WARMUP_SHARE = 0.1
 # With a time budget, a last epoch starts while this many optimizer steps' time is left: the schedule is
 # fitted to the whole budget, so that epoch, cut short by the time-out, is where the rate decays to its
-# floor (a 3-minute CIFAR-10 run had stopped after its one whole epoch, at 127 s, 53 s before the end of
-# its decay). Its validation pass is kept in the reserve either way, so not starting it ends the run early
-# by that pass and the time left (a 2-minute run whose epochs took 80 s ended 12 s early when a tenth of
-# an epoch was the bar).
+# floor. Its validation pass is kept in the reserve either way, so not starting it ends the run early by
+# that pass and the time left, however small a share of an epoch the time left is.
 LAST_EPOCH_MIN_STEPS = 2
 # Kept after the final figures for the process to write its last files and exit.
 EXIT_MARGIN_S = 1.0
