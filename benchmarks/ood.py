@@ -4,7 +4,9 @@ A CIFAR-10 model (the cifar-fast recipe, trained with --time-budget on the CIFAR
 held-out tenth: every tenth file of each class, sorted by name) is scored on the held-out CIFAR-10 images
 (in-distribution), on CIFAR-100 (near-OOD: the cifar100-dev test shard) and on movie posters,
 Fashion-MNIST's test images and the flowers-mini photos (far-OOD); a flowers model (cifar-fast on
-flowers-mini) on its validation photos against CIFAR-10, posters and Fashion-MNIST. For each post-hoc
+flowers-mini from scratch, or --flowers-preset's recipe, e.g. a pretrained ViT fine-tuned) on its validation
+photos against CIFAR-10, posters and Fashion-MNIST. Each image is scored as `--reject-unknown` scores it
+(with its mirror, for models trained with flips). For each post-hoc
 method (msp, energy, knn; vitkit.eval.ood): AUROC and FPR at 95% TPR, beside OpenOOD v1.5's published
 ResNet-18 numbers for CIFAR-10 (a different, longer-trained model and other OOD sets: a reference, not a
 like-for-like comparison). ECE before and after temperature scaling comes from each run's results.json.
@@ -15,6 +17,7 @@ and vitkit's calibrated ones on 200 held-out CIFAR-10 images.
 
     python benchmarks/ood.py --cifar-minutes 12 --flowers-minutes 5
     python benchmarks/ood.py --cifar-run runs/cifar --flowers-run runs/flowers   # score existing runs
+    python benchmarks/ood.py --flowers-preset hf-vit-finetune   # a pretrained flowers model (downloads)
 """
 
 from __future__ import annotations
@@ -98,25 +101,23 @@ def files(folder: Path, limit: int = 0) -> list[Path]:
     return found[:limit] if limit else found
 
 
-@torch.inference_mode()
 def method_scores(clf, images) -> dict[str, torch.Tensor]:
-    """Each method's score of every image (paths or PIL images), as the checkpoint's rejection computes
-    them: calibrated logits, and its training-feature bank for knn."""
-    from vitkit.eval.ood import METHODS, ood_scores
-    from vitkit.eval.trust import penultimate
-    from vitkit.inference.unknown import Rejection
+    """Each method's score of every image (paths or PIL images), as `--reject-unknown` computes it: the
+    classifier's own scoring (calibrated logits, the checkpoint's training-feature bank for knn, and the
+    mirror with each image where the checkpoint says so)."""
+    from vitkit.eval.ood import METHODS
 
-    bank = Rejection.from_checkpoint(clf.meta, clf.folder, "knn", clf.name).bank
-    logits, features = [], []
-    for start in range(0, len(images), 256):
-        chunk = images[start : start + 256]
-        pre = clf.preprocessing
-        batch = torch.stack([pre.load_tensor(x) if isinstance(x, Path) else pre.image_tensor(x) for x in chunk])
-        out, pooled = penultimate(clf.model, clf.input_transform.for_inference(batch))
-        logits.append(out)
-        features.append(pooled)
-    logits, features = torch.cat(logits), torch.cat(features)
-    return {m: ood_scores(m, logits, clf.temperature, features, bank) for m in METHODS}
+    pre = clf.preprocessing
+    batches = [
+        torch.stack([pre.load_tensor(x) if isinstance(x, Path) else pre.image_tensor(x) for x in images[i : i + 256]])
+        for i in range(0, len(images), 256)
+    ]
+    scores = {}
+    for method in METHODS:
+        clf.reject_unknown(method)
+        scores[method] = torch.cat([clf.outputs_tensor(batch)[:, -1] for batch in batches])
+    clf.rejection = None
+    return scores
 
 
 def separation_table(clf, inside: list, outside: dict[str, list], groups: dict[str, list[str]]) -> dict:
@@ -136,7 +137,8 @@ def separation_table(clf, inside: list, outside: dict[str, list], groups: dict[s
                 m: {k: sum(per_set[n][m][k] for n in names) / len(names) for k in ("auroc", "fpr95")}
                 for m in in_scores
             } | {"sets": names}
-    return {"in_distribution_images": len(inside), "sets": per_set, "groups": grouped}
+    mirror = bool(clf.meta["ood"].get("mirror"))  # scores read each image with its mirror
+    return {"in_distribution_images": len(inside), "mirror": mirror, "sets": per_set, "groups": grouped}
 
 
 def rejection_check(run: Path, posters: list[Path], kept_folder: Path) -> dict:
@@ -190,6 +192,12 @@ def hf_parity(run: Path, export: Path, images: list[Path]) -> dict:
     return {"images": len(images), "temperature": clf.temperature, "max_abs_score_diff": worst}
 
 
+def trained_as(run: Path) -> dict:
+    """The recipe and --time-budget a run records (a run given with --cifar-run or --flowers-run too)."""
+    trained = json.loads((run / "best" / "config.json").read_text())["train_config"]
+    return {"preset": trained.get("preset"), "minutes": trained.get("time_budget"), "run": project_path(str(run))}
+
+
 def calibration_of(run: Path) -> dict:
     results = json.loads((run / "results.json").read_text())
     report = results["calibration"]
@@ -226,6 +234,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cifar-minutes", type=float, default=12.0, help="--time-budget of the CIFAR-10 model")
     parser.add_argument("--flowers-minutes", type=float, default=5.0, help="--time-budget of the flowers model")
+    parser.add_argument(
+        "--flowers-preset", default="cifar-fast",
+        help="the flowers model's recipe, e.g. hf-vit-finetune (downloads its pretrained ViT) for the poster check",
+    )  # fmt: skip
     parser.add_argument("--parity-minutes", type=float, default=2.0, help="--time-budget of the HF export check's ViT")
     parser.add_argument("--cifar-run", type=Path, help="score this CIFAR-10 run (trained on --work's split)")
     parser.add_argument("--flowers-run", type=Path, help="score this flowers-mini run instead of training one")
@@ -241,10 +253,12 @@ def main() -> int:
     # a few images per class are fewer than the recipes' batches
     limit = ["--batch-size", str(FLOWERS_BATCH)] if args.per_class else []
     cifar_run = args.cifar_run or train("cifar-fast", cifar, args.cifar_minutes, args.work / "cifar", limit)
-    # flowers-mini's 300 training photos are fewer than the recipe's batch of 1024
-    small_batch = ["--batch-size", str(FLOWERS_BATCH)]
+    # flowers-mini's 300 training photos are fewer than cifar-fast's batch of 1024
+    from vitkit.models import PRESETS
+
+    batch = min(PRESETS[args.flowers_preset].train.get("batch_size", FLOWERS_BATCH), FLOWERS_BATCH)
     flowers_run = args.flowers_run or train(
-        "cifar-fast", FLOWERS, args.flowers_minutes, args.work / "flowers", small_batch
+        args.flowers_preset, FLOWERS, args.flowers_minutes, args.work / "flowers", ["--batch-size", str(batch)]
     )
 
     fashion = fashion_images(args.limit)
@@ -299,12 +313,7 @@ def main() -> int:
             "benchmark": "calibration and unknown-input rejection",
             "command": "python benchmarks/ood.py " + " ".join(project_path(a) for a in sys.argv[1:]),
             "machine": machine(),
-            "models": {
-                "cifar10": {"preset": "cifar-fast", "minutes": args.cifar_minutes, "run": project_path(str(cifar_run))},
-                "flowers": {
-                    "preset": "cifar-fast", "minutes": args.flowers_minutes, "run": project_path(str(flowers_run))
-                },
-            },
+            "models": {"cifar10": trained_as(cifar_run), "flowers": trained_as(flowers_run)},
             "calibration": calibration,
             "rows": rows,
             "cifar10": cifar_table,

@@ -222,9 +222,13 @@ def ood(tmp_path):
     out = tmp_path / "ood.json"
     script(
         "ood.py", "--cifar-minutes", 0.05, "--flowers-minutes", 0.05, "--per-class", 20, "--limit", 20, "--no-parity",
-        "--work", tmp_path / "work", "--out", out,
+        "--flowers-preset", "cifar-resnet", "--work", tmp_path / "work", "--out", out,
     )  # fmt: skip
     data = read(out)
+    assert data["models"]["flowers"]["preset"] == "cifar-resnet"
+    assert json.loads((tmp_path / "work" / "flowers" / "best" / "config.json").read_text())["family"] == "resnet"
+    # both recipes train with flips, so their scores read each image with its mirror
+    assert data["cifar10"]["mirror"] and data["flowers"]["mirror"]
     cases = {(r["model"], r["ood"], r["method"]) for r in data["rows"]}
     assert cases >= {("cifar10", "near", "knn"), ("cifar10", "far", "energy"), ("flowers", "far", "msp")}
     for row in data["rows"]:

@@ -58,7 +58,7 @@ def fake_trainer(budget: TimeBudget, **overrides) -> SimpleNamespace:
         measures_bf16=False,
         multi_label=False,
         bf16_pass_share=0.5,
-        cfg=SimpleNamespace(plots=True),
+        cfg=SimpleNamespace(plots=True, hflip=False),
         state=SimpleNamespace(figure_s=0.5),
     )
     return SimpleNamespace(**{**values, **overrides})
@@ -76,17 +76,19 @@ def test_the_reserve_adds_the_passes_figures_saves_and_exit_at_the_measured_cost
 
 def test_the_bf16_agreement_adds_its_passes_over_the_reported_split():
     single, _ = budget_at()
-    reserve_for_finish(fake_trainer(single, measures_bf16=True, cfg=SimpleNamespace(plots=False)))
+    reserve_for_finish(fake_trainer(single, measures_bf16=True, cfg=SimpleNamespace(plots=False, hflip=False)))
     # single-label: the final evaluation doubles as the agreement's fp32 pass; the bf16 pass takes half its time
     assert single.reserve == pytest.approx(0.002 * 300 + 1.5 * 0.002 * 500 + CALIBRATION + 1.0 + EXIT_MARGIN_S)
     multi, _ = budget_at()
-    reserve_for_finish(fake_trainer(multi, measures_bf16=True, multi_label=True, cfg=SimpleNamespace(plots=False)))
+    no_plots = SimpleNamespace(plots=False, hflip=False)
+    reserve_for_finish(fake_trainer(multi, measures_bf16=True, multi_label=True, cfg=no_plots))
     assert multi.reserve == pytest.approx(0.002 * 300 + 2.5 * 0.002 * 500 + 1.0 + EXIT_MARGIN_S)
 
 
 def test_checkpoints_not_yet_timed_are_estimated_from_the_model_size():
     budget, _ = budget_at()
-    reserve_for_finish(fake_trainer(budget, save_s={"best": None, "last": None}, cfg=SimpleNamespace(plots=False)))
+    no_plots = SimpleNamespace(plots=False, hflip=False)
+    reserve_for_finish(fake_trainer(budget, save_s={"best": None, "last": None}, cfg=no_plots))
     # best/ holds the weights; last/ the weights and the optimizer's two moments
     saves = (4_000 + 3 * 4_000) / SAVE_BYTES_PER_S
     assert budget.reserve == pytest.approx(0.002 * 800 + CALIBRATION + saves + EXIT_MARGIN_S)
@@ -95,14 +97,18 @@ def test_checkpoints_not_yet_timed_are_estimated_from_the_model_size():
 def test_calibration_counts_validation_the_reported_split_and_the_feature_bank():
     budget, _ = budget_at()
     big = SimpleNamespace(train=range(MAX_BANK * 3))
-    reserve_for_finish(fake_trainer(budget, data=big, cfg=SimpleNamespace(plots=False)))
+    reserve_for_finish(fake_trainer(budget, data=big, cfg=SimpleNamespace(plots=False, hflip=False)))
     assert budget.reserve == pytest.approx(0.002 * (300 + 500 + 300 + 500 + MAX_BANK) + 1.0 + EXIT_MARGIN_S)
     on_val, _ = budget_at()
     val = SimpleNamespace(split=range(300))
     setup = SimpleNamespace(val_loader=val, eval_loader=val, eval_split="val")
-    reserve_for_finish(fake_trainer(on_val, setup=setup, cfg=SimpleNamespace(plots=False)))
+    reserve_for_finish(fake_trainer(on_val, setup=setup, cfg=SimpleNamespace(plots=False, hflip=False)))
     # reported on validation: no pass of its own for the calibration
     assert on_val.reserve == pytest.approx(0.002 * (300 + 300 + 300 + MAX_BANK) + 1.0 + EXIT_MARGIN_S)
+    mirrored, _ = budget_at()
+    reserve_for_finish(fake_trainer(mirrored, data=big, cfg=SimpleNamespace(plots=False, hflip=True)))
+    # trained with flips: the rejection scores each validation and bank image with its mirror too
+    assert mirrored.reserve == pytest.approx(0.002 * (300 + 500 + 2 * 300 + 500 + 2 * MAX_BANK) + 1.0 + EXIT_MARGIN_S)
 
 
 # ----------------------------------------------------------------------------- steps that fit

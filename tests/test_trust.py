@@ -21,9 +21,9 @@ from vitkit.eval.calibration import (
     fit_temperature,
 )
 from vitkit.eval.ood import auroc, fpr_at_tpr, keep_threshold
+from vitkit.fileio import read_json, write_json
 from vitkit.models import create_model
 from vitkit.models.io import save_model
-from vitkit.fileio import read_json, write_json
 
 TEMPERATURE = 2.5  # far from 1, so that a path that forgets it gives visibly different scores
 CLASSES = ["ant", "bee", "cat"]
@@ -149,6 +149,30 @@ def test_hf_export_folds_the_temperature_into_the_classifier(calibrated, tmp_pat
             assert exported["unknown_score"] == pytest.approx(ours["unknown_score"], abs=1e-4)
 
 
+def test_rejection_reads_the_image_and_its_mirror_where_the_checkpoint_says_so(calibrated, tmp_path):
+    """A checkpoint whose thresholds were set on each image's mean with its mirror is scored the same way by
+    both backends and by its ONNX export, while its class scores stay those of the image alone."""
+    folder, paths, expected = calibrated
+    shutil.copytree(folder / "ckpt", tmp_path / "ckpt")
+    config = read_json(tmp_path / "ckpt" / "config.json")
+    write_json(tmp_path / "ckpt" / "config.json", {**config, "ood": {**config["ood"], "mirror": True}})
+    clf = vitkit.load(tmp_path / "ckpt", device="cpu", backend="torch", precision="fp32")
+    x = clf.input_transform.for_inference(torch.stack([clf.preprocessing.load_tensor(p) for p in paths]))
+    with torch.no_grad():
+        logits, mirrored = clf.model(x), clf.model(x.flip(-1))
+    both_views = ((logits + mirrored) / 2 / TEMPERATURE).logsumexp(1)
+    assert (both_views - (logits / TEMPERATURE).logsumexp(1)).abs().min() > 1e-3  # the mirror matters here
+    proc = run_vitkit("export", str(tmp_path / "ckpt"), str(tmp_path / "model.onnx"))
+    assert proc.returncode == 0, proc.stderr
+    ways = ((tmp_path / "ckpt", "torch"), (tmp_path / "ckpt", "onnxruntime"), (tmp_path / "model.onnx", "auto"))
+    for where, backend in ways:
+        clf = vitkit.load(where, device="cpu", backend=backend, precision="fp32", reject_unknown=True,
+                          unknown_method="energy")
+        results = clf.predict(list(map(str, paths)), topk=3)
+        assert [r["unknown_score"] for r in results] == pytest.approx(both_views.tolist(), abs=1e-4), (where, backend)
+        assert_same([{"predictions": r["predictions"] or r["nearest"]} for r in results], expected)
+
+
 def test_serve_answers_with_calibrated_scores(calibrated, tmp_path):
     folder, paths, expected = calibrated
     with running_server(folder / "ckpt", "--precision", "fp32", log=tmp_path / "serve.log") as (base, _):
@@ -173,6 +197,7 @@ def test_run_calibration_and_rejection_come_from_the_validation_split(digits_run
 
     clf = vitkit.load(out, device="cpu", backend="torch", precision="fp32")
     ood = meta["ood"]
+    assert ood["mirror"] is False  # digits are not trained mirrored: the scores read one view
     for split in ("val", "test"):
         _, _, _, part = checkpoint_split(clf, None, split, {})
         msp = clf.predict_tensor(part.images).max(1).values
@@ -192,6 +217,29 @@ def test_run_calibration_and_rejection_come_from_the_validation_split(digits_run
     again = read_json(copy / "best" / "config.json")
     assert again["calibration"]["temperature"] == pytest.approx(report["temperature"], rel=1e-4)
     assert again["ood"]["thresholds"] == pytest.approx(ood["thresholds"], abs=1e-4)
+
+
+def test_calibrate_sets_the_thresholds_of_a_run_trained_with_flips_on_mirrored_validation_images(
+    digits_run, tmp_path
+):
+    from vitkit.eval.checkpoint import checkpoint_split
+
+    out, _ = digits_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    config = read_json(copy / "best" / "config.json")
+    config = {k: v for k, v in config.items() if k not in ("calibration", "ood")}
+    write_json(copy / "best" / "config.json", {**config, "train_config": {**config["train_config"], "hflip": True}})
+    proc = run_vitkit("calibrate", str(copy), "--json")
+    assert proc.returncode == 0, proc.stderr
+    ood = read_json(copy / "best" / "config.json")["ood"]
+    assert ood["mirror"] is True
+    clf = vitkit.load(copy, device="cpu", backend="torch", precision="fp32")
+    _, _, _, val = checkpoint_split(clf, None, "val", {})
+    x = clf.input_transform.for_inference(val.images)
+    with torch.no_grad():
+        both_views = (clf.model(x) + clf.model(x.flip(-1))) / 2 / clf.temperature
+    assert ood["thresholds"]["energy"] == pytest.approx(keep_threshold(both_views.logsumexp(1), ood["keep"]), abs=1e-5)
 
 
 def test_reject_unknown_answers_unknown_below_the_threshold(digits_run, digit_images, tmp_path):

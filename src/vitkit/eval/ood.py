@@ -5,7 +5,10 @@ out-of-distribution images (AUROC, FPR at 95% TPR).
 - msp: the maximum softmax probability of the calibrated logits (Hendrycks & Gimpel, 2017);
 - energy: logsumexp of the calibrated logits, the negative free energy (Liu et al., 2020);
 - knn: minus the distance from the image's normalised penultimate features to its k-th nearest neighbour
-  among a bounded sample of the training split's (Sun et al., 2022)."""
+  among a bounded sample of the training split's (Sun et al., 2022).
+
+For a model trained with flips, each score reads the mean logits and features of the image and its mirror
+(`trust.mirrors_for_scores`)."""
 
 from __future__ import annotations
 

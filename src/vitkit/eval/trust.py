@@ -27,17 +27,39 @@ def penultimate(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, t
     return model.forward_head(pooled).float(), pooled.float()
 
 
+def mirrors_for_scores(hflip: bool) -> bool:
+    """Whether unknown-input scores read each image with its mirror: for a model trained with flips
+    (`hflip`), to which a mirrored image is as familiar as the image itself. The two views' mean logits and
+    features separate unknown images better than either view (measured: the docs' scores page), and
+    mirroring an image the model never saw mirrored (digits, text) would make it look unknown, so the
+    others score one view."""
+    return bool(hflip)
+
+
+def mirror_mean(outputs: tuple, mirrored: tuple) -> tuple:
+    """The mean of an image's outputs (logits, features: tensors, or None where not computed) and its
+    mirror's."""
+    return tuple(None if a is None else (a + b) / 2 for a, b in zip(outputs, mirrored, strict=True))
+
+
 @torch.inference_mode()
-def model_outputs(model: nn.Module, loader: BatchLoader, transform) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(logits, labels, penultimate features) of every image of a loader, in fp32 on the CPU."""
+def model_outputs(
+    model: nn.Module, loader: BatchLoader, transform, mirror: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logits, labels, and the logits and penultimate features unknown-input scores read: `mirror_mean`
+    of each image and its mirror when `mirror`) of every image of a loader, in fp32 on the CPU."""
     model.eval()
-    logits, labels, features = [], [], []
+    logits, labels, score_logits, features = [], [], [], []
     for images, targets in loader.batches():
-        out, pooled = penultimate(model, transform(images))
+        x = transform(images)
+        out, pooled = penultimate(model, x)
         logits.append(out.cpu())
+        if mirror:
+            out, pooled = mirror_mean((out, pooled), penultimate(model, x.flip(-1)))
+        score_logits.append(out.cpu())
         features.append(pooled.cpu())
         labels.append(targets.cpu())
-    return torch.cat(logits), torch.cat(labels), torch.cat(features)
+    return torch.cat(logits), torch.cat(labels), torch.cat(score_logits), torch.cat(features)
 
 
 def fit_trust(
@@ -49,24 +71,27 @@ def fit_trust(
     batch_size: int = 256,
     keep: float = DEFAULT_KEEP,
     bank_images: int = MAX_BANK,
+    mirror: bool = False,
 ) -> dict:
     """Temperature, rejection thresholds and the training-feature bank of `model` on a Dataset `data` with
     a validation split; the calibration measured on `eval_split` ("test" or "val"). Returns {"calibration",
     "ood", "bank", and the logits and labels of the reported split for the reliability diagram}. The bank
-    holds the features of at most `bank_images` training images."""
+    holds the features of at most `bank_images` training images. With `mirror` (`mirrors_for_scores`) the
+    thresholds and the bank come from each image's mean with its mirror, as `--reject-unknown` then scores;
+    the temperature from the image alone, as predictions read it."""
     loader = lambda split: BatchLoader(split, batch_size, shuffle=False, device=device)  # noqa: E731
-    val_logits, val_labels, val_features = model_outputs(model, loader(data.val), transform)
+    val_logits, val_labels, val_score_logits, val_features = model_outputs(model, loader(data.val), transform, mirror)
     if eval_split == "val":
         logits, labels = val_logits, val_labels
     else:
-        logits, labels, _ = model_outputs(model, loader(data.test), transform)
+        logits, labels, _, _ = model_outputs(model, loader(data.test), transform)
     calibration = calibration_report(val_logits, val_labels, logits, labels, eval_split)
     bank_split = limit_split(data.train, min(bank_images, MAX_BANK), seed=0)
-    _, _, train_features = model_outputs(model, loader(bank_split), transform)
+    *_, train_features = model_outputs(model, loader(bank_split), transform, mirror)
     bank = normalise(train_features).half()
     temperature = calibration["temperature"]
     thresholds = {
-        method: keep_threshold(ood_scores(method, val_logits, temperature, val_features, bank), keep)
+        method: keep_threshold(ood_scores(method, val_score_logits, temperature, val_features, bank), keep)
         for method in METHODS
     }
     ood = {
@@ -75,6 +100,7 @@ def fit_trust(
         "keep": keep,
         "fitted_on": "val",
         "fit_images": len(val_labels),
+        "mirror": mirror,
         "knn_k": KNN_K,
         "bank_images": len(bank),
         "features": OOD_FEATURES,
@@ -113,7 +139,10 @@ def calibrate(checkpoint, batch_size: int = 256, device: str = "auto", keep: flo
     if dataset.val is None or not len(dataset.val):
         raise VitkitError(f"{checkpoint}: its data has no validation split to calibrate on")
     eval_split = "test" if dataset.test is not None and len(dataset.test) else "val"
-    fitted = fit_trust(clf.model, dataset, eval_split, clf.input_transform.for_inference, clf.device, batch_size, keep)
+    mirror = mirrors_for_scores((clf.meta.get("train_config") or {}).get("hflip", False))
+    fitted = fit_trust(
+        clf.model, dataset, eval_split, clf.input_transform.for_inference, clf.device, batch_size, keep, mirror=mirror
+    )
     record_trust(clf.folder, fitted)
     run_dir = clf.folder.parent if clf.folder.name in (BEST, LAST) else clf.folder
     from ..viz.calibration import plot_reliability

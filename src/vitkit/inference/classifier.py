@@ -8,9 +8,9 @@ import torch
 
 from ..data.preprocess import Preprocessing
 from ..errors import VitkitError
+from ..eval.trust import mirror_mean, penultimate
 from ..models.naming import model_label
 from ..runtime import Bf16Autocast, resolve_device
-from ..eval.trust import penultimate
 from .predict import PredictOptions, collect_images, is_one_image, predict_images
 from .unknown import Rejection, checkpoint_temperature, divides_by_temperature
 
@@ -134,18 +134,23 @@ class Classifier:
         the classifier rejects unknown inputs (`reject_unknown`); `predict.classifier_predictions` reads it."""
         self._check_square(images)
         x = self.input_transform.for_inference(images.to(self.device))
-        features = None
+        logits, features = self._outputs(x)
+        probs = logits.sigmoid() if self.multi_label else logits.softmax(-1)
+        if self.rejection is not None:
+            if self.rejection.mirror:
+                logits, features = mirror_mean((logits, features), self._outputs(x.flip(-1)))
+            scores = self.rejection.scores(logits.cpu(), None if features is None else features.cpu())
+            probs = torch.cat([probs.cpu(), scores.unsqueeze(1).to(probs.dtype)], dim=1)
+        return probs.cpu()
+
+    def _outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Calibrated fp32 logits of prepared images, and the penultimate features when the rejection
+        reads them (else None)."""
         if self.rejection is not None and self.rejection.needs_features:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
                 logits, features = penultimate(self.model, x)
-        else:
-            logits = self.runner(x).float()
-        logits = logits / self.logit_divisor
-        probs = logits.sigmoid() if self.multi_label else logits.softmax(-1)
-        if self.rejection is not None:
-            scores = self.rejection.scores(logits.cpu(), None if features is None else features.float().cpu())
-            probs = torch.cat([probs.cpu(), scores.unsqueeze(1).to(probs.dtype)], dim=1)
-        return probs.cpu()
+            return logits / self.logit_divisor, features.float()
+        return self.runner(x).float() / self.logit_divisor, None
 
     def _check_square(self, images: torch.Tensor) -> None:
         side = self.preprocessing.square_size

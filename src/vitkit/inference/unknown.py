@@ -30,13 +30,16 @@ def divides_by_temperature(model) -> bool:
 @dataclass
 class Rejection:
     """How a classifier tells unknown inputs: `method`'s score below `threshold` (which kept `keep` of the
-    validation images) answers "unknown"; `bank`: the normalised training features knn compares with."""
+    validation images) answers "unknown"; `bank`: the normalised training features knn compares with;
+    `mirror`: the score reads the mean of each image's outputs and its mirror's (`eval.trust.mirrors_for_scores`),
+    as the threshold was set."""
 
     method: str
     threshold: float
     keep: float
     bank: torch.Tensor | None = None
     k: int = KNN_K
+    mirror: bool = False
 
     @property
     def needs_features(self) -> bool:
@@ -66,7 +69,7 @@ class Rejection:
         if chosen in FEATURE_METHODS:
             bank = _read_bank(folder, ood.get("features"), name, chosen)
         threshold, keep = float(ood["thresholds"][chosen]), float(ood.get("keep", 0))
-        return cls(chosen, threshold, keep, bank, int(ood.get("knn_k", KNN_K)))
+        return cls(chosen, threshold, keep, bank, int(ood.get("knn_k", KNN_K)), bool(ood.get("mirror")))
 
 
 def _read_bank(folder: Path | None, file: str | None, name: str, method: str) -> torch.Tensor:

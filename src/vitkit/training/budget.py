@@ -12,6 +12,7 @@ import torch
 from ..data.loader import BatchLoader
 from ..eval.loop import eval_logits
 from ..eval.ood import MAX_BANK
+from ..eval.trust import mirrors_for_scores
 from ..models import count_parameters
 from ..runtime import Bf16Autocast
 from ..viz.report import REPORT_FIGURES
@@ -166,10 +167,11 @@ def feature_bank_images(trainer: Trainer) -> int:
 def calibration_images(trainer: Trainer) -> int:
     """Images the calibration at the end of a single-label run passes through the model (eval.trust.fit_trust):
     the validation split, the reported split when it is another, and the training images of the
-    unknown-input feature bank."""
+    unknown-input feature bank; the validation and bank images twice when the scores read mirrors too."""
     setup = trainer.setup
     reported = len(setup.eval_loader.split) if setup.eval_split != "val" else 0
-    return len(setup.val_loader.split) + reported + feature_bank_images(trainer)
+    views = 2 if mirrors_for_scores(trainer.cfg.hflip) else 1  # each image and its mirror
+    return views * (len(setup.val_loader.split) + feature_bank_images(trainer)) + reported
 
 
 def time_inference(trainer: Trainer) -> float:

@@ -112,11 +112,12 @@ def fit_scores(trainer: Trainer, best: nn.Module) -> dict:
     unknown-input thresholds on the validation split, kept in best/ (`eval.trust`); the calibration report
     (temperature, ECE/NLL/Brier before and after on the reported split) for results.json, and
     reliability.png when the run draws figures."""
-    from ..eval.trust import fit_trust, record_trust
+    from ..eval.trust import fit_trust, mirrors_for_scores, record_trust
 
     setup, folder = trainer.setup, trainer.run.checkpoint(BEST)
     fitted = fit_trust(best, trainer.data, setup.eval_split, trainer.augment.for_inference, trainer.device,
-                       trainer.cfg.eval_batch_size, bank_images=feature_bank_images(trainer))
+                       trainer.cfg.eval_batch_size, bank_images=feature_bank_images(trainer),
+                       mirror=mirrors_for_scores(trainer.cfg.hflip))
     record_trust(folder, fitted)
     report = fitted["calibration"]
     if trainer.cfg.plots:
