@@ -210,7 +210,10 @@ def test_a_killed_worker_is_restarted_and_the_run_ends_as_planned(runs, tmp_path
     status = json.loads((out / "run.json").read_text())
     assert status["status"] == "complete"
     [restart] = status["restarts"]
-    assert [failed["rank"] for failed in restart["failed"]] == [1] and restart["world_size"] == 2
+    # rank 1 died without a word; rank 0 joins it when gloo's transport thread aborts the process on the lost
+    # peer (an uncaught gloo::IoException, "terminate called ...") before Python sees the peer's error
+    failed = [entry["rank"] for entry in restart["failed"]]
+    assert 1 in failed and set(failed) <= {0, 1} and restart["world_size"] == 2, (restart, err[-3000:])
     assert restart["continued_from"]["step"] >= state["step"] and restart["continued_from"]["epoch"] == 1
     results = json.loads((out / "results.json").read_text())
     assert results["images_trained"] == results["images_planned"]
