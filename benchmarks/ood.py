@@ -146,20 +146,22 @@ def rejection_check(run: Path, posters: list[Path], kept_folder: Path) -> dict:
     the flowers validation photos kept; the top-level figures are the default method's."""
     from vitkit.eval.ood import DEFAULT_METHOD, METHODS
 
-    def unknown_share(paths: list[Path], method: str) -> float:
+    def unknown_shares(method: str) -> tuple[float, float]:
+        """Posters and validation photos in one command per method (each command loads the model once)."""
         flags = ("--reject-unknown", "--unknown-method", method, "--format", "json")
         proc = subprocess.run(
-            vitkit_command("predict", str(run), *map(str, paths), *flags),
+            vitkit_command("predict", str(run), *map(str, [*posters, *val]), *flags),
             check=True, capture_output=True, text=True, cwd=REPO,
         )  # fmt: skip
-        results = json.loads(proc.stdout)["results"]
-        return sum(r["unknown"] for r in results) / len(results)
+        unknown = [r["unknown"] for r in json.loads(proc.stdout)["results"]]
+        assert len(unknown) == len(posters) + len(val)
+        return sum(unknown[: len(posters)]) / len(posters), sum(unknown[len(posters) :]) / len(val)
 
     val = files(kept_folder)
-    per_method = {
-        m: {"posters_rejected": unknown_share(posters, m), "validation_kept": 1 - unknown_share(val, m)}
-        for m in METHODS
-    }
+    per_method = {}
+    for m in METHODS:
+        rejected, val_unknown = unknown_shares(m)
+        per_method[m] = {"posters_rejected": rejected, "validation_kept": 1 - val_unknown}
     return {
         "command": f"vitkit predict RUN <{len(posters)} posters> --reject-unknown --unknown-method METHOD "
         "--format json",
