@@ -168,13 +168,9 @@ def run_row(label: str, recipe: str, args, overrides: dict, stored_order: bool, 
         "parameters": result["parameters"],
         "data": project_path(args.data),
         "seed": args.seed,
-        "source": {
-            "name": source.name,
-            "url": source.url,
-            "result": source.result,
-            "top1": source.top1,
-            "epochs": source.epochs,
-        },
+        "source": source
+        and {"name": source.name, "url": source.url, "result": source.result, "top1": source.top1,
+             "epochs": source.epochs},  # fmt: skip
         "machine": machine_info,
     }
 
@@ -185,9 +181,16 @@ def slug(text: str) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recipe", default="cifar-fast", help="a preset with a source (models/presets.py)")
+    parser.add_argument(
+        "--recipe", default="cifar-fast",
+        help="a preset (models/presets.py); one without a published source needs --epochs",
+    )  # fmt: skip
     parser.add_argument("--data", default=str(SHARED_DATA / "cifar10-train"))
     parser.add_argument("--epochs", type=int, help="default: the source's epochs, rounded up")
+    parser.add_argument(
+        "--budget-size", action="store_true",
+        help="train at the size the preset's time budget picks for a run of --epochs (Preset.budget_sizes)",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--source-size", action="store_true", help="train at the source's architecture size")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="training overrides")
@@ -201,15 +204,24 @@ def main() -> int:
     parser.add_argument("--out", default="benchmarks/results/recipe_parity")
     args = parser.parse_args()
     preset = PRESETS.get(args.recipe)
-    if preset is None or preset.source is None:
-        with_source = [name for name, p in PRESETS.items() if p.source is not None]
-        names = ", ".join(with_source)
-        raise SystemExit(f"--recipe {args.recipe}: not a preset with a source; those with one: {names}")
+    if preset is None:
+        raise SystemExit(f"--recipe {args.recipe}: not a preset; the presets are {', '.join(PRESETS)}")
     source = preset.source
+    if source is None and (args.epochs is None or args.source_size or args.ablation is not None):
+        with_source = ", ".join(name for name, p in PRESETS.items() if p.source is not None)
+        raise SystemExit(
+            f"--recipe {args.recipe} follows no published source: give --epochs (and no --source-size or "
+            f"--ablation), or take a preset with one: {with_source}"
+        )
     args.epochs = args.epochs or math.ceil(source.epochs)
     extra = parse_overrides(args.set)
     if args.source_size:
         extra = combined({"model_args": source.model_args}, extra)
+    if args.budget_size:
+        sizes = [changes for epochs, changes in preset.budget_sizes if epochs <= args.epochs]
+        if not sizes:
+            raise SystemExit(f"--budget-size: {args.recipe} has no larger size for {args.epochs} epochs")
+        extra = combined({"model_args": sizes[-1]}, extra)
     runs = [(args.recipe + "".join(f" {k}={v}" for k, v in extra.items()), extra, False)]
     if args.ablation is not None:
         if args.recipe not in ABLATIONS:
@@ -234,20 +246,24 @@ def main() -> int:
         name = f"{slug(label)}-{Path(args.data).name}-{args.epochs}ep-seed{args.seed}-{machine_info['flags_class']}"
         write_json(out / f"{name}.json", row)
     print()
+    epoch_columns = [("epoch", "epoch", "d"), ("top1", "top-1", ".4f"), ("tta_top1", "multi-crop TTA", ".4f")]
+    run_columns = [("recipe", "recipe", "s"), ("epochs", "epochs", "d"), ("test_top1", "top-1", ".4f"),
+                   ("tta_top1", "multi-crop TTA", ".4f")]  # fmt: skip
+    if source:
+        epoch_columns.append(("source", f"{source.name} (TTA, {source.epochs:g} ep)", ".4f"))
+        run_columns += [("source", source.name, ".4f"), ("gap", "TTA - source", "+.4f")]
     for row in rows:
         print(f"{row['recipe']} ({row['split']} split):")
+        last_epoch = row["epochs"]
         print_table(
-            [dict(r, source=source.top1 if r["epoch"] == row["epochs"] else None) for r in row["per_epoch"]],
-            [("epoch", "epoch", "d"), ("top1", "top-1", ".4f"), ("tta_top1", "multi-crop TTA", ".4f"),
-             ("source", f"{source.name} (TTA, {source.epochs:g} ep)", ".4f")],
-        )  # fmt: skip
+            [dict(r, source=source.top1 if source and r["epoch"] == last_epoch else None) for r in row["per_epoch"]],
+            epoch_columns,
+        )
         print()
     print_table(
-        [dict(r, source=source.top1, gap=r["tta_top1"] - source.top1) for r in rows],
-        [("recipe", "recipe", "s"), ("epochs", "epochs", "d"), ("test_top1", "top-1", ".4f"),
-         ("tta_top1", "multi-crop TTA", ".4f"), ("source", source.name, ".4f"), ("gap", "TTA - source", "+.4f"),
-         ("train_time_s", "train s", ".0f")],
-    )  # fmt: skip
+        [dict(r, source=source and source.top1, gap=source and r["tta_top1"] - source.top1) for r in rows],
+        [*run_columns, ("train_time_s", "train s", ".0f")],
+    )
     return 0
 
 
