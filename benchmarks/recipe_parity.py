@@ -142,6 +142,9 @@ def train_one(recipe: str, data: str, epochs: int, seed: int, overrides: dict, f
     return {"per_epoch": held_out.rows, "result": result}
 
 
+SOURCE_FIELDS = ("name", "url", "result", "top1", "epochs")
+
+
 def run_row(label: str, recipe: str, args, overrides: dict, stored_order: bool, machine_info: dict) -> dict:
     source = PRESETS[recipe].source
     original = build.whitening_indices
@@ -168,9 +171,7 @@ def run_row(label: str, recipe: str, args, overrides: dict, stored_order: bool, 
         "parameters": result["parameters"],
         "data": project_path(args.data),
         "seed": args.seed,
-        "source": source
-        and {"name": source.name, "url": source.url, "result": source.result, "top1": source.top1,
-             "epochs": source.epochs},  # fmt: skip
+        "source": {key: getattr(source, key) for key in SOURCE_FIELDS} if source else None,
         "machine": machine_info,
     }
 
