@@ -30,8 +30,8 @@ from vitkit.data.prepare import DataOptions, prepare_data
 from vitkit.data.preprocess import Preprocessing
 from vitkit.training.budget import TimeBudget
 from vitkit.training.build import Runtime
-from vitkit.training.resolve import make_config
 from vitkit.training.engine import Trainer
+from vitkit.training.resolve import make_config
 
 CASES = [  # (shared dataset, stored size, models compared)
     ("flowers-mini", 224, ["vit_small_patch16_224", "folder-cct"]),

@@ -105,8 +105,8 @@ def run_scores(run: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """{split: (sigmoid scores, 0/1 targets)} of a run's best checkpoint on its validation split (the one
     that tuned its thresholds) and its test split (the held-out posters)."""
     import vitkit
-    from vitkit.eval.checkpoint import checkpoint_split
     from vitkit.data.loader import BatchLoader
+    from vitkit.eval.checkpoint import checkpoint_split
     from vitkit.eval.multilabel import multilabel_outputs
 
     classifier = vitkit.load(run, backend="torch", precision="fp32")

@@ -20,7 +20,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
 from common import REPO, SHARED_DATA, machine, merge_rows, print_table, write_json
 from serve_load import cpu_seconds, exchange, multipart_request, photos, start_server
 

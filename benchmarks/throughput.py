@@ -29,8 +29,8 @@ from vitkit.data.augment import one_hot_smooth
 from vitkit.models import PRESETS, count_parameters
 from vitkit.training.budget import TimeBudget
 from vitkit.training.build import Runtime
-from vitkit.training.resolve import make_config
 from vitkit.training.engine import Trainer
+from vitkit.training.resolve import make_config
 
 
 def build_trainer(

@@ -28,8 +28,8 @@ from common import REPO, SHARED_DATA, machine, print_table, project_path, sync, 
 
 from vitkit.training.budget import TimeBudget
 from vitkit.training.build import Runtime
-from vitkit.training.resolve import make_config
 from vitkit.training.engine import Trainer
+from vitkit.training.resolve import make_config
 
 PEER = REPO.parent / "shared" / "peers" / "keras_seed_reference.py"
 PRESETS = {

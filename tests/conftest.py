@@ -152,6 +152,13 @@ def write_class_folders(root: Path, classes=("cat", "dog", "fox"), per_class=12,
     return root
 
 
+def write_colour_splits(root: Path, train_per_class: int, val_per_class: int = 4) -> Path:
+    """`root`/train and `root`/val: class folders of plain colours at 16 px, drawn with different seeds."""
+    write_class_folders(root / "train", per_class=train_per_class, size=16, seed=0)
+    write_class_folders(root / "val", per_class=val_per_class, size=16, seed=1)
+    return root
+
+
 def vitkit_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "vitkit", *args]
 

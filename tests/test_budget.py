@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch.nn as nn
 
+from vitkit.eval.ood import MAX_BANK
 from vitkit.training.budget import (
     BANK_BUDGET_SHARE,
     EXIT_MARGIN_S,
@@ -18,7 +19,6 @@ from vitkit.training.budget import (
     feature_bank_images,
     reserve_for_finish,
 )
-from vitkit.eval.ood import MAX_BANK
 from vitkit.viz.report import REPORT_FIGURES
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import new_trainer, run_vitkit, subprocess_env, write_class_folders
+from conftest import new_trainer, run_vitkit, subprocess_env, write_colour_splits
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -36,10 +36,7 @@ TINY = dict(
 
 @pytest.fixture(scope="module")
 def colours(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("colours")
-    write_class_folders(root / "train", per_class=TRAIN_IMAGES // 3, size=16, seed=0)
-    write_class_folders(root / "val", per_class=4, size=16, seed=1)
-    return root
+    return write_colour_splits(tmp_path_factory.mktemp("colours"), train_per_class=TRAIN_IMAGES // 3)
 
 
 def train(colours: Path, out: Path, **options) -> tuple[dict, list[dict]]:
@@ -214,7 +211,8 @@ def test_channels_last_feeds_nhwc_batches_and_trains_the_same_weights(colours, t
     conv_stem = dict(TINY["model_args"], stem="conv", conv_layers=1, stem_width=8)
     layouts = []
     for flag in (True, False):
-        trainer = new_trainer(make_config(data=str(colours), **{**TINY, "model_args": conv_stem, "channels_last": flag}))
+        options = {**TINY, "model_args": conv_stem, "channels_last": flag}
+        trainer = new_trainer(make_config(data=str(colours), **options))
         hook = trainer.model.patch_embed.register_forward_pre_hook(
             lambda _, inputs: layouts.append(inputs[0].is_contiguous(memory_format=torch.channels_last))
         )

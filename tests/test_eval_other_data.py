@@ -24,7 +24,7 @@ def folder_run(tmp_path_factory):
     """A tiny run trained on one folder (typed relative), and another folder of 37 images (not a multiple
     of anything held out)."""
     work = tmp_path_factory.mktemp("other-data")
-    trained = write_class_folders(work / "trained", CLASSES, per_class=8)
+    write_class_folders(work / "trained", CLASSES, per_class=8)
     other = write_class_folders(work / "other", CLASSES, per_class=(13, 12, 12), seed=1)
     with contextlib.chdir(work):  # the data as a user types it: relative to where the run was started
         result = run_vitkit("train", "--data", "trained/", "--out", "run", *TINY)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import new_trainer, write_class_folders
+from conftest import new_trainer, write_colour_splits
 from safetensors.torch import load_file
 from test_engine_options import TINY as ENGINE_TINY
 
@@ -25,10 +25,7 @@ ONE_STEP = dict(optimizer="sgd", weight_decay=0.0, schedule="constant", epochs=1
 
 @pytest.fixture(scope="module")
 def colours(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("colours")
-    write_class_folders(root / "train", per_class=8, size=16, seed=0)
-    write_class_folders(root / "val", per_class=4, size=16, seed=1)
-    return root
+    return write_colour_splits(tmp_path_factory.mktemp("colours"), train_per_class=8)
 
 
 def last_weights(out: Path) -> dict[str, torch.Tensor]:
@@ -131,9 +128,8 @@ def test_lookahead_pulls_the_weights_halfway_back_every_n_steps(colours, tmp_pat
     """Four steps of an epoch with --lookahead 4: the weights end halfway between the start and where
     the four plain steps took them."""
     options = {**TINY, "optimizer": "sgd", "momentum": 0.0, "weight_decay": 0.0, "schedule": "constant", "lr": 0.1}
-    start = {
-        k: v.detach().clone() for k, v in new_trainer(make_config(data=str(colours), **options)).model.state_dict().items()
-    }
+    model = new_trainer(make_config(data=str(colours), **options)).model
+    start = {k: v.detach().clone() for k, v in model.state_dict().items()}
     vitkit.train(data=str(colours), out=str(tmp_path / "plain"), epochs=1, **options)
     vitkit.train(data=str(colours), out=str(tmp_path / "lookahead"), epochs=1, lookahead=4, **options)
     plain, pulled = last_weights(tmp_path / "plain"), last_weights(tmp_path / "lookahead")

@@ -427,8 +427,8 @@ def test_a_multilabel_run_records_map_thresholds_and_figures(poster_run):
     assert json.loads(evaluated.stdout)["map_macro"] == pytest.approx(results["metrics"]["map_macro"])
     # the stored thresholds are the best checkpoint's, tuned on the validation split
     import vitkit
-    from vitkit.eval.checkpoint import checkpoint_split
     from vitkit.data.loader import BatchLoader
+    from vitkit.eval.checkpoint import checkpoint_split
     from vitkit.eval.multilabel import multilabel_outputs
 
     classifier = vitkit.load(out, backend="torch", precision="fp32")

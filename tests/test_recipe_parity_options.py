@@ -9,26 +9,32 @@ class order, as folders are."""
 
 import csv
 import itertools
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from conftest import new_trainer, run_vitkit
+from conftest import new_trainer, run_vitkit, write_colour_splits
 from test_engine_options import TINY
-from test_fast_recipe import colours, last_weights  # noqa: F401  (colours: the fixture, shared)
+from test_fast_recipe import last_weights
 
 import vitkit
 from vitkit.data.augment import AugmentSpec, BatchAugment
 from vitkit.models import create_model
 from vitkit.models.base import ImageClassifier
 from vitkit.training import build
-from vitkit.training.resolve import make_config
 from vitkit.training.optim import LookaheadEMA
+from vitkit.training.resolve import make_config
 from vitkit.training.schedule import lr_factor
 
 SGD = dict(TINY, optimizer="sgd", momentum=0.0, weight_decay=0.0, schedule="constant", lr=0.1)
 FASTNET = dict(model="fastnet_cifar", model_args={"widths": (8, 16), "whiten_width": 12}, image_size=16)
+
+
+@pytest.fixture(scope="module")
+def colours(tmp_path_factory) -> Path:
+    return write_colour_splits(tmp_path_factory.mktemp("colours"), train_per_class=8)
 
 
 # ----------------------------------------------------------------------------- the schedule

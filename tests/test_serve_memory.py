@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from PIL import Image
 from conftest import run_vitkit
+from PIL import Image
 from serving import running_server
 from test_serve_abuse import multipart
 

@@ -26,9 +26,9 @@ from vitkit.training.budget import EXIT_MARGIN_S, FIRST_PLAN_STEPS, TimeBudget
 from vitkit.training.config import GROUPS, LR_FIND_OPTIONS, RESUMABLE
 from vitkit.training.optim import param_groups
 from vitkit.training.resolve import make_config, size_pending, with_budget_size
-from vitkit.training.sizing import BudgetSize
 from vitkit.training.rundir import RunDir
 from vitkit.training.schedule import Plateau, lr_factor
+from vitkit.training.sizing import BudgetSize
 
 OLD_RUN = Path(__file__).parent / "fixtures" / "run-v0.1"  # written by vitkit before the engine redesign
 

@@ -78,8 +78,8 @@ def training_options(args: argparse.Namespace) -> dict:
 
 def cmd_lr_find(args: argparse.Namespace) -> int:
     from . import api
-    from .training.config import LR_FIND_OPTIONS
     from .api import LRFindOptions
+    from .training.config import LR_FIND_OPTIONS
 
     options = {k: v for k, v in training_options(args).items() if k in LR_FIND_OPTIONS}  # a --config has others
     result = api.lr_find(**given(args, LRFindOptions, "lr-find"), **options)
@@ -267,9 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("presets", help="list the presets (recipes and seed reproductions) with their sizes")
     p.set_defaults(func=cmd_models, presets=True)
 
+    from .api import LRFindOptions
     from .options import add_dataclass_options
     from .training.config import GROUPS, TrainConfig
-    from .api import LRFindOptions
 
     p = sub.add_parser(
         "train",

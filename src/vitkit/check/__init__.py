@@ -30,7 +30,9 @@ REPORT_SECONDS = 15  # kept back from the time budget for the report
 @dataclass
 class CheckOptions(DataOptions):
     out: str = _check("check", "the report's folder: check.html, check.json and CSVs")
-    time_budget: float = _check(10.0, "minutes for the whole check; the label-error training gets what is left", above=0)
+    time_budget: float = _check(
+        10.0, "minutes for the whole check; the label-error training gets what is left", above=0
+    )
     folds: int = _check(
         4,
         "folds of the out-of-fold training that judges the labels: each model learns from the other folds "

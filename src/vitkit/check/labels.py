@@ -49,7 +49,10 @@ def balance(entries, class_names: list[str], multi_label: bool, val_split: float
             why = f"{in_val} in the val split"
         else:
             in_val = round(counts["train"].get(i, 0) * val_split)
-            why = f"{counts['train'].get(i, 0)} in train: about {in_val} held out for validation at --val-split {val_split:g}"
+            why = (
+                f"{counts['train'].get(i, 0)} in train: about {in_val} held out for validation "
+                f"at --val-split {val_split:g}"
+            )
         if in_val < MIN_VAL_IMAGES:
             what = "positives" if multi_label else "images"
             too_few.append({"label": name, "val": in_val, "detail": f"{why}; under {MIN_VAL_IMAGES} {what}"})
@@ -106,7 +109,9 @@ def _new_model(num_classes: int, side: int, sample: torch.Tensor) -> torch.nn.Mo
     return model.to(memory_format=torch.channels_last)
 
 
-def _train_fold(model, images, targets, seconds: float, max_steps: int, multi_label: bool, bf16: bool, seed: int) -> int:
+def _train_fold(
+    model, images, targets, seconds: float, max_steps: int, multi_label: bool, bf16: bool, seed: int
+) -> int:
     """Train for `seconds` or `max_steps`, whichever ends first; the learning rate follows the progress
     through both (warmup over the first tenth, then a linear decay to 0), so a machine slower than
     measured shortens the run instead of overrunning the budget. Returns the steps taken. No label

@@ -95,7 +95,8 @@ def render_html(report: dict, source: Source) -> str:
         f"<td>{_esc(f['detail'])}</td><td>{_esc(f['train'])}</td></tr>"
         for f in files[:SHOWN]
     )
-    body = f"<div class='scroll'><table><tr><th>file</th><th>problem</th><th>detail</th><th>what training does</th></tr>{rows}</table></div>"
+    head = "<tr><th>file</th><th>problem</th><th>detail</th><th>what training does</th></tr>"
+    body = f"<div class='scroll'><table>{head}{rows}</table></div>"
     parts.append(_section("File problems", len(files), body if files else "<p>none</p>"))
     if report["bad_rows"]:
         items = "".join(f"<li>{_esc(row)}</li>" for row in report["bad_rows"][:SHOWN])
@@ -114,9 +115,8 @@ def render_html(report: dict, source: Source) -> str:
             f"{how}</div><div class='pair'>{figures}</div></div>"
         )
     note = f"the first {SHOWN} are shown; check.json lists all" if len(duplicates) > SHOWN else ""
-    parts.append(
-        _section("Duplicates", len(duplicates), f"<div class='cards'>{''.join(cards)}</div>" if cards else "<p>none</p>", note)
-    )
+    body = f"<div class='cards'>{''.join(cards)}</div>" if cards else "<p>none</p>"
+    parts.append(_section("Duplicates", len(duplicates), body, note))
 
     bal = report["balance"]
     splits = list(report["splits"])
@@ -129,7 +129,8 @@ def render_html(report: dict, source: Source) -> str:
         for row in bal["counts"]
     )
     few = "".join(f"<li><b>{_esc(r['label'])}</b>: {_esc(r['detail'])}</li>" for r in bal["too_few_for_validation"])
-    body = f"<div class='scroll'><table><tr><th>{'label' if report['multi_label'] else 'class'}</th>{head}</tr>{rows}</table></div>"
+    kind = "label" if report["multi_label"] else "class"
+    body = f"<div class='scroll'><table><tr><th>{kind}</th>{head}</tr>{rows}</table></div>"
     if few:
         body = f"<p>Too few for validation:</p><ul>{few}</ul>" + body
     if report["multi_label"]:
@@ -220,7 +221,8 @@ PAGE = """<!doctype html>
 <title>{title}</title>
 <style>
 body {{ font: 14px/1.45 system-ui, sans-serif; margin: 0 auto; max-width: 1200px; padding: 16px; color: #222; }}
-h1 {{ font-size: 22px; margin: 0 0 4px; overflow-wrap: anywhere; }} h2 {{ font-size: 18px; border-bottom: 1px solid #ddd; padding-bottom: 4px; }}
+h1 {{ font-size: 22px; margin: 0 0 4px; overflow-wrap: anywhere; }}
+h2 {{ font-size: 18px; border-bottom: 1px solid #ddd; padding-bottom: 4px; }}
 .count {{ background: #eee; border-radius: 10px; padding: 0 8px; font-size: 14px; }}
 .summary {{ color: #444; }} .scroll {{ overflow-x: auto; }} .note {{ color: #666; }}
 table {{ border-collapse: collapse; width: 100%; margin: 8px 0; }}

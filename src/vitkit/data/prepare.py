@@ -167,7 +167,9 @@ def prepare_data(
     image_column, label_column, skip_bad = o.image_column, o.label_column, o.skip_bad_images
     exclude = read_exclude(o.exclude, data) if o.exclude else None
     if exclude is not None and (data in BUILTIN or is_hf_source(data)):
-        raise VitkitError(f"--exclude {o.exclude}: lists image files, so it applies to an image folder --data, not {data}")
+        raise VitkitError(
+            f"--exclude {o.exclude}: lists image files, so it applies to an image folder --data, not {data}"
+        )
     if o.labels:
         from .table import load_table
 

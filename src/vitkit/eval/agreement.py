@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from ..data.loader import BatchLoader
 from ..fileio import write_json
 from ..runfiles import BF16_AGREEMENT
-from .metrics import MetricAccumulator
 from ..runtime import MIN_AGREEMENT as MIN_AGREEMENT
 from ..runtime import Bf16Autocast
+from .metrics import MetricAccumulator
 
 # The splits whose images the weights were not trained on: only a record measured on one of them counts.
 HELD_OUT_SPLITS = ("val", "test")

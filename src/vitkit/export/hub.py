@@ -12,10 +12,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..inference import checkpoint_folder, load
 from ..errors import VitkitError
 from ..eval.trust import OOD_FEATURES
 from ..fileio import read_json, write_json
+from ..inference import checkpoint_folder, load
 from ..models.io import CONFIG_NAME, WEIGHTS_NAME
 from ..options import names_where
 from ..pretrained import is_hub_id, network_errors

@@ -140,7 +140,8 @@ def build(cfg: TrainConfig, runtime: Runtime, budget=None) -> tuple[TrainConfig,
 
     if size_pending(cfg):
         minutes_left = (budget.seconds - budget.elapsed()) / 60 if budget else cfg.time_budget
-        cfg = with_budget_size(cfg, choose_budget_size(cfg, runtime, new_model, local_batch, decode, data, minutes_left))
+        size = choose_budget_size(cfg, runtime, new_model, local_batch, decode, data, minutes_left)
+        cfg = with_budget_size(cfg, size)
     model = new_model(cfg.model_args)
     channels = model.config.in_chans
     workers = resolve_workers(cfg.workers)
@@ -274,7 +275,9 @@ def choose_budget_size(
         def rate_of(size: dict) -> float:
             model = new_model({**cfg.model_args, **size})
             groups = param_groups(model, cfg.weight_decay, cfg.layer_decay)
-            optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, groups, cfg.nesterov)
+            optimizer = build_optimizer(
+                model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, groups, cfg.nesterov
+            )
             return training_rate(
                 model,
                 optimizer,

@@ -61,7 +61,8 @@ def finish(trainer: Trainer) -> dict[str, Any]:
     if calibration:
         trainer.log(describe_calibration(calibration))
     if agreement:
-        verdict = "runs bf16" if record_agreement(agreement) >= MIN_AGREEMENT else f"stays in fp32 (below {MIN_AGREEMENT:.1%})"
+        below = f"stays in fp32 (below {MIN_AGREEMENT:.1%})"
+        verdict = "runs bf16" if record_agreement(agreement) >= MIN_AGREEMENT else below
         trainer.log(f"{describe(agreement)}: --precision auto {verdict}")
     if budget.enabled:
         trainer.log(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+
 def lr_factor(
     step: int,
     total_steps: int | None,

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from ..errors import VitkitError
 from ..runtime import autocast
 
+
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
