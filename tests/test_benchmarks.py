@@ -255,11 +255,11 @@ def recipe_parity(tmp_path):
     assert rows["cifar-fast before + schedule batch_size=8"]["overrides"]["schedule"] == "triangle"
     # a recipe that follows no published source: trained and reported the same way, with no source beside it
     hybrid = tmp_path / "hybrid"
-    script("recipe_parity.py", "--recipe", "cifar-hybrid", "--data", folders(tmp_path), "--epochs", 1,
-           "--set", "batch_size=8", "--out", hybrid)  # fmt: skip
+    script("recipe_parity.py", "--recipe", "cifar-hybrid", "--data", folders(tmp_path), "--epochs", 3,
+           "--eval-every", 2, "--set", "batch_size=8", "--out", hybrid)  # fmt: skip
     (row,) = map(read, hybrid.glob("*.json"))
-    assert row["preset"] == "cifar-hybrid" and row["source"] is None and row["epochs"] == 1
-    assert 0 <= row["tta_top1"] <= 1
+    assert row["preset"] == "cifar-hybrid" and row["source"] is None and row["epochs"] == 3
+    assert [r["epoch"] for r in row["per_epoch"]] == [2, 3] and 0 <= row["tta_top1"] <= 1
 
 
 def jpeg_cost(tmp_path):
