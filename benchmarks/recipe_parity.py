@@ -149,7 +149,9 @@ def train_one(recipe: str, data: str, epochs: int, seed: int, overrides: dict, f
 SOURCE_FIELDS = ("name", "url", "result", "top1", "epochs")
 
 
-def run_row(label: str, recipe: str, args, overrides: dict, stored_order: bool, machine_info: dict) -> dict:
+def run_row(
+    label: str, recipe: str, args, overrides: dict, stored_order: bool, machine_info: dict, eval_every: int = 1
+) -> dict:
     source = PRESETS[recipe].source
     original = build.whitening_indices
     if stored_order:
@@ -157,7 +159,7 @@ def run_row(label: str, recipe: str, args, overrides: dict, stored_order: bool, 
     try:
         with tempfile.TemporaryDirectory() as tmp:
             print(f"{label}: {args.epochs} epochs on {args.data} ...", file=sys.stderr, flush=True)
-            out = train_one(recipe, args.data, args.epochs, args.seed, overrides, Path(tmp) / "run", args.eval_every)
+            out = train_one(recipe, args.data, args.epochs, args.seed, overrides, Path(tmp) / "run", eval_every)
     finally:
         build.whitening_indices = original
     last, result = out["per_epoch"][-1], out["result"]
@@ -252,7 +254,7 @@ def main() -> int:
     out = Path(args.out)
     rows = []
     for label, overrides, stored_order in runs:
-        row = run_row(label, args.recipe, args, overrides, stored_order, machine_info)
+        row = run_row(label, args.recipe, args, overrides, stored_order, machine_info, args.eval_every)
         rows.append(row)
         name = f"{slug(label)}-{Path(args.data).name}-{args.epochs}ep-seed{args.seed}-{machine_info['flags_class']}"
         write_json(out / f"{name}.json", row)
