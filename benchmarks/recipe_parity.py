@@ -150,8 +150,17 @@ SOURCE_FIELDS = ("name", "url", "result", "top1", "epochs")
 
 
 def run_row(
-    label: str, recipe: str, args, overrides: dict, stored_order: bool, machine_info: dict, eval_every: int = 1
+    label: str,
+    recipe: str,
+    args,
+    overrides: dict,
+    stored_order: bool,
+    machine_info: dict,
+    eval_every: int = 1,
+    ablation: str | None = None,
 ) -> dict:
+    """One training run as a result row; `ablation` names its place in an ablation ("before", a fix's name or
+    "all fixed"), None outside one."""
     source = PRESETS[recipe].source
     original = build.whitening_indices
     if stored_order:
@@ -166,6 +175,7 @@ def run_row(
     return {
         "recipe": label,
         "preset": recipe,
+        "ablation": ablation,
         "overrides": overrides,
         "epochs": last["epoch"],
         "split": last["split"],
@@ -235,7 +245,7 @@ def main() -> int:
         if not sizes:
             raise SystemExit(f"--budget-size: {args.recipe} has no larger size for {args.epochs} epochs")
         extra = combined({"model_args": sizes[-1]}, extra)
-    runs = [(args.recipe + "".join(f" {k}={v}" for k, v in extra.items()), extra, False)]
+    runs = [(args.recipe + "".join(f" {k}={v}" for k, v in extra.items()), extra, False, None)]
     if args.ablation is not None:
         if args.recipe not in ABLATIONS:
             raise SystemExit(f"--ablation: none is defined for {args.recipe}; there is one for {', '.join(ABLATIONS)}")
@@ -245,16 +255,17 @@ def main() -> int:
         if unknown:
             raise SystemExit(f"--ablation {' '.join(unknown)}: unknown; the fixes are {', '.join(fixes)}")
         suffix = runs[0][0][len(args.recipe) :]
-        runs = [(f"{args.recipe} before{suffix}", combined(before, extra), True)]
+        runs = [(f"{args.recipe} before{suffix}", combined(before, extra), True, "before")]
         for name in args.ablation or list(fixes):
             fix = fixes[name]
-            runs.append((f"{args.recipe} before + {name}{suffix}", combined(before, fix or {}, extra), fix is not None))
-        runs.append((f"{args.recipe} all fixed{suffix}", extra, False))
+            overrides = combined(before, fix or {}, extra)
+            runs.append((f"{args.recipe} before + {name}{suffix}", overrides, fix is not None, name))
+        runs.append((f"{args.recipe} all fixed{suffix}", extra, False, "all fixed"))
     machine_info = machine_record()
     out = Path(args.out)
     rows = []
-    for label, overrides, stored_order in runs:
-        row = run_row(label, args.recipe, args, overrides, stored_order, machine_info, args.eval_every)
+    for label, overrides, stored_order, ablation in runs:
+        row = run_row(label, args.recipe, args, overrides, stored_order, machine_info, args.eval_every, ablation)
         rows.append(row)
         name = f"{slug(label)}-{Path(args.data).name}-{args.epochs}ep-seed{args.seed}-{machine_info['flags_class']}"
         write_json(out / f"{name}.json", row)
@@ -273,10 +284,17 @@ def main() -> int:
             epoch_columns,
         )
         print()
+    if args.ablation is not None:  # what each fix buys: its TTA top-1 against the recipe as it was
+        run_columns.append(("gain", "TTA - before", "+.4f"))
+    before_tta = rows[0]["tta_top1"]
     print_table(
-        [dict(r, source=source and source.top1, gap=source and r["tta_top1"] - source.top1) for r in rows],
+        [
+            dict(r, source=source and source.top1, gap=source and r["tta_top1"] - source.top1,
+                 gain=r["tta_top1"] - before_tta)
+            for r in rows
+        ],
         [*run_columns, ("train_time_s", "train s", ".0f")],
-    )
+    )  # fmt: skip
     return 0
 
 

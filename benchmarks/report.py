@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from pathlib import Path
 
 import yaml
@@ -338,12 +339,15 @@ def source_cell(source: dict | None) -> str:
 
 
 def recipe_parity() -> list[str]:
-    rows = [json.loads(path.read_text()) for path in sorted(RESULTS.glob("recipe_parity/*.json"))]
+    found = [json.loads(path.read_text()) for path in sorted(RESULTS.glob("recipe_parity/*.json"))]
+    rows = [r for r in found if r.get("ablation") is None]
+    ablation = recipe_parity_ablation([r for r in found if r.get("ablation") is not None])
     if not rows:
-        return []
-    rows.sort(key=lambda r: (r["machine"]["date"], r["recipe"]), reverse=True)
+        return ablation
+    rows.sort(key=lambda r: (r["machine"]["date"], r["recipe"], -r["seed"]), reverse=True)
     header = ["date", "machine", "recipe", "data", "epochs", "top-1", "multi-crop TTA", "source (TTA)", "seed"]
-    return table(
+    spread = recipe_parity_seeds(rows)
+    return (spread + [""] if spread else []) + (ablation + [""] if ablation else []) + table(
         header,
         [
             dated(r)
@@ -352,6 +356,57 @@ def recipe_parity() -> list[str]:
             for r in rows
         ],
     )
+
+
+def recipe_parity_seeds(rows: list[dict]) -> list[str]:
+    """Runs of the same recipe, data, epochs and machine class under different seeds: their spread."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        key = (r["recipe"], r["data"], r["epochs"], machine_name(r), r["machine"].get("flags_class"))
+        groups.setdefault(key, []).append(r)
+    spread = [(key, runs) for key, runs in groups.items() if len({r["seed"] for r in runs}) > 1]
+    if not spread:
+        return []
+    header = ["machine", "recipe", "epochs", "seeds", "top-1 mean (min-max)", "TTA mean (min-max)", "source (TTA)"]
+    out = []
+    for (recipe, _, epochs, machine, _), runs in spread:
+        cells = []
+        for key in ("test_top1", "tta_top1"):
+            values = [r[key] for r in runs]
+            cells.append(f"{statistics.fmean(values):.4f} ({min(values):.4f}-{max(values):.4f})")
+        seeds = ", ".join(str(s) for s in sorted(r["seed"] for r in runs))
+        out.append([machine, recipe, str(epochs), seeds, *cells, source_cell(runs[0]["source"])])
+    return ["The same recipe under different seeds:", ""] + table(header, out)
+
+
+def recipe_parity_ablation(rows: list[dict]) -> list[str]:
+    """Each ablation run (`recipe_parity.py --ablation`): the recipe as it was, each fix alone and all of
+    them, with what each buys against the recipe as it was."""
+    runs: dict[tuple, dict[str, dict]] = {}
+    for r in rows:
+        key = (r["machine"]["date"], machine_name(r), r["preset"], r["data"], r["epochs"], r["seed"])
+        runs.setdefault(key, {})[r["ablation"]] = r
+    out = []
+    for (date, machine, preset, data, epochs, seed), by_fix in sorted(runs.items(), reverse=True):
+        before = by_fix.get("before")
+        if before is None:
+            continue
+        out += [
+            f"Ablation of `{preset}` ({date}, {machine}, {data}, {epochs} epochs, seed {seed}, "
+            f"{before['parameters']:,} parameters): the recipe as it was before it followed its source, with each "
+            "fix alone, and with all of them (the preset as it is).",
+            "",
+        ]
+        header = ["run", "top-1", "multi-crop TTA", "top-1 - before", "TTA - before", "train s"]
+        order = ["before"] + sorted(set(by_fix) - {"before", "all fixed"}) + ["all fixed"]
+        cells = [
+            [name, f"{r['test_top1']:.4f}", f"{r['tta_top1']:.4f}", f"{r['test_top1'] - before['test_top1']:+.4f}"]
+            + [f"{r['tta_top1'] - before['tta_top1']:+.4f}", f"{r['train_time_s']:.0f}"]
+            for name in order
+            if (r := by_fix.get(name))
+        ]
+        out += table(header, cells) + [""]
+    return out[:-1]
 
 
 def vs_airbench() -> list[str]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -252,13 +253,14 @@ def recipe_parity(tmp_path):
         assert row["source"]["name"] == "airbench94" and row["source"]["top1"] == 0.9401
         assert row["machine"]["cpu"] and row["machine"]["flags_class"]
     assert rows["cifar-fast all fixed batch_size=8"]["overrides"] == {"batch_size": 8}
+    assert {r["ablation"] for r in rows.values()} == {"before", "schedule", "whitening_sample", "all fixed"}
     assert rows["cifar-fast before + schedule batch_size=8"]["overrides"]["schedule"] == "triangle"
     # a recipe that follows no published source: trained and reported the same way, with no source beside it
     hybrid = tmp_path / "hybrid"
     script("recipe_parity.py", "--recipe", "cifar-hybrid", "--data", folders(tmp_path), "--epochs", 3,
            "--eval-every", 2, "--set", "batch_size=8", "--out", hybrid)  # fmt: skip
     (row,) = map(read, hybrid.glob("*.json"))
-    assert row["preset"] == "cifar-hybrid" and row["source"] is None and row["epochs"] == 3
+    assert row["preset"] == "cifar-hybrid" and row["source"] is None and row["epochs"] == 3 and row["ablation"] is None
     assert [r["epoch"] for r in row["per_epoch"]] == [2, 3] and 0 <= row["tta_top1"] <= 1
 
 
@@ -308,6 +310,20 @@ def report(tmp_path):
     assert sum(expected.values()) >= 5
     dated_rows = [line for line in text.splitlines() if line.startswith("| 20")]
     assert len(dated_rows) > 20
+    # recipe parity: an ablation's gains against the recipe as it was; a recipe's spread over seeds
+    parity = [read(path) for path in results.glob("recipe_parity/*.json")]
+    for row in parity:
+        if row.get("ablation") not in (None, "before"):
+            before = next(r for r in parity if r.get("ablation") == "before" and r["seed"] == row["seed"])
+            gain = f"| {row['ablation']} | {row['test_top1']:.4f} | {row['tta_top1']:.4f} |"
+            assert f"{gain} {row['test_top1'] - before['test_top1']:+.4f} |" in text
+    seeds: dict[tuple, list[float]] = {}
+    for row in parity:
+        if row.get("ablation") is None:
+            seeds.setdefault((row["recipe"], row["data"], row["epochs"]), []).append(row["tta_top1"])
+    for values in seeds.values():
+        if len(values) > 1:
+            assert f"{statistics.fmean(values):.4f} ({min(values):.4f}-{max(values):.4f})" in text
 
 
 def serve_load(tmp_path):
