@@ -312,15 +312,23 @@ def report(tmp_path):
     assert len(dated_rows) > 20
     # recipe parity: an ablation's gains against the recipe as it was; a recipe's spread over seeds
     parity = [read(path) for path in results.glob("recipe_parity/*.json")]
+
+    def run_of(row: dict) -> tuple:  # the rows one ablation or one seed spread compares: same machine and data
+        m = row["machine"]
+        return row["data"], row["epochs"], m["cpu"], m["cores"], m.get("flags_class")
+
+    def ablation_of(row: dict) -> tuple:  # one ablation: one run of recipe_parity.py --ablation
+        return run_of(row), row["preset"], row["seed"], row["machine"]["date"]
+
     for row in parity:
         if row.get("ablation") not in (None, "before"):
-            before = next(r for r in parity if r.get("ablation") == "before" and r["seed"] == row["seed"])
+            before = next(r for r in parity if r.get("ablation") == "before" and ablation_of(r) == ablation_of(row))
             gain = f"| {row['ablation']} | {row['test_top1']:.4f} | {row['tta_top1']:.4f} |"
             assert f"{gain} {row['test_top1'] - before['test_top1']:+.4f} |" in text
     seeds: dict[tuple, list[float]] = {}
     for row in parity:
         if row.get("ablation") is None:
-            seeds.setdefault((row["recipe"], row["data"], row["epochs"]), []).append(row["tta_top1"])
+            seeds.setdefault((row["recipe"], run_of(row)), []).append(row["tta_top1"])
     for values in seeds.values():
         if len(values) > 1:
             assert f"{statistics.fmean(values):.4f} ({min(values):.4f}-{max(values):.4f})" in text
