@@ -22,13 +22,16 @@ def project_path(path: str) -> str:
 def machine() -> dict:
     import torch  # here, not at the top: the scripts that only move files or JSON start without torch
 
-    cpu, flags = platform.processor() or platform.machine(), set()
+    cpu, flags, ids = platform.processor() or platform.machine(), set(), {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
+            key, _, value = (part.strip() for part in line.partition(":"))
+            if key == "model name":
+                cpu = value
+            elif key in ("cpu family", "model"):
+                ids[key] = value
+            elif key == "flags":
+                flags = set(value.split())
                 break
     except OSError:
         pass
@@ -42,6 +45,9 @@ def machine() -> dict:
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         # what bf16 runs on: AMX tiles multiply several times faster than AVX512-BF16 vector instructions
         "cpu_bf16": "amx" if "amx_bf16" in flags else "avx512" if "avx512_bf16" in flags else None,
+        # a virtual machine may name its CPU only "AMD EPYC": the family tells Zen 4 (25) from Zen 5 (26)
+        "cpu_family": ids.get("cpu family"),
+        "cpu_model_number": ids.get("model"),
     }
 
 

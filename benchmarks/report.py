@@ -33,6 +33,8 @@ def machine_name(data: dict) -> str:
     if m.get("cuda"):
         return m["cuda"]
     cpu = m["cpu"].replace("(R)", "").replace(" Processor", "").strip()
+    if m.get("cpu_family") and not any(ch.isdigit() for ch in cpu):  # a name without a model number
+        cpu += f" family {m['cpu_family']}"
     isa = m["cpu_bf16"].upper() if m.get("cpu_bf16") == "amx" else m["cpu_capability"]
     return f"{cpu} {m['cores']}-core {isa}"
 

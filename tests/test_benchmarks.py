@@ -315,7 +315,7 @@ def report(tmp_path):
 
     def run_of(row: dict) -> tuple:  # the rows one ablation or one seed spread compares: same machine and data
         m = row["machine"]
-        return row["data"], row["epochs"], m["cpu"], m["cores"], m.get("flags_class")
+        return row["data"], row["epochs"], m["cpu"], m.get("cpu_family"), m["cores"], m.get("flags_class")
 
     def ablation_of(row: dict) -> tuple:  # one ablation: one run of recipe_parity.py --ablation
         return run_of(row), row["preset"], row["seed"], row["machine"]["date"]

@@ -82,3 +82,31 @@ def test_the_benchmarks_page_reads_every_results_file():
             assert f"{named}`" in page and json.loads(path.read_text())["machine"]["date"] in page, path.name
     for heading in ("## Time to accuracy", "## Throughput per preset", "## Data pipeline", "## Serving"):
         assert heading in page
+
+
+def test_the_resume_rule_lists_exactly_the_flags_a_resume_may_change():
+    """training.md's list of what a resume may change is the declarations' (RESUMABLE), flag for flag."""
+    from vitkit.training.config import RESUMABLE
+
+    page = " ".join((ROOT / "docs" / "training.md").read_text().split())
+    listed = re.search(r"A resume may change only how the rest of the run executes \(([^)]*)\)", page).group(1)
+    flags = re.findall(r"`--([a-z-]+)`", listed)
+    assert {re.sub(r"^no-", "", flag).replace("-", "_") for flag in flags} == set(RESUMABLE)
+
+
+def test_the_recipes_share_the_values_the_models_page_says_except_where_it_says_not():
+    from vitkit.models import PRESETS
+
+    page = " ".join((ROOT / "docs" / "models.md").read_text().split())
+    assert "with three exceptions: `cifar-fast` follows airbench94" in page
+    shared = dict(optimizer="adamw", weight_decay=0.05, schedule="cosine", warmup_epochs=1, batch_size=64, hflip=True)
+    exceptions = {
+        "cifar-fast": dict(optimizer="sgd", nesterov=True, batch_size=1024, schedule="triangle", label_smoothing=0.2),
+        "cifar-hybrid": dict(shared, label_smoothing=0.2, crop_padding=2, crop_padding_mode="reflect"),
+    }
+    for name, preset in PRESETS.items():
+        if not preset.description.startswith("Recipe"):
+            continue
+        multilabel = name.startswith("multilabel-")
+        expected = exceptions.get(name, dict(shared, label_smoothing=0.0 if multilabel else 0.1))
+        assert {key: preset.train.get(key) for key in expected} == expected, name

@@ -10,6 +10,7 @@ from conftest import run_vitkit
 from PIL import Image
 
 import vitkit
+from vitkit.errors import VitkitError
 from vitkit.export.onnx import export_onnx
 from vitkit.inference import Classifier, OnnxModel
 from vitkit.models import create_model, save_model
@@ -190,6 +191,17 @@ def test_hybrid_models_get_grad_cam_on_their_token_grid_and_the_reason():
     assert choose_method(model) == "gradcam" and choose_method(create_model("vit_micro_patch4_32")) == "rollout"
     assert "not where the evidence is" in method_note(model, "rollout")
     assert set(explain_tensor(clf, images, "rollout")[1]) == {"rollout"}  # still available by flag
+
+
+def test_a_method_the_model_cannot_draw_is_refused_with_what_it_can():
+    from vitkit.viz.explain import choose_method
+
+    resnet, mixer = create_model("cifar-resnet", num_classes=3), create_model("cifar-mixer", num_classes=3)
+    with pytest.raises(VitkitError, match="--method rollout needs a model with attention"):
+        choose_method(mixer, "rollout")
+    with pytest.raises(VitkitError, match="--method gradcam works on token models.*use saliency"):
+        choose_method(resnet, "gradcam")
+    assert choose_method(resnet) == "saliency" and choose_method(mixer, "gradcam") == "gradcam"
 
 
 def test_a_blank_grad_cam_map_comes_with_the_reason():

@@ -64,3 +64,8 @@ def test_balanced_class_weights_reach_the_training_loss(imbalanced):
     assert float(loss) == pytest.approx(float(by_hand), rel=1e-5)
     assert float(loss) == pytest.approx(float(F.cross_entropy(logits, labels, weight=weights, reduction="sum") / 4))
     assert float(loss) != pytest.approx(float(F.cross_entropy(logits, labels)), rel=1e-3)  # the weights matter
+
+    # the validation loss stays unweighted: the same weights validate to the loss of a run without class weights
+    plain = new_trainer(make_config(data=str(imbalanced), label_smoothing=0.0, **TINY))
+    plain.model.load_state_dict(trainer.model.state_dict())
+    assert trainer.validate()["val_loss"] == pytest.approx(plain.validate()["val_loss"], rel=1e-6)

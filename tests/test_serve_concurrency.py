@@ -1,5 +1,6 @@
 """/predict and /explain at once on a PyTorch-backed server (real process, loopback): the maps /explain draws
-while /predict runs are the maps of each image explained alone, and /explain's scores are /predict's."""
+while /predict runs are the maps of each image explained alone, /predict's answers are its answers alone, and
+/explain's scores are /predict's."""
 
 import threading
 
@@ -51,4 +52,11 @@ def test_interleaved_explains_draw_the_maps_drawn_alone(digits_run, digit_images
     explained = [(name, body) for route, name, _, body in answers if route == "/explain"]
     changed = [name for name, body in explained if body["overlay"] != alone[name]]
     assert not changed, f"{len(changed)} of {len(explained)} overlays differ from the image explained alone"
+    # and /predict, batched with other clients' images while maps are drawn, answers as it did alone
+    # (within rounding: a batch of other sizes sums in another order)
+    tolerance = 2e-2 if precision == "bf16" else 1e-5
+    for name, (body,) in ((name, body) for route, name, _, body in answers if route == "/predict"):
+        first, alone_first = body["predictions"][0], predicted[name]["predictions"][0]
+        assert first["label"] == alone_first["label"], name
+        assert first["score"] == pytest.approx(alone_first["score"], abs=tolerance), name
     assert "Traceback" not in log.read_text(), log.read_text()[-3000:]

@@ -34,19 +34,25 @@ def colours(tmp_path_factory) -> Path:
 
 
 class Recorder:
-    """A user callback: remembers every call."""
+    """A user callback: remembers every call, and what of the epoch's checkpoint was on disk then."""
 
     def __init__(self):
-        self.calls = []
+        self.calls, self.last_on_disk = [], []
 
     def on_train_begin(self, run_dir, config, history):
-        self.calls.append(("begin", Path(run_dir), config["lr"], len(history)))
+        self.run_dir = Path(run_dir)
+        self.calls.append(("begin", self.run_dir, config["lr"], len(history)))
 
     def on_epoch_end(self, epoch, metrics):
         self.calls.append(("epoch", epoch, metrics))
+        last = self.run_dir / "last"
+        self.last_on_disk.append(all((last / name).is_file() for name in ("model.safetensors", "config.json")))
 
     def on_train_end(self, results):
         self.calls.append(("end", results))
+
+    def on_train_failed(self, error):
+        self.calls.append(("failed", error))
 
 
 def metrics_csv(run: Path) -> list[dict]:
@@ -90,6 +96,7 @@ def test_callbacks_and_trackers_log_what_metrics_csv_holds(colours, tmp_path, mo
         and recorder.calls[3][1]["metrics"] == json.loads((run / "results.json").read_text())["metrics"]
     )
     assert recorder.calls[3][1]["run_dir"] == result["run_dir"]
+    assert recorder.last_on_disk == [True, True]  # each epoch's last/ is written before the callback runs
 
     scalars = tensorboard_scalars(run)
     for column in COLUMNS:
@@ -136,6 +143,22 @@ def test_a_resumed_run_continues_its_trackers_without_gaps_or_repeats(colours, t
         (2, pytest.approx(rows[1]["val_loss"])),
     ]
     assert mlrun.info.status == "FINISHED" and mlrun.data.params["epochs"] == "1"  # the parameters it started with
+
+
+class StopsAfterTheFirstEpoch(Recorder):
+    def on_epoch_end(self, epoch, metrics):
+        super().on_epoch_end(epoch, metrics)
+        raise RuntimeError("the callback stops the run")
+
+
+def test_a_run_that_fails_calls_on_train_failed_with_the_error_and_stays_resumable(colours, tmp_path):
+    run, recorder = tmp_path / "run", StopsAfterTheFirstEpoch()
+    with pytest.raises(RuntimeError, match="the callback stops the run") as raised:
+        vitkit.train(data=str(colours), out=str(run), epochs=2, callbacks=[recorder], **TINY)
+    assert [call[0] for call in recorder.calls] == ["begin", "epoch", "failed"]
+    assert recorder.calls[-1][1] is raised.value
+    assert json.loads((run / "run.json").read_text())["status"] == "failed"
+    assert vitkit.train(resume=str(run), threads=1)["epochs_run"] == 2
 
 
 def test_mlflow_follows_the_tracking_uri(tmp_path, monkeypatch):

@@ -206,6 +206,9 @@ def test_time_budget_caps_warmup_at_a_tenth_of_the_schedule(tmp_path):
     assert lrs[10] == pytest.approx(2e-3 * 11 / 55)  # ramping towards 55 before the plan exists
     assert lrs[FIRST_PLAN_STEPS] == pytest.approx(2e-3, rel=1e-3)  # the peak once capped
     assert lrs[40] < lrs[FIRST_PLAN_STEPS] and max(lrs.values()) == pytest.approx(2e-3, rel=1e-3)
+    # on a longer schedule the tenth decides: 100 of 1,000 planned steps, neither the floor nor the request
+    trainer.warmup_steps, trainer.state.planned_steps, trainer.state.step = 500, 1000, 49
+    assert trainer.scheduled_lr() == pytest.approx(2e-3 * 50 / 100, rel=1e-3)
 
 
 def test_a_budget_size_sits_between_the_preset_and_the_users_arguments():

@@ -44,6 +44,11 @@ def test_ece_and_brier_by_hand():
     labels = torch.tensor([0, 1, 1])
     assert expected_calibration_error(probs, labels) == pytest.approx((0.1 + abs(0.6 + 0.6 - 1)) / 3)
     assert brier_score(probs, labels) == pytest.approx((0.02 + 0.72 + 0.32) / 3)
+    # 15 bins, as scores.md says: 0.61 and 0.66 share (0.6, 0.667], 0.69 is alone in (0.667, 0.733]
+    # (10 bins would pool all three, 20 would part 0.61 from 0.66)
+    probs = torch.tensor([[0.61, 0.39], [0.66, 0.34], [0.69, 0.31]])
+    labels = torch.tensor([0, 1, 0])
+    assert expected_calibration_error(probs, labels) == pytest.approx((abs(0.61 - 1 + 0.66) + abs(0.69 - 1)) / 3)
 
 
 def test_auroc_and_fpr95_by_hand():
