@@ -4,6 +4,7 @@
 import csv
 import io
 import json
+import os
 
 import numpy as np
 import pytest
@@ -116,6 +117,33 @@ def test_perceptual_hash_survives_resizing_and_reencoding_but_separates_pictures
     assert found == {(n, 40 + n) for n in range(20)}
 
 
+def test_images_under_16_pixels_are_compared_exactly_only(tmp_path):
+    """Near copies (every pixel 3 brighter) are found at 32 px; at 8 px only exact copies are."""
+    rng = np.random.default_rng(5)
+    written = {}
+    for side in (8, 32):
+        picture = rng.integers(20, 230, (side, side, 3), dtype=np.uint8)
+        for label, pixels in (("cat", picture), ("dog", picture + 3)):
+            folder = tmp_path / "data" / label
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(folder / f"{side}px.png")
+        written[side] = {f"cat/{side}px.png", f"dog/{side}px.png"}
+    Image.fromarray(picture).save(tmp_path / "data" / "cat" / "32px-again.png")  # an exact copy counts at any size
+    out = tmp_path / "report"
+    proc = run_vitkit(
+        "check", str(tmp_path / "data"), "--out", str(out), "--no-label-errors", "--data-dir", str(tmp_path / "c")
+    )
+    assert proc.returncode == 0, proc.stderr
+    found = [
+        (d["exact"], {i["path"] for i in d["images"]})
+        for d in json.loads((out / "check.json").read_text())["duplicates"]
+    ]
+    near = [paths for exact, paths in found if not exact]  # the near copy pairs with one of the exact twins
+    assert len(near) == 1 and "dog/32px.png" in near[0] and near[0] <= written[32] | {"cat/32px-again.png"}
+    assert (True, {"cat/32px.png", "cat/32px-again.png"}) in found
+    assert not any(paths & written[8] for _, paths in found)
+
+
 @pytest.fixture
 def checked(tmp_path):
     """A planted folder checked by the command line without label judging: (report, out, data, pairs)."""
@@ -123,9 +151,7 @@ def checked(tmp_path):
     pairs = plant_duplicates(data)
     expected = write_broken(data / "train" / "cat")
     out = tmp_path / "report"
-    proc = run_vitkit(
-        "check", str(data), "--out", str(out), "--no-label-errors", "--data-dir", str(tmp_path / "cache")
-    )
+    proc = run_vitkit("check", str(data), "--out", str(out), "--no-label-errors", "--data-dir", str(tmp_path / "cache"))
     assert proc.returncode == 0, proc.stderr
     assert "leak(s) between splits" in proc.stdout and "check.html" in proc.stdout
     return json.loads((out / "check.json").read_text()), out, data, pairs, expected
@@ -159,7 +185,7 @@ def test_report_page_in_headless_chromium(checked):
     widths; screenshots go to test-artifacts/ to look at."""
     report, out, *_ = checked
     page = (out / "check.html").read_text()
-    assert "src=\"http" not in page and "<link" not in page  # self-contained
+    assert 'src="http' not in page and "<link" not in page  # self-contained
     driver = headless_chromium()
     from selenium.webdriver.common.by import By
 
@@ -196,6 +222,40 @@ def test_balance_names_classes_too_small_for_validation(tmp_path):
     assert counts == {"cat": 12, "dog": 12, "fox": 3}
 
 
+def test_cached_facts_count_only_while_the_file_keeps_its_size_and_modification_time(tmp_path):
+    from vitkit.check.files import FactsCache, inspect_files
+
+    image = tmp_path / "data" / "a.png"
+    image.parent.mkdir()
+    Image.new("RGB", (32, 32), (10, 200, 30)).save(image)
+    cache = FactsCache(image.parent, tmp_path / "cache")
+    (facts,), _ = inspect_files([image], cache, decode=True)
+    cache.save()
+    again = FactsCache(image.parent, tmp_path / "cache")  # as a later run reads it
+    assert again.get(str(image), need_decode=True) == facts
+    stat = image.stat()
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))  # touched: the same bytes, another time
+    assert again.get(str(image), need_decode=True) is None
+    image.write_bytes(b"not an image any more")
+    (changed,), _ = inspect_files([image], again, decode=True)
+    assert changed.problems and not facts.problems
+
+
+def test_a_class_is_too_small_for_validation_under_five_images_and_not_at_five():
+    from types import SimpleNamespace
+
+    from vitkit.check.labels import balance
+
+    given = [("val", 0)] * 5 + [("val", 1)] * 4 + [("train", 0)] * 20 + [("train", 1)] * 20
+    entries = [SimpleNamespace(split=split, label=label) for split, label in given]
+    report = balance(entries, ["cat", "dog"], multi_label=False, val_split=0.1, splits_given=True)
+    assert [row["label"] for row in report["too_few_for_validation"]] == ["dog"]
+    # held out of train at --val-split: 50 images at 0.1 leave 5, 40 leave 4
+    entries = [SimpleNamespace(split="train", label=label) for label in [0] * 50 + [1] * 40]
+    report = balance(entries, ["cat", "dog"], multi_label=False, val_split=0.1, splits_given=False)
+    assert [(row["label"], row["val"]) for row in report["too_few_for_validation"]] == [("dog", 4)]
+
+
 def test_multi_label_table_balance_and_co_occurrence(tmp_path):
     data = tmp_path / "posters"
     data.mkdir()
@@ -204,7 +264,7 @@ def test_multi_label_table_balance_and_co_occurrence(tmp_path):
     for i in range(60):
         smooth_image(rng, (100, 100, 100)).save(data / f"p{i:02d}.jpg")
         genres = ["Drama"] + (["Comedy"] if i % 2 else []) + (["News"] if i < 3 else [])
-        rows.append(f"p{i:02d},\"{genres}\"")
+        rows.append(f'p{i:02d},"{genres}"')
     (data / "train.csv").write_text("Id,Genre\n" + "\n".join(rows) + "\n")
     out = tmp_path / "report"
     proc = run_vitkit(
@@ -399,7 +459,7 @@ def test_multi_label_label_errors_skip_labels_every_image_has(tmp_path):
         smooth_image(rng, colours[i % 3]).save(data / f"p{i:02d}.jpg")
         comedy = i % 3 == 0 or f"p{i:02d}.jpg" in wrong
         genres = ["Drama"] + (["Comedy"] if comedy else []) + (["Action"] if i % 3 == 2 else [])
-        rows.append(f"p{i:02d},\"{genres}\"")
+        rows.append(f'p{i:02d},"{genres}"')
     (data / "train.csv").write_text("Id,Genre\n" + "\n".join(rows) + "\n")
     out = tmp_path / "report"
     proc = run_vitkit(

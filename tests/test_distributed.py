@@ -186,9 +186,11 @@ def test_killed_mid_epoch_and_resumed_with_fewer_processes(runs, tmp_path):
     assert "world size 2 -> 1: the global batch stays 64 (64 per process, was 32)" in resumed.stderr
     results = json.loads((out / "results.json").read_text())
     assert results["world_size"] == 1 and results["global_batch_size"] == 64
-    assert results["images_trained"] == results["images_planned"] == json.loads(
-        (runs / "double" / "results.json").read_text()
-    )["images_trained"]
+    assert (
+        results["images_trained"]
+        == results["images_planned"]
+        == json.loads((runs / "double" / "results.json").read_text())["images_trained"]
+    )
     # SGD without random augmentation: one process computes what two do, to float summation order
     a, b = weights(runs / "double"), weights(out)
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
@@ -284,6 +286,43 @@ def test_batch_not_divisible_by_world_size(tmp_path):
     )
     assert proc.returncode != 0
     assert "--batch-size 63 (global) does not divide across 2 processes" in proc.stderr
+
+
+def test_batch_scope_and_a_resumed_global_batch_split_across_processes():
+    """--batch-scope global splits --batch-size across the processes, device gives each process that batch;
+    a resumed run keeps its global batch and takes any number of processes that divides it."""
+    from vitkit.errors import VitkitError
+    from vitkit.training.build import batch_sizes
+    from vitkit.training.resolve import make_config
+
+    scoped = {scope: make_config(batch_size=63, batch_scope=scope) for scope in ("global", "device")}
+    assert batch_sizes(make_config(batch_size=64), 2, 1000) == (32, 64)
+    assert batch_sizes(scoped["device"], 2, 1000) == (63, 126)
+    with pytest.raises(VitkitError, match="--batch-size 63 .global. does not divide across 2 processes"):
+        batch_sizes(scoped["global"], 2, 1000)
+    assert batch_sizes(scoped["device"], 4, 1000, kept=128) == (32, 128)  # the saved global batch wins
+    with pytest.raises(VitkitError, match="global batch of 128 does not divide across 3 processes"):
+        batch_sizes(scoped["global"], 3, 1000, kept=128)
+    with pytest.raises(VitkitError, match="global batch of 252 is larger than the 200 training images"):
+        batch_sizes(scoped["device"], 4, 200)
+
+
+def test_the_collective_timeout_comes_from_the_environment_and_a_bad_one_is_refused_before_launch(
+    tmp_path, monkeypatch
+):
+    from vitkit.training.distributed import DEFAULT_TIMEOUT_S, collective_timeout
+
+    monkeypatch.delenv("VITKIT_DIST_TIMEOUT", raising=False)
+    assert collective_timeout().total_seconds() == DEFAULT_TIMEOUT_S == 300
+    monkeypatch.setenv("VITKIT_DIST_TIMEOUT", "42")
+    assert collective_timeout().total_seconds() == 42
+    out = tmp_path / "never"
+    args = ("train", "--nproc", "2", "--epochs", "1", "--out", str(out))
+    proc = run_vitkit(*args, env={**subprocess_env(), "VITKIT_DIST_TIMEOUT": "5m"})
+    assert proc.returncode == 2 and not out.exists(), proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "vitkit train: error: VITKIT_DIST_TIMEOUT='5m': give a whole number of seconds, 1 or more (default 300)"
+    ]
 
 
 def test_a_dead_rank_stops_the_others(tmp_path):

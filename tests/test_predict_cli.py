@@ -141,6 +141,24 @@ def test_an_exported_onnx_file_predicts_like_the_checkpoint(digits_run, digit_im
     assert_same_predictions(predict_results(stdout), torch_predictions)
 
 
+def test_predict_runs_from_a_read_only_run_folder(digits_run, digit_images, torch_predictions, tmp_path):
+    """predict writes nothing into a run folder: its ONNX export goes to the user cache, so a read-only run
+    (an archive, a shared mount) predicts as a writable one, on either backend."""
+    run = tmp_path / "run"
+    shutil.copytree(digits_run[0], run)
+    env = {**subprocess_env(), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    images = list(map(str, digit_images[0]))
+    try:
+        for backend in ("onnxruntime", "torch"):
+            args = ("predict", str(run), *images, "--format", "json", "--precision", "fp32", "--backend", backend)
+            proc = subprocess.run(read_only(run, vitkit_cmd(*args)), capture_output=True, text=True, env=env)
+            assert proc.returncode == 0, proc.stderr[-2000:]
+            assert_same_predictions(predict_results(proc.stdout), torch_predictions)
+    finally:
+        run.chmod(0o755)
+    assert any((tmp_path / "cache").rglob("*.onnx"))
+
+
 def test_a_failed_first_onnx_export_leaves_auto_on_pytorch(digits_run, digit_images, tmp_path, monkeypatch):
     """The first predict of a checkpoint exports it to ONNX in the user cache: with that cache read-only,
     --backend auto predicts on PyTorch and says why; --backend onnxruntime, asked for, is a one-line error

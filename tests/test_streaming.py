@@ -37,6 +37,22 @@ def test_memory_limit_from_argument_and_environment(tmp_path, monkeypatch):
         load_folder(root, Preprocessing(16))
 
 
+def test_the_default_memory_limit_and_worker_count_are_the_documented_ones(monkeypatch):
+    """large-datasets.md: 4 GiB unless the environment says otherwise; the node's cores shared among its
+    training processes less one for training, at least 1 worker and at most 8."""
+    from vitkit.data.folder import memory_limit_bytes
+    from vitkit.data.loader import auto_workers
+
+    monkeypatch.delenv("VITKIT_MEMORY_LIMIT_GB", raising=False)
+    assert memory_limit_bytes() == 4 << 30
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    for cores, processes, workers in [(2, None, 1), (32, None, 8), (32, "4", 7), (4, "4", 1), (6, "2", 2)]:
+        monkeypatch.setenv("OMP_NUM_THREADS", str(cores))
+        if processes:
+            monkeypatch.setenv("LOCAL_WORLD_SIZE", processes)
+        assert auto_workers() == workers, (cores, processes)
+
+
 def test_streamed_epochs_match_in_memory_with_persistent_workers(tmp_path):
     root = write_class_folders(tmp_path / "imgs", per_class=6)
     memory = load_folder(root, Preprocessing(16), cache=False)[0].train

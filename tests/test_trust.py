@@ -171,8 +171,9 @@ def test_rejection_reads_the_image_and_its_mirror_where_the_checkpoint_says_so(c
     assert proc.returncode == 0, proc.stderr
     ways = ((tmp_path / "ckpt", "torch"), (tmp_path / "ckpt", "onnxruntime"), (tmp_path / "model.onnx", "auto"))
     for where, backend in ways:
-        clf = vitkit.load(where, device="cpu", backend=backend, precision="fp32", reject_unknown=True,
-                          unknown_method="energy")
+        clf = vitkit.load(
+            where, device="cpu", backend=backend, precision="fp32", reject_unknown=True, unknown_method="energy"
+        )
         results = clf.predict(list(map(str, paths)), topk=3)
         assert [r["unknown_score"] for r in results] == pytest.approx(both_views.tolist(), abs=1e-4), (where, backend)
         assert_same([{"predictions": r["predictions"] or r["nearest"]} for r in results], expected)
@@ -224,9 +225,7 @@ def test_run_calibration_and_rejection_come_from_the_validation_split(digits_run
     assert again["ood"]["thresholds"] == pytest.approx(ood["thresholds"], abs=1e-4)
 
 
-def test_calibrate_sets_the_thresholds_of_a_run_trained_with_flips_on_mirrored_validation_images(
-    digits_run, tmp_path
-):
+def test_calibrate_sets_the_thresholds_of_a_run_trained_with_flips_on_mirrored_validation_images(digits_run, tmp_path):
     from vitkit.eval.checkpoint import checkpoint_split
 
     out, _ = digits_run
@@ -254,6 +253,8 @@ def test_reject_unknown_answers_unknown_below_the_threshold(digits_run, digit_im
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(noise)
     for method in ("msp", "energy", "knn"):
         clf = vitkit.load(out, device="cpu", precision="fp32", reject_unknown=True, unknown_method=method)
+        # fp32 on a CPU takes ONNX Runtime, except for knn, which reads the features only PyTorch gives
+        assert clf.backend == ("torch" if method == "knn" else "onnxruntime"), method
         threshold = clf.rejection.threshold
         for result in clf.predict([*map(str, paths), str(noise)]):
             assert result["unknown"] == (result["unknown_score"] < threshold)
@@ -261,6 +262,10 @@ def test_reject_unknown_answers_unknown_below_the_threshold(digits_run, digit_im
             assert result["unknown"] or "nearest" not in result
     proc = run_vitkit("predict", str(out), str(noise), "--reject-unknown", "--unknown-method", "msp")
     assert proc.returncode == 0, proc.stderr
+    proc = run_vitkit(
+        "predict", str(out), str(noise), "--reject-unknown", "--unknown-method", "knn", "--backend", "onnxruntime"
+    )
+    assert proc.returncode == 2 and "--unknown-method knn reads the model's features" in proc.stderr, proc.stderr
 
 
 def test_reject_unknown_refuses_a_checkpoint_without_thresholds(calibrated, tmp_path):

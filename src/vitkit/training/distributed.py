@@ -16,7 +16,7 @@ import torch.distributed as dist
 from ..errors import VitkitError
 
 # A rank that dies must not leave the others waiting forever in a collective.
-DEFAULT_TIMEOUT_S = int(os.environ.get("VITKIT_DIST_TIMEOUT", "300"))
+DEFAULT_TIMEOUT_S = 300
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
@@ -107,8 +107,18 @@ def init_distributed(device_type: str) -> DistContext:
         if device_type == "cuda":
             torch.cuda.set_device(local_rank)
             backend = "cpu:gloo,cuda:nccl"  # small CPU-side agreements (stop flags, counts) need gloo
-        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=DEFAULT_TIMEOUT_S))
+        dist.init_process_group(backend, timeout=collective_timeout())
     return DistContext(rank, world_size, local_rank)
+
+
+def collective_timeout() -> datetime.timedelta:
+    """How long a collective waits for the other processes: VITKIT_DIST_TIMEOUT seconds, else the default."""
+    text = os.environ.get("VITKIT_DIST_TIMEOUT", str(DEFAULT_TIMEOUT_S))
+    if not text.strip().isdigit() or int(text) < 1:
+        raise VitkitError(
+            f"VITKIT_DIST_TIMEOUT={text!r}: give a whole number of seconds, 1 or more (default {DEFAULT_TIMEOUT_S})"
+        )
+    return datetime.timedelta(seconds=int(text))
 
 
 def die_with_launcher() -> None:

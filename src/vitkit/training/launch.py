@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+from .distributed import collective_timeout
+
 # torchrun's agent shares one store with every start of the workers by default; the keys the process group
 # of a failed start left in it make the restarted workers connect to the dead ones' addresses. With this,
 # each start's rank 0 hosts a fresh store.
@@ -32,6 +34,7 @@ def launch_torchrun(nproc: int, argv: list[str], max_restarts: int = 0) -> int:
     with a c10d rendezvous on this machine. If a worker dies the agent stops the others and, while restarts
     are left, starts them all again: each continues from the run's latest last/ (elastic.py); else the run
     folder stays resumable."""
+    collective_timeout()  # a bad VITKIT_DIST_TIMEOUT is refused once, here, not by every process it starts
     command = [
         sys.executable,
         "-m",
