@@ -19,25 +19,29 @@ def project_path(path: str) -> str:
     return os.path.relpath(path, REPO) if Path(path).is_absolute() else path
 
 
+def cpuinfo() -> dict[str, str]:
+    """The first processor's fields in /proc/cpuinfo ("model name", "cpu family", "model", "flags", ...);
+    empty where the file is missing."""
+    fields: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if not line.strip():  # the first processor's block ends here
+                break
+            key, _, value = (part.strip() for part in line.partition(":"))
+            fields.setdefault(key, value)
+    except OSError:
+        pass
+    return fields
+
+
 def machine() -> dict:
     import torch  # here, not at the top: the scripts that only move files or JSON start without torch
 
-    cpu, flags, ids = platform.processor() or platform.machine(), set(), {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = (part.strip() for part in line.partition(":"))
-            if key == "model name":
-                cpu = value
-            elif key in ("cpu family", "model"):
-                ids[key] = value
-            elif key == "flags":
-                flags = set(value.split())
-                break
-    except OSError:
-        pass
+    info = cpuinfo()
+    flags = set(info.get("flags", "").split())
     return {
         "date": datetime.date.today().isoformat(),
-        "cpu": cpu,
+        "cpu": info.get("model name") or platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -46,8 +50,8 @@ def machine() -> dict:
         # what bf16 runs on: AMX tiles multiply several times faster than AVX512-BF16 vector instructions
         "cpu_bf16": "amx" if "amx_bf16" in flags else "avx512" if "avx512_bf16" in flags else None,
         # a virtual machine may name its CPU only "AMD EPYC": the family tells Zen 4 (25) from Zen 5 (26)
-        "cpu_family": ids.get("cpu family"),
-        "cpu_model_number": ids.get("model"),
+        "cpu_family": info.get("cpu family"),
+        "cpu_model_number": info.get("model"),
     }
 
 

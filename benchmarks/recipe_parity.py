@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from common import SHARED_DATA, machine, parse_overrides, print_table, project_path, write_json
+from common import SHARED_DATA, cpuinfo, machine, parse_overrides, print_table, project_path, write_json
 
 import vitkit
 from vitkit.models import PRESETS
@@ -104,10 +104,7 @@ def cpu_model() -> str:
 
 def flags_class() -> str:
     """The CPU's class by its fastest matrix instructions: amx, avx512-bf16, avx512, avx2 or other."""
-    try:
-        flags = set(next(ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")).split())
-    except (OSError, StopIteration):
-        flags = set()
+    flags = set(cpuinfo().get("flags", "").split())
     for name, flag in (("amx", "amx_bf16"), ("avx512-bf16", "avx512_bf16"), ("avx512", "avx512f"), ("avx2", "avx2")):
         if flag in flags:
             return name

@@ -19,6 +19,11 @@ def docs_hooks():
     return module
 
 
+def doc_text(name: str) -> str:
+    """A docs page with its line breaks and runs of spaces as single spaces, as a sentence reads."""
+    return " ".join((ROOT / "docs" / name).read_text().split())
+
+
 def subparser(name: str) -> argparse.ArgumentParser:
     actions = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
     return actions[0].choices[name]
@@ -88,7 +93,7 @@ def test_the_resume_rule_lists_exactly_the_flags_a_resume_may_change():
     """training.md's list of what a resume may change is the declarations' (RESUMABLE), flag for flag."""
     from vitkit.training.config import RESUMABLE
 
-    page = " ".join((ROOT / "docs" / "training.md").read_text().split())
+    page = doc_text("training.md")
     listed = re.search(r"A resume may change only how the rest of the run executes \(([^)]*)\)", page).group(1)
     flags = re.findall(r"`--([a-z-]+)`", listed)
     assert {re.sub(r"^no-", "", flag).replace("-", "_") for flag in flags} == set(RESUMABLE)
@@ -97,7 +102,7 @@ def test_the_resume_rule_lists_exactly_the_flags_a_resume_may_change():
 def test_the_recipes_share_the_values_the_models_page_says_except_where_it_says_not():
     from vitkit.models import PRESETS
 
-    page = " ".join((ROOT / "docs" / "models.md").read_text().split())
+    page = doc_text("models.md")
     assert "with three exceptions: `cifar-fast` follows airbench94" in page
     shared = dict(optimizer="adamw", weight_decay=0.05, schedule="cosine", warmup_epochs=1, batch_size=64, hflip=True)
     exceptions = {
